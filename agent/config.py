@@ -1,0 +1,476 @@
+"""The config: pydantic models, YAML/JSON loading, `${VAR:-default}` expansion and clear errors."""
+
+from __future__ import annotations
+
+import enum
+import graphlib
+import json
+import os
+import re
+import signal
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.units import Duration, Size
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
+ACTIONS = ("restart", "scale_up", "scale_down", "scale_to", "start")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` holds one `(path, message)` per error."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} error(s)"]
+        lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Autonomy(enum.StrEnum):
+    ON = "on"
+    DRY_RUN = "dry-run"
+    OFF = "off"
+
+
+def _autonomy(value: Any) -> Any:
+    # YAML 1.1 reads a bare on/off as a boolean.
+    if value is True:
+        return "on"
+    if value is False:
+        return "off"
+    return value
+
+
+class WebhookAuth(Strict):
+    bearer_token_file: Path | None = None
+    basic_auth_username: str | None = None
+    basic_auth_password_file: Path | None = None
+    max_body_bytes: Size = 256 * 1024
+    dedupe_ttl: Duration = 24 * 3600.0
+    dedupe_max_entries: int = Field(10_000, ge=10)
+
+
+class ResourceSettings(Strict):
+    interval: Duration = Field(5.0, gt=0)
+    mountpoints: list[str] = Field(default_factory=lambda: ["/"])
+
+
+class AgentSettings(Strict):
+    listen: str = "127.0.0.1:9469"
+    node: str = Field(default_factory=socket.gethostname)
+    autonomy: Annotated[Autonomy, Field(validate_default=True)] = Autonomy.ON
+    state_dir: Path = Path(".agent")
+    log_dir: Path = Path("logs")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_max_bytes: Size = 10 * 1024 * 1024
+    log_backups: int = Field(3, ge=0, le=100)
+    control_token_file: Path | None = None
+    webhook: WebhookAuth = WebhookAuth()
+    resources: ResourceSettings = ResourceSettings()
+    shutdown_timeout: Duration = Field(60.0, gt=0)
+
+    @field_validator("autonomy", mode="before")
+    @classmethod
+    def _bool_autonomy(cls, value: Any) -> Any:
+        return _autonomy(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @property
+    def listen_host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split `host:port` (IPv6 as `[::1]:port`); port 0 picks a free port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen must be host:port, got {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+class Backoff(Strict):
+    initial: Duration = 0.5
+    multiplier: float = Field(2.0, ge=1.0)
+    max: Duration = 30.0
+    jitter: float = Field(0.1, ge=0.0, le=1.0)
+    reset_after: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _max_ge_initial(self) -> Backoff:
+        if self.max < self.initial:
+            raise ValueError(f"backoff.max ({self.max}) must be >= backoff.initial ({self.initial})")
+        return self
+
+
+class RestartPolicyKind(enum.StrEnum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+class RestartSettings(Strict):
+    policy: RestartPolicyKind = RestartPolicyKind.ALWAYS
+    backoff: Backoff = Backoff()
+    max_restarts: int = Field(5, ge=0)
+    window: Duration = Field(300.0, gt=0)
+    circuit_cooldown: Duration = Field(600.0, gt=0)
+
+
+class Replicas(Strict):
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=0, le=1000)
+    initial: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"replicas.min ({self.min}) must be <= replicas.max ({self.max})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(f"replicas.initial ({self.initial}) must lie within [{self.min}, {self.max}]")
+        return self
+
+    @property
+    def start_count(self) -> int:
+        return self.min if self.initial is None else self.initial
+
+
+class StopSettings(Strict):
+    signal: str = "SIGTERM"
+    grace: Duration = 10.0
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if not hasattr(signal.Signals, name):
+            raise ValueError(f"unknown signal {value!r}")
+        return name
+
+    @property
+    def signum(self) -> int:
+        return int(signal.Signals[self.signal])
+
+
+class Limits(Strict):
+    memory_bytes: Size | None = None
+
+
+class HttpProbe(Strict):
+    url: str
+    expected_status: int = Field(200, ge=100, le=599)
+    json_field: str | None = None
+    json_equals: Any = None
+    method: Literal["GET", "HEAD"] = "GET"
+
+
+class TcpProbe(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+
+class ExecProbe(Strict):
+    command: list[str] = Field(min_length=1)
+
+
+class McpProbe(Strict):
+    url: str
+
+
+class ProbeSettings(Strict):
+    http: HttpProbe | None = None
+    tcp: TcpProbe | None = None
+    exec: ExecProbe | None = None
+    mcp: McpProbe | None = None
+    interval: Duration = Field(10.0, gt=0)
+    timeout: Duration = Field(2.0, gt=0)
+    failure_threshold: int = Field(3, ge=1)
+    success_threshold: int = Field(1, ge=1)
+    startup_grace: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ProbeSettings:
+        kinds = [k for k in ("http", "tcp", "exec", "mcp") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"a probe needs exactly one of http, tcp, exec, mcp (got {kinds or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("http", "tcp", "exec", "mcp") if getattr(self, k) is not None)
+
+
+class RemediationSettings(Strict):
+    allowed_actions: list[Literal["restart", "scale_up", "scale_down", "scale_to", "start"]] = Field(
+        default_factory=lambda: list(ACTIONS)
+    )
+    cooldown: Duration = 60.0
+    scale_down_stabilization: Duration = 300.0
+    max_step: int = Field(2, ge=1)
+
+
+class Component(Strict):
+    command: list[str] | str
+    shell: bool = False
+    kind: str = Field("process", pattern=NAME_PATTERN)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
+    capabilities: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+    replicas: Replicas = Replicas()
+    restart: RestartSettings = RestartSettings()
+    stop: StopSettings = StopSettings()
+    limits: Limits = Limits()
+    probe: ProbeSettings | None = None
+    remediation: RemediationSettings = RemediationSettings()
+    essential: bool = False
+    ready_after: Duration = 0.0
+
+    @model_validator(mode="after")
+    def _command_form(self) -> Component:
+        if isinstance(self.command, str) and not self.shell:
+            raise ValueError(
+                "command is a string but shell is not true: give an argv list such as [python, -m, x], "
+                "or set shell: true explicitly"
+            )
+        if isinstance(self.command, list) and not self.command:
+            raise ValueError("command must not be empty")
+        return self
+
+    @property
+    def argv(self) -> list[str]:
+        if isinstance(self.command, str):
+            return ["/bin/sh", "-c", self.command]
+        return list(self.command)
+
+
+class BacklogSource(Strict):
+    kind: Literal["sqlite", "json", "http"]
+    name: str | None = Field(None, pattern=NAME_PATTERN)
+    path: Path | None = None
+    url: str | None = None
+    interval: Duration = Field(5.0, gt=0)
+    timeout: Duration = Field(2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _location(self) -> BacklogSource:
+        if self.kind in ("sqlite", "json") and self.path is None:
+            raise ValueError(f"a {self.kind} backlog source needs a path")
+        if self.kind == "http" and not self.url:
+            raise ValueError("an http backlog source needs a url")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.kind}:{self.path if self.path is not None else self.url}"
+
+
+class Backlog(Strict):
+    sources: list[BacklogSource] = Field(default_factory=list)
+
+
+class Config(Strict):
+    agent: AgentSettings = AgentSettings()
+    components: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Component] = Field(default_factory=dict)
+    backlog: Backlog = Backlog()
+
+    @model_validator(mode="after")
+    def _dependencies(self) -> Config:
+        for name, comp in self.components.items():
+            for dep in comp.depends_on:
+                if dep not in self.components:
+                    raise ValueError(f"components.{name}.depends_on: unknown component {dep!r}")
+                if dep == name:
+                    raise ValueError(f"components.{name}.depends_on: a component cannot depend on itself")
+        sorter = graphlib.TopologicalSorter({n: c.depends_on for n, c in self.components.items()})
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            raise ValueError(f"components: dependency cycle {cycle}") from None
+        return self
+
+    def start_order(self) -> list[str]:
+        """Component names, dependencies first (stable: config order among peers)."""
+        order: list[str] = []
+        done: set[str] = set()
+        pending = list(self.components)
+        while pending:
+            for name in pending:
+                if all(d in done for d in self.components[name].depends_on):
+                    order.append(name)
+                    done.add(name)
+                    pending.remove(name)
+                    break
+        return order
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: Any, env: Mapping[str, str]) -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a loaded document."""
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is not None:
+                return default
+            if name == "HOSTNAME":
+                return socket.gethostname()
+            raise KeyError(name)
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env) for v in value]
+    return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _json_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def parse_document(text: str, source: str) -> Any:
+    """Parse YAML or JSON text (JSON when the source ends in .json or the text starts with `{`)."""
+    if source.endswith(".json") or text.lstrip().startswith("{"):
+        try:
+            return json.loads(text, object_pairs_hook=_json_no_duplicates)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(source, [("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")])
+        except ValueError as exc:
+            raise ConfigError(source, [("", f"invalid JSON: {exc}")]) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [("", f"invalid YAML{where}: {problem}")]) from None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith(("function-", "list[")))]
+    return ".".join(parts)
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """One `(field.path, message with the bad value)` per pydantic error."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        path = _format_loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            shown = repr(err["input"])
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            msg += f" (got {shown})"
+        if not path and msg.startswith("components") and ": " in msg:
+            path, _, msg = msg.partition(": ")
+        problems.append((path, msg))
+    return problems
+
+
+def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Validate a loaded document (native or seed shape) into a Config, applying env overrides."""
+    env = os.environ if env is None else env
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", f"the top level must be a mapping, got {type(data).__name__}")])
+    try:
+        data = expand_env(data, env)
+    except KeyError as exc:
+        raise ConfigError(source, [("", f"environment variable ${{{exc.args[0]}}} is not set and has no default")])
+    from agent.seed import is_seed_shape, map_seed  # local: seed mapping builds on this module
+
+    problems: list[tuple[str, str]] = []
+    if is_seed_shape(data):
+        data, problems = map_seed(data, env)
+    level = env.get("AUTONOMOUS_LOG_LEVEL")
+    if level:
+        data.setdefault("agent", {})
+        if isinstance(data["agent"], dict):
+            data["agent"]["log_level"] = level
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += validation_problems(exc)
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+    return build_config(parse_document(text, str(p)), str(p), env)
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"

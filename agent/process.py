@@ -1,0 +1,223 @@
+"""Spawning and reaping: the only place that forks, and the only `waitpid` in the agent.
+
+Children learn of the agent's death from the kernel (PR_SET_PDEATHSIG); exits reach the agent through
+SIGCHLD, so an exit is noticed at once without polling. The agent is a child subreaper, so orphaned
+grandchildren are re-parented to it and reaped here too. A small guardian process holds the list of
+process groups and kills them if the agent dies without cleaning up (SIGKILL leaves no chance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("agent.process")
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_child_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process (Linux only)."""
+    return sys.platform.startswith("linux") and _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    def preexec() -> None:  # runs in the child between fork and exec: keep it tiny
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int | None
+    signal: int | None
+
+    @classmethod
+    def from_wait(cls, status: int) -> ExitStatus:
+        if os.WIFSIGNALED(status):
+            return cls(None, os.WTERMSIG(status))
+        return cls(os.waitstatus_to_exitcode(status), None)
+
+    @property
+    def describe(self) -> str:
+        if self.signal is not None:
+            try:
+                return f"killed by {signal.Signals(self.signal).name}"
+            except ValueError:
+                return f"killed by signal {self.signal}"
+        return f"exit code {self.code}"
+
+    @property
+    def metric_code(self) -> int:
+        """Exit code as shells report it: 128 + signal number for a signal death."""
+        return 128 + self.signal if self.signal is not None else (self.code or 0)
+
+
+class Reaper:
+    """Owns SIGCHLD: reaps every child and calls the callback registered for its pid."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._callbacks: dict[int, Callable[[ExitStatus], None]] = {}
+        self._popens: dict[int, subprocess.Popen[bytes]] = {}
+        self.orphans_reaped = 0
+        # uvloop reserves add_signal_handler(SIGCHLD) for its own subprocesses, which the agent never
+        # uses; a plain handler that hands over to the loop works on both loops.
+        self._previous = signal.signal(signal.SIGCHLD, self._on_sigchld)
+
+    def _on_sigchld(self, signum: int, frame: object) -> None:
+        self._loop.call_soon_threadsafe(self.reap)
+
+    def close(self) -> None:
+        """Stop handling SIGCHLD (children still running keep running)."""
+        with contextlib.suppress(Exception):
+            signal.signal(signal.SIGCHLD, self._previous)
+
+    def spawn(
+        self,
+        argv: Sequence[str],
+        on_exit: Callable[[ExitStatus], None],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stdout: int | None = None,
+        stdin: int | None = subprocess.DEVNULL,
+        new_session: bool = True,
+        die_with_parent: bool = True,
+    ) -> int:
+        """Start argv (no shell) and return its pid; `on_exit` runs in the loop when it ends."""
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.STDOUT if stdout is not None else None,
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            start_new_session=new_session,
+            preexec_fn=_die_with_parent(os.getpid()) if die_with_parent else None,
+            close_fds=True,
+        )
+        self._callbacks[popen.pid] = on_exit
+        self._popens[popen.pid] = popen
+        # The child may already have exited before its callback was registered.
+        self._loop.call_soon(self.reap)
+        return popen.pid
+
+    def reap(self) -> None:
+        """Collect every exited child; dispatch ours, discard adopted orphans."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            callback = self._callbacks.pop(pid, None)
+            popen = self._popens.pop(pid, None)
+            result = ExitStatus.from_wait(status)
+            if popen is not None:
+                popen.returncode = result.metric_code
+            if callback is None:
+                self.orphans_reaped += 1
+                continue
+            try:
+                callback(result)
+            except Exception:
+                log.exception("exit handler for pid %d failed", pid)
+
+    def running(self) -> list[int]:
+        """Pids of children still tracked."""
+        return list(self._callbacks)
+
+
+def signal_group(pgid: int, sig: int) -> bool:
+    """Send sig to a process group; False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        log.warning("no permission to signal process group %d", pgid)
+        return False
+
+
+class Guardian:
+    """A helper process that kills the registered process groups when the agent's pipe closes."""
+
+    def __init__(self, reaper: Reaper) -> None:
+        read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, True)
+        self.pid = reaper.spawn(
+            [sys.executable, "-S", "-c", _GUARDIAN_SOURCE],
+            self._exited,
+            stdin=read_fd,
+            die_with_parent=False,
+        )
+        os.close(read_fd)
+        self.alive = True
+
+    def _exited(self, status: ExitStatus) -> None:
+        self.alive = False
+        if self._write_fd >= 0:
+            log.warning("guardian process exited (%s); orphans are not covered after an agent crash",
+                        status.describe)
+
+    def _send(self, line: str) -> None:
+        if not self.alive or self._write_fd < 0:
+            return
+        try:
+            os.write(self._write_fd, line.encode())
+        except OSError as exc:
+            if exc.errno != errno.EPIPE:
+                raise
+            self.alive = False
+
+    def add(self, pgid: int) -> None:
+        """Cover a process group."""
+        self._send(f"+{pgid}\n")
+
+    def remove(self, pgid: int) -> None:
+        """Stop covering a process group (it is gone)."""
+        self._send(f"-{pgid}\n")
+
+    def close(self) -> None:
+        """Close the pipe: the guardian kills what is left and exits."""
+        if self._write_fd >= 0:
+            os.close(self._write_fd)
+            self._write_fd = -1
+
+
+# Runs in its own session with `python -S`: reads +pgid / -pgid lines; at EOF kills what is left.
+_GUARDIAN_SOURCE = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+groups = set()
+for line in sys.stdin.buffer:
+    line = line.strip()
+    if line[:1] == b"+":
+        groups.add(int(line[1:]))
+    elif line[:1] == b"-":
+        groups.discard(int(line[1:]))
+for pgid in groups:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+"""

@@ -1,0 +1,665 @@
+"""The process lifecycle: spawn, notice exits, restart with backoff and circuit breaker, scale, stop.
+
+This is the only module that starts, signals or reaps component processes; everything else calls its
+commands (`restart`, `scale`, `start`, `stop`, `emergency_stop`), each with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import policy
+from agent.config import Component, Config
+from agent.policy import Circuit, ExitAction
+from agent.process import ExitStatus, Guardian, Reaper, signal_group
+from agent.state import StateStore
+
+log = logging.getLogger("agent.supervisor")
+
+REASONS = ("exit", "probe", "alert", "manual", "resource")
+
+
+class ReplicaState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class ComponentState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    CIRCUIT_OPEN = "circuit_open"
+    HALF_OPEN = "half_open"
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out (unknown component, out of bounds, ...)."""
+
+
+@dataclass(eq=False)
+class Replica:
+    index: int
+    state: ReplicaState = ReplicaState.STOPPED
+    pid: int | None = None
+    generation: int = 0
+    started_at: float = 0.0
+    started_wall: float = 0.0
+    failures: int = 0
+    stopping: bool = False
+    timer: asyncio.TimerHandle | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: bool = False
+    probe_ok: bool | None = None
+    probe_failures: int = 0
+    probe_successes: int = 0
+    probe_ever_ok: bool = False
+    probe_error: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is ReplicaState.RUNNING and self.probe_ok is not False
+
+
+@dataclass(eq=False)
+class Runtime:
+    """Everything the agent knows about one component at this moment."""
+
+    name: str
+    spec: Component
+    desired: int
+    replicas: dict[int, Replica] = field(default_factory=dict)
+    manual_stop: bool = False
+    circuit: Circuit = Circuit.CLOSED
+    circuit_opened_wall: float = 0.0
+    circuit_timer: asyncio.TimerHandle | None = None
+    history: list[float] = field(default_factory=list)
+    restarts: collections.Counter[str] = field(default_factory=collections.Counter)
+    last_exit: ExitStatus | None = None
+    last_reason: str = ""
+    last_restart_wall: float = 0.0
+    rss_samples: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=4))
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def active(self) -> list[Replica]:
+        return [r for i, r in sorted(self.replicas.items()) if i < self.desired]
+
+    @property
+    def running_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.state in (ReplicaState.RUNNING, ReplicaState.STARTING))
+
+    @property
+    def healthy_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.healthy)
+
+    @property
+    def target(self) -> int:
+        """Replicas that should be running now (0 when stopped by hand)."""
+        return 0 if self.manual_stop else self.desired
+
+    @property
+    def state(self) -> ComponentState:
+        if self.circuit is Circuit.OPEN:
+            return ComponentState.CIRCUIT_OPEN
+        if self.circuit is Circuit.HALF_OPEN:
+            return ComponentState.HALF_OPEN
+        states = [r.state for r in self.replicas.values()]
+        if ReplicaState.STOPPING in states:
+            return ComponentState.STOPPING
+        if ReplicaState.BACKOFF in states:
+            return ComponentState.BACKOFF
+        if any(r.state is ReplicaState.RUNNING and r.probe_ok is False for r in self.replicas.values()):
+            return ComponentState.UNHEALTHY
+        if ReplicaState.STARTING in states:
+            return ComponentState.STARTING
+        if ReplicaState.RUNNING in states:
+            return ComponentState.RUNNING
+        if ReplicaState.EXITED in states:
+            return ComponentState.EXITED
+        return ComponentState.STOPPED
+
+
+def replica_log_path(log_dir: Path, component: str, index: int) -> Path:
+    """`log_dir/<component>.log` for replica 0, `log_dir/<component>.<n>.log` for the others."""
+    return log_dir / (f"{component}.log" if index == 0 else f"{component}.{index}.log")
+
+
+class Supervisor:
+    """Owns the component processes of one agent."""
+
+    def __init__(
+        self,
+        config: Config,
+        reaper: Reaper,
+        store: StateStore,
+        *,
+        guardian: Guardian | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.reaper = reaper
+        self.guardian = guardian
+        self.store = store
+        self.clock = clock
+        self.rand = rand
+        self.log_dir = config.agent.log_dir
+        self.order = config.start_order()
+        self.shutting_down = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.components: dict[str, Runtime] = {
+            name: Runtime(name=name, spec=spec, desired=spec.replicas.start_count)
+            for name, spec in config.components.items()
+        }
+        for rt in self.components.values():
+            for reason in REASONS:
+                rt.restarts[reason] = 0
+        self._restore()
+
+    # --- state dir ---------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        saved = self.store.data.get("components", {})
+        if not isinstance(saved, dict):
+            log.error("state file: 'components' is not a mapping; ignoring it")
+            return
+        for name, entry in saved.items():
+            rt = self.components.get(name)
+            if rt is None or not isinstance(entry, dict):
+                continue
+            try:
+                desired = int(entry.get("desired", rt.desired))
+                rt.manual_stop = bool(entry.get("manual_stop", False))
+                rt.circuit = Circuit(entry.get("circuit", "closed"))
+                rt.circuit_opened_wall = float(entry.get("circuit_opened_at", 0.0))
+            except (TypeError, ValueError) as exc:
+                log.error("state file: bad entry for component %s (%s); using the config", name, exc)
+                continue
+            bounds = rt.spec.replicas
+            rt.desired = policy.clamp_replicas(desired, bounds.min, bounds.max)
+            if rt.desired != desired:
+                log.warning("component %s: saved replicas %d outside [%d, %d]; using %d",
+                            name, desired, bounds.min, bounds.max, rt.desired)
+
+    def persist(self) -> None:
+        """Save desired replicas, manual stops and circuits."""
+        self.store.data["components"] = {
+            rt.name: {
+                "desired": rt.desired,
+                "manual_stop": rt.manual_stop,
+                "circuit": rt.circuit.value,
+                "circuit_opened_at": rt.circuit_opened_wall,
+            }
+            for rt in self.components.values()
+        }
+        self.store.save()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def get(self, name: str) -> Runtime:
+        """The runtime of a configured component, or CommandError."""
+        rt = self.components.get(name)
+        if rt is None:
+            raise CommandError(f"unknown component {name!r}")
+        return rt
+
+    def _background(self, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_task_failure)
+
+    def _child_env(self, rt: Runtime, rep: Replica) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(rt.spec.env)
+        env["AGENT_COMPONENT"] = rt.name
+        env["AGENT_REPLICA"] = str(rep.index)
+        return env
+
+    # --- spawning and exits -------------------------------------------------------------------
+
+    def _spawn(self, rt: Runtime, rep: Replica) -> bool:
+        loop = asyncio.get_running_loop()
+        rep.generation += 1
+        rep.stopping = False
+        rep.ready = False
+        rep.probe_ok = None
+        rep.probe_failures = rep.probe_successes = 0
+        rep.probe_ever_ok = False
+        rep.exited.clear()
+        path = replica_log_path(self.log_dir, rt.name, rep.index)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
+            fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        generation = rep.generation
+        try:
+            pid = self.reaper.spawn(
+                rt.spec.argv,
+                lambda status: self._on_exit(rt, rep, generation, status),
+                env=self._child_env(rt, rep),
+                cwd=rt.spec.cwd,
+                stdout=fd,
+            )
+        except OSError as exc:
+            log.error("component %s replica %d: cannot start %s: %s",
+                      rt.name, rep.index, rt.spec.argv[0], exc.strerror or exc)
+            rep.started_at = self.clock()
+            rep.pid = None
+            loop.call_soon(self._on_exit, rt, rep, generation, ExitStatus(127, None))
+            return False
+        finally:
+            os.close(fd)
+        rep.pid = pid
+        rep.started_at = self.clock()
+        rep.started_wall = time.time()
+        rep.state = ReplicaState.STARTING
+        if self.guardian is not None:
+            self.guardian.add(pid)
+        log.info("component %s replica %d started (pid %d)", rt.name, rep.index, pid)
+        if rt.spec.probe is None:
+            if rt.spec.ready_after > 0:
+                rep.timer = loop.call_later(rt.spec.ready_after, self._mark_ready, rt, rep, generation)
+            else:
+                self._mark_ready(rt, rep, generation)
+        return True
+
+    def _mark_ready(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        if rep.generation != generation or rep.pid is None or rep.stopping:
+            return
+        rep.timer = None
+        rep.ready = True
+        rep.state = ReplicaState.RUNNING
+        if rt.circuit is Circuit.HALF_OPEN:
+            # The trial counts as passed once it has stayed up for reset_after (checked on a timer).
+            pass
+        self._check_ready(rt)
+
+    def _check_ready(self, rt: Runtime) -> None:
+        active = rt.active()
+        if rt.target > 0 and len(active) >= rt.target and all(r.ready for r in active):
+            rt.ready_event.set()
+        else:
+            rt.ready_event.clear()
+
+    def _on_exit(self, rt: Runtime, rep: Replica, generation: int, status: ExitStatus) -> None:
+        if rep.generation != generation:
+            return
+        pid = rep.pid
+        if pid is not None:
+            # Whatever the leader left behind in its group goes with it.
+            signal_group(pid, signal.SIGKILL)
+            if self.guardian is not None:
+                self.guardian.remove(pid)
+        now = self.clock()
+        ran_for = now - rep.started_at
+        rep.pid = None
+        rep.ready = False
+        if rep.timer is not None:
+            rep.timer.cancel()
+            rep.timer = None
+        rt.last_exit = status
+        self._check_ready(rt)
+        if rep.stopping or self.shutting_down:
+            rep.state = ReplicaState.STOPPED
+            rep.stopping = False
+            rep.exited.set()
+            return
+        rep.exited.set()
+        log.warning("component %s replica %d (pid %s) %s after %.3fs",
+                    rt.name, rep.index, pid, status.describe, ran_for)
+        if rt.manual_stop or rep.index >= rt.desired:
+            rep.state = ReplicaState.STOPPED
+            return
+        self._after_failure(rt, rep, status.code, ran_for, "exit")
+
+    def _after_failure(self, rt: Runtime, rep: Replica, exit_code: int | None, ran_for: float, reason: str) -> None:
+        """Apply restart policy, backoff and circuit breaker after an unplanned end of a replica."""
+        now = self.clock()
+        rt.history = policy.prune_history(rt.history, now, rt.spec.restart.window)
+        decision = policy.decide_exit(
+            exit_code=exit_code,
+            ran_for=ran_for,
+            previous_failures=rep.failures,
+            history=rt.history,
+            circuit=rt.circuit,
+            now=now,
+            settings=rt.spec.restart,
+            rand=self.rand(),
+        )
+        rep.failures = decision.failures
+        if decision.action is ExitAction.STAY_DOWN:
+            rep.state = ReplicaState.EXITED
+            log.info("component %s replica %d stays down (%s)", rt.name, rep.index, decision.reason)
+            return
+        if decision.action is ExitAction.OPEN_CIRCUIT:
+            rep.state = ReplicaState.EXITED
+            self._open_circuit(rt, decision.reason)
+            return
+        rt.history.append(now)
+        rt.restarts[reason] += 1
+        rt.last_reason = reason
+        rt.last_restart_wall = time.time()
+        if decision.delay <= 0:
+            self._spawn(rt, rep)
+            return
+        rep.state = ReplicaState.BACKOFF
+        log.info("component %s replica %d restarts in %.3fs (failure %d in a row)",
+                 rt.name, rep.index, decision.delay, decision.failures)
+        generation = rep.generation
+        rep.timer = asyncio.get_running_loop().call_later(
+            decision.delay, self._backoff_done, rt, rep, generation
+        )
+
+    def _backoff_done(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        rep.timer = None
+        if rep.generation != generation or rep.state is not ReplicaState.BACKOFF:
+            return
+        if rt.manual_stop or self.shutting_down or rep.index >= rt.desired or rt.circuit is Circuit.OPEN:
+            rep.state = ReplicaState.STOPPED
+            return
+        self._spawn(rt, rep)
+
+    # --- circuit breaker -------------------------------------------------------------------
+
+    def _open_circuit(self, rt: Runtime, reason: str, opened_wall: float | None = None) -> None:
+        rt.circuit = Circuit.OPEN
+        rt.circuit_opened_wall = time.time() if opened_wall is None else opened_wall
+        for rep in rt.replicas.values():
+            if rep.state is ReplicaState.BACKOFF:
+                if rep.timer is not None:
+                    rep.timer.cancel()
+                    rep.timer = None
+                rep.state = ReplicaState.EXITED
+        delay = policy.circuit_trial_due(rt.circuit_opened_wall, time.time(), rt.spec.restart.circuit_cooldown)
+        log.error("component %s: circuit open (%s); no restarts for %.1fs, then one trial",
+                  rt.name, reason, delay)
+        self._schedule_trial(rt, delay)
+        self.persist()
+
+    def _schedule_trial(self, rt: Runtime, delay: float) -> None:
+        if rt.circuit_timer is not None:
+            rt.circuit_timer.cancel()
+        rt.circuit_timer = asyncio.get_running_loop().call_later(delay, self._trial, rt)
+
+    def _trial(self, rt: Runtime) -> None:
+        rt.circuit_timer = None
+        if rt.circuit is not Circuit.OPEN or rt.manual_stop or self.shutting_down:
+            return
+        down = [r for r in rt.active() if not r.alive]
+        if not down and len(rt.active()) >= rt.desired:
+            self._close_circuit(rt, "nothing left to try")
+            return
+        rt.circuit = Circuit.HALF_OPEN
+        self.persist()
+        rep = down[0] if down else self._new_replica(rt, len(rt.replicas))
+        log.warning("component %s: circuit half-open, one trial start of replica %d", rt.name, rep.index)
+        if self._spawn(rt, rep):
+            generation = rep.generation
+            asyncio.get_running_loop().call_later(
+                rt.spec.restart.backoff.reset_after, self._trial_passed, rt, rep, generation
+            )
+
+    def _trial_passed(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        if rt.circuit is Circuit.HALF_OPEN and rep.generation == generation and rep.alive:
+            self._close_circuit(rt, f"trial ran {rt.spec.restart.backoff.reset_after:g}s")
+            self._reconcile(rt)
+
+    def _close_circuit(self, rt: Runtime, why: str) -> None:
+        if rt.circuit_timer is not None:
+            rt.circuit_timer.cancel()
+            rt.circuit_timer = None
+        if rt.circuit is not Circuit.CLOSED:
+            log.info("component %s: circuit closed (%s)", rt.name, why)
+        rt.circuit = Circuit.CLOSED
+        rt.history.clear()
+        for rep in rt.replicas.values():
+            rep.failures = 0
+        self.persist()
+
+    # --- reconciling replicas -----------------------------------------------------------------
+
+    def _new_replica(self, rt: Runtime, index: int) -> Replica:
+        rep = Replica(index=index)
+        rep.exited.set()
+        rt.replicas[index] = rep
+        return rep
+
+    def _reconcile(self, rt: Runtime, revive_exited: bool = False) -> list[Replica]:
+        """Start missing replicas below the target; return those above it (for the caller to stop)."""
+        if not self.shutting_down and rt.circuit is Circuit.CLOSED:
+            for index in range(rt.target):
+                rep = rt.replicas.get(index) or self._new_replica(rt, index)
+                revive = revive_exited and rep.state is ReplicaState.EXITED
+                if rep.state is ReplicaState.STOPPED or revive:
+                    self._spawn(rt, rep)
+        self._check_ready(rt)
+        return [r for i, r in sorted(rt.replicas.items()) if i >= rt.target and r.state is not ReplicaState.STOPPED]
+
+    async def _stop_replica(self, rt: Runtime, rep: Replica) -> None:
+        if rep.timer is not None:
+            rep.timer.cancel()
+            rep.timer = None
+        if rep.pid is None:
+            rep.state = ReplicaState.STOPPED
+            return
+        pid = rep.pid
+        rep.stopping = True
+        rep.state = ReplicaState.STOPPING
+        stop = rt.spec.stop
+        if not signal_group(pid, stop.signum):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stop.signum)
+        try:
+            await asyncio.wait_for(rep.exited.wait(), stop.grace)
+        except TimeoutError:
+            log.warning("component %s replica %d (pid %d) ignored %s for %.1fs; sending SIGKILL",
+                        rt.name, rep.index, pid, stop.signal, stop.grace)
+            signal_group(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await rep.exited.wait()
+        log.info("component %s replica %d (pid %d) stopped", rt.name, rep.index, pid)
+
+    async def _stop_replicas(self, rt: Runtime, replicas: list[Replica]) -> None:
+        await asyncio.gather(*(self._stop_replica(rt, r) for r in replicas))
+        for rep in replicas:
+            if rep.index >= rt.desired and rep.state is ReplicaState.STOPPED:
+                rt.replicas.pop(rep.index, None)
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def start_all(self, ready_timeout: float | None = None) -> None:
+        """Start every component in dependency order; a dependent waits until its dependencies are ready."""
+        for name in self.order:
+            rt = self.components[name]
+            for dep in rt.spec.depends_on:
+                await self._wait_ready(self.components[dep], ready_timeout)
+            if rt.circuit is Circuit.OPEN:
+                delay = policy.circuit_trial_due(rt.circuit_opened_wall, time.time(),
+                                                 rt.spec.restart.circuit_cooldown)
+                log.warning("component %s: circuit open (restored); trial in %.1fs", name, delay)
+                self._schedule_trial(rt, delay)
+                continue
+            if rt.circuit is Circuit.HALF_OPEN:
+                rt.circuit = Circuit.OPEN
+                self._schedule_trial(rt, 0.0)
+                continue
+            if rt.manual_stop:
+                log.info("component %s stays stopped (stopped by hand; `agent start %s` starts it)", name, name)
+                continue
+            async with rt.lock:
+                self._reconcile(rt)
+
+    async def _wait_ready(self, rt: Runtime, timeout: float | None) -> None:
+        if rt.target == 0 or rt.circuit is not Circuit.CLOSED:
+            return
+        if timeout is None:
+            timeout = rt.spec.probe.startup_grace if rt.spec.probe else rt.spec.ready_after + 5.0
+        try:
+            await asyncio.wait_for(rt.ready_event.wait(), timeout)
+        except TimeoutError:
+            log.warning("component %s not ready after %.1fs; starting its dependents anyway", rt.name, timeout)
+
+    async def restart(self, name: str, reason: str, replica: int | None = None) -> int:
+        """Stop and start running replicas (all, or one); returns how many were restarted."""
+        rt = self.get(name)
+        async with rt.lock:
+            if replica is not None and replica not in rt.replicas:
+                raise CommandError(f"component {name!r} has no replica {replica}")
+            if reason == "manual" and rt.circuit is not Circuit.CLOSED:
+                self._close_circuit(rt, "restarted by hand")
+            targets = [r for r in rt.active() if replica is None or r.index == replica]
+            if rt.manual_stop or rt.circuit is Circuit.OPEN:
+                return 0
+            await asyncio.gather(*(self._stop_replica(rt, r) for r in targets))
+            for rep in targets:
+                rt.restarts[reason] += 1
+                rt.history.append(self.clock())
+                rt.last_reason = reason
+                rt.last_restart_wall = time.time()
+                if not self.shutting_down:
+                    self._spawn(rt, rep)
+            return len(targets)
+
+    async def scale(self, name: str, replicas: int, reason: str) -> int:
+        """Set desired replicas (within min/max); starts or stops only the difference."""
+        rt = self.get(name)
+        bounds = rt.spec.replicas
+        if not bounds.min <= replicas <= bounds.max:
+            raise CommandError(f"component {name!r}: {replicas} replicas is outside [{bounds.min}, {bounds.max}]")
+        async with rt.lock:
+            before = rt.desired
+            rt.desired = replicas
+            self.persist()
+            if before != replicas:
+                log.info("component %s scaled %d -> %d (%s)", name, before, replicas, reason)
+            await self._stop_replicas(rt, self._reconcile(rt))
+            return before
+
+    async def start(self, name: str, reason: str) -> None:
+        """Start a component: clears a manual stop; a component at 0 replicas goes to max(min, 1)."""
+        rt = self.get(name)
+        async with rt.lock:
+            if reason == "manual":
+                rt.manual_stop = False
+                self._close_circuit(rt, "started by hand")
+            elif rt.manual_stop:
+                raise CommandError(f"component {name!r} was stopped by hand; only `agent start` starts it")
+            if rt.desired == 0:
+                rt.desired = max(rt.spec.replicas.min, 1)
+            self.persist()
+            self._reconcile(rt, revive_exited=True)
+
+    async def stop(self, name: str, reason: str) -> None:
+        """Stop every replica; a manual stop holds until a manual start."""
+        rt = self.get(name)
+        async with rt.lock:
+            if reason == "manual":
+                rt.manual_stop = True
+            if rt.circuit_timer is not None and reason == "manual":
+                rt.circuit_timer.cancel()
+                rt.circuit_timer = None
+                rt.circuit = Circuit.CLOSED
+            self.persist()
+            await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
+            self._check_ready(rt)
+
+    async def emergency_stop(self) -> None:
+        """Stop everything at once, held as a manual stop of every component."""
+        await asyncio.gather(*(self.stop(name, "manual") for name in self.components))
+
+    async def shutdown(self) -> None:
+        """Stop all components in reverse dependency order (not remembered as manual stops)."""
+        self.shutting_down = True
+        for rt in self.components.values():
+            if rt.circuit_timer is not None:
+                rt.circuit_timer.cancel()
+        for name in reversed(self.order):
+            rt = self.components[name]
+            await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
+        for task in list(self._tasks):
+            task.cancel()
+
+    # --- observations from probes and resource sampling ---------------------------------------
+
+    def report_probe(self, name: str, index: int, generation: int, ok: bool, error: str = "") -> None:
+        """Record one probe result; after failure_threshold failures past the startup grace, restart."""
+        rt = self.components[name]
+        rep = rt.replicas.get(index)
+        probe = rt.spec.probe
+        if rep is None or probe is None or rep.generation != generation or rep.pid is None or rep.stopping:
+            return
+        if ok:
+            rep.probe_failures = 0
+            rep.probe_successes += 1
+            rep.probe_error = ""
+            if rep.probe_successes >= probe.success_threshold:
+                rep.probe_ok = True
+                rep.probe_ever_ok = True
+                if not rep.ready:
+                    self._mark_ready(rt, rep, generation)
+            return
+        rep.probe_successes = 0
+        rep.probe_failures += 1
+        rep.probe_error = error
+        if rep.probe_failures < probe.failure_threshold:
+            return
+        rep.probe_ok = False
+        in_grace = not rep.probe_ever_ok and self.clock() - rep.started_at < probe.startup_grace
+        if in_grace or self.shutting_down or rt.circuit is Circuit.OPEN:
+            return
+        log.warning("component %s replica %d failed %d probes in a row (%s); restarting",
+                    name, index, rep.probe_failures, error)
+        rep.probe_failures = 0
+        self._background(self._probe_restart(rt, rep, generation))
+
+    async def _probe_restart(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        async with rt.lock:
+            if rep.generation != generation or rep.pid is None:
+                return
+            ran_for = self.clock() - rep.started_at
+            await self._stop_replica(rt, rep)
+            if not self.shutting_down and not rt.manual_stop:
+                self._after_failure(rt, rep, None, ran_for, "probe")
+
+    def report_memory(self, name: str, rss: int) -> None:
+        """Record one RSS sample of the whole component; two over the limit in a row restart it."""
+        rt = self.components[name]
+        rt.rss_samples.append(rss)
+        limit = rt.spec.limits.memory_bytes
+        if policy.over_memory_limit(list(rt.rss_samples), limit) and rt.running_count:
+            log.warning("component %s uses %d bytes, over its limit %s for two samples; restarting",
+                        name, rss, limit)
+            rt.rss_samples.clear()
+            self._background(self.restart(name, "resource"))
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())

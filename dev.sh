@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One entry point for the two README commands:
+#   ./dev.sh run   [agent run args...]   set up .venv if needed, run the agent on the embedded default
+#   ./dev.sh test  [pytest args...]      set up .venv (+ promtool/alertmanager when root), ruff, mypy, pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+ensure_venv() {
+    local stamp="$VENV/.installed"
+    if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+        "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+        [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
+        "$VENV/bin/python" -m pip install -q -e '.[dev]'
+        touch "$stamp"
+    fi
+}
+
+have_stack() {
+    command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+        { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } && \
+        command -v amtool >/dev/null
+}
+
+ensure_stack() {
+    have_stack && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        # Never let the packages' init scripts start daemons listening on 0.0.0.0.
+        [ -e /usr/sbin/policy-rc.d ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            prometheus prometheus-alertmanager >/dev/null
+    else
+        echo "note: promtool/prometheus/alertmanager not found and not root: stack tests will skip" \
+             "(install Debian's 'prometheus' and 'prometheus-alertmanager')" >&2
+    fi
+}
+
+cmd=${1:-}
+shift || true
+case "$cmd" in
+    run)
+        ensure_venv
+        exec "$VENV/bin/agent" run "$@"
+        ;;
+    test)
+        ensure_venv
+        ensure_stack
+        "$VENV/bin/ruff" check .
+        "$VENV/bin/mypy"
+        exec "$VENV/bin/pytest" "$@"
+        ;;
+    *)
+        echo "usage: ./dev.sh run [agent run options] | ./dev.sh test [pytest options]" >&2
+        exit 2
+        ;;
+esac
