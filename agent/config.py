@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.units import Duration, Size
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
-ACTIONS = ("restart", "scale_up", "scale_down", "scale_to", "start")
+Action = Literal["restart", "scale_up", "scale_down", "scale_to", "start"]
+ACTIONS: tuple[Action, ...] = ("restart", "scale_up", "scale_down", "scale_to", "start")
 
 
 class ConfigError(Exception):
@@ -228,7 +230,7 @@ class ProbeSettings(Strict):
 
 
 class RemediationSettings(Strict):
-    allowed_actions: list[Literal["restart", "scale_up", "scale_down", "scale_to", "start"]] = Field(
+    allowed_actions: list[Action] = Field(
         default_factory=lambda: list(ACTIONS)
     )
     cooldown: Duration = 60.0
@@ -266,9 +268,13 @@ class Component(Strict):
 
     @property
     def argv(self) -> list[str]:
+        """The argv to exec; a bare `python`/`python3` means the agent's own interpreter."""
         if isinstance(self.command, str):
             return ["/bin/sh", "-c", self.command]
-        return list(self.command)
+        argv = list(self.command)
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        return argv
 
 
 class BacklogSource(Strict):
@@ -339,24 +345,28 @@ class Config(Strict):
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def expand_env(value: Any, env: Mapping[str, str]) -> Any:
+class MissingVariable(KeyError):
+    """`${VAR}` without a default, and VAR unset."""
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
     """Replace `${VAR}` and `${VAR:-default}` in every string of a loaded document."""
     if isinstance(value, str):
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
-            if name in env and env[name] != "":
+            if env.get(name):
                 return env[name]
             if default is not None:
                 return default
             if name == "HOSTNAME":
                 return socket.gethostname()
-            raise KeyError(name)
+            raise MissingVariable(name, path)
 
         return _VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: expand_env(v, env) for k, v in value.items()}
+        return {k: expand_env(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, env) for v in value]
+        return [expand_env(v, env, f"{path}.{i}") for i, v in enumerate(value)]
     return value
 
 
@@ -379,26 +389,48 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _json_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+class _JsonObject(dict[str, Any]):
+    """A decoded JSON object that remembers keys it saw twice."""
+
+    duplicates: list[str]
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    out = _JsonObject()
+    out.duplicates = []
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            out.duplicates.append(key)
         out[key] = value
     return out
+
+
+def _json_duplicates(value: Any, path: str = "") -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if isinstance(value, _JsonObject):
+        found += [(f"{path}.{k}" if path else k, "duplicate key (defined twice)") for k in value.duplicates]
+        for k, v in value.items():
+            found += _json_duplicates(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _json_duplicates(v, f"{path}.{i}")
+    return found
 
 
 def parse_document(text: str, source: str) -> Any:
     """Parse YAML or JSON text (JSON when the source ends in .json or the text starts with `{`)."""
     if source.endswith(".json") or text.lstrip().startswith("{"):
         try:
-            return json.loads(text, object_pairs_hook=_json_no_duplicates)
+            data = json.loads(text, object_pairs_hook=_json_object)
         except json.JSONDecodeError as exc:
-            raise ConfigError(source, [("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}")])
-        except ValueError as exc:
-            raise ConfigError(source, [("", f"invalid JSON: {exc}")]) from None
+            where = f"line {exc.lineno} column {exc.colno}"
+            raise ConfigError(source, [("", f"invalid JSON at {where}: {exc.msg}")]) from None
+        duplicates = _json_duplicates(data)
+        if duplicates:
+            raise ConfigError(source, duplicates)
+        return data
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
@@ -441,8 +473,9 @@ def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
         raise ConfigError(source, [("", f"the top level must be a mapping, got {type(data).__name__}")])
     try:
         data = expand_env(data, env)
-    except KeyError as exc:
-        raise ConfigError(source, [("", f"environment variable ${{{exc.args[0]}}} is not set and has no default")])
+    except MissingVariable as exc:
+        msg = f"environment variable ${{{exc.args[0]}}} is not set and has no default (use ${{VAR:-default}})"
+        raise ConfigError(source, [(exc.args[1], msg)]) from None
     from agent.seed import is_seed_shape, map_seed  # local: seed mapping builds on this module
 
     problems: list[tuple[str, str]] = []

@@ -38,14 +38,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def read_json(path: Path, expect: type = dict) -> Any | None:
     """Read a state file; a missing file is None, a corrupt one is reported, set aside and None."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
         log.error("cannot read state file %s (%s); starting from the config", path, exc)
         return None
     try:
-        data = json.loads(text)
+        data = json.loads(raw.decode("utf-8"))
         if not isinstance(data, expect):
             raise ValueError(f"expected a JSON {expect.__name__}")
     except ValueError as exc:

@@ -1,0 +1,183 @@
+"""The running agent: wires the supervisor, observers and HTTP server together and owns shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.config import Autonomy, Config
+from agent.logs import rotate_if_large
+from agent.process import Guardian, Reaper, set_child_subreaper
+from agent.resources import ResourceMonitor
+from agent.state import StateStore
+from agent.supervisor import Supervisor, replica_log_path
+
+log = logging.getLogger("agent")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+class StartupError(Exception):
+    """The agent cannot start (port in use, state dir unwritable); nothing was started."""
+
+
+def bind_listen_socket(host: str, port: int) -> socket.socket:
+    """Bind the HTTP socket before anything starts, so a port in use stops the agent cleanly."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class Agent:
+    """One agent process: supervisor, observers, HTTP server, and their shared state."""
+
+    def __init__(self, config: Config, *, autonomy: Autonomy | None = None) -> None:
+        self.config = config
+        self.started_wall = time.time()
+        self.version = __version__
+        self.state_dir = config.agent.state_dir
+        self.store = StateStore(self.state_dir)
+        self.emergency = bool(self.store.data.get("emergency_stop", False))
+        self.autonomy = Autonomy.OFF if self.emergency else (autonomy or config.agent.autonomy)
+        self.stop_event = asyncio.Event()
+        self.shutting_down = False
+        self.sock: socket.socket | None = None
+        self.reaper: Reaper | None = None
+        self.guardian: Guardian | None = None
+        self.supervisor: Supervisor | None = None
+        self.resources: ResourceMonitor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def sup(self) -> Supervisor:
+        assert self.supervisor is not None, "the agent is not running"
+        return self.supervisor
+
+    def set_autonomy(self, mode: Autonomy) -> None:
+        """Change the autonomy mode; `on` also lifts an emergency stop."""
+        self.autonomy = mode
+        if mode is Autonomy.ON and self.emergency:
+            self.emergency = False
+            self.store.data["emergency_stop"] = False
+            self.store.save()
+            log.warning("emergency stop lifted: autonomy on")
+        log.info("autonomy set to %s", mode.value)
+
+    async def emergency_stop(self) -> None:
+        """Stop every component now and hold autonomy off (persisted) until `autonomy on`."""
+        self.emergency = True
+        self.autonomy = Autonomy.OFF
+        self.store.data["emergency_stop"] = True
+        self.store.save()
+        log.critical("EMERGENCY STOP: stopping every component, autonomy off until `agent autonomy on`")
+        await self.sup.emergency_stop()
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (signal handlers call this)."""
+        if not self.stop_event.is_set():
+            log.info("shutdown requested")
+        self.stop_event.set()
+
+    async def _rotate_logs_forever(self) -> None:
+        settings = self.config.agent
+        interval = max(1.0, settings.resources.interval)
+        while True:
+            await asyncio.sleep(interval)
+            for rt in self.sup.components.values():
+                for index in list(rt.replicas):
+                    path = replica_log_path(settings.log_dir, rt.name, index)
+                    try:
+                        rotate_if_large(path, settings.log_max_bytes, settings.log_backups)
+                    except OSError as exc:
+                        log.error("cannot rotate %s: %s", path, exc)
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        settings = self.config.agent
+        try:
+            self.sock = bind_listen_socket(settings.listen_host, settings.listen_port)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except StartupError as exc:
+            log.error("%s; nothing started", exc)
+            return EXIT_UNAVAILABLE
+        except OSError as exc:
+            log.error("cannot create state dir %s: %s; nothing started", self.state_dir, exc.strerror or exc)
+            return EXIT_UNAVAILABLE
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        if not set_child_subreaper():
+            log.warning("could not become a child subreaper; orphaned grandchildren are reaped by init")
+        self.reaper = Reaper(loop)
+        self.guardian = Guardian(self.reaper)
+        self.supervisor = Supervisor(self.config, self.reaper, self.store, guardian=self.guardian)
+        self.resources = ResourceMonitor(self.supervisor, settings.resources.interval,
+                                         settings.resources.mountpoints)
+        from agent.server import HttpServer  # local: the server imports this module's types
+
+        server = HttpServer(self, self.sock)
+        await server.start()
+        host, port = self.sock.getsockname()[:2]
+        log.info("agent %s listening on http://%s:%d (node %s, autonomy %s)",
+                 self.version, host, port, settings.node, self.autonomy.value)
+        if self.emergency:
+            log.warning("emergency stop in force (from the state dir): components stay stopped; "
+                        "`agent autonomy on` lifts it")
+        self._tasks.append(asyncio.ensure_future(self._rotate_logs_forever()))
+        for observer in self._observers():
+            self._tasks.append(asyncio.ensure_future(observer))
+        starting = asyncio.ensure_future(self._start_components())
+        await self.stop_event.wait()
+        self.shutting_down = True
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        for task in self._tasks:
+            task.cancel()
+        try:
+            await asyncio.wait_for(self.sup.shutdown(), settings.shutdown_timeout)
+        except TimeoutError:
+            log.error("components did not stop within %.0fs", settings.shutdown_timeout)
+        await server.stop()
+        self.guardian.close()
+        self.reaper.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        log.info("agent stopped")
+        return EXIT_OK
+
+    async def _start_components(self) -> None:
+        if self.emergency:
+            return
+        await self.sup.start_all()
+        names = [n for n in self.sup.order if self.sup.components[n].target > 0]
+        log.info("components started: %s", ", ".join(names) or "none")
+
+    def _observers(self) -> list[Coroutine[Any, Any, None]]:
+        """Coroutines that observe probes, resources and the backlog."""
+        assert self.resources is not None
+        return [self.resources.run()]
+
+
+def state_path(state_dir: Path) -> Path:
+    """Where the agent keeps its state document."""
+    return state_dir / "state.json"

@@ -1,0 +1,195 @@
+"""`agent ...`: the daemon, one-shot checks, config validation, the todo store, and control verbs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent import __version__
+from agent.config import DEFAULT_CONFIG, Autonomy, Config, ConfigError, load_config
+
+EPILOG = """\
+exit codes: 0 ok; 1 failure (or WARNING for --once); 2 invalid config or usage (CRITICAL for --once);
+3 cannot start: listen address in use, state dir unwritable (UNKNOWN for --once).
+The config defaults to $AGENT_CONFIG, else the embedded demo config examples/default.yaml.
+"""
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if getattr(args, "config", None):
+        return Path(args.config)
+    env = os.environ.get("AGENT_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def _load(args: argparse.Namespace) -> Config:
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        print(f"error: invalid config\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground."""
+    config = _load(args)
+    from agent.app import Agent
+    from agent.logs import setup_logging
+    from agent.loop import run
+
+    settings = config.agent
+    setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups)
+    logging.getLogger("agent").info("config %s: %d component(s)", _config_path(args), len(config.components))
+    autonomy = Autonomy(args.autonomy) if args.autonomy else None
+    return run(Agent(config, autonomy=autonomy).run())
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config file and explain every error."""
+    path = Path(args.file) if args.file else _config_path(args)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    order = " -> ".join(config.start_order()) or "(no components)"
+    print(f"{path}: OK, {len(config.components)} component(s); start order: {order}")
+    return 0
+
+
+def _todo_db(args: argparse.Namespace) -> Path:
+    if args.db:
+        return Path(args.db)
+    if os.environ.get("TODO_DB"):
+        return Path(os.environ["TODO_DB"])
+    try:
+        config = load_config(_config_path(args))
+    except ConfigError:
+        return Path("todos.db")
+    for source in config.backlog.sources:
+        if source.kind == "sqlite" and source.path is not None:
+            return source.path
+    return Path("todos.db")
+
+
+def cmd_todo(args: argparse.Namespace) -> int:
+    """The embedded SQLite todo store."""
+    from agent import todos
+
+    db = _todo_db(args)
+    if args.todo_cmd == "add":
+        caps = [c for item in args.capability for c in item.split(",") if c]
+        todo_id = todos.add(db, args.title, args.priority, caps)
+        print(json.dumps({"id": todo_id}) if args.json else todo_id)
+    elif args.todo_cmd == "list":
+        items = todos.list_todos(db, args.status, args.limit)
+        if args.json:
+            print(json.dumps([t.to_json() for t in items]))
+        else:
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table("id", "priority", "status", "capabilities", "claimed by", "title")
+            for t in items:
+                table.add_row(str(t.id), t.priority, t.status, ",".join(t.capabilities) or "any",
+                              t.claimed_by or "", t.title)
+            Console().print(table)
+    elif args.todo_cmd == "claim":
+        wanted = [c for item in args.capability for c in item.split(",") if c]
+        todo = todos.claim(db, args.worker, wanted or None)
+        if todo is None:
+            print("{}" if args.json else "nothing pending")
+            return 1
+        print(json.dumps(todo.to_json()) if args.json else f"{todo.id}\t{todo.priority}\t{todo.title}")
+    elif args.todo_cmd == "done" and not todos.finish(db, args.id, "failed" if args.failed else "done"):
+        print(f"error: no todo {args.id} in {db}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="agent",
+        description="A self-healing, observability-first supervisor: runs your components, exports "
+        "their health, resources and todo backlog to Prometheus, and acts on Alertmanager webhooks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"agent {__version__}")
+    parser.add_argument("-c", "--config", help="config file (YAML or JSON)")
+    parser.add_argument("--once", action="store_true",
+                        help="one check cycle without starting anything: probe, sample, read the backlog; "
+                        "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+    parser.add_argument("--json", action="store_true", help="with --once: print JSON")
+    parser.add_argument("--format", choices=["table", "json", "prometheus"], default=None,
+                        help="with --once: output format (prometheus = node_exporter textfile format)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent in the foreground")
+    run.add_argument("-c", "--config", help="config file (YAML or JSON)")
+    run.add_argument("--autonomy", choices=[m.value for m in Autonomy],
+                     help="override agent.autonomy: on acts on alerts, dry-run records only, off ignores")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 2 with every error when invalid")
+    check.add_argument("file", nargs="?", help="the file (default: --config, $AGENT_CONFIG or the demo)")
+    check.set_defaults(func=cmd_check_config)
+
+    todo = sub.add_parser("todo", help="the embedded SQLite todo store (for workers in any language)")
+    todo.add_argument("--db", help="SQLite file (default: $TODO_DB, else the config's sqlite backlog source)")
+    todo.add_argument("-c", "--config", help="config file used to find the sqlite backlog source")
+    todo.add_argument("--json", action="store_true", help="JSON output")
+    tsub = todo.add_subparsers(dest="todo_cmd", required=True, metavar="VERB")
+    add = tsub.add_parser("add", help="add a pending todo; prints its id")
+    add.add_argument("title")
+    add.add_argument("-p", "--priority", default="normal", choices=["low", "normal", "high", "critical"])
+    add.add_argument("--capability", action="append", default=[],
+                     help="a capability the todo needs (repeat, or comma-separated)")
+    lst = tsub.add_parser("list", help="list todos, most urgent first")
+    lst.add_argument("--status", choices=["pending", "in_progress", "done", "failed"])
+    lst.add_argument("--limit", type=int, default=1000)
+    claim = tsub.add_parser("claim", help="take the most urgent pending todo you can serve (exit 1: none)")
+    claim.add_argument("--worker", required=True, help="who takes it")
+    claim.add_argument("--capability", action="append", default=[],
+                       help="capabilities this worker has (repeat or comma-separated); omit to take any")
+    done = tsub.add_parser("done", help="mark a todo done")
+    done.add_argument("id", type=int)
+    done.add_argument("--failed", action="store_true", help="mark it failed instead")
+    todo.set_defaults(func=cmd_todo)
+
+    try:
+        from agent.control_cli import add_control_commands
+    except ImportError:  # pragma: no cover - during bootstrap
+        pass
+    else:
+        add_control_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `agent` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.once:
+        from agent.once import cmd_once
+
+        fmt = args.format or ("json" if args.json else "table")
+        return cmd_once(_load(args), fmt)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

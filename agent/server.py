@@ -1,0 +1,72 @@
+"""The HTTP server inside the agent: Starlette on uvicorn, sharing the agent's event loop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+if TYPE_CHECKING:
+    from agent.app import Agent
+
+log = logging.getLogger("agent.server")
+
+
+def build_app(agent: Agent) -> Starlette:
+    """The agent's routes: health, readiness, metrics, webhook and control API."""
+
+    async def healthy(request: Request) -> Response:
+        return PlainTextResponse("OK\n")
+
+    async def ready(request: Request) -> Response:
+        if agent.supervisor is None:
+            return PlainTextResponse("starting\n", status_code=503)
+        waiting = [
+            rt.name for rt in agent.sup.components.values()
+            if rt.spec.essential and rt.target > 0 and not rt.ready_event.is_set()
+        ]
+        if waiting:
+            return JSONResponse({"ready": False, "waiting_for": waiting}, status_code=503)
+        return PlainTextResponse("OK\n")
+
+    routes = [
+        Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
+        Route("/-/ready", ready, methods=["GET", "HEAD"]),
+    ]
+    from agent.metrics import metrics_routes
+
+    routes += metrics_routes(agent)
+    return Starlette(routes=routes)
+
+
+class HttpServer:
+    """uvicorn driven by hand: no signal capture, no 100 ms tick loop, on an already bound socket."""
+
+    def __init__(self, agent: Agent, sock: socket.socket) -> None:
+        self.sock = sock
+        config = uvicorn.Config(
+            build_app(agent),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            date_header=False,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        config.load()
+        self.server = uvicorn.Server(config)
+        self.server.lifespan = config.lifespan_class(config)
+
+    async def start(self) -> None:
+        """Start serving on the socket."""
+        await self.server.startup(sockets=[self.sock])
+
+    async def stop(self) -> None:
+        """Close the listener and finish open requests (bounded)."""
+        await self.server.shutdown(sockets=[self.sock])

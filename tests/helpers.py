@@ -1,0 +1,174 @@
+"""Shared test helpers: waiting on conditions with deadlines, free ports, an agent subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+_tick = threading.Event()  # never set: wait(interval) paces a deadline loop
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005, what: str = "") -> Any:
+    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        _tick.wait(interval)
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.002, what: str = "") -> Any:
+    """Async twin of wait_for, for in-process tests on the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(interval)
+
+
+async def never(predicate: Callable[[], Any], during: float, interval: float = 0.005) -> None:
+    """Assert that `predicate` stays false for `during` seconds."""
+    deadline = time.monotonic() + during
+    while time.monotonic() < deadline:
+        assert not predicate(), "condition happened but should not have"
+        await asyncio.sleep(interval)
+
+
+def run_async(coro: Awaitable[Any]) -> Any:
+    """Run a coroutine on uvloop (the agent's loop)."""
+    from agent.loop import loop_factory
+
+    async def main() -> Any:
+        return await coro
+
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(main())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    """True when pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+class AgentProcess:
+    """`agent run` as a real subprocess in its own directory, with a config written from a dict."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], extra_args: tuple[str, ...] = ()) -> None:
+        self.dir = tmp
+        self.port = free_port()
+        agent = config.setdefault("agent", {})
+        agent.setdefault("listen", f"127.0.0.1:{self.port}")
+        agent.setdefault("state_dir", str(tmp / "state"))
+        agent.setdefault("log_dir", str(tmp / "logs"))
+        self.port = int(str(agent["listen"]).rsplit(":", 1)[1])
+        self.config_path = tmp / "agent.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_dir = Path(agent["log_dir"])
+        self.state_dir = Path(agent["state_dir"])
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> AgentProcess:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("AUTONOMOUS_LOG_LEVEL", None)
+        self.stderr = open(self.dir / "agent.stderr", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path), *self.extra_args],
+            cwd=self.dir, env=env, stdout=self.stderr, stderr=self.stderr,
+        )
+        if wait:
+            wait_for(self.healthy, 15, 0.02, "the agent to answer /-/healthy")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_text()}")
+        try:
+            return httpx.get(self.url + "/-/healthy", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log_text(self) -> str:
+        try:
+            return (self.dir / "agent.stderr").read_text()
+        except FileNotFoundError:
+            return ""
+
+    def log_records(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def descendants(self) -> list[int]:
+        import psutil
+
+        assert self.proc is not None
+        return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.state_dir / "state.json").read_text())
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.stderr.close()
+        return code
+
+
+@contextlib.contextmanager
+def running_agent(tmp: Path, config: dict[str, Any], *args: str) -> Iterator[AgentProcess]:
+    agent = AgentProcess(tmp, config, args)
+    try:
+        yield agent.start()
+    finally:
+        if agent.proc is not None and agent.proc.returncode is None:
+            agent.stop()
