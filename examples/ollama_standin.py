@@ -1,0 +1,122 @@
+"""A stand-in for the Ollama HTTP API, for machines where Ollama is not installed.
+
+It answers the endpoints a health probe or a client start-up check uses, and nothing else:
+    GET /                 200 "Ollama is running" (text/plain, like the real server)
+    GET /api/version      200 {"version": "0.0.0-standin"}
+    GET /api/tags         200 {"models": []}
+    GET /api/ps           200 {"models": []}
+Any other route answers 404 with a JSON error that says this is a stand-in. SIGTERM exits 0.
+
+Run as ``python -m examples.ollama_standin [options]``; see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("ollama_standin")
+
+VERSION = "0.0.0-standin"
+ROUTES: dict[str, Any] = {
+    "/api/version": {"version": VERSION},
+    "/api/tags": {"models": []},
+    "/api/ps": {"models": []},
+}
+
+
+def default_port() -> int:
+    raw = os.environ.get("OLLAMA_PORT", "")
+    return int(raw) if raw.strip() else 11434
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "ollama_standin/1.0"
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str, head: bool = False) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def _answer(self, head: bool) -> None:
+        path = urlsplit(self.path).path
+        if path == "/":
+            self._send(200, b"Ollama is running", "text/plain; charset=utf-8", head)
+        elif path in ROUTES:
+            self._send(200, json.dumps(ROUTES[path]).encode(), "application/json; charset=utf-8", head)
+        else:
+            body = {"error": f"{path} is not implemented by the Ollama stand-in (no models are available)"}
+            self._send(404, json.dumps(body).encode(), "application/json; charset=utf-8", head)
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 0:
+            self.rfile.read(length)
+        self._answer(head=False)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+
+class Terminated(Exception):
+    """Raised from the SIGTERM handler to unwind serve_forever()."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.ollama_standin",
+        description="Minimal stand-in for the Ollama API: GET /api/version and GET /api/tags (no models).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=default_port(),
+                        help="TCP port; 0 picks a free one (default: env OLLAMA_PORT or 11434)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        server = Server((args.host, args.port), Handler)
+        host, port = server.server_address[:2]
+        log.info("Ollama stand-in (version %s) on http://%s:%s", VERSION, host, port)
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.server_close()
+    except (Terminated, KeyboardInterrupt):
+        log.info("stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
