@@ -12,9 +12,14 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from agent import __version__
+from agent.backlog import BacklogMonitor
 from agent.config import Autonomy, Config
 from agent.logs import rotate_if_large
+from agent.metrics import build_registry
+from agent.probes import ProbeRunner
 from agent.process import Guardian, Reaper, set_child_subreaper
 from agent.resources import ResourceMonitor
 from agent.state import StateStore
@@ -65,6 +70,9 @@ class Agent:
         self.guardian: Guardian | None = None
         self.supervisor: Supervisor | None = None
         self.resources: ResourceMonitor | None = None
+        self.probes: ProbeRunner | None = None
+        self.backlog: BacklogMonitor | None = None
+        self.registry, self.events = build_registry(self)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -132,6 +140,9 @@ class Agent:
         self.supervisor = Supervisor(self.config, self.reaper, self.store, guardian=self.guardian)
         self.resources = ResourceMonitor(self.supervisor, settings.resources.interval,
                                          settings.resources.mountpoints)
+        client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
+        self.probes = ProbeRunner(self.supervisor, client, observe=self.events.observe_probe)
+        self.backlog = BacklogMonitor(self.config.backlog.sources, client)
         from agent.server import HttpServer  # local: the server imports this module's types
 
         server = HttpServer(self, self.sock)
@@ -157,7 +168,9 @@ class Agent:
             await asyncio.wait_for(self.sup.shutdown(), settings.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", settings.shutdown_timeout)
+        self.probes.close()
         await server.stop()
+        await client.aclose()
         self.guardian.close()
         self.reaper.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -174,8 +187,8 @@ class Agent:
 
     def _observers(self) -> list[Coroutine[Any, Any, None]]:
         """Coroutines that observe probes, resources and the backlog."""
-        assert self.resources is not None
-        return [self.resources.run()]
+        assert self.resources is not None and self.backlog is not None
+        return [self.resources.run(), self.backlog.run()]
 
 
 def state_path(state_dir: Path) -> Path:

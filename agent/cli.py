@@ -177,10 +177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.once:
-        from agent.once import cmd_once
+        from agent.once import Status, cmd_once
 
         fmt = args.format or ("json" if args.json else "table")
-        return cmd_once(_load(args), fmt)
+        try:
+            config = load_config(_config_path(args))
+        except ConfigError as exc:
+            print(f"UNKNOWN: invalid config\n{exc}", file=sys.stderr)
+            return int(Status.UNKNOWN)
+        return cmd_once(config, fmt)
     if not args.command:
         parser.print_help()
         return 2

@@ -107,6 +107,11 @@ class AgentSettings(Strict):
         return parse_listen(self.listen)[1]
 
 
+def substitute(text: str, replica: int) -> str:
+    """`{replica}` in a command, env value or probe target becomes the replica index."""
+    return text.replace("{replica}", str(replica))
+
+
 def parse_listen(value: str) -> tuple[str, int]:
     """Split `host:port` (IPv6 as `[::1]:port`); port 0 picks a free port."""
     host, sep, port = value.rpartition(":")

@@ -1,14 +1,252 @@
-"""Placeholder until the collector lands."""
+"""Prometheus exposition: a collector that reads the agent's state at scrape time, plus event metrics.
+
+Names follow the contract in docs/metrics.md. The collector never probes or samples: it only reads
+what the supervisor, probe runner, resource monitor and backlog monitor last recorded.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
+
+from agent.backlog import ANY_CAPABILITY
+from agent.config import Autonomy, Config
+from agent.probes import PROBE_ERRORS
+from agent.supervisor import REASONS, ComponentState
+from agent.todos import PRIORITIES, STATUSES
 
 if TYPE_CHECKING:
     from agent.app import Agent
 
+ACTIONS = ("restart", "scale_up", "scale_down", "scale_to", "start")
+RESULTS = ("executed", "duplicate", "cooldown", "rejected", "dry_run", "failed", "ignored")
+WEBHOOK_CODES = ("200", "400", "401", "413", "422", "503")
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+UNKNOWN_COMPONENT = "_unknown"
+
+
+class EventMetrics:
+    """Counters and histograms fed by events (probes, webhook requests, remediation actions)."""
+
+    def __init__(self, registry: CollectorRegistry, config: Config) -> None:
+        self.probe_duration = Histogram(
+            "orchestrator_probe_duration_seconds", "Duration of health probes.",
+            ["component", "probe"], registry=registry, buckets=PROBE_BUCKETS,
+        )
+        self.webhook_requests = Counter(
+            "orchestrator_webhook_requests", "Alertmanager webhook requests by HTTP status code.",
+            ["code"], registry=registry,
+        )
+        self.remediation_actions = Counter(
+            "orchestrator_remediation_actions", "Remediation decisions by component, action and result.",
+            ["component", "action", "result"], registry=registry,
+        )
+        self.remediation_duration = Histogram(
+            "orchestrator_remediation_duration_seconds", "Time to carry out a remediation action.",
+            ["action"], registry=registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+        )
+        # Every series for configured components exists from the first scrape.
+        for name, comp in config.components.items():
+            if comp.probe is not None:
+                self.probe_duration.labels(name, comp.probe.kind)
+            for action in comp.remediation.allowed_actions:
+                for result in RESULTS:
+                    self.remediation_actions.labels(name, action, result)
+        for code in WEBHOOK_CODES:
+            self.webhook_requests.labels(code)
+        for kind in ACTIONS:
+            self.remediation_duration.labels(kind)
+
+    def observe_probe(self, component: str, probe: str, seconds: float) -> None:
+        """Record one probe's duration."""
+        self.probe_duration.labels(component, probe).observe(seconds)
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+class StateCollector(Collector):
+    """Fresh metric families from the agent's current state, built inside collect()."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        capabilities = {c for comp in agent.config.components.values() for c in comp.capabilities}
+        self.capabilities = sorted(capabilities | {ANY_CAPABILITY})
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        agent = self.agent
+        yield from self._agent_metrics()
+        if agent.supervisor is not None:
+            yield from self._component_metrics()
+        if agent.resources is not None:
+            yield from self._host_metrics()
+        if agent.backlog is not None:
+            yield from self._backlog_metrics()
+
+    def _agent_metrics(self) -> Iterator[Metric]:
+        agent = self.agent
+        build = _gauge("orchestrator_build_info", "Agent version.", ["version"])
+        build.add_metric([agent.version], 1)
+        yield build
+        mode = _gauge("orchestrator_autonomy_mode", "Autonomy mode (1 for the current one).", ["mode"])
+        for m in Autonomy:
+            mode.add_metric([m.value], 1 if agent.autonomy is m else 0)
+        yield mode
+        yield GaugeMetricFamily("orchestrator_emergency_stop", "1 while an emergency stop is in force.",
+                                value=1 if agent.emergency else 0)
+        yield GaugeMetricFamily("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
+                                value=agent.started_wall)
+
+    def _component_metrics(self) -> Iterator[Metric]:
+        sup = self.agent.sup
+        usage = self.agent.resources.components if self.agent.resources is not None else {}
+        probe_reasons = self.agent.probes.last_reason if self.agent.probes is not None else {}
+        info = _gauge("orchestrator_component_info", "Configured components.", ["component", "kind", "essential"])
+        caps = _gauge("orchestrator_component_capability", "Capabilities a component serves.",
+                      ["component", "capability"])
+        state = _gauge("orchestrator_component_state", "Component state (1 for the current one).",
+                       ["component", "state"])
+        up = _gauge("orchestrator_component_up",
+                    "Fraction of desired replicas running and passing their probe (1 when none is desired).",
+                    ["component"])
+        replicas = _gauge("orchestrator_component_replicas", "Replicas running now.", ["component"])
+        desired = _gauge("orchestrator_component_desired_replicas", "Desired replicas.", ["component"])
+        minimum = _gauge("orchestrator_component_min_replicas", "Configured minimum replicas.", ["component"])
+        maximum = _gauge("orchestrator_component_max_replicas", "Configured maximum replicas.", ["component"])
+        manual = _gauge("orchestrator_component_manual_stop", "1 when stopped by hand.", ["component"])
+        restarts = CounterMetricFamily("orchestrator_component_restarts", "Restarts by reason.",
+                                       labels=["component", "reason"])
+        probe_ok = _gauge("orchestrator_component_probe_success", "Last probe result per replica.",
+                          ["component", "replica"])
+        probe_err = _gauge("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
+                           ["component", "reason"])
+        exit_code = _gauge("orchestrator_component_last_exit_code",
+                           "Exit code of the last replica that ended (128+N for signal N).", ["component"])
+        cpu = CounterMetricFamily("orchestrator_component_cpu_seconds", "CPU time of the process trees.",
+                                  labels=["component"])
+        rss = _gauge("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", ["component"])
+        threads = _gauge("orchestrator_component_threads", "Threads in the process trees.", ["component"])
+        fds = _gauge("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
+                     ["component"])
+        limit = _gauge("orchestrator_component_memory_limit_bytes", "Configured memory limit.", ["component"])
+        states = list(ComponentState)
+        for name, rt in sup.components.items():
+            spec = rt.spec
+            info.add_metric([name, spec.kind, "true" if spec.essential else "false"], 1)
+            for cap in spec.capabilities:
+                caps.add_metric([name, cap], 1)
+            current = rt.state
+            for s in states:
+                state.add_metric([name, s.value], 1 if s is current else 0)
+            target = rt.target
+            up.add_metric([name], min(1.0, rt.healthy_count / target) if target else 1.0)
+            replicas.add_metric([name], rt.running_count)
+            desired.add_metric([name], rt.desired)
+            minimum.add_metric([name], spec.replicas.min)
+            maximum.add_metric([name], spec.replicas.max)
+            manual.add_metric([name], 1 if rt.manual_stop else 0)
+            for reason in REASONS:
+                restarts.add_metric([name, reason], rt.restarts[reason])
+            if spec.probe is not None:
+                for index in range(max(spec.replicas.max, 1)):
+                    rep = rt.replicas.get(index)
+                    if rep is not None or index < rt.desired:
+                        probe_ok.add_metric([name, str(index)], 1 if rep is not None and rep.probe_ok else 0)
+                last = probe_reasons.get(name, "none")
+                for reason in PROBE_ERRORS:
+                    probe_err.add_metric([name, reason], 1 if reason == last else 0)
+            exit_code.add_metric([name], rt.last_exit.metric_code if rt.last_exit is not None else 0)
+            use = usage.get(name)
+            cpu.add_metric([name], use.cpu_seconds if use else 0.0)
+            rss.add_metric([name], use.rss_bytes if use else 0)
+            threads.add_metric([name], use.threads if use else 0)
+            fds.add_metric([name], use.open_fds if use else 0)
+            if spec.limits.memory_bytes is not None:
+                limit.add_metric([name], spec.limits.memory_bytes)
+        yield from (info, caps, state, up, replicas, desired, minimum, maximum, manual, restarts, probe_ok,
+                    probe_err, exit_code, cpu, rss, threads, fds, limit)
+
+    def _host_metrics(self) -> Iterator[Metric]:
+        assert self.agent.resources is not None
+        host = self.agent.resources.host
+        yield GaugeMetricFamily("orchestrator_host_cpu_usage_ratio", "Host CPU busy ratio (0..1) since the "
+                                "previous sample.", value=host.cpu_ratio)
+        yield GaugeMetricFamily("orchestrator_host_memory_available_bytes", "Host memory available.",
+                                value=host.memory_available)
+        yield GaugeMetricFamily("orchestrator_host_memory_total_bytes", "Host memory total.",
+                                value=host.memory_total)
+        free = _gauge("orchestrator_host_disk_free_bytes", "Free bytes per configured mountpoint.", ["mountpoint"])
+        total = _gauge("orchestrator_host_disk_total_bytes", "Size per configured mountpoint.", ["mountpoint"])
+        for mount, value in host.disk_free.items():
+            free.add_metric([mount], value)
+            total.add_metric([mount], host.disk_total.get(mount, 0))
+        yield free
+        yield total
+        for i, period in enumerate(("1", "5", "15")):
+            yield GaugeMetricFamily(f"orchestrator_host_load{period}", f"Load average over {period} minute(s).",
+                                    value=host.load[i])
+
+    def _backlog_metrics(self) -> Iterator[Metric]:
+        assert self.agent.backlog is not None
+        monitor = self.agent.backlog
+        totals = monitor.totals
+        backlog = _gauge("orchestrator_todo_backlog", "Todos by status, priority and required capability "
+                         "('any' when none is required; a todo needing two counts under both).",
+                         ["status", "priority", "capability"])
+        keys = set(totals.by_key)
+        for cap in self.capabilities:
+            for status in STATUSES:
+                for priority in PRIORITIES:
+                    keys.add((status, priority, cap))
+        for key in sorted(keys):
+            backlog.add_metric(list(key), totals.by_key.get(key, 0))
+        yield backlog
+        age = _gauge("orchestrator_todo_oldest_pending_age_seconds", "Age of the oldest pending todo "
+                     "(0 when none is pending).", ["priority"])
+        now = time.time()
+        for priority in PRIORITIES:
+            created = totals.oldest_pending.get(priority)
+            age.add_metric([priority], max(0.0, now - created) if created is not None else 0.0)
+        yield age
+        up = _gauge("orchestrator_todo_source_up", "1 when the last read of the source succeeded.", ["source"])
+        last = _gauge("orchestrator_todo_source_last_success_timestamp_seconds",
+                      "When the source was last read successfully (0: never).", ["source"])
+        duration = _gauge("orchestrator_todo_source_read_duration_seconds", "Duration of the last read.",
+                          ["source"])
+        for label, source in monitor.sources.items():
+            up.add_metric([label], 1 if source.up else 0)
+            last.add_metric([label], source.last_success)
+            duration.add_metric([label], source.duration)
+        yield from (up, last, duration)
+
+
+def build_registry(agent: Agent) -> tuple[CollectorRegistry, EventMetrics]:
+    """A registry of the agent's own (no process-global default registry)."""
+    registry = CollectorRegistry(auto_describe=False)
+    events = EventMetrics(registry, agent.config)
+    registry.register(StateCollector(agent))
+    return registry, events
+
 
 def metrics_routes(agent: Agent) -> list[Route]:
-    return []
+    """GET /metrics with OpenMetrics content negotiation."""
+
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(agent.registry), media_type=None, headers={"Content-Type": content_type})
+
+    return [Route("/metrics", metrics, methods=["GET"])]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import policy
-from agent.config import Component, Config
+from agent.config import Component, Config, substitute
 from agent.policy import Circuit, ExitAction
 from agent.process import ExitStatus, Guardian, Reaper, signal_group
 from agent.state import StateStore
@@ -171,6 +171,8 @@ class Supervisor:
         self.order = config.start_order()
         self.shutting_down = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Called with (runtime, replica) after every successful spawn (the probe runner listens).
+        self.spawn_listeners: list[Callable[[Runtime, Replica], None]] = []
         self.components: dict[str, Runtime] = {
             name: Runtime(name=name, spec=spec, desired=spec.replicas.start_count)
             for name, spec in config.components.items()
@@ -235,7 +237,7 @@ class Supervisor:
 
     def _child_env(self, rt: Runtime, rep: Replica) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(rt.spec.env)
+        env.update({k: substitute(v, rep.index) for k, v in rt.spec.env.items()})
         env["AGENT_COMPONENT"] = rt.name
         env["AGENT_REPLICA"] = str(rep.index)
         return env
@@ -261,7 +263,7 @@ class Supervisor:
         generation = rep.generation
         try:
             pid = self.reaper.spawn(
-                rt.spec.argv,
+                [substitute(arg, rep.index) for arg in rt.spec.argv],
                 lambda status: self._on_exit(rt, rep, generation, status),
                 env=self._child_env(rt, rep),
                 cwd=rt.spec.cwd,
@@ -283,6 +285,8 @@ class Supervisor:
         if self.guardian is not None:
             self.guardian.add(pid)
         log.info("component %s replica %d started (pid %d)", rt.name, rep.index, pid)
+        for listener in self.spawn_listeners:
+            listener(rt, rep)
         if rt.spec.probe is None:
             if rt.spec.ready_after > 0:
                 rep.timer = loop.call_later(rt.spec.ready_after, self._mark_ready, rt, rep, generation)

@@ -1,0 +1,217 @@
+"""Health probes: http, tcp, exec and mcp, one task per live replica, bounded by their timeout.
+
+Every probe result goes to the supervisor (`report_probe`), which owns the restart decision. One
+shared httpx.AsyncClient serves every HTTP probe; each replica has its own task, so a slow probe
+never delays another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from agent.config import Component, ProbeSettings, substitute
+from agent.process import ExitStatus, Reaper, signal_group
+
+if TYPE_CHECKING:
+    from agent.supervisor import Replica, Runtime, Supervisor
+
+log = logging.getLogger("agent.probes")
+
+# Bounded values of the `reason` label of orchestrator_component_probe_error.
+PROBE_ERRORS = ("none", "timeout", "connect", "status", "body", "exec", "protocol")
+
+
+class ProbeFailure(Exception):
+    """A failed probe: `reason` is one of PROBE_ERRORS, the message says what happened."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class ProbeResult:
+    ok: bool
+    reason: str
+    message: str
+    duration: float
+
+
+def _json_path(document: Any, path: str) -> Any:
+    for part in path.split("."):
+        if isinstance(document, dict) and part in document:
+            document = document[part]
+        elif isinstance(document, list) and part.isdigit() and int(part) < len(document):
+            document = document[int(part)]
+        else:
+            raise ProbeFailure("body", f"JSON field {path!r} missing")
+    return document
+
+
+async def probe_http(client: httpx.AsyncClient, settings: ProbeSettings, replica: int) -> str:
+    spec = settings.http
+    assert spec is not None
+    url = substitute(spec.url, replica)
+    try:
+        response = await client.request(spec.method, url, timeout=settings.timeout)
+    except httpx.TimeoutException:
+        raise ProbeFailure("timeout", f"GET {url}: no answer within {settings.timeout:g}s") from None
+    except httpx.HTTPError as exc:
+        raise ProbeFailure("connect", f"GET {url}: {type(exc).__name__}: {exc}") from None
+    if response.status_code != spec.expected_status:
+        raise ProbeFailure("status", f"GET {url}: status {response.status_code}, expected {spec.expected_status}")
+    if spec.json_field:
+        try:
+            document = response.json()
+        except (ValueError, json.JSONDecodeError):
+            raise ProbeFailure("body", f"GET {url}: body is not JSON") from None
+        value = _json_path(document, spec.json_field)
+        if spec.json_equals is not None and value != spec.json_equals:
+            raise ProbeFailure("body", f"GET {url}: {spec.json_field} is {value!r}, expected {spec.json_equals!r}")
+    return f"status {response.status_code}"
+
+
+async def probe_tcp(settings: ProbeSettings) -> str:
+    spec = settings.tcp
+    assert spec is not None
+    try:
+        _, writer = await asyncio.open_connection(spec.host, spec.port)
+    except OSError as exc:
+        raise ProbeFailure("connect", f"tcp {spec.host}:{spec.port}: {exc.strerror or exc}") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return "connected"
+
+
+async def probe_exec(reaper: Reaper, settings: ProbeSettings, replica: int, env: dict[str, str] | None) -> str:
+    spec = settings.exec
+    assert spec is not None
+    argv = [substitute(a, replica) for a in spec.command]
+    done: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
+
+    def finished(status: ExitStatus) -> None:
+        if not done.done():
+            done.set_result(status)
+
+    try:
+        pid = reaper.spawn(argv, finished, env=env, stdout=subprocess.DEVNULL)
+    except OSError as exc:
+        raise ProbeFailure("exec", f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    try:
+        status = await asyncio.shield(done)
+    except asyncio.CancelledError:
+        signal_group(pid, 9)
+        raise
+    if status.code != 0:
+        raise ProbeFailure("exec", f"{argv[0]} {status.describe}")
+    return "exit 0"
+
+
+async def mcp_ping(url: str, timeout: float) -> str:
+    """A real MCP handshake over streamable HTTP: `initialize`, then `ping`."""
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    try:
+        async with (
+            streamable_http_client(url) as (read, write),
+            ClientSession(read, write, read_timeout_seconds=timeout) as session,
+        ):
+            result = await session.initialize()
+            await session.send_ping()
+            name = getattr(getattr(result, "serverInfo", None), "name", "server")
+            return f"initialize+ping ok ({name})"
+    except TimeoutError:
+        raise
+    except BaseException as exc:  # anyio wraps failures in exception groups
+        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+            raise
+        leaf = exc
+        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
+            leaf = leaf.exceptions[0]
+        raise ProbeFailure("protocol", f"MCP {url}: {type(leaf).__name__}: {leaf}") from None
+
+
+async def run_probe(
+    spec: Component, replica: int, client: httpx.AsyncClient, reaper: Reaper | None,
+    env: dict[str, str] | None = None,
+) -> ProbeResult:
+    """Run a component's probe once against one replica, bounded by its timeout."""
+    settings = spec.probe
+    assert settings is not None
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(settings.timeout):
+            if settings.http is not None:
+                message = await probe_http(client, settings, replica)
+            elif settings.tcp is not None:
+                message = await probe_tcp(settings)
+            elif settings.exec is not None:
+                if reaper is None:
+                    raise ProbeFailure("exec", "exec probes need the agent's reaper")
+                message = await probe_exec(reaper, settings, replica, env)
+            else:
+                assert settings.mcp is not None
+                message = await mcp_ping(substitute(settings.mcp.url, replica), settings.timeout)
+    except TimeoutError:
+        return ProbeResult(False, "timeout", f"{settings.kind} probe: no answer within {settings.timeout:g}s",
+                           time.perf_counter() - started)
+    except ProbeFailure as exc:
+        return ProbeResult(False, exc.reason, str(exc), time.perf_counter() - started)
+    return ProbeResult(True, "none", message, time.perf_counter() - started)
+
+
+class ProbeRunner:
+    """Starts a probe loop for each replica the supervisor spawns; the loop ends with that process."""
+
+    def __init__(self, supervisor: Supervisor, client: httpx.AsyncClient,
+                 observe: Callable[[str, str, float], None] | None = None) -> None:
+        self.sup = supervisor
+        self.client = client
+        self.observe = observe
+        self.last_reason: dict[str, str] = dict.fromkeys(supervisor.components, "none")
+        self._tasks: set[asyncio.Task[None]] = set()
+        supervisor.spawn_listeners.append(self.replica_started)
+
+    def replica_started(self, rt: Runtime, rep: Replica) -> None:
+        """Supervisor hook: a replica was spawned."""
+        if rt.spec.probe is None:
+            return
+        task = asyncio.ensure_future(self._loop(rt, rep, rep.generation))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _loop(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        settings = rt.spec.probe
+        assert settings is not None
+        env = {**os.environ, "AGENT_COMPONENT": rt.name, "AGENT_REPLICA": str(rep.index)}
+        # First probe soon after the start, then every interval.
+        await asyncio.sleep(min(settings.interval, 0.2))
+        while rep.generation == generation and rep.pid is not None and not self.sup.shutting_down:
+            result = await run_probe(rt.spec, rep.index, self.client, self.sup.reaper, env)
+            if rep.generation != generation or rep.pid is None:
+                return
+            if self.observe is not None:
+                self.observe(rt.name, settings.kind, result.duration)
+            self.last_reason[rt.name] = result.reason
+            if not result.ok and rep.probe_ok is not False:
+                log.info("component %s replica %d probe failed: %s", rt.name, rep.index, result.message)
+            self.sup.report_probe(rt.name, rep.index, generation, result.ok, result.message)
+            await asyncio.sleep(settings.interval)
+
+    def close(self) -> None:
+        """Cancel every probe loop."""
+        for task in list(self._tasks):
+            task.cancel()
