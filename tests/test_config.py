@@ -136,7 +136,8 @@ INVALID: dict[str, tuple[str, str, str]] = {
     "bad signal": ("a.yaml", "components:\n  a: {command: [x], stop: {signal: SIGNOPE}}\n",
                    "components.a.stop.signal: unknown signal 'SIGNOPE'"),
     "bad listen": ("a.yaml", "agent: {listen: 'localhost'}\n", "agent.listen"),
-    "unset env var": ("a.yaml", "agent: {node: '${SURELY_NOT_SET_X}'}\n", "agent.node: environment variable ${SURELY_NOT_SET_X} is not set"),
+    "unset env var": ("a.yaml", "agent: {node: '${SURELY_NOT_SET_X}'}\n",
+                      "agent.node: environment variable ${SURELY_NOT_SET_X} is not set"),
 }
 
 
