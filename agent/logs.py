@@ -58,8 +58,10 @@ def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, b
             handler.setFormatter(formatter)
             root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("uvicorn.access", "httpx", "httpcore", "mcp"):
+    for noisy in ("uvicorn.access", "httpx", "httpcore", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The MCP SDK logs its own errors for every failed probe; the probe reports them once, clearly.
+    logging.getLogger("mcp").setLevel(logging.CRITICAL)
 
 
 def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:

@@ -119,29 +119,15 @@ async def probe_exec(reaper: Reaper, settings: ProbeSettings, replica: int, env:
     return "exit 0"
 
 
-async def mcp_ping(url: str, timeout: float) -> str:
-    """A real MCP handshake over streamable HTTP: `initialize`, then `ping`."""
-    from mcp.client.session import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
+async def probe_mcp(url: str, timeout: float) -> str:
+    """A real MCP handshake over streamable HTTP (`initialize`, then `ping`) with the official SDK."""
+    from agent.mcp_check import MCPCheckError, mcp_ping
 
     try:
-        async with (
-            streamable_http_client(url) as (read, write),
-            ClientSession(read, write, read_timeout_seconds=timeout) as session,
-        ):
-            result = await session.initialize()
-            await session.send_ping()
-            name = getattr(getattr(result, "serverInfo", None), "name", "server")
-            return f"initialize+ping ok ({name})"
-    except TimeoutError:
-        raise
-    except BaseException as exc:  # anyio wraps failures in exception groups
-        if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
-            raise
-        leaf = exc
-        while isinstance(leaf, BaseExceptionGroup) and leaf.exceptions:
-            leaf = leaf.exceptions[0]
-        raise ProbeFailure("protocol", f"MCP {url}: {type(leaf).__name__}: {leaf}") from None
+        await mcp_ping(url, timeout)
+    except MCPCheckError as exc:
+        raise ProbeFailure("timeout" if "no answer within" in str(exc) else "protocol", str(exc)) from None
+    return "initialize+ping ok"
 
 
 async def run_probe(
@@ -164,7 +150,7 @@ async def run_probe(
                 message = await probe_exec(reaper, settings, replica, env)
             else:
                 assert settings.mcp is not None
-                message = await mcp_ping(substitute(settings.mcp.url, replica), settings.timeout)
+                message = await probe_mcp(substitute(settings.mcp.url, replica), settings.timeout)
     except TimeoutError:
         return ProbeResult(False, "timeout", f"{settings.kind} probe: no answer within {settings.timeout:g}s",
                            time.perf_counter() - started)

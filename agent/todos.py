@@ -140,6 +140,10 @@ def finish(path: Path | str, todo_id: int, status: str = "done") -> bool:
     if status not in ("done", "failed", "pending"):
         raise ValueError(f"status must be done, failed or pending, got {status!r}")
     with connect(path) as conn:
-        cur = conn.execute("UPDATE todos SET status = ?, updated_at = ? WHERE id = ?",
-                           (status, time.time(), todo_id))
+        # A todo put back is nobody's any more.
+        cur = conn.execute(
+            "UPDATE todos SET status = ?, updated_at = ?,"
+            " claimed_by = CASE WHEN ? = 'pending' THEN NULL ELSE claimed_by END WHERE id = ?",
+            (status, time.time(), status, todo_id),
+        )
         return cur.rowcount > 0
