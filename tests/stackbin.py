@@ -1,0 +1,33 @@
+"""Find the Prometheus stack's binaries for tests: skip without them locally, fail without them in CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+# Debian package that ships each binary (upstream names the Alertmanager binary `alertmanager`).
+PACKAGES = {
+    "promtool": "prometheus",
+    "prometheus": "prometheus",
+    "amtool": "prometheus-alertmanager",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "alertmanager": "prometheus-alertmanager",
+}
+
+
+def require_binary(*names: str) -> str:
+    """Path of the first of `names` on PATH; otherwise pytest.fail when CI=true, else pytest.skip."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    packages = sorted({PACKAGES.get(name, name) for name in names})
+    message = (
+        f"none of {', '.join(names)} is on PATH: install the Debian package(s) {' '.join(packages)} "
+        f"(apt-get install {' '.join(packages)}; ./dev.sh test does this when run as root)"
+    )
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
