@@ -21,9 +21,11 @@ from agent.logs import rotate_if_large
 from agent.metrics import build_registry
 from agent.probes import ProbeRunner
 from agent.process import Guardian, Reaper, set_child_subreaper
+from agent.remediation import DedupeStore, Remediator
 from agent.resources import ResourceMonitor
 from agent.state import StateStore
 from agent.supervisor import Supervisor, replica_log_path
+from agent.tracing import Tracing
 
 log = logging.getLogger("agent")
 
@@ -73,6 +75,8 @@ class Agent:
         self.probes: ProbeRunner | None = None
         self.backlog: BacklogMonitor | None = None
         self.registry, self.events = build_registry(self)
+        self.tracing = Tracing(config.agent.node, self.version)
+        self.remediator: Remediator | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -143,9 +147,16 @@ class Agent:
         client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
         self.probes = ProbeRunner(self.supervisor, client, observe=self.events.observe_probe)
         self.backlog = BacklogMonitor(self.config.backlog.sources, client)
+        hook = settings.webhook
+        self.remediator = Remediator(self, DedupeStore(self.state_dir / "dedupe.jsonl", hook.dedupe_ttl,
+                                                       hook.dedupe_max_entries))
         from agent.server import HttpServer  # local: the server imports this module's types
 
-        server = HttpServer(self, self.sock)
+        try:
+            server = HttpServer(self, self.sock)
+        except (OSError, ValueError) as exc:
+            log.error("cannot set up the HTTP server: %s; nothing started", exc)
+            return EXIT_UNAVAILABLE
         await server.start()
         host, port = self.sock.getsockname()[:2]
         log.info("agent %s listening on http://%s:%d (node %s, autonomy %s)",
@@ -164,6 +175,7 @@ class Agent:
             await starting
         for task in self._tasks:
             task.cancel()
+        await self.remediator.drain(5.0)
         try:
             await asyncio.wait_for(self.sup.shutdown(), settings.shutdown_timeout)
         except TimeoutError:
@@ -173,6 +185,7 @@ class Agent:
         await client.aclose()
         self.guardian.close()
         self.reaper.close()
+        self.tracing.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("agent stopped")

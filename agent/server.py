@@ -42,6 +42,9 @@ def build_app(agent: Agent) -> Starlette:
     from agent.metrics import metrics_routes
 
     routes += metrics_routes(agent)
+    from agent.api import api_routes
+
+    routes += api_routes(agent)
     return Starlette(routes=routes)
 
 

@@ -1,0 +1,309 @@
+"""The webhook and the control API: credentials, limits, clear 4xx, and nothing slow on the request path."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent.config import Autonomy
+from agent.remediation import Plan, Result, WebhookPayload
+from agent.supervisor import CommandError
+
+if TYPE_CHECKING:
+    from agent.app import Agent
+
+log = logging.getLogger("agent.api")
+
+
+class TooLarge(Exception):
+    """The request body exceeds the limit."""
+
+
+def ensure_token(path: Path) -> str:
+    """Read a token file; create it (0600, random) when absent."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        log.info("created token file %s (mode 0600)", path)
+        return token
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+class Credentials:
+    """Bearer token and/or basic auth, compared in constant time."""
+
+    def __init__(self, bearer: str | None, basic: tuple[str, str] | None = None) -> None:
+        self.bearer = bearer.encode() if bearer else None
+        self.basic = (f"{basic[0]}:{basic[1]}".encode()) if basic else None
+
+    def check(self, header: str | None) -> bool:
+        if not header:
+            return False
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        if scheme.lower() == "bearer" and self.bearer is not None:
+            return hmac.compare_digest(value.encode(), self.bearer)
+        if scheme.lower() == "basic" and self.basic is not None:
+            try:
+                decoded = base64.b64decode(value, validate=True)
+            except ValueError:
+                return False
+            return hmac.compare_digest(decoded, self.basic)
+        return False
+
+
+def _error(code: int, message: str, **extra: Any) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Bearer realm="agent"'} if code == 401 else None
+    return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
+
+
+async def read_limited(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes without reading them all."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _validation_message(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors(include_url=False)[:20]:
+        path = ".".join(str(p) for p in err["loc"]) or "(body)"
+        out.append(f"{path}: {err['msg']}")
+    return out
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON or ValueError with line and column."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise ValueError("body is not UTF-8") from None
+
+
+def api_routes(agent: Agent) -> list[Route]:
+    """POST /webhook/alertmanager and /api/v1/* (the CLI's control API)."""
+    settings = agent.config.agent
+    hook = settings.webhook
+    basic = None
+    if hook.basic_auth_username and hook.basic_auth_password_file:
+        basic = (hook.basic_auth_username, hook.basic_auth_password_file.read_text().strip())
+    bearer_file = hook.bearer_token_file
+    if bearer_file is None and basic is None:
+        bearer_file = settings.state_dir / "webhook.token"
+    webhook_auth = Credentials(ensure_token(bearer_file) if bearer_file else None, basic)
+    control_auth = Credentials(ensure_token(settings.control_token_file or settings.state_dir / "control.token"))
+    counter = agent.events.webhook_requests
+
+    async def webhook(request: Request) -> Response:
+        response = await _webhook(request)
+        counter.labels(str(response.status_code)).inc()
+        return response
+
+    async def _webhook(request: Request) -> Response:
+        if agent.shutting_down or agent.remediator is None:
+            return JSONResponse({"error": "shutting down; retry"}, status_code=503, headers={"Retry-After": "5"})
+        if not webhook_auth.check(request.headers.get("authorization")):
+            return _error(401, "missing or wrong credentials")
+        try:
+            raw = await read_limited(request, hook.max_body_bytes)
+        except TooLarge:
+            return _error(413, f"body larger than {hook.max_body_bytes} bytes")
+        try:
+            document = parse_json(raw)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        try:
+            payload = WebhookPayload.model_validate(document)
+        except ValidationError as exc:
+            return _error(422, "not an Alertmanager version 4 payload", details=_validation_message(exc))
+        with agent.tracing.span("webhook.alertmanager", alerts=len(payload.alerts),
+                                receiver=payload.receiver[:64]) as (_, trace_id, ctx):
+            results = agent.remediator.handle(payload, trace_id, ctx)
+        return JSONResponse({"trace_id": trace_id, "results": results})
+
+    def authorised(request: Request) -> bool:
+        return control_auth.check(request.headers.get("authorization"))
+
+    async def body_json(request: Request) -> Any:
+        raw = await read_limited(request, 1 << 20)
+        return parse_json(raw) if raw.strip() else {}
+
+    def audit_manual(component: str, action: str, result: Result, reason: str, target: int | None = None) -> None:
+        if agent.remediator is not None:
+            plan = Plan("manual", component, action, "", result, reason, target)
+            agent.remediator.record(None, plan, result, reason, "", source="cli")
+
+    async def control(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "missing or wrong control token")
+        if agent.shutting_down or agent.supervisor is None:
+            return _error(503, "the agent is shutting down or not started")
+        verb = request.path_params["verb"]
+        name = request.path_params.get("name", "")
+        try:
+            body = await body_json(request)
+            if not isinstance(body, dict):
+                return _error(422, "the body must be a JSON object")
+            sup = agent.sup
+            if name and name not in sup.components:
+                return _error(404, f"unknown component {name!r}", known=sorted(sup.components))
+            if verb == "restart":
+                replica = body.get("replica")
+                if replica is not None and not isinstance(replica, int):
+                    return _error(422, "replica must be an integer")
+                n = await sup.restart(name, "manual", replica=replica)
+                audit_manual(name, "restart", Result.EXECUTED, f"restarted {n} replica(s)")
+                return JSONResponse({"component": name, "restarted": n})
+            if verb == "scale":
+                replicas = body.get("replicas")
+                if not isinstance(replicas, int) or isinstance(replicas, bool):
+                    return _error(422, "replicas must be an integer")
+                before = await sup.scale(name, replicas, "manual")
+                audit_manual(name, "scale_to", Result.EXECUTED, f"replicas {before} -> {replicas}", replicas)
+                return JSONResponse({"component": name, "before": before, "desired": replicas})
+            if verb == "start":
+                await sup.start(name, "manual")
+                audit_manual(name, "start", Result.EXECUTED, "started by hand")
+                return JSONResponse({"component": name, "desired": sup.components[name].desired})
+            if verb == "stop":
+                await sup.stop(name, "manual")
+                audit_manual(name, "stop", Result.EXECUTED, "stopped by hand")
+                return JSONResponse({"component": name, "stopped": True})
+        except CommandError as exc:
+            return _error(409, str(exc))
+        except TooLarge:
+            return _error(413, "body too large")
+        except ValueError as exc:
+            return _error(400, str(exc))
+        return _error(404, f"unknown verb {verb!r}")
+
+    async def status(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "missing or wrong control token")
+        return JSONResponse(status_document(agent))
+
+    async def autonomy(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "missing or wrong control token")
+        if request.method == "POST":
+            try:
+                body = await body_json(request)
+                mode = Autonomy(str(body.get("mode")) if isinstance(body, dict) else "")
+            except (ValueError, TooLarge):
+                return _error(422, "mode must be one of on, dry-run, off")
+            agent.set_autonomy(mode)
+            audit_manual("", "autonomy", Result.EXECUTED, f"autonomy {mode.value}")
+        return JSONResponse({"autonomy": agent.autonomy.value, "emergency_stop": agent.emergency})
+
+    async def emergency(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "missing or wrong control token")
+        if agent.supervisor is None:
+            return _error(503, "not started")
+        started = time.perf_counter()
+        await agent.emergency_stop()
+        audit_manual("", "emergency_stop", Result.EXECUTED, "every component stopped; autonomy off")
+        return JSONResponse({"emergency_stop": True, "seconds": round(time.perf_counter() - started, 3)})
+
+    async def history(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "missing or wrong control token")
+        limit = request.query_params.get("limit", "100")
+        n = int(limit) if limit.isdigit() else 100
+        entries = list(agent.remediator.history)[-n:] if agent.remediator is not None else []
+        from dataclasses import asdict
+
+        return JSONResponse({"history": [asdict(e) for e in entries]})
+
+    async def simulate(request: Request) -> Response:
+        if not authorised(request):
+            return _error(401, "missing or wrong control token")
+        if agent.remediator is None:
+            return _error(503, "not started")
+        try:
+            document = parse_json(await read_limited(request, hook.max_body_bytes))
+            payload = WebhookPayload.model_validate(document)
+        except TooLarge:
+            return _error(413, "body too large")
+        except ValueError as exc:
+            if isinstance(exc, ValidationError):
+                return _error(422, "not an Alertmanager version 4 payload", details=_validation_message(exc))
+            return _error(400, str(exc))
+        plans = agent.remediator.plan(payload, record=False)
+        return JSONResponse({"results": [
+            {"fingerprint": a.fingerprint, "alertname": p.alertname, "status": a.status, "component": p.component,
+             "action": p.action, "would": "act" if p.acts else p.result.value if p.result else "",
+             "reason": p.reason or "would act", "target": p.target}
+            for a, p in zip(payload.alerts, plans, strict=True)
+        ]})
+
+    return [
+        Route("/webhook/alertmanager", webhook, methods=["POST"]),
+        Route("/api/v1/status", status, methods=["GET"]),
+        Route("/api/v1/components/{name}/{verb}", control, methods=["POST"]),
+        Route("/api/v1/autonomy", autonomy, methods=["GET", "POST"]),
+        Route("/api/v1/emergency-stop", emergency, methods=["POST"]),
+        Route("/api/v1/history", history, methods=["GET"]),
+        Route("/api/v1/simulate", simulate, methods=["POST"]),
+    ]
+
+
+def status_document(agent: Agent) -> dict[str, Any]:
+    """The `agent status --json` document."""
+    now = time.time()
+    components = []
+    usage = agent.resources.components if agent.resources is not None else {}
+    for name, rt in agent.sup.components.items():
+        running = [r for r in rt.replicas.values() if r.pid is not None]
+        oldest = min((r.started_wall for r in running), default=0.0)
+        use = usage.get(name)
+        components.append({
+            "component": name,
+            "state": rt.state.value,
+            "replicas": rt.running_count,
+            "desired": rt.desired,
+            "min": rt.spec.replicas.min,
+            "max": rt.spec.replicas.max,
+            "healthy": rt.healthy_count,
+            "manual_stop": rt.manual_stop,
+            "circuit": rt.circuit.value,
+            "restarts": sum(rt.restarts.values()),
+            "last_reason": rt.last_reason,
+            "last_exit": rt.last_exit.describe if rt.last_exit else "",
+            "uptime_seconds": round(now - oldest, 1) if oldest else 0.0,
+            "cpu_seconds": round(use.cpu_seconds, 2) if use else 0.0,
+            "rss_bytes": use.rss_bytes if use else 0,
+            "pids": [r.pid for r in running],
+        })
+    return {"node": agent.config.agent.node, "version": agent.version, "autonomy": agent.autonomy.value,
+            "emergency_stop": agent.emergency, "uptime_seconds": round(now - agent.started_wall, 1),
+            "components": components}

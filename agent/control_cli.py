@@ -1,0 +1,242 @@
+"""CLI verbs that talk to a running agent through its control API (and `logs`, which reads its files)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.config import Config, ConfigError, load_config
+
+
+class ControlError(Exception):
+    """The agent could not be reached or refused the command."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    from agent.cli import _config_path
+
+    try:
+        return load_config(_config_path(args))
+    except ConfigError as exc:
+        raise ControlError(f"invalid config\n{exc}") from None
+
+
+def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
+    """The agent's base URL and control token, from --url/--token-file or the config."""
+    config = _config(args) if not (args.url and args.token_file) else None
+    url = args.url or os.environ.get("AGENT_URL")
+    if not url:
+        assert config is not None
+        host, port = config.agent.listen_host, config.agent.listen_port
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    token_path = Path(args.token_file) if args.token_file else None
+    if token_path is None:
+        assert config is not None
+        token_path = config.agent.control_token_file or config.agent.state_dir / "control.token"
+    try:
+        token = token_path.read_text().strip()
+    except OSError as exc:
+        raise ControlError(f"cannot read the control token {token_path}: {exc.strerror or exc} "
+                           "(the agent creates it on its first run)") from None
+    return url.rstrip("/"), token
+
+
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    """One control API request; ControlError with the agent's message on failure."""
+    url, token = _endpoint(args)
+    try:
+        response = httpx.request(method, url + path, json=body, timeout=args.timeout,
+                                 headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        raise ControlError(f"cannot reach the agent at {url} ({type(exc).__name__}); is it running?") from None
+    try:
+        document = response.json()
+    except ValueError:
+        document = {"error": response.text[:200]}
+    if response.status_code >= 400:
+        raise ControlError(f"{response.status_code}: {document.get('error', document)}")
+    return document
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    doc = call(args, "GET", "/api/v1/status")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"node {doc['node']} · autonomy {doc['autonomy']}" + (" · EMERGENCY STOP" if doc["emergency_stop"] else "")
+    table = Table("component", "state", "replicas/desired", "health", "restarts", "last reason", "uptime", "CPU s",
+                  "RSS", title=title)
+    for c in doc["components"]:
+        table.add_row(c["component"], c["state"] + (" (manual)" if c["manual_stop"] else ""),
+                      f"{c['replicas']}/{c['desired']} [{c['min']}..{c['max']}]", f"{c['healthy']}/{c['desired']}",
+                      str(c["restarts"]), c["last_reason"] or "-", f"{c['uptime_seconds']:.0f}s",
+                      f"{c['cpu_seconds']:.1f}", _bytes(c["rss_bytes"]))
+    Console().print(table)
+    return 0
+
+
+def _print(doc: Any) -> int:
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+def cmd_component(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {}
+    if args.verb == "scale":
+        body["replicas"] = args.replicas
+    if args.verb == "restart" and args.replica is not None:
+        body["replica"] = args.replica
+    return _print(call(args, "POST", f"/api/v1/components/{args.name}/{args.verb}", body))
+
+
+def cmd_autonomy(args: argparse.Namespace) -> int:
+    if args.mode:
+        return _print(call(args, "POST", "/api/v1/autonomy", {"mode": args.mode}))
+    return _print(call(args, "GET", "/api/v1/autonomy"))
+
+
+def cmd_emergency(args: argparse.Namespace) -> int:
+    if not args.yes and sys.stdin.isatty():
+        answer = input("Stop EVERY component now and turn autonomy off? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("aborted")
+            return 1
+    return _print(call(args, "POST", "/api/v1/emergency-stop"))
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    doc = call(args, "GET", f"/api/v1/history?limit={args.limit}")
+    if args.json:
+        return _print(doc)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("time", "source", "alert", "component", "action", "result", "reason")
+    for e in doc["history"]:
+        table.add_row(time.strftime("%H:%M:%S", time.localtime(e["ts"])), e["source"], e["alertname"],
+                      e["component"], e["action"], e["result"], e["reason"])
+    Console().print(table)
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(Path(args.file).read_text())
+    except (OSError, ValueError) as exc:
+        raise ControlError(f"cannot read {args.file}: {exc}") from None
+    return _print(call(args, "POST", "/api/v1/simulate", payload))
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    config = _config(args)
+    log_dir = config.agent.log_dir
+    if args.name != "agent" and args.name not in config.components:
+        raise ControlError(f"unknown component {args.name!r}; known: agent, {', '.join(config.components)}")
+    files = [log_dir / f"{args.name}.log"]
+    files += sorted(log_dir.glob(f"{args.name}.[0-9]*.log"))
+    files = [f for f in files if f.exists()]
+    if not files:
+        raise ControlError(f"no log file for {args.name} in {log_dir}")
+    for f in files:
+        prefix = f"[{f.stem}] " if len(files) > 1 else ""
+        for line in f.read_text(errors="replace").splitlines()[-args.lines:]:
+            print(prefix + line)
+    if args.follow:
+        positions = {f: f.stat().st_size for f in files}
+        try:
+            while True:
+                for f in files:
+                    size = f.stat().st_size if f.exists() else 0
+                    if size < positions[f]:  # rotated (copy + truncate)
+                        positions[f] = 0
+                    if size > positions[f]:
+                        with open(f, "rb") as fh:
+                            fh.seek(positions[f])
+                            data = fh.read()
+                        positions[f] = size
+                        prefix = f"[{f.stem}] " if len(files) > 1 else ""
+                        for line in data.decode(errors="replace").splitlines():
+                            print(prefix + line, flush=True)
+                time.sleep(0.25)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def add_control_commands(sub: Any) -> None:
+    """Register the control verbs on the main parser's subcommands."""
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", help="the agent's config (finds its address and control token)")
+        p.add_argument("--url", help="the agent's base URL (default: from the config's agent.listen)")
+        p.add_argument("--token-file", help="control token file (default: <state_dir>/control.token)")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (default 30)")
+        return p
+
+    p = common(sub.add_parser("status", help="components of the running agent (table, or --json)"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_status))
+    for verb, text in (("restart", "restart a component (all replicas, or --replica N)"),
+                       ("start", "start a component (clears a manual stop)"),
+                       ("stop", "stop a component; automation leaves it stopped until `agent start`")):
+        p = common(sub.add_parser(verb, help=text))
+        p.add_argument("name")
+        if verb == "restart":
+            p.add_argument("--replica", type=int)
+        p.set_defaults(func=_guard(cmd_component), verb=verb)
+    p = common(sub.add_parser("scale", help="set a component's replica count (within its min/max)"))
+    p.add_argument("name")
+    p.add_argument("replicas", type=int)
+    p.set_defaults(func=_guard(cmd_component), verb="scale")
+    p = common(sub.add_parser("autonomy", help="show or set the autonomy mode (on lifts an emergency stop)"))
+    p.add_argument("mode", nargs="?", choices=["on", "off", "dry-run"])
+    p.set_defaults(func=_guard(cmd_autonomy))
+    p = common(sub.add_parser("emergency-stop", help="stop every component now and hold autonomy off "
+                                                     "until `agent autonomy on` (never reachable from a webhook)"))
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=_guard(cmd_emergency))
+    p = common(sub.add_parser("history", help="recent remediation decisions and manual commands"))
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_history))
+    p = common(sub.add_parser("simulate", help="what the webhook would do with this Alertmanager payload, "
+                                               "against the running agent's state, doing nothing"))
+    p.add_argument("file", help="an Alertmanager webhook JSON payload")
+    p.set_defaults(func=_guard(cmd_simulate))
+    p = common(sub.add_parser("logs", help="show a component's log (or `agent` for the agent's own)"))
+    p.add_argument("name")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=int, default=50, help="lines to show first (default 50)")
+    p.set_defaults(func=_guard(cmd_logs))
+
+
+def _guard(func: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            result: int = func(args)
+        except ControlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return result
+
+    return run
