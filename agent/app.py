@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import socket
+import sqlite3
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -147,6 +148,7 @@ class Agent:
         client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
         self.probes = ProbeRunner(self.supervisor, client, observe=self.events.observe_probe)
         self.backlog = BacklogMonitor(self.config.backlog.sources, client)
+        self._create_todo_stores()
         hook = settings.webhook
         self.remediator = Remediator(self, DedupeStore(self.state_dir / "dedupe.jsonl", hook.dedupe_ttl,
                                                        hook.dedupe_max_entries))
@@ -190,6 +192,20 @@ class Agent:
             loop.remove_signal_handler(sig)
         log.info("agent stopped")
         return EXIT_OK
+
+    def _create_todo_stores(self) -> None:
+        """The embedded SQLite store is the agent's own: create a missing one, empty, so workers can start."""
+        from agent import todos
+
+        for source in self.config.backlog.sources:
+            if source.kind == "sqlite" and source.path is not None and not source.path.exists():
+                try:
+                    with todos.connect(source.path):
+                        pass
+                except (OSError, sqlite3.Error) as exc:
+                    log.error("cannot create the todo store %s: %s", source.path, exc)
+                else:
+                    log.info("created an empty todo store at %s", source.path)
 
     async def _start_components(self) -> None:
         if self.emergency:
