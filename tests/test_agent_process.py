@@ -105,26 +105,30 @@ def test_port_in_use_is_a_clear_error_and_nothing_starts(tmp_path: Path) -> None
 
 
 def test_scaled_stopped_and_open_circuit_survive_an_agent_restart(tmp_path: Path) -> None:
-    import httpx  # noqa: F401 - the control API is not needed: the state file is written by the agent
-
     comps = {
         "w": {"command": ["sleep", "1000"], "replicas": {"min": 1, "max": 4, "initial": 1}},
+        "held": {"command": ["sleep", "1000"]},
         "crash": {"command": ["sh", "-c", "exit 1"],
                   "restart": {"max_restarts": 2, "circuit_cooldown": 600, "backoff": {"initial": 0.01}}},
     }
+
+    def agent_cli(agent: AgentProcess, *args: str) -> None:
+        out = subprocess.run([sys.executable, "-m", "agent.cli", *args, "--config", str(agent.config_path)],
+                             capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+
     with running_agent(tmp_path, config(tmp_path, **comps)) as agent:
         wait_for(lambda: "circuit open" in agent.log_text(), 5)
-        state = agent.state()
-        assert state["components"]["crash"]["circuit"] == "open"
-    # Edit the persisted desired count as a scale command would, then restart.
-    state["components"]["w"]["desired"] = 3
-    state["components"]["w"]["manual_stop"] = False
-    (tmp_path / "state" / "state.json").write_text(__import__("json").dumps(state))
+        agent_cli(agent, "scale", "w", "3")
+        agent_cli(agent, "stop", "held")
     (tmp_path / "agent.stderr").unlink()
     with running_agent(tmp_path, config(tmp_path, **comps)) as agent:
         wait_for(lambda: agent.log_text().count("component w replica") >= 3, 5)
-        assert "component crash: circuit open (restored)" in agent.log_text()
-        assert "component crash replica 0 started" not in agent.log_text()
+        text = agent.log_text()
+        assert "component crash: circuit open (restored)" in text
+        assert "component crash replica 0 started" not in text
+        assert "component held stays stopped" in text
+        assert "component held replica 0 started" not in text
 
 
 def test_corrupt_state_does_not_crash_the_agent(tmp_path: Path) -> None:
