@@ -20,11 +20,12 @@ The config defaults to $AGENT_CONFIG, else the embedded demo config examples/def
 """
 
 
-def _config_path(args: argparse.Namespace) -> Path:
+def _config_path(args: argparse.Namespace) -> list[Path]:
+    """The config file(s): --config (repeatable, merged in order), else $AGENT_CONFIG, else the demo."""
     if getattr(args, "config", None):
-        return Path(args.config)
+        return [Path(p) for p in args.config]
     env = os.environ.get("AGENT_CONFIG")
-    return Path(env) if env else DEFAULT_CONFIG
+    return [Path(p) for p in env.split(os.pathsep)] if env else [DEFAULT_CONFIG]
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -44,21 +45,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = config.agent
     setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups)
-    logging.getLogger("agent").info("config %s: %d component(s)", _config_path(args), len(config.components))
+    logging.getLogger("agent").info("config %s: %d component(s)", " + ".join(map(str, _config_path(args))),
+                                    len(config.components))
     autonomy = Autonomy(args.autonomy) if args.autonomy else None
     return run(Agent(config, autonomy=autonomy).run())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file and explain every error."""
-    path = Path(args.file) if args.file else _config_path(args)
+    paths = [Path(f) for f in args.file] if args.file else _config_path(args)
     try:
-        config = load_config(path)
+        config = load_config(paths)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     order = " -> ".join(config.start_order()) or "(no components)"
-    print(f"{path}: OK, {len(config.components)} component(s); start order: {order}")
+    print(f"{' + '.join(map(str, paths))}: OK, {len(config.components)} component(s); start order: {order}")
     return 0
 
 
@@ -122,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"agent {__version__}")
-    parser.add_argument("-c", "--config", help="config file (YAML or JSON)")
+    parser.add_argument("-c", "--config", action="append",
+                        help="config file (YAML or JSON); repeat to merge several, later ones win")
     parser.add_argument("--once", action="store_true",
                         help="one check cycle without starting anything: probe, sample, read the backlog; "
                         "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
@@ -132,18 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the agent in the foreground")
-    run.add_argument("-c", "--config", help="config file (YAML or JSON)")
+    run.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
+                     help="config file (YAML or JSON); repeat to merge several, later ones win")
     run.add_argument("--autonomy", choices=[m.value for m in Autonomy],
                      help="override agent.autonomy: on acts on alerts, dry-run records only, off ignores")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file; exit 2 with every error when invalid")
-    check.add_argument("file", nargs="?", help="the file (default: --config, $AGENT_CONFIG or the demo)")
+    check.add_argument("file", nargs="*", help="the file(s), merged in order (default: --config, "
+                       "$AGENT_CONFIG or the demo)")
     check.set_defaults(func=cmd_check_config)
 
     todo = sub.add_parser("todo", help="the embedded SQLite todo store (for workers in any language)")
     todo.add_argument("--db", help="SQLite file (default: $TODO_DB, else the config's sqlite backlog source)")
-    todo.add_argument("-c", "--config", help="config file used to find the sqlite backlog source")
+    todo.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
+                      help="config file used to find the sqlite backlog source")
     todo.add_argument("--json", action="store_true", help="JSON output")
     tsub = todo.add_subparsers(dest="todo_cmd", required=True, metavar="VERB")
     add = tsub.add_parser("add", help="add a pending todo; prints its id")

@@ -10,7 +10,7 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -501,14 +501,30 @@ def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
     return config
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read, parse and validate a config file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
-    return build_config(parse_document(text, str(p)), str(p), env)
+def merge_documents(base: Any, extra: Any) -> Any:
+    """Deep-merge mappings (later wins); lists and scalars are replaced."""
+    if isinstance(base, dict) and isinstance(extra, dict):
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merge_documents(base[key], value) if key in base else value
+        return out
+    return extra
+
+
+def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file, or several merged in order (later files win)."""
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    document: Any = {}
+    for p in paths:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+        part = parse_document(text, str(p))
+        if part is not None and not isinstance(part, dict):
+            raise ConfigError(str(p), [("", f"the top level must be a mapping, got {type(part).__name__}")])
+        document = merge_documents(document, part or {})
+    return build_config(document, " + ".join(str(p) for p in paths), env)
 
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"

@@ -187,7 +187,8 @@ def add_control_commands(sub: Any) -> None:
     """Register the control verbs on the main parser's subcommands."""
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", help="the agent's config (finds its address and control token)")
+        p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
+                       help="the agent's config (finds its address and control token); repeatable")
         p.add_argument("--url", help="the agent's base URL (default: from the config's agent.listen)")
         p.add_argument("--token-file", help="control token file (default: <state_dir>/control.token)")
         p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (default 30)")
