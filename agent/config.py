@@ -221,6 +221,9 @@ class ProbeSettings(Strict):
     failure_threshold: int = Field(3, ge=1)
     success_threshold: int = Field(1, ge=1)
     startup_grace: Duration = 30.0
+    # False: a failing probe only marks the replica unhealthy (like a Kubernetes readiness probe) and
+    # the restart decision is left to the alert rules; True: the agent restarts it by reflex (liveness).
+    restart: bool = True
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ProbeSettings:

@@ -132,7 +132,7 @@ class Runtime:
             return ComponentState.STOPPING
         if ReplicaState.BACKOFF in states:
             return ComponentState.BACKOFF
-        if any(r.state is ReplicaState.RUNNING and r.probe_ok is False for r in self.replicas.values()):
+        if any(r.alive and r.probe_ok is False for r in self.replicas.values()):
             return ComponentState.UNHEALTHY
         if ReplicaState.STARTING in states:
             return ComponentState.STARTING
@@ -637,7 +637,7 @@ class Supervisor:
             return
         rep.probe_ok = False
         in_grace = not rep.probe_ever_ok and self.clock() - rep.started_at < probe.startup_grace
-        if in_grace or self.shutting_down or rt.circuit is Circuit.OPEN:
+        if not probe.restart or in_grace or self.shutting_down or rt.circuit is Circuit.OPEN:
             return
         log.warning("component %s replica %d failed %d probes in a row (%s); restarting",
                     name, index, rep.probe_failures, error)

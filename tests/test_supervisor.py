@@ -269,3 +269,28 @@ def test_corrupt_state_file_is_set_aside(tmp_path: Path, caplog: pytest.LogCaptu
     supervise(tmp_path, {"svc": {"command": SLEEPER}}, body)
     assert "is corrupt" in caplog.text
     assert (state / "state.json.corrupt").read_text() == "{not json"
+
+
+def test_probe_without_restart_only_marks_unhealthy(tmp_path: Path) -> None:
+    gate = tmp_path / "fail"
+    gate.write_text("")
+
+    async def body(sup: Supervisor) -> None:
+        from agent.probes import ProbeRunner
+
+        rt = sup.components["ready"]
+        async with __import__("httpx").AsyncClient() as client:
+            runner = ProbeRunner(sup, client)
+            runner.replica_started(rt, rt.replicas[0])
+            pid = rt.replicas[0].pid
+            await until(lambda: rt.replicas[0].probe_ok is False, 5)
+            assert rt.state is ComponentState.UNHEALTHY
+            await never(lambda: rt.replicas[0].pid != pid, during=0.5)
+            assert rt.restarts["probe"] == 0
+            gate.unlink()
+            await until(lambda: rt.replicas[0].probe_ok is True, 5)
+            runner.close()
+
+    supervise(tmp_path, {"ready": {"command": SLEEPER, "probe": {
+        "exec": {"command": ["sh", "-c", f"test ! -e {gate}"]}, "interval": 0.05, "failure_threshold": 2,
+        "startup_grace": 0, "restart": False}}}, body)
