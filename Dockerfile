@@ -1,0 +1,25 @@
+# The agent image. docker-compose.yml mounts the config at /etc/agent/config.yaml.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY agent ./agent
+COPY examples ./examples
+RUN pip install . \
+    && useradd --system --home-dir /var/lib/agent --create-home agent
+
+# Relative state_dir / log_dir in the config land here (a volume in docker-compose.yml).
+WORKDIR /var/lib/agent
+USER agent
+EXPOSE 9469
+
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9469/-/healthy', timeout=2)"]
+
+ENTRYPOINT ["agent"]
+CMD ["run", "--config", "/etc/agent/config.yaml"]

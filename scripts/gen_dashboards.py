@@ -1,0 +1,440 @@
+"""Write grafana/dashboards/*.json: `python scripts/gen_dashboards.py` (commit the JSON it writes).
+
+Every panel queries through the `datasource` template variable, counters go through rate()/increase()
+over `$__rate_interval`, and every threshold line is the recording rule that the matching alert in
+rules/ compares against, so a panel shows exactly what the alert judges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "grafana" / "dashboards"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+INST = 'instance=~"$instance"'
+COMP = 'instance=~"$instance",component=~"$component"'
+THRESHOLD_STYLE = [
+    {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+    {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+    {"id": "custom.fillOpacity", "value": 0},
+]
+
+Json = dict[str, Any]
+
+
+def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, table: bool = False) -> Json:
+    """One Prometheus query of a panel."""
+    t: Json = {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto", "refId": ref}
+    if instant:
+        t["instant"] = True
+        t["range"] = False
+    if table:
+        t["format"] = "table"
+    return t
+
+
+def targets(*pairs: tuple[str, str]) -> list[Json]:
+    """Queries A, B, C... from (expr, legend) pairs."""
+    return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
+
+
+class Layout:
+    """Places panels left to right, wrapping at 24 grid columns; hands out panel ids."""
+
+    def __init__(self) -> None:
+        self.x = 0
+        self.y = 0
+        self.row_height = 0
+        self.next_id = 1
+        self.panels: list[Json] = []
+
+    def add(self, panel: Json, w: int, h: int) -> None:
+        if self.x + w > 24:
+            self.x = 0
+            self.y += self.row_height
+            self.row_height = 0
+        panel["id"] = self.next_id
+        panel["gridPos"] = {"x": self.x, "y": self.y, "w": w, "h": h}
+        self.next_id += 1
+        self.x += w
+        self.row_height = max(self.row_height, h)
+        self.panels.append(panel)
+
+    def row(self, title: str) -> None:
+        if self.x:
+            self.x = 0
+            self.y += self.row_height
+            self.row_height = 0
+        self.panels.append({"type": "row", "title": title, "id": self.next_id, "collapsed": False,
+                            "panels": [], "gridPos": {"x": 0, "y": self.y, "w": 24, "h": 1}})
+        self.next_id += 1
+        self.y += 1
+
+
+def timeseries(title: str, tgts: list[Json], unit: str = "short", description: str = "",
+               thresholds: tuple[str, ...] = (), stack: bool = False, bars: bool = False,
+               minimum: float | None = None, maximum: float | None = None) -> Json:
+    """A time series panel; series whose legend is in `thresholds` are drawn as dashed red lines."""
+    custom: Json = {"drawStyle": "bars" if bars else "line", "lineWidth": 1, "fillOpacity": 10 if stack else 0,
+                    "showPoints": "never", "spanNulls": False,
+                    "stacking": {"mode": "normal" if stack else "none", "group": "A"}}
+    defaults: Json = {"unit": unit, "custom": custom}
+    if minimum is not None:
+        defaults["min"] = minimum
+    if maximum is not None:
+        defaults["max"] = maximum
+    overrides = [{"matcher": {"id": "byName", "options": name}, "properties": THRESHOLD_STYLE}
+                 for name in thresholds]
+    return {"type": "timeseries", "title": title, "description": description, "datasource": DS, "targets": tgts,
+            "fieldConfig": {"defaults": defaults, "overrides": overrides},
+            "options": {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull", "max"]},
+                        "tooltip": {"mode": "multi", "sort": "desc"}}}
+
+
+def stat(title: str, tgts: list[Json], unit: str = "short", description: str = "",
+         mappings: list[Json] | None = None, steps: list[Json] | None = None, text_mode: str = "auto") -> Json:
+    """A single-value panel with optional value mappings and colour steps."""
+    return {"type": "stat", "title": title, "description": description, "datasource": DS, "targets": tgts,
+            "fieldConfig": {"defaults": {"unit": unit, "mappings": mappings or [],
+                                         "thresholds": {"mode": "absolute",
+                                                        "steps": steps or [{"color": "green", "value": None}]}},
+                            "overrides": []},
+            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "colorMode": "background", "graphMode": "none", "textMode": text_mode,
+                        "justifyMode": "auto", "orientation": "auto"}}
+
+
+def table(title: str, tgts: list[Json], description: str = "", hide: tuple[str, ...] = ()) -> Json:
+    """An instant-query table; `hide` drops columns such as Time and Value."""
+    exclude = {name: True for name in hide}
+    return {"type": "table", "title": title, "description": description, "datasource": DS, "targets": tgts,
+            "fieldConfig": {"defaults": {}, "overrides": []}, "options": {"showHeader": True},
+            "transformations": [{"id": "organize", "options": {"excludeByName": exclude}}]}
+
+
+def steps(*pairs: tuple[float | None, str]) -> list[Json]:
+    """Threshold colour steps from (value, colour) pairs; the first value is None (base)."""
+    return [{"value": value, "color": color} for value, color in pairs]
+
+
+def query_var(name: str, label: str, query: str, multi: bool, include_all: bool) -> Json:
+    """A query template variable over the `datasource` variable."""
+    var: Json = {"type": "query", "name": name, "label": label, "datasource": DS,
+                 "query": {"query": query, "refId": f"{name}-query"}, "definition": query, "refresh": 2,
+                 "sort": 1, "multi": multi, "includeAll": include_all, "current": {}, "hide": 0, "options": [],
+                 "regex": ""}
+    if include_all:
+        var["allValue"] = ".*"
+    return var
+
+
+def dashboard(uid: str, title: str, description: str, layout: Layout, component_var: bool = False,
+              component_multi: bool = True) -> Json:
+    """The dashboard wrapper with the datasource / instance (/ component) variables and links."""
+    variables: list[Json] = [
+        {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
+         "current": {}, "hide": 0, "options": [], "refresh": 1, "regex": ""},
+        query_var("instance", "Agent", "label_values(orchestrator_build_info, instance)", True, True),
+    ]
+    if component_var:
+        variables.append(query_var("component", "Component",
+                                   'label_values(orchestrator_component_info{instance=~"$instance"}, component)',
+                                   component_multi, component_multi))
+    return {
+        "uid": uid, "title": title, "description": description, "tags": ["orchestrator"],
+        "editable": False, "graphTooltip": 1, "timezone": "", "schemaVersion": 39, "version": 1,
+        "time": {"from": "now-3h", "to": "now"}, "refresh": "30s",
+        "templating": {"list": variables},
+        "annotations": {"list": [{
+            "name": "Orchestrator alerts", "datasource": DS, "enable": True, "iconColor": "red",
+            "expr": 'ALERTS{alertname=~"Orchestrator.*", alertstate="firing"}',
+            "titleFormat": "{{alertname}}", "textFormat": "{{component}} {{action}}", "step": "60s",
+            "useValueForTime": False,
+        }]},
+        "links": [{"type": "dashboards", "tags": ["orchestrator"], "asDropdown": True, "title": "Orchestrator",
+                   "includeVars": True, "keepTime": True}],
+        "panels": layout.panels,
+    }
+
+
+def overview() -> Json:
+    lay = Layout()
+    lay.add(stat("Components healthy", targets(
+        (f"count(orchestrator_component_up{{{INST}}} == 1) or vector(0)", "healthy")),
+        description="Components whose desired replicas all run and pass their probe.",
+        steps=steps((None, "blue"))), 4, 4)
+    lay.add(stat("Components not healthy", targets(
+        (f"count(orchestrator_component_up{{{INST}}} < 1) or vector(0)", "unhealthy")),
+        steps=steps((None, "green"), (1, "red"))), 4, 4)
+    lay.add(stat("Open circuits", targets(
+        (f'sum(orchestrator_component_state{{{INST},state="circuit_open"}}) or vector(0)', "open")),
+        description="Components the agent stopped restarting (OrchestratorComponentCircuitOpen).",
+        steps=steps((None, "green"), (1, "red"))), 4, 4)
+    lay.add(stat("Autonomy mode", [target(f"orchestrator_autonomy_mode{{{INST}}} == 1", "{{mode}}",
+                                          instant=True)],
+                 description="on: acts on alerts; dry-run: records what it would do; off: records only.",
+                 text_mode="name", steps=steps((None, "blue"))), 4, 4)
+    lay.add(stat("Emergency stop", targets((f"max(orchestrator_emergency_stop{{{INST}}})", "emergency stop")),
+                 mappings=[{"type": "value", "options": {"0": {"text": "off"}, "1": {"text": "ACTIVE"}}}],
+                 steps=steps((None, "green"), (1, "red"))), 4, 4)
+    lay.add(stat("Firing orchestrator alerts", targets(
+        ('count(ALERTS{alertname=~"Orchestrator.*",alertstate="firing"}) or vector(0)', "firing")),
+        steps=steps((None, "green"), (1, "orange"))), 4, 4)
+
+    lay.add(timeseries("Component health (share of desired replicas healthy)", targets(
+        (f"orchestrator_component_up{{{INST}}}", "{{component}}")),
+        unit="percentunit", minimum=0, maximum=1,
+        description="orchestrator_component_up: 0 means no healthy replica (OrchestratorComponentDown)."), 12, 8)
+    lay.add(table("Component states", [target(
+        f"orchestrator_component_state{{{INST}}} == 1", ref="A", instant=True, table=True)],
+        description="The current lifecycle state of each component.",
+        hide=("Time", "Value", "__name__", "job")), 12, 8)
+    lay.add(timeseries("Restarts by component and reason", targets(
+        (f"sum by (component, reason) (increase(orchestrator_component_restarts_total{{{INST}}}"
+         "[$__rate_interval]))", "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)
+    lay.add(timeseries("Unplanned restarts in 15m vs crash-loop threshold", targets(
+        (f"component:orchestrator_component_restarts_unplanned:increase15m{{{INST}}}", "{{component}}"),
+        (f"max(orchestrator:crash_loop_restarts_threshold{{{INST}}})", "threshold")),
+        thresholds=("threshold",),
+        description="OrchestratorComponentCrashLooping fires at the threshold."), 12, 8)
+    lay.add(timeseries("Replicas running by component", targets(
+        (f"orchestrator_component_replicas{{{INST}}}", "{{component}}")), stack=True), 12, 8)
+    lay.add(timeseries("Remediation actions by result", targets(
+        (f"sum by (action, result) (increase(orchestrator_remediation_actions_total{{{INST}}}"
+         "[$__rate_interval]))", "{{action}} {{result}}")), bars=True, stack=True), 12, 8)
+    return dashboard("orchestrator-overview", "Orchestrator / Overview",
+                     "Health, states, restarts, open circuits and autonomy of the supervised components.", lay)
+
+
+def component() -> Json:
+    lay = Layout()
+    lay.add(stat("Healthy share", targets((f"orchestrator_component_up{{{COMP}}}", "{{component}}")),
+                 unit="percentunit", steps=steps((None, "red"), (1, "green"))), 6, 4)
+    lay.add(stat("State", [target(f"orchestrator_component_state{{{COMP}}} == 1", "{{component}}: {{state}}",
+                                  instant=True)], text_mode="name", steps=steps((None, "blue"))), 6, 4)
+    lay.add(stat("Stopped by hand", targets((f"orchestrator_component_manual_stop{{{COMP}}}", "{{component}}")),
+                 mappings=[{"type": "value", "options": {"0": {"text": "no"}, "1": {"text": "yes"}}}],
+                 steps=steps((None, "green"), (1, "orange"))), 6, 4)
+    lay.add(stat("Last exit code", targets((f"orchestrator_component_last_exit_code{{{COMP}}}", "{{component}}")),
+                 steps=steps((None, "green"), (1, "orange"))), 6, 4)
+
+    lay.add(timeseries("Replicas: running, desired, min, max", targets(
+        (f"orchestrator_component_replicas{{{COMP}}}", "running"),
+        (f"orchestrator_component_desired_replicas{{{COMP}}}", "desired"),
+        (f"component:orchestrator_component_desired_replicas:backlog{{{COMP}}}", "desired by backlog"),
+        (f"orchestrator_component_min_replicas{{{COMP}}}", "min"),
+        (f"orchestrator_component_max_replicas{{{COMP}}}", "max")),
+        thresholds=("min", "max"), minimum=0), 12, 8)
+    lay.add(timeseries("Probe success by replica", targets(
+        (f"orchestrator_component_probe_success{{{COMP}}}", "{{component}} #{{replica}}")),
+        minimum=0, maximum=1, description="OrchestratorReplicaProbeFailing fires on a replica stuck at 0."), 12, 8)
+    lay.add(timeseries("Probe latency", targets(
+        (f"histogram_quantile(0.5, sum by (le, probe) (rate(orchestrator_probe_duration_seconds_bucket{{{COMP}}}"
+         "[$__rate_interval])))", "p50 {{probe}}"),
+        (f"histogram_quantile(0.95, sum by (le, probe) (rate(orchestrator_probe_duration_seconds_bucket{{{COMP}}}"
+         "[$__rate_interval])))", "p95 {{probe}}"),
+        (f"histogram_quantile(0.99, sum by (le, probe) (rate(orchestrator_probe_duration_seconds_bucket{{{COMP}}}"
+         "[$__rate_interval])))", "p99 {{probe}}")), unit="s"), 12, 8)
+    lay.add(timeseries("Probe errors by reason", targets(
+        (f'orchestrator_component_probe_error{{{COMP},reason!="none"}} == 1', "{{component}} {{reason}}")),
+        bars=True), 12, 8)
+    lay.add(timeseries("Restarts by reason", targets(
+        (f"sum by (component, reason) (increase(orchestrator_component_restarts_total{{{COMP}}}[$__rate_interval]))",
+         "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)
+    lay.add(timeseries("CPU", targets(
+        (f"rate(orchestrator_component_cpu_seconds_total{{{COMP}}}[$__rate_interval])", "{{component}}")),
+        unit="cores", minimum=0, description="CPU seconds per second of the component's process trees."), 12, 8)
+    lay.add(timeseries("Memory: RSS, 1h forecast, headroom, limit", targets(
+        (f"orchestrator_component_resident_memory_bytes{{{COMP}}}", "rss"),
+        (f"component:orchestrator_component_resident_memory_bytes:predict_linear1h{{{COMP}}}", "forecast 1h"),
+        (f"component:orchestrator_component_memory_limit_bytes:headroom{{{COMP}}}", "headroom"),
+        (f"orchestrator_component_memory_limit_bytes{{{COMP}}}", "limit")),
+        unit="bytes", minimum=0, thresholds=("headroom", "limit"),
+        description="OrchestratorComponentMemoryGrowth fires while the forecast is above the headroom."), 12, 8)
+    lay.add(timeseries("Threads and open file descriptors", targets(
+        (f"orchestrator_component_threads{{{COMP}}}", "threads {{component}}"),
+        (f"orchestrator_component_open_fds{{{COMP}}}", "open fds {{component}}")), minimum=0), 12, 8)
+    lay.add(timeseries("Remediation actions on this component", targets(
+        (f"sum by (action, result) (increase(orchestrator_remediation_actions_total{{{COMP}}}[$__rate_interval]))",
+         "{{action}} {{result}}")), bars=True, stack=True), 12, 8)
+    return dashboard("orchestrator-component", "Orchestrator / Component",
+                     "One component in depth: replicas, probes, restarts, CPU and memory.", lay,
+                     component_var=True, component_multi=False)
+
+
+def backlog() -> Json:
+    lay = Layout()
+    lay.row("Backlog")
+    lay.add(timeseries("Pending todos by priority", targets(
+        (f'sum by (priority) (orchestrator_todo_backlog{{{INST},status="pending"}})', "{{priority}}")),
+        stack=True, minimum=0), 8, 8)
+    lay.add(timeseries("Pending todos by required capability", targets(
+        (f"capability:orchestrator_todo_pending:sum{{{INST}}}", "{{capability}}")), stack=True, minimum=0,
+        description='"any": todos that need no capability, served by components with todo_processing.'), 8, 8)
+    lay.add(timeseries("Todos by status", targets(
+        (f"sum by (status) (orchestrator_todo_backlog{{{INST}}})", "{{status}}")), minimum=0,
+        description="A todo that needs two capabilities counts twice."), 8, 8)
+    lay.add(timeseries("Oldest pending todo vs threshold", targets(
+        (f"orchestrator_todo_oldest_pending_age_seconds{{{INST}}}", "{{priority}}"),
+        (f"orchestrator:todo_oldest_pending_age_threshold_seconds{{{INST}}}", "threshold {{priority}}")),
+        unit="s", minimum=0), 12, 8)
+    lay.add(timeseries("Backlog sources", targets(
+        (f"orchestrator_todo_source_up{{{INST}}}", "up {{source}}"),
+        (f"orchestrator_todo_source_read_duration_seconds{{{INST}}}", "read seconds {{source}}"),
+        (f"time() - orchestrator_todo_source_last_success_timestamp_seconds{{{INST}}}",
+         "seconds since last read {{source}}")),
+        description="Scale-downs wait while any source is down (OrchestratorTodoSourceDown)."), 12, 8)
+
+    lay.row("Scaling ($component)")
+    lay.add(timeseries("Pending per replica vs target", targets(
+        (f"component:orchestrator_todo_pending_per_replica:ratio{{{COMP}}}", "{{component}}"),
+        (f"orchestrator:backlog_target_per_replica{{{COMP}}}", "target {{component}}")),
+        minimum=0, description="OrchestratorBacklogHigh fires above the target (scale_to)."), 12, 8)
+    lay.add(timeseries("Replicas: running vs desired vs desired by backlog", targets(
+        (f"orchestrator_component_replicas{{{COMP}}}", "running {{component}}"),
+        (f"orchestrator_component_desired_replicas{{{COMP}}}", "desired {{component}}"),
+        (f"component:orchestrator_component_desired_replicas:backlog{{{COMP}}}", "by backlog {{component}}"),
+        (f"component:orchestrator_component_desired_replicas:backlog_raw{{{COMP}}}", "unclamped {{component}}"),
+        (f"orchestrator_component_min_replicas{{{COMP}}}", "min {{component}}"),
+        (f"orchestrator_component_max_replicas{{{COMP}}}", "max {{component}}")), minimum=0,
+        description="by backlog = ceil(pending / target) clamped to max, the annotation that scale_to uses."),
+        12, 8)
+    lay.add(timeseries("Pending todos the component can serve", targets(
+        (f"component:orchestrator_todo_pending:sum{{{COMP}}}", "{{component}}")), minimum=0), 12, 8)
+    lay.add(timeseries("Idle time vs idle window", targets(
+        (f"component:orchestrator_todo_pending:idle_seconds{{{COMP}}}", "{{component}}"),
+        (f"orchestrator:idle_window_seconds{{{COMP}}}", "window {{component}}")), unit="s", minimum=0,
+        description="OrchestratorComponentIdle (scale_down) fires once idle time passes the window."), 12, 8)
+    for panel in lay.panels:
+        if panel["type"] != "timeseries":
+            continue
+        # Threshold series are those whose legend starts with target / window / threshold / min / max.
+        words = {t["legendFormat"].split(" ")[0] for t in panel["targets"]}
+        if words & {"target", "window", "threshold", "min", "max"}:
+            panel["fieldConfig"]["overrides"] = [{"matcher": {"id": "byRegexp",
+                                                              "options": "^(target|window|threshold|min|max) .*"},
+                                                  "properties": THRESHOLD_STYLE}]
+    return dashboard("orchestrator-backlog", "Orchestrator / Backlog & scaling",
+                     "The todo backlog and the scaling decisions drawn against their thresholds.", lay,
+                     component_var=True)
+
+
+def remediation() -> Json:
+    lay = Layout()
+    lay.add(stat("Autonomy mode", [target(f"orchestrator_autonomy_mode{{{INST}}} == 1", "{{mode}}",
+                                          instant=True)], text_mode="name", steps=steps((None, "blue"))), 6, 4)
+    lay.add(stat("Emergency stop", targets((f"max(orchestrator_emergency_stop{{{INST}}})", "emergency stop")),
+                 mappings=[{"type": "value", "options": {"0": {"text": "off"}, "1": {"text": "ACTIVE"}}}],
+                 steps=steps((None, "green"), (1, "red"))), 6, 4)
+    lay.add(stat("Actions executed (range)", targets(
+        (f'sum(increase(orchestrator_remediation_actions_total{{{INST},result="executed"}}[$__range])) or vector(0)',
+         "executed")), steps=steps((None, "blue"))), 6, 4)
+    lay.add(stat("Actions failed (range)", targets(
+        (f'sum(increase(orchestrator_remediation_actions_total{{{INST},result="failed"}}[$__range])) or vector(0)',
+         "failed")), steps=steps((None, "green"), (1, "red"))), 6, 4)
+
+    lay.add(timeseries("Actions by result", targets(
+        (f"sum by (result) (rate(orchestrator_remediation_actions_total{{{INST}}}[$__rate_interval]))",
+         "{{result}}")), unit="ops", stack=True), 12, 8)
+    lay.add(timeseries("Actions by component and action", targets(
+        (f"sum by (component, action) (rate(orchestrator_remediation_actions_total{{{INST}}}[$__rate_interval]))",
+         "{{component}} {{action}}")), unit="ops", stack=True), 12, 8)
+    lay.add(timeseries("Webhook requests by status code", targets(
+        (f"sum by (code) (rate(orchestrator_webhook_requests_total{{{INST}}}[$__rate_interval]))", "{{code}}")),
+        unit="reqps", stack=True,
+        description="4xx are not retried by Alertmanager (OrchestratorWebhookRequestsRejected)."), 12, 8)
+    lay.add(timeseries("Action latency", targets(
+        (f"histogram_quantile(0.5, sum by (le, action) (rate(orchestrator_remediation_duration_seconds_bucket"
+         f"{{{INST}}}[$__rate_interval])))", "p50 {{action}}"),
+        (f"histogram_quantile(0.95, sum by (le, action) (rate(orchestrator_remediation_duration_seconds_bucket"
+         f"{{{INST}}}[$__rate_interval])))", "p95 {{action}}")), unit="s"), 12, 8)
+    lay.add(table("Self-healing alerts firing now", [target(
+        'ALERTS{alertname=~"Orchestrator.*",alertstate="firing",action=~".+"}', instant=True, table=True)],
+        hide=("Time", "Value", "__name__", "alertstate", "job")), 24, 8)
+    return dashboard("orchestrator-remediation", "Orchestrator / Remediation",
+                     "What the agent did about alerts: actions by result, webhook status codes, latency.", lay)
+
+
+def host() -> Json:
+    lay = Layout()
+    lay.add(timeseries("CPU busy", targets((f"orchestrator_host_cpu_usage_ratio{{{INST}}}", "{{instance}}")),
+                       unit="percentunit", minimum=0, maximum=1), 12, 8)
+    lay.add(timeseries("Load average", targets(
+        (f"orchestrator_host_load1{{{INST}}}", "load1 {{instance}}"),
+        (f"orchestrator_host_load5{{{INST}}}", "load5 {{instance}}"),
+        (f"orchestrator_host_load15{{{INST}}}", "load15 {{instance}}")), minimum=0), 12, 8)
+    lay.add(timeseries("Memory available vs pressure threshold", targets(
+        (f"instance:orchestrator_host_memory_available:ratio{{{INST}}}", "{{instance}}"),
+        (f"orchestrator:host_memory_available_min_ratio{{{INST}}}", "threshold {{instance}}")),
+        unit="percentunit", minimum=0, maximum=1,
+        description="Below the threshold: OrchestratorHostMemoryPressure (scale_down of non-essential)."), 12, 8)
+    lay.add(timeseries("Memory", targets(
+        (f"orchestrator_host_memory_available_bytes{{{INST}}}", "available {{instance}}"),
+        (f"orchestrator_host_memory_total_bytes{{{INST}}}", "total {{instance}}")), unit="bytes", minimum=0), 12, 8)
+    lay.add(timeseries("Disk free vs thresholds", targets(
+        (f"instance_mountpoint:orchestrator_host_disk_free:ratio{{{INST}}}", "{{instance}} {{mountpoint}}"),
+        (f"orchestrator:host_disk_free_min_ratio{{{INST}}}", "threshold pressure {{mountpoint}}"),
+        (f"orchestrator:host_disk_free_warning_ratio{{{INST}}}", "threshold forecast {{mountpoint}}")),
+        unit="percentunit", minimum=0, maximum=1), 12, 8)
+    lay.add(timeseries("Disk free and 24h forecast", targets(
+        (f"orchestrator_host_disk_free_bytes{{{INST}}}", "free {{mountpoint}}"),
+        (f"instance_mountpoint:orchestrator_host_disk_free_bytes:predict_linear24h{{{INST}}}",
+         "forecast 24h {{mountpoint}}"),
+        (f"orchestrator_host_disk_total_bytes{{{INST}}}", "size {{mountpoint}}")), unit="bytes",
+        description="OrchestratorHostDiskFillingUp fires while the forecast is below zero."), 12, 8)
+    lay.add(timeseries("Memory by component", targets(
+        (f"orchestrator_component_resident_memory_bytes{{{INST}}}", "{{component}}")), unit="bytes",
+        stack=True), 12, 8)
+    lay.add(timeseries("CPU by component", targets(
+        (f"rate(orchestrator_component_cpu_seconds_total{{{INST}}}[$__rate_interval])", "{{component}}")),
+        unit="cores", stack=True), 12, 8)
+    for panel in lay.panels:
+        names = [t["legendFormat"] for t in panel["targets"]]
+        if any(n.startswith("threshold") for n in names):
+            panel["fieldConfig"]["overrides"] = [
+                {"matcher": {"id": "byRegexp", "options": "^threshold.*"}, "properties": THRESHOLD_STYLE}]
+    return dashboard("orchestrator-host", "Orchestrator / Host resources",
+                     "CPU, load, memory and disk of the host, with the pressure thresholds.", lay)
+
+
+DASHBOARDS = {
+    "orchestrator-overview.json": overview,
+    "orchestrator-component.json": component,
+    "orchestrator-backlog.json": backlog,
+    "orchestrator-remediation.json": remediation,
+    "orchestrator-host.json": host,
+}
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {name: json.dumps(build(), indent=2, sort_keys=True) + "\n" for name, build in DASHBOARDS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the dashboards, or with --check report (exit 1) those that differ from the generator."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true", help="only compare with the committed JSON")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in render().items():
+        path = OUT / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            OUT.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print(f"out of date (run python scripts/gen_dashboards.py): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
