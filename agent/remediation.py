@@ -170,18 +170,21 @@ def plan_alert(
     if replica is not None and (action != "restart" or replica >= max(comp.desired, 1)):
         return no(Result.REJECTED, f"no replica {replica} to {action}")
 
-    # The target and the dedupe key: scale_to's key carries its target, so a new target acts anew.
-    key = f"{base_key}|{action}" + (f"|{wanted}" if action == "scale_to" else "")
     target: int | None = None
     if action in ("scale_up", "scale_down"):
         size = min(step if step is not None else 1, comp.max_step)
         target = comp.desired + size if action == "scale_up" else comp.desired - size
     elif action == "scale_to":
-        target = wanted
+        assert wanted is not None
+        # At most max_step per delivery: a still-firing alert converges step by step as it is re-sent.
+        goal = policy.clamp_replicas(wanted, comp.minimum, comp.maximum)
+        target = max(comp.desired - comp.max_step, min(goal, comp.desired + comp.max_step))
     elif action == "start":
         target = max(comp.minimum, 1, comp.desired)
     if target is not None:
         target = policy.clamp_replicas(target, comp.minimum, comp.maximum)
+    # The dedupe key: scale_to's key carries its step's target, so each step acts once and only once.
+    key = f"{base_key}|{action}" + (f"|{target}" if action == "scale_to" else "")
 
     plan = Plan(alertname, name, action, key, None, "", target, replica)
 

@@ -130,8 +130,13 @@ def test_scale_up_down_and_to_within_bounds(hook: Hook) -> None:
     wait_for(lambda: len(hook.pids()["pool"]) == desired(), 10)
     hook.send(alert({"action": "scale_to", "component": "pool"}, annotations={"desired_replicas": "99"}))
     wait_for(lambda: desired() == 4, 10)
-    hook.send(alert({"action": "scale_to", "component": "pool"}, annotations={"desired_replicas": "1"}))
+    # Down from 4 to 1 with max_step 2: one step per delivery of the same alert, each step once.
+    down = alert({"action": "scale_to", "component": "pool"}, annotations={"desired_replicas": "1"})
+    assert hook.send(down)[0]["target"] == 2
+    wait_for(lambda: desired() == 2, 10)
+    assert hook.send(down)[0]["target"] == 1
     wait_for(lambda: desired() == 1 and len(hook.pids()["pool"]) == 1, 10)
+    assert hook.send(down)[0]["result"] == "duplicate"  # that step was taken already
     res = hook.send(alert({"action": "scale_down", "component": "pool"}))  # at min already
     assert res[0]["result"] == "ignored" and "already at 1" in res[0]["reason"]
     assert desired() == 1
