@@ -1,0 +1,103 @@
+"""The alert -> action plan as a pure function: no processes, no sockets, an injected clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.config import Autonomy
+from agent.remediation import Alert, ComponentView, Result, plan_alert
+
+NOW = 1_000_000.0
+
+
+def view(**kw: Any) -> ComponentView:
+    base: dict[str, Any] = {"desired": 2, "minimum": 1, "maximum": 6, "allowed": ("restart", "scale_up", "scale_down",
+                                                                                 "scale_to", "start"),
+                            "cooldown": 60.0, "stabilization": 300.0, "max_step": 2, "last_restart": 0.0,
+                            "last_scale_up": 0.0, "manual_stop": False, "circuit_open": False}
+    base.update(kw)
+    return ComponentView(**base)
+
+
+def make(labels: dict[str, str], status: str = "firing", **annotations: str) -> Alert:
+    return Alert(status=status, labels={"alertname": "A", **labels}, annotations=annotations,
+                 startsAt="2026-11-24T03:32:05.205Z", fingerprint="f00")
+
+
+def plan(alert: Alert, seen: frozenset[str] = frozenset(), autonomy: Autonomy = Autonomy.ON,
+         emergency: bool = False, **kw: Any) -> Any:
+    return plan_alert(alert, node="n1", components={"c": view(**kw)}, autonomy=autonomy, emergency=emergency,
+                      seen=lambda k: k in seen, now=NOW)
+
+
+def test_restart_acts_with_a_stable_key() -> None:
+    p = plan(make({"action": "restart", "component": "c"}))
+    assert p.acts and p.key == "f00|2026-11-24T03:32:05.205Z|restart"
+
+
+@pytest.mark.parametrize(("labels", "result", "reason"), [
+    ({"component": "c"}, Result.IGNORED, "no action label"),
+    ({"action": "restart", "component": "c", "node": "n2"}, Result.IGNORED, "another node"),
+    ({"action": "reboot", "component": "c"}, Result.REJECTED, "unknown action"),
+    ({"action": "restart", "component": "nope"}, Result.REJECTED, "unknown component"),
+    ({"action": "restart", "component": "c", "replica": "7"}, Result.REJECTED, "no replica 7"),
+    ({"action": "scale_up", "component": "c", "step": "-1"}, Result.REJECTED, "non-negative integer"),
+])
+def test_refusals(labels: dict[str, str], result: Result, reason: str) -> None:
+    p = plan(make(labels))
+    assert p.result is result and reason in p.reason
+
+
+def test_resolved_never_acts() -> None:
+    assert plan(make({"action": "restart", "component": "c"}, status="resolved")).result is Result.IGNORED
+
+
+def test_seen_key_and_resolved_marker_are_duplicates() -> None:
+    a = make({"action": "restart", "component": "c"})
+    assert plan(a, seen=frozenset({"f00|2026-11-24T03:32:05.205Z|restart"})).result is Result.DUPLICATE
+    stale = plan(a, seen=frozenset({"f00|2026-11-24T03:32:05.205Z|resolved"}))
+    assert stale.result is Result.DUPLICATE and "stale" in stale.reason
+
+
+def test_modes_and_emergency() -> None:
+    a = make({"action": "restart", "component": "c"})
+    assert plan(a, autonomy=Autonomy.DRY_RUN).result is Result.DRY_RUN
+    assert plan(a, autonomy=Autonomy.OFF).result is Result.IGNORED
+    assert plan(a, emergency=True).result is Result.REJECTED
+
+
+def test_cooldown_and_stabilisation() -> None:
+    assert plan(make({"action": "restart", "component": "c"}), last_restart=NOW - 10).result is Result.COOLDOWN
+    assert plan(make({"action": "restart", "component": "c"}), last_restart=NOW - 61).acts
+    down = make({"action": "scale_down", "component": "c"})
+    assert plan(down, last_scale_up=NOW - 299).result is Result.COOLDOWN
+    assert plan(down, last_scale_up=NOW - 301).target == 1
+
+
+def test_scaling_is_clamped_and_stepped() -> None:
+    assert plan(make({"action": "scale_up", "component": "c", "step": "9"})).target == 4  # max_step 2
+    assert plan(make({"action": "scale_up", "component": "c"}), desired=6).result is Result.IGNORED  # at max
+    up = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"))
+    assert up.target == 4 and up.key.endswith("|scale_to|4")
+    assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"), desired=5).target == 6
+    assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="0")).target == 1  # min 1
+    assert plan(make({"action": "scale_to", "component": "c"})).result is Result.REJECTED  # no annotation
+
+
+def test_start_goes_to_min_at_least_one() -> None:
+    assert plan(make({"action": "start", "component": "c"}), desired=0, minimum=0).target == 1
+    assert plan(make({"action": "start", "component": "c"}), desired=0, minimum=3).target == 3
+
+
+def test_manual_stop_and_open_circuit_block_automation() -> None:
+    a = make({"action": "restart", "component": "c"})
+    assert plan(a, manual_stop=True).result is Result.REJECTED
+    assert plan(a, circuit_open=True).result is Result.REJECTED
+    assert plan(make({"action": "scale_down", "component": "c"}), circuit_open=True).acts
+
+
+def test_disallowed_action() -> None:
+    p = plan(make({"action": "scale_up", "component": "c"}), allowed=("restart",))
+    assert p.result is Result.REJECTED and "not allowed" in p.reason
