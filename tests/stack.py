@@ -1,0 +1,166 @@
+"""The whole loop on loopback, natively: the agent supervises a real Prometheus and Alertmanager.
+
+The configs are the project's own (prometheus/*.yml, rules/), re-pointed at free ports, with every
+minute of the rules made a second (tests.stackbin.fast_rules) and Alertmanager's waits shortened.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.helpers import ROOT, AgentProcess, free_port, wait_for
+from tests.stackbin import fast_rules, require_binary
+
+THRESHOLDS = {"orchestrator:backlog_target_per_replica": 10, "orchestrator:idle_window_seconds": 10}
+
+
+def prometheus_config(rules: Path, agent_port: int, prom_port: int, am_port: int) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    doc["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    doc["rule_files"] = [str(rules / "*.yml")]
+    doc["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
+    ports = {"orchestrator-agent": agent_port, "prometheus": prom_port, "alertmanager": am_port}
+    for job in doc["scrape_configs"]:
+        job["static_configs"][0]["targets"] = [f"127.0.0.1:{ports[job['job_name']]}"]
+    return doc
+
+
+def alertmanager_config(agent_port: int, token: Path) -> dict[str, Any]:
+    doc = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+    route = doc["route"]
+    route.update(group_wait="1s", group_interval="1s", repeat_interval="3s")
+
+    def walk(r: dict[str, Any]) -> None:
+        for child in r.get("routes", []):
+            for key in ("group_wait", "group_interval"):
+                if key in child:
+                    child[key] = "1s"
+            if "repeat_interval" in child:
+                child["repeat_interval"] = "3s"
+            # Peak hours and maintenance windows depend on the wall clock: not in a test of the loop.
+            child.pop("mute_time_intervals", None)
+            walk(child)
+
+    walk(route)
+    for receiver in doc["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["url"] = f"http://127.0.0.1:{agent_port}/webhook/alertmanager"
+            hook["http_config"]["authorization"]["credentials_file"] = str(token)
+    return doc
+
+
+@dataclass
+class Stack:
+    tmp: Path
+    agent: AgentProcess
+    prom: str
+    am: str
+    demo_port: int
+    db: Path
+    timeline: list[str] = field(default_factory=list)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        r = httpx.get(self.prom + "/api/v1/query", params={"query": expr}, timeout=10)
+        body = r.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query failed: {expr}: {body.get('error')}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def scalar(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def firing(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        alerts = httpx.get(self.prom + "/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        return [a for a in alerts if a["labels"].get("alertname") == alertname and a["state"] == "firing"
+                and all(a["labels"].get(k) == v for k, v in labels.items())]
+
+    def am_alerts(self, alertname: str) -> list[dict[str, Any]]:
+        r = httpx.get(self.am + "/api/v2/alerts", params={"filter": f'alertname="{alertname}"'}, timeout=10)
+        r.raise_for_status()
+        alerts: list[dict[str, Any]] = r.json()
+        return alerts
+
+    def note(self, text: str) -> None:
+        self.timeline.append(f"{time.strftime('%H:%M:%S')} {text}")
+        print(self.timeline[-1], flush=True)
+
+
+def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: int, demo_port: int,
+               db: Path) -> dict[str, Any]:
+    py = sys.executable
+    return {
+        "prometheus": {
+            "command": [prom_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'prom'}",
+                        f"--web.listen-address=127.0.0.1:{prom_port}",
+                        f"--web.external-url=http://127.0.0.1:{prom_port}/", "--log.level=warn"],
+            "probe": {"http": {"url": f"http://127.0.0.1:{prom_port}/-/ready"}, "interval": 1,
+                      "startup_grace": 60},
+            "remediation": {"allowed_actions": []},
+        },
+        "alertmanager": {
+            "command": [am_bin, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am'}",
+                        f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
+                        "--log.level=warn"],
+            "probe": {"http": {"url": f"http://127.0.0.1:{am_port}/-/ready"}, "interval": 1, "startup_grace": 60},
+            "remediation": {"allowed_actions": []},
+        },
+        # Its probe only marks it unhealthy: the restart must come through rule -> Alertmanager -> webhook.
+        "hungry": {
+            "command": [py, "-m", "examples.demo_service", "--port", str(demo_port)],
+            "essential": True,
+            "probe": {"http": {"url": f"http://127.0.0.1:{demo_port}/health"}, "interval": 0.5, "timeout": 0.5,
+                      "failure_threshold": 2, "startup_grace": 0, "restart": False},
+            "stop": {"grace": 1},
+            "remediation": {"cooldown": 0},
+        },
+        "crashy": {
+            "command": ["sh", "-c", "exit 1"],
+            "restart": {"max_restarts": 3, "window": 60, "circuit_cooldown": 600, "backoff": {"initial": 0.05}},
+        },
+        "todo_worker": {
+            "command": [py, "-m", "examples.demo_worker", "--db", str(db), "--work-seconds", "0.25",
+                        "--idle-poll", "0.2"],
+            "capabilities": ["todo_processing"],
+            "replicas": {"min": 1, "max": 4, "initial": 1},
+            "stop": {"grace": 3},
+            "remediation": {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 2},
+        },
+    }
+
+
+def start_stack(tmp: Path) -> Stack:
+    prom_bin = require_binary("prometheus")
+    am_bin = require_binary("prometheus-alertmanager", "alertmanager")
+    agent_port, prom_port, am_port, demo_port = (free_port() for _ in range(4))
+    rules = tmp / "rules"
+    fast_rules(rules, THRESHOLDS)
+    state = tmp / "state"
+    db = tmp / "todos.db"
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(rules, agent_port, prom_port, am_port)))
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(agent_port, state / "webhook.token")))
+    cfg = {
+        "agent": {"listen": f"127.0.0.1:{agent_port}", "node": "e2e", "resources": {"interval": 1}},
+        "components": components(prom_bin, am_bin, tmp, prom_port, am_port, demo_port, db),
+        "backlog": {"sources": [{"kind": "sqlite", "path": str(db), "interval": 0.5, "name": "todos"}]},
+    }
+    agent = AgentProcess(tmp, cfg).start()
+    stack = Stack(tmp, agent, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", demo_port, db)
+    try:
+        wait_for(lambda: httpx.get(agent.url + "/-/ready").status_code == 200, 60, 0.2, "the stack to be ready")
+        wait_for(lambda: stack.scalar('up{job="orchestrator-agent"}') == 1, 30, 0.2, "Prometheus to scrape the agent")
+        # One rule evaluation done before any fault is injected.
+        wait_for(lambda: stack.query("component:orchestrator_component_automation_allowed:bool"), 30, 0.2,
+                 "a rule evaluation")
+    except BaseException:
+        agent.stop()
+        raise
+    return stack

@@ -1,0 +1,132 @@
+"""End to end with the real binaries on loopback: fault -> rule -> Alertmanager -> webhook -> action."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from agent import todos
+from tests.helpers import wait_for
+from tests.metricsutil import scrape, value
+from tests.stack import Stack, start_stack
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = start_stack(tmp_path_factory.mktemp("e2e"))
+    try:
+        yield s
+    finally:
+        code = s.agent.stop(timeout=60)
+        print("\n".join(["timeline:", *s.timeline]))
+        assert code == 0
+
+
+def counter(stack: Stack, component: str, action: str, result: str) -> float:
+    return value(scrape(stack.agent.url), "orchestrator_remediation_actions_total", component=component,
+                 action=action, result=result) or 0.0
+
+
+def test_hung_component_is_restarted_through_alertmanager(stack: Stack) -> None:
+    before = value(scrape(stack.agent.url), "orchestrator_component_restarts_total", component="hungry",
+                   reason="alert")
+    assert before == 0
+    assert httpx.post(f"http://127.0.0.1:{stack.demo_port}/hang", timeout=2).status_code == 200
+    stack.note("hungry told to hang")
+    wait_for(lambda: stack.firing("OrchestratorComponentDown", component="hungry"), 60, 0.2, "the alert to fire")
+    stack.note("OrchestratorComponentDown firing in Prometheus")
+    seen = wait_for(lambda: [a for a in stack.am_alerts("OrchestratorComponentDown")
+                             if a["labels"].get("component") == "hungry"], 30, 0.2, "Alertmanager to have it")
+    assert seen[0]["labels"]["action"] == "restart"
+    assert "agent-webhook" in [r["name"] for r in seen[0]["receivers"]]
+    wait_for(lambda: counter(stack, "hungry", "restart", "executed") == 1, 60, 0.2, "the webhook restart")
+    stack.note("agent executed restart of hungry")
+    wait_for(lambda: _answers(f"http://127.0.0.1:{stack.demo_port}/health"), 30, 0.2, "the new replica")
+    assert value(scrape(stack.agent.url), "orchestrator_component_restarts_total", component="hungry",
+                 reason="alert") == 1
+    assert value(scrape(stack.agent.url), "orchestrator_component_restarts_total", component="hungry",
+                 reason="probe") == 0
+    wait_for(lambda: not stack.firing("OrchestratorComponentDown", component="hungry"), 60, 0.2, "it to resolve")
+    stack.note("OrchestratorComponentDown resolved")
+    assert counter(stack, "hungry", "restart", "executed") == 1, "acted exactly once"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_crash_loop_opens_the_circuit_and_pages_a_human(stack: Stack) -> None:
+    wait_for(lambda: stack.firing("OrchestratorComponentCircuitOpen", component="crashy"), 60, 0.2)
+    stack.note("OrchestratorComponentCircuitOpen firing for crashy")
+    alerts = wait_for(lambda: stack.am_alerts("OrchestratorComponentCircuitOpen"), 30, 0.2)
+    assert alerts[0]["labels"]["severity"] == "critical"
+    assert "action" not in alerts[0]["labels"]
+    assert [r["name"] for r in alerts[0]["receivers"]] == ["human"]
+    for action in ("restart", "start", "scale_up", "scale_to"):
+        assert counter(stack, "crashy", action, "executed") == 0
+    assert value(scrape(stack.agent.url), "orchestrator_component_state", component="crashy",
+                 state="circuit_open") == 1
+
+
+def test_backlog_scales_up_in_bounded_steps_drains_and_scales_down(stack: Stack) -> None:
+    def desired() -> float:
+        return value(scrape(stack.agent.url), "orchestrator_component_desired_replicas", component="todo_worker") or 0
+
+    def pending() -> int:
+        return len(todos.list_todos(stack.db, "pending", 10_000))
+
+    seen: list[int] = []
+
+    def track() -> None:
+        d, p = int(desired()), pending()
+        if not seen or seen[-1] != d:
+            seen.append(d)
+            stack.note(f"todo_worker desired={d} pending={p}")
+
+    for i in range(200):
+        todos.add(stack.db, f"job {i}", ("normal", "high")[i % 2], ["todo_processing"])
+    stack.note("200 todos added")
+    def drained() -> bool:
+        track()
+        return pending() == 0
+
+    def back_at_min() -> bool:
+        track()
+        return desired() == 1
+
+    wait_for(drained, 240, 0.2, "the workers to drain the backlog")
+    stack.note("backlog drained")
+    wait_for(back_at_min, 240, 0.2, "scale-down to min after the idle window")
+    track()
+    assert max(seen) == 4, f"reached max: {seen}"
+    ups = [b - a for a, b in itertools.pairwise(seen) if b > a]
+    downs = [a - b for a, b in itertools.pairwise(seen) if b < a]
+    assert ups and all(step <= 2 for step in ups), f"scale-up steps bounded by max_step: {seen}"
+    assert downs and all(step == 1 for step in downs), f"scale-down one step at a time: {seen}"
+    assert seen[-1] == 1
+    assert counter(stack, "todo_worker", "scale_to", "executed") >= 2
+    assert counter(stack, "todo_worker", "scale_down", "executed") == 3
+
+
+def test_every_dashboard_and_rule_query_runs_on_the_live_prometheus(stack: Stack) -> None:
+    from tests.queries import dashboard_queries, rule_queries
+
+    errors, empty = [], []
+    for source, expr, must_have_data in [*dashboard_queries(), *rule_queries()]:
+        try:
+            result = stack.query(expr)
+        except AssertionError as exc:
+            errors.append(f"{source}: {exc}")
+            continue
+        if must_have_data and not result:
+            empty.append(f"{source}: {expr}")
+    assert not errors, "\n".join(errors)
+    assert not empty, "panels without data:\n" + "\n".join(empty)
