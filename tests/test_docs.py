@@ -1,0 +1,237 @@
+"""Keep the reference docs honest: names in the code must appear in docs/*.md, and the README's promise of
+two commands must hold."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import types
+import typing
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from agent.backlog import _PRIORITY_ALIASES, _STATUS_ALIASES
+from agent.config import Autonomy, Config
+from agent.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
+from agent.probes import PROBE_ERRORS
+from agent.supervisor import REASONS, ComponentState
+from agent.todos import PRIORITIES, STATUSES
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+_NAME = re.compile(r"""["'](orchestrator_[a-z0-9_]+)["']""")
+_FNAME = re.compile(r"""f["'](orchestrator_[a-z0-9_]*)\{(\w+)\}([a-z0-9_]*)["']""")
+_COUNTER = re.compile(r"""\b(?:Counter|CounterMetricFamily)\(\s*["'](orchestrator_[a-z0-9_]+)["']""")
+_TABLE_KEY = re.compile(r"^\|\s*`([^`]+)`\s*\|", re.MULTILINE)
+_ROUTE = re.compile(r"""\bRoute\(\s*["']([^"']+)["']""")
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def _loop_values(source: str, var: str) -> list[str]:
+    """The literal tuple a `for ... var in (enumerate)((...))` loop iterates over."""
+    match = re.search(rf"for [^\n]*\b{var}\b in (?:enumerate\()?(\([^()]*\))", source)
+    assert match, f"cannot find the values of {{{var}}} in the source"
+    values = ast.literal_eval(match.group(1))
+    return [str(v) for v in values]
+
+
+def exported_metric_names() -> set[str]:
+    """Metric names as exposed (counters with `_total`) from agent/metrics.py and agent/once.py."""
+    names: set[str] = set()
+    for rel in ("agent/metrics.py", "agent/once.py"):
+        source = _read(ROOT / rel)
+        counters = set(_COUNTER.findall(source))
+        found = set(_NAME.findall(source))
+        for prefix, var, suffix in _FNAME.findall(source):
+            found |= {f"{prefix}{v}{suffix}" for v in _loop_values(source, var)}
+        names |= {f"{n}_total" if n in counters and not n.endswith("_total") else n for n in found}
+    return names
+
+
+def documented_names(text: str, prefix: str = "") -> set[str]:
+    """First-column `names` of the markdown tables in a document."""
+    return {n for n in _TABLE_KEY.findall(text) if n.startswith(prefix)}
+
+
+def test_metric_extraction_finds_the_known_groups() -> None:
+    names = exported_metric_names()
+    for expected in ("orchestrator_build_info", "orchestrator_component_restarts_total",
+                     "orchestrator_webhook_requests_total", "orchestrator_host_load15",
+                     "orchestrator_probe_duration_seconds", "orchestrator_check_status"):
+        assert expected in names
+    assert "orchestrator_component_restarts" not in names
+
+
+def test_every_metric_is_documented() -> None:
+    documented = documented_names(_read(DOCS / "metrics.md"), "orchestrator_")
+    missing = sorted(exported_metric_names() - documented)
+    assert not missing, f"metrics exported but not in a table of docs/metrics.md: {missing}"
+
+
+def test_no_documented_metric_is_invented() -> None:
+    documented = documented_names(_read(DOCS / "metrics.md"), "orchestrator_")
+    extra = sorted(documented - exported_metric_names())
+    assert not extra, f"docs/metrics.md lists metrics the code does not export: {extra}"
+
+
+@pytest.mark.parametrize(("what", "values"), [
+    ("ComponentState", [s.value for s in ComponentState]),
+    ("REASONS", list(REASONS)),
+    ("PROBE_ERRORS", list(PROBE_ERRORS)),
+    ("ACTIONS", list(ACTIONS)),
+    ("RESULTS", list(RESULTS)),
+    ("WEBHOOK_CODES", list(WEBHOOK_CODES)),
+    ("Autonomy", [m.value for m in Autonomy]),
+    ("STATUSES", list(STATUSES)),
+    ("PRIORITIES", list(PRIORITIES)),
+])
+def test_bounded_label_values_are_documented(what: str, values: list[str]) -> None:
+    text = _read(DOCS / "metrics.md")
+    missing = [v for v in values if f"`{v}`" not in text]
+    assert not missing, f"{what} values missing from docs/metrics.md: {missing}"
+
+
+def test_remediation_results_are_documented() -> None:
+    text = _read(DOCS / "remediation.md")
+    missing = [r for r in RESULTS if f"`{r}`" not in text]
+    assert not missing, f"results missing from docs/remediation.md: {missing}"
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found += _models_in(arg)
+    return found
+
+
+def config_models() -> dict[str, type[BaseModel]]:
+    """Every pydantic model reachable from Config, by class name."""
+    seen: dict[str, type[BaseModel]] = {}
+    todo: list[type[BaseModel]] = [Config]
+    while todo:
+        model = todo.pop()
+        if model.__name__ in seen:
+            continue
+        seen[model.__name__] = model
+        for field in model.model_fields.values():
+            todo += _models_in(field.annotation)
+    return seen
+
+
+def config_sections() -> dict[str, str]:
+    """docs/config.md split at headings that end in `(ModelName)`."""
+    sections: dict[str, str] = {}
+    current: str | None = None
+    for line in _read(DOCS / "config.md").splitlines():
+        if line.startswith("#"):
+            match = re.search(r"\((\w+)\)\s*$", line)
+            current = match.group(1) if match else None
+            if current is not None:
+                sections[current] = ""
+            continue
+        if current is not None:
+            sections[current] += line + "\n"
+    return sections
+
+
+def test_config_model_walk_is_complete() -> None:
+    models = config_models()
+    for name in ("AgentSettings", "WebhookAuth", "ResourceSettings", "Component", "Replicas", "RestartSettings",
+                 "Backoff", "StopSettings", "Limits", "ProbeSettings", "HttpProbe", "TcpProbe", "ExecProbe",
+                 "McpProbe", "RemediationSettings", "Backlog", "BacklogSource"):
+        assert name in models
+
+
+@pytest.mark.parametrize("model_name", sorted(config_models()))
+def test_every_config_field_is_documented(model_name: str) -> None:
+    sections = config_sections()
+    assert model_name in sections, f"docs/config.md has no section headed '... ({model_name})'"
+    keys = documented_names(sections[model_name])
+    missing = [f for f in config_models()[model_name].model_fields if f not in keys]
+    assert not missing, f"{model_name} fields missing from its table in docs/config.md: {missing}"
+
+
+def test_no_documented_config_key_is_invented() -> None:
+    models = config_models()
+    for model_name, body in config_sections().items():
+        assert model_name in models, f"docs/config.md documents an unknown model {model_name}"
+        extra = sorted(documented_names(body) - set(models[model_name].model_fields))
+        assert not extra, f"docs/config.md lists keys {model_name} does not have: {extra}"
+
+
+# --- routes ---------------------------------------------------------------------------------------
+
+
+def route_paths() -> set[str]:
+    paths: set[str] = set()
+    for rel in ("agent/api.py", "agent/server.py", "agent/metrics.py"):
+        paths |= set(_ROUTE.findall(_read(ROOT / rel)))
+    return paths
+
+
+def test_route_extraction_finds_routes() -> None:
+    paths = route_paths()
+    assert {"/webhook/alertmanager", "/-/ready", "/metrics", "/api/v1/simulate"} <= paths
+
+
+def test_every_route_is_documented() -> None:
+    text = _read(DOCS / "remediation.md") + _read(ROOT / "README.md")
+    missing = sorted(p for p in route_paths() if p not in text)
+    assert not missing, f"routes missing from docs/remediation.md and README.md: {missing}"
+
+
+# --- once, todos ----------------------------------------------------------------------------------
+
+
+def test_once_doc_and_schema_match_the_code() -> None:
+    assert "once.schema.json" in _read(DOCS / "once.md")
+    schema = json.loads(_read(DOCS / "once.schema.json"))
+    props = schema["properties"]
+    component = props["components"]["additionalProperties"]["oneOf"][1]
+    assert component["properties"]["reason"]["enum"] == list(PROBE_ERRORS)
+    count = props["backlog"]["properties"]["counts"]["items"]["properties"]
+    assert count["status"]["enum"] == list(STATUSES)
+    assert count["priority"]["enum"] == list(PRIORITIES)
+
+
+def test_todo_aliases_are_documented() -> None:
+    text = _read(DOCS / "todos.md")
+    missing = [a for a in (*_STATUS_ALIASES, *_PRIORITY_ALIASES) if f"`{a}`" not in text]
+    assert not missing, f"backlog aliases missing from docs/todos.md: {missing}"
+
+
+# --- README and CI --------------------------------------------------------------------------------
+
+
+def _commands(block: str) -> list[str]:
+    lines = [re.sub(r"\s+#.*$", "", line).strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_readme_first_block_is_the_two_commands() -> None:
+    match = re.search(r"^```[^\n]*\n(.*?)^```", _read(ROOT / "README.md"), re.DOTALL | re.MULTILINE)
+    assert match, "README.md has no code block"
+    assert _commands(match.group(1)) == ["./dev.sh run", "./dev.sh test"]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    commands = _commands(_read(ROOT / ".ci" / "run"))
+    assert any(re.search(r"(^|\s)\./dev\.sh test(\s|$)", c) for c in commands), commands
+
+
+def test_helpers_parse_what_they_claim() -> None:
+    assert _commands("./dev.sh run  # x\n# comment\n\n./dev.sh test\n") == ["./dev.sh run", "./dev.sh test"]
+    assert documented_names("| `a` | x |\n| b | y |\n|`c`|z|\n") == {"a", "c"}
+    assert _models_in(types.NoneType | Config) == [Config]
