@@ -238,7 +238,7 @@ def api_routes(agent: Agent) -> list[Route]:
         if not authorised(request):
             return _error(401, "missing or wrong control token")
         limit = request.query_params.get("limit", "100")
-        n = int(limit) if limit.isdigit() else 100
+        n = max(1, min(int(limit), 10_000)) if limit.isdigit() else 100
         entries = list(agent.remediator.history)[-n:] if agent.remediator is not None else []
         from dataclasses import asdict
 

@@ -31,7 +31,6 @@ ACTIONS = ("restart", "scale_up", "scale_down", "scale_to", "start")
 RESULTS = ("executed", "duplicate", "cooldown", "rejected", "dry_run", "failed", "ignored")
 WEBHOOK_CODES = ("200", "400", "401", "413", "422", "503")
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-UNKNOWN_COMPONENT = "_unknown"
 
 
 class EventMetrics:

@@ -4,7 +4,8 @@ Status rule (Nagios/Icinga plugin convention, documented in docs/once.md):
   CRITICAL (2)  an essential component fails its probe, or a disk / host memory has < 5 % left;
   WARNING  (1)  a non-essential component fails its probe, a backlog source is down,
                 or a disk / host memory has < 10 % left;
-  UNKNOWN  (3)  the config cannot be read, or there is nothing to check (no probe, no source);
+  UNKNOWN  (3)  the config cannot be read, or nothing but the host could be checked (no probe, no
+                source) and the host is fine;
   OK       (0)  otherwise.
 """
 
@@ -121,9 +122,10 @@ def judge(config: Config, components: dict[str, ProbeResult | None], host: HostU
 
 def overall(checks: list[Check], checked_anything: bool) -> Status:
     """Worst status of the checks; UNKNOWN when nothing could be checked."""
-    if not checked_anything:
+    worst = max((c.status for c in checks), default=Status.OK)
+    if not checked_anything and worst is Status.OK:
         return Status.UNKNOWN
-    return max((c.status for c in checks), default=Status.OK)
+    return worst
 
 
 async def collect(config: Config) -> Report:

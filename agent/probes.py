@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ async def probe_exec(reaper: Reaper, settings: ProbeSettings, replica: int, env:
     spec = settings.exec
     assert spec is not None
     argv = [substitute(a, replica) for a in spec.command]
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable  # as in component commands: the agent's own interpreter
     done: asyncio.Future[ExitStatus] = asyncio.get_running_loop().create_future()
 
     def finished(status: ExitStatus) -> None:

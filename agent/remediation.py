@@ -2,8 +2,9 @@
 
 Rules of the road (docs/remediation.md): only firing alerts with an `action` label act; each alert is
 judged on its own status; another node's alert, an unknown component or a disallowed action is
-rejected; the same alert (fingerprint + startsAt + action) acts once, also after an agent restart and
-after a `resolved` for it arrived first; actions stay within min/max, cooldown and stabilisation.
+rejected; the same alert (fingerprint + startsAt + action; for scale_to also the step, from -> to) acts
+once, also after an agent restart and after a `resolved` for it arrived first; actions stay within
+min/max, max_step, cooldown and stabilisation.
 Alert content only selects among configured commands: it never reaches a shell or a command line.
 """
 
@@ -27,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent import policy
 from agent.config import ACTIONS, Autonomy, Config
 from agent.supervisor import CommandError
+
+UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no configured component
 
 if TYPE_CHECKING:
     from agent.app import Agent
@@ -183,8 +186,9 @@ def plan_alert(
         target = max(comp.minimum, 1, comp.desired)
     if target is not None:
         target = policy.clamp_replicas(target, comp.minimum, comp.maximum)
-    # The dedupe key: scale_to's key carries its step's target, so each step acts once and only once.
-    key = f"{base_key}|{action}" + (f"|{target}" if action == "scale_to" else "")
+    # The dedupe key: scale_to's key carries its step (from -> to), so each step acts once and only once,
+    # and a re-sent alert keeps converging even if someone changed the count in between.
+    key = f"{base_key}|{action}" + (f"|{comp.desired}->{target}" if action == "scale_to" else "")
 
     plan = Plan(alertname, name, action, key, None, "", target, replica)
 
@@ -264,6 +268,11 @@ class DedupeStore:
                 self.keys.popitem(last=False)
             else:
                 break
+
+    @property
+    def pending(self) -> bool:
+        """Keys recorded in memory but not yet on disk."""
+        return bool(self._pending)
 
     def seen(self, key: str) -> bool:
         at = self.keys.get(key)
@@ -368,14 +377,14 @@ class Remediator:
         for alert in payload.alerts:
             p = plan_alert(alert, node=self.config.agent.node, components=views, autonomy=self.agent.autonomy,
                            emergency=self.agent.emergency, seen=self.dedupe.seen, now=now)
-            if record:
-                if alert.status == "resolved" and alert.labels.get("action"):
-                    self.dedupe.add(f"{alert.fingerprint}|{alert.startsAt}|resolved")
-                if p.acts:
+            if record and alert.status == "resolved" and alert.labels.get("action"):
+                self.dedupe.add(f"{alert.fingerprint}|{alert.startsAt}|resolved")
+            if p.acts:
+                # Later alerts in the same payload see this one's effect (in a simulation too).
+                if p.target is not None and p.component in views:
+                    views[p.component] = _with_desired(views[p.component], p.target, now, p.action)
+                if record:
                     self.dedupe.add(p.key)
-                    # Later alerts in the same payload see this one's effect.
-                    if p.target is not None and p.component in views:
-                        views[p.component] = _with_desired(views[p.component], p.target, now, p.action)
                     if p.action == "restart":
                         self.last_alert_restart[p.component] = now
             plans.append(p)
@@ -396,6 +405,9 @@ class Remediator:
                 body.update(result=p.result.value, reason=p.reason)
                 self.record(alert, p, p.result, p.reason, trace_id)
             results.append(body)
+        if self.dedupe.pending:
+            # Resolved markers become durable too, even when nothing acts on this payload.
+            self._spawn(self.dedupe.flush())
         return results
 
     def _spawn(self, coro: Any) -> None:
@@ -435,7 +447,7 @@ class Remediator:
     def record(self, alert: Alert | None, p: Plan, result: Result, reason: str, trace_id: str,
                source: str = "webhook") -> None:
         """Audit line, history ring and counter for one decision."""
-        component = p.component or "_unknown"
+        component = p.component or UNKNOWN_COMPONENT
         action = p.action or "none"
         entry = AuditEntry(
             ts=time.time(), alertname=p.alertname, component=component, action=action, result=result.value,
@@ -445,11 +457,10 @@ class Remediator:
         self.history.append(entry)
         audit_log.info("decision %s %s on %s: %s", result.value, action, component, reason, extra={
             "audit": True, **{k: v for k, v in asdict(entry).items() if k not in ("extra", "ts")}})
-        if p.action and p.component:
-            exemplar = {"trace_id": trace_id} if trace_id else None
-            self.agent.events.remediation_actions.labels(component, action, result.value).inc(exemplar=exemplar)
-        else:
-            self.agent.events.remediation_actions.labels(component, action, result.value).inc()
+        if source != "webhook":
+            return  # manual commands are audited, not counted as remediation
+        exemplar = {"trace_id": trace_id} if trace_id else None
+        self.agent.events.remediation_actions.labels(component, action, result.value).inc(exemplar=exemplar)
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for background actions at shutdown."""

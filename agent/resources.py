@@ -131,20 +131,19 @@ class ResourceMonitor:
         """One pass over every component and the host."""
         for name, rt in self.sup.components.items():
             usage = Usage()
-            roots = {r.pid for r in rt.replicas.values() if r.pid is not None}
-            for pid in self._roots[name] - roots:
+            live = {r.pid: index for index, r in rt.replicas.items() if r.pid is not None}
+            for pid in self._roots[name] - live.keys():
                 self._cpu_done[name] += self.sampler.forget(pid)
-            self._roots[name] = roots
-            for pid in roots:
+            self._roots[name] = set(live)
+            for pid, index in live.items():
                 tree = self.sampler.tree(pid)
                 usage.cpu_seconds += tree.cpu_seconds
                 usage.rss_bytes += tree.rss_bytes
                 usage.threads += tree.threads
                 usage.open_fds += tree.open_fds
+                self.sup.report_memory(name, index, pid, tree.rss_bytes)
             usage.cpu_seconds += self._cpu_done[name]
             self.components[name] = usage
-            if roots:
-                self.sup.report_memory(name, usage.rss_bytes)
         self.host = sample_host(self.mountpoints)
 
     async def run(self) -> None:

@@ -74,6 +74,7 @@ class Replica:
     probe_successes: int = 0
     probe_ever_ok: bool = False
     probe_error: str = ""
+    rss_samples: list[int] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -101,7 +102,6 @@ class Runtime:
     last_exit: ExitStatus | None = None
     last_reason: str = ""
     last_restart_wall: float = 0.0
-    rss_samples: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=4))
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -252,6 +252,7 @@ class Supervisor:
         rep.probe_ok = None
         rep.probe_failures = rep.probe_successes = 0
         rep.probe_ever_ok = False
+        rep.rss_samples = []
         rep.exited.clear()
         path = replica_log_path(self.log_dir, rt.name, rep.index)
         try:
@@ -586,10 +587,11 @@ class Supervisor:
         rt = self.get(name)
         async with rt.lock:
             if reason == "manual":
+                # Stopped by hand: no trial start later; `agent start` begins afresh.
                 rt.manual_stop = True
-            if rt.circuit_timer is not None and reason == "manual":
-                rt.circuit_timer.cancel()
-                rt.circuit_timer = None
+                if rt.circuit_timer is not None:
+                    rt.circuit_timer.cancel()
+                    rt.circuit_timer = None
                 rt.circuit = Circuit.CLOSED
             self.persist()
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
@@ -653,16 +655,19 @@ class Supervisor:
             if not self.shutting_down and not rt.manual_stop:
                 self._after_failure(rt, rep, None, ran_for, "probe")
 
-    def report_memory(self, name: str, rss: int) -> None:
-        """Record one RSS sample of the whole component; two over the limit in a row restart it."""
+    def report_memory(self, name: str, index: int, pid: int, rss: int) -> None:
+        """Record one RSS sample of a replica's process tree; two over the limit in a row restart it."""
         rt = self.components[name]
-        rt.rss_samples.append(rss)
+        rep = rt.replicas.get(index)
         limit = rt.spec.limits.memory_bytes
-        if policy.over_memory_limit(list(rt.rss_samples), limit) and rt.running_count:
-            log.warning("component %s uses %d bytes, over its limit %s for two samples; restarting",
-                        name, rss, limit)
-            rt.rss_samples.clear()
-            self._background(self.restart(name, "resource"))
+        if rep is None or rep.pid != pid or limit is None or rep.stopping:
+            return
+        rep.rss_samples = [*rep.rss_samples[-3:], rss]
+        if policy.over_memory_limit(rep.rss_samples, limit):
+            log.warning("component %s replica %d uses %d bytes, over its limit %d for two samples; restarting",
+                        name, index, rss, limit)
+            rep.rss_samples = []
+            self._background(self.restart(name, "resource", replica=index))
 
 
 def _log_task_failure(task: asyncio.Task[None]) -> None:

@@ -1,11 +1,11 @@
 """The embedded todo store: one SQLite table that workers in any language can use.
 
 Schema (documented in docs/todos.md):
-    todos(id INTEGER PRIMARY KEY, title TEXT, status TEXT, priority TEXT,
+    todos(id INTEGER PRIMARY KEY AUTOINCREMENT, title TEXT, status TEXT, priority TEXT,
           capabilities TEXT  -- JSON list of capability names, [] for any worker
           created_at REAL, updated_at REAL, claimed_by TEXT)
-`claim` is atomic (one UPDATE ... RETURNING inside an IMMEDIATE transaction), so many workers can
-poll the same file without taking the same todo twice.
+`claim` is atomic (SELECT then UPDATE inside one BEGIN IMMEDIATE transaction, which holds SQLite's
+write lock), so many workers can poll the same file without taking the same todo twice.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 STATUSES = ("pending", "in_progress", "done", "failed")
 PRIORITIES = ("low", "normal", "high", "critical")
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
+_URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS todos (
@@ -99,10 +100,8 @@ def list_todos(path: Path | str, status: str | None = None, limit: int = 1000) -
         if status:
             query += " WHERE status = ?"
             args = (status,)
-        rows = conn.execute(query + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
-    todos = [_row(r) for r in rows]
-    todos.sort(key=lambda t: (-PRIORITY_RANK[t.priority], t.created_at))
-    return todos
+        rows = conn.execute(query + f" ORDER BY {_URGENCY}, created_at, id LIMIT ?", (*args, limit)).fetchall()
+    return [_row(r) for r in rows]
 
 
 def claim(path: Path | str, worker: str, capabilities: Iterable[str] | None = None) -> Todo | None:
@@ -112,9 +111,7 @@ def claim(path: Path | str, worker: str, capabilities: Iterable[str] | None = No
         conn.execute("BEGIN IMMEDIATE")
         try:
             rows = conn.execute(
-                "SELECT * FROM todos WHERE status = 'pending' ORDER BY "
-                "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END, id"
-                " LIMIT 200"
+                f"SELECT * FROM todos WHERE status = 'pending' ORDER BY {_URGENCY}, id LIMIT 200"
             ).fetchall()
             for row in rows:
                 todo = _row(row)

@@ -80,7 +80,7 @@ def test_scaling_is_clamped_and_stepped() -> None:
     assert plan(make({"action": "scale_up", "component": "c", "step": "9"})).target == 4  # max_step 2
     assert plan(make({"action": "scale_up", "component": "c"}), desired=6).result is Result.IGNORED  # at max
     up = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"))
-    assert up.target == 4 and up.key.endswith("|scale_to|4")
+    assert up.target == 4 and up.key.endswith("|scale_to|2->4")
     assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"), desired=5).target == 6
     assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="0")).target == 1  # min 1
     assert plan(make({"action": "scale_to", "component": "c"})).result is Result.REJECTED  # no annotation
