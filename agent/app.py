@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import time
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -219,7 +218,3 @@ class Agent:
         assert self.resources is not None and self.backlog is not None
         return [self.resources.run(), self.backlog.run()]
 
-
-def state_path(state_dir: Path) -> Path:
-    """Where the agent keeps its state document."""
-    return state_dir / "state.json"

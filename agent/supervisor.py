@@ -301,9 +301,6 @@ class Supervisor:
         rep.timer = None
         rep.ready = True
         rep.state = ReplicaState.RUNNING
-        if rt.circuit is Circuit.HALF_OPEN:
-            # The trial counts as passed once it has stayed up for reset_after (checked on a timer).
-            pass
         self._check_ready(rt)
 
     def _check_ready(self, rt: Runtime) -> None:
