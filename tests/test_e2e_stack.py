@@ -130,3 +130,28 @@ def test_every_dashboard_and_rule_query_runs_on_the_live_prometheus(stack: Stack
             empty.append(f"{source}: {expr}")
     assert not errors, "\n".join(errors)
     assert not empty, "panels without data:\n" + "\n".join(empty)
+
+
+def test_promql_cookbook_runs_on_the_live_prometheus(stack: Stack) -> None:
+    """Every ```promql block of docs/promql.md runs; those marked `# must have data` answer after the scenarios.
+
+    The doc's 15 s scrape interval (subquery steps, offsets, samples -> seconds) is made the stack's 1 s;
+    its [1h] / [24h] windows stay: they cover the whole short run.
+    """
+    import math
+
+    from tests.test_promql_doc import cookbook_queries
+
+    queries = cookbook_queries()
+    assert queries, "no ```promql block in docs/promql.md"
+    errors, empty = [], []
+    for q in queries:
+        try:
+            result = stack.query(q.short_clock)
+        except AssertionError as exc:
+            errors.append(f"docs/promql.md:{q.line}: {exc}")
+            continue
+        if q.must_have_data and not any(math.isfinite(float(r["value"][1])) for r in result):
+            empty.append(f"docs/promql.md:{q.line}:\n{q.short_clock}")
+    assert not errors, "\n".join(errors)
+    assert not empty, "marked `# must have data` but no finite value:\n" + "\n".join(empty)
