@@ -28,16 +28,17 @@ import argparse
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from examples._http import Server, Terminated, raise_terminated, serve
 
 log = logging.getLogger("demo_service")
 
@@ -173,16 +174,6 @@ def spawn_child(pid_file: Path | None) -> subprocess.Popen[bytes]:
     return child
 
 
-class Server(ThreadingHTTPServer):
-    # Hung request threads never finish: do not track or join them on close.
-    daemon_threads = True
-    block_on_close = False
-
-
-class Terminated(Exception):
-    """Raised from the SIGTERM handler to unwind serve_forever()."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.demo_service",
@@ -218,15 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if args.ignore_sigterm:
-            log.warning("SIGTERM received and ignored (--ignore-sigterm)")
-            return
-        raise Terminated()
+    def ignore_sigterm(signum: int, frame: FrameType | None) -> None:
+        log.warning("SIGTERM received and ignored (--ignore-sigterm)")
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-    try:
+    def start() -> Server:
         server = Server((args.host, args.port), Handler)
         host, port = server.server_address[:2]
         log.info("listening on http://%s:%s (name %s)", host, port, args.name)
@@ -242,18 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             timer.start()
         if args.spawn_child:
             spawn_child(args.pid_file)
+        return server
 
-        try:
-            server.serve_forever(poll_interval=0.2)
-        finally:
-            server.server_close()
-    except Terminated:
-        log.info("SIGTERM received, stopping")
-        record(args.record, f"stop {args.name}")
-        return 0
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    def on_stop(stop: BaseException) -> None:
+        if isinstance(stop, Terminated):  # Ctrl-C leaves quietly, without a stop record
+            log.info("SIGTERM received, stopping")
+            record(args.record, f"stop {args.name}")
+
+    return serve(start, on_stop, ignore_sigterm if args.ignore_sigterm else raise_terminated)
 
 
 if __name__ == "__main__":

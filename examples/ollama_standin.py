@@ -16,12 +16,12 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
+
+from examples._http import Server, serve
 
 log = logging.getLogger("ollama_standin")
 
@@ -76,15 +76,6 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(head=False)
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
-class Terminated(Exception):
-    """Raised from the SIGTERM handler to unwind serve_forever()."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.ollama_standin",
@@ -101,21 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
 
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
+    def start() -> Server:
         server = Server((args.host, args.port), Handler)
         host, port = server.server_address[:2]
         log.info("Ollama stand-in (version %s) on http://%s:%s", VERSION, host, port)
-        try:
-            server.serve_forever(poll_interval=0.2)
-        finally:
-            server.server_close()
-    except (Terminated, KeyboardInterrupt):
-        log.info("stopping")
-    return 0
+        return server
+
+    return serve(start, on_stop=lambda _: log.info("stopping"))
 
 
 if __name__ == "__main__":

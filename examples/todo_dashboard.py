@@ -19,16 +19,15 @@ import html
 import json
 import logging
 import os
-import signal
 import sqlite3
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import FrameType
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from agent import todos
+from examples._http import Server, serve
 
 log = logging.getLogger("todo_dashboard")
 
@@ -134,15 +133,6 @@ class Handler(BaseHTTPRequestHandler):
             self._json(503, {"error": f"todo database unavailable: {exc}"})
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-
-class Terminated(Exception):
-    """Raised from the SIGTERM handler to unwind serve_forever()."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m examples.todo_dashboard",
@@ -161,23 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
     Handler.db = args.db
-    try:
+
+    def start() -> Server:
         server = Server((args.host, args.port), Handler)
         host, port = server.server_address[:2]
         log.info("todo dashboard on http://%s:%s (db %s)", host, port, args.db)
-        try:
-            server.serve_forever(poll_interval=0.2)
-        finally:
-            server.server_close()
-    except (Terminated, KeyboardInterrupt):
-        log.info("stopping")
-    return 0
+        return server
+
+    return serve(start, on_stop=lambda _: log.info("stopping"))
 
 
 if __name__ == "__main__":

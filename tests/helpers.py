@@ -72,6 +72,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when GET `url` answers 200 within `timeout` seconds; any httpx error counts as False."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     """True when pid exists and is not a zombie."""
     try:

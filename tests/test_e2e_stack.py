@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from agent import todos
-from tests.helpers import wait_for
+from tests.helpers import http_ok, wait_for
 from tests.metricsutil import scrape, value
 from tests.stack import Stack, start_stack
 
@@ -46,7 +46,7 @@ def test_hung_component_is_restarted_through_alertmanager(stack: Stack) -> None:
     assert "agent-webhook" in [r["name"] for r in seen[0]["receivers"]]
     wait_for(lambda: counter(stack, "hungry", "restart", "executed") == 1, 60, 0.2, "the webhook restart")
     stack.note("agent executed restart of hungry")
-    wait_for(lambda: _answers(f"http://127.0.0.1:{stack.demo_port}/health"), 30, 0.2, "the new replica")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{stack.demo_port}/health"), 30, 0.2, "the new replica")
     assert value(scrape(stack.agent.url), "orchestrator_component_restarts_total", component="hungry",
                  reason="alert") == 1
     assert value(scrape(stack.agent.url), "orchestrator_component_restarts_total", component="hungry",
@@ -54,13 +54,6 @@ def test_hung_component_is_restarted_through_alertmanager(stack: Stack) -> None:
     wait_for(lambda: not stack.firing("OrchestratorComponentDown", component="hungry"), 60, 0.2, "it to resolve")
     stack.note("OrchestratorComponentDown resolved")
     assert counter(stack, "hungry", "restart", "executed") == 1, "acted exactly once"
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_crash_loop_opens_the_circuit_and_pages_a_human(stack: Stack) -> None:

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,38 +18,7 @@ import pytest
 
 from agent import todos
 from examples.mcp_check import MCPCheckError, mcp_ping
-
-ROOT = Path(__file__).resolve().parent.parent
-_tick = threading.Event()  # never set: wait(interval) paces the deadline loop
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "",
-             interval: float = 0.01) -> Any:
-    """Poll `condition` until it returns something truthy (returned) or `timeout` passes (fail)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        _tick.wait(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pid_alive(pid: int) -> bool:
-    """True when `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
+from tests.helpers import ROOT, free_port, http_ok, pid_alive, wait_for
 
 
 class Example:
@@ -82,12 +50,9 @@ class Example:
         def ready() -> bool:
             if not self.alive():
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                return httpx.get(url, timeout=0.5).status_code == 200
-            except httpx.HTTPError:
-                return False
+            return http_ok(url, timeout=0.5)
 
-        wait_for(ready, timeout, f"{self.name} to answer {url}")
+        wait_for(ready, timeout, what=f"{self.name} to answer {url}")
 
     def wait_exit(self, timeout: float = 5.0) -> int:
         try:
@@ -149,7 +114,7 @@ def test_service_name_defaults_to_agent_component(spawn: Callable[..., Example],
     record = tmp_path / "order.txt"
     port = free_port()
     ex = spawn("demo_service", "--port", str(port), "--record", str(record), env={"AGENT_COMPONENT": "web"})
-    wait_for(lambda: record.exists() and record.read_text() == "start web\n", 5, "the start record")
+    wait_for(lambda: record.exists() and record.read_text() == "start web\n", 5, what="the start record")
     assert ex.terminate() == 0
     assert record.read_text() == "start web\nstop web\n"
 
@@ -184,7 +149,7 @@ def test_service_control_file(spawn: Callable[..., Example], tmp_path: Path) -> 
     control = tmp_path / "control"
     ex, base = service(spawn, "--control-file", str(control))
     control.write_text("hang\n")
-    wait_for(lambda: "hanging from now on" in ex.output(), 3, "the hang to be noticed")
+    wait_for(lambda: "hanging from now on" in ex.output(), 3, what="the hang to be noticed")
     with pytest.raises(httpx.ReadTimeout):
         httpx.get(base + "/health", timeout=0.3)
     control.write_text("crash\n")
@@ -206,7 +171,7 @@ def test_service_crash_after(spawn: Callable[..., Example]) -> None:
 def test_service_ignore_sigterm(spawn: Callable[..., Example]) -> None:
     ex, base = service(spawn, "--ignore-sigterm")
     ex.proc.send_signal(signal.SIGTERM)
-    wait_for(lambda: "SIGTERM received and ignored" in ex.output(), 3, "the ignored SIGTERM to be logged")
+    wait_for(lambda: "SIGTERM received and ignored" in ex.output(), 3, what="the ignored SIGTERM to be logged")
     assert ex.alive()
     assert httpx.get(base + "/health", timeout=2).status_code == 200
     ex.proc.kill()
@@ -216,9 +181,9 @@ def test_service_ignore_sigterm(spawn: Callable[..., Example]) -> None:
 def test_service_spawn_child(spawn: Callable[..., Example], tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     ex, _ = service(spawn, "--spawn-child", "--pid-file", str(pid_file))
-    child = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 3, "the pid file"))
+    child = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 3, what="the pid file"))
     try:
-        assert f"child {child}" in wait_for(lambda: "child " in ex.output() and ex.output(), 3, "child line")
+        assert f"child {child}" in wait_for(lambda: "child " in ex.output() and ex.output(), 3, what="child line")
         assert pid_alive(child)
         assert os.getpgid(child) == os.getpgid(ex.pid)  # same group: a killpg reaches it
         assert ex.terminate() == 0
@@ -241,10 +206,10 @@ def test_worker_drains_todos(spawn: Callable[..., Example], tmp_path: Path) -> N
     todos.add(db, "needs a gpu", capabilities=["gpu"])
     ex = spawn("demo_worker", "--db", str(db), "--work-seconds", "0.05", "--idle-poll", "0.05",
                env={"AGENT_COMPONENT": "worker", "AGENT_REPLICA": "2", "WORKER_CAPABILITIES": ""})
-    wait_for(lambda: sum(s == "done" for s in statuses(db).values()) == 5, 10, "5 todos done")
+    wait_for(lambda: sum(s == "done" for s in statuses(db).values()) == 5, 10, what="5 todos done")
     assert statuses(db)["needs a gpu"] == "pending"
     assert {t.claimed_by for t in todos.list_todos(db, status="done")} == {"worker.2"}
-    wait_for(lambda: ex.output().count("done todo") == 5, 3, "5 log lines")
+    wait_for(lambda: ex.output().count("done todo") == 5, 3, what="5 log lines")
     assert ex.terminate(1.5) == 0
 
 
@@ -253,7 +218,7 @@ def test_worker_capability_from_env(spawn: Callable[..., Example], tmp_path: Pat
     todos.add(db, "gpu job", capabilities=["gpu"])
     ex = spawn("demo_worker", "--db", str(db), "--work-seconds", "0", "--idle-poll", "0.05",
                env={"WORKER_CAPABILITIES": "gpu, todo_processing"})
-    wait_for(lambda: statuses(db)["gpu job"] == "done", 5, "the gpu todo done")
+    wait_for(lambda: statuses(db)["gpu job"] == "done", 5, what="the gpu todo done")
     assert ex.terminate() == 0
 
 
@@ -261,7 +226,7 @@ def test_worker_puts_todo_back_on_sigterm(spawn: Callable[..., Example], tmp_pat
     db = tmp_path / "todos.db"
     todos.add(db, "long job")
     ex = spawn("demo_worker", "--db", str(db), "--work-seconds", "30", "--idle-poll", "0.05")
-    wait_for(lambda: statuses(db)["long job"] == "in_progress", 5, "the todo to be claimed")
+    wait_for(lambda: statuses(db)["long job"] == "in_progress", 5, what="the todo to be claimed")
     started = time.monotonic()
     assert ex.terminate(2) == 0
     assert time.monotonic() - started < 1.0
@@ -391,7 +356,7 @@ def test_ollama_standin(spawn: Callable[..., Example]) -> None:
 
 def test_heartbeat(spawn: Callable[..., Example]) -> None:
     ex = spawn("heartbeat", "--interval", "0.05", "--name", "beats")
-    wait_for(lambda: ex.output().count("heartbeat") >= 3, 5, "three heartbeats")
+    wait_for(lambda: ex.output().count("heartbeat") >= 3, 5, what="three heartbeats")
     assert "beats" in ex.output()
     started = time.monotonic()
     assert ex.terminate() == 0

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agent.cli import main as cli
-from tests.helpers import free_port, running_agent, wait_for
+from tests.helpers import free_port, http_ok, running_agent, wait_for
 from tests.metricsutil import parse, scrape, value
 
 PY = sys.executable
@@ -124,7 +124,7 @@ def test_mcp_probe_passes_on_mcp_and_fails_clearly_on_plain_http(tmp_path: Path)
                                 stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
         try:
             health = "/health"
-            wait_for(lambda h=health: _answers(f"http://127.0.0.1:{port}{h}"), 15, 0.05, f"{module} to listen")
+            wait_for(lambda h=health: http_ok(f"http://127.0.0.1:{port}{h}"), 15, 0.05, f"{module} to listen")
             result = probe_once()
             assert result.ok is expect_ok, result
             if expect_ok:
@@ -136,13 +136,6 @@ def test_mcp_probe_passes_on_mcp_and_fails_clearly_on_plain_http(tmp_path: Path)
         finally:
             proc.terminate()
             proc.wait(10)
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_todo_counts_are_exact_and_a_broken_json_source_is_down(tmp_path: Path) -> None:
