@@ -1,0 +1,74 @@
+"""How big a run is: the full suite, `--quick`, and the knobs that shrink it further."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Params:
+    mode: str = "full"
+    n: list[int] = field(default_factory=lambda: [50, 200])  # restart, start-up and idle sizes
+    kills: int = 200  # per supervisor and group, at aggressive settings
+    default_kills: int = 50  # at default settings (each child at most once)
+    budget: float = 45.0  # seconds of killing per restart group
+    restart_timeout: float = 10.0
+    startup_reps: int = 3
+    idle_seconds: float = 60.0  # for the first N; later (larger) N get a third of it
+    components: list[int] = field(default_factory=lambda: [50, 200, 500])
+    scrapes: int = 50
+    cycle_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])
+    webhook_requests: int = 20_000
+    webhook_concurrency: int = 8
+    webhook_time_limit: float = 120.0
+    seed: int = 1
+    sections: tuple[str, ...] = ("restart", "startup", "idle", "metrics", "cycle", "webhook")
+
+    def idle_window(self, index: int) -> float:
+        return self.idle_seconds if index == 0 else max(1.0, self.idle_seconds / 3)
+
+
+QUICK = Params(
+    mode="quick", n=[50], kills=40, default_kills=10, budget=8.0, startup_reps=1, idle_seconds=5.0,
+    components=[50, 200], scrapes=15, cycle_sizes=[25, 50, 100], webhook_requests=2_000,
+    webhook_time_limit=30.0,
+)
+SECTIONS = Params().sections
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a reduced run (under 2 minutes)")
+    parser.add_argument("--n", type=_ints, help="children per supervisor, comma-separated (default 50,200)")
+    parser.add_argument("--kills", type=int, help="kills per supervisor at aggressive settings (default 200)")
+    parser.add_argument("--default-kills", type=int, help="kills per supervisor at default settings")
+    parser.add_argument("--budget", type=float, help="seconds of killing per restart group")
+    parser.add_argument("--startup-reps", type=int, help="start-up repetitions per supervisor")
+    parser.add_argument("--idle-seconds", type=float, help="idle measuring window for the first N")
+    parser.add_argument("--components", type=_ints, help="agent-only /metrics sizes (default 50,200,500)")
+    parser.add_argument("--scrapes", type=int, help="/metrics scrapes per size")
+    parser.add_argument("--cycle-sizes", type=_ints, help="sizes for the in-process sample/probe cycle")
+    parser.add_argument("--webhook-requests", type=int, help="webhook requests (default 20000, quick 2000)")
+    parser.add_argument("--only", help=f"comma-separated sections to run ({','.join(SECTIONS)})")
+    parser.add_argument("--seed", type=int)
+
+
+def from_args(args: argparse.Namespace) -> Params:
+    params = QUICK if args.quick else Params()
+    overrides = {
+        "n": args.n, "kills": args.kills, "default_kills": args.default_kills, "budget": args.budget,
+        "startup_reps": args.startup_reps, "idle_seconds": args.idle_seconds, "components": args.components,
+        "scrapes": args.scrapes, "cycle_sizes": args.cycle_sizes, "webhook_requests": args.webhook_requests,
+        "seed": args.seed,
+    }
+    if args.only:
+        sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+        unknown = set(sections) - set(SECTIONS)
+        if unknown:
+            raise SystemExit(f"unknown section(s): {', '.join(sorted(unknown))}")
+        overrides["sections"] = sections
+    return replace(params, **{k: v for k, v in overrides.items() if v is not None})

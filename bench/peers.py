@@ -1,0 +1,60 @@
+"""The peers, supervisord 4.x and circus, installed from PyPI into bench/.peers/venv when absent."""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+PEERS_DIR = BENCH_DIR / ".peers"
+VENV = PEERS_DIR / "venv"
+REQUIREMENTS = ("supervisor>=4,<5", "circus>=0.19,<1")
+_CHECK = "import supervisor, circus, importlib.metadata as m; print(m.version('supervisor'), m.version('circus'))"
+
+
+class PeerInstallError(Exception):
+    """pip (or venv) failed; the message carries its output."""
+
+
+def peer_bin(name: str) -> Path:
+    """A console script of the peers' virtualenv (supervisord, circusd)."""
+    return VENV / "bin" / name
+
+
+def _versions() -> dict[str, str] | None:
+    python = VENV / "bin" / "python"
+    if not python.exists() or not peer_bin("supervisord").exists() or not peer_bin("circusd").exists():
+        return None
+    done = subprocess.run([str(python), "-c", _CHECK], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        return None
+    supervisor, circus = done.stdout.split()
+    return {"supervisor": supervisor, "circus": circus}
+
+
+def ensure_peers(log: bool = True) -> dict[str, str]:
+    """Install the peers if needed (serialised by a lock file); returns their versions."""
+    PEERS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(PEERS_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        versions = _versions()
+        if versions is not None:
+            return versions
+        if log:
+            print(f"installing {' and '.join(REQUIREMENTS)} into {VENV} ...", file=sys.stderr, flush=True)
+        steps = [
+            [sys.executable, "-m", "venv", "--clear", str(VENV)],
+            [str(VENV / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check", *REQUIREMENTS],
+        ]
+        for argv in steps:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                raise PeerInstallError(
+                    f"{' '.join(argv)} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+                )
+        versions = _versions()
+        if versions is None:
+            raise PeerInstallError(f"the peers installed into {VENV} but cannot be imported")
+        return versions

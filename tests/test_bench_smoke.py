@@ -1,0 +1,60 @@
+"""The benchmark suite end to end at a tiny size: every planned row present, every figure a number.
+
+It installs supervisord and circus from PyPI into bench/.peers/venv when absent (a failed install
+fails this test with pip's output). It checks the shape of the output, not the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--quick", "--n", "10", "--kills", "10", "--default-kills", "5", "--budget", "3", "--startup-reps", "1",
+         "--idle-seconds", "2", "--components", "10", "--scrapes", "5", "--cycle-sizes", "10,20",
+         "--webhook-requests", "300"]
+SECTIONS = ("restart", "startup", "idle", "metrics", "cycle", "webhook")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_quick_bench_is_complete_and_well_formed(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "bench", *SMALL, "--out-dir", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=140)
+    assert done.returncode == 0, f"bench failed (exit {done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    files = list(tmp_path.glob("*-quick.json"))
+    assert len(files) == 1, files
+    doc = json.loads(files[0].read_text())
+
+    assert doc["mode"] == "quick"
+    for key in ("cpu", "cores", "kernel", "python", "supervisor", "circus"):
+        assert doc["machine"][key], key
+    rows = {row["id"]: row for row in doc["rows"]}
+    assert list(rows) == doc["planned_rows"]
+    assert {row_id.split(".", 1)[0] for row_id in rows} == set(SECTIONS)
+    for stat in ("p50", "p90", "p99", "max"):
+        for mode in ("aggressive", "default"):
+            assert f"restart.{mode}.n10.{stat}" in rows
+    assert "startup.n10" in rows and "idle.cpu.on.n10" in rows and "metrics.c10.p99" in rows
+
+    for row_id, row in rows.items():
+        if row_id.startswith("webhook.") and row["status"] == "not available":
+            continue  # allowed while the endpoint does not exist: the row says so instead of a figure
+        assert row["status"] == "ok", row
+        assert _number(row["agent"]), row
+        peers = row_id.startswith(("restart.", "startup.", "idle."))
+        for peer in ("supervisord", "circus"):
+            assert _number(row[peer]) if peers else row[peer] is None, row
+        if row["target"]:
+            assert isinstance(row["met"], bool), row
+    assert (tmp_path / files[0].with_suffix(".md").name).exists()
+    assert "crash-to-restart p99" in done.stdout
