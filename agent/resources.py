@@ -39,57 +39,86 @@ class HostUsage:
     sampled_at: float = 0.0
 
 
-class TreeSampler:
-    """Sums CPU, RSS, threads and fds over process trees, keeping psutil handles between samples."""
+class ProcFS:
+    """Reads process trees straight from /proc (one stat file per process, no host-wide scan).
 
-    def __init__(self) -> None:
-        self._procs: dict[int, psutil.Process] = {}
-        # CPU seconds of processes that have exited, per root, so the counter never goes backwards.
-        self._cpu_base: dict[int, float] = {}
-        self._last_cpu: dict[int, dict[int, float]] = {}
+    The root is injectable, so tests can point it at a fixture tree. Children come from
+    /proc/<pid>/task/<tid>/children (Linux 3.5+ with CONFIG_PROC_CHILDREN); without it, one scan of
+    every /proc/<pid>/stat per pass builds the parent map.
+    """
 
-    def _proc(self, pid: int) -> psutil.Process:
-        proc = self._procs.get(pid)
-        if proc is None:
-            proc = self._procs[pid] = psutil.Process(pid)
-        return proc
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root
+        self.tick = float(os.sysconf("SC_CLK_TCK"))
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.children_files = os.path.exists(f"{root}/self/task/{os.getpid()}/children") or os.path.exists(
+            f"{root}/{os.getpid()}/task/{os.getpid()}/children")
+        self._ppid_map: dict[int, list[int]] | None = None
 
-    def tree(self, root: int) -> Usage:
-        """Usage of one process and all its descendants (exited descendants keep their CPU time)."""
-        usage = Usage()
-        seen: dict[int, float] = {}
+    def stat(self, pid: int) -> tuple[int, float, int, int] | None:
+        """(ppid, CPU seconds incl. reaped children, threads, RSS bytes), or None when gone."""
         try:
-            top = self._proc(root)
-            members = [top, *top.children(recursive=True)]
-        except psutil.Error:
-            self.forget(root)
-            return usage
-        for proc in members:
-            try:
-                with proc.oneshot():
-                    cpu = proc.cpu_times()
-                    seconds = cpu.user + cpu.system
-                    usage.rss_bytes += proc.memory_info().rss
-                    usage.threads += proc.num_threads()
-                    try:
-                        usage.open_fds += proc.num_fds()
-                    except psutil.AccessDenied:
-                        pass
-            except psutil.Error:
-                continue
-            seen[proc.pid] = seconds
-        last = self._last_cpu.get(root, {})
-        gone = sum(v for pid, v in last.items() if pid not in seen)
-        self._cpu_base[root] = self._cpu_base.get(root, 0.0) + gone
-        self._last_cpu[root] = seen
-        usage.cpu_seconds = self._cpu_base[root] + sum(seen.values())
-        return usage
+            with open(f"{self.root}/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        fields = data[data.rfind(b")") + 2:].split()
+        try:
+            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+            return int(fields[1]), ticks / self.tick, int(fields[17]), int(fields[21]) * self.page
+        except (IndexError, ValueError):
+            return None
 
-    def forget(self, root: int) -> float:
-        """Drop a root that exited; returns the CPU seconds it had accumulated."""
-        self._procs.pop(root, None)
-        total = self._cpu_base.pop(root, 0.0) + sum(self._last_cpu.pop(root, {}).values())
-        return total
+    def fds(self, pid: int) -> int:
+        try:
+            return len(os.listdir(f"{self.root}/{pid}/fd"))
+        except OSError:
+            return 0
+
+    def begin_pass(self) -> None:
+        """Forget the previous pass's parent map (only used without children files)."""
+        self._ppid_map = None
+
+    def children(self, pid: int) -> list[int]:
+        if self.children_files:
+            out: list[int] = []
+            try:
+                tids = os.listdir(f"{self.root}/{pid}/task")
+            except OSError:
+                return out
+            for tid in tids:
+                try:
+                    with open(f"{self.root}/{pid}/task/{tid}/children", "rb") as f:
+                        out.extend(int(c) for c in f.read().split())
+                except OSError:
+                    continue
+            return out
+        if self._ppid_map is None:
+            self._ppid_map = {}
+            for name in os.listdir(self.root):
+                if name.isdigit():
+                    st = self.stat(int(name))
+                    if st is not None:
+                        self._ppid_map.setdefault(st[0], []).append(int(name))
+        return self._ppid_map.get(pid, [])
+
+    def tree(self, root: int) -> tuple[Usage, list[int]]:
+        """Usage summed over a process and its descendants, and their pids."""
+        usage = Usage()
+        pids: list[int] = []
+        stack = [root]
+        while stack:
+            pid = stack.pop()
+            st = self.stat(pid)
+            if st is None:
+                continue
+            pids.append(pid)
+            usage.cpu_seconds += st[1]
+            usage.threads += st[2]
+            usage.rss_bytes += st[3]
+            usage.open_fds += self.fds(pid)
+            stack.extend(self.children(pid))
+        return usage, pids
 
 
 def sample_host(mountpoints: Iterable[str]) -> HostUsage:
@@ -113,44 +142,83 @@ def sample_host(mountpoints: Iterable[str]) -> HostUsage:
     return host
 
 
-class ResourceMonitor:
-    """Samples every component and the host each interval; the scrape only reads the last sample."""
+@dataclass
+class Sample:
+    """One pass over every component: totals per component and RSS per live replica."""
 
-    def __init__(self, supervisor: Supervisor, interval: float, mountpoints: list[str]) -> None:
+    components: dict[str, Usage]
+    replicas: list[tuple[str, int, int, int, float]]  # component, replica, pid, rss, tree CPU seconds
+    host: HostUsage
+
+
+class ResourceMonitor:
+    """Samples every component and the host each interval, off the event loop; scrapes read the result.
+
+    CPU seconds count reaped descendants through their parents' cutime/cstime; what a replica had used
+    when it ended is kept, so the exported counter never goes backwards.
+    """
+
+    def __init__(self, supervisor: Supervisor, interval: float, mountpoints: list[str],
+                 proc_root: str = "/proc") -> None:
         self.sup = supervisor
         self.interval = interval
         self.mountpoints = mountpoints
-        self.sampler = TreeSampler()
+        self.procfs = ProcFS(proc_root)
         self.components: dict[str, Usage] = {name: Usage() for name in supervisor.components}
-        self._cpu_done: dict[str, float] = dict.fromkeys(supervisor.components, 0.0)
+        self._done: dict[str, float] = dict.fromkeys(supervisor.components, 0.0)  # CPU of ended replicas
+        self._last_root_cpu: dict[int, float] = {}
         self._roots: dict[str, set[int]] = {name: set() for name in supervisor.components}
         self.host = HostUsage()
         psutil.cpu_percent(interval=None)  # prime the host CPU counter
 
-    def sample_once(self) -> None:
-        """One pass over every component and the host."""
-        for name, rt in self.sup.components.items():
+    def _targets(self) -> dict[str, dict[int, int]]:
+        return {name: {r.pid: index for index, r in rt.replicas.items() if r.pid is not None}
+                for name, rt in self.sup.components.items()}
+
+    def collect(self, targets: dict[str, dict[int, int]]) -> Sample:
+        """Read everything for these live replicas (pure reads: safe in a worker thread)."""
+        self.procfs.begin_pass()
+        components: dict[str, Usage] = {}
+        replicas = []
+        for name, live in targets.items():
             usage = Usage()
-            live = {r.pid: index for index, r in rt.replicas.items() if r.pid is not None}
-            for pid in self._roots[name] - live.keys():
-                self._cpu_done[name] += self.sampler.forget(pid)
-            self._roots[name] = set(live)
             for pid, index in live.items():
-                tree = self.sampler.tree(pid)
+                tree, _ = self.procfs.tree(pid)
                 usage.cpu_seconds += tree.cpu_seconds
                 usage.rss_bytes += tree.rss_bytes
                 usage.threads += tree.threads
                 usage.open_fds += tree.open_fds
-                self.sup.report_memory(name, index, pid, tree.rss_bytes)
-            usage.cpu_seconds += self._cpu_done[name]
+                replicas.append((name, index, pid, tree.rss_bytes, tree.cpu_seconds))
+            components[name] = usage
+        return Sample(components, replicas, sample_host(self.mountpoints))
+
+    def apply(self, targets: dict[str, dict[int, int]], sample: Sample) -> None:
+        """Fold a sample into the exported state and feed memory limits to the supervisor (on the loop)."""
+        for name, live in targets.items():
+            for gone in self._roots[name] - live.keys():
+                self._done[name] += self._last_root_cpu.pop(gone, 0.0)
+            self._roots[name] = set(live)
+        for _name, _index, pid, _rss, cpu in sample.replicas:
+            self._last_root_cpu[pid] = cpu
+        for name, usage in sample.components.items():
+            usage.cpu_seconds = max(usage.cpu_seconds + self._done[name], self.components[name].cpu_seconds)
             self.components[name] = usage
-        self.host = sample_host(self.mountpoints)
+        for name, index, pid, rss, _cpu in sample.replicas:
+            self.sup.report_memory(name, index, pid, rss)
+        self.host = sample.host
+
+    def sample_once(self) -> None:
+        """One pass, in the calling thread (tests, benchmarks)."""
+        targets = self._targets()
+        self.apply(targets, self.collect(targets))
 
     async def run(self) -> None:
-        """Sample forever on the interval."""
+        """Sample forever on the interval; the reads run in a worker thread."""
         while True:
             try:
-                self.sample_once()
+                targets = self._targets()
+                sample = await asyncio.to_thread(self.collect, targets)
+                self.apply(targets, sample)
             except Exception:
                 log.exception("resource sampling failed")
             await asyncio.sleep(self.interval)
