@@ -125,7 +125,7 @@ def api_routes(agent: Agent) -> list[Route]:
 
     async def webhook(request: Request) -> Response:
         response = await _webhook(request)
-        counter.labels(str(response.status_code)).inc()
+        counter.inc(str(response.status_code))
         return response
 
     async def _webhook(request: Request) -> Response:

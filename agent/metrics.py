@@ -6,14 +6,18 @@ what the supervisor, probe runner, resource monitor and backlog monitor last rec
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,49 +34,128 @@ if TYPE_CHECKING:
 ACTIONS = ("restart", "scale_up", "scale_down", "scale_to", "start")
 RESULTS = ("executed", "duplicate", "cooldown", "rejected", "dry_run", "failed", "ignored")
 WEBHOOK_CODES = ("200", "400", "401", "413", "422", "503")
-PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+Key = tuple[str, ...]
+
+
+class CounterStore:
+    """A labelled counter kept as plain numbers, with the last exemplar (trace id) per series."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name, self.doc, self.labels = name, doc, labels
+        self.values: dict[Key, float] = {}
+        self.exemplars: dict[Key, tuple[str, float, float]] = {}
+
+    def precreate(self, *key: str) -> None:
+        self.values.setdefault(key, 0.0)
+
+    def inc(self, *key: str, trace_id: str = "") -> None:
+        self.values[key] = self.values.get(key, 0.0) + 1.0
+        if trace_id:
+            self.exemplars[key] = (trace_id, 1.0, time.time())
+
+    def family(self) -> Metric:
+        fam = CounterMetricFamily(self.name, self.doc, labels=list(self.labels))
+        for key, value in self.values.items():
+            ex = self.exemplars.get(key)
+            exemplar = Exemplar({"trace_id": ex[0]}, ex[1], ex[2]) if ex else None
+            fam.samples.append(Sample(self.name + "_total", dict(zip(self.labels, key, strict=True)), value,
+                                      None, exemplar))
+        return fam
+
+
+class HistogramStore:
+    """A labelled histogram kept as per-bucket counts."""
+
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
+        self.series: dict[Key, list[float]] = {}  # bucket counts..., +Inf count, sum
+
+    def precreate(self, *key: str) -> None:
+        self.series.setdefault(key, [0.0] * (len(self.buckets) + 2))
+
+    def observe(self, *key: str, value: float) -> None:
+        row = self.series.get(key)
+        if row is None:
+            row = self.series[key] = [0.0] * (len(self.buckets) + 2)
+        row[bisect.bisect_left(self.buckets, value)] += 1
+        row[-1] += value
+
+    def family(self) -> Metric:
+        fam = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
+        for key, row in self.series.items():
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*self.buckets, math.inf), row[:-1], strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))
+            fam.add_metric(list(key), buckets, row[-1])
+        return fam
 
 
 class EventMetrics:
-    """Counters and histograms fed by events (probes, webhook requests, remediation actions)."""
+    """Counters and histograms fed by events (probes, webhook requests, remediation decisions)."""
 
-    def __init__(self, registry: CollectorRegistry, config: Config) -> None:
-        self.probe_duration = Histogram(
-            "orchestrator_probe_duration_seconds", "Duration of health probes.",
-            ["component", "probe"], registry=registry, buckets=PROBE_BUCKETS,
-        )
-        self.webhook_requests = Counter(
-            "orchestrator_webhook_requests", "Alertmanager webhook requests by HTTP status code.",
-            ["code"], registry=registry,
-        )
-        self.remediation_actions = Counter(
-            "orchestrator_remediation_actions", "Remediation decisions by component, action and result.",
-            ["component", "action", "result"], registry=registry,
-        )
-        self.remediation_duration = Histogram(
-            "orchestrator_remediation_duration_seconds", "Time to carry out a remediation action.",
-            ["action"], registry=registry,
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
-        )
-        # Every series for configured components exists from the first scrape.
+    def __init__(self, config: Config) -> None:
+        self.probe_duration = HistogramStore("orchestrator_probe_duration_seconds", "Duration of health probes.",
+                                             ("component", "probe"), PROBE_BUCKETS)
+        self.webhook_requests = CounterStore("orchestrator_webhook_requests",
+                                             "Alertmanager webhook requests by HTTP status code.", ("code",))
+        self.remediation_actions = CounterStore("orchestrator_remediation_actions",
+                                                "Remediation decisions by component, action and result.",
+                                                ("component", "action", "result"))
+        self.remediation_duration = HistogramStore(
+            "orchestrator_remediation_duration_seconds", "Time to carry out a remediation action.", ("action",),
+            (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+        # Series for configured components exist from the first scrape: every probe, and each allowed
+        # action's `executed` result (the other results appear when they first happen).
         for name, comp in config.components.items():
             if comp.probe is not None:
-                self.probe_duration.labels(name, comp.probe.kind)
+                self.probe_duration.precreate(name, comp.probe.kind)
             for action in comp.remediation.allowed_actions:
-                for result in RESULTS:
-                    self.remediation_actions.labels(name, action, result)
+                self.remediation_actions.precreate(name, action, "executed")
         for code in WEBHOOK_CODES:
-            self.webhook_requests.labels(code)
+            self.webhook_requests.precreate(code)
         for kind in ACTIONS:
-            self.remediation_duration.labels(kind)
+            self.remediation_duration.precreate(kind)
 
     def observe_probe(self, component: str, probe: str, seconds: float) -> None:
         """Record one probe's duration."""
-        self.probe_duration.labels(component, probe).observe(seconds)
+        self.probe_duration.observe(component, probe, value=seconds)
+
+    def families(self) -> Iterator[Metric]:
+        yield self.probe_duration.family()
+        yield self.webhook_requests.family()
+        yield self.remediation_actions.family()
+        yield self.remediation_duration.family()
 
 
-def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc, labels=labels)
+class Family:
+    """A gauge or counter family as rows of label values: cheap to build and to render every scrape."""
+
+    def __init__(self, name: str, doc: str, value: float | None = None, labels: list[str] | None = None,
+                 typ: str = "gauge") -> None:
+        self.name, self.documentation, self.type = name, doc, typ
+        self.label_names = tuple(labels or ())
+        self.rows: list[tuple[tuple[str, ...], float]] = []
+        if value is not None:
+            self.rows.append(((), value))
+
+    def add_metric(self, labels: list[str] | tuple[str, ...], value: float) -> None:
+        self.rows.append((tuple(labels), value))
+
+    def to_metric(self) -> Metric:
+        """The same family as prometheus_client's type (for registries and generate_latest)."""
+        cls = CounterMetricFamily if self.type == "counter" else GaugeMetricFamily
+        fam = cls(self.name, self.documentation, labels=list(self.label_names))
+        for values, value in self.rows:
+            fam.add_metric(list(values), value)
+        return fam
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> Family:
+    return Family(name, doc, labels=labels)
 
 
 class StateCollector(Collector):
@@ -87,8 +170,14 @@ class StateCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
+        for fam in self.families():
+            yield fam.to_metric() if isinstance(fam, Family) else fam
+
+    def families(self) -> Iterator[Family | Metric]:
+        """Everything the agent exports, read from its current state."""
         agent = self.agent
         yield from self._agent_metrics()
+        yield from agent.events.families()
         if agent.supervisor is not None:
             yield from self._component_metrics()
         if agent.resources is not None:
@@ -96,7 +185,7 @@ class StateCollector(Collector):
         if agent.backlog is not None:
             yield from self._backlog_metrics()
 
-    def _agent_metrics(self) -> Iterator[Metric]:
+    def _agent_metrics(self) -> Iterator[Family | Metric]:
         agent = self.agent
         build = _gauge("orchestrator_build_info", "Agent version.", ["version"])
         build.add_metric([agent.version], 1)
@@ -105,12 +194,12 @@ class StateCollector(Collector):
         for m in Autonomy:
             mode.add_metric([m.value], 1 if agent.autonomy is m else 0)
         yield mode
-        yield GaugeMetricFamily("orchestrator_emergency_stop", "1 while an emergency stop is in force.",
+        yield Family("orchestrator_emergency_stop", "1 while an emergency stop is in force.",
                                 value=1 if agent.emergency else 0)
-        yield GaugeMetricFamily("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
+        yield Family("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
                                 value=agent.started_wall)
 
-    def _component_metrics(self) -> Iterator[Metric]:
+    def _component_metrics(self) -> Iterator[Family | Metric]:
         sup = self.agent.sup
         usage = self.agent.resources.components if self.agent.resources is not None else {}
         probe_reasons = self.agent.probes.last_reason if self.agent.probes is not None else {}
@@ -127,16 +216,16 @@ class StateCollector(Collector):
         minimum = _gauge("orchestrator_component_min_replicas", "Configured minimum replicas.", ["component"])
         maximum = _gauge("orchestrator_component_max_replicas", "Configured maximum replicas.", ["component"])
         manual = _gauge("orchestrator_component_manual_stop", "1 when stopped by hand.", ["component"])
-        restarts = CounterMetricFamily("orchestrator_component_restarts", "Restarts by reason.",
-                                       labels=["component", "reason"])
+        restarts = Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
+                          typ="counter")
         probe_ok = _gauge("orchestrator_component_probe_success", "Last probe result per replica.",
                           ["component", "replica"])
         probe_err = _gauge("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
                            ["component", "reason"])
         exit_code = _gauge("orchestrator_component_last_exit_code",
                            "Exit code of the last replica that ended (128+N for signal N).", ["component"])
-        cpu = CounterMetricFamily("orchestrator_component_cpu_seconds", "CPU time of the process trees.",
-                                  labels=["component"])
+        cpu = Family("orchestrator_component_cpu_seconds", "CPU time of the process trees.", labels=["component"],
+                     typ="counter")
         rss = _gauge("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", ["component"])
         threads = _gauge("orchestrator_component_threads", "Threads in the process trees.", ["component"])
         fds = _gauge("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
@@ -179,14 +268,14 @@ class StateCollector(Collector):
         yield from (info, caps, state, up, replicas, desired, minimum, maximum, manual, restarts, probe_ok,
                     probe_err, exit_code, cpu, rss, threads, fds, limit)
 
-    def _host_metrics(self) -> Iterator[Metric]:
+    def _host_metrics(self) -> Iterator[Family | Metric]:
         assert self.agent.resources is not None
         host = self.agent.resources.host
-        yield GaugeMetricFamily("orchestrator_host_cpu_usage_ratio", "Host CPU busy ratio (0..1) since the "
+        yield Family("orchestrator_host_cpu_usage_ratio", "Host CPU busy ratio (0..1) since the "
                                 "previous sample.", value=host.cpu_ratio)
-        yield GaugeMetricFamily("orchestrator_host_memory_available_bytes", "Host memory available.",
+        yield Family("orchestrator_host_memory_available_bytes", "Host memory available.",
                                 value=host.memory_available)
-        yield GaugeMetricFamily("orchestrator_host_memory_total_bytes", "Host memory total.",
+        yield Family("orchestrator_host_memory_total_bytes", "Host memory total.",
                                 value=host.memory_total)
         free = _gauge("orchestrator_host_disk_free_bytes", "Free bytes per configured mountpoint.", ["mountpoint"])
         total = _gauge("orchestrator_host_disk_total_bytes", "Size per configured mountpoint.", ["mountpoint"])
@@ -196,10 +285,10 @@ class StateCollector(Collector):
         yield free
         yield total
         for i, period in enumerate(("1", "5", "15")):
-            yield GaugeMetricFamily(f"orchestrator_host_load{period}", f"Load average over {period} minute(s).",
+            yield Family(f"orchestrator_host_load{period}", f"Load average over {period} minute(s).",
                                     value=host.load[i])
 
-    def _backlog_metrics(self) -> Iterator[Metric]:
+    def _backlog_metrics(self) -> Iterator[Family | Metric]:
         assert self.agent.backlog is not None
         monitor = self.agent.backlog
         totals = monitor.totals
@@ -236,16 +325,82 @@ class StateCollector(Collector):
 def build_registry(agent: Agent) -> tuple[CollectorRegistry, EventMetrics]:
     """A registry of the agent's own (no process-global default registry)."""
     registry = CollectorRegistry(auto_describe=False)
-    events = EventMetrics(registry, agent.config)
+    events = EventMetrics(agent.config)
     registry.register(StateCollector(agent))
     return registry, events
 
 
+def _escape(value: str) -> str:
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if value != value:
+        return "NaN"
+    return repr(float(value))
+
+
+def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[tuple[str, ...], str]) -> str:
+    """Text exposition, in the format prometheus_client writes (text 0.0.4 or OpenMetrics 1.0).
+
+    prometheus_client's generate_latest validates every label name of every sample; with tens of
+    thousands of series per scrape that dominated the cost. The agent's own families have fixed,
+    valid names, so they are written here, with each label set rendered once and cached.
+    """
+    out: list[str] = []
+    add = out.append
+    for fam in families:
+        name = fam.name
+        shown = name + "_total" if fam.type == "counter" and not openmetrics else name
+        add(f"# HELP {shown} {fam.documentation}")
+        add(f"# TYPE {shown} {fam.type}")
+        if isinstance(fam, Family):
+            sample = name + "_total" if fam.type == "counter" else name
+            names = fam.label_names
+            for values, value in fam.rows:
+                if not values:
+                    add(f"{sample} {_number(value)}")
+                    continue
+                key = (sample, *values)
+                labels = cache.get(key)
+                if labels is None:
+                    body = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True))
+                    labels = cache[key] = f"{sample}{{{body}}} "
+                add(labels + _number(value))
+            continue
+        for s in fam.samples:
+            if s.labels:
+                body = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
+                line = f"{s.name}{{{body}}} {_number(s.value)}"
+            else:
+                line = f"{s.name} {_number(s.value)}"
+            if openmetrics and s.exemplar is not None:
+                ex = s.exemplar
+                ex_labels = ",".join(f'{k}="{_escape(v)}"' for k, v in ex.labels.items())
+                line += f" # {{{ex_labels}}} {_number(ex.value)} {_number(float(ex.timestamp or 0.0))}"
+            add(line)
+    if openmetrics:
+        add("# EOF")
+    out.append("")
+    return "\n".join(out)
+
+
 def metrics_routes(agent: Agent) -> list[Route]:
     """GET /metrics with OpenMetrics content negotiation."""
+    collector = StateCollector(agent)
+    cache: dict[tuple[str, ...], str] = {}  # label sets of configured components: bounded
 
     async def metrics(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(agent.registry), media_type=None, headers={"Content-Type": content_type})
+        _, content_type = choose_encoder(request.headers.get("accept", ""))
+        if len(cache) > 200_000:
+            cache.clear()
+        body = render(collector.families(), content_type.startswith("application/openmetrics-text"), cache)
+        return Response(body, media_type=None, headers={"Content-Type": content_type})
 
     return [Route("/metrics", metrics, methods=["GET"])]

@@ -441,7 +441,7 @@ class Remediator:
                 log.exception("action %s on %s failed", p.action, p.component)
                 outcome, reason = Result.FAILED, f"{type(exc).__name__}: {exc}"
             span.set_attribute("result", outcome.value)
-        self.agent.events.remediation_duration.labels(p.action).observe(time.perf_counter() - started)
+        self.agent.events.remediation_duration.observe(p.action, value=time.perf_counter() - started)
         self.record(alert, p, outcome, reason, trace_id)
 
     def record(self, alert: Alert | None, p: Plan, result: Result, reason: str, trace_id: str,
@@ -459,8 +459,7 @@ class Remediator:
             "audit": True, **{k: v for k, v in asdict(entry).items() if k not in ("extra", "ts")}})
         if source != "webhook":
             return  # manual commands are audited, not counted as remediation
-        exemplar = {"trace_id": trace_id} if trace_id else None
-        self.agent.events.remediation_actions.labels(component, action, result.value).inc(exemplar=exemplar)
+        self.agent.events.remediation_actions.inc(component, action, result.value, trace_id=trace_id)
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for background actions at shutdown."""

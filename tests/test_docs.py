@@ -25,7 +25,9 @@ DOCS = ROOT / "docs"
 
 _NAME = re.compile(r"""["'](orchestrator_[a-z0-9_]+)["']""")
 _FNAME = re.compile(r"""f["'](orchestrator_[a-z0-9_]*)\{(\w+)\}([a-z0-9_]*)["']""")
-_COUNTER = re.compile(r"""\b(?:Counter|CounterMetricFamily)\(\s*["'](orchestrator_[a-z0-9_]+)["']""")
+_COUNTER = re.compile(r"""\b(?:Counter|CounterMetricFamily|CounterStore)\(\s*["'](orchestrator_[a-z0-9_]+)["']""")
+_COUNTER_FAMILY = re.compile(
+    r"""\bFamily\(\s*["'](orchestrator_[a-z0-9_]+)["'][^()]*(?:\[[^\]]*\][^()]*)?typ="counter"\)""")
 _TABLE_KEY = re.compile(r"^\|\s*`([^`]+)`\s*\|", re.MULTILINE)
 _ROUTE = re.compile(r"""\bRoute\(\s*["']([^"']+)["']""")
 
@@ -47,7 +49,7 @@ def exported_metric_names() -> set[str]:
     names: set[str] = set()
     for rel in ("agent/metrics.py", "agent/once.py"):
         source = _read(ROOT / rel)
-        counters = set(_COUNTER.findall(source))
+        counters = set(_COUNTER.findall(source)) | set(_COUNTER_FAMILY.findall(source))
         found = set(_NAME.findall(source))
         for prefix, var, suffix in _FNAME.findall(source):
             found |= {f"{prefix}{v}{suffix}" for v in _loop_values(source, var)}
