@@ -364,7 +364,7 @@ def _guardian(agent: AgentProcess) -> int:
     import psutil
 
     for child in psutil.Process(agent.proc.pid).children():  # type: ignore[union-attr]
-        if "-S" in child.cmdline():
+        if "agent-guardian" in child.cmdline():
             return int(child.pid)
     return -1
 

@@ -1,0 +1,33 @@
+"""The guardian: when the agent's pipe closes, the process groups still registered are killed."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+
+from agent.process import Guardian, Reaper
+from tests.helpers import pid_alive, run_async, until
+
+
+def test_guardian_kills_registered_groups_only_at_eof() -> None:
+    groups = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(3)]
+
+    async def main() -> None:
+        reaper = Reaper(asyncio.get_running_loop())
+        guardian = Guardian(reaper)
+        for p in groups:
+            guardian.add(p.pid)
+        guardian.remove(groups[1].pid)  # this one ended as far as the agent knows
+        assert all(pid_alive(p.pid) for p in groups)
+        guardian.close()
+        await until(lambda: not guardian.alive, 5)
+        reaper.close()
+
+    try:
+        run_async(main())
+        assert groups[0].wait(2) == -9 and groups[2].wait(2) == -9
+        assert groups[1].poll() is None
+    finally:
+        for p in groups:
+            p.kill()
+            p.wait()
