@@ -282,6 +282,8 @@ def status_document(agent: Agent) -> dict[str, Any]:
     now = time.time()
     components = []
     usage = agent.resources.components if agent.resources is not None else {}
+    if agent.resources is not None:
+        agent.resources.last_read = time.monotonic()
     for name, rt in agent.sup.components.items():
         running = [r for r in rt.replicas.values() if r.pid is not None]
         oldest = min((r.started_wall for r in running), default=0.0)

@@ -398,6 +398,8 @@ def metrics_routes(agent: Agent) -> list[Route]:
 
     async def metrics(request: Request) -> Response:
         _, content_type = choose_encoder(request.headers.get("accept", ""))
+        if agent.resources is not None:
+            agent.resources.last_read = time.monotonic()
         if len(cache) > 200_000:
             cache.clear()
         body = render(collector.families(), content_type.startswith("application/openmetrics-text"), cache)

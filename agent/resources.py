@@ -169,6 +169,8 @@ class ResourceMonitor:
         self._last_root_cpu: dict[int, float] = {}
         self._roots: dict[str, set[int]] = {name: set() for name in supervisor.components}
         self.host = HostUsage()
+        # When the figures were last read (a scrape, `agent status`); starts "now" for a first pass.
+        self.last_read = time.monotonic()
         psutil.cpu_percent(interval=None)  # prime the host CPU counter
 
     def _targets(self) -> dict[str, dict[int, int]]:
@@ -212,9 +214,18 @@ class ResourceMonitor:
         targets = self._targets()
         self.apply(targets, self.collect(targets))
 
+    def needed(self) -> bool:
+        """Sampling serves memory limits and scrapes: skip it while neither wants it."""
+        if any(rt.spec.limits.memory_bytes is not None for rt in self.sup.components.values()):
+            return True
+        return time.monotonic() - self.last_read < 3 * self.interval
+
     async def run(self) -> None:
-        """Sample forever on the interval; the reads run in a worker thread."""
+        """Sample on the interval (reads run in a worker thread) while anyone needs the figures."""
         while True:
+            if not self.needed():
+                await asyncio.sleep(self.interval)
+                continue
             try:
                 targets = self._targets()
                 sample = await asyncio.to_thread(self.collect, targets)
