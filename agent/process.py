@@ -14,6 +14,7 @@ import ctypes
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 def set_child_subreaper() -> bool:
@@ -102,15 +104,28 @@ class Reaper:
         die_with_parent: bool = True,
     ) -> int:
         """Start argv (no shell) and return its pid; `on_exit` runs in the loop when it ends."""
+        argv = list(argv)
+        preexec = None
+        if die_with_parent:
+            if _SETPRIV is not None:
+                # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the command: the fork stays a
+                # vfork (about 1 ms) instead of a full fork running Python code in the child (4-5 ms).
+                path = shutil.which(argv[0], path=(env or os.environ).get("PATH"))
+                if path is None or (cwd is not None and not Path(cwd).is_dir()):
+                    missing = argv[0] if path is None else str(cwd)
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), missing)
+                argv = [_SETPRIV, "--pdeathsig", "KILL", "--", path, *argv[1:]]
+            else:
+                preexec = _die_with_parent(os.getpid())
         popen = subprocess.Popen(
-            list(argv),
+            argv,
             stdin=stdin,
             stdout=stdout,
             stderr=subprocess.STDOUT if stdout is not None else None,
             cwd=cwd,
             env=dict(env) if env is not None else None,
             start_new_session=new_session,
-            preexec_fn=_die_with_parent(os.getpid()) if die_with_parent else None,
+            preexec_fn=preexec,
             close_fds=True,
         )
         self._callbacks[popen.pid] = on_exit
