@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from bench import agent_only, overhead, restart, webhook
-from bench.machine import describe, one_line
+from bench.machine import describe, one_line, revision
 from bench.params import Params, add_arguments, from_args
 from bench.peers import PeerInstallError, ensure_peers
 from bench.report import ERROR, markdown_table, notes, print_table
@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root, ignore_errors=True)
     rows = build(params, raw)
     elapsed = time.time() - started
+    revision_end = revision()
+    if revision_end != machine["agent_revision"]:
+        # Others commit while a run goes on: a run that straddles two agents says so.
+        log(f"WARNING: the agent changed during the run ({machine['agent_revision']} -> {revision_end})")
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
     title = f"Agent vs supervisord vs circus ({params.mode}, {elapsed / 60:.1f} min) on {one_line(machine)}"
     print_table(rows, title, Console(width=200))
@@ -152,12 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     document = {
         "schema": 1, "command": command.strip(), "mode": params.mode, "started": stamp,
-        "elapsed_s": elapsed, "machine": machine, "params": dataclasses.asdict(params),
+        "elapsed_s": elapsed, "machine": machine, "agent_revision_end": revision_end,
+        "params": dataclasses.asdict(params),
         "planned_rows": [r.id for r in plan(params)], "rows": [r.to_json() for r in rows], "raw": raw,
     }
     path = args.out_dir / f"{stamp}-{params.mode}.json"
     path.write_text(json.dumps(_finite(document), indent=1))
-    md = [f"Machine: {one_line(machine)}", f"Command: `{command.strip()}` ({elapsed / 60:.1f} min)", "",
+    changed = "" if revision_end == machine["agent_revision"] else f" (agent changed to {revision_end} during the run)"
+    md = [f"Machine: {one_line(machine)}", f"Command: `{command.strip()}` ({elapsed / 60:.1f} min){changed}", "",
           markdown_table(rows), "", *[f"- {line}" for line in notes(rows)]]
     path.with_suffix(".md").write_text("\n".join(md) + "\n")
     print(f"results: {path}")

@@ -11,7 +11,7 @@ Setups:
 The agent's resource sampler costs more with every process on the host (see bench.cycle), so each of
 the two sampling agents gets a window of its own with only its N children; the other five setups
 share a third window. Only the supervisor's own process counts (psutil cpu_times user+system, not
-its children's); the agent's guardian helper is reported separately.
+its children's); the agent's helper process (its guardian) is reported separately.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import psutil
 
 from bench.configs import Setup
 from bench.launch import Fleet, Instance, free_port, start_and_wait
+from bench.procfs import child_marker
 
 SCRAPE_EVERY = 5.0
 RSS_EVERY = 0.5
@@ -74,16 +75,18 @@ def _start_listener(port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def _guardian_rss(agent_pid: int) -> int:
+def _helper_rss(agent_pid: int) -> int:
+    """RSS of the agent's children that are not bench children (its guardian helper)."""
+    total = 0
     try:
         children = psutil.Process(agent_pid).children()
     except psutil.Error:
         return 0
     for child in children:
-        with contextlib.suppress(psutil.Error):
-            if "-S" in child.cmdline():
-                return int(child.memory_info().rss)
-    return 0
+        if child_marker(child.pid) is None:
+            with contextlib.suppress(psutil.Error):
+                total += int(child.memory_info().rss)
+    return total
 
 
 def _window(fleet: Fleet, setups: dict[str, Setup], window: float, scrape: str | None) -> dict[str, Usage]:
@@ -119,7 +122,7 @@ def _window(fleet: Fleet, setups: dict[str, Setup], window: float, scrape: str |
             u.peak_rss = max(u.peak_rss, int(proc.memory_info().rss))
             u.hwm_rss = _hwm(proc.pid)
             if name.startswith("agent"):
-                u.extra["guardian_rss"] = _guardian_rss(proc.pid)
+                u.extra["helper_rss"] = _helper_rss(proc.pid)
         if scrape is not None:
             usage[scrape].extra["scrapes"] = scrapes
         return usage

@@ -106,17 +106,16 @@ def run_kills(tracks: list[_Track], scanner: ProcScanner, timeout: float, budget
     turn = 0
     last_report = start
     while True:
-        now = time.perf_counter()
         for found in scanner.scan():
-            track = by_instance.get(found.instance)
-            if track is None:
+            owner = by_instance.get(found.instance)
+            if owner is None:
                 continue
-            track.inst.children[found.slot] = found.pid
-            if found.slot == track.slot:
-                track.result.samples.append(time.perf_counter() - track.killed_at)
-                track.slot = None
-                track.done += 1
-                track.ready_at = time.perf_counter() + SETTLE + rng.uniform(0.0, 2.0 * track.gap)
+            owner.inst.children[found.slot] = found.pid
+            if found.slot == owner.slot:
+                owner.result.samples.append(time.perf_counter() - owner.killed_at)
+                owner.slot = None
+                owner.done += 1
+                owner.ready_at = time.perf_counter() + SETTLE + rng.uniform(0.0, 2.0 * owner.gap)
         now = time.perf_counter()
         for track in tracks:
             if track.slot is not None and now - track.killed_at > timeout:

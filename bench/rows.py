@@ -92,7 +92,8 @@ def _fill_idle(rows: dict[str, Row], raw: list[dict[str, Any]]) -> None:
             row.agent = usage[agent]["peak_rss"] / MiB
             row.supervisord = usage["supervisord"]["peak_rss"] / MiB
             row.circus = usage["circus"]["peak_rss"] / MiB
-            row.note = f"agent's guardian helper: {usage[agent]['extra'].get('guardian_rss', 0) / MiB:.1f} MiB more"
+            helper = usage[agent]["extra"].get("helper_rss", 0) / MiB
+            row.note = f"agent's helper process (guardian): {helper:.1f} MiB more"
 
 
 def _fill_metrics(rows: dict[str, Row], raw: list[dict[str, Any]]) -> None:
