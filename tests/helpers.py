@@ -100,7 +100,10 @@ def lines(path: Path) -> list[str]:
 class AgentProcess:
     """`agent run` as a real subprocess in its own directory, with a config written from a dict."""
 
+    started: list[AgentProcess] = []  # every instance; tests/conftest.py ends leftovers by PID
+
     def __init__(self, tmp: Path, config: dict[str, Any], extra_args: tuple[str, ...] = ()) -> None:
+        AgentProcess.started.append(self)
         self.dir = tmp
         self.port = free_port()
         agent = config.setdefault("agent", {})
