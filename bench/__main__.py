@@ -64,8 +64,8 @@ def _startup(params: Params, root: Path, log: Progress) -> list[dict[str, Any]]:
 
 def _idle(params: Params, root: Path, log: Progress) -> list[dict[str, Any]]:
     out = []
-    for index, n in enumerate(params.n):
-        window = params.idle_window(index)
+    for n in params.n:
+        window = params.idle_seconds
         log(f"idle overhead: N={n}, {window:.0f} s windows")
         usage = overhead.idle_overhead(root, n, window)
         out.append({"n": n, "window": window, "usage": {k: dataclasses.asdict(v) for k, v in usage.items()}})

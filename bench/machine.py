@@ -39,10 +39,10 @@ def _version(dist: str) -> str:
 
 
 def revision() -> str:
-    """The agent's commit, with "+N uncommitted file(s) in agent/" when the tree under test differs."""
+    """The last commit that touched agent/, with "+ N uncommitted file(s)" when the tree under test differs."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+        head = subprocess.run(["git", "log", "-1", "--format=%h", "--", "agent"], cwd=root, capture_output=True,
                               text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent"], cwd=root, capture_output=True,
                                text=True, timeout=10).stdout.splitlines()

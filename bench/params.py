@@ -15,7 +15,7 @@ class Params:
     budget: float = 45.0  # seconds of killing per restart group
     restart_timeout: float = 10.0
     startup_reps: int = 3
-    idle_seconds: float = 60.0  # for the first N; later (larger) N get a third of it
+    idle_seconds: float = 60.0  # each idle window (three per N)
     components: list[int] = field(default_factory=lambda: [50, 200, 500])
     scrapes: int = 50
     cycle_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])
@@ -24,9 +24,6 @@ class Params:
     webhook_time_limit: float = 120.0
     seed: int = 1
     sections: tuple[str, ...] = ("restart", "startup", "idle", "metrics", "cycle", "webhook")
-
-    def idle_window(self, index: int) -> float:
-        return self.idle_seconds if index == 0 else max(1.0, self.idle_seconds / 3)
 
 
 QUICK = Params(
@@ -48,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--default-kills", type=int, help="kills per supervisor at default settings")
     parser.add_argument("--budget", type=float, help="seconds of killing per restart group")
     parser.add_argument("--startup-reps", type=int, help="start-up repetitions per supervisor")
-    parser.add_argument("--idle-seconds", type=float, help="idle measuring window for the first N")
+    parser.add_argument("--idle-seconds", type=float, help="each idle measuring window (default 60, quick 5)")
     parser.add_argument("--components", type=_ints, help="agent-only /metrics sizes (default 50,200,500)")
     parser.add_argument("--scrapes", type=int, help="/metrics scrapes per size")
     parser.add_argument("--cycle-sizes", type=_ints, help="sizes for the in-process sample/probe cycle")

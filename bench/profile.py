@@ -4,6 +4,7 @@ Runs one agent as the suite does and records it with py-spy (installed into benc
 first use), then prints the top frames by own time and by inclusive time (file:function:line):
 - restart: N components at backoff 0, one SIGKILL every 20 ms for the recording;
 - idle:    N components with a tcp probe every 5 s and /metrics scraped every 5 s;
+- quiet:   N components, no probes, no scrapes (what the agent does on its own);
 - metrics: N components x 2 replicas, /metrics scraped back to back;
 - startup: the agent launched under py-spy with N components, recorded from its first instruction.
 The raw collapsed stacks stay in bench/results/profile-<scenario>-<N>.txt for a flame graph.
@@ -108,13 +109,17 @@ def profile(scenario: str, n: int, seconds: float, root: Path) -> Path:
             inst = fleet.add(Setup("agent", n, probe_port=port))
         elif scenario == "metrics":
             inst = fleet.add(Setup("agent", n, replicas=2))
+        elif scenario == "quiet":
+            inst = fleet.add(Setup("agent", n))
         else:
             inst = fleet.add(Setup("agent", n, aggressive=True))
         start_and_wait([inst], timeout=180.0)
         time.sleep(2.0)
-        recorder = _record(inst.pid, seconds, out, 1000 if scenario == "restart" else 200)
+        recorder = _record(inst.pid, seconds, out, 200 if scenario in ("idle", "metrics") else 1000)
         if scenario == "restart":
             _kill_loop(inst, seconds - 0.5)
+        elif scenario == "quiet":
+            recorder.wait(seconds + 60)
         else:
             pause = 5.0 if scenario == "idle" else 0.02
             deadline = time.monotonic() + seconds
@@ -134,7 +139,7 @@ def profile(scenario: str, n: int, seconds: float, root: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["restart", "idle", "metrics", "startup"])
+    parser.add_argument("scenario", choices=["restart", "idle", "quiet", "metrics", "startup"])
     parser.add_argument("--n", type=int, default=50, help="components (default 50)")
     parser.add_argument("--seconds", type=float, default=20.0, help="recording length (default 20)")
     args = parser.parse_args()
