@@ -26,7 +26,7 @@ from bench import agent_only, overhead, restart, webhook
 from bench.machine import describe, one_line, revision
 from bench.params import Params, add_arguments, from_args
 from bench.peers import PeerInstallError, ensure_peers
-from bench.report import ERROR, markdown_table, notes, print_table
+from bench.report import ERROR, Row, markdown_table, notes, print_table
 from bench.rows import build, plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,12 +111,26 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def render(path: Path) -> int:
+    """Print the table (and its Markdown) of a results file again."""
+    document = json.loads(path.read_text())
+    rows = [Row.from_json(r) for r in document["rows"]]
+    title = f"{document['command']} ({document['mode']}, {document['elapsed_s'] / 60:.1f} min) on " + one_line(
+        document["machine"])
+    print_table(rows, title, Console(width=200))
+    print(markdown_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where the JSON/Markdown go")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier run, then exit")
     args = parser.parse_args(argv)
+    if args.render:
+        return render(args.render)
     params = from_args(args)
     log = Progress()
     log(f"bench {params.mode}: sections {', '.join(params.sections)}")

@@ -36,6 +36,11 @@ class Row:
             return None
         return self.agent / other
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        """A row back from a results file (the ratios are recomputed)."""
+        return cls(**{k: v for k, v in data.items() if not k.startswith("ratio_")})
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["ratio_supervisord"] = self.ratio("supervisord")
@@ -69,7 +74,9 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def _ratio(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
+    if value is None:
+        return "-"
+    return f"{value:.3g}x" if value < 10 else f"{value:.0f}x"
 
 
 def _met(row: Row) -> str:
