@@ -185,7 +185,8 @@ class ProbeRunner:
     async def _loop(self, rt: Runtime, rep: Replica, generation: int) -> None:
         settings = rt.spec.probe
         assert settings is not None
-        env = {**os.environ, "AGENT_COMPONENT": rt.name, "AGENT_REPLICA": str(rep.index)}
+        # Only an exec probe starts a process; the others need no environment copy per replica.
+        env = {**os.environ, "AGENT_COMPONENT": rt.name, "AGENT_REPLICA": str(rep.index)} if settings.exec else None
         # First probe soon after the start, then every interval.
         await asyncio.sleep(min(settings.interval, 0.2))
         while rep.generation == generation and rep.pid is not None and not self.sup.shutting_down:
