@@ -196,6 +196,13 @@ def test_stale_firing_after_resolved_does_not_act(hook: Hook) -> None:
 # --- guardrails: one test per case ------------------------------------------------------------------
 
 
+def refused(hook: Hook) -> float:
+    """All rejected and ignored decisions so far, whatever the labels."""
+    return sum(v for (name, labels), v in scrape(hook.agent.url).items()
+               if name == "orchestrator_remediation_actions_total"
+               and dict(labels)["result"] in ("rejected", "ignored"))
+
+
 def code_count(hook: Hook, code: str) -> float:
     return value(scrape(hook.agent.url), "orchestrator_webhook_requests_total", code=code) or 0.0
 
@@ -225,11 +232,15 @@ def test_oversized_body_413(hook: Hook) -> None:
 
 
 def test_invalid_json_400(hook: Hook) -> None:
+    before = code_count(hook, "400")
     r = hook.post(b'{"version": "4", "alerts": [', headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "line 1 column" in r.json()["error"]
+    assert code_count(hook, "400") == before + 1
 
 
 def test_wrong_schema_422_names_the_field(hook: Hook) -> None:
+    before = code_count(hook, "422")
+    pids = hook.pids()
     body = payload(alert({"action": "restart", "component": "web"}))
     body["alerts"][0]["status"] = "exploded"
     r = hook.post(body)
@@ -238,6 +249,8 @@ def test_wrong_schema_422_names_the_field(hook: Hook) -> None:
     body = payload(alert({}))
     body["version"] = "3"
     assert hook.post(body).status_code == 422
+    assert code_count(hook, "422") == before + 2
+    assert hook.pids() == pids
 
 
 def test_unknown_component_rejected(hook: Hook) -> None:
@@ -248,9 +261,11 @@ def test_unknown_component_rejected(hook: Hook) -> None:
 
 
 def test_disallowed_action_rejected(hook: Hook) -> None:
+    before = hook.counter("limited", "scale_up", "rejected")
     res = hook.send(alert({"action": "scale_up", "component": "limited"}))
     assert res[0]["result"] == "rejected" and "not allowed" in res[0]["reason"]
     assert hook.status()["limited"]["desired"] == 1
+    assert hook.counter("limited", "scale_up", "rejected") == before + 1
 
 
 def test_other_nodes_alert_ignored_and_counted(hook: Hook) -> None:
@@ -266,6 +281,7 @@ def test_other_nodes_alert_ignored_and_counted(hook: Hook) -> None:
                                   "../../etc/passwd", "web\nrestart", "x" * 10_000])
 def test_hostile_label_values_execute_nothing(hook: Hook, evil: str, tmp_path: Path) -> None:
     pids = hook.pids()
+    refused_before = refused(hook)
     for labels in ({"action": "restart", "component": evil}, {"action": evil, "component": "web"},
                    {"action": "restart", "component": "web", "replica": evil},
                    {"action": "scale_up", "component": "pool", "step": evil}):
@@ -274,6 +290,7 @@ def test_hostile_label_values_execute_nothing(hook: Hook, evil: str, tmp_path: P
     res = hook.send(alert({"action": "scale_to", "component": "pool"}, annotations={"desired_replicas": evil}))
     assert res[0]["result"] == "rejected"
     assert hook.pids() == pids
+    assert refused(hook) == refused_before + 5
     assert not Path("/tmp/pwned").exists()
 
 
