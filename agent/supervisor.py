@@ -543,7 +543,8 @@ class Supervisor:
             await asyncio.gather(*(self._stop_replica(rt, r) for r in targets))
             for rep in targets:
                 rt.restarts[reason] += 1
-                rt.history.append(self.clock())
+                if reason != "manual":  # a restart by hand is not a failure for the circuit breaker
+                    rt.history.append(self.clock())
                 rt.last_reason = reason
                 rt.last_restart_wall = time.time()
                 if not self.shutting_down:
