@@ -23,16 +23,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent.backlog import ANY_CAPABILITY
-from agent.config import Autonomy, Config
+from agent.config import ACTIONS, Autonomy, Config
 from agent.probes import PROBE_ERRORS
+from agent.remediation import Result
 from agent.supervisor import REASONS, ComponentState
 from agent.todos import PRIORITIES, STATUSES
 
 if TYPE_CHECKING:
     from agent.app import Agent
 
-ACTIONS = ("restart", "scale_up", "scale_down", "scale_to", "start")
-RESULTS = ("executed", "duplicate", "cooldown", "rejected", "dry_run", "failed", "ignored")
+# Bounded values of the `result` label of orchestrator_remediation_actions_total.
+RESULTS = tuple(r.value for r in Result)
 WEBHOOK_CODES = ("200", "400", "401", "413", "422", "503")
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from examples._http import Server, Terminated, raise_terminated, serve
+from examples._log import setup_logging
 
 log = logging.getLogger("demo_service")
 
@@ -206,8 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    setup_logging()
 
     def ignore_sigterm(signum: int, frame: FrameType | None) -> None:
         log.warning("SIGTERM received and ignored (--ignore-sigterm)")

@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent import todos
+from examples._log import setup_logging
 
 log = logging.getLogger("demo_worker")
 
@@ -128,8 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    setup_logging()
     stop = StopFlag()
     signal.signal(signal.SIGTERM, stop.set)
     signal.signal(signal.SIGINT, stop.set)

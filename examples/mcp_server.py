@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agent import todos
+from examples._log import setup_logging
 
 log = logging.getLogger("mcp_server")
 
@@ -105,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    setup_logging(args.log_level.upper())
     server = build_server(args.db)
     app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=args.host)
     config = uvicorn.Config(

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from examples._http import Server, serve
+from examples._log import setup_logging
 
 log = logging.getLogger("ollama_standin")
 
@@ -89,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    setup_logging()
 
     def start() -> Server:
         server = Server((args.host, args.port), Handler)

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent import todos
 from examples._http import Server, serve
+from examples._log import setup_logging
 
 log = logging.getLogger("todo_dashboard")
 
@@ -149,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    setup_logging()
     Handler.db = args.db
 
     def start() -> Server:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,24 +35,32 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float
         _tick.wait(interval)
 
 
+async def _polls(seconds: float, interval: float) -> AsyncIterator[bool]:
+    """Yield on every poll until `seconds` have passed; the last value yielded is True."""
+    deadline = time.monotonic() + seconds
+    while True:
+        last = time.monotonic() >= deadline
+        yield last
+        if last:
+            return
+        await asyncio.sleep(interval)
+
+
 async def until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.002, what: str = "") -> Any:
     """Async twin of wait_for, for in-process tests on the event loop."""
-    deadline = time.monotonic() + timeout
-    while True:
+    async for last in _polls(timeout, interval):
         value = predicate()
         if value:
             return value
-        if time.monotonic() >= deadline:
+        if last:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        await asyncio.sleep(interval)
+    raise AssertionError("unreachable")
 
 
 async def never(predicate: Callable[[], Any], during: float, interval: float = 0.005) -> None:
     """Assert that `predicate` stays false for `during` seconds."""
-    deadline = time.monotonic() + during
-    while time.monotonic() < deadline:
+    async for _ in _polls(during, interval):
         assert not predicate(), "condition happened but should not have"
-        await asyncio.sleep(interval)
 
 
 def run_async(coro: Awaitable[Any]) -> Any:
