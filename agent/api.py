@@ -306,6 +306,14 @@ def status_document(agent: Agent) -> dict[str, Any]:
             "rss_bytes": use.rss_bytes if use else 0,
             "pids": [r.pid for r in running],
         })
+    containment = agent.containment
+    guardian = agent.guardian
     return {"node": agent.config.agent.node, "version": agent.version, "autonomy": agent.autonomy.value,
             "emergency_stop": agent.emergency, "uptime_seconds": round(now - agent.started_wall, 1),
+            "containment": {
+                "mechanism": containment.mechanism.value if containment else "",
+                "detail": containment.detail if containment else "",
+                "guardian_pid": guardian.pid if guardian and guardian.alive else None,
+                "guardian_restarts": guardian.restarts if guardian else 0,
+            },
             "components": components}

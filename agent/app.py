@@ -17,10 +17,11 @@ import httpx
 from agent import __version__
 from agent.backlog import BacklogMonitor
 from agent.config import Autonomy, Config
+from agent.containment import Containment, ContainmentError, Ledger, choose
 from agent.logs import rotate_if_large
 from agent.metrics import build_registry
 from agent.probes import ProbeRunner
-from agent.process import Guardian, Reaper, set_child_subreaper
+from agent.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
 from agent.remediation import DedupeStore, Remediator
 from agent.resources import ResourceMonitor
 from agent.state import StateStore
@@ -70,6 +71,7 @@ class Agent:
         self.sock: socket.socket | None = None
         self.reaper: Reaper | None = None
         self.guardian: Guardian | None = None
+        self.containment: Containment | None = None
         self.supervisor: Supervisor | None = None
         self.resources: ResourceMonitor | None = None
         self.probes: ProbeRunner | None = None
@@ -139,9 +141,19 @@ class Agent:
             loop.add_signal_handler(sig, self.request_stop)
         if not set_child_subreaper():
             log.warning("could not become a child subreaper; orphaned grandchildren are reaped by init")
-        self.reaper = Reaper(loop)
-        self.guardian = Guardian(self.reaper)
-        self.supervisor = Supervisor(self.config, self.reaper, self.store, guardian=self.guardian)
+        reaper = self.reaper = Reaper(loop, child_nofile=raise_fd_limit())
+        try:
+            self.containment = choose(settings.containment, lambda: set(reaper.running()))
+        except ContainmentError as exc:
+            log.error("%s (agent.containment: cgroup); nothing started", exc)
+            return EXIT_UNAVAILABLE
+        ledger = Ledger(self.state_dir)
+        ledger.sweep_previous()
+        ledger.write(self.containment)
+        log.info("process containment: %s (%s)", self.containment.mechanism.value, self.containment.detail)
+        self.guardian = Guardian(self.reaper, self.containment.guardian_lines())
+        self.supervisor = Supervisor(self.config, self.reaper, self.store, guardian=self.guardian,
+                                     containment=self.containment)
         self.resources = ResourceMonitor(self.supervisor, settings.resources.interval,
                                          settings.resources.mountpoints)
         client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
@@ -181,6 +193,8 @@ class Agent:
             await asyncio.wait_for(self.sup.shutdown(), settings.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", settings.shutdown_timeout)
+        self.containment.close()
+        ledger.clear()
         self.probes.close()
         await server.stop()
         await client.aclose()

@@ -81,6 +81,9 @@ class AgentSettings(Strict):
     webhook: WebhookAuth = WebhookAuth()
     resources: ResourceSettings = ResourceSettings()
     shutdown_timeout: Duration = Field(60.0, gt=0)
+    # How everything a replica started is kept together: cgroup v2 where writable, else tracking by an
+    # inherited environment marker (docs/operations.md, "Process containment").
+    containment: Literal["auto", "cgroup", "tracking"] = "auto"
 
     @field_validator("autonomy", mode="before")
     @classmethod

@@ -91,7 +91,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                       f"{c['replicas']}/{c['desired']} [{c['min']}..{c['max']}]", f"{c['healthy']}/{c['desired']}",
                       str(c["restarts"]), c["last_reason"] or "-", f"{c['uptime_seconds']:.0f}s",
                       f"{c['cpu_seconds']:.1f}", _bytes(c["rss_bytes"]))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    contained = doc.get("containment") or {}
+    guardian = contained.get("guardian_pid")
+    console.print(f"containment: {contained.get('mechanism') or '?'} ({contained.get('detail', '')}); guardian "
+                  + (f"pid {guardian}" if guardian else "[bold red]not running[/]")
+                  + f", restarted {contained.get('guardian_restarts', 0)} time(s)", highlight=False)
     return 0
 
 

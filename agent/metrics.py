@@ -199,6 +199,17 @@ class StateCollector(Collector):
                                 value=1 if agent.emergency else 0)
         yield Family("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
                                 value=agent.started_wall)
+        if agent.containment is not None:
+            mechanism = _gauge("orchestrator_containment_info",
+                               "How a replica's whole process tree is contained (1 for the mechanism in use).",
+                               ["mechanism"])
+            mechanism.add_metric([agent.containment.mechanism.value], 1)
+            yield mechanism
+        if agent.guardian is not None:
+            yield Family("orchestrator_guardian_up", "1 while the guardian that ends the components after an "
+                         "agent crash runs.", value=1 if agent.guardian.alive else 0)
+            yield Family("orchestrator_guardian_restarts", "Guardian processes started again after one died.",
+                         value=agent.guardian.restarts, typ="counter")
 
     def _component_metrics(self) -> Iterator[Family | Metric]:
         sup = self.agent.sup

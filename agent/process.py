@@ -14,10 +14,12 @@ import ctypes
 import errno
 import logging
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +38,31 @@ def set_child_subreaper() -> bool:
     return sys.platform.startswith("linux") and _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+def _die_with_parent(parent_pid: int, nofile: tuple[int, int] | None) -> Callable[[], None]:
     def preexec() -> None:  # runs in the child between fork and exec: keep it tiny
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() != parent_pid:  # the parent died before prctl took effect
             os._exit(1)
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     return preexec
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise this process's soft fd limit to its hard limit; returns the limits it had before.
+
+    Children get the returned limits back (Reaper's `child_nofile`), so raising the agent's own
+    headroom does not change what the components run with (systemd gives services a soft 1,024).
+    """
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = before
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the fd limit from %d to %d: %s", soft, hard, exc)
+    return before
 
 
 @dataclass(frozen=True)
@@ -74,14 +94,21 @@ class ExitStatus:
 class Reaper:
     """Owns SIGCHLD: reaps every child and calls the callback registered for its pid."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, child_nofile: tuple[int, int] | None = None) -> None:
         self._loop = loop
+        # The fd limits every child starts with (the agent's own before it raised them), or None to
+        # let children inherit the agent's.
+        self.child_nofile = child_nofile if child_nofile != resource.getrlimit(resource.RLIMIT_NOFILE) else None
         self._callbacks: dict[int, Callable[[ExitStatus], None]] = {}
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
         self.orphans_reaped = 0
         # uvloop reserves add_signal_handler(SIGCHLD) for its own subprocesses, which the agent never
         # uses; a plain handler that hands over to the loop works on both loops.
         self._previous = signal.signal(signal.SIGCHLD, self._on_sigchld)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
 
     def _on_sigchld(self, signum: int, frame: object) -> None:
         self._loop.call_soon_threadsafe(self.reap)
@@ -116,7 +143,7 @@ class Reaper:
                     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), missing)
                 argv = [_SETPRIV, "--pdeathsig", "KILL", "--", path, *argv[1:]]
             else:
-                preexec = _die_with_parent(os.getpid())
+                preexec = _die_with_parent(os.getpid(), self.child_nofile)
         popen = subprocess.Popen(
             argv,
             stdin=stdin,
@@ -128,6 +155,11 @@ class Reaper:
             preexec_fn=preexec,
             close_fds=True,
         )
+        if self.child_nofile is not None and preexec is None:
+            # setpriv cannot set limits; this lands while setpriv is still loading, before it execs
+            # the command (a fork by the command itself comes later).
+            with contextlib.suppress(ProcessLookupError):
+                resource.prlimit(popen.pid, resource.RLIMIT_NOFILE, self.child_nofile)
         self._callbacks[popen.pid] = on_exit
         self._popens[popen.pid] = popen
         # The child may already have exited before its callback was registered.
@@ -174,62 +206,138 @@ def signal_group(pgid: int, sig: int) -> bool:
 
 
 class Guardian:
-    """A helper process that kills the registered process groups when the agent's pipe closes."""
+    """A helper process that ends this agent's processes when the agent's pipe closes.
 
-    def __init__(self, reaper: Reaper) -> None:
-        read_fd, self._write_fd = os.pipe()
-        os.set_blocking(self._write_fd, True)
-        self.pid = reaper.spawn(
-            ["/bin/sh", "-c", _GUARDIAN_SOURCE, "agent-guardian"],
-            self._exited,
-            stdin=read_fd,
-            die_with_parent=False,
-        )
-        os.close(read_fd)
+    It holds the process groups of the live replicas plus, depending on the containment mechanism,
+    the agent's cgroup subtree or its environment marker. If it dies, a new one is started at once
+    and told everything again, so an agent crash later is still covered.
+    """
+
+    def __init__(self, reaper: Reaper, setup: Sequence[str] = ()) -> None:
+        self._reaper = reaper
+        self._setup = list(setup)
+        self._groups: set[int] = set()
+        self._write_fd = -1
+        self._closed = False
+        self._started = 0.0
+        self.pid = 0
+        self.alive = False
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        if self._closed or self.alive:
+            return
+        read_fd, write_fd = os.pipe()
+        try:
+            os.set_blocking(write_fd, True)
+            self.pid = self._reaper.spawn(
+                ["/bin/sh", "-c", _GUARDIAN_SOURCE, "agent-guardian"],
+                self._exited,
+                stdin=read_fd,
+                die_with_parent=False,
+            )
+        except OSError as exc:
+            os.close(write_fd)
+            log.error("cannot start the guardian process (%s); retrying in 1s", exc.strerror or exc)
+            self._reaper.loop.call_later(1.0, self._start)
+            return
+        finally:
+            os.close(read_fd)
+        self._write_fd = write_fd
         self.alive = True
+        self._started = time.monotonic()
+        self._send("".join(f"{line}\n" for line in self._setup) + "".join(f"+{g}\n" for g in self._groups))
 
     def _exited(self, status: ExitStatus) -> None:
         self.alive = False
         if self._write_fd >= 0:
-            log.warning("guardian process exited (%s); orphans are not covered after an agent crash",
-                        status.describe)
+            os.close(self._write_fd)
+            self._write_fd = -1
+        if self._closed:
+            return
+        self.restarts += 1
+        # A guardian that cannot even stay up for a second is retried once a second, not in a loop.
+        delay = 1.0 if time.monotonic() - self._started < 1.0 else 0.0
+        log.warning("guardian process (pid %d) %s; starting a new one%s", self.pid, status.describe,
+                    f" in {delay:g}s" if delay else "")
+        self._reaper.loop.call_later(delay, self._start)
 
-    def _send(self, line: str) -> None:
-        if not self.alive or self._write_fd < 0:
+    def _send(self, text: str) -> None:
+        if not self.alive or self._write_fd < 0 or not text:
             return
         try:
-            os.write(self._write_fd, line.encode())
+            os.write(self._write_fd, text.encode())
         except OSError as exc:
             if exc.errno != errno.EPIPE:
                 raise
-            self.alive = False
+            # Dying: its exit is reaped shortly and the replacement is told everything.
+
+    def configure(self, line: str) -> None:
+        """Tell this and every later guardian a setting (a cgroup subtree, an environment marker)."""
+        self._setup.append(line)
+        self._send(f"{line}\n")
 
     def add(self, pgid: int) -> None:
         """Cover a process group."""
+        self._groups.add(pgid)
         self._send(f"+{pgid}\n")
 
     def remove(self, pgid: int) -> None:
         """Stop covering a process group (it is gone)."""
+        self._groups.discard(pgid)
         self._send(f"-{pgid}\n")
 
     def close(self) -> None:
         """Close the pipe: the guardian kills what is left and exits."""
+        self._closed = True
         if self._write_fd >= 0:
             os.close(self._write_fd)
             self._write_fd = -1
 
 
-# A POSIX shell script (about 1 MB of RSS, against 10 MB for a Python helper), in its own session:
-# reads "+pgid" / "-pgid" lines; at EOF (the agent is gone) SIGKILLs every group still listed.
+# A POSIX shell script (about 1 MB of RSS, against 10 MB for a Python helper), in its own session.
+# Reads "+pgid" / "-pgid" lines, "c<dir>" (the agent's cgroup subtree) and "e<VAR=prefix>" (the
+# environment marker). At EOF (the agent is gone) it SIGKILLs every group still listed, kills every
+# cgroup under the subtree and removes it, and SIGKILLs every process whose environment carries the
+# marker (repeated while new ones appear, at most 20 rounds).
 _GUARDIAN_SOURCE = """
 trap '' INT HUP
 groups=' '
+cg=''
+mark=''
 while IFS= read -r line; do
   case "$line" in
     +*) groups="$groups${line#+} " ;;
     -*) g=${line#-}
         case "$groups" in *" $g "*) groups="${groups%% $g *} ${groups#* $g }" ;; esac ;;
+    c*) cg=${line#c} ;;
+    e*) mark=${line#e} ;;
   esac
 done
 for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
+if [ -n "$cg" ] && [ -d "$cg" ]; then
+  for d in "$cg"/*/; do
+    if [ -f "${d}cgroup.kill" ]; then echo 1 > "${d}cgroup.kill"
+    elif [ -f "${d}cgroup.procs" ]; then kill -s KILL $(cat "${d}cgroup.procs"); fi
+  done 2>/dev/null
+  n=0
+  while [ -d "$cg" ] && [ $n -lt 50 ]; do
+    rmdir "$cg"/*/ "$cg" 2>/dev/null || sleep 0.1
+    n=$((n+1))
+  done
+fi
+if [ -n "$mark" ]; then
+  n=0
+  while [ $n -lt 20 ]; do
+    found=''
+    for f in $(grep -lsz -- "^$mark" /proc/[0-9]*/environ); do
+      p=${f#/proc/}; p=${p%/environ}
+      [ "$p" = "$$" ] || found="$found $p"
+    done
+    [ -n "$found" ] || break
+    kill -s KILL $found 2>/dev/null
+    n=$((n+1))
+  done
+fi
 """

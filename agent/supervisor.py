@@ -22,8 +22,10 @@ from typing import Any
 
 from agent import policy
 from agent.config import Component, Config, substitute
+from agent.containment import Containment, Scope, TrackingContainment
 from agent.policy import Circuit, ExitAction
 from agent.process import ExitStatus, Guardian, Reaper, signal_group
+from agent.stall import StallWatch
 from agent.state import StateStore
 
 log = logging.getLogger("agent.supervisor")
@@ -75,6 +77,7 @@ class Replica:
     probe_ever_ok: bool = False
     probe_error: str = ""
     rss_samples: list[int] = field(default_factory=list)
+    scope: Scope | None = None
 
     @property
     def alive(self) -> bool:
@@ -158,12 +161,15 @@ class Supervisor:
         store: StateStore,
         *,
         guardian: Guardian | None = None,
+        containment: Containment | None = None,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
         self.reaper = reaper
         self.guardian = guardian
+        self.containment = containment or TrackingContainment(lambda: set(reaper.running()))
+        self.stalls = StallWatch(clock)
         self.store = store
         self.clock = clock
         self.rand = rand
@@ -235,12 +241,18 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_task_failure)
 
-    def _child_env(self, rt: Runtime, rep: Replica) -> dict[str, str]:
+    def _child_env(self, rt: Runtime, rep: Replica, extra: dict[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         env.update({k: substitute(v, rep.index) for k, v in rt.spec.env.items()})
         env["AGENT_COMPONENT"] = rt.name
         env["AGENT_REPLICA"] = str(rep.index)
+        env.update(extra)
         return env
+
+    def _scope(self, rt: Runtime, rep: Replica) -> Scope:
+        if rep.scope is None:
+            rep.scope = self.containment.scope(rt.name, rep.index)
+        return rep.scope
 
     # --- spawning and exits -------------------------------------------------------------------
 
@@ -263,13 +275,14 @@ class Supervisor:
             fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         generation = rep.generation
         try:
-            pid = self.reaper.spawn(
-                [substitute(arg, rep.index) for arg in rt.spec.argv],
-                lambda status: self._on_exit(rt, rep, generation, status),
-                env=self._child_env(rt, rep),
-                cwd=rt.spec.cwd,
-                stdout=fd,
-            )
+            with self._scope(rt, rep).spawning() as extra:
+                pid = self.reaper.spawn(
+                    [substitute(arg, rep.index) for arg in rt.spec.argv],
+                    lambda status: self._on_exit(rt, rep, generation, status),
+                    env=self._child_env(rt, rep, extra),
+                    cwd=rt.spec.cwd,
+                    stdout=fd,
+                )
         except OSError as exc:
             log.error("component %s replica %d: cannot start %s: %s",
                       rt.name, rep.index, rt.spec.argv[0], exc.strerror or exc)
@@ -315,12 +328,14 @@ class Supervisor:
             return
         pid = rep.pid
         if pid is not None:
-            # Whatever the leader left behind in its group goes with it.
+            # Whatever the leader left behind goes with it: its group, and anything that left the
+            # group (setsid, double fork) but not the replica's cgroup or environment marker.
             signal_group(pid, signal.SIGKILL)
+            self._scope(rt, rep).kill(None)
             if self.guardian is not None:
                 self.guardian.remove(pid)
         now = self.clock()
-        ran_for = now - rep.started_at
+        ran_for = self.stalls.ran_for(rep.started_at, now)
         rep.pid = None
         rep.ready = False
         if rep.timer is not None:
@@ -475,7 +490,9 @@ class Supervisor:
         rep.stopping = True
         rep.state = ReplicaState.STOPPING
         stop = rt.spec.stop
-        if not signal_group(pid, stop.signum):
+        scope = self._scope(rt, rep)
+        # Every process of the replica gets the stop signal, as systemd's KillMode=control-group does.
+        if not scope.signal(stop.signum, pid) and not signal_group(pid, stop.signum):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, stop.signum)
         try:
@@ -483,6 +500,7 @@ class Supervisor:
         except TimeoutError:
             log.warning("component %s replica %d (pid %d) ignored %s for %.1fs; sending SIGKILL",
                         rt.name, rep.index, pid, stop.signal, stop.grace)
+            scope.kill(pid)
             signal_group(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -494,11 +512,14 @@ class Supervisor:
         for rep in replicas:
             if rep.index >= rt.desired and rep.state is ReplicaState.STOPPED:
                 rt.replicas.pop(rep.index, None)
+                if rep.scope is not None:
+                    rep.scope.release()
 
     # --- commands ----------------------------------------------------------------------------
 
     async def start_all(self, ready_timeout: float | None = None) -> None:
         """Start every component in dependency order; a dependent waits until its dependencies are ready."""
+        self.stalls.start()
         for name in self.order:
             rt = self.components[name]
             for dep in rt.spec.depends_on:
@@ -602,6 +623,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """Stop all components in reverse dependency order (not remembered as manual stops)."""
         self.shutting_down = True
+        self.stalls.stop()
         for rt in self.components.values():
             if rt.circuit_timer is not None:
                 rt.circuit_timer.cancel()
@@ -648,7 +670,7 @@ class Supervisor:
         async with rt.lock:
             if rep.generation != generation or rep.pid is None:
                 return
-            ran_for = self.clock() - rep.started_at
+            ran_for = self.stalls.ran_for(rep.started_at, self.clock())
             await self._stop_replica(rt, rep)
             if not self.shutting_down and not rt.manual_stop:
                 self._after_failure(rt, rep, None, ran_for, "probe")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -22,3 +23,19 @@ def _end_leftover_agents() -> Iterator[None]:
         if proc is not None and not agent.stderr.closed:
             agent.stderr.close()
     del AgentProcess.started[before:]
+
+
+@pytest.fixture(params=["cgroup", "tracking"])
+def containment(request: pytest.FixtureRequest) -> str:
+    """Each containment mechanism in turn; cgroup needs a writable cgroup v2 tree (required under CI)."""
+    if request.param == "cgroup":
+        from agent.containment import ContainmentError, choose
+
+        try:
+            choose("cgroup", set).close()
+        except ContainmentError as exc:
+            message = f"{exc}: the cgroup mechanism cannot be tested here (needs root and a cgroup2 mount)"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+    return str(request.param)

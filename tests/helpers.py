@@ -110,8 +110,10 @@ class AgentProcess:
 
     started: list[AgentProcess] = []  # every instance; tests/conftest.py ends leftovers by PID
 
-    def __init__(self, tmp: Path, config: dict[str, Any], extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any], extra_args: tuple[str, ...] = (),
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         AgentProcess.started.append(self)
+        self.preexec_fn = preexec_fn
         self.dir = tmp
         self.port = free_port()
         agent = config.setdefault("agent", {})
@@ -133,7 +135,7 @@ class AgentProcess:
         self.stderr = open(self.dir / "agent.stderr", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path), *self.extra_args],
-            cwd=self.dir, env=env, stdout=self.stderr, stderr=self.stderr,
+            cwd=self.dir, env=env, stdout=self.stderr, stderr=self.stderr, preexec_fn=self.preexec_fn,
         )
         if wait:
             wait_for(self.healthy, 15, 0.02, "the agent to answer /-/healthy")
@@ -165,6 +167,18 @@ class AgentProcess:
 
         assert self.proc is not None
         return [p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)]
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
+        """Call the control API with the agent's control token; returns the JSON answer (raises on 4xx/5xx)."""
+        token = (self.state_dir / "control.token").read_text().strip()
+        r = httpx.request(method, self.url + path, json=body, timeout=timeout,
+                          headers={"Authorization": f"Bearer {token}"})
+        r.raise_for_status()
+        return r.json()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """The components of `GET /api/v1/status`, by name."""
+        return {c["component"]: c for c in self.api("GET", "/api/v1/status")["components"]}
 
     def state(self) -> dict[str, Any]:
         return json.loads((self.state_dir / "state.json").read_text())

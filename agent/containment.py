@@ -1,0 +1,470 @@
+"""Containment: everything a replica started goes with it, including descendants that left its group.
+
+Two mechanisms, chosen once at start:
+
+- `cgroup`: each replica slot gets a cgroup v2 directory under a subtree of the agent's own cgroup;
+  the child is born inside it (the agent steps into the replica's cgroup for the fork and back out,
+  about 0.1 ms), so no `setsid` or double fork leaves it, and `cgroup.kill` ends the whole slot.
+  systemd's `KillMode=control-group`, without needing systemd.
+- `tracking`: where no writable cgroup v2 tree exists. Every child gets an environment marker naming
+  its replica; the agent is a child subreaper, so descendants that daemonise are re-parented to it,
+  and their inherited marker (read from /proc/PID/environ) says whose they are. A process that clears
+  its environment and is orphaned escapes this (documented in docs/operations.md).
+
+The guardian (agent.process.Guardian) is told the cgroup subtree or the marker, so it can end the
+same processes when the agent itself dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import json
+import logging
+import os
+import secrets
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+log = logging.getLogger("agent.containment")
+
+MARKER = "ORCHESTRATOR_AGENT_SCOPE"
+_KILL_ROUNDS = 20  # a fork bomb that outruns 20 rounds of SIGKILL is reported, not chased forever
+
+
+class Mechanism(enum.StrEnum):
+    CGROUP = "cgroup"
+    TRACKING = "tracking"
+
+
+class ContainmentError(Exception):
+    """The requested mechanism cannot be used here."""
+
+
+def cgroup2_mount(mountinfo: str = "/proc/self/mountinfo") -> Path | None:
+    """The first cgroup v2 mount point, read from mountinfo (works for unified and hybrid layouts)."""
+    try:
+        with open(mountinfo, encoding="utf-8") as f:
+            for line in f:
+                pre, sep, post = line.partition(" - ")
+                if sep and post.split(" ", 1)[0] == "cgroup2":
+                    return Path(pre.split(" ")[4].replace("\\040", " "))
+    except OSError:
+        return None
+    return None
+
+
+def own_cgroup(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
+    """This process's cgroup v2 path (the `0::` line), e.g. `/system.slice/agent.service`."""
+    try:
+        with open(proc_cgroup, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    return line[3:].rstrip("\n")
+    except OSError:
+        return None
+    return None
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
+
+
+def _proc_state(pid: int, proc: str = "/proc") -> str | None:
+    """The one-letter state of a process ('Z' for a zombie), or None when it is gone."""
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rfind(b")") + 2:][:1].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _children(pid: int, proc: str = "/proc") -> list[int]:
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"{proc}/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
+                out.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def _send(pids: list[int], sig: int) -> int:
+    sent = 0
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            sent += 1
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            log.warning("no permission to signal pid %d", pid)
+    return sent
+
+
+class Scope:
+    """One replica slot: what runs in it, how to start into it, how to signal and end all of it."""
+
+    def spawning(self) -> contextlib.AbstractContextManager[dict[str, str]]:
+        """Around the fork: yields environment entries the child must carry."""
+        raise NotImplementedError
+
+    def members(self, leader: int | None) -> list[int]:
+        """Live processes of this slot (the leader, its descendants and any daemon it left)."""
+        raise NotImplementedError
+
+    def signal(self, sig: int, leader: int | None) -> int:
+        """Send sig to every member; returns how many got it."""
+        return _send(self.members(leader), sig)
+
+    def kill(self, leader: int | None) -> int:
+        """SIGKILL every member until none is left; returns how many were killed."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """The slot is gone for good (scaled down): drop what it holds."""
+
+
+class Containment:
+    """The mechanism chosen for this agent, and the scopes of its replica slots."""
+
+    mechanism: Mechanism
+    detail: str = ""
+
+    def scope(self, component: str, index: int) -> Scope:
+        raise NotImplementedError
+
+    def guardian_lines(self) -> list[str]:
+        """What a guardian must be told to end this agent's processes when the agent dies."""
+        return []
+
+    def record(self) -> dict[str, object]:
+        """What a later agent needs to sweep this one's leftovers (kept in the state dir)."""
+        return {"mechanism": self.mechanism.value}
+
+    def close(self) -> None:
+        """The agent stops: every slot has been stopped; remove what is left."""
+
+
+# --- cgroup v2 ------------------------------------------------------------------------------
+
+
+class CgroupScope(Scope):
+    def __init__(self, owner: CgroupContainment | None, path: Path, has_kill: bool) -> None:
+        self.owner = owner  # None for a dead agent's slot being swept: nothing is spawned into it
+        self.path = path
+        self.has_kill = has_kill
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[dict[str, str]]:
+        assert self.owner is not None
+        self.path.mkdir(exist_ok=True)
+        self.owner.enter(self.path)
+        try:
+            yield {}
+        finally:
+            self.owner.leave()
+
+    def members(self, leader: int | None) -> list[int]:
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def kill(self, leader: int | None) -> int:
+        pids = self.members(leader)
+        if not pids:
+            return 0
+        if os.getpid() in pids:  # never: the agent leaves a slot right after the fork; refuse anyway
+            log.critical("refusing to kill cgroup %s: the agent itself is in it", self.path)
+            return 0
+        if self.has_kill:
+            _write(self.path / "cgroup.kill", "1")
+            return len(pids)
+        killed = 0
+        for _ in range(_KILL_ROUNDS):
+            pids = self.members(leader)
+            if not pids:
+                break
+            killed += _send(pids, signal.SIGKILL)
+        return killed
+
+    def release(self) -> None:
+        _rmdir_when_empty(self.path)
+
+
+class CgroupContainment(Containment):
+    """Replica slots as cgroup v2 directories under `<agent's cgroup>/orchestrator-agent.<pid>`."""
+
+    mechanism = Mechanism.CGROUP
+
+    def __init__(self, mount: Path, home: str) -> None:
+        self.home = mount / home.lstrip("/")
+        self.base = self.home / f"orchestrator-agent.{os.getpid()}"
+        self.detail = str(self.base)
+        self.has_kill = False
+        self._scopes: dict[tuple[str, int], CgroupScope] = {}
+        try:
+            self.base.mkdir(exist_ok=True)
+            trial = self.base / "_trial"
+            trial.mkdir(exist_ok=True)
+            try:
+                self.enter(trial)
+                self.leave()
+                self.has_kill = (trial / "cgroup.kill").exists()
+            finally:
+                trial.rmdir()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.base.rmdir()
+            raise ContainmentError(f"cgroup v2 at {self.home} is not usable: {exc.strerror or exc}") from None
+
+    def enter(self, path: Path) -> None:
+        """Move the agent into a slot's cgroup (its next fork is born there)."""
+        _write(path / "cgroup.procs", str(os.getpid()))
+
+    def leave(self) -> None:
+        """Move the agent back to its own cgroup."""
+        try:
+            _write(self.home / "cgroup.procs", str(os.getpid()))
+        except OSError:
+            _write(self.home / "cgroup.procs", str(os.getpid()))  # one retry; a second failure propagates
+
+    def scope(self, component: str, index: int) -> Scope:
+        key = (component, index)
+        if key not in self._scopes:
+            self._scopes[key] = CgroupScope(self, self.base / f"{component}.{index}", self.has_kill)
+        return self._scopes[key]
+
+    def guardian_lines(self) -> list[str]:
+        return [f"c{self.base}"]
+
+    def record(self) -> dict[str, object]:
+        return {"mechanism": self.mechanism.value, "cgroup": str(self.base)}
+
+    def close(self) -> None:
+        for scope in self._scopes.values():
+            scope.kill(None)
+            scope.release()
+        _rmdir_when_empty(self.base)
+
+
+def sweep_cgroup(base: Path) -> int:
+    """End every process left in a dead agent's cgroup subtree and remove it; returns how many."""
+    killed = 0
+    if not base.is_dir():
+        return 0
+    slots = sorted(p for p in base.iterdir() if p.is_dir())
+    for slot in slots:
+        killed += CgroupScope(None, slot, (slot / "cgroup.kill").exists()).kill(None)
+    for slot in slots:
+        _rmdir_when_empty(slot)
+    _rmdir_when_empty(base)
+    return killed
+
+
+def _rmdir_when_empty(path: Path, attempts: int = 200) -> None:
+    # Killed processes leave the cgroup within microseconds, but asynchronously: rmdir says EBUSY
+    # until they have.
+    for _ in range(attempts):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                log.warning("cannot remove cgroup %s: %s", path, exc.strerror)
+                return
+            os.sched_yield()
+    log.warning("cgroup %s still busy; left in place", path)
+
+
+# --- tracking by environment marker -------------------------------------------------------
+
+
+def _has_entry(pid: int, entry: bytes, proc: str = "/proc") -> bool:
+    try:
+        with open(f"{proc}/{pid}/environ", "rb") as f:
+            return entry in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+class TrackingScope(Scope):
+    def __init__(self, owner: TrackingContainment, marker: str) -> None:
+        self.owner = owner
+        self.marker = marker
+        self.entry = f"{MARKER}={marker}".encode()
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[dict[str, str]]:
+        yield {MARKER: self.marker}
+
+    def members(self, leader: int | None) -> list[int]:
+        proc = self.owner.proc
+        roots = [] if leader is None else [leader]
+        # Daemons the slot left were re-parented to the agent (a subreaper): among the agent's own
+        # children, those that are not a tracked leader, with this slot's marker.
+        tracked = self.owner.tracked()
+        roots += [p for p in _children(os.getpid(), proc)
+                  if p != leader and p not in tracked and _has_entry(p, self.entry, proc)]
+        out: list[int] = []
+        seen: set[int] = set()
+        while roots:
+            pid = roots.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            state = _proc_state(pid, proc)
+            if state is None or state == "Z":
+                continue
+            out.append(pid)
+            roots.extend(_children(pid, proc))
+        return out
+
+    def kill(self, leader: int | None) -> int:
+        killed = 0
+        for _ in range(_KILL_ROUNDS):
+            pids = self.members(leader)
+            if not pids:
+                return killed
+            killed += _send(pids, signal.SIGKILL)
+        log.error("scope %s: processes still appearing after %d rounds of SIGKILL", self.marker, _KILL_ROUNDS)
+        return killed
+
+
+class TrackingContainment(Containment):
+    """Replica slots known by an inherited environment marker `<instance>/<component>/<index>`."""
+
+    mechanism = Mechanism.TRACKING
+
+    def __init__(self, tracked: Callable[[], set[int]], proc: str = "/proc") -> None:
+        self.instance = secrets.token_hex(6)
+        self.tracked = tracked
+        self.proc = proc
+        self.detail = f"{MARKER}={self.instance}/..."
+        self._scopes: dict[tuple[str, int], TrackingScope] = {}
+
+    def scope(self, component: str, index: int) -> Scope:
+        key = (component, index)
+        if key not in self._scopes:
+            self._scopes[key] = TrackingScope(self, f"{self.instance}/{component}/{index}")
+        return self._scopes[key]
+
+    def close(self) -> None:
+        for scope in self._scopes.values():
+            scope.kill(None)
+
+    def guardian_lines(self) -> list[str]:
+        return [f"e{MARKER}={self.instance}/"]
+
+    def record(self) -> dict[str, object]:
+        return {"mechanism": self.mechanism.value, "marker": f"{MARKER}={self.instance}/"}
+
+
+def sweep_marked(prefix: str, proc: str = "/proc") -> int:
+    """SIGKILL every process whose environment has an entry starting with `prefix`; returns how many."""
+    needle = prefix.encode()
+    me = os.getpid()
+    killed = 0
+    for _ in range(_KILL_ROUNDS):
+        found = []
+        for name in os.listdir(proc):
+            if not name.isdigit() or int(name) == me:
+                continue
+            try:
+                with open(f"{proc}/{name}/environ", "rb") as f:
+                    env = f.read()
+            except OSError:
+                continue
+            if any(e.startswith(needle) for e in env.split(b"\0")):
+                found.append(int(name))
+        found = [p for p in found if _proc_state(p, proc) not in (None, "Z")]
+        if not found:
+            break
+        killed += _send(found, signal.SIGKILL)
+    return killed
+
+
+# --- choosing, and sweeping what a dead agent left ---------------------------------------
+
+
+def choose(setting: str, tracked: Callable[[], set[int]]) -> Containment:
+    """`auto` takes cgroup v2 when a writable tree exists, else tracking; `cgroup` insists on it."""
+    if setting != Mechanism.TRACKING:
+        mount, home = cgroup2_mount(), own_cgroup()
+        try:
+            if mount is None or home is None:
+                raise ContainmentError("no cgroup v2 mount in /proc/self/mountinfo")
+            return CgroupContainment(mount, home)
+        except ContainmentError as exc:
+            if setting == Mechanism.CGROUP:
+                raise
+            log.info("%s; tracking descendants by environment marker instead", exc)
+    return TrackingContainment(tracked)
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rfind(b")") + 2:].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class Ledger:
+    """`containment.json` in the state dir: whose processes may still be out there after a crash."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "containment.json"
+
+    def sweep_previous(self) -> int:
+        """End what a dead previous agent (same state dir) left behind; returns how many processes."""
+        try:
+            previous = json.loads(self.path.read_text(encoding="utf-8"))
+            pid, ticks = int(previous["pid"]), int(previous["start_ticks"])
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring %s (%s)", self.path, exc)
+            return 0
+        if pid != os.getpid() and _start_ticks(pid) == ticks:
+            log.error("the agent that recorded %s (pid %d) is still running: not touching its processes",
+                      self.path, pid)
+            return 0
+        killed = 0
+        cgroup, marker = previous.get("cgroup"), previous.get("marker")
+        if isinstance(cgroup, str) and cgroup.rsplit("/", 1)[-1].startswith("orchestrator-agent."):
+            killed += sweep_cgroup(Path(cgroup))
+        if isinstance(marker, str) and marker.startswith(f"{MARKER}="):
+            killed += sweep_marked(marker)
+        if killed:
+            log.warning("ended %d process(es) left by the previous agent (pid %d)", killed, pid)
+        return killed
+
+    def write(self, containment: Containment) -> None:
+        """Record this agent; a crash leaves it for the next start to sweep."""
+        from agent.state import atomic_write_json
+
+        record = {"pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()), **containment.record()}
+        try:
+            atomic_write_json(self.path, record)
+        except OSError as exc:
+            log.error("cannot write %s (%s): a crash would leave processes the next start cannot find",
+                      self.path, exc.strerror or exc)
+
+    def clear(self) -> None:
+        """A clean stop leaves nothing to sweep."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
