@@ -18,7 +18,7 @@ from agent import __version__
 from agent.backlog import BacklogMonitor
 from agent.config import Autonomy, Config
 from agent.containment import Containment, ContainmentError, Ledger, choose
-from agent.logs import rotate_if_large
+from agent.logs import LogRotator
 from agent.metrics import build_registry
 from agent.probes import ProbeRunner
 from agent.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
@@ -113,16 +113,13 @@ class Agent:
 
     async def _rotate_logs_forever(self) -> None:
         settings = self.config.agent
-        interval = max(1.0, settings.resources.interval)
+        rotator = LogRotator(settings.log_max_bytes, settings.log_backups, max(1.0, settings.resources.interval))
         while True:
-            await asyncio.sleep(interval)
-            for rt in self.sup.components.values():
-                for index in list(rt.replicas):
-                    path = replica_log_path(settings.log_dir, rt.name, index)
-                    try:
-                        rotate_if_large(path, settings.log_max_bytes, settings.log_backups)
-                    except OSError as exc:
-                        log.error("cannot rotate %s: %s", path, exc)
+            paths = [replica_log_path(settings.log_dir, rt.name, index)
+                     for rt in self.sup.components.values() for index in list(rt.replicas)]
+            # Stat, copy and truncate in a thread: copying a large log must not stall the event loop.
+            delay = await asyncio.to_thread(rotator.check, paths)
+            await asyncio.sleep(delay)
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the process exit code."""

@@ -1,7 +1,9 @@
 """Todo backlog sources (SQLite, JSON file, HTTP), read on their own interval, summed for export.
 
 A broken source marks itself down with one log line naming the source and the error, and keeps its
-last good counts out of the totals; the agent and the other sources carry on.
+last good counts out of the totals; the agent and the other sources carry on. A malformed row is not a
+broken source: it is skipped and counted (agent/todorow.py decides what a row may hold), and each kind
+of fault is logged once per source while it lasts.
 """
 
 from __future__ import annotations
@@ -20,17 +22,14 @@ from typing import Any
 import httpx
 
 from agent.config import BacklogSource
-from agent.todos import PRIORITIES, STATUSES
+from agent.todorow import RowError, capabilities_json, validate_row
 
 log = logging.getLogger("agent.backlog")
 
 ANY_CAPABILITY = "any"
-_STATUS_ALIASES = {"todo": "pending", "open": "pending", "new": "pending", "queued": "pending",
-                   "in-progress": "in_progress", "in progress": "in_progress", "running": "in_progress",
-                   "active": "in_progress", "completed": "done", "complete": "done", "closed": "done",
-                   "error": "failed", "cancelled": "failed"}
-_PRIORITY_ALIASES = {"medium": "normal", "moderate": "normal", "urgent": "critical", "highest": "critical",
-                     "lowest": "low", "p0": "critical", "p1": "high", "p2": "normal", "p3": "low"}
+# The label of every capability that no configured component serves: label values stay bounded by the
+# config, not by the data (config names starting with "_" are refused, so this cannot collide).
+OTHER_CAPABILITY = "_other"
 
 Key = tuple[str, str, str]  # status, priority, capability
 
@@ -41,10 +40,12 @@ class SourceError(Exception):
 
 @dataclass
 class Counts:
-    """Backlog counts of one read."""
+    """Backlog counts of one read, and the malformed rows it skipped."""
 
     by_key: collections.Counter[Key] = field(default_factory=collections.Counter)
     oldest_pending: dict[str, float] = field(default_factory=dict)  # priority -> created_at (epoch s)
+    invalid: int = 0
+    problems: dict[str, str] = field(default_factory=dict)  # fault kind -> first row with it, as a message
 
     def add(self, status: str, priority: str, capabilities: Iterable[str], created_at: float | None,
             n: int = 1) -> None:
@@ -56,35 +57,34 @@ class Counts:
             if prev is None or created_at < prev:
                 self.oldest_pending[priority] = created_at
 
+    def skip(self, where: str, error: RowError, n: int = 1) -> None:
+        """Count `n` malformed rows; remember the first of each kind of fault for the log."""
+        self.invalid += n
+        self.problems.setdefault(error.kind, f"{where}: {error}")
+
     def merge(self, other: Counts) -> None:
         self.by_key.update(other.by_key)
+        self.invalid += other.invalid
         for priority, created in other.oldest_pending.items():
             prev = self.oldest_pending.get(priority)
             if prev is None or created < prev:
                 self.oldest_pending[priority] = created
 
 
-def _normalise(value: Any, allowed: tuple[str, ...], aliases: dict[str, str], what: str, where: str) -> str:
-    if not isinstance(value, str):
-        raise SourceError(f"{where}: {what} must be a string, got {value!r}")
-    key = value.strip().lower()
-    key = aliases.get(key, key)
-    if key not in allowed:
-        raise SourceError(f"{where}: {what} {value!r} is not one of {', '.join(allowed)}")
-    return key
+def bounded(counts: Counts, served: Iterable[str]) -> Counts:
+    """The same counts with every capability outside `served` (and `any`) summed under `_other`."""
+    known = {*served, ANY_CAPABILITY}
+    out = Counts(oldest_pending=counts.oldest_pending, invalid=counts.invalid, problems=counts.problems)
+    for (status, priority, cap), n in counts.by_key.items():
+        out.by_key[(status, priority, cap if cap in known else OTHER_CAPABILITY)] += n
+    return out
 
 
-def _created_at(value: Any) -> float | None:
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        from datetime import datetime
-
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return None
-    return None
+def _item_name(i: int, item: Any) -> str:
+    ident = item.get("id") if isinstance(item, dict) else None
+    if isinstance(ident, int | str) and not isinstance(ident, bool) and len(str(ident)) <= 40:
+        return f"item {i} (id {ident})"
+    return f"item {i}"
 
 
 def count_items(items: Any, name: str) -> Counts:
@@ -95,18 +95,28 @@ def count_items(items: Any, name: str) -> Counts:
         raise SourceError(f"{name}: expected a JSON list of todo objects, got {type(items).__name__}")
     counts = Counts()
     for i, item in enumerate(items):
-        where = f"{name}: item {i}"
-        if not isinstance(item, dict):
-            raise SourceError(f"{where}: expected an object, got {type(item).__name__}")
-        status = _normalise(item.get("status", "pending"), STATUSES, _STATUS_ALIASES, "status", where)
-        priority = _normalise(item.get("priority", "normal"), PRIORITIES, _PRIORITY_ALIASES, "priority", where)
-        caps = item.get("capabilities", item.get("required_capabilities", [])) or []
-        if isinstance(caps, str):
-            caps = [c.strip() for c in caps.split(",") if c.strip()]
-        if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-            raise SourceError(f"{where}: capabilities must be a list of names")
-        counts.add(status, priority, caps, _created_at(item.get("created_at")))
+        try:
+            if not isinstance(item, dict):
+                raise RowError("row", "must be an object", item)
+            caps = item["capabilities"] if "capabilities" in item else item.get("required_capabilities")
+            row = validate_row(item.get("status", "pending"), item.get("priority", "normal"), caps,
+                               item.get("created_at"))
+        except RowError as exc:
+            counts.skip(_item_name(i, item), exc)
+            continue
+        counts.add(row.status, row.priority, row.capabilities, row.created_at)
     return counts
+
+
+# Rows that validate alike are read as one group: same status, priority and capabilities text, and a
+# numeric created_at (of which only the oldest matters) or else the same created_at value. So the SQL
+# still does the counting, and every distinct row shape still goes through validate_row.
+_SQLITE_GROUPS = """
+SELECT MIN(id), COUNT(*), status, priority, capabilities, MIN(created_at) FROM todos
+GROUP BY status, priority, capabilities,
+    CASE WHEN typeof(created_at) IN ('integer', 'real') AND abs(created_at) < 1e300 THEN ''
+         ELSE typeof(created_at) || ':' || coalesce(created_at, '') END
+"""
 
 
 def read_sqlite(path: Path, timeout: float) -> Counts:
@@ -118,21 +128,20 @@ def read_sqlite(path: Path, timeout: float) -> Counts:
     except sqlite3.Error as exc:
         raise SourceError(f"sqlite {path}: {exc}") from None
     try:
-        rows = conn.execute(
-            "SELECT status, priority, capabilities, COUNT(*), MIN(created_at) FROM todos"
-            " GROUP BY status, priority, capabilities"
-        ).fetchall()
+        groups = conn.execute(_SQLITE_GROUPS).fetchall()
     except sqlite3.Error as exc:
         raise SourceError(f"sqlite {path}: {exc}") from None
     finally:
         conn.close()
     counts = Counts()
-    for status, priority, caps_json, n, oldest in rows:
+    for first_id, n, status, priority, caps_text, created_at in groups:
         try:
-            caps = json.loads(caps_json or "[]")
-        except ValueError:
-            caps = []
-        counts.add(status, priority, caps, oldest, n)
+            row = validate_row(status, priority, capabilities_json(caps_text), created_at)
+        except RowError as exc:
+            more = f" (and {n - 1} more like it)" if n > 1 else ""
+            counts.skip(f"id {first_id}{more}", exc, n)
+            continue
+        counts.add(row.status, row.priority, row.capabilities, row.created_at, n)
     return counts
 
 
@@ -148,6 +157,8 @@ def read_json_file(path: Path) -> Counts:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SourceError(f"json {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise SourceError(f"json {path}: JSON nested too deeply") from None
     return count_items(items, f"json {path}")
 
 
@@ -163,6 +174,8 @@ async def read_http(client: httpx.AsyncClient, url: str, timeout: float) -> Coun
         raise SourceError(f"http {url}: {type(exc).__name__}: {exc}") from None
     except ValueError as exc:
         raise SourceError(f"http {url}: body is not JSON: {exc}") from None
+    except RecursionError:
+        raise SourceError(f"http {url}: JSON nested too deeply") from None
     return count_items(items, f"http {url}")
 
 
@@ -174,6 +187,7 @@ class SourceStatus:
     duration: float = 0.0
     error: str = ""
     counts: Counts = field(default_factory=Counts)
+    logged: set[str] = field(default_factory=set)  # kinds of row fault already logged, while they last
 
 
 class BacklogMonitor:
@@ -198,12 +212,15 @@ class BacklogMonitor:
             else:
                 assert spec.url is not None
                 counts = await read_http(self.client, spec.url, spec.timeout)
-        except SourceError as exc:
+        except Exception as exc:
+            # A fault no check foresaw still only takes this source down (traceback logged once).
+            unforeseen = not isinstance(exc, SourceError)
+            message = f"unexpected {type(exc).__name__}: {exc}" if unforeseen else str(exc)
             status.duration = time.perf_counter() - started
-            if status.up or status.error != str(exc):
-                log.error("backlog source %s is down: %s", spec.label, exc)
+            if status.up or status.error != message:
+                log.error("backlog source %s is down: %s", spec.label, message, exc_info=unforeseen)
             status.up = False
-            status.error = str(exc)
+            status.error = message
             status.counts = Counts()
         else:
             status.duration = time.perf_counter() - started
@@ -213,7 +230,18 @@ class BacklogMonitor:
             status.error = ""
             status.last_success = time.time()
             status.counts = counts
+            self._log_problems(status)
         self._total()
+
+    @staticmethod
+    def _log_problems(status: SourceStatus) -> None:
+        """Log each kind of row fault once while it lasts (kinds are a fixed set, so this stays small)."""
+        counts = status.counts
+        for kind, example in counts.problems.items():
+            if kind not in status.logged:
+                log.warning("backlog source %s: %s; skipped (%d malformed row(s) in this read, counted in "
+                            "orchestrator_todo_invalid_rows)", status.spec.label, example, counts.invalid)
+        status.logged = set(counts.problems)
 
     def _total(self) -> None:
         totals = Counts()

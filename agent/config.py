@@ -321,6 +321,18 @@ class Config(Strict):
     backlog: Backlog = Backlog()
 
     @model_validator(mode="after")
+    def _reserved_names(self) -> Config:
+        # Label values the agent makes up itself (such as the todo capability `_other`) start with "_".
+        reserved = "names starting with '_' are reserved for the agent's own label values, such as '_other'"
+        for name, comp in self.components.items():
+            if name.startswith("_"):
+                raise ValueError(f"components.{name}: {reserved} (got {name!r})")
+            for cap in comp.capabilities:
+                if cap.startswith("_"):
+                    raise ValueError(f"components.{name}.capabilities: {reserved} (got {cap!r})")
+        return self
+
+    @model_validator(mode="after")
     def _dependencies(self) -> Config:
         for name, comp in self.components.items():
             for dep in comp.depends_on:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -64,11 +63,34 @@ def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, b
     logging.getLogger("mcp").setLevel(logging.CRITICAL)
 
 
+# The shortest delay between two checks of one growing log: a log that fills faster than this is caught
+# late by what its child writes in about this long (see docs/operations.md, "Spawns and component logs").
+FASTEST_CHECK = 0.02
+_LINE_SEARCH = 64 * 1024  # how far past the cut a backup may skip to start at a whole line
+
+
+def _copy_tail(src: Path, dst: Path, max_bytes: int) -> None:
+    """Copy the last `max_bytes` of src (from the first line start in them) to dst, in the kernel."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        start = max(0, os.fstat(fin.fileno()).st_size - max_bytes)
+        if start:
+            fin.seek(start - 1)
+            if fin.read(1) != b"\n":
+                line = fin.readline(_LINE_SEARCH)
+                if line.endswith(b"\n"):
+                    start = fin.tell()
+        # Up to the end as it is now, not as it was: what the child writes meanwhile is kept, not lost.
+        while sent := os.sendfile(fout.fileno(), fin.fileno(), start, 1 << 20):
+            start += sent
+
+
 def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
     """Copy-and-truncate rotation of a file a child holds open with O_APPEND.
 
-    The child keeps writing to the same descriptor; O_APPEND puts its next write at the new end.
-    Lines written between the copy and the truncate are lost: a bounded, documented window.
+    The child keeps writing to the same descriptor; O_APPEND puts its next write at the new end, so the
+    file cannot be renamed away from it. The backup keeps the newest `max_bytes` (from a line start):
+    when a check comes late, the older overshoot is dropped rather than kept, so each backup stays
+    near `max_bytes`. Lines written between the end of the copy and the truncate are lost (microseconds).
     """
     try:
         if path.stat().st_size <= max_bytes:
@@ -82,6 +104,54 @@ def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
         older = path.with_name(f"{path.name}.{n}")
         if older.exists():
             os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
-    shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    _copy_tail(path, path.with_name(f"{path.name}.1"), max_bytes)
     os.truncate(path, 0)
     return True
+
+
+class LogRotator:
+    """Rotates component logs, checking each one again about when its growth rate says it will be full.
+
+    `check` does blocking file work (stat, copy, truncate): the agent calls it in a worker thread.
+    """
+
+    def __init__(self, max_bytes: int, backups: int, slowest: float) -> None:
+        self.max_bytes, self.backups, self.slowest = max_bytes, backups, slowest
+        self._last: dict[Path, tuple[float, int]] = {}  # when last checked, and the size left then
+        self._due: dict[Path, float] = {}
+        self._errors: dict[Path, str] = {}
+
+    def check(self, paths: list[Path]) -> float:
+        """Check the logs that are due, rotate those over max_bytes; seconds until the next is due."""
+        live = set(paths)
+        for gone in [p for p in self._due if p not in live]:  # replicas that went away
+            self._due.pop(gone, None)
+            self._last.pop(gone, None)
+            self._errors.pop(gone, None)
+        for path in paths:
+            now = time.monotonic()
+            if self._due.get(path, 0.0) > now:
+                continue
+            try:
+                size = path.stat().st_size
+                left = path.stat().st_size if rotate_if_large(path, self.max_bytes, self.backups) else size
+            except FileNotFoundError:
+                size = left = 0
+            except OSError as exc:
+                if self._errors.get(path) != str(exc):  # once per problem, not once per check
+                    logging.getLogger("agent").error("cannot rotate %s: %s", path, exc)
+                    self._errors[path] = str(exc)
+                self._due[path] = now + self.slowest
+                continue
+            self._errors.pop(path, None)
+            self._due[path] = now + self._delay(path, now, size, left)
+            self._last[path] = (now, left)
+        now = time.monotonic()
+        return max(0.0, min((self._due[p] for p in paths), default=now + self.slowest) - now)
+
+    def _delay(self, path: Path, now: float, size: int, left: int) -> float:
+        last = self._last.get(path)
+        if last is None or now <= last[0] or size <= last[1]:
+            return self.slowest
+        rate = (size - last[1]) / (now - last[0])  # bytes per second since the last check
+        return min(self.slowest, max(FASTEST_CHECK, (self.max_bytes - left) / rate))

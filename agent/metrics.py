@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent.backlog import ANY_CAPABILITY
+from agent.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.config import ACTIONS, Autonomy, Config
 from agent.probes import PROBE_ERRORS
 from agent.remediation import Result
@@ -165,7 +165,9 @@ class StateCollector(Collector):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         capabilities = {c for comp in agent.config.components.values() for c in comp.capabilities}
-        self.capabilities = sorted(capabilities | {ANY_CAPABILITY})
+        self.served = frozenset(capabilities)
+        self.capabilities = sorted(capabilities | {ANY_CAPABILITY, OTHER_CAPABILITY})
+        self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -303,7 +305,9 @@ class StateCollector(Collector):
     def _backlog_metrics(self) -> Iterator[Family | Metric]:
         assert self.agent.backlog is not None
         monitor = self.agent.backlog
-        totals = monitor.totals
+        if self._bounded is None or self._bounded[0] is not monitor.totals:
+            self._bounded = (monitor.totals, bounded(monitor.totals, self.served))
+        totals = self._bounded[1]
         backlog = _gauge("orchestrator_todo_backlog", "Todos by status, priority and required capability "
                          "('any' when none is required; a todo needing two counts under both).",
                          ["status", "priority", "capability"])
@@ -327,11 +331,14 @@ class StateCollector(Collector):
                       "When the source was last read successfully (0: never).", ["source"])
         duration = _gauge("orchestrator_todo_source_read_duration_seconds", "Duration of the last read.",
                           ["source"])
+        invalid = _gauge("orchestrator_todo_invalid_rows", "Malformed rows skipped by the last read of the source.",
+                         ["source"])
         for label, source in monitor.sources.items():
             up.add_metric([label], 1 if source.up else 0)
             last.add_metric([label], source.last_success)
             duration.add_metric([label], source.duration)
-        yield from (up, last, duration)
+            invalid.add_metric([label], source.counts.invalid)
+        yield from (up, last, duration, invalid)
 
 
 def build_registry(agent: Agent) -> tuple[CollectorRegistry, EventMetrics]:

@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
-from agent.backlog import BacklogMonitor
+from agent.backlog import BacklogMonitor, bounded
 from agent.config import Config
 from agent.probes import ProbeResult, run_probe
 from agent.process import Reaper
@@ -151,8 +151,9 @@ async def collect(config: Config) -> Report:
 
 
 class _ReportCollector(Collector):
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, served: frozenset[str]) -> None:
         self.report = report
+        self.served = served  # capabilities configured components serve: the bound on label values
 
     def collect(self) -> list[Metric]:
         r = self.report
@@ -173,7 +174,7 @@ class _ReportCollector(Collector):
             free.add_metric([mount], value)
         backlog = GaugeMetricFamily("orchestrator_todo_backlog", "Todos by status, priority and capability.",
                                     labels=["status", "priority", "capability"])
-        for key, n in sorted(r.backlog.totals.by_key.items()):
+        for key, n in sorted(bounded(r.backlog.totals, self.served).by_key.items()):
             backlog.add_metric(list(key), n)
         up = GaugeMetricFamily("orchestrator_todo_source_up", "Backlog source readable.", labels=["source"])
         for label, source in r.backlog.sources.items():
@@ -208,7 +209,8 @@ def cmd_once(config: Config, fmt: str) -> int:
         print(json.dumps(report.to_json(), indent=2))
     elif fmt == "prometheus":
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_ReportCollector(report))
+        served = frozenset(c for comp in config.components.values() for c in comp.capabilities)
+        registry.register(_ReportCollector(report, served))
         sys.stdout.write(generate_latest(registry).decode())
     else:
         render_table(report)

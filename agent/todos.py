@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("pending", "in_progress", "done", "failed")
-PRIORITIES = ("low", "normal", "high", "critical")
+from agent.todorow import PRIORITIES, RowError, capabilities_json, parse_capabilities
+from agent.todorow import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
+
 PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
 _URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 
@@ -57,7 +58,8 @@ class Todo:
 
 
 def _row(row: sqlite3.Row) -> Todo:
-    caps = json.loads(row["capabilities"] or "[]")
+    """A stored row as a Todo; RowError when its capabilities are malformed (the backlog's own rule)."""
+    caps = capabilities_json(row["capabilities"])
     return Todo(row["id"], row["title"], row["status"], row["priority"], list(caps),
                 row["created_at"], row["updated_at"], row["claimed_by"])
 
@@ -82,12 +84,14 @@ def add(path: Path | str, title: str, priority: str = "normal", capabilities: It
     """Insert a pending todo and return its id."""
     if priority not in PRIORITIES:
         raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
+    # A bare string is one comma-separated list, never its letters.
+    caps = parse_capabilities(capabilities if isinstance(capabilities, str) else list(capabilities))
     now = time.time()
     with connect(path) as conn:
         cur = conn.execute(
             "INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
             " VALUES (?, 'pending', ?, ?, ?, ?)",
-            (title, priority, json.dumps(sorted(set(capabilities))), now, now),
+            (title, priority, json.dumps(sorted(caps)), now, now),
         )
         return int(cur.lastrowid or 0)
 
@@ -114,7 +118,10 @@ def claim(path: Path | str, worker: str, capabilities: Iterable[str] | None = No
                 f"SELECT * FROM todos WHERE status = 'pending' ORDER BY {_URGENCY}, id LIMIT 200"
             ).fetchall()
             for row in rows:
-                todo = _row(row)
+                try:
+                    todo = _row(row)
+                except RowError:
+                    continue  # nobody can tell what it needs: left for a human (the backlog counts it invalid)
                 if caps is not None and not set(todo.capabilities) <= caps:
                     continue
                 now = time.time()

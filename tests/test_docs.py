@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from agent.backlog import _PRIORITY_ALIASES, _STATUS_ALIASES
 from agent.config import Autonomy, Config
 from agent.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
 from agent.probes import PROBE_ERRORS
 from agent.supervisor import REASONS, ComponentState
+from agent.todorow import PRIORITY_ALIASES, STATUS_ALIASES
 from agent.todos import PRIORITIES, STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -210,7 +210,7 @@ def test_once_doc_and_schema_match_the_code() -> None:
 
 def test_todo_aliases_are_documented() -> None:
     text = _read(DOCS / "todos.md")
-    missing = [a for a in (*_STATUS_ALIASES, *_PRIORITY_ALIASES) if f"`{a}`" not in text]
+    missing = [a for a in (*STATUS_ALIASES, *PRIORITY_ALIASES) if f"`{a}`" not in text]
     assert not missing, f"backlog aliases missing from docs/todos.md: {missing}"
 
 

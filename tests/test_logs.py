@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import sys
+import threading
+import time
 from pathlib import Path
 
 from agent.logs import rotate_if_large
-from tests.helpers import running_agent, wait_for
+from tests.helpers import run_async, running_agent, wait_for
+
+_pace = threading.Event()  # never set: wait(interval) paces a sampling loop
 
 
 def test_copy_truncate_rotation_keeps_backups(tmp_path: Path) -> None:
@@ -33,3 +40,98 @@ def test_replica_output_goes_to_its_file_and_rotates(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (tmp_path / "logs" / "agent.log").read_text().splitlines()]
     assert all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
     assert any("component talk replica 1 started" in r["msg"] for r in records)
+
+
+def test_a_chatty_child_never_grows_its_log_past_the_bound(tmp_path: Path) -> None:
+    max_bytes = 64 * 1024
+    bound = 4 * max_bytes  # docs/operations.md: max_bytes + what the child writes in one late check
+    # About 2 MB/s: 4 KiB lines, one every 2 ms.
+    chatty = ("import sys, time\nline = b'x' * 4095 + b'\\n'\nwhile True:\n"
+              "    sys.stdout.buffer.write(line); sys.stdout.flush(); time.sleep(0.002)\n")
+    cfg = {"agent": {"log_max_bytes": max_bytes, "log_backups": 2, "resources": {"interval": 0.2}},
+           "components": {"talk": {"command": [sys.executable, "-c", chatty]}}}
+    with running_agent(tmp_path, cfg) as agent:
+        logs = agent.log_dir
+        files = [logs / "talk.log", logs / "talk.log.1", logs / "talk.log.2"]
+        wait_for(lambda: files[2].exists(), 15, 0.01, "two rotations")
+        peak = dict.fromkeys(files, 0)
+        samples = 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # sample sizes for 3 s while the child writes
+            for f in files:
+                with contextlib.suppress(FileNotFoundError):
+                    peak[f] = max(peak[f], f.stat().st_size)
+            samples += 1
+            _pace.wait(0.002)
+        written = sum(f.stat().st_size for f in files)
+    assert samples > 100
+    assert written > 0
+    over = {f.name: size for f, size in peak.items() if size > bound}
+    assert not over, f"log files above {bound} bytes ({bound // max_bytes}x log_max_bytes): {over}"
+
+
+def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> None:
+    """The copy of a 64 MiB log runs on another thread, and the loop keeps running while it does."""
+    from agent.app import Agent
+    from agent.config import build_config
+    from agent.process import Reaper
+    from agent.supervisor import Supervisor, replica_log_path
+
+    log_dir = tmp_path / "logs"
+    config = build_config({"agent": {"state_dir": str(tmp_path / "state"), "log_dir": str(log_dir),
+                                     "log_max_bytes": 48 << 20, "log_backups": 1},
+                           "components": {"quiet": {"command": ["sleep", "1000"]}}}, env={})
+    touched: list[tuple[str, int, float]] = []  # (audit event, thread, when) for the log files
+    active = [True]
+
+    def audit(event: str, args: tuple[object, ...]) -> None:
+        # Every file operation on the logs, wherever it runs (audit hooks cannot be removed: disarmed below).
+        if active[0] and event in ("open", "os.truncate", "os.rename", "shutil.copyfile") and args \
+                and str(args[0]).startswith(str(log_dir)):
+            touched.append((event, threading.get_ident(), time.monotonic()))
+
+    sys.addaudithook(audit)
+    ticks: list[float] = []
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        agent = Agent(config)
+        reaper = Reaper(asyncio.get_running_loop())
+        agent.supervisor = Supervisor(config, reaper, agent.store)
+        try:
+            await agent.sup.start_all()
+            path = replica_log_path(log_dir, "quiet", 0)
+            with open(path, "ab") as f:
+                chunk = b"y" * 1023 + b"\n"
+                f.write(chunk * (64 * 1024))
+            touched.clear()
+            task = asyncio.ensure_future(agent._rotate_logs_forever())
+            backup = path.with_name(path.name + ".1")
+            try:
+                async def rotated() -> bool:
+                    return backup.exists() and path.stat().st_size < (1 << 20)
+
+                deadline = time.monotonic() + 15
+                while not await rotated():
+                    assert time.monotonic() < deadline, "no rotation within 15 s"
+                    ticks.append(time.monotonic())
+                    await asyncio.sleep(0)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            on_loop = [event for event, thread, _ in touched if thread == loop_thread]
+            assert touched, "the rotation touched no file"
+            assert not on_loop, f"rotation file work ran on the event loop thread: {on_loop}"
+            first, last = touched[0][2], touched[-1][2]
+            assert any(first < t < last for t in ticks), "the loop did not run while the copy was in progress"
+            assert backup.stat().st_size <= 48 << 20
+        finally:
+            active[0] = False
+            await agent.sup.shutdown()
+            reaper.close()
+
+    try:
+        run_async(main())
+    finally:
+        active[0] = False
