@@ -49,6 +49,22 @@ def _die_with_parent(parent_pid: int, nofile: tuple[int, int] | None) -> Callabl
     return preexec
 
 
+def resolve_command(command: str, search: str | None) -> str:
+    """The executable a command names, as execvp would find it; the error execvp would give when none.
+
+    A file that exists without its execute bit is EACCES ("Permission denied"), not ENOENT.
+    """
+    found = shutil.which(command, path=search)
+    if found is not None:
+        return found
+    dirs = [""] if "/" in command else (search or os.defpath).split(os.pathsep)
+    for directory in dirs:
+        candidate = os.path.join(directory, command) if directory else command
+        if os.path.isfile(candidate):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), candidate)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+
+
 def raise_fd_limit() -> tuple[int, int]:
     """Raise this process's soft fd limit to its hard limit; returns the limits it had before.
 
@@ -137,10 +153,9 @@ class Reaper:
             if _SETPRIV is not None:
                 # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the command: the fork stays a
                 # vfork (about 1 ms) instead of a full fork running Python code in the child (4-5 ms).
-                path = shutil.which(argv[0], path=(env or os.environ).get("PATH"))
-                if path is None or (cwd is not None and not Path(cwd).is_dir()):
-                    missing = argv[0] if path is None else str(cwd)
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), missing)
+                path = resolve_command(argv[0], (env or os.environ).get("PATH"))
+                if cwd is not None and not Path(cwd).is_dir():
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(cwd))
                 argv = [_SETPRIV, "--pdeathsig", "KILL", "--", path, *argv[1:]]
             else:
                 preexec = _die_with_parent(os.getpid(), self.child_nofile)

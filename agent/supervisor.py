@@ -30,7 +30,7 @@ from agent.state import StateStore
 
 log = logging.getLogger("agent.supervisor")
 
-REASONS = ("exit", "probe", "alert", "manual", "resource")
+REASONS = ("exit", "probe", "alert", "manual", "resource", "spawn")
 
 
 class ReplicaState(enum.StrEnum):
@@ -257,7 +257,7 @@ class Supervisor:
     # --- spawning and exits -------------------------------------------------------------------
 
     def _spawn(self, rt: Runtime, rep: Replica) -> bool:
-        loop = asyncio.get_running_loop()
+        """Start one replica; a spawn that fails for any reason goes down the backoff path."""
         rep.generation += 1
         rep.stopping = False
         rep.ready = False
@@ -266,32 +266,23 @@ class Supervisor:
         rep.probe_ever_ok = False
         rep.rss_samples = []
         rep.exited.clear()
-        path = replica_log_path(self.log_dir, rt.name, rep.index)
-        try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
-            fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         generation = rep.generation
         try:
-            with self._scope(rt, rep).spawning() as extra:
-                pid = self.reaper.spawn(
-                    [substitute(arg, rep.index) for arg in rt.spec.argv],
-                    lambda status: self._on_exit(rt, rep, generation, status),
-                    env=self._child_env(rt, rep, extra),
-                    cwd=rt.spec.cwd,
-                    stdout=fd,
-                )
-        except OSError as exc:
+            pid = self._start_process(rt, rep, generation)
+        except Exception as exc:
+            if isinstance(exc, OSError):
+                why = exc.strerror or str(exc)
+                if exc.filename:
+                    why = f"{why}: {exc.filename}"
+            else:
+                log.exception("component %s replica %d: unexpected error while starting", rt.name, rep.index)
+                why = repr(exc)
             log.error("component %s replica %d: cannot start %s: %s",
-                      rt.name, rep.index, rt.spec.argv[0], exc.strerror or exc)
+                      rt.name, rep.index, rt.spec.argv[0], why)
             rep.started_at = self.clock()
             rep.pid = None
-            loop.call_soon(self._on_exit, rt, rep, generation, ExitStatus(127, None))
+            asyncio.get_running_loop().call_soon(self._spawn_failed, rt, rep, generation)
             return False
-        finally:
-            os.close(fd)
         rep.pid = pid
         rep.started_at = self.clock()
         rep.started_wall = time.time()
@@ -303,10 +294,44 @@ class Supervisor:
             listener(rt, rep)
         if rt.spec.probe is None:
             if rt.spec.ready_after > 0:
-                rep.timer = loop.call_later(rt.spec.ready_after, self._mark_ready, rt, rep, generation)
+                rep.timer = asyncio.get_running_loop().call_later(
+                    rt.spec.ready_after, self._mark_ready, rt, rep, generation)
             else:
                 self._mark_ready(rt, rep, generation)
         return True
+
+    def _start_process(self, rt: Runtime, rep: Replica, generation: int) -> int:
+        """Open the replica's log and fork it into its scope; raises whatever stops that."""
+        path = replica_log_path(self.log_dir, rt.name, rep.index)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
+            fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            with self._scope(rt, rep).spawning() as extra:
+                return self.reaper.spawn(
+                    [substitute(arg, rep.index) for arg in rt.spec.argv],
+                    lambda status: self._on_exit(rt, rep, generation, status),
+                    env=self._child_env(rt, rep, extra),
+                    cwd=rt.spec.cwd,
+                    stdout=fd,
+                )
+        finally:
+            os.close(fd)
+
+    def _spawn_failed(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        """No process was created: count it under its own reason and retry through backoff."""
+        if rep.generation != generation or rep.pid is not None:
+            return
+        rep.exited.set()
+        self._check_ready(rt)
+        if rep.stopping or self.shutting_down or rt.manual_stop or rep.index >= rt.desired:
+            rep.state = ReplicaState.STOPPED
+            rep.stopping = False
+            return
+        self._after_failure(rt, rep, None, 0.0, "spawn")
 
     def _mark_ready(self, rt: Runtime, rep: Replica, generation: int) -> None:
         if rep.generation != generation or rep.pid is None or rep.stopping:
@@ -331,7 +356,11 @@ class Supervisor:
             # Whatever the leader left behind goes with it: its group, and anything that left the
             # group (setsid, double fork) but not the replica's cgroup or environment marker.
             signal_group(pid, signal.SIGKILL)
-            self._scope(rt, rep).kill(None)
+            try:
+                self._scope(rt, rep).kill(None)
+            except OSError as exc:  # out of descriptors, say: restart anyway, the next exit tries again
+                log.error("component %s replica %d: cannot end what it left behind: %s",
+                          rt.name, rep.index, exc.strerror or exc)
             if self.guardian is not None:
                 self.guardian.remove(pid)
         now = self.clock()

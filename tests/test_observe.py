@@ -57,7 +57,7 @@ def test_every_series_exists_from_the_first_scrape(tmp_path: Path) -> None:
     with running_agent(tmp_path, cfg) as agent:
         s = scrape(agent.url)
     for comp in ("a", "b"):
-        for reason in ("exit", "probe", "alert", "manual", "resource"):
+        for reason in ("exit", "probe", "alert", "manual", "resource", "spawn"):
             assert value(s, "orchestrator_component_restarts_total", component=comp, reason=reason) == 0
         for state in ("stopped", "running", "circuit_open", "half_open", "backoff"):
             assert value(s, "orchestrator_component_state", component=comp, state=state) is not None
