@@ -24,7 +24,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agent.connections import ConnectionGuard, GuardedH11Protocol
-from tests.helpers import AgentProcess, run_async, wait_for
+from tests.helpers import AgentProcess, run_async, until, wait_for
 from tests.metricsutil import parse, value
 
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -126,8 +126,10 @@ def test_over_the_cap_the_oldest_waiting_connection_makes_room() -> None:
     async def main() -> None:
         guard = ConnectionGuard(max_connections=3, request_timeout=30)
         async with serving(guard, asyncio.Event()) as port:
-            idle = [await connect(port) for _ in range(3)]
-            await asyncio.sleep(0.05)  # let the server accept them in order
+            idle = []
+            for n in range(1, 4):  # one at a time, so that the server admits them in this order
+                idle.append(await connect(port))
+                await until(lambda n=n: len(guard.open) == n, what=f"connection {n} to be admitted")
             reader, writer = await connect(port)
             writer.write(GET)
             assert (await response_of(reader)).endswith(b"ok")
@@ -149,8 +151,8 @@ def test_when_every_connection_is_busy_a_new_one_is_refused_at_once() -> None:
             busy = [await connect(port) for _ in range(2)]
             for _, w in busy:
                 w.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
-            await asyncio.sleep(0.05)
-            assert not any(c.waiting for c in guard.open)
+            await until(lambda: len(guard.open) == 2 and not any(c.waiting for c in guard.open),
+                        what="both requests to be in progress")
             reader, writer = await connect(port)
             assert await closed_within(reader, 2)
             writer.close()
@@ -177,7 +179,7 @@ def _nofile_256() -> None:
 
 
 def test_300_idle_clients_under_ulimit_256_neither_blind_nor_stop_the_agent(tmp_path: Path) -> None:
-    timeout = 3.0
+    timeout = 5.0
     agent = AgentProcess(tmp_path, {
         "agent": {"http": {"request_timeout": timeout}},
         "components": {"worker": {"command": ["sleep", "1000"],

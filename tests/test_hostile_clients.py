@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import AgentProcess, wait_for
+from tests.helpers import AgentProcess, free_port, wait_for
 from tests.metricsutil import scrape, value
 
 SLEEP = ["sleep", "1000"]
@@ -75,7 +75,7 @@ def _refused(tmp_path: Path, config: dict[str, Any]) -> tuple[int, str]:
     return code, proc.log_text()
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604], ids=["0644", "0640", "0604"])
 def test_a_control_token_others_may_read_stops_the_start(tmp_path: Path, mode: int) -> None:
     token = tmp_path / "control.token"
     token.write_text("x" * 40 + "\n")
@@ -120,8 +120,6 @@ def _warnings(agent: AgentProcess) -> list[str]:
 
 
 def test_listening_off_loopback_warns_at_start(tmp_path: Path) -> None:
-    from tests.helpers import free_port
-
     agent = AgentProcess(tmp_path, {"agent": {"listen": f"0.0.0.0:{free_port()}"}})
     agent.start()
     try:
