@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import secrets
+import shlex
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -31,10 +33,36 @@ class TooLarge(Exception):
     """The request body exceeds the limit."""
 
 
+MIN_TOKEN_LENGTH = 16
+
+
+class SecretFileError(Exception):
+    """A token or password file the agent refuses to use; the message names it and says what to run."""
+
+
+def read_secret(path: Path, min_length: int = 0) -> str:
+    """A secret file's stripped text, refused when group or others may access it or it is too short."""
+    with open(path, encoding="utf-8") as f:
+        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+        secret = f.read().strip()
+    quoted = shlex.quote(str(path))
+    problems = []
+    if mode & 0o077:
+        problems.append(f"group or others may access it (mode {mode:04o}); run: chmod 600 {quoted}")
+    if len(secret) < min_length:
+        problems.append(
+            f"it holds {len(secret)} characters, fewer than {min_length}; write a longer random token, e.g. "
+            f"python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > {quoted}, "
+            "or delete the file and the agent creates one")
+    if problems:
+        raise SecretFileError(f"refusing the secret file {path}: " + "; ".join(problems))
+    return secret
+
+
 def ensure_token(path: Path) -> str:
-    """Read a token file; create it (0600, random) when absent."""
+    """Read a token file (0600, at least 16 characters); create it (0600, random) when absent."""
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        return read_secret(path, MIN_TOKEN_LENGTH)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
         token = secrets.token_urlsafe(32)
@@ -43,9 +71,6 @@ def ensure_token(path: Path) -> str:
             f.write(token + "\n")
         log.info("created token file %s (mode 0600)", path)
         return token
-    if not token:
-        raise ValueError(f"token file {path} is empty")
-    return token
 
 
 class Credentials:
@@ -107,6 +132,9 @@ def parse_json(raw: bytes) -> Any:
         raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError:
         raise ValueError("body is not UTF-8") from None
+    except RecursionError:
+        # json's C decoder recurses once per `[`/`{`; a body of nested brackets hits the limit.
+        raise ValueError("invalid JSON: nested too deeply") from None
 
 
 def api_routes(agent: Agent) -> list[Route]:
@@ -115,7 +143,7 @@ def api_routes(agent: Agent) -> list[Route]:
     hook = settings.webhook
     basic = None
     if hook.basic_auth_username and hook.basic_auth_password_file:
-        basic = (hook.basic_auth_username, hook.basic_auth_password_file.read_text().strip())
+        basic = (hook.basic_auth_username, read_secret(hook.basic_auth_password_file))
     bearer_file = hook.bearer_token_file
     if bearer_file is None and basic is None:
         bearer_file = settings.state_dir / "webhook.token"
@@ -124,7 +152,15 @@ def api_routes(agent: Agent) -> list[Route]:
     counter = agent.events.webhook_requests
 
     async def webhook(request: Request) -> Response:
-        response = await _webhook(request)
+        try:
+            response = await _webhook(request)
+        except ClientDisconnect:
+            # Closed before its body was complete (by the client or the request deadline): the answer
+            # goes nowhere, but the request is counted, under nginx's "client closed request".
+            response = _error(499, "client closed the request")
+        except Exception:
+            log.exception("webhook request failed")
+            response = _error(500, "internal error; see the agent log")
         counter.inc(str(response.status_code))
         return response
 
@@ -217,8 +253,13 @@ def api_routes(agent: Agent) -> list[Route]:
         if request.method == "POST":
             try:
                 body = await body_json(request)
+            except TooLarge:
+                return _error(413, "body too large")
+            except ValueError as exc:
+                return _error(400, str(exc))
+            try:
                 mode = Autonomy(str(body.get("mode")) if isinstance(body, dict) else "")
-            except (ValueError, TooLarge):
+            except ValueError:
                 return _error(422, "mode must be one of on, dry-run, off")
             agent.set_autonomy(mode)
             audit_manual("", "autonomy", Result.EXECUTED, f"autonomy {mode.value}")

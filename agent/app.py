@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import socket
@@ -17,6 +18,7 @@ import httpx
 from agent import __version__
 from agent.backlog import BacklogMonitor
 from agent.config import Autonomy, Config
+from agent.connections import ConnectionGuard
 from agent.containment import Containment, ContainmentError, Ledger, choose
 from agent.logs import LogRotator
 from agent.metrics import build_registry
@@ -55,6 +57,16 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or `localhost`; a wildcard (0.0.0.0, ::) or any other name is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class Agent:
     """One agent process: supervisor, observers, HTTP server, and their shared state."""
 
@@ -76,6 +88,8 @@ class Agent:
         self.resources: ResourceMonitor | None = None
         self.probes: ProbeRunner | None = None
         self.backlog: BacklogMonitor | None = None
+        http = config.agent.http
+        self.connections = ConnectionGuard(http.max_connections, http.request_timeout)
         self.registry, self.events = build_registry(self)
         self.tracing = Tracing(config.agent.node, self.version)
         self.remediator: Remediator | None = None
@@ -160,10 +174,14 @@ class Agent:
         hook = settings.webhook
         self.remediator = Remediator(self, DedupeStore(self.state_dir / "dedupe.jsonl", hook.dedupe_ttl,
                                                        hook.dedupe_max_entries))
-        from agent.server import HttpServer  # local: the server imports this module's types
+        from agent.api import SecretFileError  # local: the API imports this module's types
+        from agent.server import HttpServer
 
         try:
             server = HttpServer(self, self.sock)
+        except SecretFileError as exc:
+            log.error("%s; nothing started", exc)
+            return EXIT_CONFIG
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
             return EXIT_UNAVAILABLE
@@ -171,6 +189,10 @@ class Agent:
         host, port = self.sock.getsockname()[:2]
         log.info("agent %s listening on http://%s:%d (node %s, autonomy %s)",
                  self.version, host, port, settings.node, self.autonomy.value)
+        if not is_loopback(host):
+            log.warning("listening on %s, off loopback: this agent has no TLS and no authentication on "
+                        "/metrics, /-/healthy and /-/ready (TLS and authentication come with a later "
+                        "release); bind 127.0.0.1, or put a TLS proxy or a firewall in front", host)
         if self.emergency:
             log.warning("emergency stop in force (from the state dir): components stay stopped; "
                         "`agent autonomy on` lifts it")

@@ -68,6 +68,11 @@ class ResourceSettings(Strict):
     mountpoints: list[str] = Field(default_factory=lambda: ["/"])
 
 
+class HttpSettings(Strict):
+    request_timeout: Duration = Field(10.0, gt=0)
+    max_connections: int = Field(256, ge=1, le=100_000)
+
+
 class AgentSettings(Strict):
     listen: str = "127.0.0.1:9469"
     node: str = Field(default_factory=socket.gethostname)
@@ -80,6 +85,7 @@ class AgentSettings(Strict):
     control_token_file: Path | None = None
     webhook: WebhookAuth = WebhookAuth()
     resources: ResourceSettings = ResourceSettings()
+    http: HttpSettings = HttpSettings()
     shutdown_timeout: Duration = Field(60.0, gt=0)
     # How everything a replica started is kept together: cgroup v2 where writable, else tracking by an
     # inherited environment marker (docs/operations.md, "Process containment").

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
@@ -24,6 +25,7 @@ from starlette.routing import Route
 
 from agent.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.config import ACTIONS, Autonomy, Config
+from agent.connections import CLOSE_REASONS
 from agent.probes import PROBE_ERRORS
 from agent.remediation import Result
 from agent.supervisor import REASONS, ComponentState
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 
 # Bounded values of the `result` label of orchestrator_remediation_actions_total.
 RESULTS = tuple(r.value for r in Result)
-WEBHOOK_CODES = ("200", "400", "401", "413", "422", "503")
+WEBHOOK_CODES = ("200", "400", "401", "413", "422", "499", "500", "503")
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -168,6 +170,9 @@ class StateCollector(Collector):
         self.served = frozenset(capabilities)
         self.capabilities = sorted(capabilities | {ANY_CAPABILITY, OTHER_CAPABILITY})
         self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read
+        # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
+        # from /proc at scrape time; not registered anywhere, so nothing process-global.
+        self.process = ProcessCollector(registry=None)
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -180,6 +185,8 @@ class StateCollector(Collector):
         """Everything the agent exports, read from its current state."""
         agent = self.agent
         yield from self._agent_metrics()
+        yield from self.process.collect()
+        yield from self._connection_metrics()
         yield from agent.events.families()
         if agent.supervisor is not None:
             yield from self._component_metrics()
@@ -212,6 +219,17 @@ class StateCollector(Collector):
                          "agent crash runs.", value=1 if agent.guardian.alive else 0)
             yield Family("orchestrator_guardian_restarts", "Guardian processes started again after one died.",
                          value=agent.guardian.restarts, typ="counter")
+
+    def _connection_metrics(self) -> Iterator[Family | Metric]:
+        guard = self.agent.connections
+        yield Family("orchestrator_http_connections", "Open HTTP connections.", value=len(guard.open))
+        yield Family("orchestrator_http_max_connections", "Cap on open HTTP connections in force "
+                     "(agent.http.max_connections, at most half the open-file limit).", value=guard.limit)
+        closed = Family("orchestrator_http_connections_closed", "HTTP connections the agent closed "
+                        "to protect itself, by reason.", labels=["reason"], typ="counter")
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], guard.closed[reason])
+        yield closed
 
     def _component_metrics(self) -> Iterator[Family | Metric]:
         sup = self.agent.sup

@@ -12,6 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from agent.connections import GuardedH11Protocol
+
 if TYPE_CHECKING:
     from agent.app import Agent
 
@@ -61,6 +63,10 @@ class HttpServer:
             date_header=False,
             server_header=False,
             timeout_graceful_shutdown=5,
+            # Always h11 (never httptools when installed): the guard subclasses its protocol. No
+            # WebSocket upgrades: the agent serves none, and an upgraded connection leaves the guard.
+            http=GuardedH11Protocol.bound_to(agent.connections),
+            ws="none",
         )
         config.load()
         self.server = uvicorn.Server(config)

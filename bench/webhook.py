@@ -140,6 +140,7 @@ def webhook_load(root: Path, count: int, concurrency: int, time_limit: float, se
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / "webhook.token"
     token_file.write_text(token + "\n")
+    token_file.chmod(0o600)  # the agent refuses a token file others may read
     fleet = Fleet(root)
     try:
         setup = Setup("agent", COMPONENTS, webhook_token_file=token_file)

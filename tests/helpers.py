@@ -110,10 +110,8 @@ class AgentProcess:
 
     started: list[AgentProcess] = []  # every instance; tests/conftest.py ends leftovers by PID
 
-    def __init__(self, tmp: Path, config: dict[str, Any], extra_args: tuple[str, ...] = (),
-                 preexec_fn: Callable[[], None] | None = None) -> None:
+    def __init__(self, tmp: Path, config: dict[str, Any], extra_args: tuple[str, ...] = ()) -> None:
         AgentProcess.started.append(self)
-        self.preexec_fn = preexec_fn
         self.dir = tmp
         self.port = free_port()
         agent = config.setdefault("agent", {})
@@ -129,13 +127,14 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> AgentProcess:
+    def start(self, wait: bool = True, preexec_fn: Callable[[], Any] | None = None) -> AgentProcess:
+        """Start `agent run`; `preexec_fn` runs in the child before exec (e.g. to lower an rlimit)."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("AUTONOMOUS_LOG_LEVEL", None)
         self.stderr = open(self.dir / "agent.stderr", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path), *self.extra_args],
-            cwd=self.dir, env=env, stdout=self.stderr, stderr=self.stderr, preexec_fn=self.preexec_fn,
+            cwd=self.dir, env=env, stdout=self.stderr, stderr=self.stderr, preexec_fn=preexec_fn,
         )
         if wait:
             wait_for(self.healthy, 15, 0.02, "the agent to answer /-/healthy")

@@ -205,7 +205,7 @@ def test_children_get_the_fd_limit_the_agent_started_with(tmp_path: Path) -> Non
 
     comps = {"show": {"command": "ulimit -Sn > limits; ulimit -Hn >> limits; exec sleep 100000", "shell": True,
                       "cwd": str(tmp_path)}}
-    agent = AgentProcess(tmp_path, config("auto", **comps), preexec_fn=limits).start()
+    agent = AgentProcess(tmp_path, config("auto", **comps)).start(preexec_fn=limits)
     try:
         path = tmp_path / "limits"
         wait_for(lambda: path.exists() and len(path.read_text().split()) == 2, 5, what="the child's limits")

@@ -310,6 +310,7 @@ def test_shutting_down_answers_503(tmp_path: Path) -> None:
 
 def test_basic_auth_is_accepted_when_configured(tmp_path: Path) -> None:
     (tmp_path / "pw").write_text("s3cret\n")
+    (tmp_path / "pw").chmod(0o600)  # a secret others may read stops the start
     agent = AgentProcess(tmp_path, {"agent": {"webhook": {"basic_auth_username": "am",
                                                           "basic_auth_password_file": str(tmp_path / "pw")}},
                                     "components": {"a": {"command": SLEEP}}})
