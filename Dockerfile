@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY examples ./examples
 RUN pip install . \
-    && useradd --system --home-dir /var/lib/agent --create-home agent
+    && useradd --system --uid 10001 --home-dir /var/lib/agent --create-home agent
 
 # Relative state_dir / log_dir in the config land here (a volume in docker-compose.yml).
 WORKDIR /var/lib/agent

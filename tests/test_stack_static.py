@@ -82,7 +82,7 @@ DOCKER_SUBSTITUTIONS = {
     "prometheus": [("127.0.0.1:9469", "agent:9469"), ("127.0.0.1:9093", "alertmanager:9093"),
                    ("127.0.0.1:9090", "localhost:9090")],
     "alertmanager": [("http://127.0.0.1:9469/", "http://agent:9469/"),
-                     ("../.agent/webhook.token", "/etc/secrets/webhook.token")],
+                     ("../.agent/webhook.token", "/etc/secrets/alertmanager/webhook.token")],
 }
 
 
@@ -460,7 +460,14 @@ def test_compose_wires_the_stack_from_these_files() -> None:
     token = agent_config["agent"]["webhook"]["bearer_token_file"]
     am = load_yaml(ROOT / "prometheus" / "alertmanager.docker.yml")
     hook = next(r for r in am["receivers"] if r["name"] == "agent-webhook")["webhook_configs"][0]
-    assert hook["http_config"]["authorization"]["credentials_file"] == token
+    sent = hook["http_config"]["authorization"]["credentials_file"]
+    # One token, one 0600 copy per reader, each owned by the uid that reads it (the agent refuses a
+    # token file that others may read): the agent's uid from the Dockerfile, Alertmanager's nobody.
+    writer = "\n".join(services["webhook-token"]["command"])
+    assert token == "/etc/secrets/agent/webhook.token" and sent == "/etc/secrets/alertmanager/webhook.token"
+    assert "(agent, 10001), (am, 65534)" in writer and "0o600" in writer and "0o644" not in writer
+    assert f'agent, am = "{token}", "{sent}"' in writer
+    assert "--uid 10001" in (ROOT / "Dockerfile").read_text()
     assert agent_config["agent"]["listen"].startswith("0.0.0.0:9469")
 
 
