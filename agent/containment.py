@@ -28,6 +28,8 @@ import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from agent.resources import ProcFS
+
 log = logging.getLogger("agent.containment")
 
 MARKER = "ORCHESTRATOR_AGENT_SCOPE"
@@ -71,31 +73,6 @@ def own_cgroup(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
 def _write(path: Path, text: str) -> None:
     with open(path, "w", encoding="ascii") as f:
         f.write(text)
-
-
-def _proc_state(pid: int, proc: str = "/proc") -> str | None:
-    """The one-letter state of a process ('Z' for a zombie), or None when it is gone."""
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as f:
-            data = f.read()
-        return data[data.rfind(b")") + 2:][:1].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _children(pid: int, proc: str = "/proc") -> list[int]:
-    out: list[int] = []
-    try:
-        tids = os.listdir(f"{proc}/{pid}/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"{proc}/{pid}/task/{tid}/children", "rb") as f:
-                out.extend(int(c) for c in f.read().split())
-        except OSError:
-            continue
-    return out
 
 
 def _send(pids: list[int], sig: int) -> int:
@@ -190,13 +167,14 @@ class CgroupScope(Scope):
         if self.has_kill:
             _write(self.path / "cgroup.kill", "1")
             return len(pids)
-        killed = 0
-        for _ in range(_KILL_ROUNDS):
+        killed: set[int] = set()
+        for _ in range(_KILL_ROUNDS):  # no cgroup.kill (Linux < 5.14): signal the members until none is left
             pids = self.members(leader)
             if not pids:
                 break
-            killed += _send(pids, signal.SIGKILL)
-        return killed
+            _send(pids, signal.SIGKILL)
+            killed.update(pids)
+        return len(killed)
 
     def release(self) -> None:
         _rmdir_when_empty(self.path)
@@ -311,13 +289,14 @@ class TrackingScope(Scope):
         yield {MARKER: self.marker}
 
     def members(self, leader: int | None) -> list[int]:
-        proc = self.owner.proc
+        procfs = self.owner.procfs
+        procfs.begin_pass()
         roots = [] if leader is None else [leader]
         # Daemons the slot left were re-parented to the agent (a subreaper): among the agent's own
         # children, those that are not a tracked leader, with this slot's marker.
         tracked = self.owner.tracked()
-        roots += [p for p in _children(os.getpid(), proc)
-                  if p != leader and p not in tracked and _has_entry(p, self.entry, proc)]
+        roots += [p for p in procfs.children(os.getpid())
+                  if p != leader and p not in tracked and _has_entry(p, self.entry, procfs.root)]
         out: list[int] = []
         seen: set[int] = set()
         while roots:
@@ -325,22 +304,23 @@ class TrackingScope(Scope):
             if pid in seen:
                 continue
             seen.add(pid)
-            state = _proc_state(pid, proc)
+            state = procfs.state(pid)
             if state is None or state == "Z":
                 continue
             out.append(pid)
-            roots.extend(_children(pid, proc))
+            roots.extend(procfs.children(pid))
         return out
 
     def kill(self, leader: int | None) -> int:
-        killed = 0
+        killed: set[int] = set()
         for _ in range(_KILL_ROUNDS):
             pids = self.members(leader)
             if not pids:
-                return killed
-            killed += _send(pids, signal.SIGKILL)
+                return len(killed)
+            _send(pids, signal.SIGKILL)
+            killed.update(pids)
         log.error("scope %s: processes still appearing after %d rounds of SIGKILL", self.marker, _KILL_ROUNDS)
-        return killed
+        return len(killed)
 
 
 class TrackingContainment(Containment):
@@ -351,7 +331,7 @@ class TrackingContainment(Containment):
     def __init__(self, tracked: Callable[[], set[int]], proc: str = "/proc") -> None:
         self.instance = secrets.token_hex(6)
         self.tracked = tracked
-        self.proc = proc
+        self.procfs = ProcFS(proc)
         self.detail = f"{MARKER}={self.instance}/..."
         self._scopes: dict[tuple[str, int], TrackingScope] = {}
 
@@ -376,7 +356,7 @@ def sweep_marked(prefix: str, proc: str = "/proc") -> int:
     """SIGKILL every process whose environment has an entry starting with `prefix`; returns how many."""
     needle = prefix.encode()
     me = os.getpid()
-    killed = 0
+    killed: set[int] = set()
     for _ in range(_KILL_ROUNDS):
         found = []
         for name in os.listdir(proc):
@@ -389,11 +369,13 @@ def sweep_marked(prefix: str, proc: str = "/proc") -> int:
                 continue
             if any(e.startswith(needle) for e in env.split(b"\0")):
                 found.append(int(name))
-        found = [p for p in found if _proc_state(p, proc) not in (None, "Z")]
+        procfs = ProcFS(proc)
+        found = [p for p in found if procfs.state(p) not in (None, "Z")]
         if not found:
             break
-        killed += _send(found, signal.SIGKILL)
-    return killed
+        _send(found, signal.SIGKILL)
+        killed.update(found)  # one that takes a moment to die is signalled again, counted once
+    return len(killed)
 
 
 # --- choosing, and sweeping what a dead agent left ---------------------------------------

@@ -69,6 +69,15 @@ class ProcFS:
         except (IndexError, ValueError):
             return None
 
+    def state(self, pid: int) -> str | None:
+        """The one-letter state of a process ('Z' for a zombie), or None when it is gone."""
+        try:
+            with open(f"{self.root}/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return None
+        return data[data.rfind(b")") + 2:][:1].decode() or None
+
     def fds(self, pid: int) -> int:
         try:
             return len(os.listdir(f"{self.root}/{pid}/fd"))

@@ -171,7 +171,8 @@ def test_leftovers_of_an_agent_killed_with_its_guardian_are_swept_at_the_next_st
     leftovers = wait_for(lambda: len(m := marked(mark) & old) == 2 and m, 2, what="two leftovers")
     with running_agent(tmp_path, cfg) as agent:
         wait_for(lambda: not marked(mark) & old, 5, what=f"the next start to end {leftovers}")
-        assert f"ended {len(leftovers)} process(es) left by the previous agent" in agent.log_text()
+        ended = [r["msg"] for r in agent.log_records() if "left by the previous agent" in r.get("msg", "")]
+        assert ended and ended[0].startswith(f"ended {len(leftovers)} process(es)"), ended
 
 
 def test_a_stalled_agent_does_not_let_the_stall_reset_backoff(tmp_path: Path) -> None:
