@@ -181,6 +181,7 @@ class Agent:
             await asyncio.wait_for(self.sup.shutdown(), settings.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", settings.shutdown_timeout)
+        await asyncio.to_thread(self.store.close)  # the last state snapshot, written before we exit
         self.probes.close()
         await server.stop()
         await client.aclose()

@@ -24,8 +24,10 @@ from starlette.routing import Route
 
 from agent.backlog import ANY_CAPABILITY
 from agent.config import ACTIONS, Autonomy, Config
+from agent.dedupe import JOURNAL_FILE
 from agent.probes import PROBE_ERRORS
 from agent.remediation import Result
+from agent.state import STATE_FILE
 from agent.supervisor import REASONS, ComponentState
 from agent.todos import PRIORITIES, STATUSES
 
@@ -199,6 +201,16 @@ class StateCollector(Collector):
                                 value=1 if agent.emergency else 0)
         yield Family("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
                                 value=agent.started_wall)
+        yield self._state_write_errors()
+
+    def _state_write_errors(self) -> Family:
+        agent = self.agent
+        errors = Family("orchestrator_state_write_errors", "Failed writes of a state dir file: disk full "
+                        "or read-only.", labels=["file"], typ="counter")
+        errors.add_metric([STATE_FILE], agent.store.write_errors)
+        dedupe = agent.remediator.dedupe.write_errors if agent.remediator is not None else 0
+        errors.add_metric([JOURNAL_FILE], dedupe)
+        return errors
 
     def _component_metrics(self) -> Iterator[Family | Metric]:
         sup = self.agent.sup
