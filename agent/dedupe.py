@@ -61,6 +61,8 @@ class DedupeStore:
         self.max_entries = max_entries
         self.keys: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.write_errors = 0  # failed journal writes since start (exported as a counter)
+        self.evicted = 0  # keys dropped for the bound before their TTL (exported as a counter)
+        self._journal_bytes = 0  # the journal's size as last written (compaction is decided on the loop)
         self._legacy = False  # the journal held keys in the old `a|b|c` form
         self._failing = False  # the last write failed (log once per streak)
         self._pending: list[tuple[str, float, bool]] = []  # key, time, keep in memory if the write fails
@@ -79,6 +81,7 @@ class DedupeStore:
         except OSError as exc:
             log.error("cannot read dedupe journal %s: %s; starting with no keys", self.path, exc)
             return
+        self._journal_bytes = len(raw)
         now = time.time()
         bad, reason = 0, ""
         for number, line in enumerate(raw.splitlines(), 1):
@@ -98,6 +101,7 @@ class DedupeStore:
                 self.keys[key] = entry.t
                 self.keys.move_to_end(key)
         self._trim()
+        self.evicted = 0  # the bound applied to an old journal is no news
         if bad:
             self._set_aside(bad, reason)
 
@@ -106,7 +110,7 @@ class DedupeStore:
         aside = self.path.with_name(self.path.name + ".corrupt")
         try:
             os.replace(self.path, aside)
-            self._compact()
+            self._journal_bytes = self._compact(list(self.keys.items()))
         except OSError as exc:
             log.error("dedupe journal %s: %d unreadable line(s) (%s); could not set it aside: %s",
                       self.path, bad, reason, exc)
@@ -118,8 +122,13 @@ class DedupeStore:
         now = time.time()
         while self.keys:
             at = next(iter(self.keys.values()))
-            if now - at >= self.ttl or len(self.keys) > self.max_entries:
+            if now - at >= self.ttl:
                 self.keys.popitem(last=False)
+            elif len(self.keys) > self.max_entries:
+                # Dropped before its TTL: a later delivery of that alert acts again. Counted, so an
+                # operator sees when dedupe_max_entries is too small for the alerts of one TTL.
+                self.keys.popitem(last=False)
+                self.evicted += 1
             else:
                 break
 
@@ -173,10 +182,6 @@ class DedupeStore:
         """Write every key added so far; None when done, else the error (also logged and counted)."""
         return await asyncio.shield(self.durable())
 
-    async def close(self) -> None:
-        """Write what is pending (at shutdown)."""
-        await self.flush()
-
     # --- the writer --------------------------------------------------------------------------------
 
     async def _write_batches(self) -> None:
@@ -187,8 +192,11 @@ class DedupeStore:
                 done, self._next = self._next or loop.create_future(), None
                 self._inflight = done
                 error: OSError | None = None
+                data = "".join(_line(k, t) for k, t, _ in batch).encode()
+                # Compaction rewrites the keys in memory: they are copied here, on the loop that changes them.
+                compact = list(self.keys.items()) if self._journal_bytes + len(data) > self._limit else None
                 try:
-                    await asyncio.to_thread(self._append, [(k, t) for k, t, _ in batch])
+                    self._journal_bytes = await asyncio.to_thread(self._append, data, compact)
                 except OSError as exc:
                     error = exc
                 except Exception as exc:  # a bug must not pass for a written batch either
@@ -219,10 +227,16 @@ class DedupeStore:
                       "the next delivery of those alerts acts", self.path, error, dropped)
         self._failing = True
 
-    def _append(self, entries: list[tuple[str, float]]) -> None:
-        """Append and fsync (in a worker thread); a failed write is cut off again so no torn line remains."""
+    @property
+    def _limit(self) -> int:
+        return 200 * max(self.max_entries, 100)
+
+    def _append(self, data: bytes, compact: list[tuple[str, float]] | None) -> int:
+        """Append and fsync, then compact if asked (in a worker thread); returns the journal's size.
+
+        A failed append is cut off again, so no torn line is left for the next one to follow.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(_line(k, t) for k, t in entries).encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             start = os.fstat(fd).st_size
@@ -237,18 +251,21 @@ class DedupeStore:
                 raise
         finally:
             os.close(fd)
-        if os.path.getsize(self.path) > 200 * max(self.max_entries, 100):
+        size = start + len(data)
+        if compact is not None:
             try:
-                self._compact()
+                size = self._compact(compact)
             except OSError as exc:  # the batch itself is on disk: only the clean-up failed
                 log.error("cannot compact dedupe journal %s: %s", self.path, exc)
+        return size
 
-    def _compact(self) -> None:
+    def _compact(self, keys: list[tuple[str, float]]) -> int:
+        """Rewrite the journal with these keys only (temp + fsync + rename); returns its size."""
         tmp = self.path.with_name(self.path.name + ".tmp")
+        data = "".join(_line(k, t) for k, t in keys).encode()
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                for k, t in list(self.keys.items()):
-                    f.write(_line(k, t))
+            with open(tmp, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
@@ -256,6 +273,7 @@ class DedupeStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        return len(data)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -202,6 +202,11 @@ class StateCollector(Collector):
         yield Family("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
                                 value=agent.started_wall)
         yield self._state_write_errors()
+        dedupe = agent.remediator.dedupe if agent.remediator is not None else None
+        yield Family("orchestrator_dedupe_keys", "Alert keys held by the dedupe journal, at most "
+                     "dedupe_max_entries.", value=len(dedupe.keys) if dedupe else 0)
+        yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
+                     "their TTL.", value=dedupe.evicted if dedupe else 0, typ="counter")
 
     def _state_write_errors(self) -> Family:
         agent = self.agent
