@@ -158,10 +158,6 @@ class DedupeStore:
         self._pending.append((key, now, keep_on_failure))
         self._trim()
 
-    def forget(self, key: str) -> None:
-        """Drop a key from memory (its action did not happen)."""
-        self.keys.pop(key, None)
-
     def durable(self) -> asyncio.Future[OSError | None]:
         """A future for the keys added so far: None once they are on disk, else the OSError that stopped it."""
         loop = asyncio.get_running_loop()
@@ -237,9 +233,11 @@ class DedupeStore:
         A failed append is cut off again, so no torn line is left for the next one to follow.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             start = os.fstat(fd).st_size
+            if start and os.pread(fd, 1, start - 1) != b"\n":
+                data = b"\n" + data  # a torn last line (a crash, or left when it could not be set aside)
             try:
                 view = memoryview(data)
                 while view:

@@ -210,3 +210,17 @@ def test_rfc3339_edge_cases() -> None:
     for bad in ("yesterday", "2023-01-01", "20230101T000000Z", "2023-02-30T00:00:00Z", "2023-01-01T00:00:00"):
         with pytest.raises(ValueError):
             rfc3339(bad)
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_key(tmp_path: Path) -> None:
+    path = tmp_path / "dedupe.jsonl"
+    path.write_text('{"k": ["torn", "' + STARTS_AT)  # a crash mid-line, left in place
+
+    async def main() -> None:
+        store = DedupeStore(path, ttl=3600, max_entries=50)
+        path.write_text('{"k": ["torn", "' + STARTS_AT)  # as if setting it aside had failed
+        store.add(dedupe_key("next", STARTS_AT, "restart"))
+        assert await store.flush() is None
+
+    run_async(main())
+    assert DedupeStore(path, ttl=3600, max_entries=50).seen(dedupe_key("next", STARTS_AT, "restart"))
