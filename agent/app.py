@@ -214,6 +214,7 @@ class Agent:
             log.error("components did not stop within %.0fs", settings.shutdown_timeout)
         self.containment.close()
         ledger.clear()
+        await asyncio.to_thread(self.store.close)  # the last state snapshot, written before we exit
         self.probes.close()
         await server.stop()
         await client.aclose()

@@ -26,8 +26,10 @@ from starlette.routing import Route
 from agent.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.config import ACTIONS, Autonomy, Config
 from agent.connections import CLOSE_REASONS
+from agent.dedupe import JOURNAL_FILE
 from agent.probes import PROBE_ERRORS
 from agent.remediation import Result
+from agent.state import STATE_FILE
 from agent.supervisor import REASONS, ComponentState
 from agent.todos import PRIORITIES, STATUSES
 
@@ -219,6 +221,21 @@ class StateCollector(Collector):
                          "agent crash runs.", value=1 if agent.guardian.alive else 0)
             yield Family("orchestrator_guardian_restarts", "Guardian processes started again after one died.",
                          value=agent.guardian.restarts, typ="counter")
+        yield self._state_write_errors()
+        dedupe = agent.remediator.dedupe if agent.remediator is not None else None
+        yield Family("orchestrator_dedupe_keys", "Alert keys held by the dedupe journal, at most "
+                     "dedupe_max_entries.", value=len(dedupe.keys) if dedupe else 0)
+        yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
+                     "their TTL.", value=dedupe.evicted if dedupe else 0, typ="counter")
+
+    def _state_write_errors(self) -> Family:
+        agent = self.agent
+        errors = Family("orchestrator_state_write_errors", "Failed writes of a state dir file: disk full "
+                        "or read-only.", labels=["file"], typ="counter")
+        errors.add_metric([STATE_FILE], agent.store.write_errors)
+        dedupe = agent.remediator.dedupe.write_errors if agent.remediator is not None else 0
+        errors.add_metric([JOURNAL_FILE], dedupe)
+        return errors
 
     def _connection_metrics(self) -> Iterator[Family | Metric]:
         guard = self.agent.connections

@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import enum
-import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent import policy
 from agent.config import ACTIONS, Autonomy, Config
+from agent.dedupe import DedupeStore, dedupe_key
 from agent.supervisor import CommandError
 
 UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no configured component
@@ -38,6 +38,20 @@ log = logging.getLogger("agent.remediation")
 audit_log = logging.getLogger("agent.audit")
 
 _INT = re.compile(r"^\d{1,6}$")
+# RFC 3339 date-time, as Alertmanager writes it (Go's time.RFC3339Nano): `2023-01-01T00:00:00.000Z`,
+# `0001-01-01T00:00:00Z` for "no end". fromisoformat alone would also take `2023-01-01` or `20230101`.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def rfc3339(value: str) -> str:
+    """The value if it is an RFC 3339 date-time (kept as sent: it is part of the dedupe key), else ValueError."""
+    if not _RFC3339.match(value):
+        raise ValueError("must be an RFC 3339 date-time such as 2023-01-01T00:00:00.000Z")
+    try:
+        datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"not a valid date-time ({exc})") from None
+    return value
 
 
 # --- payload --------------------------------------------------------------------------------------
@@ -54,6 +68,11 @@ class Alert(BaseModel):
     endsAt: str = ""
     generatorURL: str = ""
     fingerprint: str = Field(min_length=1, max_length=64)
+
+    @field_validator("startsAt", "endsAt")
+    @classmethod
+    def _rfc3339(cls, value: str) -> str:
+        return rfc3339(value)
 
 
 class WebhookPayload(BaseModel):
@@ -145,7 +164,8 @@ def plan_alert(
     name = labels.get("component", "")
     comp = components.get(name)
     shown = name if comp is not None else ""
-    base_key = f"{alert.fingerprint}|{alert.startsAt}"
+    base = (alert.fingerprint, alert.startsAt)
+    base_key = dedupe_key(*base)
 
     def no(result: Result, reason: str, act: str = action) -> Plan:
         return Plan(alertname, shown, act if act in ACTIONS else "", base_key, result, reason)
@@ -188,14 +208,15 @@ def plan_alert(
         target = policy.clamp_replicas(target, comp.minimum, comp.maximum)
     # The dedupe key: scale_to's key carries its step (from -> to), so each step acts once and only once,
     # and a re-sent alert keeps converging even if someone changed the count in between.
-    key = f"{base_key}|{action}" + (f"|{comp.desired}->{target}" if action == "scale_to" else "")
+    key = dedupe_key(*base, action, *((f"{comp.desired}->{target}",) if action == "scale_to" else ()))
+    resolved_key = dedupe_key(*base, "resolved")
 
     plan = Plan(alertname, name, action, key, None, "", target, replica)
 
     def hold(result: Result, reason: str) -> Plan:
         return Plan(alertname, name, action, key, result, reason, target, replica)
 
-    if seen(key) or seen(f"{base_key}|resolved"):
+    if seen(key) or seen(resolved_key):
         return hold(Result.DUPLICATE, "already handled" if seen(key) else "stale: resolved already arrived")
     if emergency:
         return hold(Result.REJECTED, "emergency stop in force until `agent autonomy on`")
@@ -215,108 +236,6 @@ def plan_alert(
     if autonomy is Autonomy.DRY_RUN:
         return hold(Result.DRY_RUN, "dry-run: would act")
     return plan
-
-
-# --- dedupe journal ----------------------------------------------------------------------------------
-
-
-class DedupeStore:
-    """Keys of alerts already acted on, persisted as an fsynced append-only journal with a TTL and a bound.
-
-    `add` records in memory at once (so concurrent deliveries see it); `flush` makes it durable, and an
-    action waits for that before running, so a SIGKILL right after acting cannot forget the key.
-    """
-
-    def __init__(self, path: Path, ttl: float, max_entries: int) -> None:
-        self.path = path
-        self.ttl = ttl
-        self.max_entries = max_entries
-        self.keys: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._pending: list[tuple[str, float]] = []
-        self._flushing: asyncio.Future[None] | None = None
-        self._load()
-
-    def _load(self) -> None:
-        now = time.time()
-        try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.error("cannot read dedupe journal %s: %s", self.path, exc)
-            return
-        bad = 0
-        for line in text.splitlines():
-            try:
-                entry = json.loads(line)
-                key, at = str(entry["k"]), float(entry["t"])
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-                continue
-            if now - at < self.ttl:
-                self.keys[key] = at
-                self.keys.move_to_end(key)
-        if bad:
-            log.warning("dedupe journal %s: skipped %d unreadable line(s)", self.path, bad)
-        self._trim()
-
-    def _trim(self) -> None:
-        now = time.time()
-        while self.keys:
-            at = next(iter(self.keys.values()))
-            if now - at >= self.ttl or len(self.keys) > self.max_entries:
-                self.keys.popitem(last=False)
-            else:
-                break
-
-    @property
-    def pending(self) -> bool:
-        """Keys recorded in memory but not yet on disk."""
-        return bool(self._pending)
-
-    def seen(self, key: str) -> bool:
-        at = self.keys.get(key)
-        return at is not None and time.time() - at < self.ttl
-
-    def add(self, key: str) -> None:
-        now = time.time()
-        self.keys[key] = now
-        self.keys.move_to_end(key)
-        self._pending.append((key, now))
-        self._trim()
-
-    def _write(self, entries: list[tuple[str, float]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lines = "".join(json.dumps({"k": k, "t": t}) + "\n" for k, t in entries)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        if self.path.stat().st_size > 200 * max(self.max_entries, 100):
-            self._compact()
-
-    def _compact(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for k, t in list(self.keys.items()):
-                f.write(json.dumps({"k": k, "t": t}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-
-    async def flush(self) -> None:
-        """Make every key added so far durable (one fsync for a batch)."""
-        while self._pending or self._flushing is not None:
-            if self._flushing is not None:
-                await asyncio.shield(self._flushing)
-                continue
-            batch, self._pending = self._pending, []
-            self._flushing = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.to_thread(self._write, batch)
-            finally:
-                done, self._flushing = self._flushing, None
-                done.set_result(None)
 
 
 # --- audit ------------------------------------------------------------------------------------------
@@ -378,7 +297,8 @@ class Remediator:
             p = plan_alert(alert, node=self.config.agent.node, components=views, autonomy=self.agent.autonomy,
                            emergency=self.agent.emergency, seen=self.dedupe.seen, now=now)
             if record and alert.status == "resolved" and alert.labels.get("action"):
-                self.dedupe.add(f"{alert.fingerprint}|{alert.startsAt}|resolved")
+                # Only ever prevents an action: kept in memory even if its write fails.
+                self.dedupe.add(dedupe_key(alert.fingerprint, alert.startsAt, "resolved"), keep_on_failure=True)
             if p.acts:
                 # Later alerts in the same payload see this one's effect (in a simulation too).
                 if p.target is not None and p.component in views:
@@ -393,56 +313,67 @@ class Remediator:
     def handle(self, payload: WebhookPayload, trace_id: str, parent: Any = None) -> list[dict[str, Any]]:
         """Judge a payload, start the actions in the background, and return per-alert results."""
         plans = self.plan(payload, record=True)
+        # Keys are recorded in memory; the journal writes them in the background (no fsync here) and
+        # each action waits for that write before it runs.
+        journal = self.dedupe.durable()
         results = []
         for alert, p in zip(payload.alerts, plans, strict=True):
             body: dict[str, Any] = {"fingerprint": alert.fingerprint, "alertname": p.alertname,
                                     "status": alert.status, "component": p.component, "action": p.action}
             if p.acts:
                 body.update(result="accepted", reason="acting in the background", target=p.target)
-                self._spawn(self._execute(alert, p, trace_id, parent))
+                stamp = self.last_alert_restart.get(p.component) if p.action == "restart" else None
+                self._spawn(self._execute(alert, p, journal, stamp, trace_id, parent))
             else:
                 assert p.result is not None
                 body.update(result=p.result.value, reason=p.reason)
                 self.record(alert, p, p.result, p.reason, trace_id)
             results.append(body)
-        if self.dedupe.pending:
-            # Resolved markers become durable too, even when nothing acts on this payload.
-            self._spawn(self.dedupe.flush())
         return results
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
 
-    async def _execute(self, alert: Alert, p: Plan, trace_id: str, parent: Any) -> None:
+    async def _execute(self, alert: Alert, p: Plan, journal: asyncio.Future[OSError | None], stamp: float | None,
+                       trace_id: str, parent: Any) -> None:
         started = time.perf_counter()
-        sup = self.agent.sup
         attrs = {"component": p.component, "action": p.action, "alertname": p.alertname}
         with self.agent.tracing.span("remediation.action", parent, **attrs) as (span, _, _ctx):
-            try:
-                await self.dedupe.flush()  # durable before acting
-                if p.action == "restart":
-                    n = await sup.restart(p.component, "alert", replica=p.replica)
-                    outcome, reason = (Result.EXECUTED, f"restarted {n} replica(s)") if n else \
-                        (Result.FAILED, "nothing running to restart")
-                elif p.action == "start":
-                    await sup.start(p.component, "alert")
-                    outcome, reason = Result.EXECUTED, f"started ({sup.components[p.component].desired} replicas)"
-                else:
-                    assert p.target is not None
-                    before = await sup.scale(p.component, p.target, "alert")
-                    if p.target > before:
-                        self.last_scale_up[p.component] = time.time()
-                    outcome, reason = Result.EXECUTED, f"replicas {before} -> {p.target}"
-            except (CommandError, OSError) as exc:
-                outcome, reason = Result.FAILED, str(exc)
-            except Exception as exc:
-                log.exception("action %s on %s failed", p.action, p.component)
-                outcome, reason = Result.FAILED, f"{type(exc).__name__}: {exc}"
+            error = await asyncio.shield(journal)  # durable before acting
+            if error is None:
+                outcome, reason = await self._act(p)
+            else:
+                # Not on disk, so not done: the store dropped the key and the next delivery acts.
+                outcome, reason = Result.FAILED, f"not acted: the dedupe journal could not be written ({error})"
+                if stamp is not None and self.last_alert_restart.get(p.component) == stamp:
+                    del self.last_alert_restart[p.component]  # no restart happened: no cooldown from it
             span.set_attribute("result", outcome.value)
         self.agent.events.remediation_duration.observe(p.action, value=time.perf_counter() - started)
         self.record(alert, p, outcome, reason, trace_id)
+
+    async def _act(self, p: Plan) -> tuple[Result, str]:
+        sup = self.agent.sup
+        try:
+            if p.action == "restart":
+                n = await sup.restart(p.component, "alert", replica=p.replica)
+                return (Result.EXECUTED, f"restarted {n} replica(s)") if n else \
+                    (Result.FAILED, "nothing running to restart")
+            if p.action == "start":
+                await sup.start(p.component, "alert")
+                return Result.EXECUTED, f"started ({sup.components[p.component].desired} replicas)"
+            assert p.target is not None
+            before = await sup.scale(p.component, p.target, "alert")
+            if p.target > before:
+                self.last_scale_up[p.component] = time.time()
+            return Result.EXECUTED, f"replicas {before} -> {p.target}"
+        except (CommandError, OSError) as exc:
+            return Result.FAILED, str(exc)
+        except Exception as exc:
+            log.exception("action %s on %s failed", p.action, p.component)
+            return Result.FAILED, f"{type(exc).__name__}: {exc}"
 
     def record(self, alert: Alert | None, p: Plan, result: Result, reason: str, trace_id: str,
                source: str = "webhook") -> None:
@@ -465,6 +396,13 @@ class Remediator:
         """Wait (bounded) for background actions at shutdown."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.dedupe.flush(), timeout)  # resolved markers too
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background remediation task failed", exc_info=task.exception())
 
 
 def _with_desired(view: ComponentView, desired: int, now: float, action: str) -> ComponentView:

@@ -1,4 +1,6 @@
-"""The state dir: what must survive an agent restart, written atomically (temp + fsync + rename)."""
+"""The state dir: what must survive an agent restart, checked against a strict schema when read, written
+atomically (temp + fsync + rename) by a writer thread so that no fsync runs on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +8,45 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+
+from agent.policy import Circuit
+
 log = logging.getLogger("agent.state")
 
+STATE_FILE = "state.json"
+RETRY_SECONDS = 5.0  # while writing fails, how often the writer tries the last snapshot again
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so that a crash leaves either the old file or the new one, never half of one."""
+
+class ComponentRecord(BaseModel):
+    """What is remembered of one component; strict: `"false"` is not a boolean, `1e400` not a count."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    desired: int | None = Field(None, ge=0)
+    manual_stop: bool = False
+    circuit: Circuit = Circuit.CLOSED
+    circuit_opened_at: FiniteFloat = Field(0.0, ge=0)
+
+
+class StateFile(BaseModel):
+    """state.json. Keys of its own are strict; unknown top-level keys are kept as they are."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    components: dict[str, ComponentRecord] = Field(default_factory=dict)
+    emergency_stop: bool = False
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that a crash leaves either the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, sort_keys=True, separators=(",", ":"))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,48 +63,137 @@ def atomic_write_json(path: Path, data: Any) -> None:
         raise
 
 
-def read_json(path: Path, expect: type = dict) -> Any | None:
-    """Read a state file; a missing file is None, a corrupt one is reported, set aside and None."""
+def atomic_write_json(path: Path, data: Any) -> None:
+    """atomic_write_bytes of a JSON document."""
+    atomic_write_bytes(path, _encode(data))
+
+
+def _encode(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def load_state(path: Path) -> StateFile:
+    """Read state.json; a missing file is the default, an unreadable one is set aside (`.corrupt`) and logged.
+
+    pydantic parses the JSON itself (jiter, which stops at a nesting depth of a few hundred instead of
+    recursing like Python's json), so no content can raise anything but a ValidationError here.
+    """
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return None
+        return StateFile()
     except OSError as exc:
         log.error("cannot read state file %s (%s); starting from the config", path, exc)
-        return None
+        return StateFile()
     try:
-        data = json.loads(raw.decode("utf-8"))
-        if not isinstance(data, expect):
-            raise ValueError(f"expected a JSON {expect.__name__}")
-    except ValueError as exc:
-        aside = path.with_name(path.name + ".corrupt")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            aside = path
-        log.error("state file %s is corrupt (%s); kept as %s, starting from the config", path, exc, aside)
-        return None
-    return data
+        return StateFile.model_validate_json(raw)
+    except ValidationError as exc:
+        reason = "; ".join(_describe(err) for err in exc.errors(include_url=False)[:5])
+    aside = path.with_name(path.name + ".corrupt")
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        log.error("state file %s is corrupt (%s) and cannot be set aside (%s); starting from the config",
+                  path, reason, exc)
+        return StateFile()
+    log.error("state file %s is corrupt (%s); kept as %s, starting from the config", path, reason, aside)
+    return StateFile()
+
+
+def _describe(err: Any) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    shown = repr(err["input"])[:40] if err["type"] != "json_invalid" else ""
+    return f"{where or '(file)'}: {err['msg']}" + (f", got {shown}" if shown else "")
 
 
 class StateStore:
-    """A JSON document in the state dir, saved whole on every change."""
+    """A JSON document in the state dir, saved whole on every change by one writer thread.
 
-    def __init__(self, state_dir: Path, name: str = "state.json") -> None:
+    `save()` takes a snapshot of `data` on the caller's thread (so it is consistent) and returns; the
+    writer writes the newest snapshot (older ones not yet written are skipped: only the last counts).
+    A crash loses at most the snapshot being written; `close()` writes the last one. While writes fail,
+    the last snapshot is tried again every RETRY_SECONDS, so the file catches up when the disk recovers.
+    """
+
+    def __init__(self, state_dir: Path, name: str = STATE_FILE) -> None:
         self.path = state_dir / name
-        self.data: dict[str, Any] = read_json(self.path) or {}
-        self.save_errors = 0
+        self.loaded = load_state(self.path)
+        self.data: dict[str, Any] = self.loaded.model_dump(mode="json")
+        self.write_errors = 0  # failed writes since start (exported as a counter)
+        self._failing = False
+        self._cond = threading.Condition()
+        self._snapshot: bytes | None = None
+        self._queued = 0  # generations: snapshots queued, and the last one written or given up on
+        self._done = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
 
-    def save(self) -> bool:
-        """Persist; on failure (disk full, read-only) log once per streak and keep running."""
+    def save(self) -> None:
+        """Queue the current data for writing; never blocks on the disk."""
+        blob = _encode(self.data)
+        with self._cond:
+            self._snapshot = blob
+            self._queued += 1
+            if self._closed:  # after close() (a late change at shutdown): write it here
+                self._snapshot = None
+                generation = self._queued
+            else:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+                    self._thread.start()
+                self._cond.notify_all()
+                return
+        self._write(blob)
+        with self._cond:
+            self._done = max(self._done, generation)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every snapshot queued so far is written; True when the last write succeeded."""
+        with self._cond:
+            target = self._queued
+            self._cond.wait_for(lambda: self._done >= target, timeout)
+            return self._done >= target and not self._failing
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write the last snapshot and stop the writer thread (at shutdown)."""
+        written = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return written
+
+    def _run(self) -> None:
+        retry: bytes | None = None  # the last snapshot, when writing it failed: tried again every RETRY_SECONDS
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._snapshot is not None or self._closed,
+                                    RETRY_SECONDS if retry is not None else None)
+                if self._snapshot is None:
+                    if self._closed or retry is None:
+                        return
+                    blob, generation = retry, self._done
+                else:
+                    blob, generation, self._snapshot = self._snapshot, self._queued, None
+            retry = None if self._write(blob) else blob
+            with self._cond:
+                self._done = max(self._done, generation)
+                self._cond.notify_all()
+
+    def _write(self, blob: bytes) -> bool:
+        """One atomic write; a failure (disk full, read-only) is logged once per streak and counted."""
         try:
-            atomic_write_json(self.path, self.data)
-        except OSError as exc:
-            if self.save_errors == 0:
-                log.error("cannot write state file %s (%s); running on, state kept in memory", self.path, exc)
-            self.save_errors += 1
+            atomic_write_bytes(self.path, blob)
+        except Exception as exc:
+            self.write_errors += 1
+            if not self._failing:
+                log.error("cannot write state file %s (%s); running on, state kept in memory and written "
+                          "again", self.path, exc)
+            self._failing = True
             return False
-        if self.save_errors:
-            log.info("state file %s writable again", self.path)
-        self.save_errors = 0
+        if self._failing:
+            log.warning("state file %s writable again", self.path)
+        self._failing = False
         return True

@@ -191,30 +191,24 @@ class Supervisor:
     # --- state dir ---------------------------------------------------------------------------
 
     def _restore(self) -> None:
-        saved = self.store.data.get("components", {})
-        if not isinstance(saved, dict):
-            log.error("state file: 'components' is not a mapping; ignoring it")
-            return
-        for name, entry in saved.items():
+        # The store checked the file against its schema (a bad one was set aside): entries are typed.
+        for name, entry in self.store.loaded.components.items():
             rt = self.components.get(name)
-            if rt is None or not isinstance(entry, dict):
+            if rt is None:
                 continue
-            try:
-                desired = int(entry.get("desired", rt.desired))
-                rt.manual_stop = bool(entry.get("manual_stop", False))
-                rt.circuit = Circuit(entry.get("circuit", "closed"))
-                rt.circuit_opened_wall = float(entry.get("circuit_opened_at", 0.0))
-            except (TypeError, ValueError) as exc:
-                log.error("state file: bad entry for component %s (%s); using the config", name, exc)
+            rt.manual_stop = entry.manual_stop
+            rt.circuit = entry.circuit
+            rt.circuit_opened_wall = entry.circuit_opened_at
+            if entry.desired is None:
                 continue
             bounds = rt.spec.replicas
-            rt.desired = policy.clamp_replicas(desired, bounds.min, bounds.max)
-            if rt.desired != desired:
+            rt.desired = policy.clamp_replicas(entry.desired, bounds.min, bounds.max)
+            if rt.desired != entry.desired:
                 log.warning("component %s: saved replicas %d outside [%d, %d]; using %d",
-                            name, desired, bounds.min, bounds.max, rt.desired)
+                            name, entry.desired, bounds.min, bounds.max, rt.desired)
 
     def persist(self) -> None:
-        """Save desired replicas, manual stops and circuits."""
+        """Save desired replicas, manual stops and circuits (the store's writer thread does the fsync)."""
         self.store.data["components"] = {
             rt.name: {
                 "desired": rt.desired,

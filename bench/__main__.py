@@ -94,9 +94,17 @@ def _webhook(params: Params, root: Path, log: Progress) -> dict[str, Any]:
     return dataclasses.asdict(result)
 
 
+def _burst(params: Params, root: Path, log: Progress) -> dict[str, Any]:
+    log(f"webhook burst: {params.burst_requests} deliveries of {params.burst_alerts} alerts, "
+        f"{webhook.BURST_CONCURRENCY} connections, dedupe_max_entries {params.burst_max_entries}")
+    result = webhook.burst_load(root / "burst", params.burst_requests, params.burst_alerts,
+                                params.burst_max_entries, params.webhook_time_limit, params.seed)
+    return dataclasses.asdict(result)
+
+
 SECTIONS: dict[str, Callable[[Params, Path, Progress], Any]] = {
     "restart": _restart, "startup": _startup, "idle": _idle, "metrics": _metrics, "cycle": _cycle,
-    "webhook": _webhook,
+    "webhook": _webhook, "burst": _burst,
 }
 
 

@@ -63,6 +63,14 @@ def plan(params: Params) -> list[Row]:
             Row("webhook.p50", "webhook latency p50", None, "ms"),
             Row("webhook.p99", "webhook latency p99", None, "ms"),
         ]
+    if "burst" in params.sections:
+        n = params.burst_alerts
+        rows += [
+            Row("burst.unanswered", "webhook burst: requests not answered", n, "count"),
+            Row("burst.p99", "webhook burst: latency p99", n, "ms"),
+            Row("burst.rss_growth", "webhook burst: agent RSS peak minus before", n, "MiB"),
+            Row("burst.dedupe_keys", "webhook burst: dedupe keys held after it", n, "count"),
+        ]
     return rows
 
 
@@ -142,6 +150,22 @@ def _fill_webhook(rows: dict[str, Row], raw: dict[str, Any]) -> None:
     rows["webhook.p99"].agent = raw["latency_ms"]["p99"]
 
 
+def _fill_burst(rows: dict[str, Row], raw: dict[str, Any]) -> None:
+    rows["burst.unanswered"].agent = raw["requests"] - raw["answered"]
+    rows["burst.unanswered"].note = (f"{raw['requests']} requests of {raw['alerts']} alerts in "
+                                     f"{raw['elapsed']:.1f} s, HTTP {raw['statuses']}, client errors "
+                                     f"{raw['errors']}, alert results {raw['alert_results']}")
+    rows["burst.p99"].agent = raw["latency_ms"]["p99"]
+    rows["burst.p99"].note = f"p50 {raw['latency_ms']['p50']:.1f} ms, max {raw['latency_ms']['max']:.1f} ms"
+    rows["burst.rss_growth"].agent = (raw["rss_peak"] - raw["rss_before"]) / MiB
+    rows["burst.rss_growth"].note = (f"before {raw['rss_before'] / MiB:.1f} MiB, peak {raw['rss_peak'] / MiB:.1f}, "
+                                     f"after {raw['rss_after'] / MiB:.1f}")
+    rows["burst.dedupe_keys"].agent = raw["dedupe_keys"]
+    rows["burst.dedupe_keys"].note = (f"dedupe_max_entries {raw['dedupe_max_entries']}, journal "
+                                      f"{raw['journal_bytes']} bytes, evictions {raw['evictions']:.0f}, "
+                                      f"start actions executed {raw['executed']:.0f}")
+
+
 def _targets(rows: dict[str, Row], params: Params) -> None:
     def at(row_id: str, text: str, check: Callable[[float, Row], bool]) -> None:
         if row_id in rows:
@@ -157,6 +181,9 @@ def _targets(rows: dict[str, Row], params: Params) -> None:
     at("metrics.c500.p99", "<= 50 ms", lambda a, r: a <= 50.0)
     at("webhook.throughput", ">= 1000 req/s", lambda a, r: a >= 1000.0)
     at("webhook.p99", "<= 20 ms", lambda a, r: a <= 20.0)
+    at("burst.unanswered", "0", lambda a, r: a == 0)
+    at("burst.p99", "< 1000 ms", lambda a, r: a < 1000.0)
+    at("burst.dedupe_keys", f"<= {params.burst_max_entries}", lambda a, r: 0 <= a <= params.burst_max_entries)
 
 
 def build(params: Params, raw: dict[str, Any]) -> list[Row]:
@@ -165,7 +192,7 @@ def build(params: Params, raw: dict[str, Any]) -> list[Row]:
     rows = {row.id: row for row in planned}
     fillers: dict[str, Callable[[dict[str, Row], Any], None]] = {
         "restart": _fill_restart, "startup": _fill_startup, "idle": _fill_idle, "metrics": _fill_metrics,
-        "cycle": _fill_cycle, "webhook": _fill_webhook,
+        "cycle": _fill_cycle, "webhook": _fill_webhook, "burst": _fill_burst,
     }
     errors: dict[str, str] = raw.get("errors", {})
     for section in params.sections:

@@ -172,3 +172,119 @@ def webhook_load(root: Path, count: int, concurrency: int, time_limit: float, se
         )
     finally:
         fleet.close()
+
+
+# --- burst: many deliveries of many alerts at once -------------------------------------------------
+
+BURST_CONCURRENCY = 64
+
+
+@dataclass
+class BurstResult:
+    available: bool
+    note: str = ""
+    requests: int = 0
+    alerts: int = 0
+    answered: int = 0
+    errors: int = 0
+    elapsed: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    statuses: dict[str, int] = field(default_factory=dict)
+    alert_results: dict[str, int] = field(default_factory=dict)
+    rss_before: int = 0
+    rss_peak: int = 0
+    rss_after: int = 0
+    dedupe_keys: float = -1.0
+    dedupe_max_entries: int = 0
+    journal_bytes: int = 0
+    evictions: float = 0.0
+    executed: float = 0.0
+
+
+def build_burst(requests: int, alerts: int, host: str, token: str, seed: int) -> list[bytes]:
+    """`alerts` distinct firing `start` alerts, each delivered requests/alerts times, in shuffled order.
+
+    `start` acts on a running component too (it only makes sure its replicas run), so every distinct
+    alert records a dedupe key and every later delivery of it must be a duplicate.
+    """
+    rng = random.Random(seed)
+    template = load_template()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    bodies = [_payload(template, f"b{i:015x}", f"c{i % COMPONENTS}", "start") for i in range(alerts)]
+    order = [bodies[i % alerts] for i in range(requests)]
+    rng.shuffle(order)
+    return [build_request("POST", PATH, host, body, headers) for body in order]
+
+
+def _scrape_value(url: str, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10.0).text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def burst_load(root: Path, requests: int, alerts: int, max_entries: int, time_limit: float,
+               seed: int) -> BurstResult:
+    """A burst of webhook deliveries over BURST_CONCURRENCY connections; RSS sampled throughout."""
+    import threading
+
+    token = secrets.token_hex(16)
+    root.mkdir(parents=True, exist_ok=True)
+    token_file = root / "webhook.token"
+    token_file.write_text(token + "\n")
+    fleet = Fleet(root)
+    try:
+        inst = fleet.add(Setup("agent", COMPONENTS, webhook_token_file=token_file))
+        doc = json.loads(inst.config.read_text())
+        doc["agent"]["webhook"]["dedupe_max_entries"] = max_entries
+        for comp in doc["components"].values():
+            comp["remediation"] = {"allowed_actions": ["start"], "cooldown": 0}
+        inst.config.write_text(json.dumps(doc, indent=1))
+        start_and_wait([inst], timeout=60.0)
+        proc = psutil.Process(inst.pid)
+        before = int(proc.memory_info().rss)
+        peak = [before]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.02):
+                peak[0] = max(peak[0], int(proc.memory_info().rss))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        prepared = build_burst(requests, alerts, f"127.0.0.1:{inst.port}", token, seed)
+        try:
+            with asyncio.Runner(loop_factory=client_loop()) as runner:
+                load = runner.run(run_load("127.0.0.1", inst.port, prepared, BURST_CONCURRENCY, time_limit,
+                                           keep_bodies=len(prepared)))
+        finally:
+            stop.set()
+            sampler.join(5.0)
+        inst.check_alive()
+        pause = threading.Event()  # never set: paces the bounded wait below
+        for _ in range(200):
+            # Accepted actions are recorded when they finish, in the background: wait (bounded) until
+            # every answered request's alert has its decision.
+            if _scrape_value(inst.url, "orchestrator_remediation_actions_total", action="start") >= len(
+                    load.latencies):
+                break
+            pause.wait(0.05)
+        journal = Path(doc["agent"]["state_dir"]) / "dedupe.jsonl"
+        return BurstResult(
+            True, requests=len(prepared), alerts=alerts, answered=len(load.latencies), errors=load.errors,
+            elapsed=load.elapsed, latency_ms=summary_ms(load.latencies),
+            statuses={str(k): v for k, v in sorted(load.statuses.items())},
+            alert_results=_alert_results([b for b in load.bodies if b.startswith(b"{")]),
+            rss_before=before, rss_peak=peak[0], rss_after=int(proc.memory_info().rss),
+            dedupe_keys=_scrape_value(inst.url, "orchestrator_dedupe_keys"), dedupe_max_entries=max_entries,
+            journal_bytes=journal.stat().st_size if journal.exists() else 0,
+            evictions=_scrape_value(inst.url, "orchestrator_dedupe_evictions_total"),
+            executed=_scrape_value(inst.url, "orchestrator_remediation_actions_total", action="start",
+                                   result="executed"),
+        )
+    finally:
+        fleet.close()

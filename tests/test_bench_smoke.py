@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--quick", "--n", "10", "--kills", "10", "--default-kills", "5", "--budget", "3", "--startup-reps", "1",
          "--idle-seconds", "2", "--components", "10", "--scrapes", "5", "--cycle-sizes", "10,20",
-         "--webhook-requests", "300"]
-SECTIONS = ("restart", "startup", "idle", "metrics", "cycle", "webhook")
+         "--webhook-requests", "300", "--burst-requests", "200", "--burst-alerts", "50", "--burst-max-entries", "50"]
+SECTIONS = ("restart", "startup", "idle", "metrics", "cycle", "webhook", "burst")
 
 
 def _number(value: object) -> bool:

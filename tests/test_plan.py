@@ -34,7 +34,18 @@ def plan(alert: Alert, seen: frozenset[str] = frozenset(), autonomy: Autonomy = 
 
 def test_restart_acts_with_a_stable_key() -> None:
     p = plan(make({"action": "restart", "component": "c"}))
-    assert p.acts and p.key == "f00|2026-11-24T03:32:05.205Z|restart"
+    assert p.acts and p.key == '["f00","2026-11-24T03:32:05.205Z","restart"]'
+
+
+def test_key_is_unambiguous_whatever_the_fields_hold() -> None:
+    # Two different alerts whose `fingerprint|startsAt|action` joined the same way once shared a key, so
+    # the second was dropped as a duplicate. model_construct: the webhook now also refuses such a startsAt.
+    labels = {"alertname": "A", "action": "restart", "component": "c"}
+    one = Alert.model_construct(status="firing", labels=labels, annotations={}, startsAt="b|c", fingerprint="a")
+    two = Alert.model_construct(status="firing", labels=labels, annotations={}, startsAt="c", fingerprint="a|b")
+    first = plan(one)
+    assert first.acts
+    assert plan(two, seen=frozenset({first.key})).acts
 
 
 @pytest.mark.parametrize(("labels", "result", "reason"), [
@@ -56,8 +67,8 @@ def test_resolved_never_acts() -> None:
 
 def test_seen_key_and_resolved_marker_are_duplicates() -> None:
     a = make({"action": "restart", "component": "c"})
-    assert plan(a, seen=frozenset({"f00|2026-11-24T03:32:05.205Z|restart"})).result is Result.DUPLICATE
-    stale = plan(a, seen=frozenset({"f00|2026-11-24T03:32:05.205Z|resolved"}))
+    assert plan(a, seen=frozenset({'["f00","2026-11-24T03:32:05.205Z","restart"]'})).result is Result.DUPLICATE
+    stale = plan(a, seen=frozenset({'["f00","2026-11-24T03:32:05.205Z","resolved"]'}))
     assert stale.result is Result.DUPLICATE and "stale" in stale.reason
 
 
@@ -80,7 +91,7 @@ def test_scaling_is_clamped_and_stepped() -> None:
     assert plan(make({"action": "scale_up", "component": "c", "step": "9"})).target == 4  # max_step 2
     assert plan(make({"action": "scale_up", "component": "c"}), desired=6).result is Result.IGNORED  # at max
     up = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"))
-    assert up.target == 4 and up.key.endswith("|scale_to|2->4")
+    assert up.target == 4 and up.key.endswith(',"scale_to","2->4"]')
     assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"), desired=5).target == 6
     assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="0")).target == 1  # min 1
     assert plan(make({"action": "scale_to", "component": "c"})).result is Result.REJECTED  # no annotation

@@ -38,6 +38,7 @@ def supervise(tmp_path: Path, components: dict[str, Any], body: Callable[[Superv
             await body(sup)
         finally:
             await sup.shutdown()
+            sup.store.close()  # as the agent does at exit: the last state snapshot is written
             reaper.close()
 
     run_async(main())

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers import AgentProcess, pid_alive, wait_for
 from tests.metricsutil import scrape, value
-from tests.webhookutil import alert, payload
+from tests.webhookutil import alert, fixture, payload
 
 SLEEP = ["sleep", "1000"]
 
@@ -251,6 +251,23 @@ def test_wrong_schema_422_names_the_field(hook: Hook) -> None:
     assert hook.post(body).status_code == 422
     assert code_count(hook, "422") == before + 2
     assert hook.pids() == pids
+
+
+@pytest.mark.parametrize(("field", "bad"), [("startsAt", "yesterday"), ("startsAt", "2026-11-24"),
+                                           ("startsAt", "a|b"), ("endsAt", "never")])
+def test_times_must_be_rfc3339_else_422_naming_the_field(hook: Hook, field: str, bad: str) -> None:
+    before = hook.counter("pool", "scale_up", "executed")
+    a = alert({"action": "scale_up", "component": "pool"})
+    a[field] = bad
+    r = hook.post(payload(a))
+    assert r.status_code == 422, r.text
+    assert any(d.startswith(f"alerts.0.{field}") and "RFC 3339" in d for d in r.json()["details"]), r.text
+    assert hook.counter("pool", "scale_up", "executed") == before
+
+
+def test_real_alertmanager_payloads_pass_the_time_checks(hook: Hook) -> None:
+    for name in ("alertmanager-0.25-webhook-firing.json", "alertmanager-0.25-webhook-resolved.json"):
+        assert hook.post(fixture(name)).status_code == 200, name
 
 
 def test_unknown_component_rejected(hook: Hook) -> None:
