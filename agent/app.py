@@ -116,6 +116,10 @@ class Agent:
         self.autonomy = Autonomy.OFF
         self.store.data["emergency_stop"] = True
         self.store.save()
+        # Durable before anything is stopped: an agent killed right after must come back stopped.
+        if not await asyncio.to_thread(self.store.flush, 5.0):
+            log.error("emergency stop could not be written to %s; it holds until this agent stops",
+                      self.store.path)
         log.critical("EMERGENCY STOP: stopping every component, autonomy off until `agent autonomy on`")
         await self.sup.emergency_stop()
 
