@@ -134,13 +134,19 @@ def _alert_results(bodies: list[bytes]) -> dict[str, int]:
     return dict(counts)
 
 
-def webhook_load(root: Path, count: int, concurrency: int, time_limit: float, seed: int) -> WebhookResult:
-    """Start an agent with a bearer token and send the mixed load; 404 means not available."""
+def write_token(root: Path) -> tuple[str, Path]:
+    """A random bearer token in root/webhook.token, mode 0600 (the agent refuses one others may read)."""
     token = secrets.token_hex(16)
     root.mkdir(parents=True, exist_ok=True)
     token_file = root / "webhook.token"
     token_file.write_text(token + "\n")
-    token_file.chmod(0o600)  # the agent refuses a token file others may read
+    token_file.chmod(0o600)
+    return token, token_file
+
+
+def webhook_load(root: Path, count: int, concurrency: int, time_limit: float, seed: int) -> WebhookResult:
+    """Start an agent with a bearer token and send the mixed load; 404 means not available."""
+    token, token_file = write_token(root)
     fleet = Fleet(root)
     try:
         setup = Setup("agent", COMPONENTS, webhook_token_file=token_file)
@@ -232,10 +238,7 @@ def burst_load(root: Path, requests: int, alerts: int, max_entries: int, time_li
     """A burst of webhook deliveries over BURST_CONCURRENCY connections; RSS sampled throughout."""
     import threading
 
-    token = secrets.token_hex(16)
-    root.mkdir(parents=True, exist_ok=True)
-    token_file = root / "webhook.token"
-    token_file.write_text(token + "\n")
+    token, token_file = write_token(root)
     fleet = Fleet(root)
     try:
         inst = fleet.add(Setup("agent", COMPONENTS, webhook_token_file=token_file))
