@@ -231,26 +231,34 @@ class Tally:
         return self.sent["SIGKILL"] + self.sent["SIGTERM"]
 
 
-def run_chaos(agent: ChaosAgent, kills: int, duration: float, seed: int) -> Tally:
+def run_chaos(agent: ChaosAgent, kills: int, duration: float, seed: int,
+              progress: Callable[[str], None] | None = None) -> Tally:
     """Send `kills` signals (or as many as fit in `duration`) to random replicas of the targets."""
     rng = random.Random(seed)
     names = targets(agent.components)
     tally = Tally()
     gap = duration / max(kills, 1)
-    deadline = time.monotonic() + duration
+    started = time.monotonic()
+    deadline = started + duration
+    reported = started
     while sum(tally.sent.values()) < kills and time.monotonic() < deadline:
+        if progress is not None and time.monotonic() - reported >= 30:
+            reported = time.monotonic()
+            progress(f"[{reported - started:5.0f}s] {dict(tally.sent)}")
         status = agent.status()
         choices = [(n, p) for n in names for p in status[n]["pids"]
                    if p not in tally.signalled and proc_state(p) in ("S", "R")]
         if choices:
             name, pid = rng.choice(choices)
             kind = rng.choices(["SIGKILL", "SIGTERM", "SIGSTOP"], [45, 35, 20])[0]
-            tally.signalled.add(pid)
-            if kind == "SIGSTOP":
+            if kind == "SIGSTOP":  # it lives on, so it may be picked again
                 os.kill(pid, signal.SIGSTOP)
                 time.sleep(rng.uniform(0.1, 0.5))  # the stop itself, shorter than the probe window
                 os.kill(pid, signal.SIGCONT)
             else:
+                # A pid is killed at most once: a second signal could land on it before it is reaped
+                # and cause no second exit.
+                tally.signalled.add(pid)
                 os.kill(pid, signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
                 tally.exits_by_component[name] += 1
             tally.sent[kind] += 1
@@ -313,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp, chaos_agent(Path(tmp), mark, args.containment) as agent:
         mechanism = agent.api("GET", "/api/v1/status")["containment"]["mechanism"]
-        tally = run_chaos(agent, args.kills, args.duration, args.seed)
+        tally = run_chaos(agent, args.kills, args.duration, args.seed,
+                          progress=lambda line: print(line, file=sys.stderr, flush=True))
         report = settle(agent, tally, mark)
         code = agent.stop()
         left = marked(mark)
