@@ -118,7 +118,8 @@ def test_hostile_labels_and_help_parse_as_prometheus_client_writes_them(
     assert _header_lines(ours) == _header_lines(theirs)
 
 
-@pytest.mark.parametrize(("openmetrics", "parse"), [(False, text_parse), (True, om_parse)])
+@pytest.mark.parametrize(("openmetrics", "parse"), [pytest.param(False, text_parse, id="text"),
+                                                   pytest.param(True, om_parse, id="openmetrics")])
 def test_every_hostile_sample_round_trips(openmetrics: bool, parse: Callable[[str], Iterable[Metric]]) -> None:
     families = {f.name: f for f in parse(render(agent_families(), openmetrics, {}))}
     assert {f.documentation for f in families.values()} == {HELP}
