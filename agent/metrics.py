@@ -1,4 +1,5 @@
-"""Prometheus exposition: a collector that reads the agent's state at scrape time, plus event metrics.
+"""Prometheus exposition: a collector that reads the agent's state at scrape time, plus event metrics,
+and the text renderer that writes them (and `agent --once --format prometheus`).
 
 Names follow the contract in docs/metrics.md. The collector never probes or samples: it only reads
 what the supervisor, probe runner, resource monitor and backlog monitor last recorded.

@@ -157,27 +157,26 @@ async def collect(config: Config) -> Report:
 
 
 def report_families(report: Report, served: frozenset[str]) -> list[Family]:
-    """The check as metric families; those /metrics also has come from the same definitions there.
+    """The check as metric families; a family /metrics has too is built from its definition there.
 
     `served`, the capabilities configured components serve, bounds the capability label as on /metrics.
     """
-    r = report
     status = Family("orchestrator_check_status", "Result of `agent --once` (0 OK, 1 WARNING, 2 CRITICAL, "
-                    "3 UNKNOWN).", value=int(r.status))
+                    "3 UNKNOWN).", value=int(report.status))
     when = Family("orchestrator_check_timestamp_seconds", "When `agent --once` ran.", value=time.time())
     probe = probe_success_family()
-    for name, result in r.components.items():
+    for name, result in report.components.items():
         if result is not None:
             probe.add_metric([name, "0"], 1 if result.ok else 0)
-    mem = memory_available_family(r.host.memory_available)
+    mem = memory_available_family(report.host.memory_available)
     free = disk_free_family()
-    for mount, value in r.host.disk_free.items():
+    for mount, value in report.host.disk_free.items():
         free.add_metric([mount], value)
     backlog = todo_backlog_family()
-    for key, n in sorted(bounded(r.backlog.totals, served).by_key.items()):
+    for key, n in sorted(bounded(report.backlog.totals, served).by_key.items()):
         backlog.add_metric(list(key), n)
     up = source_up_family()
-    for label, source in r.backlog.sources.items():
+    for label, source in report.backlog.sources.items():
         up.add_metric([label], 1 if source.up else 0)
     return [status, when, probe, mem, free, backlog, up]
 
