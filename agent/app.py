@@ -21,7 +21,7 @@ from agent.config import Autonomy, Config
 from agent.connections import ConnectionGuard
 from agent.containment import Containment, ContainmentError, Ledger, choose
 from agent.logs import LogRotator
-from agent.metrics import build_registry
+from agent.metrics import EventMetrics
 from agent.probes import ProbeRunner
 from agent.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
 from agent.remediation import DedupeStore, Remediator
@@ -90,7 +90,7 @@ class Agent:
         self.backlog: BacklogMonitor | None = None
         http = config.agent.http
         self.connections = ConnectionGuard(http.max_connections, http.request_timeout)
-        self.registry, self.events = build_registry(self)
+        self.events = EventMetrics(config)
         self.tracing = Tracing(config.agent.node, self.version)
         self.remediator: Remediator | None = None
         self._tasks: list[asyncio.Task[None]] = []

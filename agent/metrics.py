@@ -1,4 +1,5 @@
-"""Prometheus exposition: a collector that reads the agent's state at scrape time, plus event metrics.
+"""Prometheus exposition: a collector that reads the agent's state at scrape time, plus event metrics,
+and the text renderer that writes them (and `agent --once --format prometheus`).
 
 Names follow the contract in docs/metrics.md. The collector never probes or samples: it only reads
 what the supervisor, probe runner, resource monitor and backlog monitor last recorded.
@@ -12,11 +13,9 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
@@ -150,21 +149,42 @@ class Family:
     def add_metric(self, labels: list[str] | tuple[str, ...], value: float) -> None:
         self.rows.append((tuple(labels), value))
 
-    def to_metric(self) -> Metric:
-        """The same family as prometheus_client's type (for registries and generate_latest)."""
-        cls = CounterMetricFamily if self.type == "counter" else GaugeMetricFamily
-        fam = cls(self.name, self.documentation, labels=list(self.label_names))
-        for values, value in self.rows:
-            fam.add_metric(list(values), value)
-        return fam
-
 
 def _gauge(name: str, doc: str, labels: list[str]) -> Family:
     return Family(name, doc, labels=labels)
 
 
-class StateCollector(Collector):
-    """Fresh metric families from the agent's current state, built inside collect()."""
+# The families `agent --once --format prometheus` writes too (agent/once.py): one definition each, so a
+# series has the same HELP, type and labels in both outputs.
+
+def probe_success_family() -> Family:
+    """orchestrator_component_probe_success, empty."""
+    return _gauge("orchestrator_component_probe_success", "Last probe result per replica.", ["component", "replica"])
+
+
+def memory_available_family(value: float) -> Family:
+    """orchestrator_host_memory_available_bytes."""
+    return Family("orchestrator_host_memory_available_bytes", "Host memory available.", value=value)
+
+
+def disk_free_family() -> Family:
+    """orchestrator_host_disk_free_bytes, empty."""
+    return _gauge("orchestrator_host_disk_free_bytes", "Free bytes per configured mountpoint.", ["mountpoint"])
+
+
+def todo_backlog_family() -> Family:
+    """orchestrator_todo_backlog, empty."""
+    return _gauge("orchestrator_todo_backlog", "Todos by status, priority and required capability ('any' when "
+                  "none is required; a todo needing two counts under both).", ["status", "priority", "capability"])
+
+
+def source_up_family() -> Family:
+    """orchestrator_todo_source_up, empty."""
+    return _gauge("orchestrator_todo_source_up", "1 when the last read of the source succeeded.", ["source"])
+
+
+class StateCollector:
+    """Fresh metric families from the agent's current state, built at each scrape by families()."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
@@ -175,13 +195,6 @@ class StateCollector(Collector):
         # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
         # from /proc at scrape time; not registered anywhere, so nothing process-global.
         self.process = ProcessCollector(registry=None)
-
-    def describe(self) -> Iterable[Metric]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        for fam in self.families():
-            yield fam.to_metric() if isinstance(fam, Family) else fam
 
     def families(self) -> Iterator[Family | Metric]:
         """Everything the agent exports, read from its current state."""
@@ -267,8 +280,7 @@ class StateCollector(Collector):
         manual = _gauge("orchestrator_component_manual_stop", "1 when stopped by hand.", ["component"])
         restarts = Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
                           typ="counter")
-        probe_ok = _gauge("orchestrator_component_probe_success", "Last probe result per replica.",
-                          ["component", "replica"])
+        probe_ok = probe_success_family()
         probe_err = _gauge("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
                            ["component", "reason"])
         exit_code = _gauge("orchestrator_component_last_exit_code",
@@ -322,11 +334,10 @@ class StateCollector(Collector):
         host = self.agent.resources.host
         yield Family("orchestrator_host_cpu_usage_ratio", "Host CPU busy ratio (0..1) since the "
                                 "previous sample.", value=host.cpu_ratio)
-        yield Family("orchestrator_host_memory_available_bytes", "Host memory available.",
-                                value=host.memory_available)
+        yield memory_available_family(host.memory_available)
         yield Family("orchestrator_host_memory_total_bytes", "Host memory total.",
                                 value=host.memory_total)
-        free = _gauge("orchestrator_host_disk_free_bytes", "Free bytes per configured mountpoint.", ["mountpoint"])
+        free = disk_free_family()
         total = _gauge("orchestrator_host_disk_total_bytes", "Size per configured mountpoint.", ["mountpoint"])
         for mount, value in host.disk_free.items():
             free.add_metric([mount], value)
@@ -343,9 +354,7 @@ class StateCollector(Collector):
         if self._bounded is None or self._bounded[0] is not monitor.totals:
             self._bounded = (monitor.totals, bounded(monitor.totals, self.served))
         totals = self._bounded[1]
-        backlog = _gauge("orchestrator_todo_backlog", "Todos by status, priority and required capability "
-                         "('any' when none is required; a todo needing two counts under both).",
-                         ["status", "priority", "capability"])
+        backlog = todo_backlog_family()
         keys = set(totals.by_key)
         for cap in self.capabilities:
             for status in STATUSES:
@@ -361,7 +370,7 @@ class StateCollector(Collector):
             created = totals.oldest_pending.get(priority)
             age.add_metric([priority], max(0.0, now - created) if created is not None else 0.0)
         yield age
-        up = _gauge("orchestrator_todo_source_up", "1 when the last read of the source succeeded.", ["source"])
+        up = source_up_family()
         last = _gauge("orchestrator_todo_source_last_success_timestamp_seconds",
                       "When the source was last read successfully (0: never).", ["source"])
         duration = _gauge("orchestrator_todo_source_read_duration_seconds", "Duration of the last read.",
@@ -376,18 +385,17 @@ class StateCollector(Collector):
         yield from (up, last, duration, invalid)
 
 
-def build_registry(agent: Agent) -> tuple[CollectorRegistry, EventMetrics]:
-    """A registry of the agent's own (no process-global default registry)."""
-    registry = CollectorRegistry(auto_describe=False)
-    events = EventMetrics(agent.config)
-    registry.register(StateCollector(agent))
-    return registry, events
-
-
 def _escape(value: str) -> str:
+    """A label value as both formats quote it: backslash, newline and double quote escaped."""
     if "\\" in value or '"' in value or "\n" in value:
         return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
     return value
+
+
+def _escape_help(doc: str, openmetrics: bool) -> str:
+    """HELP text: the text format escapes backslash and newline; OpenMetrics also the double quote."""
+    doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
+    return doc.replace('"', '\\"') if openmetrics else doc
 
 
 def _number(value: float) -> str:
@@ -412,7 +420,7 @@ def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[t
     for fam in families:
         name = fam.name
         shown = name + "_total" if fam.type == "counter" and not openmetrics else name
-        add(f"# HELP {shown} {fam.documentation}")
+        add(f"# HELP {shown} {_escape_help(fam.documentation, openmetrics)}")
         add(f"# TYPE {shown} {fam.type}")
         if isinstance(fam, Family):
             sample = name + "_total" if fam.type == "counter" else name
@@ -437,7 +445,9 @@ def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[t
             if openmetrics and s.exemplar is not None:
                 ex = s.exemplar
                 ex_labels = ",".join(f'{k}="{_escape(v)}"' for k, v in ex.labels.items())
-                line += f" # {{{ex_labels}}} {_number(ex.value)} {_number(float(ex.timestamp or 0.0))}"
+                line += f" # {{{ex_labels}}} {_number(ex.value)}"
+                if ex.timestamp is not None:
+                    line += f" {_number(float(ex.timestamp))}"
             add(line)
     if openmetrics:
         add("# EOF")

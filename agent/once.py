@@ -21,13 +21,19 @@ from typing import Any
 
 import httpx
 import psutil
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.backlog import BacklogMonitor, bounded
 from agent.config import Config
+from agent.metrics import (
+    Family,
+    disk_free_family,
+    memory_available_family,
+    probe_success_family,
+    render,
+    source_up_family,
+    todo_backlog_family,
+)
 from agent.probes import ProbeResult, run_probe
 from agent.process import Reaper
 from agent.resources import HostUsage, sample_host
@@ -150,36 +156,29 @@ async def collect(config: Config) -> Report:
     return Report(status, checks, components, host, backlog, time.perf_counter() - started)
 
 
-class _ReportCollector(Collector):
-    def __init__(self, report: Report, served: frozenset[str]) -> None:
-        self.report = report
-        self.served = served  # capabilities configured components serve: the bound on label values
+def report_families(report: Report, served: frozenset[str]) -> list[Family]:
+    """The check as metric families; a family /metrics has too is built from its definition there.
 
-    def collect(self) -> list[Metric]:
-        r = self.report
-        status = GaugeMetricFamily("orchestrator_check_status", "Result of `agent --once` (0 OK, 1 WARNING, "
-                                   "2 CRITICAL, 3 UNKNOWN).", value=int(r.status))
-        when = GaugeMetricFamily("orchestrator_check_timestamp_seconds", "When `agent --once` ran.",
-                                 value=time.time())
-        probe = GaugeMetricFamily("orchestrator_component_probe_success", "Probe result of `agent --once`.",
-                                  labels=["component", "replica"])
-        for name, result in r.components.items():
-            if result is not None:
-                probe.add_metric([name, "0"], 1 if result.ok else 0)
-        mem = GaugeMetricFamily("orchestrator_host_memory_available_bytes", "Host memory available.",
-                                value=r.host.memory_available)
-        free = GaugeMetricFamily("orchestrator_host_disk_free_bytes", "Free bytes per mountpoint.",
-                                 labels=["mountpoint"])
-        for mount, value in r.host.disk_free.items():
-            free.add_metric([mount], value)
-        backlog = GaugeMetricFamily("orchestrator_todo_backlog", "Todos by status, priority and capability.",
-                                    labels=["status", "priority", "capability"])
-        for key, n in sorted(bounded(r.backlog.totals, self.served).by_key.items()):
-            backlog.add_metric(list(key), n)
-        up = GaugeMetricFamily("orchestrator_todo_source_up", "Backlog source readable.", labels=["source"])
-        for label, source in r.backlog.sources.items():
-            up.add_metric([label], 1 if source.up else 0)
-        return [status, when, probe, mem, free, backlog, up]
+    `served`, the capabilities configured components serve, bounds the capability label as on /metrics.
+    """
+    status = Family("orchestrator_check_status", "Result of `agent --once` (0 OK, 1 WARNING, 2 CRITICAL, "
+                    "3 UNKNOWN).", value=int(report.status))
+    when = Family("orchestrator_check_timestamp_seconds", "When `agent --once` ran.", value=time.time())
+    probe = probe_success_family()
+    for name, result in report.components.items():
+        if result is not None:
+            probe.add_metric([name, "0"], 1 if result.ok else 0)
+    mem = memory_available_family(report.host.memory_available)
+    free = disk_free_family()
+    for mount, value in report.host.disk_free.items():
+        free.add_metric([mount], value)
+    backlog = todo_backlog_family()
+    for key, n in sorted(bounded(report.backlog.totals, served).by_key.items()):
+        backlog.add_metric(list(key), n)
+    up = source_up_family()
+    for label, source in report.backlog.sources.items():
+        up.add_metric([label], 1 if source.up else 0)
+    return [status, when, probe, mem, free, backlog, up]
 
 
 def render_table(report: Report) -> None:
@@ -208,10 +207,9 @@ def cmd_once(config: Config, fmt: str) -> int:
     if fmt == "json":
         print(json.dumps(report.to_json(), indent=2))
     elif fmt == "prometheus":
-        registry = CollectorRegistry(auto_describe=False)
         served = frozenset(c for comp in config.components.values() for c in comp.capabilities)
-        registry.register(_ReportCollector(report, served))
-        sys.stdout.write(generate_latest(registry).decode())
+        # The renderer /metrics uses, so both outputs escape and format alike.
+        sys.stdout.write(render(report_families(report, served), openmetrics=False, cache={}))
     else:
         render_table(report)
     return int(report.status)

@@ -18,7 +18,7 @@ from agent.config import BacklogSource, build_config
 from agent.once import Status, judge, overall
 from agent.probes import ProbeResult
 from agent.resources import HostUsage
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, running_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "docs" / "once.schema.json").read_text())
@@ -106,6 +106,38 @@ def test_table_and_textfile_formats(tmp_path: Path) -> None:
     text = once(tmp_path, cfg, "--format", "prometheus")
     assert "orchestrator_check_status 2.0" in text.stdout
     assert 'orchestrator_component_probe_success{component="core",replica="0"} 0.0' in text.stdout
+
+
+def test_textfile_families_have_the_help_and_type_of_the_live_metrics(tmp_path: Path) -> None:
+    """A series means the same in both outputs, so its HELP and TYPE must be the same too."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from agent import todos
+
+    db = tmp_path / "t.db"
+    todos.add(db, "a", "high", ["x"])
+    port = free_port()
+    # The component's probe is the agent's own port: it passes for the agent and for --once alike.
+    cfg: dict[str, Any] = {
+        "agent": {"listen": f"127.0.0.1:{port}"},
+        "components": {"core": {"command": ["sleep", "100"], "capabilities": ["x"],
+                                "probe": {"tcp": {"port": port}}}},
+        "backlog": {"sources": [{"kind": "sqlite", "path": str(db)}]},
+    }
+    with running_agent(tmp_path, cfg) as agent:
+        import httpx
+
+        live = {f.name: (f.documentation, f.type)
+                for f in text_string_to_metric_families(httpx.get(agent.url + "/metrics", timeout=5).text)}
+        out = subprocess.run([sys.executable, "-m", "agent.cli", "--once", "--config", str(agent.config_path),
+                              "--format", "prometheus"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    textfile = {f.name: (f.documentation, f.type) for f in text_string_to_metric_families(out.stdout)}
+    shared = set(textfile) - {"orchestrator_check_status", "orchestrator_check_timestamp_seconds"}
+    assert shared == {"orchestrator_component_probe_success", "orchestrator_host_memory_available_bytes",
+                      "orchestrator_host_disk_free_bytes", "orchestrator_todo_backlog",
+                      "orchestrator_todo_source_up"}
+    assert {n: textfile[n] for n in shared} == {n: live.get(n) for n in shared}
 
 
 def _monitor(up: bool) -> BacklogMonitor:
