@@ -455,7 +455,9 @@ def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[t
 def metrics_routes(agent: Agent) -> list[Route]:
     """GET /metrics with OpenMetrics content negotiation."""
     collector = StateCollector(agent)
-    cache: dict[tuple[str, ...], str] = {}  # label sets of configured components: bounded
+    # Every Family's rendered label sets. Their values come from the config and fixed enums (unknown
+    # capabilities fold into `_other`), so the set is fixed for a run; the clear is only a backstop.
+    cache: dict[tuple[str, ...], str] = {}
 
     async def metrics(request: Request) -> Response:
         _, content_type = choose_encoder(request.headers.get("accept", ""))
