@@ -534,6 +534,14 @@ def merge_documents(base: Any, extra: Any) -> Any:
     return extra
 
 
+def config_paths(given: Sequence[str | Path] | None = None, env: Mapping[str, str] | None = None) -> list[Path]:
+    """The config file(s) to load: those given (merged in order), else $AGENT_CONFIG, else the demo."""
+    if given:
+        return [Path(p) for p in given]
+    value = (os.environ if env is None else env).get("AGENT_CONFIG")
+    return [Path(p) for p in value.split(os.pathsep)] if value else [DEFAULT_CONFIG]
+
+
 def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
     """Read, parse and validate a config file, or several merged in order (later files win)."""
     paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
