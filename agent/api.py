@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import logging
@@ -11,6 +12,7 @@ import secrets
 import shlex
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from agent.app import Agent
 
 log = logging.getLogger("agent.api")
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class TooLarge(Exception):
@@ -186,8 +190,16 @@ def api_routes(agent: Agent) -> list[Route]:
             results = agent.remediator.handle(payload, trace_id, ctx)
         return JSONResponse({"trace_id": trace_id, "results": results})
 
-    def authorised(request: Request) -> bool:
-        return control_auth.check(request.headers.get("authorization"))
+    def control_token(handler: Handler) -> Handler:
+        """Guard a control API handler: the control token is checked here, once, before it runs."""
+
+        @functools.wraps(handler)
+        async def checked(request: Request) -> Response:
+            if not control_auth.check(request.headers.get("authorization")):
+                return _error(401, "missing or wrong control token")
+            return await handler(request)
+
+        return checked
 
     async def body_json(request: Request) -> Any:
         raw = await read_limited(request, 1 << 20)
@@ -198,9 +210,8 @@ def api_routes(agent: Agent) -> list[Route]:
             plan = Plan("manual", component, action, "", result, reason, target)
             agent.remediator.record(None, plan, result, reason, "", source="cli")
 
+    @control_token
     async def control(request: Request) -> Response:
-        if not authorised(request):
-            return _error(401, "missing or wrong control token")
         if agent.shutting_down or agent.supervisor is None:
             return _error(503, "the agent is shutting down or not started")
         verb = request.path_params["verb"]
@@ -242,14 +253,12 @@ def api_routes(agent: Agent) -> list[Route]:
             return _error(400, str(exc))
         return _error(404, f"unknown verb {verb!r}")
 
+    @control_token
     async def status(request: Request) -> Response:
-        if not authorised(request):
-            return _error(401, "missing or wrong control token")
         return JSONResponse(status_document(agent))
 
+    @control_token
     async def autonomy(request: Request) -> Response:
-        if not authorised(request):
-            return _error(401, "missing or wrong control token")
         if request.method == "POST":
             try:
                 body = await body_json(request)
@@ -265,9 +274,8 @@ def api_routes(agent: Agent) -> list[Route]:
             audit_manual("", "autonomy", Result.EXECUTED, f"autonomy {mode.value}")
         return JSONResponse({"autonomy": agent.autonomy.value, "emergency_stop": agent.emergency})
 
+    @control_token
     async def emergency(request: Request) -> Response:
-        if not authorised(request):
-            return _error(401, "missing or wrong control token")
         if agent.supervisor is None:
             return _error(503, "not started")
         started = time.perf_counter()
@@ -275,9 +283,8 @@ def api_routes(agent: Agent) -> list[Route]:
         audit_manual("", "emergency_stop", Result.EXECUTED, "every component stopped; autonomy off")
         return JSONResponse({"emergency_stop": True, "seconds": round(time.perf_counter() - started, 3)})
 
+    @control_token
     async def history(request: Request) -> Response:
-        if not authorised(request):
-            return _error(401, "missing or wrong control token")
         limit = request.query_params.get("limit", "100")
         n = max(1, min(int(limit), 10_000)) if limit.isdigit() else 100
         entries = list(agent.remediator.history)[-n:] if agent.remediator is not None else []
@@ -285,9 +292,8 @@ def api_routes(agent: Agent) -> list[Route]:
 
         return JSONResponse({"history": [asdict(e) for e in entries]})
 
+    @control_token
     async def simulate(request: Request) -> Response:
-        if not authorised(request):
-            return _error(401, "missing or wrong control token")
         if agent.remediator is None:
             return _error(503, "not started")
         try:

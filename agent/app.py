@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from agent import __version__
+from agent.api import SecretFileError
 from agent.backlog import BacklogMonitor
 from agent.config import Autonomy, Config
 from agent.connections import ConnectionGuard
@@ -26,6 +27,7 @@ from agent.probes import ProbeRunner
 from agent.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
 from agent.remediation import DedupeStore, Remediator
 from agent.resources import ResourceMonitor
+from agent.server import HttpServer
 from agent.state import StateStore
 from agent.supervisor import Supervisor, replica_log_path
 from agent.tracing import Tracing
@@ -178,9 +180,6 @@ class Agent:
         hook = settings.webhook
         self.remediator = Remediator(self, DedupeStore(self.state_dir / "dedupe.jsonl", hook.dedupe_ttl,
                                                        hook.dedupe_max_entries))
-        from agent.api import SecretFileError  # local: the API imports this module's types
-        from agent.server import HttpServer
-
         try:
             server = HttpServer(self, self.sock)
         except SecretFileError as exc:

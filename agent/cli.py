@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.config import DEFAULT_CONFIG, Autonomy, Config, ConfigError, load_config
+from agent.config import Autonomy, Config, ConfigError, config_paths, load_config
+from agent.control_cli import add_control_commands
 
 EPILOG = """\
 exit codes: 0 ok; 1 failure (or WARNING for --once); 2 invalid config or usage (CRITICAL for --once);
@@ -20,17 +21,9 @@ The config defaults to $AGENT_CONFIG, else the embedded demo config examples/def
 """
 
 
-def _config_path(args: argparse.Namespace) -> list[Path]:
-    """The config file(s): --config (repeatable, merged in order), else $AGENT_CONFIG, else the demo."""
-    if getattr(args, "config", None):
-        return [Path(p) for p in args.config]
-    env = os.environ.get("AGENT_CONFIG")
-    return [Path(p) for p in env.split(os.pathsep)] if env else [DEFAULT_CONFIG]
-
-
 def _load(args: argparse.Namespace) -> Config:
     try:
-        return load_config(_config_path(args))
+        return load_config(config_paths(args.config))
     except ConfigError as exc:
         print(f"error: invalid config\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -45,7 +38,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = config.agent
     setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups)
-    logging.getLogger("agent").info("config %s: %d component(s)", " + ".join(map(str, _config_path(args))),
+    logging.getLogger("agent").info("config %s: %d component(s)", " + ".join(map(str, config_paths(args.config))),
                                     len(config.components))
     autonomy = Autonomy(args.autonomy) if args.autonomy else None
     return run(Agent(config, autonomy=autonomy).run())
@@ -53,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file and explain every error."""
-    paths = [Path(f) for f in args.file] if args.file else _config_path(args)
+    paths = [Path(f) for f in args.file] if args.file else config_paths(args.config)
     try:
         config = load_config(paths)
     except ConfigError as exc:
@@ -70,7 +63,7 @@ def _todo_db(args: argparse.Namespace) -> Path:
     if os.environ.get("TODO_DB"):
         return Path(os.environ["TODO_DB"])
     try:
-        config = load_config(_config_path(args))
+        config = load_config(config_paths(args.config))
     except ConfigError:
         return Path("todos.db")
     for source in config.backlog.sources:
@@ -169,12 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     done.add_argument("--failed", action="store_true", help="mark it failed instead")
     todo.set_defaults(func=cmd_todo)
 
-    try:
-        from agent.control_cli import add_control_commands
-    except ImportError:  # pragma: no cover - during bootstrap
-        pass
-    else:
-        add_control_commands(sub)
+    add_control_commands(sub)
     return parser
 
 
@@ -187,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         fmt = args.format or ("json" if args.json else "table")
         try:
-            config = load_config(_config_path(args))
+            config = load_config(config_paths(args.config))
         except ConfigError as exc:
             print(f"UNKNOWN: invalid config\n{exc}", file=sys.stderr)
             return int(Status.UNKNOWN)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agent.seed import is_seed_shape, map_seed
 from agent.units import Duration, Size
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
@@ -505,8 +506,6 @@ def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
     except MissingVariable as exc:
         msg = f"environment variable ${{{exc.args[0]}}} is not set and has no default (use ${{VAR:-default}})"
         raise ConfigError(source, [(exc.args[1], msg)]) from None
-    from agent.seed import is_seed_shape, map_seed  # local: seed mapping builds on this module
-
     problems: list[tuple[str, str]] = []
     if is_seed_shape(data):
         data, problems = map_seed(data, env)
@@ -533,6 +532,14 @@ def merge_documents(base: Any, extra: Any) -> Any:
             out[key] = merge_documents(base[key], value) if key in base else value
         return out
     return extra
+
+
+def config_paths(given: Sequence[str | Path] | None = None, env: Mapping[str, str] | None = None) -> list[Path]:
+    """The config file(s) to load: those given (merged in order), else $AGENT_CONFIG, else the demo."""
+    if given:
+        return [Path(p) for p in given]
+    value = (os.environ if env is None else env).get("AGENT_CONFIG")
+    return [Path(p) for p in value.split(os.pathsep)] if value else [DEFAULT_CONFIG]
 
 
 def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from agent.config import Config, ConfigError, load_config
+from agent.config import Config, ConfigError, config_paths, load_config
 
 
 class ControlError(Exception):
@@ -20,10 +20,8 @@ class ControlError(Exception):
 
 
 def _config(args: argparse.Namespace) -> Config:
-    from agent.cli import _config_path
-
     try:
-        return load_config(_config_path(args))
+        return load_config(config_paths(args.config))
     except ConfigError as exc:
         raise ControlError(f"invalid config\n{exc}") from None
 

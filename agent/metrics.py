@@ -234,6 +234,10 @@ class StateCollector:
                          "agent crash runs.", value=1 if agent.guardian.alive else 0)
             yield Family("orchestrator_guardian_restarts", "Guardian processes started again after one died.",
                          value=agent.guardian.restarts, typ="counter")
+        if agent.reaper is not None:
+            yield Family("orchestrator_orphans_reaped", "Exited processes the agent reaped that it had not "
+                         "started: orphaned descendants of components.", value=agent.reaper.orphans_reaped,
+                         typ="counter")
         yield self._state_write_errors()
         dedupe = agent.remediator.dedupe if agent.remediator is not None else None
         yield Family("orchestrator_dedupe_keys", "Alert keys held by the dedupe journal, at most "
@@ -347,6 +351,9 @@ class StateCollector:
         for i, period in enumerate(("1", "5", "15")):
             yield Family(f"orchestrator_host_load{period}", f"Load average over {period} minute(s).",
                                     value=host.load[i])
+        # Sampling pauses while nothing reads the figures, so a scrape may serve an old sample.
+        yield Family("orchestrator_resources_sampled_timestamp_seconds", "When the component and host "
+                     "resource figures were last sampled (epoch s; 0: not yet).", value=host.sampled_at)
 
     def _backlog_metrics(self) -> Iterator[Family | Metric]:
         assert self.agent.backlog is not None
@@ -458,7 +465,9 @@ def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[t
 def metrics_routes(agent: Agent) -> list[Route]:
     """GET /metrics with OpenMetrics content negotiation."""
     collector = StateCollector(agent)
-    cache: dict[tuple[str, ...], str] = {}  # label sets of configured components: bounded
+    # Every Family's rendered label sets. Their values come from the config and fixed enums (unknown
+    # capabilities fold into `_other`), so the set is fixed for a run; the clear is only a backstop.
+    cache: dict[tuple[str, ...], str] = {}
 
     async def metrics(request: Request) -> Response:
         _, content_type = choose_encoder(request.headers.get("accept", ""))

@@ -7,7 +7,6 @@ signals or sleeps. The supervisor carries the values out.
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -116,10 +115,3 @@ def over_memory_limit(samples: Sequence[int], limit: int | None, needed: int = 2
 def clamp_replicas(desired: int, minimum: int, maximum: int) -> int:
     """Desired replicas held within the component's bounds."""
     return max(minimum, min(maximum, desired))
-
-
-def hpa_desired(backlog: float, target_per_replica: float) -> int:
-    """Kubernetes HPA's formula for a queue: ceil(backlog / target per replica)."""
-    if target_per_replica <= 0:
-        raise ValueError("target per replica must be positive")
-    return math.ceil(backlog / target_per_replica)

@@ -22,7 +22,6 @@ from typing import Any
 from agent.todorow import PRIORITIES, RowError, capabilities_json, parse_capabilities
 from agent.todorow import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
 
-PRIORITY_RANK = {p: i for i, p in enumerate(PRIORITIES)}
 _URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 
 SCHEMA = """

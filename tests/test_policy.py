@@ -12,7 +12,6 @@ from agent.policy import (
     clamp_replicas,
     consecutive_failures,
     decide_exit,
-    hpa_desired,
     over_memory_limit,
     restarts_in_window,
 )
@@ -116,10 +115,6 @@ def test_memory_limit_needs_two_samples_over() -> None:
     assert not over_memory_limit([200, 200], None)
 
 
-def test_clamp_and_hpa() -> None:
+def test_clamp() -> None:
     assert clamp_replicas(10, 1, 8) == 8
     assert clamp_replicas(0, 1, 8) == 1
-    assert hpa_desired(41, 10) == 5
-    assert hpa_desired(0, 10) == 0
-    with pytest.raises(ValueError):
-        hpa_desired(1, 0)

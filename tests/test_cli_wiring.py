@@ -1,0 +1,55 @@
+"""How the `agent` command line is put together: which config files it reads, and its control verbs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.config import DEFAULT_CONFIG, config_paths
+from tests.helpers import ROOT
+
+CONTROL_VERBS = ("status", "restart", "start", "stop", "scale", "autonomy", "emergency-stop", "history",
+                 "simulate", "logs")
+
+
+def agent_help(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=ROOT)
+
+
+def test_help_lists_every_control_verb() -> None:
+    out = agent_help()
+    assert out.returncode == 0, out.stderr
+    missing = [verb for verb in CONTROL_VERBS if not re.search(rf"^ {{4}}{verb}\b", out.stdout, re.MULTILINE)]
+    assert not missing, out.stdout
+
+
+def test_a_broken_dependency_of_the_control_verbs_stops_the_cli(tmp_path: Path) -> None:
+    # A broken install: the HTTP client the control verbs use cannot be imported.
+    (tmp_path / "httpx").mkdir()
+    (tmp_path / "httpx" / "__init__.py").write_text('raise ImportError("httpx is broken here")\n')
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    out = agent_help(env)
+    assert out.returncode != 0, f"agent --help ran without its control verbs:\n{out.stdout}"
+    assert "httpx is broken here" in out.stderr
+
+
+def test_config_paths_given_then_environment_then_the_embedded_default() -> None:
+    env = {"AGENT_CONFIG": os.pathsep.join(["a.yaml", "b.yaml"])}
+    assert config_paths(["x.yaml", "y.yaml"], env) == [Path("x.yaml"), Path("y.yaml")]
+    assert config_paths(None, env) == [Path("a.yaml"), Path("b.yaml")]
+    assert config_paths([], {}) == [DEFAULT_CONFIG]
+
+
+def test_a_control_verb_reads_the_config_it_is_given(tmp_path: Path) -> None:
+    # The control verbs find the agent through the same config lookup as `agent run`.
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"agent: {{listen: 127.0.0.1:9, state_dir: {tmp_path / 'state'}}}\n")
+    env = dict(os.environ, AGENT_CONFIG=str(config))
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "status"], capture_output=True, text=True,
+                         timeout=60, env=env, cwd=tmp_path)
+    assert out.returncode != 0
+    assert f"cannot read the control token {tmp_path / 'state' / 'control.token'}" in out.stderr, out.stderr
