@@ -9,7 +9,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agent ./agent
-COPY examples ./examples
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/agent --create-home agent
 

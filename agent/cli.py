@@ -17,7 +17,7 @@ from agent.control_cli import add_control_commands
 EPILOG = """\
 exit codes: 0 ok; 1 failure (or WARNING for --once); 2 invalid config or usage (CRITICAL for --once);
 3 cannot start: listen address in use, state dir unwritable (UNKNOWN for --once).
-The config defaults to $AGENT_CONFIG, else the embedded demo config examples/default.yaml.
+The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/default.yaml.
 """
 
 

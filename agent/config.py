@@ -558,4 +558,6 @@ def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] 
     return build_config(document, " + ".join(str(p) for p in paths), env)
 
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "default.yaml"
+# Package data (pyproject.toml), so an installed agent has it too. Its relative paths (state_dir,
+# log_dir, todos.db) are kept relative: they resolve against the working directory, not this one.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "demo" / "default.yaml"

@@ -63,7 +63,7 @@ def chaos_components(mark: str) -> dict[str, dict[str, Any]]:
     for i in range(WEBS):
         port = free_port()
         out[f"web{i}"] = {
-            "command": [sys.executable, "-m", "examples.demo_service", "--port", str(port)],
+            "command": [sys.executable, "-m", "agent.demo.demo_service", "--port", str(port)],
             "cwd": str(ROOT), "env": env, "restart": restart, "stop": {"grace": 2},
             # Failure window 8 x 0.5 s = 4 s: a SIGSTOP of at most 0.5 s must restart nothing.
             "probe": {"http": {"url": f"http://127.0.0.1:{port}/health"}, "interval": 0.5, "timeout": 0.3,

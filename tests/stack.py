@@ -115,7 +115,7 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
         },
         # Its probe only marks it unhealthy: the restart must come through rule -> Alertmanager -> webhook.
         "hungry": {
-            "command": [py, "-m", "examples.demo_service", "--port", str(demo_port)],
+            "command": [py, "-m", "agent.demo.demo_service", "--port", str(demo_port)],
             "essential": True,
             "probe": {"http": {"url": f"http://127.0.0.1:{demo_port}/health"}, "interval": 0.5, "timeout": 0.5,
                       "failure_threshold": 2, "startup_grace": 0, "restart": False},
@@ -127,7 +127,7 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
             "restart": {"max_restarts": 3, "window": 60, "circuit_cooldown": 600, "backoff": {"initial": 0.05}},
         },
         "todo_worker": {
-            "command": [py, "-m", "examples.demo_worker", "--db", str(db), "--work-seconds", "0.25",
+            "command": [py, "-m", "agent.demo.demo_worker", "--db", str(db), "--work-seconds", "0.25",
                         "--idle-poll", "0.2"],
             "capabilities": ["todo_processing"],
             "replicas": {"min": 1, "max": 4, "initial": 1},

@@ -145,4 +145,4 @@ def test_help_explains_the_verbs() -> None:
     for verb in ("run", "check-config", "todo", "--once"):
         assert verb in out.stdout
     assert "exit codes" in out.stdout
-    assert os.path.exists(Path(__file__).parent.parent / "examples" / "default.yaml")
+    assert os.path.exists(Path(__file__).parent.parent / "agent" / "demo" / "default.yaml")

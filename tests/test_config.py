@@ -70,9 +70,9 @@ def test_shell_string_only_with_shell_true() -> None:
 SEED = {
     "services": {"mcp_server": {"enabled": True, "auto_restart": True, "max_restarts": 5,
                                 "health_check_url": "http://127.0.0.1:5005/health",
-                                "command": ["python", "-m", "examples.mcp_server"]}},
+                                "command": ["python", "-m", "agent.demo.mcp_server"]}},
     "agents": {"unified_todo_agent": {"enabled": True, "auto_restart": False, "max_restarts": 3,
-                                      "command": ["python", "-m", "examples.demo_worker"]}},
+                                      "command": ["python", "-m", "agent.demo.demo_worker"]}},
     "orchestration": {"cycle_interval": 300, "intelligence_enabled": False, "auto_scaling": False},
 }
 

@@ -1,4 +1,4 @@
-"""The demo components in examples/, each run as a real subprocess on a free port."""
+"""The demo components in agent/demo/, each run as a real subprocess on a free port."""
 
 from __future__ import annotations
 
@@ -17,19 +17,19 @@ import httpx
 import pytest
 
 from agent import todos
-from examples.mcp_check import MCPCheckError, mcp_ping
+from agent.demo.mcp_check import MCPCheckError, mcp_ping
 from tests.helpers import ROOT, free_port, http_ok, pid_alive, wait_for
 
 
 class Example:
-    """One `python -m examples.<name>` subprocess, its output captured in a log file."""
+    """One `python -m agent.demo.<name>` subprocess, its output captured in a log file."""
 
     def __init__(self, name: str, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log = log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"examples.{name}", *args],
+                [sys.executable, "-m", f"agent.demo.{name}", *args],
                 cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
@@ -74,7 +74,7 @@ class Example:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Example]]:
-    """Start examples; whatever is still running at the end is killed by pid and reaped."""
+    """Start demo components; whatever is still running at the end is killed by pid and reaped."""
     started: list[Example] = []
 
     def start(name: str, *args: str, env: dict[str, str] | None = None) -> Example:
@@ -268,7 +268,7 @@ def test_mcp_server_initialize_ping_and_tools(spawn: Callable[..., Example], tmp
     assert summary == {"pending": 1, "in_progress": 0, "done": 1, "failed": 0, "total": 2}
     assert getattr(echoed, "text", None) == "hi <there>"
 
-    check = subprocess.run([sys.executable, "-m", "examples.mcp_check", base + "/mcp", "--timeout", "5"],
+    check = subprocess.run([sys.executable, "-m", "agent.demo.mcp_check", base + "/mcp", "--timeout", "5"],
                            cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.startswith("OK ")
@@ -276,7 +276,7 @@ def test_mcp_server_initialize_ping_and_tools(spawn: Callable[..., Example], tmp
 
 
 def test_mcp_server_missing_db_counts_zero(tmp_path: Path) -> None:
-    from examples.mcp_server import todo_counts
+    from agent.demo.mcp_server import todo_counts
 
     missing = tmp_path / "nope.db"
     assert todo_counts(missing) == {"pending": 0, "in_progress": 0, "done": 0, "failed": 0}
@@ -288,7 +288,7 @@ def test_mcp_check_fails_clearly_against_plain_http(spawn: Callable[..., Example
     with pytest.raises(MCPCheckError, match="not an MCP streamable-HTTP endpoint"):
         anyio.run(mcp_ping, base + "/mcp", 3.0)
 
-    check = subprocess.run([sys.executable, "-m", "examples.mcp_check", base + "/mcp", "--timeout", "3"],
+    check = subprocess.run([sys.executable, "-m", "agent.demo.mcp_check", base + "/mcp", "--timeout", "3"],
                            cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert check.returncode == 1
     assert check.stdout.startswith("FAIL ") and "HTTP 404" in check.stdout
@@ -381,7 +381,7 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
     procs: dict[str, subprocess.Popen[str]] = {}
     try:
         for name in EXAMPLES:
-            procs[name] = subprocess.Popen([sys.executable, "-m", f"examples.{name}", "--help"], cwd=ROOT,
+            procs[name] = subprocess.Popen([sys.executable, "-m", f"agent.demo.{name}", "--help"], cwd=ROOT,
                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for name, options in EXAMPLES.items():
             out, _ = procs[name].communicate(timeout=20)

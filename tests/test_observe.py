@@ -21,7 +21,7 @@ PY = sys.executable
 
 
 def demo(port: int, *extra: str) -> dict[str, Any]:
-    return {"command": [PY, "-m", "examples.demo_service", "--port", str(port), *extra]}
+    return {"command": [PY, "-m", "agent.demo.demo_service", "--port", str(port), *extra]}
 
 
 def test_promtool_finds_nothing_wrong_with_a_live_scrape(tmp_path: Path) -> None:
@@ -118,7 +118,7 @@ def test_mcp_probe_passes_on_mcp_and_fails_clearly_on_plain_http(tmp_path: Path)
                 return await run_probe(spec, 0, client, None)
         return run_async(go())
 
-    for module, expect_ok in (("examples.mcp_server", True), ("examples.demo_service", False)):
+    for module, expect_ok in (("agent.demo.mcp_server", True), ("agent.demo.demo_service", False)):
         env = dict(os.environ, TODO_DB=str(tmp_path / "t.db"))
         proc = subprocess.Popen([PY, "-m", module, "--port", str(port)], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
@@ -200,7 +200,7 @@ def test_readiness_waits_for_essential_probes(tmp_path: Path) -> None:
     port = free_port()
     gate = tmp_path / "gate"
     cfg = {"components": {"slow": {"command": f"while [ ! -f {gate} ]; do sleep 0.05; done; exec {PY} -m "
-                                              f"examples.demo_service --port {port}", "shell": True,
+                                              f"agent.demo.demo_service --port {port}", "shell": True,
                                    "essential": True,
                                    "probe": {"http": {"url": f"http://127.0.0.1:{port}/health"}, "interval": 0.1}}}}
     with running_agent(tmp_path, cfg) as agent:

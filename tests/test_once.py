@@ -27,7 +27,7 @@ SCHEMA = json.loads((ROOT / "docs" / "once.schema.json").read_text())
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[int]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "examples.demo_service", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "agent.demo.demo_service", "--port", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         import httpx

@@ -1,7 +1,7 @@
-"""`python -m examples.mcp_check URL [--timeout S]`: MCP initialize + ping, exit 0/1 with one line.
+"""`python -m agent.demo.mcp_check URL [--timeout S]`: MCP initialize + ping, exit 0/1 with one line.
 
 The code lives in `agent.mcp_check`, where the agent's `mcp` health probe uses it; this module keeps
-the examples' command line.
+the demo components' command line beside the others.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ It answers the endpoints a health probe or a client start-up check uses, and not
     GET /api/ps           200 {"models": []}
 Any other route answers 404 with a JSON error that says this is a stand-in. SIGTERM exits 0.
 
-Run as ``python -m examples.ollama_standin [options]``; see ``--help``.
+Run as ``python -m agent.demo.ollama_standin [options]``; see ``--help``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
-from examples._http import Server, serve
-from examples._log import setup_logging
+from agent.demo._http import Server, serve
+from agent.demo._log import setup_logging
 
 log = logging.getLogger("ollama_standin")
 
@@ -79,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.ollama_standin",
+        prog="python -m agent.demo.ollama_standin",
         description="Minimal stand-in for the Ollama API: GET /api/version and GET /api/tags (no models).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

@@ -19,7 +19,7 @@ Signals: SIGTERM exits 0 promptly (after writing ``stop <name>`` to ``--record``
 ``--ignore-sigterm`` is given, in which case only a log line is written and the process keeps
 running until SIGKILL.
 
-Run as ``python -m examples.demo_service [options]``; see ``--help``.
+Run as ``python -m agent.demo.demo_service [options]``; see ``--help``.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from examples._http import Server, Terminated, raise_terminated, serve
-from examples._log import setup_logging
+from agent.demo._http import Server, Terminated, raise_terminated, serve
+from agent.demo._log import setup_logging
 
 log = logging.getLogger("demo_service")
 
@@ -177,7 +177,7 @@ def spawn_child(pid_file: Path | None) -> subprocess.Popen[bytes]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.demo_service",
+        prog="python -m agent.demo.demo_service",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         epilog="Routes: GET /health, POST /crash (exit 3), POST /hang, POST /exit?code=N.",
     )

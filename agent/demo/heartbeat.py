@@ -4,7 +4,7 @@ It does nothing but log ``heartbeat <n> <name>`` to stdout at start and then eve
 seconds, so a supervisor has a long-running process with a visible pulse to keep alive. SIGTERM or
 Ctrl-C exits 0 at once.
 
-Run as ``python -m examples.heartbeat [options]``; see ``--help``.
+Run as ``python -m agent.demo.heartbeat [options]``; see ``--help``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class Terminated(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.heartbeat",
+        prog="python -m agent.demo.heartbeat",
         description="Log a heartbeat line every --interval seconds until SIGTERM (then exit 0).",
     )
     parser.add_argument("--interval", type=float, default=30.0,

@@ -1,4 +1,4 @@
-"""Shared plumbing for the stdlib HTTP examples (demo_service, ollama_standin, todo_dashboard).
+"""Shared plumbing for the stdlib HTTP demo components (demo_service, ollama_standin, todo_dashboard).
 
 Each of them binds a :class:`Server`, serves until SIGTERM (or Ctrl-C) and exits 0. :func:`serve`
 does that part: it installs the SIGTERM handler *before* binding, so a SIGTERM that arrives while

@@ -11,8 +11,8 @@ Tools:
 
 SIGTERM shuts uvicorn down gracefully (open MCP streams get at most one second) and exits 0.
 
-Run as ``python -m examples.mcp_server [options]``; see ``--help``. Check it with
-``python -m examples.mcp_check http://127.0.0.1:5005/mcp``.
+Run as ``python -m agent.demo.mcp_server [options]``; see ``--help``. Check it with
+``python -m agent.demo.mcp_check http://127.0.0.1:5005/mcp``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agent import todos
-from examples._log import setup_logging
+from agent.demo._log import setup_logging
 
 log = logging.getLogger("mcp_server")
 
@@ -87,7 +87,7 @@ def build_server(db: Path) -> MCPServer:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.mcp_server",
+        prog="python -m agent.demo.mcp_server",
         description="MCP server (streamable HTTP at /mcp) with tools todo_summary and echo, "
                     "plus GET /health on the same port.",
     )

@@ -9,7 +9,7 @@ Routes:
 
 A missing database reads as no todos; the dashboard never creates it. SIGTERM exits 0.
 
-Run as ``python -m examples.todo_dashboard [options]``; see ``--help``.
+Run as ``python -m agent.demo.todo_dashboard [options]``; see ``--help``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from agent import todos
-from examples._http import Server, serve
-from examples._log import setup_logging
+from agent.demo._http import Server, serve
+from agent.demo._log import setup_logging
 
 log = logging.getLogger("todo_dashboard")
 
@@ -136,7 +136,7 @@ class Handler(BaseHTTPRequestHandler):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.todo_dashboard",
+        prog="python -m agent.demo.todo_dashboard",
         description="Read-only todo dashboard: GET / (HTML), GET /api/todos (JSON), GET /api/health.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")

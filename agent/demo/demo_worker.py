@@ -12,7 +12,7 @@ can take it.
 Worker id: ``--worker-id``, else ``$AGENT_COMPONENT.$AGENT_REPLICA`` when the supervisor set
 ``AGENT_COMPONENT`` (replica defaults to 0), else ``hostname:pid``.
 
-Run as ``python -m examples.demo_worker [options]``; see ``--help``.
+Run as ``python -m agent.demo.demo_worker [options]``; see ``--help``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from agent import todos
-from examples._log import setup_logging
+from agent.demo._log import setup_logging
 
 log = logging.getLogger("demo_worker")
 
@@ -105,7 +105,7 @@ def run(db: Path, worker: str, capabilities: list[str], work_seconds: float, idl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.demo_worker",
+        prog="python -m agent.demo.demo_worker",
         description="Claim todos from the SQLite todo store, work on them, mark them done. "
                     "SIGTERM puts the todo in hand back to pending and exits 0.",
     )
