@@ -262,7 +262,10 @@ def run_chaos(agent: ChaosAgent, kills: int, duration: float, seed: int,
                 os.kill(pid, signal.SIGKILL if kind == "SIGKILL" else signal.SIGTERM)
                 tally.exits_by_component[name] += 1
             tally.sent[kind] += 1
-        time.sleep(rng.uniform(0, 2 * gap))  # pacing: crashes land at random phases of the agent's loops
+        # Pacing: signal n lands at a random moment of its slot [n, n+1) x gap, so `kills` fit in
+        # `duration` whatever a SIGSTOP's hold took, and crashes land at random phases of the agent's loops.
+        slot = sum(tally.sent.values())
+        time.sleep(max(0.0, started + (slot + rng.random()) * gap - time.monotonic()))
     return tally
 
 
