@@ -25,8 +25,13 @@ from agent.config import Autonomy
 from agent.remediation import Plan, Result, WebhookPayload
 from agent.supervisor import CommandError
 
-if TYPE_CHECKING:
-    from agent.app import Agent
+if TYPE_CHECKING:  # types only: none of them imports this module
+    from agent.config import Config
+    from agent.metrics import CounterStore
+    from agent.modes import Modes
+    from agent.remediation import Remediator
+    from agent.supervisor import Supervisor
+    from agent.tracing import Tracing
 
 log = logging.getLogger("agent.api")
 
@@ -141,9 +146,13 @@ def parse_json(raw: bytes) -> Any:
         raise ValueError("invalid JSON: nested too deeply") from None
 
 
-def api_routes(agent: Agent) -> list[Route]:
-    """POST /webhook/alertmanager and /api/v1/* (the CLI's control API)."""
-    settings = agent.config.agent
+def api_routes(config: Config, sup: Supervisor, modes: Modes, remediator: Remediator, tracing: Tracing,
+               counter: CounterStore, status_document: Callable[[], dict[str, Any]]) -> list[Route]:
+    """POST /webhook/alertmanager and /api/v1/* (the CLI's control API).
+
+    `counter` counts webhook answers by code; `status_document` builds the `agent status` document.
+    """
+    settings = config.agent
     hook = settings.webhook
     basic = None
     if hook.basic_auth_username and hook.basic_auth_password_file:
@@ -153,7 +162,6 @@ def api_routes(agent: Agent) -> list[Route]:
         bearer_file = settings.state_dir / "webhook.token"
     webhook_auth = Credentials(ensure_token(bearer_file) if bearer_file else None, basic)
     control_auth = Credentials(ensure_token(settings.control_token_file or settings.state_dir / "control.token"))
-    counter = agent.events.webhook_requests
 
     async def webhook(request: Request) -> Response:
         try:
@@ -169,7 +177,7 @@ def api_routes(agent: Agent) -> list[Route]:
         return response
 
     async def _webhook(request: Request) -> Response:
-        if agent.shutting_down or agent.remediator is None:
+        if modes.closing:
             return JSONResponse({"error": "shutting down; retry"}, status_code=503, headers={"Retry-After": "5"})
         if not webhook_auth.check(request.headers.get("authorization")):
             return _error(401, "missing or wrong credentials")
@@ -185,9 +193,9 @@ def api_routes(agent: Agent) -> list[Route]:
             payload = WebhookPayload.model_validate(document)
         except ValidationError as exc:
             return _error(422, "not an Alertmanager version 4 payload", details=_validation_message(exc))
-        with agent.tracing.span("webhook.alertmanager", alerts=len(payload.alerts),
-                                receiver=payload.receiver[:64]) as (_, trace_id, ctx):
-            results = agent.remediator.handle(payload, trace_id, ctx)
+        with tracing.span("webhook.alertmanager", alerts=len(payload.alerts),
+                          receiver=payload.receiver[:64]) as (_, trace_id, ctx):
+            results = remediator.handle(payload, trace_id, ctx)
         return JSONResponse({"trace_id": trace_id, "results": results})
 
     def control_token(handler: Handler) -> Handler:
@@ -206,21 +214,19 @@ def api_routes(agent: Agent) -> list[Route]:
         return parse_json(raw) if raw.strip() else {}
 
     def audit_manual(component: str, action: str, result: Result, reason: str, target: int | None = None) -> None:
-        if agent.remediator is not None:
-            plan = Plan("manual", component, action, "", result, reason, target)
-            agent.remediator.record(None, plan, result, reason, "", source="cli")
+        plan = Plan("manual", component, action, "", result, reason, target)
+        remediator.record(None, plan, result, reason, "", source="cli")
 
     @control_token
     async def control(request: Request) -> Response:
-        if agent.shutting_down or agent.supervisor is None:
-            return _error(503, "the agent is shutting down or not started")
+        if modes.closing:
+            return _error(503, "the agent is shutting down")
         verb = request.path_params["verb"]
         name = request.path_params.get("name", "")
         try:
             body = await body_json(request)
             if not isinstance(body, dict):
                 return _error(422, "the body must be a JSON object")
-            sup = agent.sup
             if name and name not in sup.components:
                 return _error(404, f"unknown component {name!r}", known=sorted(sup.components))
             if verb == "restart":
@@ -255,7 +261,7 @@ def api_routes(agent: Agent) -> list[Route]:
 
     @control_token
     async def status(request: Request) -> Response:
-        return JSONResponse(status_document(agent))
+        return JSONResponse(status_document())
 
     @control_token
     async def autonomy(request: Request) -> Response:
@@ -270,16 +276,15 @@ def api_routes(agent: Agent) -> list[Route]:
                 mode = Autonomy(str(body.get("mode")) if isinstance(body, dict) else "")
             except ValueError:
                 return _error(422, "mode must be one of on, dry-run, off")
-            agent.set_autonomy(mode)
+            modes.set_autonomy(mode)
             audit_manual("", "autonomy", Result.EXECUTED, f"autonomy {mode.value}")
-        return JSONResponse({"autonomy": agent.autonomy.value, "emergency_stop": agent.emergency})
+        return JSONResponse({"autonomy": modes.autonomy.value, "emergency_stop": modes.emergency})
 
     @control_token
     async def emergency(request: Request) -> Response:
-        if agent.supervisor is None:
-            return _error(503, "not started")
         started = time.perf_counter()
-        await agent.emergency_stop()
+        await modes.hold_emergency()
+        await sup.emergency_stop()
         audit_manual("", "emergency_stop", Result.EXECUTED, "every component stopped; autonomy off")
         return JSONResponse({"emergency_stop": True, "seconds": round(time.perf_counter() - started, 3)})
 
@@ -287,15 +292,13 @@ def api_routes(agent: Agent) -> list[Route]:
     async def history(request: Request) -> Response:
         limit = request.query_params.get("limit", "100")
         n = max(1, min(int(limit), 10_000)) if limit.isdigit() else 100
-        entries = list(agent.remediator.history)[-n:] if agent.remediator is not None else []
+        entries = list(remediator.history)[-n:]
         from dataclasses import asdict
 
         return JSONResponse({"history": [asdict(e) for e in entries]})
 
     @control_token
     async def simulate(request: Request) -> Response:
-        if agent.remediator is None:
-            return _error(503, "not started")
         try:
             document = parse_json(await read_limited(request, hook.max_body_bytes))
             payload = WebhookPayload.model_validate(document)
@@ -305,7 +308,7 @@ def api_routes(agent: Agent) -> list[Route]:
             if isinstance(exc, ValidationError):
                 return _error(422, "not an Alertmanager version 4 payload", details=_validation_message(exc))
             return _error(400, str(exc))
-        plans = agent.remediator.plan(payload, record=False)
+        plans = remediator.plan(payload, record=False)
         return JSONResponse({"results": [
             {"fingerprint": a.fingerprint, "alertname": p.alertname, "status": a.status, "component": p.component,
              "action": p.action, "would": "act" if p.acts else p.result.value if p.result else "",
@@ -322,45 +325,3 @@ def api_routes(agent: Agent) -> list[Route]:
         Route("/api/v1/history", history, methods=["GET"]),
         Route("/api/v1/simulate", simulate, methods=["POST"]),
     ]
-
-
-def status_document(agent: Agent) -> dict[str, Any]:
-    """The `agent status --json` document."""
-    now = time.time()
-    components = []
-    usage = agent.resources.components if agent.resources is not None else {}
-    if agent.resources is not None:
-        agent.resources.last_read = time.monotonic()
-    for name, rt in agent.sup.components.items():
-        running = [r for r in rt.replicas.values() if r.pid is not None]
-        oldest = min((r.started_wall for r in running), default=0.0)
-        use = usage.get(name)
-        components.append({
-            "component": name,
-            "state": rt.state.value,
-            "replicas": rt.running_count,
-            "desired": rt.desired,
-            "min": rt.spec.replicas.min,
-            "max": rt.spec.replicas.max,
-            "healthy": rt.healthy_count,
-            "manual_stop": rt.manual_stop,
-            "circuit": rt.circuit.value,
-            "restarts": sum(rt.restarts.values()),
-            "last_reason": rt.last_reason,
-            "last_exit": rt.last_exit.describe if rt.last_exit else "",
-            "uptime_seconds": round(now - oldest, 1) if oldest else 0.0,
-            "cpu_seconds": round(use.cpu_seconds, 2) if use else 0.0,
-            "rss_bytes": use.rss_bytes if use else 0,
-            "pids": [r.pid for r in running],
-        })
-    containment = agent.containment
-    guardian = agent.guardian
-    return {"node": agent.config.agent.node, "version": agent.version, "autonomy": agent.autonomy.value,
-            "emergency_stop": agent.emergency, "uptime_seconds": round(now - agent.started_wall, 1),
-            "containment": {
-                "mechanism": containment.mechanism.value if containment else "",
-                "detail": containment.detail if containment else "",
-                "guardian_pid": guardian.pid if guardian and guardian.alive else None,
-                "guardian_restarts": guardian.restarts if guardian else 0,
-            },
-            "components": components}

@@ -10,24 +10,36 @@ import signal
 import socket
 import sqlite3
 import time
-from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from starlette.applications import Starlette
 
 from agent import __version__
-from agent.api import SecretFileError
+from agent.api import SecretFileError, api_routes
 from agent.backlog import BacklogMonitor
-from agent.config import Autonomy, Config
+from agent.config import AgentSettings, Autonomy, Config
 from agent.connections import ConnectionGuard
 from agent.containment import Containment, ContainmentError, Ledger, choose
+from agent.dedupe import DedupeStore
 from agent.logs import LogRotator
-from agent.metrics import EventMetrics
+from agent.metrics import (
+    AgentCollector,
+    BacklogCollector,
+    Collector,
+    ComponentCollector,
+    ConnectionCollector,
+    EventMetrics,
+    HostCollector,
+    metrics_routes,
+)
+from agent.modes import Modes
 from agent.probes import ProbeRunner
 from agent.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
-from agent.remediation import DedupeStore, Remediator
+from agent.remediation import Remediator
 from agent.resources import ResourceMonitor
-from agent.server import HttpServer
+from agent.server import HttpServer, build_app
 from agent.state import StateStore
 from agent.supervisor import Supervisor, replica_log_path
 from agent.tracing import Tracing
@@ -69,61 +81,155 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+async def rotate_logs_forever(sup: Supervisor, settings: AgentSettings) -> None:
+    """Rotate every replica's log when it outgrows `log_max_bytes`, checked as often as it grows."""
+    rotator = LogRotator(settings.log_max_bytes, settings.log_backups, max(1.0, settings.resources.interval))
+    while True:
+        paths = [replica_log_path(settings.log_dir, rt.name, index)
+                 for rt in sup.components.values() for index in list(rt.replicas)]
+        # Stat, copy and truncate in a thread: copying a large log must not stall the event loop.
+        delay = await asyncio.to_thread(rotator.check, paths)
+        await asyncio.sleep(delay)
+
+
+def create_todo_stores(config: Config) -> None:
+    """The embedded SQLite store is the agent's own: create a missing one, empty, so workers can start."""
+    from agent import todos
+
+    for source in config.backlog.sources:
+        if source.kind == "sqlite" and source.path is not None and not source.path.exists():
+            try:
+                with todos.connect(source.path):
+                    pass
+            except (OSError, sqlite3.Error) as exc:
+                log.error("cannot create the todo store %s: %s", source.path, exc)
+            else:
+                log.info("created an empty todo store at %s", source.path)
+
+
+@dataclass(eq=False)
+class Parts:
+    """Everything a running agent is made of, built before its server starts: nothing is filled in later.
+
+    Each consumer is handed the few parts it uses (see `app()`); nothing receives the whole.
+    """
+
+    config: Config
+    store: StateStore
+    modes: Modes
+    events: EventMetrics
+    tracing: Tracing
+    guard: ConnectionGuard
+    reaper: Reaper
+    containment: Containment
+    ledger: Ledger
+    guardian: Guardian
+    supervisor: Supervisor
+    resources: ResourceMonitor
+    client: httpx.AsyncClient
+    probes: ProbeRunner
+    backlog: BacklogMonitor
+    remediator: Remediator
+    started_wall: float
+
+    @classmethod
+    def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop) -> Parts:
+        """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had."""
+        settings = config.agent
+        store = StateStore(settings.state_dir)
+        events = EventMetrics(config)
+        reaper = Reaper(loop, child_nofile=raise_fd_limit())
+        try:
+            containment = choose(settings.containment, lambda: set(reaper.running()))
+        except ContainmentError:
+            reaper.close()
+            raise
+        ledger = Ledger(settings.state_dir)
+        ledger.sweep_previous()
+        ledger.write(containment)
+        log.info("process containment: %s (%s)", containment.mechanism.value, containment.detail)
+        guardian = Guardian(reaper, containment.guardian_lines())
+        supervisor = Supervisor(config, reaper, store, guardian=guardian, containment=containment)
+        modes = Modes(store, autonomy or settings.autonomy)
+        tracing = Tracing(settings.node, __version__)
+        client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
+        hook = settings.webhook
+        dedupe = DedupeStore(settings.state_dir / "dedupe.jsonl", hook.dedupe_ttl, hook.dedupe_max_entries)
+        return cls(
+            config=config, store=store, modes=modes, events=events, tracing=tracing,
+            guard=ConnectionGuard(settings.http.max_connections, settings.http.request_timeout),
+            reaper=reaper, containment=containment, ledger=ledger, guardian=guardian, supervisor=supervisor,
+            resources=ResourceMonitor(supervisor, settings.resources.interval, settings.resources.mountpoints),
+            client=client, probes=ProbeRunner(supervisor, client, observe=events.observe_probe),
+            backlog=BacklogMonitor(config.backlog.sources, client),
+            remediator=Remediator(config, supervisor, modes, dedupe, events, tracing),
+            started_wall=time.time(),
+        )
+
+    def app(self) -> Starlette:
+        """The HTTP app: health from the supervisor, /metrics from the collectors, webhook and control API."""
+        sup = self.supervisor
+        collectors: list[Collector] = [
+            AgentCollector(__version__, self.started_wall, self.modes, self.containment, self.guardian,
+                           self.reaper, self.store, self.remediator.dedupe),
+            ConnectionCollector(self.guard),
+            self.events,
+            ComponentCollector(sup, self.resources, self.probes),
+            HostCollector(self.resources),
+            BacklogCollector(self.backlog, (c for comp in self.config.components.values() for c in comp.capabilities)),
+        ]
+        routes = metrics_routes(collectors, self.resources.mark_read)
+        routes += api_routes(self.config, sup, self.modes, self.remediator, self.tracing,
+                             self.events.webhook_requests, self.status)
+        return build_app(sup, routes)
+
+    def status(self) -> dict[str, Any]:
+        """The `agent status --json` document."""
+        now = time.time()
+        components = []
+        usage = self.resources.components
+        self.resources.mark_read()
+        for name, rt in self.supervisor.components.items():
+            running = [r for r in rt.replicas.values() if r.pid is not None]
+            oldest = min((r.started_wall for r in running), default=0.0)
+            use = usage.get(name)
+            components.append({
+                "component": name,
+                "state": rt.state.value,
+                "replicas": rt.running_count,
+                "desired": rt.desired,
+                "min": rt.spec.replicas.min,
+                "max": rt.spec.replicas.max,
+                "healthy": rt.healthy_count,
+                "manual_stop": rt.manual_stop,
+                "circuit": rt.circuit.value,
+                "restarts": sum(rt.restarts.values()),
+                "last_reason": rt.last_reason,
+                "last_exit": rt.last_exit.describe if rt.last_exit else "",
+                "uptime_seconds": round(now - oldest, 1) if oldest else 0.0,
+                "cpu_seconds": round(use.cpu_seconds, 2) if use else 0.0,
+                "rss_bytes": use.rss_bytes if use else 0,
+                "pids": [r.pid for r in running],
+            })
+        guardian = self.guardian
+        return {"node": self.config.agent.node, "version": __version__, "autonomy": self.modes.autonomy.value,
+                "emergency_stop": self.modes.emergency, "uptime_seconds": round(now - self.started_wall, 1),
+                "containment": {
+                    "mechanism": self.containment.mechanism.value,
+                    "detail": self.containment.detail,
+                    "guardian_pid": guardian.pid if guardian.alive else None,
+                    "guardian_restarts": guardian.restarts,
+                },
+                "components": components}
+
+
 class Agent:
-    """One agent process: supervisor, observers, HTTP server, and their shared state."""
+    """One agent process: builds its parts, serves, and owns start-up and shutdown."""
 
     def __init__(self, config: Config, *, autonomy: Autonomy | None = None) -> None:
         self.config = config
-        self.started_wall = time.time()
-        self.version = __version__
-        self.state_dir = config.agent.state_dir
-        self.store = StateStore(self.state_dir)
-        self.emergency = bool(self.store.data.get("emergency_stop", False))
-        self.autonomy = Autonomy.OFF if self.emergency else (autonomy or config.agent.autonomy)
+        self.autonomy = autonomy
         self.stop_event = asyncio.Event()
-        self.shutting_down = False
-        self.sock: socket.socket | None = None
-        self.reaper: Reaper | None = None
-        self.guardian: Guardian | None = None
-        self.containment: Containment | None = None
-        self.supervisor: Supervisor | None = None
-        self.resources: ResourceMonitor | None = None
-        self.probes: ProbeRunner | None = None
-        self.backlog: BacklogMonitor | None = None
-        http = config.agent.http
-        self.connections = ConnectionGuard(http.max_connections, http.request_timeout)
-        self.events = EventMetrics(config)
-        self.tracing = Tracing(config.agent.node, self.version)
-        self.remediator: Remediator | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-
-    @property
-    def sup(self) -> Supervisor:
-        assert self.supervisor is not None, "the agent is not running"
-        return self.supervisor
-
-    def set_autonomy(self, mode: Autonomy) -> None:
-        """Change the autonomy mode; `on` also lifts an emergency stop."""
-        self.autonomy = mode
-        if mode is Autonomy.ON and self.emergency:
-            self.emergency = False
-            self.store.data["emergency_stop"] = False
-            self.store.save()
-            log.warning("emergency stop lifted: autonomy on")
-        log.info("autonomy set to %s", mode.value)
-
-    async def emergency_stop(self) -> None:
-        """Stop every component now and hold autonomy off (persisted) until `autonomy on`."""
-        self.emergency = True
-        self.autonomy = Autonomy.OFF
-        self.store.data["emergency_stop"] = True
-        self.store.save()
-        # Durable before anything is stopped: an agent killed right after must come back stopped.
-        if not await asyncio.to_thread(self.store.flush, 5.0):
-            log.error("emergency stop could not be written to %s; it holds until this agent stops",
-                      self.store.path)
-        log.critical("EMERGENCY STOP: stopping every component, autonomy off until `agent autonomy on`")
-        await self.sup.emergency_stop()
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (signal handlers call this)."""
@@ -131,127 +237,87 @@ class Agent:
             log.info("shutdown requested")
         self.stop_event.set()
 
-    async def _rotate_logs_forever(self) -> None:
-        settings = self.config.agent
-        rotator = LogRotator(settings.log_max_bytes, settings.log_backups, max(1.0, settings.resources.interval))
-        while True:
-            paths = [replica_log_path(settings.log_dir, rt.name, index)
-                     for rt in self.sup.components.values() for index in list(rt.replicas)]
-            # Stat, copy and truncate in a thread: copying a large log must not stall the event loop.
-            delay = await asyncio.to_thread(rotator.check, paths)
-            await asyncio.sleep(delay)
-
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; returns the process exit code."""
         loop = asyncio.get_running_loop()
         settings = self.config.agent
         try:
-            self.sock = bind_listen_socket(settings.listen_host, settings.listen_port)
-            self.state_dir.mkdir(parents=True, exist_ok=True)
+            sock = bind_listen_socket(settings.listen_host, settings.listen_port)
+            settings.state_dir.mkdir(parents=True, exist_ok=True)
         except StartupError as exc:
             log.error("%s; nothing started", exc)
             return EXIT_UNAVAILABLE
         except OSError as exc:
-            log.error("cannot create state dir %s: %s; nothing started", self.state_dir, exc.strerror or exc)
+            log.error("cannot create state dir %s: %s; nothing started", settings.state_dir, exc.strerror or exc)
             return EXIT_UNAVAILABLE
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         if not set_child_subreaper():
             log.warning("could not become a child subreaper; orphaned grandchildren are reaped by init")
-        reaper = self.reaper = Reaper(loop, child_nofile=raise_fd_limit())
         try:
-            self.containment = choose(settings.containment, lambda: set(reaper.running()))
+            parts = Parts.build(self.config, self.autonomy, loop)
         except ContainmentError as exc:
             log.error("%s (agent.containment: cgroup); nothing started", exc)
             return EXIT_UNAVAILABLE
-        ledger = Ledger(self.state_dir)
-        ledger.sweep_previous()
-        ledger.write(self.containment)
-        log.info("process containment: %s (%s)", self.containment.mechanism.value, self.containment.detail)
-        self.guardian = Guardian(self.reaper, self.containment.guardian_lines())
-        self.supervisor = Supervisor(self.config, self.reaper, self.store, guardian=self.guardian,
-                                     containment=self.containment)
-        self.resources = ResourceMonitor(self.supervisor, settings.resources.interval,
-                                         settings.resources.mountpoints)
-        client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
-        self.probes = ProbeRunner(self.supervisor, client, observe=self.events.observe_probe)
-        self.backlog = BacklogMonitor(self.config.backlog.sources, client)
-        self._create_todo_stores()
-        hook = settings.webhook
-        self.remediator = Remediator(self, DedupeStore(self.state_dir / "dedupe.jsonl", hook.dedupe_ttl,
-                                                       hook.dedupe_max_entries))
+        create_todo_stores(self.config)
         try:
-            server = HttpServer(self, self.sock)
+            server = HttpServer(parts.app(), parts.guard, sock)
         except SecretFileError as exc:
             log.error("%s; nothing started", exc)
+            await self._close(parts)
             return EXIT_CONFIG
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
+            await self._close(parts)
             return EXIT_UNAVAILABLE
         await server.start()
-        host, port = self.sock.getsockname()[:2]
+        host, port = sock.getsockname()[:2]
         log.info("agent %s listening on http://%s:%d (node %s, autonomy %s)",
-                 self.version, host, port, settings.node, self.autonomy.value)
+                 __version__, host, port, settings.node, parts.modes.autonomy.value)
         if not is_loopback(host):
             log.warning("listening on %s, off loopback: this agent has no TLS and no authentication on "
                         "/metrics, /-/healthy and /-/ready (TLS and authentication come with a later "
                         "release); bind 127.0.0.1, or put a TLS proxy or a firewall in front", host)
-        if self.emergency:
+        if parts.modes.emergency:
             log.warning("emergency stop in force (from the state dir): components stay stopped; "
                         "`agent autonomy on` lifts it")
-        self._tasks.append(asyncio.ensure_future(self._rotate_logs_forever()))
-        for observer in self._observers():
-            self._tasks.append(asyncio.ensure_future(observer))
-        starting = asyncio.ensure_future(self._start_components())
+        tasks = [asyncio.ensure_future(c) for c in (rotate_logs_forever(parts.supervisor, settings),
+                                                    parts.resources.run(), parts.backlog.run())]
+        starting = asyncio.ensure_future(self._start_components(parts))
         await self.stop_event.wait()
-        self.shutting_down = True
+        parts.modes.closing = True
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting
-        for task in self._tasks:
+        for task in tasks:
             task.cancel()
-        await self.remediator.drain(5.0)
+        await parts.remediator.drain(5.0)
         try:
-            await asyncio.wait_for(self.sup.shutdown(), settings.shutdown_timeout)
+            await asyncio.wait_for(parts.supervisor.shutdown(), settings.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", settings.shutdown_timeout)
-        self.containment.close()
-        ledger.clear()
-        await asyncio.to_thread(self.store.close)  # the last state snapshot, written before we exit
-        self.probes.close()
+        await self._close(parts)
         await server.stop()
-        await client.aclose()
-        self.guardian.close()
-        self.reaper.close()
-        self.tracing.shutdown()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("agent stopped")
         return EXIT_OK
 
-    def _create_todo_stores(self) -> None:
-        """The embedded SQLite store is the agent's own: create a missing one, empty, so workers can start."""
-        from agent import todos
+    async def _close(self, parts: Parts) -> None:
+        """After the components stopped: containment, state, clients, guardian, reaper, tracing."""
+        parts.containment.close()
+        parts.ledger.clear()
+        await asyncio.to_thread(parts.store.close)  # the last state snapshot, written before we exit
+        parts.probes.close()
+        await parts.client.aclose()
+        parts.guardian.close()
+        parts.reaper.close()
+        parts.tracing.shutdown()
 
-        for source in self.config.backlog.sources:
-            if source.kind == "sqlite" and source.path is not None and not source.path.exists():
-                try:
-                    with todos.connect(source.path):
-                        pass
-                except (OSError, sqlite3.Error) as exc:
-                    log.error("cannot create the todo store %s: %s", source.path, exc)
-                else:
-                    log.info("created an empty todo store at %s", source.path)
-
-    async def _start_components(self) -> None:
-        if self.emergency:
+    async def _start_components(self, parts: Parts) -> None:
+        if parts.modes.emergency:
             return
-        await self.sup.start_all()
-        names = [n for n in self.sup.order if self.sup.components[n].target > 0]
+        sup = parts.supervisor
+        await sup.start_all()
+        names = [n for n in sup.order if sup.components[n].target > 0]
         log.info("components started: %s", ", ".join(names) or "none")
-
-    def _observers(self) -> list[Coroutine[Any, Any, None]]:
-        """Coroutines that observe probes, resources and the backlog."""
-        assert self.resources is not None and self.backlog is not None
-        return [self.resources.run(), self.backlog.run()]
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
@@ -32,8 +32,17 @@ from agent.state import STATE_FILE
 from agent.supervisor import REASONS, ComponentState
 from agent.todos import PRIORITIES, STATUSES
 
-if TYPE_CHECKING:
-    from agent.app import Agent
+if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module
+    from agent.backlog import BacklogMonitor
+    from agent.connections import ConnectionGuard
+    from agent.containment import Containment
+    from agent.dedupe import DedupeStore
+    from agent.modes import Modes
+    from agent.probes import ProbeRunner
+    from agent.process import Guardian, Reaper
+    from agent.resources import ResourceMonitor
+    from agent.state import StateStore
+    from agent.supervisor import Supervisor
 
 # Bounded values of the `result` label of orchestrator_remediation_actions_total.
 RESULTS = tuple(r.value for r in Result)
@@ -183,79 +192,70 @@ def source_up_family() -> Family:
     return _gauge("orchestrator_todo_source_up", "1 when the last read of the source succeeded.", ["source"])
 
 
-class StateCollector:
-    """Fresh metric families from the agent's current state, built at each scrape by families()."""
+class Collector(Protocol):
+    """What /metrics renders: fresh families read from a source at scrape time (never probing or sampling)."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-        capabilities = {c for comp in agent.config.components.values() for c in comp.capabilities}
-        self.served = frozenset(capabilities)
-        self.capabilities = sorted(capabilities | {ANY_CAPABILITY, OTHER_CAPABILITY})
-        self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read
+    def families(self) -> Iterable[Family | Metric]: ...
+
+
+class AgentCollector:
+    """The agent itself: build, start time, modes, containment, guardian, reaper, state dir writes."""
+
+    def __init__(self, version: str, started_wall: float, modes: Modes, containment: Containment,
+                 guardian: Guardian, reaper: Reaper, store: StateStore, dedupe: DedupeStore) -> None:
+        self.version, self.started_wall = version, started_wall
+        self.modes, self.containment, self.guardian, self.reaper = modes, containment, guardian, reaper
+        self.store, self.dedupe = store, dedupe
         # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
         # from /proc at scrape time; not registered anywhere, so nothing process-global.
         self.process = ProcessCollector(registry=None)
 
     def families(self) -> Iterator[Family | Metric]:
-        """Everything the agent exports, read from its current state."""
-        agent = self.agent
-        yield from self._agent_metrics()
-        yield from self.process.collect()
-        yield from self._connection_metrics()
-        yield from agent.events.families()
-        if agent.supervisor is not None:
-            yield from self._component_metrics()
-        if agent.resources is not None:
-            yield from self._host_metrics()
-        if agent.backlog is not None:
-            yield from self._backlog_metrics()
-
-    def _agent_metrics(self) -> Iterator[Family | Metric]:
-        agent = self.agent
+        """The agent's own series, then prometheus_client's process_* set."""
         build = _gauge("orchestrator_build_info", "Agent version.", ["version"])
-        build.add_metric([agent.version], 1)
+        build.add_metric([self.version], 1)
         yield build
         mode = _gauge("orchestrator_autonomy_mode", "Autonomy mode (1 for the current one).", ["mode"])
         for m in Autonomy:
-            mode.add_metric([m.value], 1 if agent.autonomy is m else 0)
+            mode.add_metric([m.value], 1 if self.modes.autonomy is m else 0)
         yield mode
         yield Family("orchestrator_emergency_stop", "1 while an emergency stop is in force.",
-                                value=1 if agent.emergency else 0)
+                     value=1 if self.modes.emergency else 0)
         yield Family("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
-                                value=agent.started_wall)
-        if agent.containment is not None:
-            mechanism = _gauge("orchestrator_containment_info",
-                               "How a replica's whole process tree is contained (1 for the mechanism in use).",
-                               ["mechanism"])
-            mechanism.add_metric([agent.containment.mechanism.value], 1)
-            yield mechanism
-        if agent.guardian is not None:
-            yield Family("orchestrator_guardian_up", "1 while the guardian that ends the components after an "
-                         "agent crash runs.", value=1 if agent.guardian.alive else 0)
-            yield Family("orchestrator_guardian_restarts", "Guardian processes started again after one died.",
-                         value=agent.guardian.restarts, typ="counter")
-        if agent.reaper is not None:
-            yield Family("orchestrator_orphans_reaped", "Exited processes the agent reaped that it had not "
-                         "started: orphaned descendants of components.", value=agent.reaper.orphans_reaped,
-                         typ="counter")
-        yield self._state_write_errors()
-        dedupe = agent.remediator.dedupe if agent.remediator is not None else None
-        yield Family("orchestrator_dedupe_keys", "Alert keys held by the dedupe journal, at most "
-                     "dedupe_max_entries.", value=len(dedupe.keys) if dedupe else 0)
-        yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
-                     "their TTL.", value=dedupe.evicted if dedupe else 0, typ="counter")
-
-    def _state_write_errors(self) -> Family:
-        agent = self.agent
+                     value=self.started_wall)
+        mechanism = _gauge("orchestrator_containment_info",
+                           "How a replica's whole process tree is contained (1 for the mechanism in use).",
+                           ["mechanism"])
+        mechanism.add_metric([self.containment.mechanism.value], 1)
+        yield mechanism
+        yield Family("orchestrator_guardian_up", "1 while the guardian that ends the components after an "
+                     "agent crash runs.", value=1 if self.guardian.alive else 0)
+        yield Family("orchestrator_guardian_restarts", "Guardian processes started again after one died.",
+                     value=self.guardian.restarts, typ="counter")
+        yield Family("orchestrator_orphans_reaped", "Exited processes the agent reaped that it had not "
+                     "started: orphaned descendants of components.", value=self.reaper.orphans_reaped,
+                     typ="counter")
         errors = Family("orchestrator_state_write_errors", "Failed writes of a state dir file: disk full "
                         "or read-only.", labels=["file"], typ="counter")
-        errors.add_metric([STATE_FILE], agent.store.write_errors)
-        dedupe = agent.remediator.dedupe.write_errors if agent.remediator is not None else 0
-        errors.add_metric([JOURNAL_FILE], dedupe)
-        return errors
+        errors.add_metric([STATE_FILE], self.store.write_errors)
+        errors.add_metric([JOURNAL_FILE], self.dedupe.write_errors)
+        yield errors
+        yield Family("orchestrator_dedupe_keys", "Alert keys held by the dedupe journal, at most "
+                     "dedupe_max_entries.", value=len(self.dedupe.keys))
+        yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
+                     "their TTL.", value=self.dedupe.evicted, typ="counter")
+        yield from self.process.collect()
 
-    def _connection_metrics(self) -> Iterator[Family | Metric]:
-        guard = self.agent.connections
+
+class ConnectionCollector:
+    """The HTTP server's connection guard."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self.guard = guard
+
+    def families(self) -> Iterator[Family | Metric]:
+        """Open connections, the cap in force, and the ones closed for the agent's protection."""
+        guard = self.guard
         yield Family("orchestrator_http_connections", "Open HTTP connections.", value=len(guard.open))
         yield Family("orchestrator_http_max_connections", "Cap on open HTTP connections in force "
                      "(agent.http.max_connections, at most half the open-file limit).", value=guard.limit)
@@ -265,10 +265,18 @@ class StateCollector:
             closed.add_metric([reason], guard.closed[reason])
         yield closed
 
-    def _component_metrics(self) -> Iterator[Family | Metric]:
-        sup = self.agent.sup
-        usage = self.agent.resources.components if self.agent.resources is not None else {}
-        probe_reasons = self.agent.probes.last_reason if self.agent.probes is not None else {}
+
+class ComponentCollector:
+    """Every configured component: state, replicas, restarts, probes, resource use."""
+
+    def __init__(self, supervisor: Supervisor, resources: ResourceMonitor, probes: ProbeRunner) -> None:
+        self.sup, self.resources, self.probes = supervisor, resources, probes
+
+    def families(self) -> Iterator[Family | Metric]:
+        """One set of series per component, all components in each family."""
+        sup = self.sup
+        usage = self.resources.components
+        probe_reasons = self.probes.last_reason
         info = _gauge("orchestrator_component_info", "Configured components.", ["component", "kind", "essential"])
         caps = _gauge("orchestrator_component_capability", "Capabilities a component serves.",
                       ["component", "capability"])
@@ -333,9 +341,15 @@ class StateCollector:
         yield from (info, caps, state, up, replicas, desired, minimum, maximum, manual, restarts, probe_ok,
                     probe_err, exit_code, cpu, rss, threads, fds, limit)
 
-    def _host_metrics(self) -> Iterator[Family | Metric]:
-        assert self.agent.resources is not None
-        host = self.agent.resources.host
+class HostCollector:
+    """The host's CPU, memory, disks and load, as the resource monitor last sampled them."""
+
+    def __init__(self, resources: ResourceMonitor) -> None:
+        self.resources = resources
+
+    def families(self) -> Iterator[Family | Metric]:
+        """Host gauges, and when they were sampled."""
+        host = self.resources.host
         yield Family("orchestrator_host_cpu_usage_ratio", "Host CPU busy ratio (0..1) since the "
                                 "previous sample.", value=host.cpu_ratio)
         yield memory_available_family(host.memory_available)
@@ -355,9 +369,18 @@ class StateCollector:
         yield Family("orchestrator_resources_sampled_timestamp_seconds", "When the component and host "
                      "resource figures were last sampled (epoch s; 0: not yet).", value=host.sampled_at)
 
-    def _backlog_metrics(self) -> Iterator[Family | Metric]:
-        assert self.agent.backlog is not None
-        monitor = self.agent.backlog
+class BacklogCollector:
+    """The todo backlog as the sources were last read, capabilities bounded by the config."""
+
+    def __init__(self, monitor: BacklogMonitor, capabilities: Iterable[str]) -> None:
+        self.monitor = monitor
+        self.served = frozenset(capabilities)
+        self.capabilities = sorted(self.served | {ANY_CAPABILITY, OTHER_CAPABILITY})
+        self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read
+
+    def families(self) -> Iterator[Family | Metric]:
+        """Backlog counts, oldest pending age, and each source's health."""
+        monitor = self.monitor
         if self._bounded is None or self._bounded[0] is not monitor.totals:
             self._bounded = (monitor.totals, bounded(monitor.totals, self.served))
         totals = self._bounded[1]
@@ -462,20 +485,22 @@ def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[t
     return "\n".join(out)
 
 
-def metrics_routes(agent: Agent) -> list[Route]:
-    """GET /metrics with OpenMetrics content negotiation."""
-    collector = StateCollector(agent)
+def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:
+    """GET /metrics with OpenMetrics content negotiation; `on_read` tells the sampler someone reads."""
     # Every Family's rendered label sets. Their values come from the config and fixed enums (unknown
     # capabilities fold into `_other`), so the set is fixed for a run; the clear is only a backstop.
     cache: dict[tuple[str, ...], str] = {}
 
+    def families() -> Iterator[Family | Metric]:
+        for collector in collectors:
+            yield from collector.families()
+
     async def metrics(request: Request) -> Response:
         _, content_type = choose_encoder(request.headers.get("accept", ""))
-        if agent.resources is not None:
-            agent.resources.last_read = time.monotonic()
+        on_read()
         if len(cache) > 200_000:
             cache.clear()
-        body = render(collector.families(), content_type.startswith("application/openmetrics-text"), cache)
+        body = render(families(), content_type.startswith("application/openmetrics-text"), cache)
         return Response(body, media_type=None, headers={"Content-Type": content_type})
 
     return [Route("/metrics", metrics, methods=["GET"])]

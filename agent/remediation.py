@@ -31,8 +31,11 @@ from agent.supervisor import CommandError
 
 UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no configured component
 
-if TYPE_CHECKING:
-    from agent.app import Agent
+if TYPE_CHECKING:  # types only: neither imports this module
+    from agent.metrics import EventMetrics
+    from agent.modes import Modes
+    from agent.supervisor import Supervisor
+    from agent.tracing import Tracing
 
 log = logging.getLogger("agent.remediation")
 audit_log = logging.getLogger("agent.audit")
@@ -260,23 +263,23 @@ class AuditEntry:
 class Remediator:
     """Judges webhook payloads against the live state and carries out the plans in the background."""
 
-    def __init__(self, agent: Agent, dedupe: DedupeStore, history: int = 1000) -> None:
-        self.agent = agent
+    def __init__(self, config: Config, supervisor: Supervisor, modes: Modes, dedupe: DedupeStore,
+                 events: EventMetrics, tracing: Tracing, history: int = 1000) -> None:
+        self.config = config
+        self.sup = supervisor
+        self.modes = modes
         self.dedupe = dedupe
+        self.events = events
+        self.tracing = tracing
         self.history: collections.deque[AuditEntry] = collections.deque(maxlen=history)
         self.last_scale_up: dict[str, float] = {}
         self.last_alert_restart: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    @property
-    def config(self) -> Config:
-        return self.agent.config
-
     def views(self) -> dict[str, ComponentView]:
         """A snapshot of every component for the pure plan."""
         views = {}
-        sup = self.agent.sup
-        for name, rt in sup.components.items():
+        for name, rt in self.sup.components.items():
             spec = rt.spec
             views[name] = ComponentView(
                 desired=rt.desired, minimum=spec.replicas.min, maximum=spec.replicas.max,
@@ -294,8 +297,8 @@ class Remediator:
         now = time.time()
         plans = []
         for alert in payload.alerts:
-            p = plan_alert(alert, node=self.config.agent.node, components=views, autonomy=self.agent.autonomy,
-                           emergency=self.agent.emergency, seen=self.dedupe.seen, now=now)
+            p = plan_alert(alert, node=self.config.agent.node, components=views, autonomy=self.modes.autonomy,
+                           emergency=self.modes.emergency, seen=self.dedupe.seen, now=now)
             if record and alert.status == "resolved" and alert.labels.get("action"):
                 # Only ever prevents an action: kept in memory even if its write fails.
                 self.dedupe.add(dedupe_key(alert.fingerprint, alert.startsAt, "resolved"), keep_on_failure=True)
@@ -341,7 +344,7 @@ class Remediator:
                        trace_id: str, parent: Any) -> None:
         started = time.perf_counter()
         attrs = {"component": p.component, "action": p.action, "alertname": p.alertname}
-        with self.agent.tracing.span("remediation.action", parent, **attrs) as (span, _, _ctx):
+        with self.tracing.span("remediation.action", parent, **attrs) as (span, _, _ctx):
             error = await asyncio.shield(journal)  # durable before acting
             if error is None:
                 outcome, reason = await self._act(p)
@@ -351,11 +354,11 @@ class Remediator:
                 if stamp is not None and self.last_alert_restart.get(p.component) == stamp:
                     del self.last_alert_restart[p.component]  # no restart happened: no cooldown from it
             span.set_attribute("result", outcome.value)
-        self.agent.events.remediation_duration.observe(p.action, value=time.perf_counter() - started)
+        self.events.remediation_duration.observe(p.action, value=time.perf_counter() - started)
         self.record(alert, p, outcome, reason, trace_id)
 
     async def _act(self, p: Plan) -> tuple[Result, str]:
-        sup = self.agent.sup
+        sup = self.sup
         try:
             if p.action == "restart":
                 n = await sup.restart(p.component, "alert", replica=p.replica)
@@ -390,7 +393,7 @@ class Remediator:
             "audit": True, **{k: v for k, v in asdict(entry).items() if k not in ("extra", "ts")}})
         if source != "webhook":
             return  # manual commands are audited, not counted as remediation
-        self.agent.events.remediation_actions.inc(component, action, result.value, trace_id=trace_id)
+        self.events.remediation_actions.inc(component, action, result.value, trace_id=trace_id)
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for background actions at shutdown."""

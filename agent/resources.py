@@ -182,6 +182,10 @@ class ResourceMonitor:
         self.last_read = time.monotonic()
         psutil.cpu_percent(interval=None)  # prime the host CPU counter
 
+
+    def mark_read(self) -> None:
+        """Someone reads the figures now (a scrape, `agent status`): keep sampling."""
+        self.last_read = time.monotonic()
     def _targets(self) -> dict[str, dict[int, int]]:
         return {name: {r.pid: index for index, r in rt.replicas.items() if r.pid is not None}
                 for name, rt in self.sup.components.items()}

@@ -12,51 +12,43 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from agent.connections import GuardedH11Protocol
+from agent.connections import ConnectionGuard, GuardedH11Protocol
 
 if TYPE_CHECKING:
-    from agent.app import Agent
+    from agent.supervisor import Supervisor
 
 log = logging.getLogger("agent.server")
 
 
-def build_app(agent: Agent) -> Starlette:
-    """The agent's routes: health, readiness, metrics, webhook and control API."""
+def build_app(sup: Supervisor, routes: list[Route]) -> Starlette:
+    """Health and readiness (from the supervisor), then the given metrics, webhook and control routes."""
 
     async def healthy(request: Request) -> Response:
         return PlainTextResponse("OK\n")
 
     async def ready(request: Request) -> Response:
-        if agent.supervisor is None:
-            return PlainTextResponse("starting\n", status_code=503)
         waiting = [
-            rt.name for rt in agent.sup.components.values()
+            rt.name for rt in sup.components.values()
             if rt.spec.essential and rt.target > 0 and not rt.ready_event.is_set()
         ]
         if waiting:
             return JSONResponse({"ready": False, "waiting_for": waiting}, status_code=503)
         return PlainTextResponse("OK\n")
 
-    routes = [
+    return Starlette(routes=[
         Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
         Route("/-/ready", ready, methods=["GET", "HEAD"]),
-    ]
-    from agent.metrics import metrics_routes
-
-    routes += metrics_routes(agent)
-    from agent.api import api_routes
-
-    routes += api_routes(agent)
-    return Starlette(routes=routes)
+        *routes,
+    ])
 
 
 class HttpServer:
     """uvicorn driven by hand: no signal capture, no 100 ms tick loop, on an already bound socket."""
 
-    def __init__(self, agent: Agent, sock: socket.socket) -> None:
+    def __init__(self, app: Starlette, guard: ConnectionGuard, sock: socket.socket) -> None:
         self.sock = sock
         config = uvicorn.Config(
-            build_app(agent),
+            app,
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -65,7 +57,7 @@ class HttpServer:
             timeout_graceful_shutdown=5,
             # Always h11 (never httptools when installed): the guard subclasses its protocol. No
             # WebSocket upgrades: the agent serves none, and an upgraded connection leaves the guard.
-            http=GuardedH11Protocol.bound_to(agent.connections),
+            http=GuardedH11Protocol.bound_to(guard),
             ws="none",
         )
         config.load()

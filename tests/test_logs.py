@@ -72,9 +72,10 @@ def test_a_chatty_child_never_grows_its_log_past_the_bound(tmp_path: Path) -> No
 
 def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> None:
     """The copy of a 64 MiB log runs on another thread, and the loop keeps running while it does."""
-    from agent.app import Agent
+    from agent.app import rotate_logs_forever
     from agent.config import build_config
     from agent.process import Reaper
+    from agent.state import StateStore
     from agent.supervisor import Supervisor, replica_log_path
 
     log_dir = tmp_path / "logs"
@@ -95,17 +96,16 @@ def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> N
 
     async def main() -> None:
         loop_thread = threading.get_ident()
-        agent = Agent(config)
         reaper = Reaper(asyncio.get_running_loop())
-        agent.supervisor = Supervisor(config, reaper, agent.store)
+        sup = Supervisor(config, reaper, StateStore(config.agent.state_dir))
         try:
-            await agent.sup.start_all()
+            await sup.start_all()
             path = replica_log_path(log_dir, "quiet", 0)
             with open(path, "ab") as f:
                 chunk = b"y" * 1023 + b"\n"
                 f.write(chunk * (64 * 1024))
             touched.clear()
-            task = asyncio.ensure_future(agent._rotate_logs_forever())
+            task = asyncio.ensure_future(rotate_logs_forever(sup, config.agent))
             backup = path.with_name(path.name + ".1")
             try:
                 async def rotated() -> bool:
@@ -128,7 +128,7 @@ def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> N
             assert backup.stat().st_size <= 48 << 20
         finally:
             active[0] = False
-            await agent.sup.shutdown()
+            await sup.shutdown()
             reaper.close()
 
     try:
