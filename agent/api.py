@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from agent.config import Autonomy
 from agent.remediation import Plan, Result, WebhookPayload
-from agent.supervisor import CommandError
+from agent.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
     from agent.config import Config

@@ -38,10 +38,11 @@ from agent.modes import Modes
 from agent.probes import ProbeRunner
 from agent.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
 from agent.remediation import Remediator
+from agent.replica import replica_log_path
 from agent.resources import ResourceMonitor
 from agent.server import HttpServer, build_app
 from agent.state import StateStore
-from agent.supervisor import Supervisor, replica_log_path
+from agent.supervisor import Supervisor
 from agent.tracing import Tracing
 
 log = logging.getLogger("agent")

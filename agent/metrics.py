@@ -28,8 +28,8 @@ from agent.connections import CLOSE_REASONS
 from agent.dedupe import JOURNAL_FILE
 from agent.probes import PROBE_ERRORS
 from agent.remediation import Result
+from agent.replica import REASONS, ComponentState
 from agent.state import STATE_FILE
-from agent.supervisor import REASONS, ComponentState
 from agent.todos import PRIORITIES, STATUSES
 
 if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module

@@ -25,7 +25,8 @@ from agent.config import Component, ProbeSettings, substitute
 from agent.process import ExitStatus, Reaper, signal_group
 
 if TYPE_CHECKING:
-    from agent.supervisor import Replica, Runtime, Supervisor
+    from agent.replica import Replica, Runtime
+    from agent.supervisor import Supervisor
 
 log = logging.getLogger("agent.probes")
 

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent import policy
 from agent.config import ACTIONS, Autonomy, Config
 from agent.dedupe import DedupeStore, dedupe_key
-from agent.supervisor import CommandError
+from agent.replica import CommandError
 
 UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no configured component
 

@@ -7,149 +7,33 @@ commands (`restart`, `scale`, `start`, `stop`, `emergency_stop`), each with a re
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import enum
 import logging
 import os
 import random
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from agent import policy
-from agent.config import Component, Config, substitute
+from agent.circuit import CircuitBreaker
+from agent.config import Config, substitute
 from agent.containment import Containment, Scope, TrackingContainment
 from agent.policy import Circuit, ExitAction
 from agent.process import ExitStatus, Guardian, Reaper, signal_group
+from agent.replica import (
+    REASONS,
+    CommandError,
+    Replica,
+    ReplicaState,
+    Runtime,
+    replica_log_path,
+)
 from agent.stall import StallWatch
 from agent.state import StateStore
 
 log = logging.getLogger("agent.supervisor")
-
-REASONS = ("exit", "probe", "alert", "manual", "resource", "spawn")
-
-
-class ReplicaState(enum.StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    EXITED = "exited"
-
-
-class ComponentState(enum.StrEnum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    UNHEALTHY = "unhealthy"
-    BACKOFF = "backoff"
-    STOPPING = "stopping"
-    EXITED = "exited"
-    CIRCUIT_OPEN = "circuit_open"
-    HALF_OPEN = "half_open"
-
-
-class CommandError(Exception):
-    """A command that cannot be carried out (unknown component, out of bounds, ...)."""
-
-
-@dataclass(eq=False)
-class Replica:
-    index: int
-    state: ReplicaState = ReplicaState.STOPPED
-    pid: int | None = None
-    generation: int = 0
-    started_at: float = 0.0
-    started_wall: float = 0.0
-    failures: int = 0
-    stopping: bool = False
-    timer: asyncio.TimerHandle | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: bool = False
-    probe_ok: bool | None = None
-    probe_failures: int = 0
-    probe_successes: int = 0
-    probe_ever_ok: bool = False
-    probe_error: str = ""
-    rss_samples: list[int] = field(default_factory=list)
-    scope: Scope | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.pid is not None
-
-    @property
-    def healthy(self) -> bool:
-        return self.state is ReplicaState.RUNNING and self.probe_ok is not False
-
-
-@dataclass(eq=False)
-class Runtime:
-    """Everything the agent knows about one component at this moment."""
-
-    name: str
-    spec: Component
-    desired: int
-    replicas: dict[int, Replica] = field(default_factory=dict)
-    manual_stop: bool = False
-    circuit: Circuit = Circuit.CLOSED
-    circuit_opened_wall: float = 0.0
-    circuit_timer: asyncio.TimerHandle | None = None
-    history: list[float] = field(default_factory=list)
-    restarts: collections.Counter[str] = field(default_factory=collections.Counter)
-    last_exit: ExitStatus | None = None
-    last_reason: str = ""
-    last_restart_wall: float = 0.0
-    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def active(self) -> list[Replica]:
-        return [r for i, r in sorted(self.replicas.items()) if i < self.desired]
-
-    @property
-    def running_count(self) -> int:
-        return sum(1 for r in self.replicas.values() if r.state in (ReplicaState.RUNNING, ReplicaState.STARTING))
-
-    @property
-    def healthy_count(self) -> int:
-        return sum(1 for r in self.replicas.values() if r.healthy)
-
-    @property
-    def target(self) -> int:
-        """Replicas that should be running now (0 when stopped by hand)."""
-        return 0 if self.manual_stop else self.desired
-
-    @property
-    def state(self) -> ComponentState:
-        if self.circuit is Circuit.OPEN:
-            return ComponentState.CIRCUIT_OPEN
-        if self.circuit is Circuit.HALF_OPEN:
-            return ComponentState.HALF_OPEN
-        states = [r.state for r in self.replicas.values()]
-        if ReplicaState.STOPPING in states:
-            return ComponentState.STOPPING
-        if ReplicaState.BACKOFF in states:
-            return ComponentState.BACKOFF
-        if any(r.alive and r.probe_ok is False for r in self.replicas.values()):
-            return ComponentState.UNHEALTHY
-        if ReplicaState.STARTING in states:
-            return ComponentState.STARTING
-        if ReplicaState.RUNNING in states:
-            return ComponentState.RUNNING
-        if ReplicaState.EXITED in states:
-            return ComponentState.EXITED
-        return ComponentState.STOPPED
-
-
-def replica_log_path(log_dir: Path, component: str, index: int) -> Path:
-    """`log_dir/<component>.log` for replica 0, `log_dir/<component>.<n>.log` for the others."""
-    return log_dir / (f"{component}.log" if index == 0 else f"{component}.{index}.log")
-
 
 class Supervisor:
     """Owns the component processes of one agent."""
@@ -170,6 +54,8 @@ class Supervisor:
         self.guardian = guardian
         self.containment = containment or TrackingContainment(lambda: set(reaper.running()))
         self.stalls = StallWatch(clock)
+        self.circuits = CircuitBreaker(spawn=self._spawn, new_replica=self._new_replica, reconcile=self._reconcile,
+                                       persist=self.persist, closing=lambda: self.shutting_down)
         self.store = store
         self.clock = clock
         self.rand = rand
@@ -400,7 +286,7 @@ class Supervisor:
             return
         if decision.action is ExitAction.OPEN_CIRCUIT:
             rep.state = ReplicaState.EXITED
-            self._open_circuit(rt, decision.reason)
+            self.circuits.open(rt, decision.reason)
             return
         rt.history.append(now)
         rt.restarts[reason] += 1
@@ -425,63 +311,6 @@ class Supervisor:
             rep.state = ReplicaState.STOPPED
             return
         self._spawn(rt, rep)
-
-    # --- circuit breaker -------------------------------------------------------------------
-
-    def _open_circuit(self, rt: Runtime, reason: str, opened_wall: float | None = None) -> None:
-        rt.circuit = Circuit.OPEN
-        rt.circuit_opened_wall = time.time() if opened_wall is None else opened_wall
-        for rep in rt.replicas.values():
-            if rep.state is ReplicaState.BACKOFF:
-                if rep.timer is not None:
-                    rep.timer.cancel()
-                    rep.timer = None
-                rep.state = ReplicaState.EXITED
-        delay = policy.circuit_trial_due(rt.circuit_opened_wall, time.time(), rt.spec.restart.circuit_cooldown)
-        log.error("component %s: circuit open (%s); no restarts for %.1fs, then one trial",
-                  rt.name, reason, delay)
-        self._schedule_trial(rt, delay)
-        self.persist()
-
-    def _schedule_trial(self, rt: Runtime, delay: float) -> None:
-        if rt.circuit_timer is not None:
-            rt.circuit_timer.cancel()
-        rt.circuit_timer = asyncio.get_running_loop().call_later(delay, self._trial, rt)
-
-    def _trial(self, rt: Runtime) -> None:
-        rt.circuit_timer = None
-        if rt.circuit is not Circuit.OPEN or rt.manual_stop or self.shutting_down:
-            return
-        down = [r for r in rt.active() if not r.alive]
-        if not down and len(rt.active()) >= rt.desired:
-            self._close_circuit(rt, "nothing left to try")
-            return
-        rt.circuit = Circuit.HALF_OPEN
-        self.persist()
-        rep = down[0] if down else self._new_replica(rt, len(rt.replicas))
-        log.warning("component %s: circuit half-open, one trial start of replica %d", rt.name, rep.index)
-        if self._spawn(rt, rep):
-            generation = rep.generation
-            asyncio.get_running_loop().call_later(
-                rt.spec.restart.backoff.reset_after, self._trial_passed, rt, rep, generation
-            )
-
-    def _trial_passed(self, rt: Runtime, rep: Replica, generation: int) -> None:
-        if rt.circuit is Circuit.HALF_OPEN and rep.generation == generation and rep.alive:
-            self._close_circuit(rt, f"trial ran {rt.spec.restart.backoff.reset_after:g}s")
-            self._reconcile(rt)
-
-    def _close_circuit(self, rt: Runtime, why: str) -> None:
-        if rt.circuit_timer is not None:
-            rt.circuit_timer.cancel()
-            rt.circuit_timer = None
-        if rt.circuit is not Circuit.CLOSED:
-            log.info("component %s: circuit closed (%s)", rt.name, why)
-        rt.circuit = Circuit.CLOSED
-        rt.history.clear()
-        for rep in rt.replicas.values():
-            rep.failures = 0
-        self.persist()
 
     # --- reconciling replicas -----------------------------------------------------------------
 
@@ -551,11 +380,11 @@ class Supervisor:
                 delay = policy.circuit_trial_due(rt.circuit_opened_wall, time.time(),
                                                  rt.spec.restart.circuit_cooldown)
                 log.warning("component %s: circuit open (restored); trial in %.1fs", name, delay)
-                self._schedule_trial(rt, delay)
+                self.circuits.schedule_trial(rt, delay)
                 continue
             if rt.circuit is Circuit.HALF_OPEN:
                 rt.circuit = Circuit.OPEN
-                self._schedule_trial(rt, 0.0)
+                self.circuits.schedule_trial(rt, 0.0)
                 continue
             if rt.manual_stop:
                 log.info("component %s stays stopped (stopped by hand; `agent start %s` starts it)", name, name)
@@ -580,7 +409,7 @@ class Supervisor:
             if replica is not None and replica not in rt.replicas:
                 raise CommandError(f"component {name!r} has no replica {replica}")
             if reason == "manual" and rt.circuit is not Circuit.CLOSED:
-                self._close_circuit(rt, "restarted by hand")
+                self.circuits.close(rt, "restarted by hand")
             targets = [r for r in rt.active() if replica is None or r.index == replica]
             if rt.manual_stop or rt.circuit is Circuit.OPEN:
                 return 0
@@ -616,7 +445,7 @@ class Supervisor:
         async with rt.lock:
             if reason == "manual":
                 rt.manual_stop = False
-                self._close_circuit(rt, "started by hand")
+                self.circuits.close(rt, "started by hand")
             elif rt.manual_stop:
                 raise CommandError(f"component {name!r} was stopped by hand; only `agent start` starts it")
             if rt.desired == 0:
@@ -631,9 +460,7 @@ class Supervisor:
             if reason == "manual":
                 # Stopped by hand: no trial start later; `agent start` begins afresh.
                 rt.manual_stop = True
-                if rt.circuit_timer is not None:
-                    rt.circuit_timer.cancel()
-                    rt.circuit_timer = None
+                self.circuits.cancel(rt)
                 rt.circuit = Circuit.CLOSED
             self.persist()
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
@@ -648,8 +475,7 @@ class Supervisor:
         self.shutting_down = True
         self.stalls.stop()
         for rt in self.components.values():
-            if rt.circuit_timer is not None:
-                rt.circuit_timer.cancel()
+            self.circuits.cancel(rt)
         for name in reversed(self.order):
             rt = self.components[name]
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from agent.config import Autonomy, Config
 from agent.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
 from agent.probes import PROBE_ERRORS
-from agent.supervisor import REASONS, ComponentState
+from agent.replica import REASONS, ComponentState
 from agent.todorow import PRIORITY_ALIASES, STATUS_ALIASES
 from agent.todos import PRIORITIES, STATUSES
 

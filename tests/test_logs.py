@@ -75,8 +75,9 @@ def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> N
     from agent.app import rotate_logs_forever
     from agent.config import build_config
     from agent.process import Reaper
+    from agent.replica import replica_log_path
     from agent.state import StateStore
-    from agent.supervisor import Supervisor, replica_log_path
+    from agent.supervisor import Supervisor
 
     log_dir = tmp_path / "logs"
     config = build_config({"agent": {"state_dir": str(tmp_path / "state"), "log_dir": str(log_dir),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.supervisor import ReplicaState, Supervisor
+from agent.replica import ReplicaState
+from agent.supervisor import Supervisor
 from tests.helpers import until
 from tests.test_supervisor import supervise
 

@@ -15,9 +15,10 @@ import pytest
 from agent.config import build_config
 from agent.policy import Circuit
 from agent.process import Reaper
+from agent.replica import CommandError, ComponentState, ReplicaState
 from agent.resources import ResourceMonitor
 from agent.state import StateStore
-from agent.supervisor import CommandError, ComponentState, ReplicaState, Supervisor
+from agent.supervisor import Supervisor
 from tests.helpers import lines, never, pid_alive, run_async, until
 
 SLEEPER = ["sleep", "1000"]

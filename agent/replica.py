@@ -1,0 +1,138 @@
+"""The replica and component model: states, what the supervisor knows about each, where logs go.
+
+Plain data with derived properties; the supervisor (agent/supervisor.py) is the only code that changes
+it, and the collectors and the status document read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config import Component
+from agent.containment import Scope
+from agent.policy import Circuit
+from agent.process import ExitStatus
+
+REASONS = ("exit", "probe", "alert", "manual", "resource", "spawn")
+
+
+class ReplicaState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class ComponentState(enum.StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNHEALTHY = "unhealthy"
+    BACKOFF = "backoff"
+    STOPPING = "stopping"
+    EXITED = "exited"
+    CIRCUIT_OPEN = "circuit_open"
+    HALF_OPEN = "half_open"
+
+
+class CommandError(Exception):
+    """A command that cannot be carried out (unknown component, out of bounds, ...)."""
+
+
+@dataclass(eq=False)
+class Replica:
+    index: int
+    state: ReplicaState = ReplicaState.STOPPED
+    pid: int | None = None
+    generation: int = 0
+    started_at: float = 0.0
+    started_wall: float = 0.0
+    failures: int = 0
+    stopping: bool = False
+    timer: asyncio.TimerHandle | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: bool = False
+    probe_ok: bool | None = None
+    probe_failures: int = 0
+    probe_successes: int = 0
+    probe_ever_ok: bool = False
+    probe_error: str = ""
+    rss_samples: list[int] = field(default_factory=list)
+    scope: Scope | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def healthy(self) -> bool:
+        return self.state is ReplicaState.RUNNING and self.probe_ok is not False
+
+
+@dataclass(eq=False)
+class Runtime:
+    """Everything the agent knows about one component at this moment."""
+
+    name: str
+    spec: Component
+    desired: int
+    replicas: dict[int, Replica] = field(default_factory=dict)
+    manual_stop: bool = False
+    circuit: Circuit = Circuit.CLOSED
+    circuit_opened_wall: float = 0.0
+    circuit_timer: asyncio.TimerHandle | None = None
+    history: list[float] = field(default_factory=list)
+    restarts: collections.Counter[str] = field(default_factory=collections.Counter)
+    last_exit: ExitStatus | None = None
+    last_reason: str = ""
+    last_restart_wall: float = 0.0
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def active(self) -> list[Replica]:
+        return [r for i, r in sorted(self.replicas.items()) if i < self.desired]
+
+    @property
+    def running_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.state in (ReplicaState.RUNNING, ReplicaState.STARTING))
+
+    @property
+    def healthy_count(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.healthy)
+
+    @property
+    def target(self) -> int:
+        """Replicas that should be running now (0 when stopped by hand)."""
+        return 0 if self.manual_stop else self.desired
+
+    @property
+    def state(self) -> ComponentState:
+        if self.circuit is Circuit.OPEN:
+            return ComponentState.CIRCUIT_OPEN
+        if self.circuit is Circuit.HALF_OPEN:
+            return ComponentState.HALF_OPEN
+        states = [r.state for r in self.replicas.values()]
+        if ReplicaState.STOPPING in states:
+            return ComponentState.STOPPING
+        if ReplicaState.BACKOFF in states:
+            return ComponentState.BACKOFF
+        if any(r.alive and r.probe_ok is False for r in self.replicas.values()):
+            return ComponentState.UNHEALTHY
+        if ReplicaState.STARTING in states:
+            return ComponentState.STARTING
+        if ReplicaState.RUNNING in states:
+            return ComponentState.RUNNING
+        if ReplicaState.EXITED in states:
+            return ComponentState.EXITED
+        return ComponentState.STOPPED
+
+
+def replica_log_path(log_dir: Path, component: str, index: int) -> Path:
+    """`log_dir/<component>.log` for replica 0, `log_dir/<component>.<n>.log` for the others."""
+    return log_dir / (f"{component}.log" if index == 0 else f"{component}.{index}.log")
