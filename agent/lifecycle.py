@@ -1,0 +1,376 @@
+"""The replica lifecycle engine: spawn into the replica's scope, notice exits at once, restart with
+backoff and circuit breaker, reconcile replicas with the target, stop with escalation.
+
+With agent/supervisor.py (the commands on top of it) this is the only code that starts, signals or
+reaps component processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from agent import policy
+from agent.circuit import CircuitBreaker
+from agent.config import Config, substitute
+from agent.containment import Containment, Scope, TrackingContainment
+from agent.policy import Circuit, ExitAction
+from agent.process import ExitStatus, Guardian, Reaper, signal_group
+from agent.replica import (
+    REASONS,
+    CommandError,
+    Replica,
+    ReplicaState,
+    Runtime,
+    replica_log_path,
+)
+from agent.stall import StallWatch
+from agent.state import StateStore
+
+log = logging.getLogger("agent.supervisor")
+
+class Lifecycle:
+    """Spawns, reaps, restarts with backoff and reconciles the replicas of one agent's components.
+
+    The engine under `Supervisor`, which adds the commands and the observations that drive it.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        reaper: Reaper,
+        store: StateStore,
+        *,
+        guardian: Guardian | None = None,
+        containment: Containment | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.reaper = reaper
+        self.guardian = guardian
+        self.containment = containment or TrackingContainment(lambda: set(reaper.running()))
+        self.stalls = StallWatch(clock)
+        self.circuits = CircuitBreaker(spawn=self._spawn, new_replica=self._new_replica, reconcile=self._reconcile,
+                                       persist=self.persist, closing=lambda: self.shutting_down)
+        self.store = store
+        self.clock = clock
+        self.rand = rand
+        self.log_dir = config.agent.log_dir
+        self.order = config.start_order()
+        self.shutting_down = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Called with (runtime, replica) after every successful spawn (the probe runner listens).
+        self.spawn_listeners: list[Callable[[Runtime, Replica], None]] = []
+        self.components: dict[str, Runtime] = {
+            name: Runtime(name=name, spec=spec, desired=spec.replicas.start_count)
+            for name, spec in config.components.items()
+        }
+        for rt in self.components.values():
+            for reason in REASONS:
+                rt.restarts[reason] = 0
+        self._restore()
+
+    # --- state dir ---------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        # The store checked the file against its schema (a bad one was set aside): entries are typed.
+        for name, entry in self.store.loaded.components.items():
+            rt = self.components.get(name)
+            if rt is None:
+                continue
+            rt.manual_stop = entry.manual_stop
+            rt.circuit = entry.circuit
+            rt.circuit_opened_wall = entry.circuit_opened_at
+            if entry.desired is None:
+                continue
+            bounds = rt.spec.replicas
+            rt.desired = policy.clamp_replicas(entry.desired, bounds.min, bounds.max)
+            if rt.desired != entry.desired:
+                log.warning("component %s: saved replicas %d outside [%d, %d]; using %d",
+                            name, entry.desired, bounds.min, bounds.max, rt.desired)
+
+    def persist(self) -> None:
+        """Save desired replicas, manual stops and circuits (the store's writer thread does the fsync)."""
+        self.store.data["components"] = {
+            rt.name: {
+                "desired": rt.desired,
+                "manual_stop": rt.manual_stop,
+                "circuit": rt.circuit.value,
+                "circuit_opened_at": rt.circuit_opened_wall,
+            }
+            for rt in self.components.values()
+        }
+        self.store.save()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def get(self, name: str) -> Runtime:
+        """The runtime of a configured component, or CommandError."""
+        rt = self.components.get(name)
+        if rt is None:
+            raise CommandError(f"unknown component {name!r}")
+        return rt
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_task_failure)
+
+    def _child_env(self, rt: Runtime, rep: Replica, extra: dict[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({k: substitute(v, rep.index) for k, v in rt.spec.env.items()})
+        env["AGENT_COMPONENT"] = rt.name
+        env["AGENT_REPLICA"] = str(rep.index)
+        env.update(extra)
+        return env
+
+    def _scope(self, rt: Runtime, rep: Replica) -> Scope:
+        if rep.scope is None:
+            rep.scope = self.containment.scope(rt.name, rep.index)
+        return rep.scope
+
+    # --- spawning and exits -------------------------------------------------------------------
+
+    def _spawn(self, rt: Runtime, rep: Replica) -> bool:
+        """Start one replica; a spawn that fails for any reason goes down the backoff path."""
+        rep.generation += 1
+        rep.stopping = False
+        rep.ready = False
+        rep.probe_ok = None
+        rep.probe_failures = rep.probe_successes = 0
+        rep.probe_ever_ok = False
+        rep.rss_samples = []
+        rep.exited.clear()
+        generation = rep.generation
+        try:
+            pid = self._start_process(rt, rep, generation)
+        except Exception as exc:
+            if isinstance(exc, OSError):
+                why = exc.strerror or str(exc)
+                if exc.filename:
+                    why = f"{why}: {exc.filename}"
+            else:
+                log.exception("component %s replica %d: unexpected error while starting", rt.name, rep.index)
+                why = repr(exc)
+            log.error("component %s replica %d: cannot start %s: %s",
+                      rt.name, rep.index, rt.spec.argv[0], why)
+            rep.started_at = self.clock()
+            rep.pid = None
+            asyncio.get_running_loop().call_soon(self._spawn_failed, rt, rep, generation)
+            return False
+        rep.pid = pid
+        rep.started_at = self.clock()
+        rep.started_wall = time.time()
+        rep.state = ReplicaState.STARTING
+        if self.guardian is not None:
+            self.guardian.add(pid)
+        log.info("component %s replica %d started (pid %d)", rt.name, rep.index, pid)
+        for listener in self.spawn_listeners:
+            listener(rt, rep)
+        if rt.spec.probe is None:
+            if rt.spec.ready_after > 0:
+                rep.timer = asyncio.get_running_loop().call_later(
+                    rt.spec.ready_after, self._mark_ready, rt, rep, generation)
+            else:
+                self._mark_ready(rt, rep, generation)
+        return True
+
+    def _start_process(self, rt: Runtime, rep: Replica, generation: int) -> int:
+        """Open the replica's log and fork it into its scope; raises whatever stops that."""
+        path = replica_log_path(self.log_dir, rt.name, rep.index)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
+            fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            with self._scope(rt, rep).spawning() as extra:
+                return self.reaper.spawn(
+                    [substitute(arg, rep.index) for arg in rt.spec.argv],
+                    lambda status: self._on_exit(rt, rep, generation, status),
+                    env=self._child_env(rt, rep, extra),
+                    cwd=rt.spec.cwd,
+                    stdout=fd,
+                )
+        finally:
+            os.close(fd)
+
+    def _spawn_failed(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        """No process was created: count it under its own reason and retry through backoff."""
+        if rep.generation != generation or rep.pid is not None:
+            return
+        rep.exited.set()
+        self._check_ready(rt)
+        if rep.stopping or self.shutting_down or rt.manual_stop or rep.index >= rt.desired:
+            rep.state = ReplicaState.STOPPED
+            rep.stopping = False
+            return
+        self._after_failure(rt, rep, None, 0.0, "spawn")
+
+    def _mark_ready(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        if rep.generation != generation or rep.pid is None or rep.stopping:
+            return
+        rep.timer = None
+        rep.ready = True
+        rep.state = ReplicaState.RUNNING
+        self._check_ready(rt)
+
+    def _check_ready(self, rt: Runtime) -> None:
+        active = rt.active()
+        if rt.target > 0 and len(active) >= rt.target and all(r.ready for r in active):
+            rt.ready_event.set()
+        else:
+            rt.ready_event.clear()
+
+    def _on_exit(self, rt: Runtime, rep: Replica, generation: int, status: ExitStatus) -> None:
+        if rep.generation != generation:
+            return
+        pid = rep.pid
+        if pid is not None:
+            # Whatever the leader left behind goes with it: its group, and anything that left the
+            # group (setsid, double fork) but not the replica's cgroup or environment marker.
+            signal_group(pid, signal.SIGKILL)
+            try:
+                self._scope(rt, rep).kill(None)
+            except OSError as exc:  # out of descriptors, say: restart anyway, the next exit tries again
+                log.error("component %s replica %d: cannot end what it left behind: %s",
+                          rt.name, rep.index, exc.strerror or exc)
+            if self.guardian is not None:
+                self.guardian.remove(pid)
+        now = self.clock()
+        ran_for = self.stalls.ran_for(rep.started_at, now)
+        rep.pid = None
+        rep.ready = False
+        if rep.timer is not None:
+            rep.timer.cancel()
+            rep.timer = None
+        rt.last_exit = status
+        self._check_ready(rt)
+        if rep.stopping or self.shutting_down:
+            rep.state = ReplicaState.STOPPED
+            rep.stopping = False
+            rep.exited.set()
+            return
+        rep.exited.set()
+        log.warning("component %s replica %d (pid %s) %s after %.3fs",
+                    rt.name, rep.index, pid, status.describe, ran_for)
+        if rt.manual_stop or rep.index >= rt.desired:
+            rep.state = ReplicaState.STOPPED
+            return
+        self._after_failure(rt, rep, status.code, ran_for, "exit")
+
+    def _after_failure(self, rt: Runtime, rep: Replica, exit_code: int | None, ran_for: float, reason: str) -> None:
+        """Apply restart policy, backoff and circuit breaker after an unplanned end of a replica."""
+        now = self.clock()
+        rt.history = policy.prune_history(rt.history, now, rt.spec.restart.window)
+        decision = policy.decide_exit(
+            exit_code=exit_code,
+            ran_for=ran_for,
+            previous_failures=rep.failures,
+            history=rt.history,
+            circuit=rt.circuit,
+            now=now,
+            settings=rt.spec.restart,
+            rand=self.rand(),
+        )
+        rep.failures = decision.failures
+        if decision.action is ExitAction.STAY_DOWN:
+            rep.state = ReplicaState.EXITED
+            log.info("component %s replica %d stays down (%s)", rt.name, rep.index, decision.reason)
+            return
+        if decision.action is ExitAction.OPEN_CIRCUIT:
+            rep.state = ReplicaState.EXITED
+            self.circuits.open(rt, decision.reason)
+            return
+        rt.history.append(now)
+        rt.restarts[reason] += 1
+        rt.last_reason = reason
+        rt.last_restart_wall = time.time()
+        if decision.delay <= 0:
+            self._spawn(rt, rep)
+            return
+        rep.state = ReplicaState.BACKOFF
+        log.info("component %s replica %d restarts in %.3fs (failure %d in a row)",
+                 rt.name, rep.index, decision.delay, decision.failures)
+        generation = rep.generation
+        rep.timer = asyncio.get_running_loop().call_later(
+            decision.delay, self._backoff_done, rt, rep, generation
+        )
+
+    def _backoff_done(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        rep.timer = None
+        if rep.generation != generation or rep.state is not ReplicaState.BACKOFF:
+            return
+        if rt.manual_stop or self.shutting_down or rep.index >= rt.desired or rt.circuit is Circuit.OPEN:
+            rep.state = ReplicaState.STOPPED
+            return
+        self._spawn(rt, rep)
+
+    # --- reconciling replicas -----------------------------------------------------------------
+
+    def _new_replica(self, rt: Runtime, index: int) -> Replica:
+        rep = Replica(index=index)
+        rep.exited.set()
+        rt.replicas[index] = rep
+        return rep
+
+    def _reconcile(self, rt: Runtime, revive_exited: bool = False) -> list[Replica]:
+        """Start missing replicas below the target; return those above it (for the caller to stop)."""
+        if not self.shutting_down and rt.circuit is Circuit.CLOSED:
+            for index in range(rt.target):
+                rep = rt.replicas.get(index) or self._new_replica(rt, index)
+                revive = revive_exited and rep.state is ReplicaState.EXITED
+                if rep.state is ReplicaState.STOPPED or revive:
+                    self._spawn(rt, rep)
+        self._check_ready(rt)
+        return [r for i, r in sorted(rt.replicas.items()) if i >= rt.target and r.state is not ReplicaState.STOPPED]
+
+    async def _stop_replica(self, rt: Runtime, rep: Replica) -> None:
+        if rep.timer is not None:
+            rep.timer.cancel()
+            rep.timer = None
+        if rep.pid is None:
+            rep.state = ReplicaState.STOPPED
+            return
+        pid = rep.pid
+        rep.stopping = True
+        rep.state = ReplicaState.STOPPING
+        stop = rt.spec.stop
+        scope = self._scope(rt, rep)
+        # Every process of the replica gets the stop signal, as systemd's KillMode=control-group does.
+        if not scope.signal(stop.signum, pid) and not signal_group(pid, stop.signum):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, stop.signum)
+        try:
+            await asyncio.wait_for(rep.exited.wait(), stop.grace)
+        except TimeoutError:
+            log.warning("component %s replica %d (pid %d) ignored %s for %.1fs; sending SIGKILL",
+                        rt.name, rep.index, pid, stop.signal, stop.grace)
+            scope.kill(pid)
+            signal_group(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            await rep.exited.wait()
+        log.info("component %s replica %d (pid %d) stopped", rt.name, rep.index, pid)
+
+    async def _stop_replicas(self, rt: Runtime, replicas: list[Replica]) -> None:
+        await asyncio.gather(*(self._stop_replica(rt, r) for r in replicas))
+        for rep in replicas:
+            if rep.index >= rt.desired and rep.state is ReplicaState.STOPPED:
+                rt.replicas.pop(rep.index, None)
+                if rep.scope is not None:
+                    rep.scope.release()
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
