@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.config import Autonomy, Config, ConfigError, config_paths, load_config
+from agent.config import Autonomy, Config
 from agent.control_cli import add_control_commands
+from agent.loader import ConfigError, config_paths, load_config
 
 EPILOG = """\
 exit codes: 0 ok; 1 failure (or WARNING for --once); 2 invalid config or usage (CRITICAL for --once);

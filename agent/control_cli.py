@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from agent.config import Config, ConfigError, config_paths, load_config
+from agent.config import Config
+from agent.loader import ConfigError, config_paths, load_config
 
 
 class ControlError(Exception):

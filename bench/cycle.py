@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from agent.config import build_config
+from agent.loader import build_config
 from agent.loop import run
 from agent.probes import run_probe
 from agent.process import Reaper

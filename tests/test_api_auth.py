@@ -19,7 +19,7 @@ import yaml
 from starlette.routing import BaseRoute, Mount, Route
 
 from agent.app import Parts
-from agent.config import build_config
+from agent.loader import build_config
 from tests.helpers import AgentProcess, run_async, running_agent
 
 # Health, readiness and metrics answer anyone (documented in docs/operations.md); nothing else may.

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from agent import todos
-from agent.config import ConfigError, build_config
+from agent.loader import ConfigError, build_config
 from tests.helpers import running_agent, wait_for
 from tests.metricsutil import Sample, parse, value
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.config import DEFAULT_CONFIG, config_paths
+from agent.loader import DEFAULT_CONFIG, config_paths
 from tests.helpers import ROOT
 
 CONTROL_VERBS = ("status", "restart", "start", "stop", "scale", "autonomy", "emergency-stop", "history",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from agent.config import DEFAULT_CONFIG, Autonomy, ConfigError, build_config, load_config
+from agent.config import Autonomy
+from agent.loader import DEFAULT_CONFIG, ConfigError, build_config, load_config
 from agent.units import parse_duration, parse_size
 
 

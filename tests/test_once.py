@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from agent.backlog import BacklogMonitor
-from agent.config import BacklogSource, build_config
+from agent.config import BacklogSource
+from agent.loader import build_config
 from agent.once import Status, judge, overall
 from agent.probes import ProbeResult
 from agent.resources import HostUsage

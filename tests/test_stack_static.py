@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 import yaml
 
-from agent.config import load_config
+from agent.loader import load_config
 from tests.stackbin import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import build_config
 from agent.dedupe import DedupeStore, dedupe_key
+from agent.loader import build_config
 from agent.process import Reaper
 from agent.state import StateStore
 from agent.supervisor import Supervisor

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import build_config
+from agent.loader import build_config
 from agent.policy import Circuit
 from agent.process import Reaper
 from agent.replica import CommandError, ComponentState, ReplicaState

@@ -1,0 +1,221 @@
+"""Loading the config: YAML or JSON files (layered), `${VAR:-default}` expansion, the seed's JSON
+shape, and errors that name the field path and the bad value.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from agent.config import Config
+from agent.seed import is_seed_shape, map_seed
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` holds one `(path, message)` per error."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} error(s)"]
+        lines += [f"  {path}: {msg}" if path else f"  {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class MissingVariable(KeyError):
+    """`${VAR}` without a default, and VAR unset."""
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
+    """Replace `${VAR}` and `${VAR:-default}` in every string of a loaded document."""
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if env.get(name):
+                return env[name]
+            if default is not None:
+                return default
+            if name == "HOSTNAME":
+                return socket.gethostname()
+            raise MissingVariable(name, path)
+
+        return _VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{path}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+class _JsonObject(dict[str, Any]):
+    """A decoded JSON object that remembers keys it saw twice."""
+
+    duplicates: list[str]
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    out = _JsonObject()
+    out.duplicates = []
+    for key, value in pairs:
+        if key in out:
+            out.duplicates.append(key)
+        out[key] = value
+    return out
+
+
+def _json_duplicates(value: Any, path: str = "") -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    if isinstance(value, _JsonObject):
+        found += [(f"{path}.{k}" if path else k, "duplicate key (defined twice)") for k in value.duplicates]
+        for k, v in value.items():
+            found += _json_duplicates(v, f"{path}.{k}" if path else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _json_duplicates(v, f"{path}.{i}")
+    return found
+
+
+def parse_document(text: str, source: str) -> Any:
+    """Parse YAML or JSON text (JSON when the source ends in .json or the text starts with `{`)."""
+    if source.endswith(".json") or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text, object_pairs_hook=_json_object)
+        except json.JSONDecodeError as exc:
+            where = f"line {exc.lineno} column {exc.colno}"
+            raise ConfigError(source, [("", f"invalid JSON at {where}: {exc.msg}")]) from None
+        duplicates = _json_duplicates(data)
+        if duplicates:
+            raise ConfigError(source, duplicates)
+        return data
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [("", f"invalid YAML{where}: {problem}")]) from None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not (isinstance(p, str) and p.startswith(("function-", "list[")))]
+    return ".".join(parts)
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """One `(field.path, message with the bad value)` per pydantic error."""
+    problems = []
+    for err in exc.errors(include_url=False):
+        msg = err["msg"].removeprefix("Value error, ")
+        path = _format_loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            shown = repr(err["input"])
+            if len(shown) > 80:
+                shown = shown[:77] + "..."
+            msg += f" (got {shown})"
+        if not path and msg.startswith("components") and ": " in msg:
+            path, _, msg = msg.partition(": ")
+        problems.append((path, msg))
+    return problems
+
+
+def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
+    """Validate a loaded document (native or seed shape) into a Config, applying env overrides."""
+    env = os.environ if env is None else env
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("", f"the top level must be a mapping, got {type(data).__name__}")])
+    try:
+        data = expand_env(data, env)
+    except MissingVariable as exc:
+        msg = f"environment variable ${{{exc.args[0]}}} is not set and has no default (use ${{VAR:-default}})"
+        raise ConfigError(source, [(exc.args[1], msg)]) from None
+    problems: list[tuple[str, str]] = []
+    if is_seed_shape(data):
+        data, problems = map_seed(data, env)
+    level = env.get("AUTONOMOUS_LOG_LEVEL")
+    if level:
+        data.setdefault("agent", {})
+        if isinstance(data["agent"], dict):
+            data["agent"]["log_level"] = level
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems += validation_problems(exc)
+        raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def merge_documents(base: Any, extra: Any) -> Any:
+    """Deep-merge mappings (later wins); lists and scalars are replaced."""
+    if isinstance(base, dict) and isinstance(extra, dict):
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merge_documents(base[key], value) if key in base else value
+        return out
+    return extra
+
+
+def config_paths(given: Sequence[str | Path] | None = None, env: Mapping[str, str] | None = None) -> list[Path]:
+    """The config file(s) to load: those given (merged in order), else $AGENT_CONFIG, else the demo."""
+    if given:
+        return [Path(p) for p in given]
+    value = (os.environ if env is None else env).get("AGENT_CONFIG")
+    return [Path(p) for p in value.split(os.pathsep)] if value else [DEFAULT_CONFIG]
+
+
+def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file, or several merged in order (later files win)."""
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    document: Any = {}
+    for p in paths:
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+        part = parse_document(text, str(p))
+        if part is not None and not isinstance(part, dict):
+            raise ConfigError(str(p), [("", f"the top level must be a mapping, got {type(part).__name__}")])
+        document = merge_documents(document, part or {})
+    return build_config(document, " + ".join(str(p) for p in paths), env)
+
+
+# Package data (pyproject.toml), so an installed agent has it too. Its relative paths (state_dir,
+# log_dir, todos.db) are kept relative: they resolve against the working directory, not this one.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "demo" / "default.yaml"
