@@ -27,7 +27,7 @@ from agent.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
     from agent.config import Config
-    from agent.metrics import CounterStore
+    from agent.exposition import CounterStore
     from agent.modes import Modes
     from agent.remediation import Remediator
     from agent.supervisor import Supervisor

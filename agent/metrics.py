@@ -1,23 +1,19 @@
-"""Prometheus exposition: a collector that reads the agent's state at scrape time, plus event metrics,
-and the text renderer that writes them (and `agent --once --format prometheus`).
+"""What /metrics says: event metrics, collectors that read each part's state at scrape time, and the
+route that renders them (agent/exposition.py writes the text; `agent --once` shares its families).
 
-Names follow the contract in docs/metrics.md. The collector never probes or samples: it only reads
+Names follow the contract in docs/metrics.md. The collectors never probe or sample: they only read
 what the supervisor, probe runner, resource monitor and backlog monitor last recorded.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.samples import Exemplar, Sample
-from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,6 +22,7 @@ from agent.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.config import ACTIONS, Autonomy, Config
 from agent.connections import CLOSE_REASONS
 from agent.dedupe import JOURNAL_FILE
+from agent.exposition import CounterStore, Family, HistogramStore, gauge, render
 from agent.probes import PROBE_ERRORS
 from agent.remediation import Result
 from agent.replica import REASONS, ComponentState
@@ -48,63 +45,6 @@ if TYPE_CHECKING:  # types of the sources the collectors read; none of them impo
 RESULTS = tuple(r.value for r in Result)
 WEBHOOK_CODES = ("200", "400", "401", "413", "422", "499", "500", "503")
 PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-
-Key = tuple[str, ...]
-
-
-class CounterStore:
-    """A labelled counter kept as plain numbers, with the last exemplar (trace id) per series."""
-
-    def __init__(self, name: str, doc: str, labels: tuple[str, ...]) -> None:
-        self.name, self.doc, self.labels = name, doc, labels
-        self.values: dict[Key, float] = {}
-        self.exemplars: dict[Key, tuple[str, float, float]] = {}
-
-    def precreate(self, *key: str) -> None:
-        self.values.setdefault(key, 0.0)
-
-    def inc(self, *key: str, trace_id: str = "") -> None:
-        self.values[key] = self.values.get(key, 0.0) + 1.0
-        if trace_id:
-            self.exemplars[key] = (trace_id, 1.0, time.time())
-
-    def family(self) -> Metric:
-        fam = CounterMetricFamily(self.name, self.doc, labels=list(self.labels))
-        for key, value in self.values.items():
-            ex = self.exemplars.get(key)
-            exemplar = Exemplar({"trace_id": ex[0]}, ex[1], ex[2]) if ex else None
-            fam.samples.append(Sample(self.name + "_total", dict(zip(self.labels, key, strict=True)), value,
-                                      None, exemplar))
-        return fam
-
-
-class HistogramStore:
-    """A labelled histogram kept as per-bucket counts."""
-
-    def __init__(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
-        self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
-        self.series: dict[Key, list[float]] = {}  # bucket counts..., +Inf count, sum
-
-    def precreate(self, *key: str) -> None:
-        self.series.setdefault(key, [0.0] * (len(self.buckets) + 2))
-
-    def observe(self, *key: str, value: float) -> None:
-        row = self.series.get(key)
-        if row is None:
-            row = self.series[key] = [0.0] * (len(self.buckets) + 2)
-        row[bisect.bisect_left(self.buckets, value)] += 1
-        row[-1] += value
-
-    def family(self) -> Metric:
-        fam = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
-        for key, row in self.series.items():
-            cumulative, buckets = 0.0, []
-            for bound, count in zip((*self.buckets, math.inf), row[:-1], strict=True):
-                cumulative += count
-                buckets.append((floatToGoString(bound), cumulative))
-            fam.add_metric(list(key), buckets, row[-1])
-        return fam
 
 
 class EventMetrics:
@@ -144,31 +84,12 @@ class EventMetrics:
         yield self.remediation_duration.family()
 
 
-class Family:
-    """A gauge or counter family as rows of label values: cheap to build and to render every scrape."""
-
-    def __init__(self, name: str, doc: str, value: float | None = None, labels: list[str] | None = None,
-                 typ: str = "gauge") -> None:
-        self.name, self.documentation, self.type = name, doc, typ
-        self.label_names = tuple(labels or ())
-        self.rows: list[tuple[tuple[str, ...], float]] = []
-        if value is not None:
-            self.rows.append(((), value))
-
-    def add_metric(self, labels: list[str] | tuple[str, ...], value: float) -> None:
-        self.rows.append((tuple(labels), value))
-
-
-def _gauge(name: str, doc: str, labels: list[str]) -> Family:
-    return Family(name, doc, labels=labels)
-
-
 # The families `agent --once --format prometheus` writes too (agent/once.py): one definition each, so a
 # series has the same HELP, type and labels in both outputs.
 
 def probe_success_family() -> Family:
     """orchestrator_component_probe_success, empty."""
-    return _gauge("orchestrator_component_probe_success", "Last probe result per replica.", ["component", "replica"])
+    return gauge("orchestrator_component_probe_success", "Last probe result per replica.", ["component", "replica"])
 
 
 def memory_available_family(value: float) -> Family:
@@ -178,18 +99,18 @@ def memory_available_family(value: float) -> Family:
 
 def disk_free_family() -> Family:
     """orchestrator_host_disk_free_bytes, empty."""
-    return _gauge("orchestrator_host_disk_free_bytes", "Free bytes per configured mountpoint.", ["mountpoint"])
+    return gauge("orchestrator_host_disk_free_bytes", "Free bytes per configured mountpoint.", ["mountpoint"])
 
 
 def todo_backlog_family() -> Family:
     """orchestrator_todo_backlog, empty."""
-    return _gauge("orchestrator_todo_backlog", "Todos by status, priority and required capability ('any' when "
+    return gauge("orchestrator_todo_backlog", "Todos by status, priority and required capability ('any' when "
                   "none is required; a todo needing two counts under both).", ["status", "priority", "capability"])
 
 
 def source_up_family() -> Family:
     """orchestrator_todo_source_up, empty."""
-    return _gauge("orchestrator_todo_source_up", "1 when the last read of the source succeeded.", ["source"])
+    return gauge("orchestrator_todo_source_up", "1 when the last read of the source succeeded.", ["source"])
 
 
 class Collector(Protocol):
@@ -212,10 +133,10 @@ class AgentCollector:
 
     def families(self) -> Iterator[Family | Metric]:
         """The agent's own series, then prometheus_client's process_* set."""
-        build = _gauge("orchestrator_build_info", "Agent version.", ["version"])
+        build = gauge("orchestrator_build_info", "Agent version.", ["version"])
         build.add_metric([self.version], 1)
         yield build
-        mode = _gauge("orchestrator_autonomy_mode", "Autonomy mode (1 for the current one).", ["mode"])
+        mode = gauge("orchestrator_autonomy_mode", "Autonomy mode (1 for the current one).", ["mode"])
         for m in Autonomy:
             mode.add_metric([m.value], 1 if self.modes.autonomy is m else 0)
         yield mode
@@ -223,7 +144,7 @@ class AgentCollector:
                      value=1 if self.modes.emergency else 0)
         yield Family("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
                      value=self.started_wall)
-        mechanism = _gauge("orchestrator_containment_info",
+        mechanism = gauge("orchestrator_containment_info",
                            "How a replica's whole process tree is contained (1 for the mechanism in use).",
                            ["mechanism"])
         mechanism.add_metric([self.containment.mechanism.value], 1)
@@ -277,33 +198,33 @@ class ComponentCollector:
         sup = self.sup
         usage = self.resources.components
         probe_reasons = self.probes.last_reason
-        info = _gauge("orchestrator_component_info", "Configured components.", ["component", "kind", "essential"])
-        caps = _gauge("orchestrator_component_capability", "Capabilities a component serves.",
+        info = gauge("orchestrator_component_info", "Configured components.", ["component", "kind", "essential"])
+        caps = gauge("orchestrator_component_capability", "Capabilities a component serves.",
                       ["component", "capability"])
-        state = _gauge("orchestrator_component_state", "Component state (1 for the current one).",
+        state = gauge("orchestrator_component_state", "Component state (1 for the current one).",
                        ["component", "state"])
-        up = _gauge("orchestrator_component_up",
+        up = gauge("orchestrator_component_up",
                     "Fraction of desired replicas running and passing their probe (1 when none is desired).",
                     ["component"])
-        replicas = _gauge("orchestrator_component_replicas", "Replicas running now.", ["component"])
-        desired = _gauge("orchestrator_component_desired_replicas", "Desired replicas.", ["component"])
-        minimum = _gauge("orchestrator_component_min_replicas", "Configured minimum replicas.", ["component"])
-        maximum = _gauge("orchestrator_component_max_replicas", "Configured maximum replicas.", ["component"])
-        manual = _gauge("orchestrator_component_manual_stop", "1 when stopped by hand.", ["component"])
+        replicas = gauge("orchestrator_component_replicas", "Replicas running now.", ["component"])
+        desired = gauge("orchestrator_component_desired_replicas", "Desired replicas.", ["component"])
+        minimum = gauge("orchestrator_component_min_replicas", "Configured minimum replicas.", ["component"])
+        maximum = gauge("orchestrator_component_max_replicas", "Configured maximum replicas.", ["component"])
+        manual = gauge("orchestrator_component_manual_stop", "1 when stopped by hand.", ["component"])
         restarts = Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
                           typ="counter")
         probe_ok = probe_success_family()
-        probe_err = _gauge("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
+        probe_err = gauge("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
                            ["component", "reason"])
-        exit_code = _gauge("orchestrator_component_last_exit_code",
+        exit_code = gauge("orchestrator_component_last_exit_code",
                            "Exit code of the last replica that ended (128+N for signal N).", ["component"])
         cpu = Family("orchestrator_component_cpu_seconds", "CPU time of the process trees.", labels=["component"],
                      typ="counter")
-        rss = _gauge("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", ["component"])
-        threads = _gauge("orchestrator_component_threads", "Threads in the process trees.", ["component"])
-        fds = _gauge("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
+        rss = gauge("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", ["component"])
+        threads = gauge("orchestrator_component_threads", "Threads in the process trees.", ["component"])
+        fds = gauge("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
                      ["component"])
-        limit = _gauge("orchestrator_component_memory_limit_bytes", "Configured memory limit.", ["component"])
+        limit = gauge("orchestrator_component_memory_limit_bytes", "Configured memory limit.", ["component"])
         states = list(ComponentState)
         for name, rt in sup.components.items():
             spec = rt.spec
@@ -356,7 +277,7 @@ class HostCollector:
         yield Family("orchestrator_host_memory_total_bytes", "Host memory total.",
                                 value=host.memory_total)
         free = disk_free_family()
-        total = _gauge("orchestrator_host_disk_total_bytes", "Size per configured mountpoint.", ["mountpoint"])
+        total = gauge("orchestrator_host_disk_total_bytes", "Size per configured mountpoint.", ["mountpoint"])
         for mount, value in host.disk_free.items():
             free.add_metric([mount], value)
             total.add_metric([mount], host.disk_total.get(mount, 0))
@@ -393,7 +314,7 @@ class BacklogCollector:
         for key in sorted(keys):
             backlog.add_metric(list(key), totals.by_key.get(key, 0))
         yield backlog
-        age = _gauge("orchestrator_todo_oldest_pending_age_seconds", "Age of the oldest pending todo "
+        age = gauge("orchestrator_todo_oldest_pending_age_seconds", "Age of the oldest pending todo "
                      "(0 when none is pending).", ["priority"])
         now = time.time()
         for priority in PRIORITIES:
@@ -401,11 +322,11 @@ class BacklogCollector:
             age.add_metric([priority], max(0.0, now - created) if created is not None else 0.0)
         yield age
         up = source_up_family()
-        last = _gauge("orchestrator_todo_source_last_success_timestamp_seconds",
+        last = gauge("orchestrator_todo_source_last_success_timestamp_seconds",
                       "When the source was last read successfully (0: never).", ["source"])
-        duration = _gauge("orchestrator_todo_source_read_duration_seconds", "Duration of the last read.",
+        duration = gauge("orchestrator_todo_source_read_duration_seconds", "Duration of the last read.",
                           ["source"])
-        invalid = _gauge("orchestrator_todo_invalid_rows", "Malformed rows skipped by the last read of the source.",
+        invalid = gauge("orchestrator_todo_invalid_rows", "Malformed rows skipped by the last read of the source.",
                          ["source"])
         for label, source in monitor.sources.items():
             up.add_metric([label], 1 if source.up else 0)
@@ -413,76 +334,6 @@ class BacklogCollector:
             duration.add_metric([label], source.duration)
             invalid.add_metric([label], source.counts.invalid)
         yield from (up, last, duration, invalid)
-
-
-def _escape(value: str) -> str:
-    """A label value as both formats quote it: backslash, newline and double quote escaped."""
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return value
-
-
-def _escape_help(doc: str, openmetrics: bool) -> str:
-    """HELP text: the text format escapes backslash and newline; OpenMetrics also the double quote."""
-    doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
-    return doc.replace('"', '\\"') if openmetrics else doc
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    if value == -math.inf:
-        return "-Inf"
-    if value != value:
-        return "NaN"
-    return repr(float(value))
-
-
-def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[tuple[str, ...], str]) -> str:
-    """Text exposition, in the format prometheus_client writes (text 0.0.4 or OpenMetrics 1.0).
-
-    prometheus_client's generate_latest validates every label name of every sample; with tens of
-    thousands of series per scrape that dominated the cost. The agent's own families have fixed,
-    valid names, so they are written here, with each label set rendered once and cached.
-    """
-    out: list[str] = []
-    add = out.append
-    for fam in families:
-        name = fam.name
-        shown = name + "_total" if fam.type == "counter" and not openmetrics else name
-        add(f"# HELP {shown} {_escape_help(fam.documentation, openmetrics)}")
-        add(f"# TYPE {shown} {fam.type}")
-        if isinstance(fam, Family):
-            sample = name + "_total" if fam.type == "counter" else name
-            names = fam.label_names
-            for values, value in fam.rows:
-                if not values:
-                    add(f"{sample} {_number(value)}")
-                    continue
-                key = (sample, *values)
-                labels = cache.get(key)
-                if labels is None:
-                    body = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True))
-                    labels = cache[key] = f"{sample}{{{body}}} "
-                add(labels + _number(value))
-            continue
-        for s in fam.samples:
-            if s.labels:
-                body = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
-                line = f"{s.name}{{{body}}} {_number(s.value)}"
-            else:
-                line = f"{s.name} {_number(s.value)}"
-            if openmetrics and s.exemplar is not None:
-                ex = s.exemplar
-                ex_labels = ",".join(f'{k}="{_escape(v)}"' for k, v in ex.labels.items())
-                line += f" # {{{ex_labels}}} {_number(ex.value)}"
-                if ex.timestamp is not None:
-                    line += f" {_number(float(ex.timestamp))}"
-            add(line)
-    if openmetrics:
-        add("# EOF")
-    out.append("")
-    return "\n".join(out)
 
 
 def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:

@@ -25,12 +25,11 @@ import psutil
 from agent import __version__
 from agent.backlog import BacklogMonitor, bounded
 from agent.config import Config
+from agent.exposition import Family, render
 from agent.metrics import (
-    Family,
     disk_free_family,
     memory_available_family,
     probe_success_family,
-    render,
     source_up_family,
     todo_backlog_family,
 )
