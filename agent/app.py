@@ -21,8 +21,9 @@ from agent.api import SecretFileError, api_routes
 from agent.backlog import BacklogMonitor
 from agent.config import AgentSettings, Autonomy, Config
 from agent.connections import ConnectionGuard
-from agent.containment import Containment, ContainmentError, Ledger, choose
+from agent.containment import Containment, ContainmentError, choose
 from agent.dedupe import DedupeStore
+from agent.leftovers import Ledger
 from agent.logs import LogRotator
 from agent.metrics import (
     AgentCollector,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import json
 import logging
 import os
 import secrets
@@ -33,7 +32,7 @@ from agent.resources import ProcFS
 log = logging.getLogger("agent.containment")
 
 MARKER = "ORCHESTRATOR_AGENT_SCOPE"
-_KILL_ROUNDS = 20  # a fork bomb that outruns 20 rounds of SIGKILL is reported, not chased forever
+KILL_ROUNDS = 20  # a fork bomb that outruns 20 rounds of SIGKILL is reported, not chased forever
 
 
 class Mechanism(enum.StrEnum):
@@ -75,7 +74,7 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
 
 
-def _send(pids: list[int], sig: int) -> int:
+def send_signal(pids: list[int], sig: int) -> int:
     sent = 0
     for pid in pids:
         try:
@@ -101,7 +100,7 @@ class Scope:
 
     def signal(self, sig: int, leader: int | None) -> int:
         """Send sig to every member; returns how many got it."""
-        return _send(self.members(leader), sig)
+        return send_signal(self.members(leader), sig)
 
     def kill(self, leader: int | None) -> int:
         """SIGKILL every member until none is left; returns how many were killed."""
@@ -168,16 +167,16 @@ class CgroupScope(Scope):
             _write(self.path / "cgroup.kill", "1")
             return len(pids)
         killed: set[int] = set()
-        for _ in range(_KILL_ROUNDS):  # no cgroup.kill (Linux < 5.14): signal the members until none is left
+        for _ in range(KILL_ROUNDS):  # no cgroup.kill (Linux < 5.14): signal the members until none is left
             pids = self.members(leader)
             if not pids:
                 break
-            _send(pids, signal.SIGKILL)
+            send_signal(pids, signal.SIGKILL)
             killed.update(pids)
         return len(killed)
 
     def release(self) -> None:
-        _rmdir_when_empty(self.path)
+        rmdir_when_empty(self.path)
 
 
 class CgroupContainment(Containment):
@@ -233,24 +232,10 @@ class CgroupContainment(Containment):
         for scope in self._scopes.values():
             scope.kill(None)
             scope.release()
-        _rmdir_when_empty(self.base)
+        rmdir_when_empty(self.base)
 
 
-def sweep_cgroup(base: Path) -> int:
-    """End every process left in a dead agent's cgroup subtree and remove it; returns how many."""
-    killed = 0
-    if not base.is_dir():
-        return 0
-    slots = sorted(p for p in base.iterdir() if p.is_dir())
-    for slot in slots:
-        killed += CgroupScope(None, slot, (slot / "cgroup.kill").exists()).kill(None)
-    for slot in slots:
-        _rmdir_when_empty(slot)
-    _rmdir_when_empty(base)
-    return killed
-
-
-def _rmdir_when_empty(path: Path, attempts: int = 200) -> None:
+def rmdir_when_empty(path: Path, attempts: int = 200) -> None:
     # Killed processes leave the cgroup within microseconds, but asynchronously: rmdir says EBUSY
     # until they have.
     for _ in range(attempts):
@@ -313,13 +298,13 @@ class TrackingScope(Scope):
 
     def kill(self, leader: int | None) -> int:
         killed: set[int] = set()
-        for _ in range(_KILL_ROUNDS):
+        for _ in range(KILL_ROUNDS):
             pids = self.members(leader)
             if not pids:
                 return len(killed)
-            _send(pids, signal.SIGKILL)
+            send_signal(pids, signal.SIGKILL)
             killed.update(pids)
-        log.error("scope %s: processes still appearing after %d rounds of SIGKILL", self.marker, _KILL_ROUNDS)
+        log.error("scope %s: processes still appearing after %d rounds of SIGKILL", self.marker, KILL_ROUNDS)
         return len(killed)
 
 
@@ -352,33 +337,7 @@ class TrackingContainment(Containment):
         return {"mechanism": self.mechanism.value, "marker": f"{MARKER}={self.instance}/"}
 
 
-def sweep_marked(prefix: str, proc: str = "/proc") -> int:
-    """SIGKILL every process whose environment has an entry starting with `prefix`; returns how many."""
-    needle = prefix.encode()
-    me = os.getpid()
-    killed: set[int] = set()
-    for _ in range(_KILL_ROUNDS):
-        found = []
-        for name in os.listdir(proc):
-            if not name.isdigit() or int(name) == me:
-                continue
-            try:
-                with open(f"{proc}/{name}/environ", "rb") as f:
-                    env = f.read()
-            except OSError:
-                continue
-            if any(e.startswith(needle) for e in env.split(b"\0")):
-                found.append(int(name))
-        procfs = ProcFS(proc)
-        found = [p for p in found if procfs.state(p) not in (None, "Z")]
-        if not found:
-            break
-        _send(found, signal.SIGKILL)
-        killed.update(found)  # one that takes a moment to die is signalled again, counted once
-    return len(killed)
-
-
-# --- choosing, and sweeping what a dead agent left ---------------------------------------
+# --- choosing ---------------------------------------------------------------------------------
 
 
 def choose(setting: str, tracked: Callable[[], set[int]]) -> Containment:
@@ -394,59 +353,3 @@ def choose(setting: str, tracked: Callable[[], set[int]]) -> Containment:
                 raise
             log.info("%s; tracking descendants by environment marker instead", exc)
     return TrackingContainment(tracked)
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rfind(b")") + 2:].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-class Ledger:
-    """`containment.json` in the state dir: whose processes may still be out there after a crash."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.path = state_dir / "containment.json"
-
-    def sweep_previous(self) -> int:
-        """End what a dead previous agent (same state dir) left behind; returns how many processes."""
-        try:
-            previous = json.loads(self.path.read_text(encoding="utf-8"))
-            pid, ticks = int(previous["pid"]), int(previous["start_ticks"])
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring %s (%s)", self.path, exc)
-            return 0
-        if pid != os.getpid() and _start_ticks(pid) == ticks:
-            log.error("the agent that recorded %s (pid %d) is still running: not touching its processes",
-                      self.path, pid)
-            return 0
-        killed = 0
-        cgroup, marker = previous.get("cgroup"), previous.get("marker")
-        if isinstance(cgroup, str) and cgroup.rsplit("/", 1)[-1].startswith("orchestrator-agent."):
-            killed += sweep_cgroup(Path(cgroup))
-        if isinstance(marker, str) and marker.startswith(f"{MARKER}="):
-            killed += sweep_marked(marker)
-        if killed:
-            log.warning("ended %d process(es) left by the previous agent (pid %d)", killed, pid)
-        return killed
-
-    def write(self, containment: Containment) -> None:
-        """Record this agent; a crash leaves it for the next start to sweep."""
-        from agent.state import atomic_write_json
-
-        record = {"pid": os.getpid(), "start_ticks": _start_ticks(os.getpid()), **containment.record()}
-        try:
-            atomic_write_json(self.path, record)
-        except OSError as exc:
-            log.error("cannot write %s (%s): a crash would leave processes the next start cannot find",
-                      self.path, exc.strerror or exc)
-
-    def clear(self) -> None:
-        """A clean stop leaves nothing to sweep."""
-        with contextlib.suppress(OSError):
-            self.path.unlink()
