@@ -3,9 +3,10 @@
 Two mechanisms, chosen once at start:
 
 - `cgroup`: each replica slot gets a cgroup v2 directory under a subtree of the agent's own cgroup;
-  the child is born inside it (the agent steps into the replica's cgroup for the fork and back out,
-  about 0.1 ms), so no `setsid` or double fork leaves it, and `cgroup.kill` ends the whole slot.
-  systemd's `KillMode=control-group`, without needing systemd.
+  the child is moved into it right after the fork (by a worker thread: a migration can wait ~12 ms
+  for an RCU grace period), so no later `setsid` or double fork leaves it, and `cgroup.kill` ends
+  the whole slot: systemd's `KillMode=control-group`, without needing systemd. The child also
+  carries the environment marker below, which covers what it forks before the move lands.
 - `tracking`: where no writable cgroup v2 tree exists. Every child gets an environment marker naming
   its replica; the agent is a child subreaper, so descendants that daemonise are re-parented to it,
   and their inherited marker (read from /proc/PID/environ) says whose they are. A process that clears
@@ -17,6 +18,7 @@ same processes when the agent itself dies.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import enum
 import errno
@@ -24,6 +26,7 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -94,6 +97,9 @@ class Scope:
         """Around the fork: yields environment entries the child must carry."""
         raise NotImplementedError
 
+    def adopt(self, pid: int) -> None:
+        """The fork happened: `pid` is this slot's new leader."""
+
     def members(self, leader: int | None) -> list[int]:
         """Live processes of this slot (the leader, its descendants and any daemon it left)."""
         raise NotImplementedError
@@ -135,100 +141,137 @@ class Containment:
 
 
 class CgroupScope(Scope):
-    def __init__(self, owner: CgroupContainment | None, path: Path, has_kill: bool) -> None:
+    def __init__(self, owner: CgroupContainment | None, path: Path, has_kill: bool,
+                 marked: TrackingScope | None = None) -> None:
         self.owner = owner  # None for a dead agent's slot being swept: nothing is spawned into it
         self.path = path
         self.has_kill = has_kill
+        # The same slot tracked by environment marker: covers what forked before the move (below).
+        self.marked = marked
 
     @contextlib.contextmanager
     def spawning(self) -> Iterator[dict[str, str]]:
-        assert self.owner is not None
-        self.path.mkdir(exist_ok=True)
-        self.owner.enter(self.path)
-        try:
-            yield {}
-        finally:
-            self.owner.leave()
+        assert self.marked is not None
+        with self.marked.spawning() as env:
+            yield env
 
-    def members(self, leader: int | None) -> list[int]:
+    def adopt(self, pid: int) -> None:
+        assert self.owner is not None
+        self.owner.move(pid, self.path)
+
+    def _procs(self) -> list[int]:
         try:
             return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
         except FileNotFoundError:
             return []
 
+    def members(self, leader: int | None) -> list[int]:
+        marked = self.marked.members(leader) if self.marked is not None else []
+        return sorted(set(self._procs()) | set(marked))
+
     def kill(self, leader: int | None) -> int:
-        pids = self.members(leader)
+        killed = self.marked.kill(leader) if self.marked is not None else 0
+        pids = self._procs()
         if not pids:
-            return 0
-        if os.getpid() in pids:  # never: the agent leaves a slot right after the fork; refuse anyway
+            return killed
+        if os.getpid() in pids:  # never: the agent never enters a slot; refuse anyway
             log.critical("refusing to kill cgroup %s: the agent itself is in it", self.path)
-            return 0
+            return killed
         if self.has_kill:
             _write(self.path / "cgroup.kill", "1")
-            return len(pids)
-        killed: set[int] = set()
+            return killed + len(pids)
+        seen: set[int] = set()
         for _ in range(KILL_ROUNDS):  # no cgroup.kill (Linux < 5.14): signal the members until none is left
-            pids = self.members(leader)
+            pids = self._procs()
             if not pids:
                 break
             send_signal(pids, signal.SIGKILL)
-            killed.update(pids)
-        return len(killed)
+            seen.update(pids)
+        return killed + len(seen)
 
     def release(self) -> None:
         rmdir_when_empty(self.path)
 
 
 class CgroupContainment(Containment):
-    """Replica slots as cgroup v2 directories under `<agent's cgroup>/orchestrator-agent.<pid>`."""
+    """Replica slots as cgroup v2 directories under `<agent's cgroup>/orchestrator-agent.<pid>`.
+
+    A child is moved into its slot's cgroup right after the fork, by a worker thread: a cgroup
+    migration waits for an RCU grace period (about 12 ms here, unless the cgroup2 mount has
+    `favordynmods`), which must not block the event loop or the restart. What the child forks in
+    that window is still found by the environment marker every child carries, so each slot is
+    also a tracking scope, and kill() ends both.
+    """
 
     mechanism = Mechanism.CGROUP
 
-    def __init__(self, mount: Path, home: str) -> None:
+    def __init__(self, mount: Path, home: str, tracked: Callable[[], set[int]]) -> None:
         self.home = mount / home.lstrip("/")
         self.base = self.home / f"orchestrator-agent.{os.getpid()}"
         self.detail = str(self.base)
         self.has_kill = False
+        self.tracking = TrackingContainment(tracked)
         self._scopes: dict[tuple[str, int], CgroupScope] = {}
+        self._mover: concurrent.futures.ThreadPoolExecutor | None = None
         try:
             self.base.mkdir(exist_ok=True)
             trial = self.base / "_trial"
             trial.mkdir(exist_ok=True)
             try:
-                self.enter(trial)
-                self.leave()
-                self.has_kill = (trial / "cgroup.kill").exists()
+                probe = subprocess.Popen(["sleep", "5"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                try:
+                    _write(trial / "cgroup.procs", str(probe.pid))
+                    self.has_kill = (trial / "cgroup.kill").exists()
+                finally:
+                    probe.kill()
+                    probe.wait()
             finally:
-                trial.rmdir()
+                rmdir_when_empty(trial)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 self.base.rmdir()
             raise ContainmentError(f"cgroup v2 at {self.home} is not usable: {exc.strerror or exc}") from None
 
-    def enter(self, path: Path) -> None:
-        """Move the agent into a slot's cgroup (its next fork is born there)."""
-        _write(path / "cgroup.procs", str(os.getpid()))
+    def move(self, pid: int, path: Path) -> None:
+        """Move a new child into a slot's cgroup, off the calling thread (in spawn order)."""
+        if self._mover is None:
+            self._mover = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cgroup-mover")
+        self._mover.submit(self._move, pid, path)
 
-    def leave(self) -> None:
-        """Move the agent back to its own cgroup."""
+    def _move(self, pid: int, path: Path) -> None:
         try:
-            _write(self.home / "cgroup.procs", str(os.getpid()))
-        except OSError:
-            _write(self.home / "cgroup.procs", str(os.getpid()))  # one retry; a second failure propagates
+            path.mkdir(exist_ok=True)
+            _write(path / "cgroup.procs", str(pid))
+        except ProcessLookupError:
+            pass  # it ended before it could be moved: nothing to contain
+        except OSError as exc:
+            log.error("cannot move pid %d into %s: %s; it is contained by its environment marker only",
+                      pid, path, exc.strerror or exc)
+
+    def flush(self) -> None:
+        """Wait for the moves asked for so far (tests, and before closing)."""
+        if self._mover is not None:
+            self._mover.submit(lambda: None).result()
 
     def scope(self, component: str, index: int) -> Scope:
         key = (component, index)
         if key not in self._scopes:
-            self._scopes[key] = CgroupScope(self, self.base / f"{component}.{index}", self.has_kill)
+            marked = self.tracking.scope(component, index)
+            assert isinstance(marked, TrackingScope)
+            self._scopes[key] = CgroupScope(self, self.base / f"{component}.{index}", self.has_kill, marked)
         return self._scopes[key]
 
     def guardian_lines(self) -> list[str]:
-        return [f"c{self.base}"]
+        return [f"c{self.base}", *self.tracking.guardian_lines()]
 
     def record(self) -> dict[str, object]:
-        return {"mechanism": self.mechanism.value, "cgroup": str(self.base)}
+        return {**self.tracking.record(), "mechanism": self.mechanism.value, "cgroup": str(self.base)}
 
     def close(self) -> None:
+        self.flush()
+        if self._mover is not None:
+            self._mover.shutdown(wait=True)
+            self._mover = None
         for scope in self._scopes.values():
             scope.kill(None)
             scope.release()
@@ -347,7 +390,7 @@ def choose(setting: str, tracked: Callable[[], set[int]]) -> Containment:
         try:
             if mount is None or home is None:
                 raise ContainmentError("no cgroup v2 mount in /proc/self/mountinfo")
-            return CgroupContainment(mount, home)
+            return CgroupContainment(mount, home, tracked)
         except ContainmentError as exc:
             if setting == Mechanism.CGROUP:
                 raise

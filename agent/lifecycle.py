@@ -193,9 +193,10 @@ class Lifecycle:
         except OSError as exc:
             log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
             fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        scope = self._scope(rt, rep)
         try:
-            with self._scope(rt, rep).spawning() as extra:
-                return self.reaper.spawn(
+            with scope.spawning() as extra:
+                pid = self.reaper.spawn(
                     [substitute(arg, rep.index) for arg in rt.spec.argv],
                     lambda status: self._on_exit(rt, rep, generation, status),
                     env=self._child_env(rt, rep, extra),
@@ -204,6 +205,8 @@ class Lifecycle:
                 )
         finally:
             os.close(fd)
+        scope.adopt(pid)
+        return pid
 
     def _spawn_failed(self, rt: Runtime, rep: Replica, generation: int) -> None:
         """No process was created: count it under its own reason and retry through backoff."""
