@@ -231,7 +231,8 @@ def api_routes(config: Config, sup: Supervisor, modes: Modes, remediator: Remedi
                 return _error(404, f"unknown component {name!r}", known=sorted(sup.components))
             if verb == "restart":
                 replica = body.get("replica")
-                if replica is not None and not isinstance(replica, int):
+                # JSON true/false are Python ints: without the bool check, `true` restarted replica 1.
+                if replica is not None and (not isinstance(replica, int) or isinstance(replica, bool)):
                     return _error(422, "replica must be an integer")
                 n = await sup.restart(name, "manual", replica=replica)
                 audit_manual(name, "restart", Result.EXECUTED, f"restarted {n} replica(s)")

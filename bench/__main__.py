@@ -1,8 +1,9 @@
 """`python -m bench [--quick]`: the agent side by side with supervisord and circus.
 
-Installs the peers into bench/.peers/venv when absent, runs every section, prints one table and
-writes bench/results/<time>-<mode>.json (and .md). Exit 0 when every planned row has figures (the
-webhook rows may be "not available"), 1 when a section failed, 2 when the peers cannot be installed.
+Uses the peers of the dev extra (`pip install -e '.[dev]'`), else installs them into
+bench/.peers/venv; runs every section, prints one table and writes bench/results/<time>-<mode>.json
+(and .md). Exit 0 when every planned row has figures (the webhook rows may be "not available"), 1 when
+a section failed, 2 when the peers cannot be installed.
 """
 
 from __future__ import annotations

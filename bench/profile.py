@@ -27,17 +27,19 @@ import httpx
 from bench.configs import Setup
 from bench.launch import Fleet, Instance, free_port, start_and_wait
 from bench.overhead import _start_listener
-from bench.peers import VENV, ensure_peers
+from bench.peers import VENV
 from bench.procfs import ProcScanner, all_pids
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def py_spy() -> Path:
-    """py-spy in the peers' virtualenv (installed from PyPI when missing)."""
-    ensure_peers()
+    """py-spy in bench/.peers/venv (the venv and py-spy installed from PyPI when missing)."""
     binary = VENV / "bin" / "py-spy"
     if not binary.exists():
+        # The peers may come from the dev extra, so the venv may not exist yet.
+        if not (VENV / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True, timeout=600)
         subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "install", "-q", "py-spy"], check=True,
                        timeout=600)
     return binary

@@ -204,3 +204,22 @@ def running_agent(tmp: Path, config: dict[str, Any], *args: str) -> Iterator[Age
     finally:
         if agent.proc is not None and agent.proc.returncode is None:
             agent.stop()
+
+
+def app_routes(config: Any) -> list[Any]:
+    """The route table of the app `agent run` serves for this Config: the real parts are built in a
+    loop (nothing started, no component spawned), the app is made, and the parts are closed again."""
+    from agent.app import Parts
+
+    async def build() -> list[Any]:
+        parts = Parts.build(config, None, asyncio.get_running_loop())
+        try:
+            return list(parts.app().routes)
+        finally:
+            parts.containment.close()
+            parts.guardian.close()
+            parts.reaper.close()
+            await parts.client.aclose()
+
+    routes: list[Any] = run_async(build())
+    return routes

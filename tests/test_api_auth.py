@@ -6,7 +6,6 @@ fails here, whatever its path.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import re
 from collections.abc import Iterator, Sequence
@@ -18,9 +17,8 @@ import pytest
 import yaml
 from starlette.routing import BaseRoute, Mount, Route
 
-from agent.app import Parts
 from agent.loader import build_config
-from tests.helpers import AgentProcess, run_async, running_agent
+from tests.helpers import AgentProcess, app_routes, running_agent
 
 # Health, readiness and metrics answer anyone (documented in docs/operations.md); nothing else may.
 PUBLIC = frozenset({"/-/healthy", "/-/ready", "/metrics"})
@@ -47,20 +45,7 @@ def concrete(template: str) -> str:
 def route_table(config: dict[str, Any], state_dir: Path) -> list[tuple[str, str]]:
     """The endpoints of the app the agent serves for this config (built here, not run)."""
     document = {**config, "agent": {**config["agent"], "state_dir": str(state_dir)}}
-
-    async def build() -> list[tuple[str, str]]:
-        # The real parts, as `agent run` builds them (nothing is started), then closed again.
-        parts = Parts.build(build_config(document), None, asyncio.get_running_loop())
-        try:
-            return sorted(set(endpoints(parts.app().routes)))
-        finally:
-            parts.containment.close()
-            parts.guardian.close()
-            parts.reaper.close()
-            await parts.client.aclose()
-
-    result: list[tuple[str, str]] = run_async(build())
-    return result
+    return sorted(set(endpoints(app_routes(build_config(document)))))
 
 
 def basic(user: str, password: str) -> str:

@@ -3,58 +3,76 @@ two commands must hold."""
 
 from __future__ import annotations
 
-import ast
+import argparse
 import json
 import re
+import subprocess
+import sys
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
+from agent.cli import build_parser
 from agent.config import Autonomy, Config
 from agent.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
 from agent.probes import PROBE_ERRORS
 from agent.replica import REASONS, ComponentState
 from agent.todorow import PRIORITY_ALIASES, STATUS_ALIASES
 from agent.todos import PRIORITIES, STATUSES
+from tests.helpers import app_routes, running_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
-_NAME = re.compile(r"""["'](orchestrator_[a-z0-9_]+)["']""")
-_FNAME = re.compile(r"""f["'](orchestrator_[a-z0-9_]*)\{(\w+)\}([a-z0-9_]*)["']""")
-_COUNTER = re.compile(r"""\b(?:Counter|CounterMetricFamily|CounterStore)\(\s*["'](orchestrator_[a-z0-9_]+)["']""")
-_COUNTER_FAMILY = re.compile(
-    r"""\bFamily\(\s*["'](orchestrator_[a-z0-9_]+)["'][^()]*(?:\[[^\]]*\][^()]*)?typ="counter"\)""")
 _TABLE_KEY = re.compile(r"^\|\s*`([^`]+)`\s*\|", re.MULTILINE)
-_ROUTE = re.compile(r"""\bRoute\(\s*["']([^"']+)["']""")
 
 
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-def _loop_values(source: str, var: str) -> list[str]:
-    """The literal tuple a `for ... var in (enumerate)((...))` loop iterates over."""
-    match = re.search(rf"for [^\n]*\b{var}\b in (?:enumerate\()?(\([^()]*\))", source)
-    assert match, f"cannot find the values of {{{var}}} in the source"
-    values = ast.literal_eval(match.group(1))
-    return [str(v) for v in values]
+# --- metrics --------------------------------------------------------------------------------------
 
 
-def exported_metric_names() -> set[str]:
-    """Metric names as exposed (counters with `_total`) from agent/metrics.py and agent/once.py."""
-    names: set[str] = set()
-    for rel in ("agent/metrics.py", "agent/once.py"):
-        source = _read(ROOT / rel)
-        counters = set(_COUNTER.findall(source)) | set(_COUNTER_FAMILY.findall(source))
-        found = set(_NAME.findall(source))
-        for prefix, var, suffix in _FNAME.findall(source):
-            found |= {f"{prefix}{v}{suffix}" for v in _loop_values(source, var)}
-        names |= {f"{n}_total" if n in counters and not n.endswith("_total") else n for n in found}
-    return names
+def _exposed(text: str) -> dict[str, str]:
+    """Family names as scraped (counters with `_total`) and their types, from a text exposition."""
+    return {f.name + ("_total" if f.type == "counter" else ""): f.type
+            for f in text_string_to_metric_families(text) if f.name.startswith("orchestrator_")}
+
+
+def _everything_config(tmp: Path) -> dict[str, Any]:
+    """A config under which every family the agent can export has series: a probe, a memory limit, a
+    capability, host sampling and a backlog source."""
+    return {
+        "agent": {"resources": {"interval": 0.1}},
+        "components": {"web": {"command": ["sleep", "1000"], "capabilities": ["docs"],
+                               "probe": {"exec": {"command": ["true"]}, "interval": 0.1, "startup_grace": 0},
+                               "limits": {"memory_bytes": 100_000_000}}},
+        "backlog": {"sources": [{"kind": "sqlite", "path": str(tmp / "todos.db"), "interval": 0.1}]},
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
+    """Metric names as exposed by a running agent's /metrics and by `agent --once --format prometheus`."""
+    tmp = tmp_path_factory.mktemp("docs")
+    config = _everything_config(tmp)
+    with running_agent(tmp, config) as agent:
+        # Host and backlog families appear after their first sample; wait for both.
+        scraped = wait_for(lambda: (n := _exposed(httpx.get(agent.url + "/metrics", timeout=5).text))
+                           and {"orchestrator_host_load1", "orchestrator_todo_source_up"} <= n.keys() and n,
+                           10, 0.05, "host and backlog families on /metrics")
+    once = subprocess.run([sys.executable, "-m", "agent.cli", "--once", "--format", "prometheus",
+                           "--config", str(agent.config_path)], cwd=tmp, capture_output=True, text=True, timeout=60)
+    assert once.stdout.strip(), once.stderr
+    yield set(scraped) | set(_exposed(once.stdout))
 
 
 def documented_names(text: str, prefix: str = "") -> set[str]:
@@ -62,24 +80,24 @@ def documented_names(text: str, prefix: str = "") -> set[str]:
     return {n for n in _TABLE_KEY.findall(text) if n.startswith(prefix)}
 
 
-def test_metric_extraction_finds_the_known_groups() -> None:
-    names = exported_metric_names()
+def test_metric_extraction_finds_the_known_groups(exported: set[str]) -> None:
     for expected in ("orchestrator_build_info", "orchestrator_component_restarts_total",
                      "orchestrator_webhook_requests_total", "orchestrator_host_load15",
-                     "orchestrator_probe_duration_seconds", "orchestrator_check_status"):
-        assert expected in names
-    assert "orchestrator_component_restarts" not in names
+                     "orchestrator_probe_duration_seconds", "orchestrator_check_status",
+                     "orchestrator_component_memory_limit_bytes", "orchestrator_todo_backlog"):
+        assert expected in exported
+    assert "orchestrator_component_restarts" not in exported
 
 
-def test_every_metric_is_documented() -> None:
+def test_every_metric_is_documented(exported: set[str]) -> None:
     documented = documented_names(_read(DOCS / "metrics.md"), "orchestrator_")
-    missing = sorted(exported_metric_names() - documented)
+    missing = sorted(exported - documented)
     assert not missing, f"metrics exported but not in a table of docs/metrics.md: {missing}"
 
 
-def test_no_documented_metric_is_invented() -> None:
+def test_no_documented_metric_is_invented(exported: set[str]) -> None:
     documented = documented_names(_read(DOCS / "metrics.md"), "orchestrator_")
-    extra = sorted(documented - exported_metric_names())
+    extra = sorted(documented - exported)
     assert not extra, f"docs/metrics.md lists metrics the code does not export: {extra}"
 
 
@@ -176,22 +194,47 @@ def test_no_documented_config_key_is_invented() -> None:
 # --- routes ---------------------------------------------------------------------------------------
 
 
-def route_paths() -> set[str]:
-    paths: set[str] = set()
-    for rel in ("agent/api.py", "agent/server.py", "agent/metrics.py"):
-        paths |= set(_ROUTE.findall(_read(ROOT / rel)))
-    return paths
+@pytest.fixture(scope="module")
+def route_paths(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """The paths of the agent's Starlette app."""
+    state = tmp_path_factory.mktemp("routes") / "state"
+    routes = app_routes(Config.model_validate({"agent": {"state_dir": str(state)}}))
+    return {str(getattr(route, "path")) for route in routes}  # noqa: B009 - BaseRoute declares no path
 
 
-def test_route_extraction_finds_routes() -> None:
-    paths = route_paths()
-    assert {"/webhook/alertmanager", "/-/ready", "/metrics", "/api/v1/simulate"} <= paths
+def test_route_extraction_finds_routes(route_paths: set[str]) -> None:
+    assert {"/webhook/alertmanager", "/-/ready", "/metrics", "/api/v1/simulate"} <= route_paths
 
 
-def test_every_route_is_documented() -> None:
+def test_every_route_is_documented(route_paths: set[str]) -> None:
     text = _read(DOCS / "remediation.md") + _read(ROOT / "README.md")
-    missing = sorted(p for p in route_paths() if p not in text)
+    missing = sorted(p for p in route_paths if p not in text)
     assert not missing, f"routes missing from docs/remediation.md and README.md: {missing}"
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-commands of a parser, by name."""
+    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
+
+
+def test_cli_verb_extraction_finds_the_verbs() -> None:
+    verbs = _verbs(build_parser())
+    assert {"run", "check-config", "todo", "status", "restart", "emergency-stop", "logs"} <= set(verbs)
+    assert set(_verbs(verbs["todo"])) == {"add", "list", "claim", "done"}
+
+
+def test_every_cli_verb_is_documented() -> None:
+    text = _read(ROOT / "README.md") + "".join(_read(p) for p in sorted(DOCS.glob("*.md")))
+    verbs = _verbs(build_parser())
+    missing = [v for v in verbs if not re.search(rf"`agent {re.escape(v)}\b", text)]
+    assert not missing, f"CLI verbs with no `agent VERB` in README.md or docs/*.md: {missing}"
+    todo_table = {key.split()[0] for key in documented_names(_read(DOCS / "todos.md"))}
+    missing = sorted(set(_verbs(verbs["todo"])) - todo_table)
+    assert not missing, f"todo verbs missing from the table in docs/todos.md: {missing}"
 
 
 # --- once, todos ----------------------------------------------------------------------------------

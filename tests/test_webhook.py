@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,19 +77,36 @@ class Hook:
                  f"{result} {action} on {component} x{n}")
 
 
-@pytest.fixture(scope="module")
-def hook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hook]:
-    tmp = tmp_path_factory.mktemp("webhook")
+def start_hook(tmp: Path, extra: dict[str, Any] | None = None) -> Hook:
+    """An agent with components() (and `extra`), every replica up."""
     agent = AgentProcess(tmp, {"agent": {"node": "node-a", "webhook": {"max_body_bytes": 65536}},
-                               "components": components()})
+                               "components": {**components(), **(extra or {})}})
     agent.start()
+    wait_for(lambda: (agent.state_dir / "control.token").exists(), 5)
+    h = Hook(agent)
+    wait_for(lambda: all(len(p) == {"web": 2, "zero": 0}.get(n, 1) for n, p in h.pids().items()), 10)
+    return h
+
+
+@pytest.fixture
+def hook(tmp_path: Path) -> Iterator[Hook]:
+    """A fresh agent per test, for tests that act: none sees another's restarts, scales or cooldowns."""
+    h = start_hook(tmp_path)
     try:
-        wait_for(lambda: (agent.state_dir / "control.token").exists(), 5)
-        h = Hook(agent)
-        wait_for(lambda: all(len(p) == {"web": 2, "zero": 0}.get(n, 1) for n, p in h.pids().items()), 10)
         yield h
     finally:
-        agent.stop()
+        h.agent.stop()
+
+
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hook]:
+    """One agent shared by the tests whose requests are all refused (4xx, rejected, ignored, simulated):
+    nothing they send changes a component, and each asserts on the deltas it measures itself."""
+    h = start_hook(tmp_path_factory.mktemp("refusing"))
+    try:
+        yield h
+    finally:
+        h.agent.stop()
 
 
 # --- each action ----------------------------------------------------------------------------------
@@ -184,13 +202,13 @@ def test_same_payload_five_times_in_a_row_and_concurrently_acts_once(hook: Hook)
         assert hook.counter("limited", "restart", "executed") == before_exec + 1
 
 
-def test_stale_firing_after_resolved_does_not_act(hook: Hook) -> None:
+def test_stale_firing_after_resolved_does_not_act(refusing: Hook) -> None:
     a = alert({"action": "restart", "component": "limited"})
-    pids = hook.pids()["limited"]
-    assert hook.send(dict(a, status="resolved"))[0]["result"] == "ignored"
-    res = hook.send(a)  # the HA peer's late firing, same fingerprint and startsAt
+    pids = refusing.pids()["limited"]
+    assert refusing.send(dict(a, status="resolved"))[0]["result"] == "ignored"
+    res = refusing.send(a)  # the HA peer's late firing, same fingerprint and startsAt
     assert res[0]["result"] == "duplicate" and "stale" in res[0]["reason"]
-    assert hook.pids()["limited"] == pids
+    assert refusing.pids()["limited"] == pids
 
 
 # --- guardrails: one test per case ------------------------------------------------------------------
@@ -207,108 +225,144 @@ def code_count(hook: Hook, code: str) -> float:
     return value(scrape(hook.agent.url), "orchestrator_webhook_requests_total", code=code) or 0.0
 
 
-def test_missing_credentials_401(hook: Hook) -> None:
-    before = code_count(hook, "401")
-    r = hook.post(payload(alert({"action": "restart", "component": "web"})), token=None)
+def test_missing_credentials_401(refusing: Hook) -> None:
+    before = code_count(refusing, "401")
+    r = refusing.post(payload(alert({"action": "restart", "component": "web"})), token=None)
     assert r.status_code == 401 and "WWW-Authenticate" in r.headers
-    assert code_count(hook, "401") == before + 1
+    assert code_count(refusing, "401") == before + 1
 
 
-def test_wrong_credentials_401(hook: Hook) -> None:
-    pids = hook.pids()
-    r = hook.post(payload(alert({"action": "restart", "component": "web"})), token=hook.token[:-1] + "x")
+def test_wrong_credentials_401(refusing: Hook) -> None:
+    pids = refusing.pids()
+    r = refusing.post(payload(alert({"action": "restart", "component": "web"})), token=refusing.token[:-1] + "x")
     assert r.status_code == 401
-    assert hook.post(b"{}", headers={"Authorization": "Basic " + base64.b64encode(b"a:b").decode()},
-                     token=None).status_code == 401
-    assert hook.pids() == pids
+    assert refusing.post(b"{}", headers={"Authorization": "Basic " + base64.b64encode(b"a:b").decode()},
+                         token=None).status_code == 401
+    assert refusing.pids() == pids
 
 
-def test_oversized_body_413(hook: Hook) -> None:
-    before = code_count(hook, "413")
+def test_oversized_body_413(refusing: Hook) -> None:
+    before = code_count(refusing, "413")
     big = payload(*[alert({"action": "restart", "component": "web", "pad": "x" * 2000}) for _ in range(40)])
     assert len(json.dumps(big)) > 65536
-    assert hook.post(big).status_code == 413
-    assert code_count(hook, "413") == before + 1
+    assert refusing.post(big).status_code == 413
+    assert code_count(refusing, "413") == before + 1
 
 
-def test_invalid_json_400(hook: Hook) -> None:
-    before = code_count(hook, "400")
-    r = hook.post(b'{"version": "4", "alerts": [', headers={"Content-Type": "application/json"})
+def test_invalid_json_400(refusing: Hook) -> None:
+    before = code_count(refusing, "400")
+    r = refusing.post(b'{"version": "4", "alerts": [', headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "line 1 column" in r.json()["error"]
-    assert code_count(hook, "400") == before + 1
+    assert code_count(refusing, "400") == before + 1
 
 
-def test_wrong_schema_422_names_the_field(hook: Hook) -> None:
-    before = code_count(hook, "422")
-    pids = hook.pids()
+def test_wrong_schema_422_names_the_field(refusing: Hook) -> None:
+    before = code_count(refusing, "422")
+    pids = refusing.pids()
     body = payload(alert({"action": "restart", "component": "web"}))
     body["alerts"][0]["status"] = "exploded"
-    r = hook.post(body)
+    r = refusing.post(body)
     assert r.status_code == 422
     assert any(d.startswith("alerts.0.status") for d in r.json()["details"])
     body = payload(alert({}))
     body["version"] = "3"
-    assert hook.post(body).status_code == 422
-    assert code_count(hook, "422") == before + 2
-    assert hook.pids() == pids
+    assert refusing.post(body).status_code == 422
+    assert code_count(refusing, "422") == before + 2
+    assert refusing.pids() == pids
 
 
 @pytest.mark.parametrize(("field", "bad"), [("startsAt", "yesterday"), ("startsAt", "2026-11-24"),
                                            ("startsAt", "a|b"), ("endsAt", "never")])
-def test_times_must_be_rfc3339_else_422_naming_the_field(hook: Hook, field: str, bad: str) -> None:
-    before = hook.counter("pool", "scale_up", "executed")
+def test_times_must_be_rfc3339_else_422_naming_the_field(refusing: Hook, field: str, bad: str) -> None:
+    before = refusing.counter("pool", "scale_up", "executed")
     a = alert({"action": "scale_up", "component": "pool"})
     a[field] = bad
-    r = hook.post(payload(a))
+    r = refusing.post(payload(a))
     assert r.status_code == 422, r.text
     assert any(d.startswith(f"alerts.0.{field}") and "RFC 3339" in d for d in r.json()["details"]), r.text
-    assert hook.counter("pool", "scale_up", "executed") == before
+    assert refusing.counter("pool", "scale_up", "executed") == before
 
 
-def test_real_alertmanager_payloads_pass_the_time_checks(hook: Hook) -> None:
+def test_real_alertmanager_payloads_pass_the_time_checks(refusing: Hook) -> None:
     for name in ("alertmanager-0.25-webhook-firing.json", "alertmanager-0.25-webhook-resolved.json"):
-        assert hook.post(fixture(name)).status_code == 200, name
+        assert refusing.post(fixture(name)).status_code == 200, name
 
 
-def test_unknown_component_rejected(hook: Hook) -> None:
-    before = hook.counter("_unknown", "restart", "rejected")
-    res = hook.send(alert({"action": "restart", "component": "nope"}))
+def test_unknown_component_rejected(refusing: Hook) -> None:
+    before = refusing.counter("_unknown", "restart", "rejected")
+    res = refusing.send(alert({"action": "restart", "component": "nope"}))
     assert res[0]["result"] == "rejected" and res[0]["reason"] == "unknown component"
-    assert hook.counter("_unknown", "restart", "rejected") == before + 1
+    assert refusing.counter("_unknown", "restart", "rejected") == before + 1
 
 
-def test_disallowed_action_rejected(hook: Hook) -> None:
-    before = hook.counter("limited", "scale_up", "rejected")
-    res = hook.send(alert({"action": "scale_up", "component": "limited"}))
+def test_disallowed_action_rejected(refusing: Hook) -> None:
+    before = refusing.counter("limited", "scale_up", "rejected")
+    res = refusing.send(alert({"action": "scale_up", "component": "limited"}))
     assert res[0]["result"] == "rejected" and "not allowed" in res[0]["reason"]
-    assert hook.status()["limited"]["desired"] == 1
-    assert hook.counter("limited", "scale_up", "rejected") == before + 1
+    assert refusing.status()["limited"]["desired"] == 1
+    assert refusing.counter("limited", "scale_up", "rejected") == before + 1
 
 
-def test_other_nodes_alert_ignored_and_counted(hook: Hook) -> None:
-    pids = hook.pids()["web"]
-    before = hook.counter("web", "restart", "ignored")
-    res = hook.send(alert({"action": "restart", "component": "web", "node": "node-b"}))
+def test_other_nodes_alert_ignored_and_counted(refusing: Hook) -> None:
+    pids = refusing.pids()["web"]
+    before = refusing.counter("web", "restart", "ignored")
+    res = refusing.send(alert({"action": "restart", "component": "web", "node": "node-b"}))
     assert res[0]["result"] == "ignored" and "another node" in res[0]["reason"]
-    assert hook.counter("web", "restart", "ignored") == before + 1
-    assert hook.pids()["web"] == pids
+    assert refusing.counter("web", "restart", "ignored") == before + 1
+    assert refusing.pids()["web"] == pids
 
 
-@pytest.mark.parametrize("evil", ["web; rm -rf /tmp/x", "$(touch /tmp/pwned)", "`id`", "web && reboot",
-                                  "../../etc/passwd", "web\nrestart", "x" * 10_000])
-def test_hostile_label_values_execute_nothing(hook: Hook, evil: str, tmp_path: Path) -> None:
-    pids = hook.pids()
-    refused_before = refused(hook)
-    for labels in ({"action": "restart", "component": evil}, {"action": evil, "component": "web"},
-                   {"action": "restart", "component": "web", "replica": evil},
-                   {"action": "scale_up", "component": "pool", "step": evil}):
-        res = hook.send(alert(labels))
-        assert res[0]["result"] in ("rejected", "ignored"), res
-    res = hook.send(alert({"action": "scale_to", "component": "pool"}, annotations={"desired_replicas": evil}))
-    assert res[0]["result"] == "rejected"
-    assert hook.pids() == pids
-    assert refused(hook) == refused_before + 5
-    assert not Path("/tmp/pwned").exists()
+def _hostile(marker: Path, nonce: str) -> list[str]:
+    """Values that create `marker` if a shell ever evaluates them, each carrying `nonce` to find it by."""
+    touch = f"touch {marker}"
+    return [f"$({touch}) {nonce}", f"; {touch}; echo {nonce}", f"`{touch}` {nonce}", f"| {touch} {nonce}",
+            f"&& {touch} {nonce}", f"\n{touch}\n{nonce}", f"'; {touch}; echo '{nonce}",
+            f'"; {touch}; echo "{nonce}', f"../../{nonce}/../etc/passwd"]
+
+
+def test_hostile_alert_content_never_reaches_a_shell_or_a_command_line(tmp_path: Path) -> None:
+    # "shelly" is a shell: each start writes its own command line and environment to a file of its own
+    # and then runs. Hostile values ride on alerts that restart it (so it runs again after reading them) and
+    # on alerts that are refused. If any value reached a shell, the marker file would exist; if any reached
+    # a command line or an environment, a dump would hold the nonce.
+    marker, dumps, nonce = tmp_path / "MARKER", tmp_path / "dumps", uuid.uuid4().hex
+    dumps.mkdir()
+    (tmp_path / "agent").mkdir()
+    shelly = {"command": f"{{ tr '\\0' ' ' < /proc/$$/cmdline; echo; env; }} > {dumps}/start.$$; exec sleep 1000",
+              "shell": True, "remediation": {"cooldown": 0}}
+    hook = start_hook(tmp_path / "agent", {"shelly": shelly})
+    try:
+        values = _hostile(marker, nonce)
+        for n, evil in enumerate(values, start=1):
+            # Acted on: every field but component and action is hostile.
+            a = alert({"action": "restart", "component": "shelly", "alertname": evil, evil: evil},
+                      annotations={"summary": evil, "description": evil}, fingerprint=f"{n}{evil}"[:64])
+            a["generatorURL"] = evil
+            body = payload(a)
+            body.update(receiver=evil, groupKey=evil, externalURL=evil)
+            r = hook.post(body)
+            assert r.status_code == 200 and r.json()["results"][0]["result"] == "accepted", r.text
+            hook.wait_result("shelly", "restart", "executed", n)
+            wait_for(lambda n=n: len(list(dumps.iterdir())) == 1 + n, 10, 0.02, f"shelly's start number {1 + n}")
+        refused_before = refused(hook)
+        pids = hook.pids()
+        for evil in [*values, "x" * 10_000]:
+            # Refused: the hostile value is the component, the action, the replica, the step or the target.
+            for labels in ({"action": "restart", "component": evil}, {"action": evil, "component": "shelly"},
+                           {"action": "restart", "component": "shelly", "replica": evil},
+                           {"action": "scale_up", "component": "pool", "step": evil}):
+                res = hook.send(alert(labels))
+                assert res[0]["result"] in ("rejected", "ignored"), res
+            res = hook.send(alert({"action": "scale_to", "component": "pool"}, annotations={"desired_replicas": evil}))
+            assert res[0]["result"] == "rejected"
+        assert refused(hook) == refused_before + 5 * (len(values) + 1)
+        assert hook.pids() == pids
+    finally:
+        hook.agent.stop()
+    assert not marker.exists(), "alert content reached a shell"
+    leaked = [p.name for p in dumps.iterdir() if nonce in p.read_text(errors="replace")]
+    assert not leaked, f"alert content reached the command line or environment of {leaked}"
+    assert nonce not in (hook.agent.log_dir / "shelly.log").read_text(errors="replace")
 
 
 def test_shutting_down_answers_503(tmp_path: Path) -> None:
@@ -429,9 +483,10 @@ def test_retry_after_sigkill_does_not_act_again(tmp_path: Path) -> None:
 
 
 def test_audit_line_history_and_exemplar(hook: Hook) -> None:
+    before = hook.counter("limited", "restart", "executed")
     res = hook.send(alert({"action": "restart", "component": "limited", "alertname": "AuditMe"}))
     assert res[0]["result"] == "accepted"
-    hook.wait_result("limited", "restart", "executed", 1)
+    hook.wait_result("limited", "restart", "executed", before + 1)
     wait_for(lambda: any(r.get("alertname") == "AuditMe" and r.get("result") == "executed"
                          for r in hook.agent.log_records()), 5)
     line = next(r for r in hook.agent.log_records() if r.get("alertname") == "AuditMe" and r.get("result"))
@@ -445,9 +500,9 @@ def test_audit_line_history_and_exemplar(hook: Hook) -> None:
     assert executed and "# {trace_id=" in executed[0]
 
 
-def test_simulate_does_nothing(hook: Hook) -> None:
-    pids = hook.pids()
+def test_simulate_does_nothing(refusing: Hook) -> None:
+    pids = refusing.pids()
     body = payload(alert({"action": "restart", "component": "web"}), alert({"action": "scale_up", "component": "x"}))
-    r = hook.api("POST", "/api/v1/simulate", body)
+    r = refusing.api("POST", "/api/v1/simulate", body)
     assert [x["would"] for x in r.json()["results"]] == ["act", "rejected"]
-    assert hook.pids() == pids
+    assert refusing.pids() == pids
