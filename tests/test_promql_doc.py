@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from tests.stackbin import require_binary
-from tests.test_docs import exported_metric_names
+from tests.test_docs import exported  # noqa: F401 - the fixture: names from a running agent
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "promql.md"
@@ -115,8 +115,7 @@ def test_doc_covers_the_topic(needle: str) -> None:
     assert any(needle in q.expr for q in cookbook_queries()), f"no query uses {needle}"
 
 
-def test_queries_name_only_exported_metrics_and_recorded_rules() -> None:
-    exported = exported_metric_names()
+def test_queries_name_only_exported_metrics_and_recorded_rules(exported: set[str]) -> None:  # noqa: F811
     recorded = _recorded_names()
     for q in cookbook_queries():
         for name in _names(q.expr):
