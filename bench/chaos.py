@@ -280,8 +280,16 @@ def settle(agent: ChaosAgent, tally: Tally, mark: str, timeout: float = 30) -> d
 
     try:
         wait_until(healed, timeout, "every component at its desired replicas with one restart per kill")
-    finally:
+    except AssertionError as exc:
         restarts = agent.exit_restarts()
+        status = agent.status()
+        off = {n: {"kills": tally.exits_by_component[n], **{k.split("/")[1]: v for k, v in restarts.items()
+                                                             if k.startswith(n + "/") and v}}
+               for n in names if restarts[f"{n}/exit"] != tally.exits_by_component[n]}
+        down = {n: (c["state"], c["replicas"], c["desired"]) for n, c in status.items()
+                if n in names and (c["state"] != "running" or c["replicas"] != c["desired"])}
+        raise AssertionError(f"{exc}: restarts differ {off}; not running {down}") from None
+    restarts = agent.exit_restarts()
     probe_restarts = sum(v for k, v in restarts.items() if k.endswith("/probe"))
     assert probe_restarts == 0, f"a SIGSTOP inside the probe window restarted something: {restarts}"
     forker_exits = sum(v for k, v in restarts.items() if k.startswith("forker") and k.endswith("/exit"))
