@@ -20,7 +20,7 @@ from agent import __version__
 from agent.api import SecretFileError, api_routes
 from agent.backlog import BacklogMonitor
 from agent.config import AgentSettings, Autonomy, Config
-from agent.connections import ConnectionGuard
+from agent.connections import ConnectionCollector, ConnectionGuard
 from agent.containment import Containment, ContainmentError, choose
 from agent.dedupe import DedupeStore
 from agent.leftovers import Ledger
@@ -30,7 +30,6 @@ from agent.metrics import (
     BacklogCollector,
     Collector,
     ComponentCollector,
-    ConnectionCollector,
     EventMetrics,
     HostCollector,
     metrics_routes,

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Iterator
 from typing import ClassVar
 
 import h11
+from prometheus_client.core import Metric
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from agent.exposition import Family
 
 # Bounded values of the `reason` label of orchestrator_http_connections_closed_total.
 CLOSE_REASONS = ("timeout", "evicted", "refused")
@@ -118,3 +122,21 @@ class GuardedH11Protocol(H11Protocol):
             self._deadline.cancel()
             self._deadline = None
 
+
+class ConnectionCollector:
+    """The HTTP server's connection guard."""
+
+    def __init__(self, guard: ConnectionGuard) -> None:
+        self.guard = guard
+
+    def families(self) -> Iterator[Family | Metric]:
+        """Open connections, the cap in force, and the ones closed for the agent's protection."""
+        guard = self.guard
+        yield Family("orchestrator_http_connections", "Open HTTP connections.", value=len(guard.open))
+        yield Family("orchestrator_http_max_connections", "Cap on open HTTP connections in force "
+                     "(agent.http.max_connections, at most half the open-file limit).", value=guard.limit)
+        closed = Family("orchestrator_http_connections_closed", "HTTP connections the agent closed "
+                        "to protect itself, by reason.", labels=["reason"], typ="counter")
+        for reason in CLOSE_REASONS:
+            closed.add_metric([reason], guard.closed[reason])
+        yield closed

@@ -30,7 +30,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from agent.resources import ProcFS
+from agent.procfs import ProcFS
 
 log = logging.getLogger("agent.containment")
 

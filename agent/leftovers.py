@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 
 from agent.containment import KILL_ROUNDS, MARKER, CgroupScope, Containment, rmdir_when_empty, send_signal
-from agent.resources import ProcFS
+from agent.procfs import ProcFS
 from agent.state import atomic_write_json
 
 log = logging.getLogger("agent.containment")

@@ -20,7 +20,6 @@ from starlette.routing import Route
 
 from agent.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.config import ACTIONS, Autonomy, Config
-from agent.connections import CLOSE_REASONS
 from agent.dedupe import JOURNAL_FILE
 from agent.exposition import CounterStore, Family, HistogramStore, gauge, render
 from agent.probes import PROBE_ERRORS
@@ -31,7 +30,6 @@ from agent.todos import PRIORITIES, STATUSES
 
 if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module
     from agent.backlog import BacklogMonitor
-    from agent.connections import ConnectionGuard
     from agent.containment import Containment
     from agent.dedupe import DedupeStore
     from agent.modes import Modes
@@ -166,25 +164,6 @@ class AgentCollector:
         yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
                      "their TTL.", value=self.dedupe.evicted, typ="counter")
         yield from self.process.collect()
-
-
-class ConnectionCollector:
-    """The HTTP server's connection guard."""
-
-    def __init__(self, guard: ConnectionGuard) -> None:
-        self.guard = guard
-
-    def families(self) -> Iterator[Family | Metric]:
-        """Open connections, the cap in force, and the ones closed for the agent's protection."""
-        guard = self.guard
-        yield Family("orchestrator_http_connections", "Open HTTP connections.", value=len(guard.open))
-        yield Family("orchestrator_http_max_connections", "Cap on open HTTP connections in force "
-                     "(agent.http.max_connections, at most half the open-file limit).", value=guard.limit)
-        closed = Family("orchestrator_http_connections_closed", "HTTP connections the agent closed "
-                        "to protect itself, by reason.", labels=["reason"], typ="counter")
-        for reason in CLOSE_REASONS:
-            closed.add_metric([reason], guard.closed[reason])
-        yield closed
 
 
 class ComponentCollector:

@@ -12,20 +12,12 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from agent.procfs import ProcFS, Usage
+
 if TYPE_CHECKING:
     from agent.supervisor import Supervisor
 
 log = logging.getLogger("agent.resources")
-
-
-@dataclass
-class Usage:
-    """A component's use, summed over every replica's process tree."""
-
-    cpu_seconds: float = 0.0
-    rss_bytes: int = 0
-    threads: int = 0
-    open_fds: int = 0
 
 
 @dataclass
@@ -37,97 +29,6 @@ class HostUsage:
     disk_total: dict[str, int] = field(default_factory=dict)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     sampled_at: float = 0.0
-
-
-class ProcFS:
-    """Reads process trees straight from /proc (one stat file per process, no host-wide scan).
-
-    The root is injectable, so tests can point it at a fixture tree. Children come from
-    /proc/<pid>/task/<tid>/children (Linux 3.5+ with CONFIG_PROC_CHILDREN); without it, one scan of
-    every /proc/<pid>/stat per pass builds the parent map.
-    """
-
-    def __init__(self, root: str = "/proc") -> None:
-        self.root = root
-        self.tick = float(os.sysconf("SC_CLK_TCK"))
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.children_files = os.path.exists(f"{root}/self/task/{os.getpid()}/children") or os.path.exists(
-            f"{root}/{os.getpid()}/task/{os.getpid()}/children")
-        self._ppid_map: dict[int, list[int]] | None = None
-
-    def stat(self, pid: int) -> tuple[int, float, int, int] | None:
-        """(ppid, CPU seconds incl. reaped children, threads, RSS bytes), or None when gone."""
-        try:
-            with open(f"{self.root}/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        fields = data[data.rfind(b")") + 2:].split()
-        try:
-            ticks = int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-            return int(fields[1]), ticks / self.tick, int(fields[17]), int(fields[21]) * self.page
-        except (IndexError, ValueError):
-            return None
-
-    def state(self, pid: int) -> str | None:
-        """The one-letter state of a process ('Z' for a zombie), or None when it is gone."""
-        try:
-            with open(f"{self.root}/{pid}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            return None
-        return data[data.rfind(b")") + 2:][:1].decode() or None
-
-    def fds(self, pid: int) -> int:
-        try:
-            return len(os.listdir(f"{self.root}/{pid}/fd"))
-        except OSError:
-            return 0
-
-    def begin_pass(self) -> None:
-        """Forget the previous pass's parent map (only used without children files)."""
-        self._ppid_map = None
-
-    def children(self, pid: int) -> list[int]:
-        if self.children_files:
-            out: list[int] = []
-            try:
-                tids = os.listdir(f"{self.root}/{pid}/task")
-            except OSError:
-                return out
-            for tid in tids:
-                try:
-                    with open(f"{self.root}/{pid}/task/{tid}/children", "rb") as f:
-                        out.extend(int(c) for c in f.read().split())
-                except OSError:
-                    continue
-            return out
-        if self._ppid_map is None:
-            self._ppid_map = {}
-            for name in os.listdir(self.root):
-                if name.isdigit():
-                    st = self.stat(int(name))
-                    if st is not None:
-                        self._ppid_map.setdefault(st[0], []).append(int(name))
-        return self._ppid_map.get(pid, [])
-
-    def tree(self, root: int) -> tuple[Usage, list[int]]:
-        """Usage summed over a process and its descendants, and their pids."""
-        usage = Usage()
-        pids: list[int] = []
-        stack = [root]
-        while stack:
-            pid = stack.pop()
-            st = self.stat(pid)
-            if st is None:
-                continue
-            pids.append(pid)
-            usage.cpu_seconds += st[1]
-            usage.threads += st[2]
-            usage.rss_bytes += st[3]
-            usage.open_fds += self.fds(pid)
-            stack.extend(self.children(pid))
-        return usage, pids
 
 
 def sample_host(mountpoints: Iterable[str]) -> HostUsage:
