@@ -17,15 +17,13 @@ import httpx
 from starlette.applications import Starlette
 
 from agent import __version__
-from agent.api import SecretFileError, api_routes
-from agent.backlog import BacklogMonitor
-from agent.config import AgentSettings, Autonomy, Config
+from agent.act.api import SecretFileError, api_routes
+from agent.act.dedupe import DedupeStore
+from agent.act.modes import Modes
+from agent.act.remediation import Remediator
+from agent.config.models import AgentSettings, Autonomy, Config
 from agent.connections import ConnectionCollector, ConnectionGuard
-from agent.containment import Containment, ContainmentError, choose
-from agent.dedupe import DedupeStore
-from agent.leftovers import Ledger
-from agent.logs import LogRotator
-from agent.metrics import (
+from agent.export.metrics import (
     AgentCollector,
     BacklogCollector,
     Collector,
@@ -34,16 +32,18 @@ from agent.metrics import (
     HostCollector,
     metrics_routes,
 )
-from agent.modes import Modes
-from agent.probes import ProbeRunner
-from agent.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
-from agent.remediation import Remediator
-from agent.replica import replica_log_path
-from agent.resources import ResourceMonitor
+from agent.export.tracing import Tracing
+from agent.observe.backlog import BacklogMonitor
+from agent.observe.probes import ProbeRunner
+from agent.observe.resources import ResourceMonitor
 from agent.server import HttpServer, build_app
-from agent.state import StateStore
-from agent.supervisor import Supervisor
-from agent.tracing import Tracing
+from agent.supervise.containment import Containment, ContainmentError, choose
+from agent.supervise.leftovers import Ledger
+from agent.supervise.logs import LogRotator
+from agent.supervise.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
+from agent.supervise.replica import replica_log_path
+from agent.supervise.state import StateStore
+from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent")
 
@@ -95,7 +95,7 @@ async def rotate_logs_forever(sup: Supervisor, settings: AgentSettings) -> None:
 
 def create_todo_stores(config: Config) -> None:
     """The embedded SQLite store is the agent's own: create a missing one, empty, so workers can start."""
-    from agent import todos
+    from agent.observe import todos
 
     for source in config.backlog.sources:
         if source.kind == "sqlite" and source.path is not None and not source.path.exists():

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.config import Autonomy, Config
+from agent.config.loader import ConfigError, config_paths, load_config
+from agent.config.models import Autonomy, Config
 from agent.control_cli import add_control_commands
-from agent.loader import ConfigError, config_paths, load_config
 
 EPILOG = """\
 exit codes: 0 ok; 1 failure (or WARNING for --once); 2 invalid config or usage (CRITICAL for --once);
@@ -34,8 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground."""
     config = _load(args)
     from agent.app import Agent
-    from agent.logs import setup_logging
     from agent.loop import run
+    from agent.supervise.logs import setup_logging
 
     settings = config.agent
     setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups)
@@ -75,7 +75,7 @@ def _todo_db(args: argparse.Namespace) -> Path:
 
 def cmd_todo(args: argparse.Namespace) -> int:
     """The embedded SQLite todo store."""
-    from agent import todos
+    from agent.observe import todos
 
     db = _todo_db(args)
     if args.todo_cmd == "add":
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.once:
-        from agent.once import Status, cmd_once
+        from agent.export.once import Status, cmd_once
 
         fmt = args.format or ("json" if args.json else "table")
         try:

@@ -19,7 +19,7 @@ import h11
 from prometheus_client.core import Metric
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from agent.exposition import Family
+from agent.export.exposition import Family
 
 # Bounded values of the `reason` label of orchestrator_http_connections_closed_total.
 CLOSE_REASONS = ("timeout", "evicted", "refused")

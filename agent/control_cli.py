@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from agent.config import Config
-from agent.loader import ConfigError, config_paths, load_config
+from agent.config.loader import ConfigError, config_paths, load_config
+from agent.config.models import Config
 
 
 class ControlError(Exception):

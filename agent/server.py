@@ -15,7 +15,7 @@ from starlette.routing import Route
 from agent.connections import ConnectionGuard, GuardedH11Protocol
 
 if TYPE_CHECKING:
-    from agent.supervisor import Supervisor
+    from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.server")
 

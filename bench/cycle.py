@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from agent.config.loader import build_config
 
-from agent.loader import build_config
 from agent.loop import run
-from agent.probes import run_probe
-from agent.process import Reaper
-from agent.resources import ResourceMonitor
-from agent.state import StateStore
-from agent.supervisor import Supervisor
+from agent.observe.probes import run_probe
+from agent.observe.resources import ResourceMonitor
+from agent.supervise.process import Reaper
+from agent.supervise.state import StateStore
+from agent.supervise.supervisor import Supervisor
 from bench.configs import Setup, agent_config
 from bench.procfs import all_pids
 

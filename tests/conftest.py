@@ -29,7 +29,7 @@ def _end_leftover_agents() -> Iterator[None]:
 def containment(request: pytest.FixtureRequest) -> str:
     """Each containment mechanism in turn; cgroup needs a writable cgroup v2 tree (required under CI)."""
     if request.param == "cgroup":
-        from agent.containment import ContainmentError, choose
+        from agent.supervise.containment import ContainmentError, choose
 
         try:
             choose("cgroup", set).close()

@@ -16,16 +16,16 @@ from typing import Any
 
 import httpx
 import pytest
+from agent.config.models import Autonomy, Config
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from agent.cli import build_parser
-from agent.config import Autonomy, Config
-from agent.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
-from agent.probes import PROBE_ERRORS
-from agent.replica import REASONS, ComponentState
-from agent.todorow import PRIORITY_ALIASES, STATUS_ALIASES
-from agent.todos import PRIORITIES, STATUSES
+from agent.export.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
+from agent.observe.probes import PROBE_ERRORS
+from agent.observe.todorow import PRIORITY_ALIASES, STATUS_ALIASES
+from agent.observe.todos import PRIORITIES, STATUSES
+from agent.supervise.replica import REASONS, ComponentState
 from tests.helpers import app_routes, running_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import anyio
 import httpx
 import pytest
 
-from agent import todos
 from agent.demo.mcp_check import MCPCheckError, mcp_ping
+from agent.observe import todos
 from tests.helpers import ROOT, free_port, http_ok, pid_alive, wait_for
 
 

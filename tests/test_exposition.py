@@ -1,6 +1,6 @@
 """The /metrics renderer against prometheus_client: hostile label values and HELP text survive both formats.
 
-`agent.exposition.render` writes the exposition by hand for speed (docs/benchmarks.md), so nothing but
+`agent.export.exposition.render` writes the exposition by hand for speed (docs/benchmarks.md), so nothing but
 these tests checks its escaping. Each family is built twice, once as the agent builds it and once as
 prometheus_client's own family types; both outputs go through prometheus_client's parsers and must
 read back the same, and the same as the values put in.
@@ -20,7 +20,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as text_parse
 from prometheus_client.registry import Collector
 
-from agent.exposition import CounterStore, Family, HistogramStore, render
+from agent.export.exposition import CounterStore, Family, HistogramStore, render
 
 # Label values a component name, mountpoint, source label or version string could bring.
 HOSTILE = (

@@ -74,3 +74,25 @@ def test_the_checker_sees_a_cycle(tmp_path: Path) -> None:
     assert runtime_imports(tmp_path / "a.py", modules) == {"agent.b"}
     assert runtime_imports(tmp_path / "b.py", modules) == {"agent.a"}
     assert runtime_imports(tmp_path / "c.py", modules) == set()
+
+
+# The tree shows the jobs (DESIGN.md): each package may use only what is below it. observe and act are
+# peers and never use each other; export reads from both; app, server, cli and the connection guard sit
+# on top. `agent` (the version) and `agent.loop` (uvloop or asyncio) are a foundation anyone may use.
+RANK = {"foundation": 0, "config": 1, "supervise": 2, "observe": 3, "act": 3, "export": 4, "demo": 5, "top": 6}
+
+
+def group(module: str) -> str:
+    parts = module.split(".")
+    if module in ("agent", "agent.loop"):
+        return "foundation"
+    return parts[1] if len(parts) >= 2 and parts[1] in RANK else "top"
+
+
+def test_every_import_points_down_the_layers() -> None:
+    wrong = sorted(
+        f"{module} ({group(module)}) imports {dep} ({group(dep)})"
+        for module, deps in graph().items() for dep in deps
+        if group(dep) != group(module) and (RANK[group(dep)] >= RANK[group(module)])
+    )
+    assert not wrong, "imports against the layering:\n" + "\n".join(wrong)

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from agent.logs import rotate_if_large
+from agent.supervise.logs import rotate_if_large
 from tests.helpers import run_async, running_agent, wait_for
 
 _pace = threading.Event()  # never set: wait(interval) paces a sampling loop
@@ -72,12 +72,13 @@ def test_a_chatty_child_never_grows_its_log_past_the_bound(tmp_path: Path) -> No
 
 def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> None:
     """The copy of a 64 MiB log runs on another thread, and the loop keeps running while it does."""
+    from agent.config.loader import build_config
+
     from agent.app import rotate_logs_forever
-    from agent.loader import build_config
-    from agent.process import Reaper
-    from agent.replica import replica_log_path
-    from agent.state import StateStore
-    from agent.supervisor import Supervisor
+    from agent.supervise.process import Reaper
+    from agent.supervise.replica import replica_log_path
+    from agent.supervise.state import StateStore
+    from agent.supervise.supervisor import Supervisor
 
     log_dir = tmp_path / "logs"
     config = build_config({"agent": {"state_dir": str(tmp_path / "state"), "log_dir": str(log_dir),

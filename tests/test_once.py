@@ -12,13 +12,13 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from agent.config.loader import build_config
+from agent.config.models import BacklogSource
 
-from agent.backlog import BacklogMonitor
-from agent.config import BacklogSource
-from agent.loader import build_config
-from agent.once import Status, judge, overall
-from agent.probes import ProbeResult
-from agent.resources import HostUsage
+from agent.export.once import Status, judge, overall
+from agent.observe.backlog import BacklogMonitor
+from agent.observe.probes import ProbeResult
+from agent.observe.resources import HostUsage
 from tests.helpers import free_port, running_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def probe(port: int, essential: bool) -> dict[str, Any]:
 
 def test_ok(tmp_path: Path, service: int) -> None:
     db = tmp_path / "t.db"
-    from agent import todos
+    from agent.observe import todos
     todos.add(db, "a", "high", ["x"])
     out = once(tmp_path, {"components": {"web": probe(service, True)},
                           "backlog": {"sources": [{"kind": "sqlite", "path": str(db)}]}}, "--json")
@@ -113,7 +113,7 @@ def test_textfile_families_have_the_help_and_type_of_the_live_metrics(tmp_path: 
     """A series means the same in both outputs, so its HELP and TYPE must be the same too."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from agent import todos
+    from agent.observe import todos
 
     db = tmp_path / "t.db"
     todos.add(db, "a", "high", ["x"])

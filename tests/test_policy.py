@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from agent.config.models import Backoff, RestartPolicyKind, RestartSettings
 
-from agent.config import Backoff, RestartPolicyKind, RestartSettings
-from agent.policy import (
+from agent.supervise.policy import (
     Circuit,
     ExitAction,
     backoff_delay,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from agent.config import ProbeSettings
-from agent.probes import probe_exec
-from agent.process import Reaper
+from agent.config.models import ProbeSettings
+
+from agent.observe.probes import probe_exec
+from agent.supervise.process import Reaper
 from tests.helpers import run_async
 
 # Exits 0 only when run by this very interpreter.

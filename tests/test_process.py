@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
-from agent.process import Guardian, Reaper
+from agent.supervise.process import Guardian, Reaper
 from tests.helpers import pid_alive, run_async, until
 
 

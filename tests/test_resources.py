@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.procfs import ProcFS
+from agent.supervise.procfs import ProcFS
 
 
 def fake_proc(root: Path, pid: int, ppid: int, utime: int, stime: int, cutime: int, threads: int, rss_pages: int,

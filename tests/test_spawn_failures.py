@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.replica import ReplicaState
-from agent.supervisor import Supervisor
+from agent.supervise.replica import ReplicaState
+from agent.supervise.supervisor import Supervisor
 from tests.helpers import until
 from tests.test_supervisor import supervise
 

@@ -13,8 +13,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from agent.config.loader import load_config
 
-from agent.loader import load_config
 from tests.stackbin import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 
 # The metric contract: what the agent exports and all that rules and dashboards may use.
-# It must match docs/metrics.md (and agent/metrics.py).
+# It must match docs/metrics.md (and agent/export/metrics.py).
 CONTRACT_METRICS = frozenset({
     # components
     "orchestrator_component_info",

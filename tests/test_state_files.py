@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent.config.loader import build_config
 
-from agent.dedupe import DedupeStore, dedupe_key
-from agent.loader import build_config
-from agent.process import Reaper
-from agent.state import StateStore
-from agent.supervisor import Supervisor
+from agent.act.dedupe import DedupeStore, dedupe_key
+from agent.supervise.process import Reaper
+from agent.supervise.state import StateStore
+from agent.supervise.supervisor import Supervisor
 from tests.diskutil import small_disk
 from tests.helpers import AgentProcess, run_async, running_agent, until, wait_for
 from tests.metricsutil import scrape, value
@@ -203,7 +203,7 @@ def test_dedupe_store_stays_within_its_size_on_disk_and_in_memory(tmp_path: Path
 
 
 def test_rfc3339_edge_cases() -> None:
-    from agent.remediation import rfc3339
+    from agent.act.remediation import rfc3339
 
     for ok in (STARTS_AT, "0001-01-01T00:00:00Z", "2023-01-01T00:00:00.123456789+02:00"):
         assert rfc3339(ok) == ok

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from agent.config.loader import build_config
 
-from agent.loader import build_config
-from agent.policy import Circuit
-from agent.process import Reaper
-from agent.replica import CommandError, ComponentState, ReplicaState
-from agent.resources import ResourceMonitor
-from agent.state import StateStore
-from agent.supervisor import Supervisor
+from agent.observe.resources import ResourceMonitor
+from agent.supervise.policy import Circuit
+from agent.supervise.process import Reaper
+from agent.supervise.replica import CommandError, ComponentState, ReplicaState
+from agent.supervise.state import StateStore
+from agent.supervise.supervisor import Supervisor
 from tests.helpers import lines, never, pid_alive, run_async, until
 
 SLEEPER = ["sleep", "1000"]
@@ -278,7 +278,7 @@ def test_probe_without_restart_only_marks_unhealthy(tmp_path: Path) -> None:
     gate.write_text("")
 
     async def body(sup: Supervisor) -> None:
-        from agent.probes import ProbeRunner
+        from agent.observe.probes import ProbeRunner
 
         rt = sup.components["ready"]
         async with __import__("httpx").AsyncClient() as client:

@@ -1,6 +1,6 @@
 """A todo worker: claims todos from the embedded SQLite store, "works" on them, marks them done.
 
-Loop: claim the most urgent pending todo this worker can serve (``agent.todos.claim``; a todo whose
+Loop: claim the most urgent pending todo this worker can serve (``agent.observe.todos.claim``; a todo whose
 capabilities are ``[]`` can be taken by any worker, otherwise the worker needs all of them), sleep
 ``--work-seconds`` to simulate the work, then mark it done and log one line. When nothing is
 pending it polls again every ``--idle-poll`` seconds.
@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from agent import todos
 from agent.demo._log import setup_logging
+from agent.observe import todos
 
 log = logging.getLogger("demo_worker")
 

@@ -31,8 +31,8 @@ from mcp.server.mcpserver import MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from agent import todos
 from agent.demo._log import setup_logging
+from agent.observe import todos
 
 log = logging.getLogger("mcp_server")
 

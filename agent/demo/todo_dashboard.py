@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
-from agent import todos
 from agent.demo._http import Server, serve
 from agent.demo._log import setup_logging
+from agent.observe import todos
 
 log = logging.getLogger("todo_dashboard")
 

@@ -21,17 +21,17 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.config import Autonomy
-from agent.remediation import Plan, Result, WebhookPayload
-from agent.replica import CommandError
+from agent.act.remediation import Plan, Result, WebhookPayload
+from agent.config.models import Autonomy
+from agent.supervise.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
-    from agent.config import Config
-    from agent.exposition import CounterStore
-    from agent.modes import Modes
-    from agent.remediation import Remediator
-    from agent.supervisor import Supervisor
-    from agent.tracing import Tracing
+    from agent.act.modes import Modes
+    from agent.act.remediation import Remediator
+    from agent.config.models import Config
+    from agent.export.exposition import CounterStore
+    from agent.export.tracing import Tracing
+    from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.api")
 

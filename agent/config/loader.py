@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from agent.config import Config
-from agent.seed import is_seed_shape, map_seed
+from agent.config.models import Config
+from agent.config.seed import is_seed_shape, map_seed
 
 
 class ConfigError(Exception):
@@ -218,4 +218,4 @@ def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] 
 
 # Package data (pyproject.toml), so an installed agent has it too. Its relative paths (state_dir,
 # log_dir, todos.db) are kept relative: they resolve against the working directory, not this one.
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "demo" / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "demo" / "default.yaml"

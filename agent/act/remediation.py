@@ -24,18 +24,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agent import policy
-from agent.config import ACTIONS, Autonomy, Config
-from agent.dedupe import DedupeStore, dedupe_key
-from agent.replica import CommandError
+from agent.act.dedupe import DedupeStore, dedupe_key
+from agent.config.models import ACTIONS, Autonomy, Config
+from agent.supervise import policy
+from agent.supervise.replica import CommandError
 
 UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no configured component
 
 if TYPE_CHECKING:  # types only: neither imports this module
-    from agent.metrics import EventMetrics
-    from agent.modes import Modes
-    from agent.supervisor import Supervisor
-    from agent.tracing import Tracing
+    from agent.act.modes import Modes
+    from agent.export.metrics import EventMetrics
+    from agent.export.tracing import Tracing
+    from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.remediation")
 audit_log = logging.getLogger("agent.audit")

@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from agent import policy
-from agent.policy import Circuit
-from agent.replica import Replica, ReplicaState, Runtime
+from agent.supervise import policy
+from agent.supervise.policy import Circuit
+from agent.supervise.replica import Replica, ReplicaState, Runtime
 
 log = logging.getLogger("agent.supervisor")
 

@@ -1,5 +1,5 @@
 """What /metrics says: event metrics, collectors that read each part's state at scrape time, and the
-route that renders them (agent/exposition.py writes the text; `agent --once` shares its families).
+route that renders them (agent/export/exposition.py writes the text; `agent --once` shares its families).
 
 Names follow the contract in docs/metrics.md. The collectors never probe or sample: they only read
 what the supervisor, probe runner, resource monitor and backlog monitor last recorded.
@@ -18,26 +18,26 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
-from agent.config import ACTIONS, Autonomy, Config
-from agent.dedupe import JOURNAL_FILE
-from agent.exposition import CounterStore, Family, HistogramStore, gauge, render
-from agent.probes import PROBE_ERRORS
-from agent.remediation import Result
-from agent.replica import REASONS, ComponentState
-from agent.state import STATE_FILE
-from agent.todos import PRIORITIES, STATUSES
+from agent.act.dedupe import JOURNAL_FILE
+from agent.act.remediation import Result
+from agent.config.models import ACTIONS, Autonomy, Config
+from agent.export.exposition import CounterStore, Family, HistogramStore, gauge, render
+from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
+from agent.observe.probes import PROBE_ERRORS
+from agent.observe.todos import PRIORITIES, STATUSES
+from agent.supervise.replica import REASONS, ComponentState
+from agent.supervise.state import STATE_FILE
 
 if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module
-    from agent.backlog import BacklogMonitor
-    from agent.containment import Containment
-    from agent.dedupe import DedupeStore
-    from agent.modes import Modes
-    from agent.probes import ProbeRunner
-    from agent.process import Guardian, Reaper
-    from agent.resources import ResourceMonitor
-    from agent.state import StateStore
-    from agent.supervisor import Supervisor
+    from agent.act.dedupe import DedupeStore
+    from agent.act.modes import Modes
+    from agent.observe.backlog import BacklogMonitor
+    from agent.observe.probes import ProbeRunner
+    from agent.observe.resources import ResourceMonitor
+    from agent.supervise.containment import Containment
+    from agent.supervise.process import Guardian, Reaper
+    from agent.supervise.state import StateStore
+    from agent.supervise.supervisor import Supervisor
 
 # Bounded values of the `result` label of orchestrator_remediation_actions_total.
 RESULTS = tuple(r.value for r in Result)
@@ -82,7 +82,7 @@ class EventMetrics:
         yield self.remediation_duration.family()
 
 
-# The families `agent --once --format prometheus` writes too (agent/once.py): one definition each, so a
+# The families `agent --once --format prometheus` writes too (agent/export/once.py): one definition each, so a
 # series has the same HELP, type and labels in both outputs.
 
 def probe_success_family() -> Family:

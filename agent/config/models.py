@@ -1,7 +1,7 @@
 """The config's pydantic models: every field typed, unknown keys refused, errors with the field path.
 
 Reading files, `${VAR:-default}` expansion, the seed's JSON shape and error formatting are in
-agent/loader.py.
+agent/config/loader.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.units import Duration, Size
+from agent.config.units import Duration, Size
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,62}$"
 Action = Literal["restart", "scale_up", "scale_down", "scale_to", "start"]

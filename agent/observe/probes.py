@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from agent.config import Component, ProbeSettings, substitute
-from agent.process import ExitStatus, Reaper, signal_group
+from agent.config.models import Component, ProbeSettings, substitute
+from agent.supervise.process import ExitStatus, Reaper, signal_group
 
 if TYPE_CHECKING:
-    from agent.replica import Replica, Runtime
-    from agent.supervisor import Supervisor
+    from agent.supervise.replica import Replica, Runtime
+    from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.probes")
 
@@ -125,7 +125,7 @@ async def probe_exec(reaper: Reaper, settings: ProbeSettings, replica: int, env:
 
 async def probe_mcp(url: str, timeout: float) -> str:
     """A real MCP handshake over streamable HTTP (`initialize`, then `ping`) with the official SDK."""
-    from agent.mcp_check import MCPCheckError, mcp_ping
+    from agent.observe.mcp_check import MCPCheckError, mcp_ping
 
     try:
         await mcp_ping(url, timeout)

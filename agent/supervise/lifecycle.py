@@ -1,7 +1,7 @@
 """The replica lifecycle engine: spawn into the replica's scope, notice exits at once, restart with
 backoff and circuit breaker, reconcile replicas with the target, stop with escalation.
 
-With agent/supervisor.py (the commands on top of it) this is the only code that starts, signals or
+With agent/supervise/supervisor.py (the commands on top of it) this is the only code that starts, signals or
 reaps component processes.
 """
 
@@ -17,13 +17,13 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from agent import policy
-from agent.circuit import CircuitBreaker
-from agent.config import Config, substitute
-from agent.containment import Containment, Scope, TrackingContainment
-from agent.policy import Circuit, ExitAction
-from agent.process import ExitStatus, Guardian, Reaper, signal_group
-from agent.replica import (
+from agent.config.models import Config, substitute
+from agent.supervise import policy
+from agent.supervise.circuit import CircuitBreaker
+from agent.supervise.containment import Containment, Scope, TrackingContainment
+from agent.supervise.policy import Circuit, ExitAction
+from agent.supervise.process import ExitStatus, Guardian, Reaper, signal_group
+from agent.supervise.replica import (
     REASONS,
     CommandError,
     Replica,
@@ -31,8 +31,8 @@ from agent.replica import (
     Runtime,
     replica_log_path,
 )
-from agent.stall import StallWatch
-from agent.state import StateStore
+from agent.supervise.stall import StallWatch
+from agent.supervise.state import StateStore
 
 log = logging.getLogger("agent.supervisor")
 

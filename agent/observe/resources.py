@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from agent.procfs import ProcFS, Usage
+from agent.supervise.procfs import ProcFS, Usage
 
 if TYPE_CHECKING:
-    from agent.supervisor import Supervisor
+    from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.resources")
 

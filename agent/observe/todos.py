@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.todorow import PRIORITIES, RowError, capabilities_json, parse_capabilities
-from agent.todorow import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
+from agent.observe.todorow import PRIORITIES, RowError, capabilities_json, parse_capabilities
+from agent.observe.todorow import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
 
 _URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 

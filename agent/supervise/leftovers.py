@@ -12,9 +12,9 @@ import os
 import signal
 from pathlib import Path
 
-from agent.containment import KILL_ROUNDS, MARKER, CgroupScope, Containment, rmdir_when_empty, send_signal
-from agent.procfs import ProcFS
-from agent.state import atomic_write_json
+from agent.supervise.containment import KILL_ROUNDS, MARKER, CgroupScope, Containment, rmdir_when_empty, send_signal
+from agent.supervise.procfs import ProcFS
+from agent.supervise.state import atomic_write_json
 
 log = logging.getLogger("agent.containment")
 

@@ -1,6 +1,6 @@
 """The supervisor: the commands everything else uses (`restart`, `scale`, `start`, `stop`,
 `emergency_stop`, `shutdown`), each with a reason, and the observations that drive restarts (probe
-results, memory samples). The lifecycle engine underneath is agent/lifecycle.py.
+results, memory samples). The lifecycle engine underneath is agent/supervise/lifecycle.py.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import asyncio
 import logging
 import time
 
-from agent import policy
-from agent.lifecycle import Lifecycle
-from agent.policy import Circuit
-from agent.replica import CommandError, Replica, Runtime
+from agent.supervise import policy
+from agent.supervise.lifecycle import Lifecycle
+from agent.supervise.policy import Circuit
+from agent.supervise.replica import CommandError, Replica, Runtime
 
 log = logging.getLogger("agent.supervisor")
 

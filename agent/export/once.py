@@ -23,19 +23,19 @@ import httpx
 import psutil
 
 from agent import __version__
-from agent.backlog import BacklogMonitor, bounded
-from agent.config import Config
-from agent.exposition import Family, render
-from agent.metrics import (
+from agent.config.models import Config
+from agent.export.exposition import Family, render
+from agent.export.metrics import (
     disk_free_family,
     memory_available_family,
     probe_success_family,
     source_up_family,
     todo_backlog_family,
 )
-from agent.probes import ProbeResult, run_probe
-from agent.process import Reaper
-from agent.resources import HostUsage, sample_host
+from agent.observe.backlog import BacklogMonitor, bounded
+from agent.observe.probes import ProbeResult, run_probe
+from agent.observe.resources import HostUsage, sample_host
+from agent.supervise.process import Reaper
 
 CRITICAL_FREE = 0.05
 WARNING_FREE = 0.10

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
-from agent.policy import Circuit
+from agent.supervise.policy import Circuit
 
 log = logging.getLogger("agent.state")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from agent.config import Autonomy
-from agent.state import StateStore
+from agent.config.models import Autonomy
+from agent.supervise.state import StateStore
 
 log = logging.getLogger("agent")
 

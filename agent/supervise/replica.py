@@ -1,6 +1,6 @@
 """The replica and component model: states, what the supervisor knows about each, where logs go.
 
-Plain data with derived properties; the supervisor (agent/supervisor.py) is the only code that changes
+Plain data with derived properties; the supervisor (agent/supervise/supervisor.py) is the only code that changes
 it, and the collectors and the status document read it.
 """
 
@@ -12,10 +12,10 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config import Component
-from agent.containment import Scope
-from agent.policy import Circuit
-from agent.process import ExitStatus
+from agent.config.models import Component
+from agent.supervise.containment import Scope
+from agent.supervise.policy import Circuit
+from agent.supervise.process import ExitStatus
 
 REASONS = ("exit", "probe", "alert", "manual", "resource", "spawn")
 

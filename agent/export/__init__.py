@@ -1,0 +1,1 @@
+"""Exporting what is observed: /metrics collectors and exposition, `agent --once`, tracing."""

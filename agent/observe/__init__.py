@@ -1,0 +1,1 @@
+"""Observing components and work: probes, resource sampling, the todo backlog and its store."""

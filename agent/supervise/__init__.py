@@ -1,0 +1,1 @@
+"""Supervising processes: spawn, reap, restart, contain, persist (the only code that starts, signals or reaps)."""
