@@ -1,4 +1,4 @@
-"""Alertmanager webhook -> actions: payload models, the pure plan, dedupe journal, audit, execution.
+"""Alertmanager webhook -> actions: payload models, the pure plan, audit, execution (dedupe keys in dedupe.py).
 
 Rules of the road (docs/remediation.md): only firing alerts with an `action` label act; each alert is
 judged on its own status; another node's alert, an unknown component or a disallowed action is
