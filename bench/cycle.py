@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from agent.config.loader import build_config
 
+from agent.config.loader import build_config
 from agent.loop import run
 from agent.observe.probes import run_probe
 from agent.observe.resources import ResourceMonitor

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from agent.config.loader import build_config
 from starlette.routing import BaseRoute, Mount, Route
 
+from agent.config.loader import build_config
 from tests.helpers import AgentProcess, app_routes, running_agent
 
 # Health, readiness and metrics answer anyone (documented in docs/operations.md); nothing else may.

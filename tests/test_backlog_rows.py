@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from agent.config.loader import ConfigError, build_config
 
+from agent.config.loader import ConfigError, build_config
 from agent.observe import todos
 from tests.helpers import running_agent, wait_for
 from tests.metricsutil import Sample, parse, value

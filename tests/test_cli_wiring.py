@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 from agent.config.loader import DEFAULT_CONFIG, config_paths
-
 from tests.helpers import ROOT
 
 CONTROL_VERBS = ("status", "restart", "start", "stop", "scale", "autonomy", "emergency-stop", "history",

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from agent.cli import main
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, build_config, load_config
 from agent.config.models import Autonomy
 from agent.config.units import parse_duration, parse_size
-
-from agent.cli import main
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from agent.config.models import Autonomy, Config
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from agent.cli import build_parser
+from agent.config.models import Autonomy, Config
 from agent.export.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
 from agent.observe.probes import PROBE_ERRORS
 from agent.observe.todorow import PRIORITY_ALIASES, STATUS_ALIASES

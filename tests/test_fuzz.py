@@ -18,13 +18,13 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from agent.config.models import ACTIONS, Autonomy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from agent.act.dedupe import dedupe_key
 from agent.act.remediation import ComponentView, Plan, WebhookPayload, plan_alert
+from agent.config.models import ACTIONS, Autonomy
 from tests.helpers import AgentProcess, wait_for
 from tests.metricsutil import scrape
 

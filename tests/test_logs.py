@@ -72,9 +72,8 @@ def test_a_chatty_child_never_grows_its_log_past_the_bound(tmp_path: Path) -> No
 
 def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> None:
     """The copy of a 64 MiB log runs on another thread, and the loop keeps running while it does."""
-    from agent.config.loader import build_config
-
     from agent.app import rotate_logs_forever
+    from agent.config.loader import build_config
     from agent.supervise.process import Reaper
     from agent.supervise.replica import replica_log_path
     from agent.supervise.state import StateStore

@@ -105,7 +105,6 @@ def test_hung_replica_is_restarted_with_reason_probe(tmp_path: Path) -> None:
 
 def test_mcp_probe_passes_on_mcp_and_fails_clearly_on_plain_http(tmp_path: Path) -> None:
     from agent.config.loader import build_config
-
     from agent.observe.probes import run_probe
     from tests.helpers import run_async
 

@@ -12,9 +12,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from agent.config.loader import build_config
 from agent.config.models import BacklogSource
-
 from agent.export.once import Status, judge, overall
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.probes import ProbeResult

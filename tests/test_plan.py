@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from agent.config.models import Autonomy
 
 from agent.act.remediation import Alert, ComponentView, Result, plan_alert
+from agent.config.models import Autonomy
 
 NOW = 1_000_000.0
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from agent.config.models import Backoff, RestartPolicyKind, RestartSettings
 
+from agent.config.models import Backoff, RestartPolicyKind, RestartSettings
 from agent.supervise.policy import (
     Circuit,
     ExitAction,

@@ -6,7 +6,6 @@ import asyncio
 import sys
 
 from agent.config.models import ProbeSettings
-
 from agent.observe.probes import probe_exec
 from agent.supervise.process import Reaper
 from tests.helpers import run_async

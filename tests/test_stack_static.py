@@ -13,8 +13,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from agent.config.loader import load_config
 
+from agent.config.loader import load_config
 from tests.stackbin import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent

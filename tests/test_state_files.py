@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent.config.loader import build_config
 
 from agent.act.dedupe import DedupeStore, dedupe_key
+from agent.config.loader import build_config
 from agent.supervise.process import Reaper
 from agent.supervise.state import StateStore
 from agent.supervise.supervisor import Supervisor

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent.config.loader import build_config
 
+from agent.config.loader import build_config
 from agent.observe.resources import ResourceMonitor
 from agent.supervise.policy import Circuit
 from agent.supervise.process import Reaper
