@@ -167,6 +167,21 @@ class Parts:
             started_wall=time.time(),
         )
 
+    async def aclose(self) -> None:
+        """After the components stopped: containment, state, clients, guardian, reaper, tracing."""
+        loop = asyncio.get_running_loop()
+        self.containment.close()
+        self.ledger.clear()
+        await asyncio.to_thread(self.store.close)  # the last state snapshot, written before we exit
+        self.probes.close()
+        await self.client.aclose()
+        self.guardian.close()  # it exits at EOF: reap it (bounded) before the reaper lets go of SIGCHLD
+        deadline = loop.time() + 5.0
+        while self.guardian.alive and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        self.reaper.close()
+        self.tracing.shutdown()
+
     def app(self) -> Starlette:
         """The HTTP app: health from the supervisor, /metrics from the collectors, webhook and control API."""
         sup = self.supervisor
@@ -265,11 +280,11 @@ class Agent:
             server = HttpServer(parts.app(), parts.guard, sock)
         except SecretFileError as exc:
             log.error("%s; nothing started", exc)
-            await self._close(parts)
+            await parts.aclose()
             return EXIT_CONFIG
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
-            await self._close(parts)
+            await parts.aclose()
             return EXIT_UNAVAILABLE
         await server.start()
         host, port = sock.getsockname()[:2]
@@ -297,23 +312,12 @@ class Agent:
             await asyncio.wait_for(parts.supervisor.shutdown(), settings.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", settings.shutdown_timeout)
-        await self._close(parts)
+        await parts.aclose()
         await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         log.info("agent stopped")
         return EXIT_OK
-
-    async def _close(self, parts: Parts) -> None:
-        """After the components stopped: containment, state, clients, guardian, reaper, tracing."""
-        parts.containment.close()
-        parts.ledger.clear()
-        await asyncio.to_thread(parts.store.close)  # the last state snapshot, written before we exit
-        parts.probes.close()
-        await parts.client.aclose()
-        parts.guardian.close()
-        parts.reaper.close()
-        parts.tracing.shutdown()
 
     async def _start_components(self, parts: Parts) -> None:
         if parts.modes.emergency:

@@ -216,11 +216,7 @@ def app_routes(config: Any) -> list[Any]:
         try:
             return list(parts.app().routes)
         finally:
-            parts.containment.close()
-            parts.guardian.close()  # it exits at EOF; reap it before the reaper lets go
-            await until(lambda: not parts.guardian.alive, 5, what="the guardian to exit")
-            parts.reaper.close()
-            await parts.client.aclose()
+            await parts.aclose()
 
     routes: list[Any] = run_async(build())
     return routes
