@@ -10,17 +10,22 @@ import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from agent import __version__
-from agent.act.api import SecretFileError, api_routes
+from agent.act.api import Auth, Credentials, SecretFileError, api_routes
 from agent.act.dedupe import DedupeStore
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
+from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
+from agent.config.loader import config_paths
 from agent.config.models import AgentSettings, Autonomy, Config
 from agent.connections import ConnectionCollector, ConnectionGuard
 from agent.export.metrics import (
@@ -33,9 +38,11 @@ from agent.export.metrics import (
     metrics_routes,
 )
 from agent.export.tracing import Tracing
+from agent.loop import ignore_hangup
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
+from agent.reload import Reloader
 from agent.server import HttpServer, build_app
 from agent.supervise.containment import Containment, ContainmentError, choose
 from agent.supervise.leftovers import Ledger
@@ -82,15 +89,27 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def rotate_logs_forever(sup: Supervisor, settings: AgentSettings) -> None:
-    """Rotate every replica's log when it outgrows `log_max_bytes`, checked as often as it grows."""
-    rotator = LogRotator(settings.log_max_bytes, settings.log_backups, max(1.0, settings.resources.interval))
+async def rotate_logs_forever(sup: Supervisor) -> None:
+    """Rotate every replica's log when it outgrows `log_max_bytes`, checked as often as it grows.
+
+    The settings are the supervisor's config in force, so a reload changes them on the next round.
+    """
+    settings: AgentSettings | None = None
+    rotator = LogRotator(1, 0, 1.0)
     while True:
+        if settings is not sup.config.agent:
+            settings = sup.config.agent
+            rotator = LogRotator(settings.log_max_bytes, settings.log_backups, max(1.0, settings.resources.interval))
         paths = [replica_log_path(settings.log_dir, rt.name, index)
                  for rt in sup.components.values() for index in list(rt.replicas)]
         # Stat, copy and truncate in a thread: copying a large log must not stall the event loop.
         delay = await asyncio.to_thread(rotator.check, paths)
         await asyncio.sleep(delay)
+
+
+def served_capabilities(config: Config) -> list[str]:
+    """Every capability a configured component serves (bounds the backlog's `capability` label)."""
+    return [cap for comp in config.components.values() for cap in comp.capabilities]
 
 
 def create_todo_stores(config: Config) -> None:
@@ -130,13 +149,18 @@ class Parts:
     client: httpx.AsyncClient
     probes: ProbeRunner
     backlog: BacklogMonitor
+    backlog_view: BacklogCollector
     remediator: Remediator
+    auth: Auth
+    reload_status: ReloadStatus
     started_wall: float
 
     @classmethod
     def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop) -> Parts:
-        """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had."""
+        """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had,
+        SecretFileError (or OSError) when a credentials file is refused, and then nothing was started."""
         settings = config.agent
+        auth = Auth(settings)
         store = StateStore(settings.state_dir)
         events = EventMetrics(config)
         reaper = Reaper(loop, child_nofile=raise_fd_limit())
@@ -156,16 +180,44 @@ class Parts:
         client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
         hook = settings.webhook
         dedupe = DedupeStore(settings.state_dir / "dedupe.jsonl", hook.dedupe_ttl, hook.dedupe_max_entries)
+        backlog = BacklogMonitor(config.backlog.sources, client)
         return cls(
             config=config, store=store, modes=modes, events=events, tracing=tracing,
             guard=ConnectionGuard(settings.http.max_connections, settings.http.request_timeout),
             reaper=reaper, containment=containment, ledger=ledger, guardian=guardian, supervisor=supervisor,
             resources=ResourceMonitor(supervisor, settings.resources.interval, settings.resources.mountpoints),
             client=client, probes=ProbeRunner(supervisor, client, observe=events.observe_probe),
-            backlog=BacklogMonitor(config.backlog.sources, client),
+            backlog=backlog, backlog_view=BacklogCollector(backlog, served_capabilities(config)),
             remediator=Remediator(config, supervisor, modes, dedupe, events, tracing),
-            started_wall=time.time(),
+            auth=auth, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
         )
+
+    async def reconfigure(self, config: Config, plan: ReloadPlan, credentials: tuple[Credentials, Credentials]) -> None:
+        """Apply a validated, planned reload: settings first (instant), then the components (may roll)."""
+        old = self.config
+        settings = config.agent
+        self.config = config
+        self.auth.use(settings, credentials)
+        self.remediator.config = config
+        self.events.configure(config)
+        self.backlog.configure(config.backlog.sources)
+        self.backlog_view.serve(served_capabilities(config))
+        self.resources.interval = settings.resources.interval
+        self.resources.mountpoints = settings.resources.mountpoints
+        self.guard.max_connections = settings.http.max_connections
+        self.guard.request_timeout = settings.http.request_timeout
+        self.remediator.dedupe.ttl = settings.webhook.dedupe_ttl
+        self.remediator.dedupe.max_entries = settings.webhook.dedupe_max_entries
+        if settings.log_level != old.agent.log_level:
+            logging.getLogger().setLevel(settings.log_level)
+        if settings.autonomy != old.agent.autonomy:
+            if self.modes.emergency:
+                log.warning("agent.autonomy changed to %s in the config, not applied: an emergency stop is in "
+                            "force (only `agent autonomy on` lifts it)", settings.autonomy.value)
+            else:
+                self.modes.set_autonomy(settings.autonomy)
+        create_todo_stores(config)
+        await self.supervisor.reconfigure(config, plan, hold_new=self.modes.emergency)
 
     async def aclose(self) -> None:
         """After the components stopped: containment, state, clients, guardian, reaper, tracing."""
@@ -182,22 +234,22 @@ class Parts:
         self.reaper.close()
         self.tracing.shutdown()
 
-    def app(self) -> Starlette:
+    def app(self, extra_routes: Sequence[Route] = ()) -> Starlette:
         """The HTTP app: health from the supervisor, /metrics from the collectors, webhook and control API."""
         sup = self.supervisor
         collectors: list[Collector] = [
             AgentCollector(__version__, self.started_wall, self.modes, self.containment, self.guardian,
-                           self.reaper, self.store, self.remediator.dedupe),
+                           self.reaper, self.store, self.remediator.dedupe, self.reload_status),
             ConnectionCollector(self.guard),
             self.events,
             ComponentCollector(sup, self.resources, self.probes),
             HostCollector(self.resources),
-            BacklogCollector(self.backlog, (c for comp in self.config.components.values() for c in comp.capabilities)),
+            self.backlog_view,
         ]
         routes = metrics_routes(collectors, self.resources.mark_read)
-        routes += api_routes(self.config, sup, self.modes, self.remediator, self.tracing,
+        routes += api_routes(self.auth, sup, self.modes, self.remediator, self.tracing,
                              self.events.webhook_requests, self.status)
-        return build_app(sup, routes)
+        return build_app(sup, routes + list(extra_routes))
 
     def status(self) -> dict[str, Any]:
         """The `agent status --json` document."""
@@ -242,9 +294,12 @@ class Parts:
 class Agent:
     """One agent process: builds its parts, serves, and owns start-up and shutdown."""
 
-    def __init__(self, config: Config, *, autonomy: Autonomy | None = None) -> None:
+    def __init__(self, config: Config, *, autonomy: Autonomy | None = None,
+                 config_paths: list[Path] | None = None) -> None:
         self.config = config
         self.autonomy = autonomy
+        # The files a reload reads again (every -c layer, or the embedded default).
+        self.config_paths = config_paths
         self.stop_event = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -275,13 +330,16 @@ class Agent:
         except ContainmentError as exc:
             log.error("%s (agent.containment: cgroup); nothing started", exc)
             return EXIT_UNAVAILABLE
-        create_todo_stores(self.config)
-        try:
-            server = HttpServer(parts.app(), parts.guard, sock)
         except SecretFileError as exc:
             log.error("%s; nothing started", exc)
-            await parts.aclose()
             return EXIT_CONFIG
+        except OSError as exc:
+            log.error("cannot read or create a credentials file: %s; nothing started", exc)
+            return EXIT_CONFIG
+        create_todo_stores(self.config)
+        reloader = Reloader(parts, self.config_paths or config_paths())
+        try:
+            server = HttpServer(parts.app(reloader.routes()), parts.guard, sock)
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
             await parts.aclose()
@@ -297,7 +355,8 @@ class Agent:
         if parts.modes.emergency:
             log.warning("emergency stop in force (from the state dir): components stay stopped; "
                         "`agent autonomy on` lifts it")
-        tasks = [asyncio.ensure_future(c) for c in (rotate_logs_forever(parts.supervisor, settings),
+        loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+        tasks = [asyncio.ensure_future(c) for c in (rotate_logs_forever(parts.supervisor),
                                                     parts.resources.run(), parts.backlog.run())]
         starting = asyncio.ensure_future(self._start_components(parts))
         await self.stop_event.wait()
@@ -309,13 +368,14 @@ class Agent:
             task.cancel()
         await parts.remediator.drain(5.0)
         try:
-            await asyncio.wait_for(parts.supervisor.shutdown(), settings.shutdown_timeout)
+            await asyncio.wait_for(parts.supervisor.shutdown(), parts.config.agent.shutdown_timeout)
         except TimeoutError:
-            log.error("components did not stop within %.0fs", settings.shutdown_timeout)
+            log.error("components did not stop within %.0fs", parts.config.agent.shutdown_timeout)
         await parts.aclose()
         await server.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        ignore_hangup()
         log.info("agent stopped")
         return EXIT_OK
 

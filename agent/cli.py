@@ -14,6 +14,7 @@ from agent import __version__
 from agent.config.loader import ConfigError, config_paths, load_config
 from agent.config.models import Autonomy, Config
 from agent.control_cli import add_control_commands
+from agent.loop import ignore_hangup
 
 EPILOG = """\
 exit codes: 0 ok; 1 failure (or WARNING for --once); 2 invalid config or usage (CRITICAL for --once);
@@ -32,6 +33,7 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground."""
+    ignore_hangup()
     config = _load(args)
     from agent.app import Agent
     from agent.loop import run
@@ -42,7 +44,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger("agent").info("config %s: %d component(s)", " + ".join(map(str, config_paths(args.config))),
                                     len(config.components))
     autonomy = Autonomy(args.autonomy) if args.autonomy else None
-    return run(Agent(config, autonomy=autonomy).run())
+    return run(Agent(config, autonomy=autonomy, config_paths=config_paths(args.config)).run())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -12,35 +12,63 @@ from typing import Any
 
 import httpx
 
-from agent.config.loader import ConfigError, config_paths, load_config
-from agent.config.models import Config
+from agent.config.loader import ConfigError, config_paths, expand_env, load_config, merge_documents, parse_document
+from agent.config.models import AgentSettings, Config
+
+# The agent settings a control verb needs to reach the agent.
+ENDPOINT_KEYS = ("listen", "state_dir", "control_token_file")
+
+
+EXIT_UNREACHABLE = 3
 
 
 class ControlError(Exception):
-    """The agent could not be reached or refused the command."""
+    """The agent could not be reached (exit 3) or refused the command (exit 1)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _config(args: argparse.Namespace) -> Config:
     try:
         return load_config(config_paths(args.config))
     except ConfigError as exc:
-        raise ControlError(f"invalid config\n{exc}") from None
+        raise ControlError(f"invalid config\n{exc}", 2) from None
+
+
+def _where(args: argparse.Namespace) -> AgentSettings:
+    """The agent's address and token settings from its config. A config that fails validation elsewhere
+    (being edited, say) still names them, so `agent reload` can ask the agent and report its errors."""
+    paths = config_paths(args.config)
+    try:
+        return load_config(paths).agent
+    except ConfigError as exc:
+        problem = exc
+    try:
+        document: Any = {}
+        for path in paths:
+            document = merge_documents(document, parse_document(path.read_text(encoding="utf-8"), str(path)) or {})
+        section = expand_env(document.get("agent") or {}, os.environ)
+        return AgentSettings.model_validate({k: section[k] for k in ENDPOINT_KEYS if k in section})
+    except (ConfigError, OSError, ValueError, AttributeError, KeyError):
+        raise ControlError(f"invalid config\n{problem}", 2) from None
 
 
 def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
     """The agent's base URL and control token, from --url/--token-file or the config."""
-    config = _config(args) if not (args.url and args.token_file) else None
+    settings = _where(args) if not (args.url and args.token_file) else None
     url = args.url or os.environ.get("AGENT_URL")
     if not url:
-        assert config is not None
-        host, port = config.agent.listen_host, config.agent.listen_port
+        assert settings is not None
+        host, port = settings.listen_host, settings.listen_port
         if host in ("0.0.0.0", "::", ""):
             host = "127.0.0.1"
         url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     token_path = Path(args.token_file) if args.token_file else None
     if token_path is None:
-        assert config is not None
-        token_path = config.agent.control_token_file or config.agent.state_dir / "control.token"
+        assert settings is not None
+        token_path = settings.control_token_file or settings.state_dir / "control.token"
     try:
         token = token_path.read_text().strip()
     except OSError as exc:
@@ -49,19 +77,21 @@ def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
     return url.rstrip("/"), token
 
 
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
-    """One control API request; ControlError with the agent's message on failure."""
+def call(args: argparse.Namespace, method: str, path: str, body: Any = None, *, accept: tuple[int, ...] = ()) -> Any:
+    """One control API request; ControlError with the agent's message on failure (statuses in `accept`
+    return their document instead)."""
     url, token = _endpoint(args)
     try:
         response = httpx.request(method, url + path, json=body, timeout=args.timeout,
                                  headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as exc:
-        raise ControlError(f"cannot reach the agent at {url} ({type(exc).__name__}); is it running?") from None
+        raise ControlError(f"cannot reach the agent at {url} ({type(exc).__name__}); is it running?",
+                           EXIT_UNREACHABLE) from None
     try:
         document = response.json()
     except ValueError:
         document = {"error": response.text[:200]}
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.status_code not in accept:
         raise ControlError(f"{response.status_code}: {document.get('error', document)}")
     return document
 
@@ -152,6 +182,35 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return _print(call(args, "POST", "/api/v1/simulate", payload))
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the running agent to re-read its config files; print what it applied, the errors or the refusal."""
+    doc = call(args, "POST", "/-/reload", {"dry_run": args.dry_run}, accept=(409, 422, 500))
+    status = doc.get("status", "")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif status in ("invalid", "refused", "failed"):
+        what = {"invalid": "invalid config, nothing changed", "refused": "reload refused, nothing changed",
+                "failed": "reload failed while applying"}[status]
+        print(f"error: {what}:", file=sys.stderr)
+        for error in doc.get("errors", []):
+            print(f"  {error}", file=sys.stderr)
+    else:
+        plan = doc.get("plan", {})
+        head = {"dry-run": "would apply", "unchanged": "nothing to apply", "applied": "applied"}.get(status, status)
+        print(f"{head}: {doc.get('summary', '')}")
+        for label in ("added", "removed"):
+            for name in plan.get(label, []):
+                print(f"  {label:9} {name}")
+        for label, verb in (("replaced", "replaced"), ("updated", "updated")):
+            for name, fields in plan.get(label, {}).items():
+                print(f"  {verb:9} {name}: {', '.join(fields)}")
+        if plan.get("agent"):
+            print(f"  agent     {', '.join(plan['agent'])}")
+        if plan.get("backlog"):
+            print("  backlog   sources changed")
+    return {"invalid": 2, "refused": 1, "failed": 1}.get(status, 0)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     config = _config(args)
     log_dir = config.agent.log_dir
@@ -229,6 +288,11 @@ def add_control_commands(sub: Any) -> None:
                                                "against the running agent's state, doing nothing"))
     p.add_argument("file", help="an Alertmanager webhook JSON payload")
     p.set_defaults(func=_guard(cmd_simulate))
+    p = common(sub.add_parser("reload", help="apply the changed config file(s) to the running agent: exit 0 "
+                                             "applied, 2 invalid (nothing changed), 1 refused, 3 unreachable"))
+    p.add_argument("--dry-run", action="store_true", help="print what the reload would do; change nothing")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_guard(cmd_reload), timeout=600.0)
     p = common(sub.add_parser("logs", help="show a component's log (or `agent` for the agent's own)"))
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -242,7 +306,7 @@ def _guard(func: Any) -> Any:
             result: int = func(args)
         except ControlError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return exc.exit_code
         return result
 
     return run

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -22,3 +24,10 @@ def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion on the preferred loop."""
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main)
+
+
+def ignore_hangup() -> None:
+    """SIGHUP must never end the agent (a closed terminal, systemd's ExecReload): log it while no loop
+    handles it as a reload. A Python handler, not SIG_IGN, which children would inherit across exec."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: logging.getLogger("agent").warning(
+        "SIGHUP ignored: the agent is starting or stopping, not reloading"))

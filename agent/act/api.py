@@ -28,7 +28,7 @@ from agent.supervise.replica import CommandError
 if TYPE_CHECKING:  # types only: none of them imports this module
     from agent.act.modes import Modes
     from agent.act.remediation import Remediator
-    from agent.config.models import Config
+    from agent.config.models import AgentSettings
     from agent.export.exposition import CounterStore
     from agent.export.tracing import Tracing
     from agent.supervise.supervisor import Supervisor
@@ -105,9 +105,51 @@ class Credentials:
         return False
 
 
+class Auth:
+    """The webhook's and the control API's credentials and limits, read from their files again on reload."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.webhook, self.control = self.read(settings)
+
+    @staticmethod
+    def read(settings: AgentSettings) -> tuple[Credentials, Credentials]:
+        """(webhook, control) credentials; SecretFileError for a file the agent refuses, OSError unreadable."""
+        hook = settings.webhook
+        basic = None
+        if hook.basic_auth_username and hook.basic_auth_password_file:
+            basic = (hook.basic_auth_username, read_secret(hook.basic_auth_password_file))
+        bearer_file = hook.bearer_token_file
+        if bearer_file is None and basic is None:
+            bearer_file = settings.state_dir / "webhook.token"
+        webhook = Credentials(ensure_token(bearer_file) if bearer_file else None, basic)
+        control = Credentials(ensure_token(settings.control_token_file or settings.state_dir / "control.token"))
+        return webhook, control
+
+    def use(self, settings: AgentSettings, credentials: tuple[Credentials, Credentials]) -> None:
+        """Switch to a reload's settings and the credentials `read` got for them."""
+        self.settings = settings
+        self.webhook, self.control = credentials
+
+
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="agent"'} if code == 401 else None
     return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
+
+
+def control_guard(auth: Auth) -> Callable[[Handler], Handler]:
+    """A decorator for control API handlers: the control token in force is checked once, before it runs."""
+
+    def control_token(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def checked(request: Request) -> Response:
+            if not auth.control.check(request.headers.get("authorization")):
+                return _error(401, "missing or wrong control token")
+            return await handler(request)
+
+        return checked
+
+    return control_token
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -146,22 +188,13 @@ def parse_json(raw: bytes) -> Any:
         raise ValueError("invalid JSON: nested too deeply") from None
 
 
-def api_routes(config: Config, sup: Supervisor, modes: Modes, remediator: Remediator, tracing: Tracing,
+def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator, tracing: Tracing,
                counter: CounterStore, status_document: Callable[[], dict[str, Any]]) -> list[Route]:
     """POST /webhook/alertmanager and /api/v1/* (the CLI's control API).
 
-    `counter` counts webhook answers by code; `status_document` builds the `agent status` document.
+    `auth` holds the credentials and limits in force (a reload swaps them); `counter` counts webhook
+    answers by code; `status_document` builds the `agent status` document.
     """
-    settings = config.agent
-    hook = settings.webhook
-    basic = None
-    if hook.basic_auth_username and hook.basic_auth_password_file:
-        basic = (hook.basic_auth_username, read_secret(hook.basic_auth_password_file))
-    bearer_file = hook.bearer_token_file
-    if bearer_file is None and basic is None:
-        bearer_file = settings.state_dir / "webhook.token"
-    webhook_auth = Credentials(ensure_token(bearer_file) if bearer_file else None, basic)
-    control_auth = Credentials(ensure_token(settings.control_token_file or settings.state_dir / "control.token"))
 
     async def webhook(request: Request) -> Response:
         try:
@@ -179,12 +212,13 @@ def api_routes(config: Config, sup: Supervisor, modes: Modes, remediator: Remedi
     async def _webhook(request: Request) -> Response:
         if modes.closing:
             return JSONResponse({"error": "shutting down; retry"}, status_code=503, headers={"Retry-After": "5"})
-        if not webhook_auth.check(request.headers.get("authorization")):
+        if not auth.webhook.check(request.headers.get("authorization")):
             return _error(401, "missing or wrong credentials")
+        limit = auth.settings.webhook.max_body_bytes
         try:
-            raw = await read_limited(request, hook.max_body_bytes)
+            raw = await read_limited(request, limit)
         except TooLarge:
-            return _error(413, f"body larger than {hook.max_body_bytes} bytes")
+            return _error(413, f"body larger than {limit} bytes")
         try:
             document = parse_json(raw)
         except ValueError as exc:
@@ -198,16 +232,7 @@ def api_routes(config: Config, sup: Supervisor, modes: Modes, remediator: Remedi
             results = remediator.handle(payload, trace_id, ctx)
         return JSONResponse({"trace_id": trace_id, "results": results})
 
-    def control_token(handler: Handler) -> Handler:
-        """Guard a control API handler: the control token is checked here, once, before it runs."""
-
-        @functools.wraps(handler)
-        async def checked(request: Request) -> Response:
-            if not control_auth.check(request.headers.get("authorization")):
-                return _error(401, "missing or wrong control token")
-            return await handler(request)
-
-        return checked
+    control_token = control_guard(auth)
 
     async def body_json(request: Request) -> Any:
         raw = await read_limited(request, 1 << 20)
@@ -301,7 +326,7 @@ def api_routes(config: Config, sup: Supervisor, modes: Modes, remediator: Remedi
     @control_token
     async def simulate(request: Request) -> Response:
         try:
-            document = parse_json(await read_limited(request, hook.max_body_bytes))
+            document = parse_json(await read_limited(request, auth.settings.webhook.max_body_bytes))
             payload = WebhookPayload.model_validate(document)
         except TooLarge:
             return _error(413, "body too large")

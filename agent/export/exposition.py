@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Exemplar, Sample
@@ -27,6 +27,11 @@ class CounterStore:
 
     def precreate(self, *key: str) -> None:
         self.values.setdefault(key, 0.0)
+
+    def retain(self, keep: Callable[[Key], bool]) -> None:
+        """Drop the series `keep` refuses (a component a reload removed)."""
+        self.values = {k: v for k, v in self.values.items() if keep(k)}
+        self.exemplars = {k: v for k, v in self.exemplars.items() if keep(k)}
 
     def inc(self, *key: str, trace_id: str = "") -> None:
         self.values[key] = self.values.get(key, 0.0) + 1.0
@@ -52,6 +57,10 @@ class HistogramStore:
 
     def precreate(self, *key: str) -> None:
         self.series.setdefault(key, [0.0] * (len(self.buckets) + 2))
+
+    def retain(self, keep: Callable[[Key], bool]) -> None:
+        """Drop the series `keep` refuses (a component a reload removed)."""
+        self.series = {k: v for k, v in self.series.items() if keep(k)}
 
     def observe(self, *key: str, value: float) -> None:
         row = self.series.get(key)

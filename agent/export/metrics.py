@@ -19,7 +19,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent.act.dedupe import JOURNAL_FILE
-from agent.act.remediation import Result
+from agent.act.remediation import UNKNOWN_COMPONENT, Result
+from agent.config.changes import ReloadStatus, hash_value
 from agent.config.models import ACTIONS, Autonomy, Config
 from agent.export.exposition import CounterStore, Family, HistogramStore, gauge, render
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
@@ -59,17 +60,24 @@ class EventMetrics:
         self.remediation_duration = HistogramStore(
             "orchestrator_remediation_duration_seconds", "Time to carry out a remediation action.", ("action",),
             (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
-        # Series for configured components exist from the first scrape: every probe, and each allowed
-        # action's `executed` result (the other results appear when they first happen).
+        self.configure(config)
+        for code in WEBHOOK_CODES:
+            self.webhook_requests.precreate(code)
+        for kind in ACTIONS:
+            self.remediation_duration.precreate(kind)
+
+    def configure(self, config: Config) -> None:
+        """Series for configured components exist from the first scrape: every probe, and each allowed
+        action's `executed` result (the other results appear when they first happen). After a reload,
+        the series of removed components go (alerts naming no component keep `_unknown`)."""
+        names = set(config.components)
+        self.probe_duration.retain(lambda key: key[0] in names)
+        self.remediation_actions.retain(lambda key: key[0] in names or key[0] == UNKNOWN_COMPONENT)
         for name, comp in config.components.items():
             if comp.probe is not None:
                 self.probe_duration.precreate(name, comp.probe.kind)
             for action in comp.remediation.allowed_actions:
                 self.remediation_actions.precreate(name, action, "executed")
-        for code in WEBHOOK_CODES:
-            self.webhook_requests.precreate(code)
-        for kind in ACTIONS:
-            self.remediation_duration.precreate(kind)
 
     def observe_probe(self, component: str, probe: str, seconds: float) -> None:
         """Record one probe's duration."""
@@ -121,8 +129,9 @@ class AgentCollector:
     """The agent itself: build, start time, modes, containment, guardian, reaper, state dir writes."""
 
     def __init__(self, version: str, started_wall: float, modes: Modes, containment: Containment,
-                 guardian: Guardian, reaper: Reaper, store: StateStore, dedupe: DedupeStore) -> None:
-        self.version, self.started_wall = version, started_wall
+                 guardian: Guardian, reaper: Reaper, store: StateStore, dedupe: DedupeStore,
+                 reload: ReloadStatus) -> None:
+        self.version, self.started_wall, self.reload = version, started_wall, reload
         self.modes, self.containment, self.guardian, self.reaper = modes, containment, guardian, reaper
         self.store, self.dedupe = store, dedupe
         # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
@@ -142,6 +151,14 @@ class AgentCollector:
                      value=1 if self.modes.emergency else 0)
         yield Family("orchestrator_agent_start_time_seconds", "When the agent started (epoch s).",
                      value=self.started_wall)
+        reload = self.reload
+        yield Family("orchestrator_config_last_reload_successful", "1 when the last config reload (or the "
+                     "start) succeeded, 0 while the files on disk are invalid or need `agent reexec`.",
+                     value=1 if reload.successful else 0)
+        yield Family("orchestrator_config_last_reload_success_timestamp_seconds", "When the config in force "
+                     "was loaded (epoch s).", value=reload.success_wall)
+        yield Family("orchestrator_config_hash", "Hash of the config in force (first 52 bits of its "
+                     "sha256; changes with every applied change).", value=hash_value(reload.hash))
         mechanism = gauge("orchestrator_containment_info",
                            "How a replica's whole process tree is contained (1 for the mechanism in use).",
                            ["mechanism"])
@@ -274,6 +291,10 @@ class BacklogCollector:
 
     def __init__(self, monitor: BacklogMonitor, capabilities: Iterable[str]) -> None:
         self.monitor = monitor
+        self.serve(capabilities)
+
+    def serve(self, capabilities: Iterable[str]) -> None:
+        """The capabilities the configured components serve (again after a reload)."""
         self.served = frozenset(capabilities)
         self.capabilities = sorted(self.served | {ANY_CAPABILITY, OTHER_CAPABILITY})
         self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read

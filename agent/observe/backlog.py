@@ -197,6 +197,8 @@ class BacklogMonitor:
         self.client = client
         self.sources = {s.label: SourceStatus(s) for s in sources}
         self.totals = Counts()
+        self._loops: dict[str, asyncio.Task[None]] = {}
+        self._running = False
 
     async def read(self, status: SourceStatus) -> None:
         """Read one source once and update its status (never raises for source errors)."""
@@ -261,6 +263,34 @@ class BacklogMonitor:
                 log.exception("backlog source %s: unexpected error", status.spec.label)
             await asyncio.sleep(status.spec.interval)
 
+    def configure(self, sources: list[BacklogSource]) -> None:
+        """A reload's sources: new or changed ones start reading now, removed ones stop and leave the totals."""
+        current = {s.label: s for s in sources}
+        for label in list(self.sources):
+            if current.get(label) != self.sources[label].spec:
+                del self.sources[label]
+                task = self._loops.pop(label, None)
+                if task is not None:
+                    task.cancel()
+        for label, spec in current.items():
+            self.sources.setdefault(label, SourceStatus(spec))
+        self._total()
+        if self._running:
+            self._sync()
+
+    def _sync(self) -> None:
+        for label, status in self.sources.items():
+            if label not in self._loops:
+                self._loops[label] = asyncio.ensure_future(self._source_loop(status))
+
     async def run(self) -> None:
-        """Read each source on its own interval, forever."""
-        await asyncio.gather(*(self._source_loop(s) for s in self.sources.values()))
+        """Read each source on its own interval until cancelled (a reload may add or remove sources)."""
+        self._running = True
+        self._sync()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._running = False
+            for task in self._loops.values():
+                task.cancel()
+            self._loops.clear()

@@ -164,7 +164,8 @@ async def run_probe(
 
 
 class ProbeRunner:
-    """Starts a probe loop for each replica the supervisor spawns; the loop ends with that process."""
+    """Runs a probe loop for each replica the supervisor spawns; the loop ends with that process, or
+    when a reload changes the component's probe (a loop with the new settings takes over)."""
 
     def __init__(self, supervisor: Supervisor, client: httpx.AsyncClient,
                  observe: Callable[[str, str, float], None] | None = None) -> None:
@@ -172,26 +173,49 @@ class ProbeRunner:
         self.client = client
         self.observe = observe
         self.last_reason: dict[str, str] = dict.fromkeys(supervisor.components, "none")
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         supervisor.spawn_listeners.append(self.replica_started)
+        supervisor.spec_listeners.append(self.spec_changed)
 
     def replica_started(self, rt: Runtime, rep: Replica) -> None:
         """Supervisor hook: a replica was spawned."""
+        self._start(rt, rep)
+
+    def spec_changed(self, rt: Runtime, previous: Component) -> None:
+        """Supervisor hook: a reload gave the component a new spec; a changed probe restarts its loops."""
+        if rt.spec.probe == previous.probe:
+            return
+        self.last_reason.setdefault(rt.name, "none")
+        for rep in rt.replicas.values():
+            if rep.pid is not None and not rep.stopping:
+                self._start(rt, rep)
+            else:
+                self._cancel((rt.name, rep.index))
+
+    def _start(self, rt: Runtime, rep: Replica) -> None:
+        key = (rt.name, rep.index)
+        self._cancel(key)
         if rt.spec.probe is None:
             return
         task = asyncio.ensure_future(self._loop(rt, rep, rep.generation))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[key] = task
+        task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+
+    def _cancel(self, key: tuple[str, int]) -> None:
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
 
     async def _loop(self, rt: Runtime, rep: Replica, generation: int) -> None:
         settings = rt.spec.probe
         assert settings is not None
+        spec = rt.spec
         # Only an exec probe starts a process; the others need no environment copy per replica.
         env = {**os.environ, "AGENT_COMPONENT": rt.name, "AGENT_REPLICA": str(rep.index)} if settings.exec else None
         # First probe soon after the start, then every interval.
         await asyncio.sleep(min(settings.interval, 0.2))
         while rep.generation == generation and rep.pid is not None and not self.sup.shutting_down:
-            result = await run_probe(rt.spec, rep.index, self.client, self.sup.reaper, env)
+            result = await run_probe(spec, rep.index, self.client, self.sup.reaper, env)
             if rep.generation != generation or rep.pid is None:
                 return
             if self.observe is not None:
@@ -204,5 +228,6 @@ class ProbeRunner:
 
     def close(self) -> None:
         """Cancel every probe loop."""
-        for task in list(self._tasks):
+        for task in list(self._tasks.values()):
             task.cancel()
+        self._tasks.clear()

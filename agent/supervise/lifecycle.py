@@ -17,7 +17,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from agent.config.models import Config, substitute
+from agent.config.changes import launch_key
+from agent.config.models import Component, Config, substitute
 from agent.supervise import policy
 from agent.supervise.circuit import CircuitBreaker
 from agent.supervise.containment import Containment, Scope, TrackingContainment
@@ -69,13 +70,11 @@ class Lifecycle:
         self._tasks: set[asyncio.Task[None]] = set()
         # Called with (runtime, replica) after every successful spawn (the probe runner listens).
         self.spawn_listeners: list[Callable[[Runtime, Replica], None]] = []
+        # Called with (runtime, previous spec) after a reload gave a component a new spec.
+        self.spec_listeners: list[Callable[[Runtime, Component], None]] = []
         self.components: dict[str, Runtime] = {
-            name: Runtime(name=name, spec=spec, desired=spec.replicas.start_count)
-            for name, spec in config.components.items()
+            name: new_runtime(name, spec) for name, spec in config.components.items()
         }
-        for rt in self.components.values():
-            for reason in REASONS:
-                rt.restarts[reason] = 0
         self._restore()
 
     # --- state dir ---------------------------------------------------------------------------
@@ -142,7 +141,11 @@ class Lifecycle:
 
     def _spawn(self, rt: Runtime, rep: Replica) -> bool:
         """Start one replica; a spawn that fails for any reason goes down the backoff path."""
+        if rt.retired:  # removed by a reload while this waited (a backoff, a queued command)
+            rep.state = ReplicaState.STOPPED
+            return False
         rep.generation += 1
+        rep.launch = rt.launch
         rep.stopping = False
         rep.ready = False
         rep.probe_ok = None
@@ -373,6 +376,14 @@ class Lifecycle:
                 rt.replicas.pop(rep.index, None)
                 if rep.scope is not None:
                     rep.scope.release()
+
+def new_runtime(name: str, spec: Component) -> Runtime:
+    """A component's runtime before anything ran: its start count, every restart reason at zero."""
+    rt = Runtime(name=name, spec=spec, desired=spec.replicas.start_count, launch=launch_key(spec))
+    for reason in REASONS:
+        rt.restarts[reason] = 0
+    return rt
+
 
 def _log_task_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:

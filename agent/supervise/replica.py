@@ -17,7 +17,7 @@ from agent.supervise.containment import Scope
 from agent.supervise.policy import Circuit
 from agent.supervise.process import ExitStatus
 
-REASONS = ("exit", "probe", "alert", "manual", "resource", "spawn")
+REASONS = ("exit", "probe", "alert", "manual", "resource", "spawn", "reload")
 
 
 class ReplicaState(enum.StrEnum):
@@ -65,6 +65,7 @@ class Replica:
     probe_error: str = ""
     rss_samples: list[int] = field(default_factory=list)
     scope: Scope | None = None
+    launch: str = ""  # the component's launch key when this process started (stale after a reload changes it)
 
     @property
     def alive(self) -> bool:
@@ -94,6 +95,8 @@ class Runtime:
     last_restart_wall: float = 0.0
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    launch: str = ""  # launch_key(spec): what a replica started now is launched with
+    retired: bool = False  # removed from the config by a reload: never spawned again
 
     def active(self) -> list[Replica]:
         return [r for i, r in sorted(self.replicas.items()) if i < self.desired]

@@ -9,10 +9,12 @@ import asyncio
 import logging
 import time
 
+from agent.config.changes import ReloadPlan, launch_key
+from agent.config.models import Component, Config
 from agent.supervise import policy
-from agent.supervise.lifecycle import Lifecycle
+from agent.supervise.lifecycle import Lifecycle, new_runtime
 from agent.supervise.policy import Circuit
-from agent.supervise.replica import CommandError, Replica, Runtime
+from agent.supervise.replica import CommandError, Replica, ReplicaState, Runtime
 
 log = logging.getLogger("agent.supervisor")
 
@@ -134,6 +136,108 @@ class Supervisor(Lifecycle):
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
         for task in list(self._tasks):
             task.cancel()
+
+    # --- config reload ------------------------------------------------------------------------
+
+    async def reconfigure(self, config: Config, plan: ReloadPlan, *, hold_new: bool = False) -> None:
+        """Apply a validated config as `plan` says; `hold_new` keeps added components stopped (emergency stop).
+
+        Removed components stop in reverse dependency order; every kept component gets its new spec
+        (desired count clamped to the new bounds, extra replicas stopped, missing ones started); those
+        whose launch settings changed are replaced one replica at a time; added ones start in
+        dependency order. Each component's part runs under its lock, so it never interleaves with a
+        restart, scale or webhook action on that component.
+        """
+        for name in plan.removed:
+            await self._retire(self.components[name])
+        self.config = config
+        self.order = config.start_order()
+        self.log_dir = config.agent.log_dir
+        rolls = []
+        for name in self.order:
+            rt = self.components.get(name)
+            if rt is None:
+                added = new_runtime(name, config.components[name])
+                added.manual_stop = hold_new
+                self.components[name] = added
+                continue
+            async with rt.lock:
+                self._respec(rt, config.components[name])
+                await self._stop_replicas(rt, self._reconcile(rt))
+            if name in plan.replaced:
+                rolls.append(self._replace_stale(rt))
+        # Kept in start order: the status table and the metrics list components as the config does.
+        ordered = {name: self.components[name] for name in self.order}
+        self.components.clear()
+        self.components.update(ordered)
+        self.persist()
+        await asyncio.gather(*rolls)
+        for name in plan.added:
+            rt = self.components[name]
+            for dep in rt.spec.depends_on:
+                await self._wait_ready(self.components[dep], None)
+            async with rt.lock:
+                self._reconcile(rt)
+
+    def _respec(self, rt: Runtime, spec: Component) -> None:
+        """Give a kept component its new spec; what the agent enforces reads the spec, so this applies it."""
+        previous = rt.spec
+        rt.spec = spec
+        rt.launch = launch_key(spec)
+        bounds = spec.replicas
+        clamped = policy.clamp_replicas(rt.desired, bounds.min, bounds.max)
+        if clamped != rt.desired:
+            log.info("component %s: desired replicas %d -> %d (new bounds [%d, %d])",
+                     rt.name, rt.desired, clamped, bounds.min, bounds.max)
+            rt.desired = clamped
+        if previous.probe is not None and spec.probe is None:
+            # No probe any more: a live replica is ready as a probe-less one is once started.
+            for rep in rt.replicas.values():
+                rep.probe_ok = None
+                rep.probe_failures = rep.probe_successes = 0
+                if rep.pid is not None and not rep.stopping and not rep.ready:
+                    self._mark_ready(rt, rep, rep.generation)
+        for listener in self.spec_listeners:
+            listener(rt, previous)
+
+    async def _replace_stale(self, rt: Runtime) -> None:
+        """Replace, one at a time, the running replicas launched with settings a reload changed."""
+        async with rt.lock:
+            stale = [r for r in rt.active() if r.pid is not None and r.launch != rt.launch]
+            if stale and not rt.manual_stop:
+                log.info("component %s: launch settings changed; replacing %d replica(s) one at a time",
+                         rt.name, len(stale))
+                await self.roll(rt, stale, "reload")
+
+    async def _retire(self, rt: Runtime) -> None:
+        """Stop a component a reload removed (its stop settings) and forget it."""
+        rt.retired = True
+        async with rt.lock:
+            self.circuits.cancel(rt)
+            await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
+            for rep in rt.replicas.values():
+                rep.state = ReplicaState.STOPPED
+                if rep.scope is not None:
+                    rep.scope.release()
+        self.components.pop(rt.name, None)
+        log.info("component %s removed from the config: stopped", rt.name)
+
+    async def roll(self, rt: Runtime, replicas: list[Replica], reason: str) -> int:
+        """Replace replicas one at a time, each ready before the next (the caller holds rt.lock)."""
+        # Placeholder until the rolling-restart primitive lands: stop, start, wait ready.
+        done = 0
+        for rep in replicas:
+            await self._stop_replica(rt, rep)
+            rt.restarts[reason] += 1
+            rt.last_reason = reason
+            rt.last_restart_wall = time.time()
+            if self.shutting_down or not self._spawn(rt, rep):
+                break
+            done += 1
+            deadline = self.clock() + (rt.spec.probe.startup_grace if rt.spec.probe else 60.0)
+            while not rep.ready and self.clock() < deadline and rep.pid is not None:
+                await asyncio.sleep(0.05)
+        return done
 
     # --- observations from probes and resource sampling ---------------------------------------
 
