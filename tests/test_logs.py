@@ -106,7 +106,7 @@ def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> N
                 chunk = b"y" * 1023 + b"\n"
                 f.write(chunk * (64 * 1024))
             touched.clear()
-            task = asyncio.ensure_future(rotate_logs_forever(sup, config.agent))
+            task = asyncio.ensure_future(rotate_logs_forever(sup))
             backup = path.with_name(path.name + ".1")
             try:
                 async def rotated() -> bool:
