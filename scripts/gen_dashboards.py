@@ -207,8 +207,39 @@ def overview() -> Json:
     lay.add(timeseries("Remediation actions by result", targets(
         (f"sum by (action, result) (increase(orchestrator_remediation_actions_total{{{INST}}}"
          "[$__rate_interval]))", "{{action}} {{result}}")), bars=True, stack=True), 12, 8)
+
+    lay.row("Agent: config reloads and rolling restarts")
+    lay.add(stat("Last config reload", targets(
+        (f"orchestrator_config_last_reload_successful{{{INST}}}", "{{instance}}")),
+        description="0 from a reload that did not apply (invalid or refused) until one that does; the agent "
+                    "keeps the last good config meanwhile (OrchestratorConfigReloadFailed).",
+        mappings=[{"type": "value", "options": {"0": {"text": "FAILED"}, "1": {"text": "ok"}}}],
+        steps=steps((None, "red"), (1, "green"))), 6, 4)
+    lay.add(stat("Since the last successful reload", targets(
+        (f"time() - orchestrator_config_last_reload_success_timestamp_seconds{{{INST}}}", "{{instance}}")),
+        unit="s", description="The start of the agent counts as a successful load.",
+        steps=steps((None, "blue"))), 6, 4)
+    lay.add(stat("Agent uptime", targets(
+        (f"time() - orchestrator_agent_start_time_seconds{{{INST}}}", "{{instance}}")),
+        unit="s", description="Since this agent image started: a restart or an `agent reexec` resets it, a "
+                              "reload does not.", steps=steps((None, "blue"))), 6, 4)
+    lay.add(stat("Rollout halts (range)", targets(
+        (f"sum(increase(orchestrator_rollout_halted_total{{{INST}}}[$__range])) or vector(0)", "halts")),
+        description="Rolling restarts stopped because a successor was not ready within rollout.ready_timeout "
+                    "(OrchestratorRolloutHalted).", steps=steps((None, "green"), (1, "orange"))), 6, 4)
+    lay.add(timeseries("Config reloads and agent starts", targets(
+        (f"orchestrator_config_last_reload_successful{{{INST}}}", "last reload ok {{instance}}"),
+        (f"changes(orchestrator_config_hash{{{INST}}}[$__rate_interval])", "config changed {{instance}}"),
+        (f"changes(orchestrator_agent_start_time_seconds{{{INST}}}[$__rate_interval])",
+         "agent started {{instance}}")), minimum=0,
+        description="config changed: a reload (or start) loaded a config that differs from the one before; "
+                    "agent started: a restart or an `agent reexec`."), 12, 8)
+    lay.add(timeseries("Rollout halts by component", targets(
+        (f"sum by (component) (increase(orchestrator_rollout_halted_total{{{INST}}}[$__rate_interval]))",
+         "{{component}}")), bars=True, stack=True, minimum=0), 12, 8)
     return dashboard("orchestrator-overview", "Orchestrator / Overview",
-                     "Health, states, restarts, open circuits and autonomy of the supervised components.", lay)
+                     "Health, states, restarts, open circuits and autonomy of the supervised components; the agent's "
+                     "config reloads and rolling restarts.", lay)
 
 
 def component() -> Json:

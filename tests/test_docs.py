@@ -4,8 +4,11 @@ two commands must hold."""
 from __future__ import annotations
 
 import argparse
+import configparser
 import json
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 import types
@@ -19,8 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
+from agent.app import EXIT_CONFIG
 from agent.cli import build_parser
-from agent.config.models import Autonomy, Config
+from agent.config.models import AgentSettings, Autonomy, Config
 from agent.export.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
 from agent.observe.probes import PROBE_ERRORS
 from agent.observe.todorow import PRIORITY_ALIASES, STATUS_ALIASES
@@ -255,6 +259,62 @@ def test_todo_aliases_are_documented() -> None:
     text = _read(DOCS / "todos.md")
     missing = [a for a in (*STATUS_ALIASES, *PRIORITY_ALIASES) if f"`{a}`" not in text]
     assert not missing, f"backlog aliases missing from docs/todos.md: {missing}"
+
+
+# --- operations: the systemd unit ---------------------------------------------------------------
+
+
+def systemd_unit() -> str:
+    """The ```ini block of the "Running under systemd" section of docs/operations.md."""
+    match = re.search(r"^## Running under systemd\n.*?^```ini\n(.*?)^```", _read(DOCS / "operations.md"),
+                      re.DOTALL | re.MULTILINE)
+    assert match, "docs/operations.md has no ```ini unit under '## Running under systemd'"
+    return match.group(1)
+
+
+def unit_settings(unit: str) -> dict[str, dict[str, str]]:
+    """Section -> key -> value of a unit file (keys case-sensitive, no key given twice)."""
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment, method-assign]  # keys are case-sensitive
+    parser.read_string(unit)
+    return {name: dict(parser[name]) for name in parser.sections()}
+
+
+def test_systemd_unit_matches_the_agent() -> None:
+    service = unit_settings(systemd_unit())["Service"]
+    # The agent stops its components itself (reverse order, stop.signal, grace) within
+    # shutdown_timeout; systemd signals only the agent and must not SIGKILL the unit before that.
+    assert service["KillMode"] == "mixed"
+    default_timeout = AgentSettings.model_fields["shutdown_timeout"].default
+    assert int(service["TimeoutStopSec"]) >= default_timeout + 15, service["TimeoutStopSec"]
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["RestartPreventExitStatus"] == str(EXIT_CONFIG)
+    assert service["Delegate"] == "yes"
+    argv = shlex.split(service["ExecStart"])
+    assert argv[0].endswith("/agent")
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "run" and args.config == ["/etc/agent/config.yaml"]
+    # Type=exec because the agent does not notify readiness; the doc says so.
+    assert service["Type"] == "exec"
+    assert not [p for p in (ROOT / "agent").rglob("*.py") if "NOTIFY_SOCKET" in _read(p)]
+
+
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = systemd_unit()
+    # verify checks that ExecStart's program exists: point it at this interpreter instead.
+    start = shlex.split(unit_settings(unit)["Service"]["ExecStart"])[0]
+    path = tmp_path / "agent.service"
+    path.write_text(unit.replace(start, sys.executable))
+    result = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    problems = [line for line in output.splitlines()
+                if re.search(r"Unknown (key|section)|Failed to parse|[Ii]nvalid|not executable", line)]
+    assert not problems, output
 
 
 # --- README and CI --------------------------------------------------------------------------------

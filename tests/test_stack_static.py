@@ -73,6 +73,12 @@ CONTRACT_METRICS = frozenset({
     "orchestrator_autonomy_mode",
     "orchestrator_emergency_stop",
     "orchestrator_build_info",
+    "orchestrator_agent_start_time_seconds",
+    # config reloads and rolling restarts
+    "orchestrator_config_last_reload_successful",
+    "orchestrator_config_last_reload_success_timestamp_seconds",
+    "orchestrator_config_hash",
+    "orchestrator_rollout_halted_total",
 })
 HISTOGRAMS = frozenset({"orchestrator_probe_duration_seconds", "orchestrator_remediation_duration_seconds"})
 ACTIONS = frozenset({"restart", "scale_up", "scale_down", "scale_to", "start"})
@@ -181,6 +187,8 @@ def test_amtool_check_config(config: str) -> None:
      "agent-webhook"),
     (["alertname=OrchestratorComponentCircuitOpen", "component=web", "severity=critical"], "human"),
     (["alertname=OrchestratorAgentDown", "severity=critical"], "human"),
+    (["alertname=OrchestratorConfigReloadFailed", "severity=warning"], "human"),
+    (["alertname=OrchestratorRolloutHalted", "component=web", "severity=warning"], "human"),
 ])
 def test_alertmanager_routes_actions_to_the_agent_and_the_rest_to_humans(labels: list[str], receiver: str) -> None:
     amtool = require_binary("amtool")
@@ -488,6 +496,11 @@ def test_fast_rules_make_every_minute_a_second(tmp_path: Path) -> None:
     text = "\n".join(p.read_text() for p in files)
     assert not re.search(r"for: \d+m\b", text) and not re.search(r"\[\d+m\]", text)
     assert "orchestrator_component_max_replicas + 10" in text
+    # The mixin-shaped reload alert keeps its shape on the short clock: a 5 s window, then 5 s of `for:`.
+    reload = next(r for p in files for g in yaml.safe_load(p.read_text())["groups"] for r in g["rules"]
+                  if r.get("alert") == "OrchestratorConfigReloadFailed")
+    assert reload["expr"].strip() == "max_over_time(orchestrator_config_last_reload_successful[5s]) == 0"
+    assert reload["for"] == "5s"
     result = run(promtool, "check", "rules", *map(str, files))
     assert result.returncode == 0, result.stdout + result.stderr
     with pytest.raises(KeyError):
