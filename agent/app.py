@@ -156,6 +156,8 @@ class Parts:
         client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
         hook = settings.webhook
         dedupe = DedupeStore(settings.state_dir / "dedupe.jsonl", hook.dedupe_ttl, hook.dedupe_max_entries)
+        remediator = Remediator(config, supervisor, modes, dedupe, events, tracing)
+        supervisor.roll_listeners += [lambda name, why: events.rollout_halt(name), remediator.rollout_halted]
         return cls(
             config=config, store=store, modes=modes, events=events, tracing=tracing,
             guard=ConnectionGuard(settings.http.max_connections, settings.http.request_timeout),
@@ -163,7 +165,7 @@ class Parts:
             resources=ResourceMonitor(supervisor, settings.resources.interval, settings.resources.mountpoints),
             client=client, probes=ProbeRunner(supervisor, client, observe=events.observe_probe),
             backlog=BacklogMonitor(config.backlog.sources, client),
-            remediator=Remediator(config, supervisor, modes, dedupe, events, tracing),
+            remediator=remediator,
             started_wall=time.time(),
         )
 

@@ -59,6 +59,9 @@ class EventMetrics:
         self.remediation_duration = HistogramStore(
             "orchestrator_remediation_duration_seconds", "Time to carry out a remediation action.", ("action",),
             (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+        self.rollout_halted = CounterStore("orchestrator_rollout_halted",
+                                           "Rolling restarts halted because a successor was not ready in time.",
+                                           ("component",))
         # Series for configured components exist from the first scrape: every probe, and each allowed
         # action's `executed` result (the other results appear when they first happen).
         for name, comp in config.components.items():
@@ -66,10 +69,15 @@ class EventMetrics:
                 self.probe_duration.precreate(name, comp.probe.kind)
             for action in comp.remediation.allowed_actions:
                 self.remediation_actions.precreate(name, action, "executed")
+            self.rollout_halted.precreate(name)
         for code in WEBHOOK_CODES:
             self.webhook_requests.precreate(code)
         for kind in ACTIONS:
             self.remediation_duration.precreate(kind)
+
+    def rollout_halt(self, component: str) -> None:
+        """Count one halted rolling restart (a supervisor roll listener)."""
+        self.rollout_halted.inc(component)
 
     def observe_probe(self, component: str, probe: str, seconds: float) -> None:
         """Record one probe's duration."""
@@ -80,6 +88,7 @@ class EventMetrics:
         yield self.webhook_requests.family()
         yield self.remediation_actions.family()
         yield self.remediation_duration.family()
+        yield self.rollout_halted.family()
 
 
 # The families `agent --once --format prometheus` writes too (agent/export/once.py): one definition each, so a

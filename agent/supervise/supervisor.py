@@ -1,6 +1,7 @@
 """The supervisor: the commands everything else uses (`restart`, `scale`, `start`, `stop`,
 `emergency_stop`, `shutdown`), each with a reason, and the observations that drive restarts (probe
-results, memory samples). The lifecycle engine underneath is agent/supervise/lifecycle.py.
+results, memory samples). The lifecycle engine underneath is agent/supervise/lifecycle.py, rolling
+restarts are in agent/supervise/rollout.py.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import asyncio
 import logging
 import time
 
-from agent.supervise import policy
+from agent.supervise import policy, rollout
 from agent.supervise.lifecycle import Lifecycle
 from agent.supervise.policy import Circuit
 from agent.supervise.replica import CommandError, Replica, Runtime
+from agent.supervise.rollout import RollResult
 
 log = logging.getLogger("agent.supervisor")
 
@@ -55,8 +57,9 @@ class Supervisor(Lifecycle):
         except TimeoutError:
             log.warning("component %s not ready after %.1fs; starting its dependents anyway", rt.name, timeout)
 
-    async def restart(self, name: str, reason: str, replica: int | None = None) -> int:
-        """Stop and start running replicas (all, or one); returns how many were restarted."""
+    async def restart(self, name: str, reason: str, replica: int | None = None,
+                      all_at_once: bool = False) -> RollResult:
+        """Restart running replicas: one (`replica`), all at once, or, with several, rolling one at a time."""
         rt = self.get(name)
         async with rt.lock:
             if replica is not None and replica not in rt.replicas:
@@ -65,17 +68,17 @@ class Supervisor(Lifecycle):
                 self.circuits.close(rt, "restarted by hand")
             targets = [r for r in rt.active() if replica is None or r.index == replica]
             if rt.manual_stop or rt.circuit is Circuit.OPEN:
-                return 0
+                return RollResult(0)
+            if replica is None and not all_at_once and len(targets) > 1:
+                return await self.roll(rt, targets, reason)
             await asyncio.gather(*(self._stop_replica(rt, r) for r in targets))
             for rep in targets:
-                rt.restarts[reason] += 1
-                if reason != "manual":  # a restart by hand is not a failure for the circuit breaker
-                    rt.history.append(self.clock())
-                rt.last_reason = reason
-                rt.last_restart_wall = time.time()
-                if not self.shutting_down:
-                    self._spawn(rt, rep)
-            return len(targets)
+                self._respawn(rt, rep, reason)
+            return RollResult(len(targets))
+
+    async def roll(self, rt: Runtime, replicas: list[Replica], reason: str) -> RollResult:
+        """Replace these replicas one at a time, each successor ready first (the caller holds rt.lock)."""
+        return await rollout.roll(self, rt, replicas, reason)
 
     async def scale(self, name: str, replicas: int, reason: str) -> int:
         """Set desired replicas (within min/max); starts or stops only the difference."""
@@ -109,7 +112,7 @@ class Supervisor(Lifecycle):
     async def stop(self, name: str, reason: str) -> None:
         """Stop every replica; a manual stop holds until a manual start."""
         rt = self.get(name)
-        async with rt.lock:
+        async with rollout.taking_over(rt, abort=True):  # a rolling restart in progress gives way at once
             if reason == "manual":
                 # Stopped by hand: no trial start later; `agent start` begins afresh.
                 rt.manual_stop = True
@@ -129,6 +132,7 @@ class Supervisor(Lifecycle):
         self.stalls.stop()
         for rt in self.components.values():
             self.circuits.cancel(rt)
+            rt.roll_abort.set()  # a rolling restart stops waiting for its successor
         for name in reversed(self.order):
             rt = self.components[name]
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
