@@ -206,7 +206,7 @@ def add_control_commands(sub: Any) -> None:
     p = common(sub.add_parser("status", help="components of the running agent (table, or --json)"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_status))
-    for verb, text in (("restart", "restart a component (all replicas, or --replica N)"),
+    for verb, text in (("restart", "restart a component (replicas one at a time, --all-at-once, or --replica N)"),
                        ("start", "start a component (clears a manual stop)"),
                        ("stop", "stop a component; automation leaves it stopped until `agent start`")):
         p = common(sub.add_parser(verb, help=text))
