@@ -181,6 +181,8 @@ class Parts:
         hook = settings.webhook
         dedupe = DedupeStore(settings.state_dir / "dedupe.jsonl", hook.dedupe_ttl, hook.dedupe_max_entries)
         backlog = BacklogMonitor(config.backlog.sources, client)
+        remediator = Remediator(config, supervisor, modes, dedupe, events, tracing)
+        supervisor.roll_listeners += [lambda name, why: events.rollout_halt(name), remediator.rollout_halted]
         return cls(
             config=config, store=store, modes=modes, events=events, tracing=tracing,
             guard=ConnectionGuard(settings.http.max_connections, settings.http.request_timeout),
@@ -188,7 +190,7 @@ class Parts:
             resources=ResourceMonitor(supervisor, settings.resources.interval, settings.resources.mountpoints),
             client=client, probes=ProbeRunner(supervisor, client, observe=events.observe_probe),
             backlog=backlog, backlog_view=BacklogCollector(backlog, served_capabilities(config)),
-            remediator=Remediator(config, supervisor, modes, dedupe, events, tracing),
+            remediator=remediator,
             auth=auth, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
         )
 

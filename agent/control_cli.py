@@ -141,7 +141,11 @@ def cmd_component(args: argparse.Namespace) -> int:
         body["replicas"] = args.replicas
     if args.verb == "restart" and args.replica is not None:
         body["replica"] = args.replica
-    return _print(call(args, "POST", f"/api/v1/components/{args.name}/{args.verb}", body))
+    if args.verb == "restart" and args.all_at_once:
+        body["all_at_once"] = True
+    doc = call(args, "POST", f"/api/v1/components/{args.name}/{args.verb}", body)
+    _print(doc)
+    return 1 if doc.get("halted") else 0  # a rolling restart that halted did not do what was asked
 
 
 def cmd_autonomy(args: argparse.Namespace) -> int:
@@ -261,13 +265,16 @@ def add_control_commands(sub: Any) -> None:
     p = common(sub.add_parser("status", help="components of the running agent (table, or --json)"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_status))
-    for verb, text in (("restart", "restart a component (all replicas, or --replica N)"),
+    for verb, text in (("restart", "restart a component (replicas one at a time, --all-at-once, or --replica N)"),
                        ("start", "start a component (clears a manual stop)"),
                        ("stop", "stop a component; automation leaves it stopped until `agent start`")):
         p = common(sub.add_parser(verb, help=text))
         p.add_argument("name")
         if verb == "restart":
             p.add_argument("--replica", type=int)
+            p.add_argument("--all-at-once", action="store_true",
+                           help="stop every replica, then start them all (default with several replicas: "
+                                "one at a time, each successor ready before the next stops)")
         p.set_defaults(func=_guard(cmd_component), verb=verb)
     p = common(sub.add_parser("scale", help="set a component's replica count (within its min/max)"))
     p.add_argument("name")

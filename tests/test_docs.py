@@ -174,7 +174,7 @@ def test_config_model_walk_is_complete() -> None:
     models = config_models()
     for name in ("AgentSettings", "WebhookAuth", "ResourceSettings", "Component", "Replicas", "RestartSettings",
                  "Backoff", "StopSettings", "Limits", "ProbeSettings", "HttpProbe", "TcpProbe", "ExecProbe",
-                 "McpProbe", "RemediationSettings", "Backlog", "BacklogSource"):
+                 "McpProbe", "RemediationSettings", "Rollout", "Backlog", "BacklogSource"):
         assert name in models
 
 

@@ -152,7 +152,7 @@ def test_manual_stop_is_never_undone_by_automation(tmp_path: Path) -> None:
         pid = rt.replicas[0].pid
         await sup.stop("svc", "manual")
         assert not pid_alive(pid or 0)
-        assert await sup.restart("svc", "alert") == 0
+        assert (await sup.restart("svc", "alert")).replaced == 0
         with pytest.raises(CommandError):
             await sup.start("svc", "alert")
         await never(lambda: rt.replicas[0].pid is not None, during=0.2)

@@ -259,9 +259,17 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
                 # JSON true/false are Python ints: without the bool check, `true` restarted replica 1.
                 if replica is not None and (not isinstance(replica, int) or isinstance(replica, bool)):
                     return _error(422, "replica must be an integer")
-                n = await sup.restart(name, "manual", replica=replica)
-                audit_manual(name, "restart", Result.EXECUTED, f"restarted {n} replica(s)")
-                return JSONResponse({"component": name, "restarted": n})
+                all_at_once = body.get("all_at_once", False)
+                if not isinstance(all_at_once, bool):
+                    return _error(422, "all_at_once must be true or false")
+                done = await sup.restart(name, "manual", replica=replica, all_at_once=all_at_once)
+                answer: dict[str, Any] = {"component": name, "restarted": done.replaced, "halted": done.halted}
+                said = f"restarted {done.replaced} replica(s)"
+                if done.halted or done.interrupted:
+                    answer.update(reason=done.reason, not_restarted=[r.index for r in done.remaining])
+                    said += f", then {'halted' if done.halted else 'stopped'}: {done.reason}"
+                audit_manual(name, "restart", Result.FAILED if done.halted else Result.EXECUTED, said)
+                return JSONResponse(answer)
             if verb == "scale":
                 replicas = body.get("replicas")
                 if not isinstance(replicas, int) or isinstance(replicas, bool):

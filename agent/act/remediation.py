@@ -361,8 +361,12 @@ class Remediator:
         sup = self.sup
         try:
             if p.action == "restart":
-                n = await sup.restart(p.component, "alert", replica=p.replica)
-                return (Result.EXECUTED, f"restarted {n} replica(s)") if n else \
+                done = await sup.restart(p.component, "alert", replica=p.replica)
+                if done.halted:
+                    return Result.FAILED, f"restarted {done.replaced} replica(s), then halted: {done.reason}"
+                if done.interrupted:
+                    return Result.EXECUTED, f"restarted {done.replaced} replica(s), then stopped: {done.reason}"
+                return (Result.EXECUTED, f"restarted {done.replaced} replica(s)") if done.replaced else \
                     (Result.FAILED, "nothing running to restart")
             if p.action == "start":
                 await sup.start(p.component, "alert")
@@ -394,6 +398,11 @@ class Remediator:
         if source != "webhook":
             return  # manual commands are audited, not counted as remediation
         self.events.remediation_actions.inc(component, action, result.value, trace_id=trace_id)
+
+    def rollout_halted(self, component: str, why: str) -> None:
+        """History entry for a halted rolling restart (a supervisor roll listener)."""
+        plan = Plan("rollout_halted", component, "restart", "", Result.FAILED, why)
+        self.record(None, plan, Result.FAILED, why, "", source="supervisor")
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for background actions at shutdown."""

@@ -243,6 +243,11 @@ class RemediationSettings(Strict):
     max_step: int = Field(2, ge=1)
 
 
+class Rollout(Strict):
+    # None: the probe's startup_grace with a probe, else DEFAULT_READY_TIMEOUT (agent/supervise/rollout.py).
+    ready_timeout: Duration | None = Field(None, gt=0)
+
+
 class Component(Strict):
     command: list[str] | str
     shell: bool = False
@@ -259,6 +264,7 @@ class Component(Strict):
     remediation: RemediationSettings = RemediationSettings()
     essential: bool = False
     ready_after: Duration = 0.0
+    rollout: Rollout = Rollout()
 
     @model_validator(mode="after")
     def _command_form(self) -> Component:

@@ -60,6 +60,9 @@ class EventMetrics:
         self.remediation_duration = HistogramStore(
             "orchestrator_remediation_duration_seconds", "Time to carry out a remediation action.", ("action",),
             (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+        self.rollout_halted = CounterStore("orchestrator_rollout_halted",
+                                           "Rolling restarts halted because a successor was not ready in time.",
+                                           ("component",))
         self.configure(config)
         for code in WEBHOOK_CODES:
             self.webhook_requests.precreate(code)
@@ -67,17 +70,23 @@ class EventMetrics:
             self.remediation_duration.precreate(kind)
 
     def configure(self, config: Config) -> None:
-        """Series for configured components exist from the first scrape: every probe, and each allowed
-        action's `executed` result (the other results appear when they first happen). After a reload,
-        the series of removed components go (alerts naming no component keep `_unknown`)."""
+        """Series for configured components exist from the first scrape: every probe, each allowed
+        action's `executed` result (the other results appear when they first happen), rollout halts.
+        After a reload, the series of removed components go (alerts naming no component keep `_unknown`)."""
         names = set(config.components)
         self.probe_duration.retain(lambda key: key[0] in names)
+        self.rollout_halted.retain(lambda key: key[0] in names)
         self.remediation_actions.retain(lambda key: key[0] in names or key[0] == UNKNOWN_COMPONENT)
         for name, comp in config.components.items():
             if comp.probe is not None:
                 self.probe_duration.precreate(name, comp.probe.kind)
             for action in comp.remediation.allowed_actions:
                 self.remediation_actions.precreate(name, action, "executed")
+            self.rollout_halted.precreate(name)
+
+    def rollout_halt(self, component: str) -> None:
+        """Count one halted rolling restart (a supervisor roll listener)."""
+        self.rollout_halted.inc(component)
 
     def observe_probe(self, component: str, probe: str, seconds: float) -> None:
         """Record one probe's duration."""
@@ -88,6 +97,7 @@ class EventMetrics:
         yield self.webhook_requests.family()
         yield self.remediation_actions.family()
         yield self.remediation_duration.family()
+        yield self.rollout_halted.family()
 
 
 # The families `agent --once --format prometheus` writes too (agent/export/once.py): one definition each, so a

@@ -72,6 +72,9 @@ class Lifecycle:
         self.spawn_listeners: list[Callable[[Runtime, Replica], None]] = []
         # Called with (runtime, previous spec) after a reload gave a component a new spec.
         self.spec_listeners: list[Callable[[Runtime, Component], None]] = []
+        # Called with (component, why) when a rolling restart halts (the app records it in the history
+        # and counts orchestrator_rollout_halted_total).
+        self.roll_listeners: list[Callable[[str, str], None]] = []
         self.components: dict[str, Runtime] = {
             name: new_runtime(name, spec) for name, spec in config.components.items()
         }
@@ -148,6 +151,7 @@ class Lifecycle:
         rep.launch = rt.launch
         rep.stopping = False
         rep.ready = False
+        rep.became_ready.clear()
         rep.probe_ok = None
         rep.probe_failures = rep.probe_successes = 0
         rep.probe_ever_ok = False
@@ -211,6 +215,16 @@ class Lifecycle:
         scope.adopt(pid)
         return pid
 
+    def _respawn(self, rt: Runtime, rep: Replica, reason: str) -> None:
+        """Count a commanded restart of a stopped replica and start it again (not while shutting down)."""
+        rt.restarts[reason] += 1
+        if reason not in ("manual", "reload"):  # commanded by a person: not a failure for the circuit breaker
+            rt.history.append(self.clock())
+        rt.last_reason = reason
+        rt.last_restart_wall = time.time()
+        if not self.shutting_down:
+            self._spawn(rt, rep)
+
     def _spawn_failed(self, rt: Runtime, rep: Replica, generation: int) -> None:
         """No process was created: count it under its own reason and retry through backoff."""
         if rep.generation != generation or rep.pid is not None:
@@ -228,6 +242,7 @@ class Lifecycle:
             return
         rep.timer = None
         rep.ready = True
+        rep.became_ready.set()
         rep.state = ReplicaState.RUNNING
         self._check_ready(rt)
 
@@ -257,6 +272,7 @@ class Lifecycle:
         ran_for = self.stalls.ran_for(rep.started_at, now)
         rep.pid = None
         rep.ready = False
+        rep.became_ready.clear()
         if rep.timer is not None:
             rep.timer.cancel()
             rep.timer = None

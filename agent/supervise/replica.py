@@ -58,6 +58,8 @@ class Replica:
     timer: asyncio.TimerHandle | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     ready: bool = False
+    # Set when this run became ready (a rolling restart waits on it); cleared at each spawn and exit.
+    became_ready: asyncio.Event = field(default_factory=asyncio.Event)
     probe_ok: bool | None = None
     probe_failures: int = 0
     probe_successes: int = 0
@@ -97,6 +99,11 @@ class Runtime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     launch: str = ""  # launch_key(spec): what a replica started now is launched with
     retired: bool = False  # removed from the config by a reload: never spawned again
+    # Set by whoever waits for the lock to take over a rolling restart (the config reload): the roll
+    # lets the replica in hand get ready, then returns the rest (agent/supervise/rollout.py).
+    roll_interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set by a stop or the shutdown waiting for the lock: the roll stops waiting for readiness at once.
+    roll_abort: asyncio.Event = field(default_factory=asyncio.Event)
 
     def active(self) -> list[Replica]:
         return [r for i, r in sorted(self.replicas.items()) if i < self.desired]

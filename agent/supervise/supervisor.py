@@ -1,6 +1,7 @@
 """The supervisor: the commands everything else uses (`restart`, `scale`, `start`, `stop`,
 `emergency_stop`, `shutdown`), each with a reason, and the observations that drive restarts (probe
-results, memory samples). The lifecycle engine underneath is agent/supervise/lifecycle.py.
+results, memory samples). The lifecycle engine underneath is agent/supervise/lifecycle.py, rolling
+restarts are in agent/supervise/rollout.py.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import time
 
 from agent.config.changes import ReloadPlan, launch_key
 from agent.config.models import Component, Config
-from agent.supervise import policy
+from agent.supervise import policy, rollout
 from agent.supervise.lifecycle import Lifecycle, new_runtime
 from agent.supervise.policy import Circuit
 from agent.supervise.replica import CommandError, Replica, ReplicaState, Runtime
+from agent.supervise.rollout import RollResult
 
 log = logging.getLogger("agent.supervisor")
 
@@ -28,9 +30,12 @@ class Supervisor(Lifecycle):
         """Start every component in dependency order; a dependent waits until its dependencies are ready."""
         self.stalls.start()
         for name in self.order:
-            rt = self.components[name]
+            rt = self.components.get(name)
+            if rt is None or rt.retired:  # removed by a reload while earlier ones started
+                continue
             for dep in rt.spec.depends_on:
-                await self._wait_ready(self.components[dep], ready_timeout)
+                if dep in self.components:
+                    await self._wait_ready(self.components[dep], ready_timeout)
             if rt.circuit is Circuit.OPEN:
                 delay = policy.circuit_trial_due(rt.circuit_opened_wall, time.time(),
                                                  rt.spec.restart.circuit_cooldown)
@@ -57,8 +62,9 @@ class Supervisor(Lifecycle):
         except TimeoutError:
             log.warning("component %s not ready after %.1fs; starting its dependents anyway", rt.name, timeout)
 
-    async def restart(self, name: str, reason: str, replica: int | None = None) -> int:
-        """Stop and start running replicas (all, or one); returns how many were restarted."""
+    async def restart(self, name: str, reason: str, replica: int | None = None,
+                      all_at_once: bool = False) -> RollResult:
+        """Restart running replicas: one (`replica`), all at once, or, with several, rolling one at a time."""
         rt = self.get(name)
         async with rt.lock:
             if replica is not None and replica not in rt.replicas:
@@ -67,17 +73,17 @@ class Supervisor(Lifecycle):
                 self.circuits.close(rt, "restarted by hand")
             targets = [r for r in rt.active() if replica is None or r.index == replica]
             if rt.manual_stop or rt.circuit is Circuit.OPEN:
-                return 0
+                return RollResult(0)
+            if replica is None and not all_at_once and len(targets) > 1:
+                return await self.roll(rt, targets, reason)
             await asyncio.gather(*(self._stop_replica(rt, r) for r in targets))
             for rep in targets:
-                rt.restarts[reason] += 1
-                if reason != "manual":  # a restart by hand is not a failure for the circuit breaker
-                    rt.history.append(self.clock())
-                rt.last_reason = reason
-                rt.last_restart_wall = time.time()
-                if not self.shutting_down:
-                    self._spawn(rt, rep)
-            return len(targets)
+                self._respawn(rt, rep, reason)
+            return RollResult(len(targets))
+
+    async def roll(self, rt: Runtime, replicas: list[Replica], reason: str) -> RollResult:
+        """Replace these replicas one at a time, each successor ready first (the caller holds rt.lock)."""
+        return await rollout.roll(self, rt, replicas, reason)
 
     async def scale(self, name: str, replicas: int, reason: str) -> int:
         """Set desired replicas (within min/max); starts or stops only the difference."""
@@ -111,7 +117,7 @@ class Supervisor(Lifecycle):
     async def stop(self, name: str, reason: str) -> None:
         """Stop every replica; a manual stop holds until a manual start."""
         rt = self.get(name)
-        async with rt.lock:
+        async with rollout.taking_over(rt, abort=True):  # a rolling restart in progress gives way at once
             if reason == "manual":
                 # Stopped by hand: no trial start later; `agent start` begins afresh.
                 rt.manual_stop = True
@@ -131,6 +137,7 @@ class Supervisor(Lifecycle):
         self.stalls.stop()
         for rt in self.components.values():
             self.circuits.cancel(rt)
+            rt.roll_abort.set()  # a rolling restart stops waiting for its successor
         for name in reversed(self.order):
             rt = self.components[name]
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
@@ -161,7 +168,11 @@ class Supervisor(Lifecycle):
                 added.manual_stop = hold_new
                 self.components[name] = added
                 continue
-            async with rt.lock:
+            if name not in plan.replaced and name not in plan.updated:
+                rt.spec = config.components[name]  # an equal spec: nothing to apply, a roll goes on
+                continue
+            # A rolling restart in progress finishes the replica in hand, then this plan takes over.
+            async with rollout.taking_over(rt):
                 self._respec(rt, config.components[name])
                 await self._stop_replicas(rt, self._reconcile(rt))
             if name in plan.replaced:
@@ -202,7 +213,7 @@ class Supervisor(Lifecycle):
 
     async def _replace_stale(self, rt: Runtime) -> None:
         """Replace, one at a time, the running replicas launched with settings a reload changed."""
-        async with rt.lock:
+        async with rollout.taking_over(rt):
             stale = [r for r in rt.active() if r.pid is not None and r.launch != rt.launch]
             if stale and not rt.manual_stop:
                 log.info("component %s: launch settings changed; replacing %d replica(s) one at a time",
@@ -212,7 +223,7 @@ class Supervisor(Lifecycle):
     async def _retire(self, rt: Runtime) -> None:
         """Stop a component a reload removed (its stop settings) and forget it."""
         rt.retired = True
-        async with rt.lock:
+        async with rollout.taking_over(rt, abort=True):
             self.circuits.cancel(rt)
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
             for rep in rt.replicas.values():
@@ -221,23 +232,6 @@ class Supervisor(Lifecycle):
                     rep.scope.release()
         self.components.pop(rt.name, None)
         log.info("component %s removed from the config: stopped", rt.name)
-
-    async def roll(self, rt: Runtime, replicas: list[Replica], reason: str) -> int:
-        """Replace replicas one at a time, each ready before the next (the caller holds rt.lock)."""
-        # Placeholder until the rolling-restart primitive lands: stop, start, wait ready.
-        done = 0
-        for rep in replicas:
-            await self._stop_replica(rt, rep)
-            rt.restarts[reason] += 1
-            rt.last_reason = reason
-            rt.last_restart_wall = time.time()
-            if self.shutting_down or not self._spawn(rt, rep):
-                break
-            done += 1
-            deadline = self.clock() + (rt.spec.probe.startup_grace if rt.spec.probe else 60.0)
-            while not rep.ready and self.clock() < deadline and rep.pid is not None:
-                await asyncio.sleep(0.05)
-        return done
 
     # --- observations from probes and resource sampling ---------------------------------------
 
