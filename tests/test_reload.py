@@ -5,6 +5,7 @@ PIDs prove what a reload replaced and what it kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -255,3 +256,50 @@ def test_autonomy_in_the_file_applies_when_changed_and_never_lifts_an_emergency_
         doc = agent.api("GET", "/api/v1/autonomy")
         assert doc == {"autonomy": "off", "emergency_stop": True}
         assert running(agent, {"keep": 0, "new": 0})  # an added component stays stopped too
+
+
+def test_a_reload_during_a_rolling_restart_takes_over_after_the_replica_in_hand(tmp_path: Path) -> None:
+    """The manual roll finishes replica 0, the reload's plan replaces the rest; never more than three."""
+    import threading
+
+    import psutil
+
+    def component(seconds: int) -> dict[str, Any]:
+        return sleeper(seconds, replicas={"min": 3, "max": 3}, ready_after=1.0)
+
+    with running_agent(tmp_path, {"components": {"w": component(1000)}}) as agent:
+        wait_for(lambda: agent.status()["w"]["healthy"] == 3, 15)
+        before = {i: pid for i, pid in enumerate(agent.status()["w"]["pids"])}
+        answers: list[Any] = []
+        restart = threading.Thread(target=lambda: answers.append(
+            agent.api("POST", "/api/v1/components/w/restart", {}, timeout=60)))
+        most = [0]
+        done = threading.Event()
+
+        def sample() -> None:  # every 5 ms until the test ends
+            parent = psutil.Process(agent.proc.pid)  # type: ignore[union-attr]
+            while not done.wait(0.005):
+                alive = 0
+                for child in parent.children():
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        alive += child.name() == "sleep" and child.status() != "zombie"
+                most[0] = max(most[0], alive)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        restart.start()
+        try:
+            wait_for(lambda: before[0] not in agent.status()["w"]["pids"], 10)  # replica 0 in hand
+            write(agent, {"components": {"w": component(1001)}})
+            out = cli(agent, "reload")
+            assert out.returncode == 0, out.stdout + out.stderr
+            restart.join(60)
+        finally:
+            done.set()
+            sampler.join(10)
+        assert answers and answers[0]["restarted"] == 1 and answers[0]["not_restarted"] == [1, 2]
+        final = agent.status()["w"]
+        assert final["healthy"] == 3 and not set(final["pids"]) & set(before.values())
+        for pid in final["pids"]:
+            assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == b"1001"
+        assert most[0] <= 3, f"{most[0]} replicas ran at once"
