@@ -6,15 +6,19 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.routing import Route
 
 from agent import __version__
 from agent.act.api import SecretFileError, api_routes
@@ -36,6 +40,7 @@ from agent.export.tracing import Tracing
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
+from agent.reexec import Handover, Trigger, hand_over, reexec_routes, release_held_signals
 from agent.server import HttpServer, build_app
 from agent.supervise.containment import Containment, ContainmentError, choose
 from agent.supervise.leftovers import Ledger
@@ -69,6 +74,16 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
+    return sock
+
+
+def _bind_and_mkdir(settings: AgentSettings) -> socket.socket:
+    sock = bind_listen_socket(settings.listen_host, settings.listen_port)
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot create state dir {settings.state_dir}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -134,29 +149,38 @@ class Parts:
     started_wall: float
 
     @classmethod
-    def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop) -> Parts:
-        """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had."""
+    def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop,
+              handover: Handover | None = None) -> Parts:
+        """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had.
+
+        With a `handover` (after `agent reexec`), the parts take over the previous image's processes:
+        its containment and guardian, nothing swept, its replicas adopted.
+        """
         settings = config.agent
         store = StateStore(settings.state_dir)
         events = EventMetrics(config)
-        reaper = Reaper(loop, child_nofile=raise_fd_limit())
+        reaper = Reaper(loop, child_nofile=raise_fd_limit() if handover is None else handover.child_nofile)
         try:
-            containment = choose(settings.containment, lambda: set(reaper.running()))
+            if handover is None:
+                containment = choose(settings.containment, lambda: set(reaper.running()))
+            else:
+                containment = handover.containment(lambda: set(reaper.running()))
         except ContainmentError:
             reaper.close()
             raise
         ledger = Ledger(settings.state_dir)
-        ledger.sweep_previous()
+        if handover is None:
+            ledger.sweep_previous()
         ledger.write(containment)
         log.info("process containment: %s (%s)", containment.mechanism.value, containment.detail)
-        guardian = Guardian(reaper, containment.guardian_lines())
+        guardian = Guardian(reaper, containment.guardian_lines(), adopt=handover.guardian if handover else None)
         supervisor = Supervisor(config, reaper, store, guardian=guardian, containment=containment)
         modes = Modes(store, autonomy or settings.autonomy)
         tracing = Tracing(settings.node, __version__)
         client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
         hook = settings.webhook
         dedupe = DedupeStore(settings.state_dir / "dedupe.jsonl", hook.dedupe_ttl, hook.dedupe_max_entries)
-        return cls(
+        parts = cls(
             config=config, store=store, modes=modes, events=events, tracing=tracing,
             guard=ConnectionGuard(settings.http.max_connections, settings.http.request_timeout),
             reaper=reaper, containment=containment, ledger=ledger, guardian=guardian, supervisor=supervisor,
@@ -166,6 +190,9 @@ class Parts:
             remediator=Remediator(config, supervisor, modes, dedupe, events, tracing),
             started_wall=time.time(),
         )
+        if handover is not None:
+            handover.adopt(parts)
+        return parts
 
     async def aclose(self) -> None:
         """After the components stopped: containment, state, clients, guardian, reaper, tracing."""
@@ -182,7 +209,7 @@ class Parts:
         self.reaper.close()
         self.tracing.shutdown()
 
-    def app(self) -> Starlette:
+    def app(self, extra_routes: Sequence[Route] = ()) -> Starlette:
         """The HTTP app: health from the supervisor, /metrics from the collectors, webhook and control API."""
         sup = self.supervisor
         collectors: list[Collector] = [
@@ -197,7 +224,7 @@ class Parts:
         routes = metrics_routes(collectors, self.resources.mark_read)
         routes += api_routes(self.config, sup, self.modes, self.remediator, self.tracing,
                              self.events.webhook_requests, self.status)
-        return build_app(sup, routes)
+        return build_app(sup, [*routes, *extra_routes])
 
     def status(self) -> dict[str, Any]:
         """The `agent status --json` document."""
@@ -240,56 +267,97 @@ class Parts:
 
 
 class Agent:
-    """One agent process: builds its parts, serves, and owns start-up and shutdown."""
+    """One agent process: builds its parts, serves, and owns start-up, shutdown and re-exec."""
 
-    def __init__(self, config: Config, *, autonomy: Autonomy | None = None) -> None:
+    def __init__(self, config: Config, *, autonomy: Autonomy | None = None, config_paths: list[Path] | None = None,
+                 handover: Handover | None = None) -> None:
         self.config = config
         self.autonomy = autonomy
+        # The files the config was read from (None: the embedded default); `agent reexec` checks them.
+        self.config_paths = config_paths
+        # What the previous image of this process handed over (`agent reexec`), adopted at start.
+        self.handover = handover
         self.stop_event = asyncio.Event()
+        self.reexec_requested = False
+        self._signal_tasks: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
-        """Begin a graceful shutdown (signal handlers call this)."""
-        if not self.stop_event.is_set():
+        """Begin a graceful shutdown (signal handlers call this); it wins over a pending reexec."""
+        if not self.stop_event.is_set() or self.reexec_requested:
             log.info("shutdown requested")
+        self.reexec_requested = False
         self.stop_event.set()
 
-    async def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
-        loop = asyncio.get_running_loop()
-        settings = self.config.agent
+    def request_reexec(self) -> None:
+        """Hand the components over to a new image of this process (a Trigger accepted the request)."""
+        if not self.stop_event.is_set():
+            self.reexec_requested = True
+            self.stop_event.set()
+
+    def _listen(self) -> socket.socket:
+        """Bind the HTTP socket and create the state dir; after a reexec whose new config cannot have
+        them, the previous image's config is used instead (the components are not left unsupervised)."""
         try:
-            sock = bind_listen_socket(settings.listen_host, settings.listen_port)
-            settings.state_dir.mkdir(parents=True, exist_ok=True)
+            return _bind_and_mkdir(self.config.agent)
+        except StartupError as exc:
+            previous = self.handover.config if self.handover is not None else None
+            if previous is None or previous.agent == self.config.agent:
+                raise
+            log.error("%s; running on the previous image's config instead", exc)
+            self.config = previous
+            return _bind_and_mkdir(previous.agent)
+
+    async def _give_up(self, code: int) -> int:
+        """Nothing could be built: stop what a previous image handed over, if anything, then exit."""
+        if self.handover is not None:
+            await self.handover.stop_all()
+        return code
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code (a reexec does not return)."""
+        loop = asyncio.get_running_loop()
+        try:
+            sock = self._listen()
         except StartupError as exc:
             log.error("%s; nothing started", exc)
-            return EXIT_UNAVAILABLE
-        except OSError as exc:
-            log.error("cannot create state dir %s: %s; nothing started", settings.state_dir, exc.strerror or exc)
-            return EXIT_UNAVAILABLE
+            return await self._give_up(EXIT_UNAVAILABLE)
+        settings = self.config.agent
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.handover is not None:
+            release_held_signals()
         if not set_child_subreaper():
             log.warning("could not become a child subreaper; orphaned grandchildren are reaped by init")
         try:
-            parts = Parts.build(self.config, self.autonomy, loop)
+            parts = Parts.build(self.config, self.autonomy, loop, self.handover)
         except ContainmentError as exc:
-            log.error("%s (agent.containment: cgroup); nothing started", exc)
-            return EXIT_UNAVAILABLE
+            log.error("%s (agent.containment: %s); nothing started", exc, settings.containment)
+            return await self._give_up(EXIT_UNAVAILABLE)
+        except Exception:
+            if self.handover is None:
+                raise
+            log.exception("cannot take over the previous image's components")
+            return await self._give_up(EXIT_FAILURE)
         create_todo_stores(self.config)
+        trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,
+                          lambda: parts.modes.closing)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2, trigger)
         try:
-            server = HttpServer(parts.app(), parts.guard, sock)
+            server = HttpServer(parts.app(reexec_routes(settings, trigger, parts.started_wall)), parts.guard, sock)
         except SecretFileError as exc:
             log.error("%s; nothing started", exc)
-            await parts.aclose()
-            return EXIT_CONFIG
+            return await self._abort(parts, EXIT_CONFIG)
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
-            await parts.aclose()
-            return EXIT_UNAVAILABLE
+            return await self._abort(parts, EXIT_UNAVAILABLE)
         await server.start()
         host, port = sock.getsockname()[:2]
         log.info("agent %s listening on http://%s:%d (node %s, autonomy %s)",
                  __version__, host, port, settings.node, parts.modes.autonomy.value)
+        if self.handover is not None:
+            log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
+                     __version__, self.handover.version, os.getpid(),
+                     sum(rt.running_count for rt in parts.supervisor.components.values()))
         if not is_loopback(host):
             log.warning("listening on %s, off loopback: this agent has no TLS and no authentication on "
                         "/metrics, /-/healthy and /-/ready (TLS and authentication come with a later "
@@ -308,16 +376,37 @@ class Agent:
         for task in tasks:
             task.cancel()
         await parts.remediator.drain(5.0)
+        code = EXIT_OK
+        if self.reexec_requested:
+            await server.stop()
+            parts.probes.close()
+            await parts.client.aclose()
+            why = hand_over(parts, self.autonomy)  # returns only when the exec failed
+            log.error("reexec failed (%s); stopping the components and exiting", why)
+            code = EXIT_FAILURE
         try:
             await asyncio.wait_for(parts.supervisor.shutdown(), settings.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", settings.shutdown_timeout)
         await parts.aclose()
-        await server.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        if code == EXIT_OK:
+            await server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
         log.info("agent stopped")
-        return EXIT_OK
+        return code
+
+    def _on_sigusr2(self, trigger: Trigger) -> None:
+        log.info("reexec requested by SIGUSR2")
+        task = asyncio.ensure_future(trigger.on_signal())
+        self._signal_tasks.add(task)
+        task.add_done_callback(self._signal_tasks.discard)
+
+    async def _abort(self, parts: Parts, code: int) -> int:
+        """The server cannot be set up: stop whatever runs (adopted replicas), close the parts."""
+        await parts.supervisor.shutdown()
+        await parts.aclose()
+        return code
 
     async def _start_components(self, parts: Parts) -> None:
         if parts.modes.emergency:

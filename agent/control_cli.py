@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 
 from agent.config.loader import ConfigError, config_paths, load_config
-from agent.config.models import Config
+from agent.config.models import Config, parse_listen
 
 
 class ControlError(Exception):
@@ -27,16 +28,21 @@ def _config(args: argparse.Namespace) -> Config:
         raise ControlError(f"invalid config\n{exc}") from None
 
 
+def _listen_url(listen: str) -> str:
+    """The URL that reaches an agent listening on `listen` (a wildcard address is reached on loopback)."""
+    host, port = parse_listen(listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
     """The agent's base URL and control token, from --url/--token-file or the config."""
     config = _config(args) if not (args.url and args.token_file) else None
     url = args.url or os.environ.get("AGENT_URL")
     if not url:
         assert config is not None
-        host, port = config.agent.listen_host, config.agent.listen_port
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        url = _listen_url(config.agent.listen)
     token_path = Path(args.token_file) if args.token_file else None
     if token_path is None:
         assert config is not None
@@ -188,6 +194,65 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+_START_TIME = re.compile(r"^orchestrator_agent_start_time_seconds (\S+)$", re.MULTILINE)
+
+
+def _start_time(url: str) -> float | None:
+    """The start time an agent at `url` exports (unauthenticated /metrics), None when it does not answer."""
+    try:
+        response = httpx.get(url + "/metrics", timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    found = _START_TIME.search(response.text) if response.status_code == 200 else None
+    return float(found.group(1)) if found else None
+
+
+def cmd_reexec(args: argparse.Namespace) -> int:
+    """Ask the agent to re-execute itself, then wait until the new image serves (exit 0), or say why not:
+    2 invalid config, 1 refused or no new image within --timeout, 3 unreachable."""
+    try:
+        url, token = _endpoint(args)
+    except ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if str(exc).startswith("invalid config") else 1
+    try:
+        response = httpx.post(url + "/-/reexec", timeout=args.timeout, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the agent at {url} ({type(exc).__name__}); is it running? (after changing "
+              "agent.listen, give the address it runs on now with --url)", file=sys.stderr)
+        return 3
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = {"error": response.text[:200]}
+    if response.status_code != 202:
+        if args.json:
+            print(json.dumps({"status": response.status_code, **doc}, indent=2))
+        else:
+            print(f"error: reexec refused ({response.status_code}), nothing changed: {doc.get('error', doc)}",
+                  file=sys.stderr)
+            for line in doc.get("errors") or []:
+                print(f"  {line}", file=sys.stderr)
+        return 2 if response.status_code == 422 else 1
+    started, pid = float(doc["start_time"]), doc["pid"]
+    candidates = list(dict.fromkeys([_listen_url(doc["listen"]), url]))  # the new address first, then the old
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        for candidate in candidates:
+            now = _start_time(candidate)
+            if now is not None and now > started:
+                result = {"pid": pid, "url": candidate, "start_time": now, "previous_start_time": started}
+                if args.json:
+                    print(json.dumps(result, indent=2))
+                else:
+                    print(f"agent re-executed in place (pid {pid}); the new image serves on {candidate}")
+                return 0
+        time.sleep(0.1)
+    print(f"error: no new agent image answered on {' or '.join(candidates)} within {args.timeout:.0f}s; "
+          "see the agent's log (`agent logs agent`)", file=sys.stderr)
+    return 1
+
+
 def add_control_commands(sub: Any) -> None:
     """Register the control verbs on the main parser's subcommands."""
 
@@ -229,6 +294,10 @@ def add_control_commands(sub: Any) -> None:
                                                "against the running agent's state, doing nothing"))
     p.add_argument("file", help="an Alertmanager webhook JSON payload")
     p.set_defaults(func=_guard(cmd_simulate))
+    p = common(sub.add_parser("reexec", help="re-execute the agent in place (same pid) to load new code or a new "
+                                             "listen/state_dir; every component keeps running"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reexec)
     p = common(sub.add_parser("logs", help="show a component's log (or `agent` for the agent's own)"))
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

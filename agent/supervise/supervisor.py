@@ -43,7 +43,8 @@ class Supervisor(Lifecycle):
                 log.info("component %s stays stopped (stopped by hand; `agent start %s` starts it)", name, name)
                 continue
             async with rt.lock:
-                self._reconcile(rt)
+                # Replicas above the target exist only when adopted after `agent reexec` (bounds changed).
+                await self._stop_replicas(rt, self._reconcile(rt))
 
     async def _wait_ready(self, rt: Runtime, timeout: float | None) -> None:
         if rt.target == 0 or rt.circuit is not Circuit.CLOSED:
