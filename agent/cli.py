@@ -32,8 +32,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(paths)
     except ConfigError as exc:
-        if handover is None:
+        if handover is None or handover.config is None:
             print(f"error: invalid config\n{exc}", file=sys.stderr)
+            if handover is not None:  # nothing to run them with: stop what the previous image handed over
+                from agent.loop import run
+
+                run(handover.stop_all())
             raise SystemExit(2) from None
         # The running components must stay supervised: keep the config the previous image had.
         config, broken = handover.config, exc

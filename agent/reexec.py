@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -44,7 +43,7 @@ from starlette.routing import Route
 from agent import __version__
 from agent.act.api import Credentials, ensure_token
 from agent.config.loader import ConfigError, load_config
-from agent.config.models import AgentSettings, Autonomy, Config
+from agent.config.models import AgentSettings, Autonomy, Config, StopSettings
 from agent.supervise.containment import CgroupContainment, Containment, restore
 from agent.supervise.leftovers import Ledger
 from agent.supervise.process import ExitStatus, Reaper, signal_group
@@ -199,9 +198,11 @@ def reexec_routes(settings: AgentSettings, trigger: Trigger, started_wall: float
         if refusal is not None:
             return JSONResponse({"error": refusal.error, "errors": list(refusal.errors)}, status_code=refusal.status)
         log.info("reexec requested by POST /-/reexec")
+        # Not a background task, which a client that hangs up would skip (the locks stay taken): the
+        # agent stops its server before the exec, and that lets this answer go out first.
+        asyncio.get_running_loop().call_soon(trigger.go)
         return JSONResponse({"pid": os.getpid(), "start_time": started_wall,
-                             "listen": trigger.next_listen(settings.listen)},
-                            status_code=202, background=BackgroundTask(trigger.go))
+                             "listen": trigger.next_listen(settings.listen)}, status_code=202)
 
     return [Route("/-/reexec", reexec, methods=["POST"])]
 
@@ -226,6 +227,7 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
         "pid": os.getpid(),
         "written": time.time(),
         "config": parts.config.model_dump(mode="json"),
+        "state_dir": str(parts.config.agent.state_dir.resolve()),
         "child_nofile": parts.reaper.child_nofile,
         "containment": parts.containment.record(),
         "guardian": guardian,
@@ -240,7 +242,7 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
     except OSError as exc:
         return f"cannot write {path}: {exc.strerror or exc}"
     env = dict(os.environ, **{ENV: str(path), ENV_GUARDIAN_FD: str(guardian_fd)})
-    argv = list(sys.orig_argv)
+    argv = [sys.executable, *sys.orig_argv[1:]]  # the interpreter and options the agent was started with
     log.info("re-executing %s (pid %d): %d replica(s) handed over",
              " ".join(argv), os.getpid(), sum(1 for c in components.values() for r in c["replicas"] if r["pid"]))
     for handler in logging.getLogger().handlers:
@@ -265,11 +267,16 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
 
 @dataclass
 class Handover:
-    """What the previous image of this process handed over (the parsed `reexec.json`)."""
+    """What the previous image of this process handed over (the parsed `reexec.json`).
+
+    `config` is the previous image's config, None when this code's model no longer accepts it (a field
+    removed by the upgrade): the replicas are still adopted; only the fallbacks that need it are lost.
+    """
 
     path: Path
     version: str
-    config: Config
+    config: Config | None
+    state_dir: Path
     child_nofile: tuple[int, int] | None
     containment_record: dict[str, Any]
     guardian: dict[str, Any]
@@ -285,7 +292,14 @@ class Handover:
                 raise HandoverError(f"{path}: format {document['format']} of pid {document['pid']}, "
                                     f"expected format {FORMAT} of pid {os.getpid()}")
             nofile = document["child_nofile"]
-            return cls(path=path, version=str(document["version"]), config=Config.model_validate(document["config"]),
+            try:
+                config: Config | None = Config.model_validate(document["config"])
+            except ValidationError as exc:
+                print(f"warning: agent reexec: the previous image's config does not validate with this version "
+                      f"({exc.error_count()} error(s)); it cannot be fallen back to", file=sys.stderr)
+                config = None
+            return cls(path=path, version=str(document["version"]), config=config,
+                       state_dir=Path(document["state_dir"]),
                        child_nofile=(int(nofile[0]), int(nofile[1])) if nofile else None,
                        containment_record=dict(document["containment"]), guardian=dict(document["guardian"]),
                        modes=dict(document["modes"]), orphans_reaped=int(document["orphans_reaped"]),
@@ -302,10 +316,9 @@ class Handover:
 
         Runs inside Parts.build, before the loop reaps anything.
         """
-        previous = self.config.agent.state_dir.resolve()
-        if previous != parts.config.agent.state_dir.resolve():
-            Ledger(self.config.agent.state_dir).clear()  # the new state dir's ledger covers the same processes
-            log.info("state dir moved from %s to %s", previous, parts.config.agent.state_dir.resolve())
+        if self.state_dir != parts.config.agent.state_dir.resolve():
+            Ledger(self.state_dir).clear()  # the new state dir's ledger covers the same processes
+            log.info("state dir moved from %s to %s", self.state_dir, parts.config.agent.state_dir.resolve())
         parts.reaper.orphans_reaped = self.orphans_reaped
         modes = parts.modes
         if self.modes.get("emergency") and not modes.emergency:
@@ -316,6 +329,8 @@ class Handover:
         leftovers = parts.supervisor.adopt(self.components)
         for name, index, pid in leftovers:
             self._stop_removed(parts, name, index, pid)
+        if self.config is None:
+            return
         if self.config.agent.containment != parts.config.agent.containment:
             log.warning("agent.containment changed to %s: the running %s containment is kept until the agent "
                         "is restarted", parts.config.agent.containment, parts.containment.mechanism.value)
@@ -329,7 +344,7 @@ class Handover:
         """A replica of a component the new config no longer has: stop it with its old stop settings."""
         exited = asyncio.Event()
         parts.reaper.adopt(pid, lambda status: exited.set())
-        stop = self.config.components[name].stop
+        stop = self.stop_settings(name)
         scope = parts.containment.scope(name, index)
 
         async def stop_it() -> None:
@@ -351,18 +366,23 @@ class Handover:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def stop_settings(self, name: str) -> StopSettings:
+        """How the previous image would have stopped a component (the defaults when its config is lost)."""
+        spec = self.config.components.get(name) if self.config is not None else None
+        return spec.stop if spec is not None else StopSettings()
+
     async def stop_all(self) -> None:
         """The new image cannot run: stop every handed-over replica (stop signal, grace, SIGKILL of its
         group), then close the guardian's pipe so it ends what is left (cgroup subtree, marker)."""
         pending: dict[int, float] = {}
         loop = asyncio.get_running_loop()
         for name, entry in self.components.items():
-            spec = self.config.components.get(name)
+            stop = self.stop_settings(name)
             for record in entry["replicas"]:
                 pid = record["pid"]
-                if pid and spec is not None:
-                    signal_group(pid, spec.stop.signum)
-                    pending[pid] = loop.time() + spec.stop.grace
+                if pid:
+                    signal_group(pid, stop.signum)
+                    pending[pid] = loop.time() + stop.grace
         while pending:
             for pid, deadline in list(pending.items()):
                 if _reaped(pid):
