@@ -324,8 +324,6 @@ class Agent:
         settings = self.config.agent
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        if self.handover is not None:
-            release_held_signals()
         if not set_child_subreaper():
             log.warning("could not become a child subreaper; orphaned grandchildren are reaped by init")
         try:
@@ -342,6 +340,8 @@ class Agent:
         trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,
                           lambda: parts.modes.closing)
         loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2, trigger)
+        if self.handover is not None:
+            release_held_signals()  # after every handler is in place: one held across the exec arrives now
         try:
             server = HttpServer(parts.app(reexec_routes(settings, trigger, parts.started_wall)), parts.guard, sock)
         except SecretFileError as exc:

@@ -222,3 +222,19 @@ def test_a_new_image_that_cannot_serve_stops_the_components_cleanly(tmp_path: Pa
     assert not [p for pids in before.values() for p in pids if pid_alive(p)]
     assert not pid_alive(guardian)
     assert f"refusing the secret file {token}" in agent.log_text()
+
+
+def test_a_sigterm_during_the_exec_is_held_for_the_new_image(tmp_path: Path) -> None:
+    # SIGTERM sent while the new image is still loading (its handlers not yet installed) would kill it
+    # with the default action; held across the exec, it reaches the new image's graceful shutdown.
+    agent = AgentProcess(tmp_path, {"components": sleepers(2)}).start()
+    before = wait_for(lambda: all_running(agent, 2), 20, 0.05, "2 components running")
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "re-executing" in agent.log_text(), 30, 0.002, "the exec")
+    agent.proc.send_signal(signal.SIGTERM)
+    assert agent.proc.wait(60) == 0, agent.log_text()
+    agent.stderr.close()
+    text = agent.log_text()
+    assert text.index("took over from agent") < text.rindex("shutdown requested") < text.rindex("agent stopped")
+    assert not [p for pids in before.values() for p in pids if pid_alive(p)]
