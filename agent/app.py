@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sqlite3
@@ -42,6 +43,7 @@ from agent.loop import ignore_hangup
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
+from agent.reexec import Handover, Trigger, hand_over, reexec_routes, release_held_signals
 from agent.reload import Reloader
 from agent.server import HttpServer, build_app
 from agent.supervise.containment import Containment, ContainmentError, choose
@@ -76,6 +78,16 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.setblocking(False)
+    return sock
+
+
+def _bind_and_mkdir(settings: AgentSettings) -> socket.socket:
+    sock = bind_listen_socket(settings.listen_host, settings.listen_port)
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot create state dir {settings.state_dir}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -156,24 +168,33 @@ class Parts:
     started_wall: float
 
     @classmethod
-    def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop) -> Parts:
+    def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop,
+              handover: Handover | None = None) -> Parts:
         """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had,
-        SecretFileError (or OSError) when a credentials file is refused, and then nothing was started."""
+        SecretFileError (or OSError) when a credentials file is refused, and then nothing was started.
+
+        With a `handover` (after `agent reexec`), the parts take over the previous image's processes:
+        its containment and guardian, nothing swept, its replicas adopted.
+        """
         settings = config.agent
         auth = Auth(settings)
         store = StateStore(settings.state_dir)
         events = EventMetrics(config)
-        reaper = Reaper(loop, child_nofile=raise_fd_limit())
+        reaper = Reaper(loop, child_nofile=raise_fd_limit() if handover is None else handover.child_nofile)
         try:
-            containment = choose(settings.containment, lambda: set(reaper.running()))
+            if handover is None:
+                containment = choose(settings.containment, lambda: set(reaper.running()))
+            else:
+                containment = handover.containment(lambda: set(reaper.running()))
         except ContainmentError:
             reaper.close()
             raise
         ledger = Ledger(settings.state_dir)
-        ledger.sweep_previous()
+        if handover is None:
+            ledger.sweep_previous()
         ledger.write(containment)
         log.info("process containment: %s (%s)", containment.mechanism.value, containment.detail)
-        guardian = Guardian(reaper, containment.guardian_lines())
+        guardian = Guardian(reaper, containment.guardian_lines(), adopt=handover.guardian if handover else None)
         supervisor = Supervisor(config, reaper, store, guardian=guardian, containment=containment)
         modes = Modes(store, autonomy or settings.autonomy)
         tracing = Tracing(settings.node, __version__)
@@ -183,7 +204,7 @@ class Parts:
         backlog = BacklogMonitor(config.backlog.sources, client)
         remediator = Remediator(config, supervisor, modes, dedupe, events, tracing)
         supervisor.roll_listeners += [lambda name, why: events.rollout_halt(name), remediator.rollout_halted]
-        return cls(
+        parts = cls(
             config=config, store=store, modes=modes, events=events, tracing=tracing,
             guard=ConnectionGuard(settings.http.max_connections, settings.http.request_timeout),
             reaper=reaper, containment=containment, ledger=ledger, guardian=guardian, supervisor=supervisor,
@@ -193,6 +214,9 @@ class Parts:
             remediator=remediator,
             auth=auth, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
         )
+        if handover is not None:
+            handover.adopt(parts)
+        return parts
 
     async def reconfigure(self, config: Config, plan: ReloadPlan, credentials: tuple[Credentials, Credentials]) -> None:
         """Apply a validated, planned reload: settings first (instant), then the components (may roll)."""
@@ -251,7 +275,7 @@ class Parts:
         routes = metrics_routes(collectors, self.resources.mark_read)
         routes += api_routes(self.auth, sup, self.modes, self.remediator, self.tracing,
                              self.events.webhook_requests, self.status)
-        return build_app(sup, routes + list(extra_routes))
+        return build_app(sup, [*routes, *extra_routes])
 
     def status(self) -> dict[str, Any]:
         """The `agent status --json` document."""
@@ -296,62 +320,106 @@ class Parts:
 
 
 class Agent:
-    """One agent process: builds its parts, serves, and owns start-up and shutdown."""
+    """One agent process: builds its parts, serves, and owns start-up, shutdown and re-exec."""
 
-    def __init__(self, config: Config, *, autonomy: Autonomy | None = None,
-                 config_paths: list[Path] | None = None) -> None:
+    def __init__(self, config: Config, *, autonomy: Autonomy | None = None, config_paths: list[Path] | None = None,
+                 handover: Handover | None = None) -> None:
         self.config = config
         self.autonomy = autonomy
-        # The files a reload reads again (every -c layer, or the embedded default).
+        # The files the config was read from (None: the embedded default); `agent reexec` checks them.
         self.config_paths = config_paths
+        # What the previous image of this process handed over (`agent reexec`), adopted at start.
+        self.handover = handover
         self.stop_event = asyncio.Event()
+        self.reexec_requested = False
+        self._signal_tasks: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
-        """Begin a graceful shutdown (signal handlers call this)."""
-        if not self.stop_event.is_set():
+        """Begin a graceful shutdown (signal handlers call this); it wins over a pending reexec."""
+        if not self.stop_event.is_set() or self.reexec_requested:
             log.info("shutdown requested")
+        self.reexec_requested = False
         self.stop_event.set()
 
-    async def run(self) -> int:
-        """Run until SIGTERM/SIGINT; returns the process exit code."""
-        loop = asyncio.get_running_loop()
-        settings = self.config.agent
+    def request_reexec(self) -> None:
+        """Hand the components over to a new image of this process (a Trigger accepted the request)."""
+        if not self.stop_event.is_set():
+            self.reexec_requested = True
+            self.stop_event.set()
+
+    def _listen(self) -> socket.socket:
+        """Bind the HTTP socket and create the state dir; after a reexec whose new config cannot have
+        them, the previous image's config is used instead (the components are not left unsupervised)."""
         try:
-            sock = bind_listen_socket(settings.listen_host, settings.listen_port)
-            settings.state_dir.mkdir(parents=True, exist_ok=True)
+            return _bind_and_mkdir(self.config.agent)
+        except StartupError as exc:
+            previous = self.handover.config if self.handover is not None else None
+            if previous is None or previous.agent == self.config.agent:
+                raise
+            log.error("%s; running on the previous image's config instead", exc)
+            self.config = previous
+            return _bind_and_mkdir(previous.agent)
+
+    async def _give_up(self, code: int) -> int:
+        """Nothing could be built: stop what a previous image handed over, if anything, then exit."""
+        if self.handover is not None:
+            await self.handover.stop_all()
+        return code
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code (a reexec does not return)."""
+        loop = asyncio.get_running_loop()
+        try:
+            sock = self._listen()
         except StartupError as exc:
             log.error("%s; nothing started", exc)
-            return EXIT_UNAVAILABLE
-        except OSError as exc:
-            log.error("cannot create state dir %s: %s; nothing started", settings.state_dir, exc.strerror or exc)
-            return EXIT_UNAVAILABLE
+            return await self._give_up(EXIT_UNAVAILABLE)
+        settings = self.config.agent
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         if not set_child_subreaper():
             log.warning("could not become a child subreaper; orphaned grandchildren are reaped by init")
         try:
-            parts = Parts.build(self.config, self.autonomy, loop)
+            parts = Parts.build(self.config, self.autonomy, loop, self.handover)
         except ContainmentError as exc:
-            log.error("%s (agent.containment: cgroup); nothing started", exc)
-            return EXIT_UNAVAILABLE
+            log.error("%s (agent.containment: %s); nothing started", exc, settings.containment)
+            return await self._give_up(EXIT_UNAVAILABLE)
         except SecretFileError as exc:
             log.error("%s; nothing started", exc)
-            return EXIT_CONFIG
+            return await self._give_up(EXIT_CONFIG)
         except OSError as exc:
+            if self.handover is not None:
+                log.exception("cannot take over the previous image's components")
+                return await self._give_up(EXIT_FAILURE)
             log.error("cannot read or create a credentials file: %s; nothing started", exc)
             return EXIT_CONFIG
+        except Exception:
+            if self.handover is None:
+                raise
+            log.exception("cannot take over the previous image's components")
+            return await self._give_up(EXIT_FAILURE)
         create_todo_stores(self.config)
         reloader = Reloader(parts, self.config_paths or config_paths())
+        loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
+        trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,
+                          lambda: parts.modes.closing)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2, trigger)
+        if self.handover is not None:
+            release_held_signals()  # after every handler is in place: one held across the exec arrives now
         try:
-            server = HttpServer(parts.app(reloader.routes()), parts.guard, sock)
+            routes = [*reloader.routes(), *reexec_routes(settings, trigger, parts.started_wall)]
+            server = HttpServer(parts.app(routes), parts.guard, sock)
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
-            await parts.aclose()
-            return EXIT_UNAVAILABLE
+            return await self._abort(parts, EXIT_UNAVAILABLE)
         await server.start()
         host, port = sock.getsockname()[:2]
         log.info("agent %s listening on http://%s:%d (node %s, autonomy %s)",
                  __version__, host, port, settings.node, parts.modes.autonomy.value)
+        if self.handover is not None:
+            log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
+                     __version__, self.handover.version, os.getpid(),
+                     sum(rt.running_count for rt in parts.supervisor.components.values()))
         if not is_loopback(host):
             log.warning("listening on %s, off loopback: this agent has no TLS and no authentication on "
                         "/metrics, /-/healthy and /-/ready (TLS and authentication come with a later "
@@ -359,7 +427,6 @@ class Agent:
         if parts.modes.emergency:
             log.warning("emergency stop in force (from the state dir): components stay stopped; "
                         "`agent autonomy on` lifts it")
-        loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
         tasks = [asyncio.ensure_future(c) for c in (rotate_logs_forever(parts.supervisor),
                                                     parts.resources.run(), parts.backlog.run())]
         starting = asyncio.ensure_future(self._start_components(parts))
@@ -371,17 +438,38 @@ class Agent:
         for task in tasks:
             task.cancel()
         await parts.remediator.drain(5.0)
+        code = EXIT_OK
+        if self.reexec_requested:
+            await server.stop()
+            parts.probes.close()
+            await parts.client.aclose()
+            why = hand_over(parts, self.autonomy)  # returns only when the exec failed
+            log.error("reexec failed (%s); stopping the components and exiting", why)
+            code = EXIT_FAILURE
         try:
             await asyncio.wait_for(parts.supervisor.shutdown(), parts.config.agent.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", parts.config.agent.shutdown_timeout)
         await parts.aclose()
-        await server.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if code == EXIT_OK:
+            await server.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
         ignore_hangup()
         log.info("agent stopped")
-        return EXIT_OK
+        return code
+
+    def _on_sigusr2(self, trigger: Trigger) -> None:
+        log.info("reexec requested by SIGUSR2")
+        task = asyncio.ensure_future(trigger.on_signal())
+        self._signal_tasks.add(task)
+        task.add_done_callback(self._signal_tasks.discard)
+
+    async def _abort(self, parts: Parts, code: int) -> int:
+        """The server cannot be set up: stop whatever runs (adopted replicas), close the parts."""
+        await parts.supervisor.shutdown()
+        await parts.aclose()
+        return code
 
     async def _start_components(self, parts: Parts) -> None:
         if parts.modes.emergency:
@@ -390,3 +478,5 @@ class Agent:
         await sup.start_all()
         names = [n for n in sup.order if sup.components[n].target > 0]
         log.info("components started: %s", ", ".join(names) or "none")
+        if self.handover is not None:  # adopted replicas launched with what the file no longer says
+            await asyncio.gather(*(sup.replace_stale(rt) for rt in list(sup.components.values())))

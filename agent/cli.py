@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.config.loader import ConfigError, config_paths, load_config
-from agent.config.models import Autonomy, Config
+from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
+from agent.config.models import Autonomy
 from agent.control_cli import add_control_commands
 from agent.loop import ignore_hangup
 
@@ -23,28 +23,39 @@ The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/d
 """
 
 
-def _load(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(config_paths(args.config))
-    except ConfigError as exc:
-        print(f"error: invalid config\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the daemon in the foreground."""
+    """Run the daemon in the foreground (also what `agent reexec` executes again, with a handover)."""
     ignore_hangup()
-    config = _load(args)
+    from agent.reexec import take_handover
+
+    handover = take_handover()  # None unless this process was just re-executed by `agent reexec`
+    paths = config_paths(args.config)
+    broken: ConfigError | None = None
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        if handover is None or handover.config is None:
+            print(f"error: invalid config\n{exc}", file=sys.stderr)
+            if handover is not None:  # nothing to run them with: stop what the previous image handed over
+                from agent.loop import run
+
+                run(handover.stop_all())
+            raise SystemExit(2) from None
+        # The running components must stay supervised: keep the config the previous image had.
+        config, broken = handover.config, exc
     from agent.app import Agent
     from agent.loop import run
     from agent.supervise.logs import setup_logging
 
     settings = config.agent
     setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups)
-    logging.getLogger("agent").info("config %s: %d component(s)", " + ".join(map(str, config_paths(args.config))),
-                                    len(config.components))
+    log = logging.getLogger("agent")
+    if broken is not None:
+        log.error("agent reexec: the config no longer loads; running on the previous image's config. %s", broken)
+    log.info("config %s: %d component(s)", " + ".join(map(str, paths)), len(config.components))
     autonomy = Autonomy(args.autonomy) if args.autonomy else None
-    return run(Agent(config, autonomy=autonomy, config_paths=config_paths(args.config)).run())
+    return run(Agent(config, autonomy=autonomy, config_paths=None if paths == [DEFAULT_CONFIG] else paths,
+                     handover=handover).run())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -13,12 +14,10 @@ from typing import Any
 import httpx
 
 from agent.config.loader import ConfigError, config_paths, expand_env, load_config, merge_documents, parse_document
-from agent.config.models import AgentSettings, Config
+from agent.config.models import AgentSettings, Config, parse_listen
 
 # The agent settings a control verb needs to reach the agent.
 ENDPOINT_KEYS = ("listen", "state_dir", "control_token_file")
-
-
 EXIT_UNREACHABLE = 3
 
 
@@ -55,16 +54,21 @@ def _where(args: argparse.Namespace) -> AgentSettings:
         raise ControlError(f"invalid config\n{problem}", 2) from None
 
 
+def _listen_url(listen: str) -> str:
+    """The URL that reaches an agent listening on `listen` (a wildcard address is reached on loopback)."""
+    host, port = parse_listen(listen)
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
     """The agent's base URL and control token, from --url/--token-file or the config."""
     settings = _where(args) if not (args.url and args.token_file) else None
     url = args.url or os.environ.get("AGENT_URL")
     if not url:
         assert settings is not None
-        host, port = settings.listen_host, settings.listen_port
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        url = _listen_url(settings.listen)
     token_path = Path(args.token_file) if args.token_file else None
     if token_path is None:
         assert settings is not None
@@ -251,6 +255,65 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+_START_TIME = re.compile(r"^orchestrator_agent_start_time_seconds (\S+)$", re.MULTILINE)
+
+
+def _start_time(url: str) -> float | None:
+    """The start time an agent at `url` exports (unauthenticated /metrics), None when it does not answer."""
+    try:
+        response = httpx.get(url + "/metrics", timeout=2.0)
+    except httpx.HTTPError:
+        return None
+    found = _START_TIME.search(response.text) if response.status_code == 200 else None
+    return float(found.group(1)) if found else None
+
+
+def cmd_reexec(args: argparse.Namespace) -> int:
+    """Ask the agent to re-execute itself, then wait until the new image serves (exit 0), or say why not:
+    2 invalid config, 1 refused or no new image within --timeout, 3 unreachable."""
+    try:
+        url, token = _endpoint(args)
+    except ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        response = httpx.post(url + "/-/reexec", timeout=args.timeout, headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach the agent at {url} ({type(exc).__name__}); is it running? (after changing "
+              "agent.listen, give the address it runs on now with --url)", file=sys.stderr)
+        return 3
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = {"error": response.text[:200]}
+    if response.status_code != 202:
+        if args.json:
+            print(json.dumps({"status": response.status_code, **doc}, indent=2))
+        else:
+            print(f"error: reexec refused ({response.status_code}), nothing changed: {doc.get('error', doc)}",
+                  file=sys.stderr)
+            for line in doc.get("errors") or []:
+                print(f"  {line}", file=sys.stderr)
+        return 2 if response.status_code == 422 else 1
+    started, pid = float(doc["start_time"]), doc["pid"]
+    candidates = list(dict.fromkeys([_listen_url(doc["listen"]), url]))  # the new address first, then the old
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        for candidate in candidates:
+            now = _start_time(candidate)
+            if now is not None and now > started:
+                result = {"pid": pid, "url": candidate, "start_time": now, "previous_start_time": started}
+                if args.json:
+                    print(json.dumps(result, indent=2))
+                else:
+                    print(f"agent re-executed in place (pid {pid}); the new image serves on {candidate}")
+                return 0
+        time.sleep(0.1)
+    print(f"error: no new agent image answered on {' or '.join(candidates)} within {args.timeout:.0f}s; "
+          "see the agent's log (`agent logs agent`)", file=sys.stderr)
+    return 1
+
+
 def add_control_commands(sub: Any) -> None:
     """Register the control verbs on the main parser's subcommands."""
 
@@ -300,6 +363,10 @@ def add_control_commands(sub: Any) -> None:
     p.add_argument("--dry-run", action="store_true", help="print what the reload would do; change nothing")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guard(cmd_reload), timeout=600.0)
+    p = common(sub.add_parser("reexec", help="re-execute the agent in place (same pid) to load new code or a new "
+                                             "listen/state_dir; every component keeps running"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reexec)
     p = common(sub.add_parser("logs", help="show a component's log (or `agent` for the agent's own)"))
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

@@ -27,7 +27,7 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from agent.supervise.procfs import ProcFS
@@ -205,14 +205,19 @@ class CgroupContainment(Containment):
 
     mechanism = Mechanism.CGROUP
 
-    def __init__(self, mount: Path, home: str, tracked: Callable[[], set[int]]) -> None:
+    def __init__(self, mount: Path, home: str, tracked: Callable[[], set[int]], instance: str | None = None) -> None:
         self.home = mount / home.lstrip("/")
         self.base = self.home / f"orchestrator-agent.{os.getpid()}"
         self.detail = str(self.base)
         self.has_kill = False
-        self.tracking = TrackingContainment(tracked)
+        self.tracking = TrackingContainment(tracked, instance=instance)
         self._scopes: dict[tuple[str, int], CgroupScope] = {}
         self._mover: concurrent.futures.ThreadPoolExecutor | None = None
+        if instance is not None:  # adopted after `agent reexec`: the subtree and its slots exist, in use
+            if not self.base.is_dir():
+                raise ContainmentError(f"the cgroup subtree {self.base} handed over is gone")
+            self.has_kill = (self.base / "cgroup.kill").exists()
+            return
         try:
             self.base.mkdir(exist_ok=True)
             trial = self.base / "_trial"
@@ -356,8 +361,9 @@ class TrackingContainment(Containment):
 
     mechanism = Mechanism.TRACKING
 
-    def __init__(self, tracked: Callable[[], set[int]], proc: str = "/proc") -> None:
-        self.instance = secrets.token_hex(6)
+    def __init__(self, tracked: Callable[[], set[int]], proc: str = "/proc", instance: str | None = None) -> None:
+        # A new token per agent; the same one after `agent reexec`, whose children carry it.
+        self.instance = instance or secrets.token_hex(6)
         self.tracked = tracked
         self.procfs = ProcFS(proc)
         self.detail = f"{MARKER}={self.instance}/..."
@@ -396,3 +402,25 @@ def choose(setting: str, tracked: Callable[[], set[int]]) -> Containment:
                 raise
             log.info("%s; tracking descendants by environment marker instead", exc)
     return TrackingContainment(tracked)
+
+
+def restore(record: Mapping[str, object], tracked: Callable[[], set[int]]) -> Containment:
+    """The containment a previous image of this same process used (`record()`), taken over after
+    `agent reexec`: the same environment marker and, for cgroup, the same subtree and slots.
+    ContainmentError when the record does not describe one this process can take over.
+    """
+    marker = record.get("marker")
+    prefix = f"{MARKER}="
+    if not (isinstance(marker, str) and marker.startswith(prefix) and marker.endswith("/")):
+        raise ContainmentError(f"no environment marker in the handed-over containment {dict(record)}")
+    instance = marker[len(prefix):-1]
+    if record.get("mechanism") == Mechanism.TRACKING:
+        return TrackingContainment(tracked, instance=instance)
+    mount, home = cgroup2_mount(), own_cgroup()
+    if mount is None or home is None:
+        raise ContainmentError("no cgroup v2 mount in /proc/self/mountinfo")
+    containment = CgroupContainment(mount, home, tracked, instance=instance)
+    if str(containment.base) != record.get("cgroup"):
+        raise ContainmentError(f"the handed-over cgroup {record.get('cgroup')} is not this process's "
+                               f"{containment.base}")
+    return containment

@@ -393,6 +393,88 @@ class Lifecycle:
                 if rep.scope is not None:
                     rep.scope.release()
 
+    # --- agent reexec: handing the running replicas to a new image of this process -------------
+
+    def hand_over(self) -> dict[str, Any]:
+        """Every component's run-time state and live replicas, as JSON, for `agent reexec`.
+
+        Monotonic times are per boot, so they mean the same to the new image (same process, same boot).
+        """
+        return {
+            rt.name: {
+                "desired": rt.desired,
+                "manual_stop": rt.manual_stop,
+                "circuit": rt.circuit.value,
+                "circuit_opened_at": rt.circuit_opened_wall,
+                "restarts": dict(rt.restarts),
+                "last_reason": rt.last_reason,
+                "last_restart_wall": rt.last_restart_wall,
+                "history": list(rt.history),
+                "last_exit": None if rt.last_exit is None else [rt.last_exit.code, rt.last_exit.signal],
+                "replicas": [
+                    {"index": rep.index, "pid": rep.pid, "generation": rep.generation, "started_at": rep.started_at,
+                     "started_wall": rep.started_wall, "ready": rep.ready, "failures": rep.failures,
+                     "launch": rep.launch}
+                    for rep in rt.replicas.values()
+                ],
+            }
+            for rt in self.components.values()
+        }
+
+    def adopt(self, components: dict[str, Any]) -> list[tuple[str, int, int]]:
+        """Take over the replicas the previous image ran (`hand_over()`): same pids, nothing restarted.
+
+        Call before the loop runs anything else: a replica that died during the exec is a zombie that
+        the reaper collects next, and it is then restarted like any exit. Returns (component, index,
+        pid) of live replicas whose component is no longer configured, for the caller to stop.
+        """
+        leftovers: list[tuple[str, int, int]] = []
+        for name, entry in components.items():
+            rt = self.components.get(name)
+            if rt is None:
+                leftovers += [(name, r["index"], r["pid"]) for r in entry["replicas"] if r["pid"]]
+                continue
+            bounds = rt.spec.replicas
+            rt.desired = policy.clamp_replicas(entry["desired"], bounds.min, bounds.max)
+            rt.manual_stop = entry["manual_stop"]
+            rt.circuit = Circuit(entry["circuit"])
+            rt.circuit_opened_wall = entry["circuit_opened_at"]
+            rt.restarts.update({k: v for k, v in entry["restarts"].items() if k in REASONS})
+            rt.last_reason = entry["last_reason"]
+            rt.last_restart_wall = entry["last_restart_wall"]
+            rt.history = list(entry["history"])
+            if entry["last_exit"] is not None:
+                rt.last_exit = ExitStatus(*entry["last_exit"])
+            for record in entry["replicas"]:
+                rep = rt.replicas.get(record["index"]) or self._new_replica(rt, record["index"])
+                rep.failures = record["failures"]
+                if record["pid"]:
+                    self._adopt_replica(rt, rep, record)
+            self._check_ready(rt)
+        self.persist()  # into this image's state dir, which may be a new one
+        return leftovers
+
+    def _adopt_replica(self, rt: Runtime, rep: Replica, record: dict[str, Any]) -> None:
+        rep.pid = pid = record["pid"]
+        rep.generation = generation = record["generation"]
+        rep.started_at, rep.started_wall = record["started_at"], record["started_wall"]
+        # What it was launched with: when the file changed that since, the next reload replaces it.
+        rep.launch = record.get("launch", rt.launch)
+        rep.ready = rep.probe_ever_ok = record["ready"]
+        rep.state = ReplicaState.RUNNING if rep.ready else ReplicaState.STARTING
+        rep.exited.clear()
+        self._scope(rt, rep)
+        self.reaper.adopt(pid, lambda status: self._on_exit(rt, rep, generation, status))
+        if self.guardian is not None:
+            self.guardian.add(pid)
+        log.info("component %s replica %d adopted (pid %d)", rt.name, rep.index, pid)
+        for listener in self.spawn_listeners:
+            listener(rt, rep)
+        if not rep.ready and rt.spec.probe is None:
+            remaining = max(0.0, rt.spec.ready_after - (self.clock() - rep.started_at))
+            rep.timer = asyncio.get_running_loop().call_later(remaining, self._mark_ready, rt, rep, generation)
+
+
 def new_runtime(name: str, spec: Component) -> Runtime:
     """A component's runtime before anything ran: its start count, every restart reason at zero."""
     rt = Runtime(name=name, spec=spec, desired=spec.replicas.start_count, launch=launch_key(spec))

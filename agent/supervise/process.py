@@ -181,6 +181,14 @@ class Reaper:
         self._loop.call_soon(self.reap)
         return popen.pid
 
+    def adopt(self, pid: int, on_exit: Callable[[ExitStatus], None]) -> None:
+        """Take over a child a previous image of this process started (`agent reexec`).
+
+        One that exited during the exec is a zombie, and its SIGCHLD was discarded: reap at once.
+        """
+        self._callbacks[pid] = on_exit
+        self._loop.call_soon(self.reap)
+
     def reap(self) -> None:
         """Collect every exited child; dispatch ours, discard adopted orphans."""
         while True:
@@ -228,7 +236,7 @@ class Guardian:
     and told everything again, so an agent crash later is still covered.
     """
 
-    def __init__(self, reaper: Reaper, setup: Sequence[str] = ()) -> None:
+    def __init__(self, reaper: Reaper, setup: Sequence[str] = (), *, adopt: Mapping[str, object] | None = None) -> None:
         self._reaper = reaper
         self._setup = list(setup)
         self._groups: set[int] = set()
@@ -238,7 +246,37 @@ class Guardian:
         self.pid = 0
         self.alive = False
         self.restarts = 0
+        if adopt is not None and self._adopt(adopt):
+            return
         self._start()
+
+    def hand_over(self) -> dict[str, object]:
+        """What a new image of this process needs to keep this guardian (`agent reexec`).
+
+        The pipe's write end is made inheritable so it survives the exec: closing it would make the
+        guardian kill everything.
+        """
+        if self.alive and self._write_fd >= 0:
+            os.set_inheritable(self._write_fd, True)
+        return {"pid": self.pid if self.alive else 0, "fd": self._write_fd if self.alive else -1,
+                "groups": sorted(self._groups), "restarts": self.restarts}
+
+    def _adopt(self, record: Mapping[str, object]) -> bool:
+        """Keep the guardian the previous image handed over; False when there is none to keep."""
+        pid, fd, groups, restarts = record.get("pid"), record.get("fd"), record.get("groups"), record.get("restarts")
+        self._groups = {g for g in groups if isinstance(g, int)} if isinstance(groups, list) else set()
+        self.restarts = restarts if isinstance(restarts, int) else 0
+        if not (isinstance(pid, int) and isinstance(fd, int) and pid > 0 and fd >= 0):
+            return False
+        try:
+            os.set_inheritable(fd, False)  # components started from now on must not hold it
+            os.fstat(fd)
+        except OSError:
+            log.error("the guardian pipe (fd %d) did not survive the exec; starting a new guardian", fd)
+            return False
+        self.pid, self._write_fd, self.alive, self._started = pid, fd, True, time.monotonic()
+        self._reaper.adopt(pid, self._exited)
+        return True
 
     def _start(self) -> None:
         if self._closed or self.alive:
@@ -294,7 +332,9 @@ class Guardian:
         self._send(f"{line}\n")
 
     def add(self, pgid: int) -> None:
-        """Cover a process group."""
+        """Cover a process group (once: an adopted one is already listed)."""
+        if pgid in self._groups:
+            return
         self._groups.add(pgid)
         self._send(f"+{pgid}\n")
 

@@ -50,7 +50,8 @@ class Supervisor(Lifecycle):
                 log.info("component %s stays stopped (stopped by hand; `agent start %s` starts it)", name, name)
                 continue
             async with rt.lock:
-                self._reconcile(rt)
+                # Replicas above the target exist only when adopted after `agent reexec` (bounds changed).
+                await self._stop_replicas(rt, self._reconcile(rt))
 
     async def _wait_ready(self, rt: Runtime, timeout: float | None) -> None:
         if rt.target == 0 or rt.circuit is not Circuit.CLOSED:
@@ -176,7 +177,7 @@ class Supervisor(Lifecycle):
                 self._respec(rt, config.components[name])
                 await self._stop_replicas(rt, self._reconcile(rt))
             if name in plan.replaced:
-                rolls.append(self._replace_stale(rt))
+                rolls.append(self.replace_stale(rt))
         # Kept in start order: the status table and the metrics list components as the config does.
         ordered = {name: self.components[name] for name in self.order}
         self.components.clear()
@@ -211,7 +212,7 @@ class Supervisor(Lifecycle):
         for listener in self.spec_listeners:
             listener(rt, previous)
 
-    async def _replace_stale(self, rt: Runtime) -> None:
+    async def replace_stale(self, rt: Runtime) -> None:
         """Replace, one at a time, the running replicas launched with settings a reload changed."""
         async with rollout.taking_over(rt):
             stale = [r for r in rt.active() if r.pid is not None and r.launch != rt.launch]

@@ -1,0 +1,240 @@
+"""`agent reexec` and SIGUSR2 on a real agent: the process image is replaced in place (same PID) and the
+new image adopts every running component; a refused or failed reexec never loses or orphans one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers import AgentProcess, free_port, pid_alive, wait_for
+
+
+def sleepers(n: int) -> dict[str, Any]:
+    return {f"c{i:02d}": {"command": ["sleep", "1000"], "stop": {"grace": "5s"}} for i in range(n)}
+
+
+def start_time(url: str) -> float | None:
+    """orchestrator_agent_start_time_seconds from /metrics, None when nothing answers."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(r"^orchestrator_agent_start_time_seconds (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def component_pids(agent: AgentProcess) -> dict[str, list[int]]:
+    return {name: c["pids"] for name, c in agent.status().items()}
+
+
+def all_running(agent: AgentProcess, n: int) -> dict[str, list[int]] | None:
+    pids = component_pids(agent)
+    return pids if len(pids) == n and all(len(p) == 1 for p in pids.values()) else None
+
+
+def edit_config(agent: AgentProcess, change: Any) -> None:
+    config = yaml.safe_load(agent.config_path.read_text())
+    change(config)
+    agent.config_path.write_text(yaml.safe_dump(config))
+
+
+def signal_status(pid: int) -> dict[str, int]:
+    """SigBlk, SigIgn, SigCgt of a process, as bit masks."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigBlk", "SigIgn", "SigCgt"):
+            fields[key] = int(value.strip(), 16)
+    return fields
+
+
+def bit(sig: int) -> int:
+    return 1 << (sig - 1)
+
+
+def agent_cli(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args, "-c", str(agent.config_path)],
+                          capture_output=True, text=True, timeout=120, cwd=agent.dir)
+
+
+def test_reexec_keeps_20_components_and_serves_on_the_new_listen(tmp_path: Path, containment: str) -> None:
+    agent = AgentProcess(tmp_path, {"agent": {"containment": containment}, "components": sleepers(20)}).start()
+    try:
+        before = wait_for(lambda: all_running(agent, 20), 30, 0.05, "20 components running")
+        guardian = agent.api("GET", "/api/v1/status")["containment"]["guardian_pid"]
+        old_url, first_start = agent.url, start_time(agent.url)
+        assert first_start is not None
+        new_port = free_port()
+        edit_config(agent, lambda c: c["agent"].update(listen=f"127.0.0.1:{new_port}"))
+
+        # The CLI reaches the agent where it runs now (--url) and finds the new image on the new address.
+        out = agent_cli(agent, "reexec", "--url", old_url)
+        assert out.returncode == 0, out.stdout + out.stderr + agent.log_text()
+        assert f"http://127.0.0.1:{new_port}" in out.stdout
+
+        assert agent.proc is not None and agent.proc.poll() is None  # the same process, never exited
+        agent.url, agent.port = f"http://127.0.0.1:{new_port}", new_port
+        after_start = start_time(agent.url)
+        assert after_start is not None and after_start > first_start
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(old_url + "/-/healthy", timeout=2)
+        assert component_pids(agent) == before  # every component: the same pid, none restarted
+        status = agent.api("GET", "/api/v1/status")
+        assert status["containment"]["guardian_pid"] == guardian
+        assert all(c["restarts"] == 0 for c in status["components"])
+        assert "took over from agent" in agent.log_text()
+
+        # The exec kept no signal blocked or ignored that the agent relies on.
+        masks = signal_status(agent.proc.pid)
+        assert masks["SigBlk"] == 0, hex(masks["SigBlk"])
+        assert masks["SigCgt"] & bit(signal.SIGCHLD) and masks["SigCgt"] & bit(signal.SIGTERM)
+        assert not masks["SigIgn"] & bit(signal.SIGCHLD)
+
+        # Exits still reach the new image: a SIGKILLed component is restarted.
+        victim = before["c07"][0]
+        os.kill(victim, signal.SIGKILL)
+        restarted = wait_for(lambda: (p := component_pids(agent)["c07"]) and p[0] != victim and p, 10, 0.02,
+                             "c07 restarted after SIGKILL")
+        assert pid_alive(restarted[0])
+        assert {n: p for n, p in component_pids(agent).items() if n != "c07"} == \
+            {n: p for n, p in before.items() if n != "c07"}
+    finally:
+        assert agent.stop() == 0
+    # A clean stop of the new image leaves nothing behind.
+    leftover = [p for pids in before.values() for p in pids if pid_alive(p)]
+    assert not leftover and not pid_alive(guardian)
+
+
+def test_sigusr2_reexecs_and_stops_a_component_the_file_no_longer_has(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, {"components": sleepers(3)}).start()
+    try:
+        before = wait_for(lambda: all_running(agent, 3), 20, 0.05, "3 components running")
+        first_start = start_time(agent.url)
+        assert first_start is not None and agent.proc is not None
+        edit_config(agent, lambda c: c["components"].pop("c02"))
+        agent.proc.send_signal(signal.SIGUSR2)
+        wait_for(lambda: (s := start_time(agent.url)) is not None and s > first_start, 30, 0.05,
+                 "the new image to serve")
+        assert agent.proc.poll() is None
+        pids = wait_for(lambda: all_running(agent, 2), 10, 0.05, "2 components")
+        assert pids == {"c00": before["c00"], "c01": before["c01"]}
+        wait_for(lambda: not pid_alive(before["c02"][0]), 10, 0.02, "the removed component's replica stopped")
+        assert "reexec requested by SIGUSR2" in agent.log_text()
+        assert "(no longer configured) replica 0" in agent.log_text()
+    finally:
+        assert agent.stop() == 0
+
+
+def test_a_broken_config_refuses_the_reexec_and_everything_keeps_running(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, {"components": sleepers(3)}).start()
+    try:
+        before = wait_for(lambda: all_running(agent, 3), 20, 0.05, "3 components running")
+        first_start = start_time(agent.url)
+        good = agent.config_path.read_text()
+        edit_config(agent, lambda c: c["components"]["c01"].update(restart={"policy": "sometimes"}))
+
+        # The CLI cannot read the file either (it finds the token through it): exit 2 with the errors.
+        out = agent_cli(agent, "reexec", "--url", agent.url)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "components.c01.restart.policy" in out.stderr
+        # Told where the token is, it asks the agent, whose preflight refuses: exit 2 with the errors.
+        out = agent_cli(agent, "reexec", "--url", agent.url, "--token-file", str(agent.state_dir / "control.token"))
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "reexec refused (422), nothing changed" in out.stderr
+        assert "components.c01.restart.policy" in out.stderr
+
+        # The same by API: 422 with the errors.
+        token = (agent.state_dir / "control.token").read_text().strip()
+        r = httpx.post(agent.url + "/-/reexec", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+        assert r.status_code == 422 and any("components.c01.restart.policy" in e for e in r.json()["errors"])
+        assert httpx.post(agent.url + "/-/reexec", timeout=10).status_code == 401
+
+        # And by SIGUSR2: logged, nothing changed.
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGUSR2)
+        wait_for(lambda: "reexec (SIGUSR2) refused" in agent.log_text(), 30, 0.05, "the refusal logged")
+        assert start_time(agent.url) == first_start
+        assert component_pids(agent) == before
+
+        # Fixed: the next reexec goes through.
+        agent.config_path.write_text(good)
+        out = agent_cli(agent, "reexec", "--url", agent.url, "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert component_pids(agent) == before
+    finally:
+        assert agent.stop() == 0
+
+
+def test_a_new_listen_in_use_keeps_the_previous_config(tmp_path: Path) -> None:
+    # The preflight passes (the file is valid), but the new image cannot bind the new address: it runs
+    # on the previous image's config, on the previous address, with the same components.
+    agent = AgentProcess(tmp_path, {"components": sleepers(3)}).start()
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        busy_port = taken.getsockname()[1]
+        before = wait_for(lambda: all_running(agent, 3), 20, 0.05, "3 components running")
+        first_start = start_time(agent.url)
+        assert first_start is not None
+        edit_config(agent, lambda c: c["agent"].update(listen=f"127.0.0.1:{busy_port}"))
+        assert agent.api("POST", "/-/reexec", timeout=60)["listen"] == f"127.0.0.1:{busy_port}"
+        wait_for(lambda: (s := start_time(agent.url)) is not None and s > first_start, 30, 0.05,
+                 "the new image on the previous address")
+        assert component_pids(agent) == before
+        assert "running on the previous image's config instead" in agent.log_text()
+    finally:
+        taken.close()
+        assert agent.stop() == 0
+
+
+def test_a_new_image_that_cannot_serve_stops_the_components_cleanly(tmp_path: Path) -> None:
+    # A webhook token file that group and others may read passes `check-config` but is refused when the
+    # server is set up, after the adoption: the new image stops every component with its stop signal
+    # and grace, and exits; nothing is orphaned.
+    marks = tmp_path / "terms"
+    trap = f"trap 'echo $AGENT_COMPONENT >> {marks}; exit 0' TERM; while :; do sleep 0.05; done"
+    components = {name: {"command": ["sh", "-c", trap], "stop": {"grace": "5s"}} for name in ("a", "b")}
+    agent = AgentProcess(tmp_path, {"components": components}).start()
+    before = wait_for(lambda: all_running(agent, 2), 20, 0.05, "2 components running")
+    guardian = agent.api("GET", "/api/v1/status")["containment"]["guardian_pid"]
+    token = tmp_path / "webhook.token"
+    token.write_text("x" * 40 + "\n")
+    token.chmod(0o644)
+    edit_config(agent, lambda c: c["agent"].update(webhook={"bearer_token_file": str(token)}))
+    agent.api("POST", "/-/reexec", timeout=60)
+    assert agent.proc is not None
+    code = agent.proc.wait(60)
+    agent.stderr.close()
+    assert code != 0
+    assert sorted(marks.read_text().split()) == ["a", "b"]  # each got its stop signal
+    assert not [p for pids in before.values() for p in pids if pid_alive(p)]
+    assert not pid_alive(guardian)
+    assert f"refusing the secret file {token}" in agent.log_text()
+
+
+def test_a_sigterm_during_the_exec_is_held_for_the_new_image(tmp_path: Path) -> None:
+    # SIGTERM sent while the new image is still loading (its handlers not yet installed) would kill it
+    # with the default action; held across the exec, it reaches the new image's graceful shutdown.
+    agent = AgentProcess(tmp_path, {"components": sleepers(2)}).start()
+    before = wait_for(lambda: all_running(agent, 2), 20, 0.05, "2 components running")
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGUSR2)
+    wait_for(lambda: "re-executing" in agent.log_text(), 30, 0.002, "the exec")
+    agent.proc.send_signal(signal.SIGTERM)
+    assert agent.proc.wait(60) == 0, agent.log_text()
+    agent.stderr.close()
+    text = agent.log_text()
+    assert text.index("took over from agent") < text.rindex("shutdown requested") < text.rindex("agent stopped")
+    assert not [p for pids in before.values() for p in pids if pid_alive(p)]
