@@ -99,7 +99,8 @@ def test_plan_refuses_listen_state_dir_and_containment_naming_the_field() -> Non
     plan = plan_reload(old, build_config(doc))
     assert len(plan.refused) == 3
     for field, message in zip(("containment", "listen", "state_dir"), sorted(plan.refused), strict=True):
-        assert message.startswith(f"agent.{field} changed") and "agent reexec" in message
+        assert message.startswith(f"agent.{field} changed")
+        assert ("agent reexec" in message) == (field != "containment") and "restart the agent" in message
 
 
 def test_hash_ignores_key_order_and_formatting() -> None:

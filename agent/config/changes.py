@@ -121,8 +121,11 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     for path in changed_paths(old_agent, new_agent):
         top = path.split(".", 1)[0]
         if top in RESTART_FIELDS:
+            how = ("restart the agent (its running processes are contained the old way until then)"
+                   if top == "containment" else
+                   "run `agent reexec` (same PID, every component keeps running) or restart the agent")
             plan.refused.append(f"agent.{top} changed ({old_agent[top]!r} -> {new_agent[top]!r}): a reload cannot "
-                                "change it; run `agent reexec` (keeps every component running) or restart the agent")
+                                f"change it; {how}")
         else:
             plan.agent.append(path)
     old_order, new_order = old.start_order(), new.start_order()
