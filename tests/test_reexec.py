@@ -136,6 +136,33 @@ def test_sigusr2_reexecs_and_stops_a_component_the_file_no_longer_has(tmp_path: 
         assert agent.stop() == 0
 
 
+def test_a_changed_command_is_replaced_one_replica_at_a_time_after_the_reexec(tmp_path: Path) -> None:
+    config = {"components": {"same": sleepers(1)["c00"],
+                             "new": {"command": ["sleep", "1000"], "replicas": {"min": 2, "max": 2}}}}
+    agent = AgentProcess(tmp_path, config).start()
+    try:
+        wait_for(lambda: len(component_pids(agent)["new"]) == 2, 20, 0.05, "both replicas running")
+        before = component_pids(agent)
+        first_start = start_time(agent.url)
+        assert first_start is not None and agent.proc is not None
+        edit_config(agent, lambda c: c["components"]["new"].update(command=["sleep", "1001"]))
+        agent.proc.send_signal(signal.SIGUSR2)
+        wait_for(lambda: (s := start_time(agent.url)) is not None and s > first_start, 30, 0.05,
+                 "the new image to serve")
+
+        def replaced() -> bool:
+            pids = component_pids(agent)["new"]
+            return len(pids) == 2 and not set(pids) & set(before["new"])
+
+        wait_for(replaced, 20, 0.05, "the stale replicas replaced")
+        for pid in component_pids(agent)["new"]:
+            assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1] == b"1001"
+        assert component_pids(agent)["same"] == before["same"]  # launched as the file says: adopted as is
+        assert agent.status()["new"]["restarts"] == 2  # reason reload, one at a time
+    finally:
+        assert agent.stop() == 0
+
+
 def test_a_broken_config_refuses_the_reexec_and_everything_keeps_running(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path, {"components": sleepers(3)}).start()
     try:
