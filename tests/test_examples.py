@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import socket
@@ -393,3 +394,36 @@ def test_help_documents_every_option(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate()
+
+
+def test_a_sigterm_landing_while_a_request_is_handled_still_stops_the_server() -> None:
+    """socketserver swallows (prints) an Exception raised while it handles a request: the SIGTERM
+    handler's Terminated must not be one, or the demo servers keep serving after SIGTERM."""
+    import threading
+
+    from agent.demo._http import Server, Terminated
+
+    class Handled(Server):
+        def process_request(self, request: Any, client_address: Any) -> None:
+            self.shutdown_request(request)
+            raise Terminated()  # as if SIGTERM arrived here
+
+    server = Handled(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.serve_forever(poll_interval=0.05)
+        except BaseException as exc:
+            ended.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        socket.create_connection(server.server_address, timeout=2).close()
+        thread.join(5)
+        assert ended and isinstance(ended[0], Terminated), "the server went on serving after Terminated"
+    finally:
+        if thread.is_alive():
+            server.shutdown()
+        server.server_close()

@@ -29,8 +29,13 @@ class Server(ThreadingHTTPServer):
     block_on_close = False
 
 
-class Terminated(Exception):
-    """Raised from the SIGTERM handler to unwind serve_forever()."""
+class Terminated(BaseException):
+    """Raised from the SIGTERM handler to unwind serve_forever().
+
+    A BaseException, like KeyboardInterrupt: socketserver catches every Exception raised while it
+    handles a request (and prints it), so a SIGTERM landing during one was swallowed and the server
+    kept serving.
+    """
 
 
 def raise_terminated(signum: int, frame: FrameType | None) -> None:
