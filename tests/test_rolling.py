@@ -21,13 +21,11 @@ from typing import Any
 
 import httpx
 
-from agent.config.loader import build_config
-from agent.supervise.process import Reaper
 from agent.supervise.rollout import taking_over
-from agent.supervise.state import StateStore
 from agent.supervise.supervisor import Supervisor
-from tests.helpers import AgentProcess, http_ok, pid_alive, run_async, running_agent, until, wait_for
+from tests.helpers import AgentProcess, http_ok, pid_alive, running_agent, until, wait_for
 from tests.metricsutil import scrape, value
+from tests.test_supervisor import supervise
 from tests.webhookutil import alert, payload
 
 PY = sys.executable
@@ -227,26 +225,6 @@ def test_a_restart_alert_without_a_replica_label_rolls(tmp_path: Path) -> None:
 
 
 # --- in-process: the primitives the config reload uses ---------------------------------------------
-
-
-def supervise(tmp_path: Path, components: dict[str, Any], body: Any) -> None:
-    config = build_config({
-        "agent": {"state_dir": str(tmp_path / "state"), "log_dir": str(tmp_path / "logs")},
-        "components": components,
-    }, env={})
-
-    async def main() -> None:
-        reaper = Reaper(asyncio.get_running_loop())
-        sup = Supervisor(config, reaper, StateStore(config.agent.state_dir))
-        try:
-            await sup.start_all()
-            await body(sup)
-        finally:
-            await sup.shutdown()
-            sup.store.close()
-            reaper.close()
-
-    run_async(main())
 
 
 def test_taking_over_lets_the_replica_in_hand_get_ready_then_returns_the_rest(tmp_path: Path) -> None:
