@@ -152,18 +152,19 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
-def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
-    """Validate a loaded document (native or seed shape) into a Config, applying env overrides."""
+def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None,
+                 *, expand: bool = True) -> Config:
+    """Validate a loaded document (native or seed shape) into a Config, applying env overrides.
+
+    `expand=False`: the document's `${VAR}` were already expanded (load_document does it per file).
+    """
     env = os.environ if env is None else env
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [("", f"the top level must be a mapping, got {type(data).__name__}")])
-    try:
-        data = expand_env(data, env)
-    except MissingVariable as exc:
-        msg = f"environment variable ${{{exc.args[0]}}} is not set and has no default (use ${{VAR:-default}})"
-        raise ConfigError(source, [(exc.args[1], msg)]) from None
+    if expand:
+        data = _expanded(data, env, source)
     problems: list[tuple[str, str]] = []
     if is_seed_shape(data):
         data, problems = map_seed(data, env)
@@ -200,10 +201,25 @@ def config_paths(given: Sequence[str | Path] | None = None, env: Mapping[str, st
     return [Path(p) for p in value.split(os.pathsep)] if value else [DEFAULT_CONFIG]
 
 
-def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
-    """Read, parse and validate a config file, or several merged in order (later files win)."""
-    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
-    document: Any = {}
+def _expanded(data: Any, env: Mapping[str, str], source: str) -> Any:
+    try:
+        return expand_env(data, env)
+    except MissingVariable as exc:
+        msg = f"environment variable ${{{exc.args[0]}}} is not set and has no default (use ${{VAR:-default}})"
+        raise ConfigError(source, [(exc.args[1], msg)]) from None
+
+
+def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read, expand and merge the files, relative paths resolved against each file's directory.
+
+    Each file is expanded (`${VAR}`) and its relative paths made absolute against its own directory
+    before the merge, so a value resolves against the file that set it (docs/config.md, "Relative
+    paths"); a component's `cwd` defaults to the directory of the file that set its `command`. The
+    embedded default is not a user's file: its paths stay relative to the working directory.
+    """
+    env = os.environ if env is None else env
+    document: dict[str, Any] = {}
+    command_dirs: dict[str, Path | None] = {}  # component -> directory its command came from
     for p in paths:
         try:
             text = p.read_text(encoding="utf-8")
@@ -212,10 +228,78 @@ def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] 
         part = parse_document(text, str(p))
         if part is not None and not isinstance(part, dict):
             raise ConfigError(str(p), [("", f"the top level must be a mapping, got {type(part).__name__}")])
-        document = merge_documents(document, part or {})
-    return build_config(document, " + ".join(str(p) for p in paths), env)
+        part = _expanded(part or {}, env, str(p))
+        base = None if _is_embedded(p) else p.resolve().parent
+        if base is not None:
+            resolve_paths(part, base)
+        for name, entry in component_entries(part):
+            if "command" in entry or name not in command_dirs:
+                command_dirs[name] = base
+        document = merge_documents(document, part)
+    for name, entry in component_entries(document):
+        where = command_dirs.get(name)
+        if where is not None and entry.get("command") is not None and "cwd" not in entry:
+            entry["cwd"] = str(where)
+    return document
+
+
+def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file, or several merged in order (later files win)."""
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    document = load_document(paths, env)
+    return build_config(document, " + ".join(str(p) for p in paths), env, expand=False)
+
+
+# Keys holding file system paths, by where they sit; `env` values are never touched (they are not paths).
+AGENT_PATH_KEYS = ("state_dir", "log_dir", "control_token_file")
+WEBHOOK_PATH_KEYS = ("bearer_token_file", "basic_auth_password_file")
+COMPONENT_PATH_KEYS = ("cwd", "env_file")
+COMPONENT_SECTIONS = ("components", "services", "agents")  # native, and the seed's two
+
+
+def _absolute(mapping: Any, keys: Sequence[str], base: Path) -> None:
+    if not isinstance(mapping, dict):
+        return
+    for key in keys:
+        value = mapping.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            mapping[key] = str(base / value)
+
+
+def component_entries(document: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(name, mapping) of every component entry, native (`components`) or seed (`services`, `agents`)."""
+    out = []
+    if isinstance(document, dict):
+        for section in COMPONENT_SECTIONS:
+            entries = document.get(section)
+            if isinstance(entries, dict):
+                out += [(str(n), e) for n, e in entries.items() if isinstance(e, dict)]
+    return out
+
+
+def resolve_paths(document: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of one file's document absolute against `base`, in place."""
+    agent = document.get("agent")
+    _absolute(agent, AGENT_PATH_KEYS, base)
+    if isinstance(agent, dict):
+        _absolute(agent.get("webhook"), WEBHOOK_PATH_KEYS, base)
+    for _, entry in component_entries(document):
+        _absolute(entry, COMPONENT_PATH_KEYS, base)
+    backlog = document.get("backlog")
+    sources = backlog.get("sources") if isinstance(backlog, dict) else None
+    if isinstance(sources, list):
+        for source in sources:
+            _absolute(source, ("path",), base)
+
+
+def _is_embedded(path: Path) -> bool:
+    try:
+        return path.resolve() == DEFAULT_CONFIG
+    except OSError:
+        return False
 
 
 # Package data (pyproject.toml), so an installed agent has it too. Its relative paths (state_dir,
-# log_dir, todos.db) are kept relative: they resolve against the working directory, not this one.
+# log_dir, todos.db) are kept relative: they resolve against the working directory, not this one
+# (`load_document` makes the paths of every other file absolute against its own directory).
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "demo" / "default.yaml"
