@@ -4,18 +4,20 @@ shape, and errors that name the field path and the bad value.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import socket
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from agent.config.models import Config
+from agent.config.models import Config, dependency_problems
 from agent.config.seed import is_seed_shape, map_seed
 
 
@@ -131,6 +133,43 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (through Optional, list, dict values, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _container(annotation: Any) -> bool:
+    """True when an annotation is a dict or list (possibly Optional): the next path part is a key."""
+    if typing.get_origin(annotation) in (dict, list):
+        return True
+    return any(_container(a) for a in typing.get_args(annotation) if a is not type(None))
+
+
+def did_you_mean(loc: tuple[Any, ...]) -> str:
+    """`; did you mean 'x'?` for an unknown key at `loc` close to a key its model knows, else ''."""
+    model: type[BaseModel] | None = Config
+    keyed = False  # the part before was a mapping or a list: this part is a key or an index
+    for part in loc[:-1]:
+        if keyed:
+            keyed = False
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return ""
+        model = _model_in(field.annotation)
+        keyed = _container(field.annotation)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """One `(field.path, message with the bad value)` per pydantic error."""
     problems = []
@@ -138,7 +177,7 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
         msg = err["msg"].removeprefix("Value error, ")
         path = _format_loc(err["loc"])
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + did_you_mean(err["loc"])
         elif err["type"] == "missing":
             msg = "required field is missing"
         if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
@@ -150,6 +189,17 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
             path, _, msg = msg.partition(": ")
         problems.append((path, msg))
     return problems
+
+
+def _raw_dependencies(components: Any) -> dict[str, list[str]]:
+    """name -> depends_on from an unvalidated `components` mapping (malformed entries count as none)."""
+    if not isinstance(components, dict):
+        return {}
+    graph: dict[str, list[str]] = {}
+    for name, entry in components.items():
+        deps = entry.get("depends_on") if isinstance(entry, dict) else None
+        graph[str(name)] = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+    return graph
 
 
 def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None,
@@ -176,7 +226,9 @@ def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems += validation_problems(exc)
+        # Dependency errors too, though the model's own check runs only once every field is valid.
+        deps = dependency_problems(_raw_dependencies(data.get("components")))
+        problems += [p for p in validation_problems(exc) if p not in deps] + deps
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)
@@ -232,11 +284,11 @@ def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -
         base = None if _is_embedded(p) else p.resolve().parent
         if base is not None:
             resolve_paths(part, base)
-        for name, entry in component_entries(part):
+        for _, name, entry in component_entries(part):
             if "command" in entry or name not in command_dirs:
                 command_dirs[name] = base
         document = merge_documents(document, part)
-    for name, entry in component_entries(document):
+    for _, name, entry in component_entries(document):
         where = command_dirs.get(name)
         if where is not None and entry.get("command") is not None and "cwd" not in entry:
             entry["cwd"] = str(where)
@@ -266,14 +318,15 @@ def _absolute(mapping: Any, keys: Sequence[str], base: Path) -> None:
             mapping[key] = str(base / value)
 
 
-def component_entries(document: Any) -> list[tuple[str, dict[str, Any]]]:
-    """(name, mapping) of every component entry, native (`components`) or seed (`services`, `agents`)."""
+def component_entries(document: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(field path, name, mapping) of every component entry: native (`components.<name>`) or the
+    seed's (`services.<name>`, `agents.<name>`)."""
     out = []
     if isinstance(document, dict):
         for section in COMPONENT_SECTIONS:
             entries = document.get(section)
             if isinstance(entries, dict):
-                out += [(str(n), e) for n, e in entries.items() if isinstance(e, dict)]
+                out += [(f"{section}.{n}", str(n), e) for n, e in entries.items() if isinstance(e, dict)]
     return out
 
 
@@ -283,7 +336,7 @@ def resolve_paths(document: dict[str, Any], base: Path) -> None:
     _absolute(agent, AGENT_PATH_KEYS, base)
     if isinstance(agent, dict):
         _absolute(agent.get("webhook"), WEBHOOK_PATH_KEYS, base)
-    for _, entry in component_entries(document):
+    for _, _, entry in component_entries(document):
         _absolute(entry, COMPONENT_PATH_KEYS, base)
     backlog = document.get("backlog")
     sources = backlog.get("sources") if isinstance(backlog, dict) else None
