@@ -58,6 +58,14 @@ def test_every_path_key_resolves_against_the_file_directory(tmp_path: Path, monk
     assert load_config(conf) == config
 
 
+def test_the_default_directories_are_in_the_config_directory(tmp_path: Path) -> None:
+    conf = write(tmp_path / "etc" / "agent.yaml", {"components": {}})
+    site = write(tmp_path / "site" / "agent.yaml", {"agent": {"node": "n"}})
+    for config in (load_config(conf), load_config([conf, site])):  # the first file's directory
+        assert config.agent.state_dir == conf.parent.resolve() / ".agent"
+        assert config.agent.log_dir == conf.parent.resolve() / "logs"
+
+
 def test_each_layer_resolves_against_its_own_directory(tmp_path: Path) -> None:
     base = write(tmp_path / "base" / "agent.yaml", {
         "agent": {"state_dir": "state"},
@@ -124,18 +132,18 @@ def test_an_agent_started_elsewhere_uses_the_config_directory_and_verbs_work_fro
         d.mkdir()
     writer = "import pathlib, time; pathlib.Path('started.txt').write_text('x'); time.sleep(600)"
     agent = AgentProcess(home, {
-        "agent": {"state_dir": "state", "log_dir": "logs"},
+        "agent": {"state_dir": ".agent", "log_dir": "logs"},
         "components": {"w": {"command": ["python", "-c", writer]}},
         "backlog": {"sources": [{"kind": "sqlite", "path": "todos.db", "name": "todos"}]},
     })
     agent.dir = started_in  # `agent run -c <abs path>` from another directory
-    agent.state_dir = home / "state"
+    agent.state_dir = home / ".agent"
     try:
         agent.start()
         wait_for(lambda: (home / "started.txt").exists(), 15, 0.02, "the component to write in the config's dir")
-        assert (home / "state" / "control.token").exists() and (home / "todos.db").exists()
+        assert (home / ".agent" / "control.token").exists() and (home / "todos.db").exists()
         wait_for(lambda: (home / "logs" / "w.log").exists(), 5, 0.02)
-        assert not any(started_in.glob("state")) and not (started_in / "started.txt").exists()
+        assert not (started_in / ".agent").exists() and not (started_in / "started.txt").exists()
 
         by_flag = _cli(["-c", str(agent.config_path), "status", "--json"], other)
         assert by_flag.returncode == 0, by_flag.stderr

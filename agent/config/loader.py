@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from agent.config.models import Config, dependency_problems
+from agent.config.models import AgentSettings, Config, dependency_problems
 from agent.config.seed import is_seed_shape, map_seed
 
 
@@ -266,8 +266,10 @@ def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -
 
     Each file is expanded (`${VAR}`) and its relative paths made absolute against its own directory
     before the merge, so a value resolves against the file that set it (docs/config.md, "Relative
-    paths"); a component's `cwd` defaults to the directory of the file that set its `command`. The
-    embedded default is not a user's file: its paths stay relative to the working directory.
+    paths"); a component's `cwd` defaults to the directory of the file that set its `command`, and
+    `state_dir` and `log_dir`, when no file sets them, to `.agent` and `logs` in the first file's
+    directory. The embedded default is not a user's file: its paths stay relative to the working
+    directory.
     """
     env = os.environ if env is None else env
     document: dict[str, Any] = {}
@@ -292,6 +294,14 @@ def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -
         where = command_dirs.get(name)
         if where is not None and entry.get("command") is not None and "cwd" not in entry:
             entry["cwd"] = str(where)
+    user = [p for p in paths if not _is_embedded(p)]
+    agent = document.setdefault("agent", {}) if user else None
+    if isinstance(agent, dict):
+        # Defaults are set by no file: they resolve against the first file's directory (as Compose's
+        # project directory), so `.agent/control.token` is found from anywhere without naming it.
+        for key in DEFAULT_DIRS:
+            if key not in agent:
+                agent[key] = str(user[0].resolve().parent / str(AgentSettings.model_fields[key].default))
     return document
 
 
@@ -304,6 +314,7 @@ def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] 
 
 # Keys holding file system paths, by where they sit; `env` values are never touched (they are not paths).
 AGENT_PATH_KEYS = ("state_dir", "log_dir", "control_token_file")
+DEFAULT_DIRS = ("state_dir", "log_dir")  # relative defaults (.agent, logs) resolved the same way
 WEBHOOK_PATH_KEYS = ("bearer_token_file", "basic_auth_password_file")
 COMPONENT_PATH_KEYS = ("cwd", "env_file")
 COMPONENT_SECTIONS = ("components", "services", "agents")  # native, and the seed's two
