@@ -304,6 +304,7 @@ class Parts:
                 "cpu_seconds": round(use.cpu_seconds, 2) if use else 0.0,
                 "rss_bytes": use.rss_bytes if use else 0,
                 "pids": [r.pid for r in running],
+                "external": rt.external,  # state "external": probed and exported, never run by the agent
             })
         guardian = self.guardian
         return {"node": self.config.agent.node, "version": __version__, "autonomy": self.modes.autonomy.value,
@@ -427,6 +428,7 @@ class Agent:
         if parts.modes.emergency:
             log.warning("emergency stop in force (from the state dir): components stay stopped; "
                         "`agent autonomy on` lifts it")
+        parts.probes.watch_externals()  # also during an emergency stop: they are not ours to stop
         tasks = [asyncio.ensure_future(c) for c in (rotate_logs_forever(parts.supervisor),
                                                     parts.resources.run(), parts.backlog.run())]
         starting = asyncio.ensure_future(self._start_components(parts))

@@ -59,16 +59,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config file and explain every error."""
+    """Validate a config file and explain every error (agent/check_config.py)."""
+    from agent.check_config import cmd_check_config as check
+
     paths = [Path(f) for f in args.file] if args.file else config_paths(args.config)
-    try:
-        config = load_config(paths)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    order = " -> ".join(config.start_order()) or "(no components)"
-    print(f"{' + '.join(map(str, paths))}: OK, {len(config.components)} component(s); start order: {order}")
-    return 0
+    return check(paths, args.json)
 
 
 def _todo_db(args: argparse.Namespace) -> Path:
@@ -148,9 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override agent.autonomy: on acts on alerts, dry-run records only, off ignores")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file; exit 2 with every error when invalid")
+    check = sub.add_parser("check-config", help="validate a config file: fields, dependencies, commands "
+                           "(found and executable); exit 2 with every error when invalid")
     check.add_argument("file", nargs="*", help="the file(s), merged in order (default: --config, "
                        "$AGENT_CONFIG or the demo)")
+    check.add_argument("--json", action="store_true", help='print {"ok", "errors": [{"path", "message"}], '
+                       '"components", "start_order"}')
     check.set_defaults(func=cmd_check_config)
 
     todo = sub.add_parser("todo", help="the embedded SQLite todo store (for workers in any language)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from agent.config.loader import ConfigError, config_paths, expand_env, load_config, merge_documents, parse_document
+from agent.config.loader import ConfigError, config_paths, load_config, load_document
 from agent.config.models import AgentSettings, Config, parse_listen
 
 # The agent settings a control verb needs to reach the agent.
@@ -45,10 +45,7 @@ def _where(args: argparse.Namespace) -> AgentSettings:
     except ConfigError as exc:
         problem = exc
     try:
-        document: Any = {}
-        for path in paths:
-            document = merge_documents(document, parse_document(path.read_text(encoding="utf-8"), str(path)) or {})
-        section = expand_env(document.get("agent") or {}, os.environ)
+        section: Any = load_document(paths).get("agent") or {}  # relative paths resolved, ${VAR} expanded
         return AgentSettings.model_validate({k: section[k] for k in ENDPOINT_KEYS if k in section})
     except (ConfigError, OSError, ValueError, AttributeError, KeyError):
         raise ControlError(f"invalid config\n{problem}", 2) from None

@@ -113,7 +113,8 @@ INVALID: dict[str, tuple[str, str, str]] = {
     "unknown dependency": (
         "a.yaml", "components:\n  a: {command: [x], depends_on: [nope]}\n",
         "components.a.depends_on: unknown component 'nope'"),
-    "missing command": ("a.yaml", "components:\n  a: {replicas: {min: 1}}\n", "components.a.command: required"),
+    "external with replicas": ("a.yaml", "components:\n  a: {replicas: {max: 2}}\n",
+                               "components.a: an external component (no command) is one service"),
     "bad yaml": ("a.yaml", "components:\n  a: {command: [x]\n  b: 1\n", "invalid YAML at line"),
     "bad duration": (
         "a.yaml", "components:\n  a: {command: [x], restart: {window: 5x}}\n",
@@ -124,9 +125,9 @@ INVALID: dict[str, tuple[str, str, str]] = {
     "duplicate component in json": (
         "a.json", '{"components": {"a": {"command": ["x"]}, "a": {"command": ["y"]}}}',
         "components.a: duplicate key"),
-    "seed json without commands": (
-        "autonomous_config.json", json.dumps({"services": {"mcp_server": {"enabled": True}}}),
-        "services.mcp_server.command: the seed config names no command"),
+    "seed json with an unknown orchestration key": (
+        "autonomous_config.json", json.dumps({"services": {"mcp_server": {}}, "orchestration": {"cycle": 1}}),
+        "orchestration.cycle: unknown key"),
     "string command without shell": (
         "a.yaml", "components:\n  a: {command: 'echo hi'}\n", "components.a: command is a string but shell"),
     "bad restart policy": (

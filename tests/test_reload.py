@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 from agent.config.changes import config_hash, plan_reload
-from agent.config.loader import build_config
+from agent.config.loader import build_config, load_config
 from tests.helpers import AgentProcess, pid_alive, running_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,7 +218,7 @@ def test_ten_sighups_in_a_second_with_edits_end_in_the_last_file(tmp_path: Path)
         wait_for(lambda: running(agent, {"w": 10, "extra9": 1}), 20, 0.1)
         assert agent.healthy()
         assert metric(agent, "orchestrator_config_last_reload_successful") == 1
-        expected = build_config(yaml.safe_load(agent.config_path.read_text()))
+        expected = load_config(agent.config_path)  # paths resolved as the agent resolves them
         assert metric(agent, "orchestrator_config_hash") == float(int(config_hash(expected)[:13], 16))
 
 

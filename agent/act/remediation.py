@@ -122,6 +122,7 @@ class ComponentView:
     last_scale_up: float
     manual_stop: bool
     circuit_open: bool
+    external: bool = False  # no command: never acted on
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,9 @@ def plan_alert(
         return no(Result.REJECTED, "unknown action")
     if comp is None:
         return no(Result.REJECTED, "unknown component")
+    if comp.external:
+        return no(Result.REJECTED, "external: the agent has no command for this component and never starts, "
+                                   "stops, restarts or scales it")
     if action not in comp.allowed:
         return no(Result.REJECTED, f"action {action} is not allowed for this component")
     try:
@@ -287,7 +291,7 @@ class Remediator:
                 stabilization=spec.remediation.scale_down_stabilization, max_step=spec.remediation.max_step,
                 last_restart=max(rt.last_restart_wall, self.last_alert_restart.get(name, 0.0)),
                 last_scale_up=self.last_scale_up.get(name, 0.0),
-                manual_stop=rt.manual_stop, circuit_open=rt.circuit.value != "closed",
+                manual_stop=rt.manual_stop, circuit_open=rt.circuit.value != "closed", external=rt.external,
             )
         return views
 

@@ -3,7 +3,8 @@
 The plan is data (printed by `agent reload --dry-run`, returned by `POST /-/reload`, logged): the
 supervisor and the other parts apply it (agent/reload.py). Kinds of component change:
 
-- added / removed: started in dependency order / stopped in reverse dependency order;
+- added / removed: started in dependency order / stopped in reverse dependency order (a component
+  that becomes external, or stops being external, is both: removed, then added);
 - replaced: what launches the process changed (command, shell, env, cwd): a rolling replacement;
 - updated: only what the agent enforces changed (probe, restart, stop, limits, remediation,
   capabilities, replica bounds, ...): applied live, no process touched;
@@ -129,10 +130,15 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         else:
             plan.agent.append(path)
     old_order, new_order = old.start_order(), new.start_order()
-    plan.removed = [name for name in reversed(old_order) if name not in new.components]
+
+    def kept(name: str) -> bool:  # a component that turns external, or gets a command, is removed and added
+        return name in old.components and name in new.components and \
+            old.components[name].external == new.components[name].external
+
+    plan.removed = [name for name in reversed(old_order) if not kept(name)]
     for name in new_order:
         before = old.components.get(name)
-        if before is None:
+        if before is None or not kept(name):
             plan.added.append(name)
             continue
         paths = changed_paths(before.model_dump(mode="json"), new.components[name].model_dump(mode="json"))

@@ -4,18 +4,20 @@ shape, and errors that name the field path and the bad value.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import socket
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from agent.config.models import Config
+from agent.config.models import AgentSettings, Config, dependency_problems
 from agent.config.seed import is_seed_shape, map_seed
 
 
@@ -131,6 +133,43 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds (through Optional, list, dict values, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _container(annotation: Any) -> bool:
+    """True when an annotation is a dict or list (possibly Optional): the next path part is a key."""
+    if typing.get_origin(annotation) in (dict, list):
+        return True
+    return any(_container(a) for a in typing.get_args(annotation) if a is not type(None))
+
+
+def did_you_mean(loc: tuple[Any, ...]) -> str:
+    """`; did you mean 'x'?` for an unknown key at `loc` close to a key its model knows, else ''."""
+    model: type[BaseModel] | None = Config
+    keyed = False  # the part before was a mapping or a list: this part is a key or an index
+    for part in loc[:-1]:
+        if keyed:
+            keyed = False
+            continue
+        field = model.model_fields.get(str(part)) if model is not None else None
+        if field is None:
+            return ""
+        model = _model_in(field.annotation)
+        keyed = _container(field.annotation)
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     """One `(field.path, message with the bad value)` per pydantic error."""
     problems = []
@@ -138,7 +177,7 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
         msg = err["msg"].removeprefix("Value error, ")
         path = _format_loc(err["loc"])
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + did_you_mean(err["loc"])
         elif err["type"] == "missing":
             msg = "required field is missing"
         if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
@@ -152,18 +191,30 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
-def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None) -> Config:
-    """Validate a loaded document (native or seed shape) into a Config, applying env overrides."""
+def _raw_dependencies(components: Any) -> dict[str, list[str]]:
+    """name -> depends_on from an unvalidated `components` mapping (malformed entries count as none)."""
+    if not isinstance(components, dict):
+        return {}
+    graph: dict[str, list[str]] = {}
+    for name, entry in components.items():
+        deps = entry.get("depends_on") if isinstance(entry, dict) else None
+        graph[str(name)] = [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+    return graph
+
+
+def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | None = None,
+                 *, expand: bool = True) -> Config:
+    """Validate a loaded document (native or seed shape) into a Config, applying env overrides.
+
+    `expand=False`: the document's `${VAR}` were already expanded (load_document does it per file).
+    """
     env = os.environ if env is None else env
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(source, [("", f"the top level must be a mapping, got {type(data).__name__}")])
-    try:
-        data = expand_env(data, env)
-    except MissingVariable as exc:
-        msg = f"environment variable ${{{exc.args[0]}}} is not set and has no default (use ${{VAR:-default}})"
-        raise ConfigError(source, [(exc.args[1], msg)]) from None
+    if expand:
+        data = _expanded(data, env, source)
     problems: list[tuple[str, str]] = []
     if is_seed_shape(data):
         data, problems = map_seed(data, env)
@@ -175,7 +226,9 @@ def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems += validation_problems(exc)
+        # Dependency errors too, though the model's own check runs only once every field is valid.
+        deps = dependency_problems(_raw_dependencies(data.get("components")))
+        problems += [p for p in validation_problems(exc) if p not in deps] + deps
         raise ConfigError(source, problems) from None
     if problems:
         raise ConfigError(source, problems)
@@ -200,10 +253,27 @@ def config_paths(given: Sequence[str | Path] | None = None, env: Mapping[str, st
     return [Path(p) for p in value.split(os.pathsep)] if value else [DEFAULT_CONFIG]
 
 
-def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
-    """Read, parse and validate a config file, or several merged in order (later files win)."""
-    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
-    document: Any = {}
+def _expanded(data: Any, env: Mapping[str, str], source: str) -> Any:
+    try:
+        return expand_env(data, env)
+    except MissingVariable as exc:
+        msg = f"environment variable ${{{exc.args[0]}}} is not set and has no default (use ${{VAR:-default}})"
+        raise ConfigError(source, [(exc.args[1], msg)]) from None
+
+
+def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read, expand and merge the files, relative paths resolved against each file's directory.
+
+    Each file is expanded (`${VAR}`) and its relative paths made absolute against its own directory
+    before the merge, so a value resolves against the file that set it (docs/config.md, "Relative
+    paths"); a component's `cwd` defaults to the directory of the file that set its `command`, and
+    `state_dir` and `log_dir`, when no file sets them, to `.agent` and `logs` in the first file's
+    directory. The embedded default is not a user's file: its paths stay relative to the working
+    directory.
+    """
+    env = os.environ if env is None else env
+    document: dict[str, Any] = {}
+    command_dirs: dict[str, Path | None] = {}  # component -> directory its command came from
     for p in paths:
         try:
             text = p.read_text(encoding="utf-8")
@@ -212,10 +282,88 @@ def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] 
         part = parse_document(text, str(p))
         if part is not None and not isinstance(part, dict):
             raise ConfigError(str(p), [("", f"the top level must be a mapping, got {type(part).__name__}")])
-        document = merge_documents(document, part or {})
-    return build_config(document, " + ".join(str(p) for p in paths), env)
+        part = _expanded(part or {}, env, str(p))
+        base = None if _is_embedded(p) else p.resolve().parent
+        if base is not None:
+            resolve_paths(part, base)
+        for _, name, entry in component_entries(part):
+            if "command" in entry or name not in command_dirs:
+                command_dirs[name] = base
+        document = merge_documents(document, part)
+    for _, name, entry in component_entries(document):
+        where = command_dirs.get(name)
+        if where is not None and entry.get("command") is not None and "cwd" not in entry:
+            entry["cwd"] = str(where)
+    user = [p for p in paths if not _is_embedded(p)]
+    agent = document.setdefault("agent", {}) if user else None
+    if isinstance(agent, dict):
+        # Defaults are set by no file: they resolve against the first file's directory (as Compose's
+        # project directory), so `.agent/control.token` is found from anywhere without naming it.
+        for key in DEFAULT_DIRS:
+            if key not in agent:
+                agent[key] = str(user[0].resolve().parent / str(AgentSettings.model_fields[key].default))
+    return document
+
+
+def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file, or several merged in order (later files win)."""
+    paths = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    document = load_document(paths, env)
+    return build_config(document, " + ".join(str(p) for p in paths), env, expand=False)
+
+
+# Keys holding file system paths, by where they sit; `env` values are never touched (they are not paths).
+AGENT_PATH_KEYS = ("state_dir", "log_dir", "control_token_file")
+DEFAULT_DIRS = ("state_dir", "log_dir")  # relative defaults (.agent, logs) resolved the same way
+WEBHOOK_PATH_KEYS = ("bearer_token_file", "basic_auth_password_file")
+COMPONENT_PATH_KEYS = ("cwd", "env_file")
+COMPONENT_SECTIONS = ("components", "services", "agents")  # native, and the seed's two
+
+
+def _absolute(mapping: Any, keys: Sequence[str], base: Path) -> None:
+    if not isinstance(mapping, dict):
+        return
+    for key in keys:
+        value = mapping.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            mapping[key] = str(base / value)
+
+
+def component_entries(document: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(field path, name, mapping) of every component entry: native (`components.<name>`) or the
+    seed's (`services.<name>`, `agents.<name>`)."""
+    out = []
+    if isinstance(document, dict):
+        for section in COMPONENT_SECTIONS:
+            entries = document.get(section)
+            if isinstance(entries, dict):
+                out += [(f"{section}.{n}", str(n), e) for n, e in entries.items() if isinstance(e, dict)]
+    return out
+
+
+def resolve_paths(document: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of one file's document absolute against `base`, in place."""
+    agent = document.get("agent")
+    _absolute(agent, AGENT_PATH_KEYS, base)
+    if isinstance(agent, dict):
+        _absolute(agent.get("webhook"), WEBHOOK_PATH_KEYS, base)
+    for _, _, entry in component_entries(document):
+        _absolute(entry, COMPONENT_PATH_KEYS, base)
+    backlog = document.get("backlog")
+    sources = backlog.get("sources") if isinstance(backlog, dict) else None
+    if isinstance(sources, list):
+        for source in sources:
+            _absolute(source, ("path",), base)
+
+
+def _is_embedded(path: Path) -> bool:
+    try:
+        return path.resolve() == DEFAULT_CONFIG
+    except OSError:
+        return False
 
 
 # Package data (pyproject.toml), so an installed agent has it too. Its relative paths (state_dir,
-# log_dir, todos.db) are kept relative: they resolve against the working directory, not this one.
+# log_dir, todos.db) are kept relative: they resolve against the working directory, not this one
+# (`load_document` makes the paths of every other file absolute against its own directory).
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "demo" / "default.yaml"

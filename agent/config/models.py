@@ -249,7 +249,9 @@ class Rollout(Strict):
 
 
 class Component(Strict):
-    command: list[str] | str
+    # None: an external component, run by someone else (systemd, a container, another host): probed,
+    # exported and alerted on, never spawned; actions on it are rejected (docs/config.md).
+    command: list[str] | str | None = None
     shell: bool = False
     kind: str = Field("process", pattern=NAME_PATTERN)
     env: dict[str, str] = Field(default_factory=dict)
@@ -268,6 +270,13 @@ class Component(Strict):
 
     @model_validator(mode="after")
     def _command_form(self) -> Component:
+        if self.command is None:
+            if self.shell:
+                raise ValueError("shell: true needs a command (a component without one is external)")
+            if self.replicas.max > 1:
+                raise ValueError(f"an external component (no command) is one service the agent does not run: "
+                                 f"replicas.max must be 0 or 1 (got {self.replicas.max})")
+            return self
         if isinstance(self.command, str) and not self.shell:
             raise ValueError(
                 "command is a string but shell is not true: give an argv list such as [python, -m, x], "
@@ -278,8 +287,16 @@ class Component(Strict):
         return self
 
     @property
+    def external(self) -> bool:
+        """No command: the agent watches this component and never starts it."""
+        return self.command is None
+
+    @property
     def argv(self) -> list[str]:
-        """The argv to exec; a bare `python`/`python3` means the agent's own interpreter."""
+        """The argv to exec (empty for an external component); a bare `python`/`python3` means the
+        agent's own interpreter."""
+        if self.command is None:
+            return []
         if isinstance(self.command, str):
             return ["/bin/sh", "-c", self.command]
         argv = list(self.command)
@@ -334,18 +351,10 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _dependencies(self) -> Config:
-        for name, comp in self.components.items():
-            for dep in comp.depends_on:
-                if dep not in self.components:
-                    raise ValueError(f"components.{name}.depends_on: unknown component {dep!r}")
-                if dep == name:
-                    raise ValueError(f"components.{name}.depends_on: a component cannot depend on itself")
-        sorter = graphlib.TopologicalSorter({n: c.depends_on for n, c in self.components.items()})
-        try:
-            sorter.prepare()
-        except graphlib.CycleError as exc:
-            cycle = " -> ".join(exc.args[1])
-            raise ValueError(f"components: dependency cycle {cycle}") from None
+        problems = dependency_problems({n: c.depends_on for n, c in self.components.items()})
+        if problems:
+            path, message = problems[0]
+            raise ValueError(f"{path}: {message}")
         return self
 
     def start_order(self) -> list[str]:
@@ -361,3 +370,27 @@ class Config(Strict):
                     pending.remove(name)
                     break
         return order
+
+
+def dependency_problems(graph: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Every unknown or self dependency and one dependency cycle, as (field path, message).
+
+    A plain function over names, so `agent check-config` can report these beside field errors of a
+    document that does not validate (the model validator only runs once every field is valid).
+    """
+    problems: list[tuple[str, str]] = []
+    known: dict[str, list[str]] = {}
+    for name, deps in graph.items():
+        known[name] = []
+        for dep in deps:
+            if dep == name:
+                problems.append((f"components.{name}.depends_on", "a component cannot depend on itself"))
+            elif dep not in graph:
+                problems.append((f"components.{name}.depends_on", f"unknown component {dep!r}"))
+            else:
+                known[name].append(dep)
+    try:
+        graphlib.TopologicalSorter(known).prepare()
+    except graphlib.CycleError as exc:
+        problems.append(("components", f"dependency cycle {' -> '.join(exc.args[1])}"))
+    return problems

@@ -1,8 +1,9 @@
 """Map the seed system's `config/autonomous_config.json` shape onto the native config.
 
 Seed entries under `services` and `agents` become components. The seed launcher knew its commands
-from shell scripts, so its JSON has none: each entry must gain a `command` (an argv list); any other
-native component key (env, cwd, replicas, probe, ...) may be added beside the seed keys.
+from shell scripts, so its JSON has none: an entry without a `command` is an external component
+(probed and exported, never started); one given a `command` (an argv list) is run by the agent. Any
+other native component key (env, cwd, replicas, probe, ...) may be added beside the seed keys.
 """
 
 from __future__ import annotations
@@ -70,14 +71,9 @@ def map_seed(data: dict[str, Any], env: Mapping[str, str]) -> tuple[dict[str, An
             if name in components:
                 problems.append((path, "duplicate component name (also defined under services)"))
                 continue
+            # Without a `command` the entry is external: the seed's launcher scripts start it, the agent
+            # probes and exports it (add "command": [...] to have the agent run it).
             native = {k: v for k, v in entry.items() if k not in SEED_ENTRY_KEYS}
-            if "command" not in native:
-                problems.append((
-                    f"{path}.command",
-                    "the seed config names no command for this component; add \"command\": "
-                    "[\"python\", \"-m\", \"...\"] (an argv list) to the entry",
-                ))
-                continue
             native.setdefault("capabilities", SEED_CAPABILITIES.get(name, []))
             native.setdefault("kind", "service" if section == "services" else "worker")
             if entry.get("enabled", True) is False:

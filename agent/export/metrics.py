@@ -251,7 +251,7 @@ class ComponentCollector:
                 restarts.add_metric([name, reason], rt.restarts[reason])
             if spec.probe is not None:
                 for index in range(max(spec.replicas.max, 1)):
-                    rep = rt.replicas.get(index)
+                    rep = rt.observed if rt.external else rt.replicas.get(index)
                     if rep is not None or index < rt.desired:
                         probe_ok.add_metric([name, str(index)], 1 if rep is not None and rep.probe_ok else 0)
                 last = probe_reasons.get(name, "none")

@@ -1,4 +1,5 @@
-"""Health probes: http, tcp, exec and mcp, one task per live replica, bounded by their timeout.
+"""Health probes: http, tcp, exec and mcp, one task per live replica (and per watched external
+component, which has no process), bounded by their timeout.
 
 Every probe result goes to the supervisor (`report_probe`), which owns the restart decision. One
 shared httpx.AsyncClient serves every HTTP probe; each replica has its own task, so a slow probe
@@ -176,6 +177,25 @@ class ProbeRunner:
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         supervisor.spawn_listeners.append(self.replica_started)
         supervisor.spec_listeners.append(self.spec_changed)
+        supervisor.watch_listeners.append(self.watch)
+
+    def watch_externals(self) -> None:
+        """Start probing every external component (once, when the agent starts serving)."""
+        for rt in list(self.sup.components.values()):
+            if rt.external:
+                self.watch(rt)
+
+    def watch(self, rt: Runtime) -> None:
+        """Probe an external component: one loop, not tied to any process (key index -1)."""
+        key = (rt.name, -1)
+        self._cancel(key)
+        observed = rt.observed
+        if observed is None or rt.spec.probe is None:
+            return
+        self.last_reason.setdefault(rt.name, "none")
+        task = asyncio.ensure_future(self._watch_loop(rt, observed))
+        self._tasks[key] = task
+        task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
 
     def replica_started(self, rt: Runtime, rep: Replica) -> None:
         """Supervisor hook: a replica was spawned."""
@@ -183,7 +203,7 @@ class ProbeRunner:
 
     def spec_changed(self, rt: Runtime, previous: Component) -> None:
         """Supervisor hook: a reload gave the component a new spec; a changed probe restarts its loops."""
-        if rt.spec.probe == previous.probe:
+        if rt.spec.probe == previous.probe or rt.external:  # an external one: `watch` follows
             return
         self.last_reason.setdefault(rt.name, "none")
         for rep in rt.replicas.values():
@@ -224,6 +244,24 @@ class ProbeRunner:
             if not result.ok and rep.probe_ok is not False:
                 log.info("component %s replica %d probe failed: %s", rt.name, rep.index, result.message)
             self.sup.report_probe(rt.name, rep.index, generation, result.ok, result.message)
+            await asyncio.sleep(settings.interval)
+
+    async def _watch_loop(self, rt: Runtime, observed: Replica) -> None:
+        settings = rt.spec.probe
+        assert settings is not None
+        spec = rt.spec
+        env = {**os.environ, "AGENT_COMPONENT": rt.name, "AGENT_REPLICA": "0"} if settings.exec else None
+        await asyncio.sleep(min(settings.interval, 0.2))
+        while rt.observed is observed and not rt.retired and not self.sup.shutting_down:
+            result = await run_probe(spec, 0, self.client, self.sup.reaper, env)
+            if rt.observed is not observed:
+                return
+            if self.observe is not None:
+                self.observe(rt.name, settings.kind, result.duration)
+            self.last_reason[rt.name] = result.reason
+            if not result.ok and observed.probe_ok is not False:
+                log.info("external component %s probe failed: %s", rt.name, result.message)
+            self.sup.report_external(rt.name, observed, result.ok, result.message)
             await asyncio.sleep(settings.interval)
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -15,9 +16,12 @@ import psutil
 from agent.supervise.procfs import ProcFS, Usage
 
 if TYPE_CHECKING:
+    from agent.supervise.replica import Replica, Runtime
     from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.resources")
+
+WAKE_DELAY = 1.0  # seconds after an unsampled replica starts before the early pass: it has its RSS by then
 
 
 @dataclass
@@ -82,6 +86,24 @@ class ResourceMonitor:
         # When the figures were last read (a scrape, `agent status`); starts "now" for a first pass.
         self.last_read = time.monotonic()
         psutil.cpu_percent(interval=None)  # prime the host CPU counter
+        # Set when a replica starts in a component with no figures yet: a pass follows soon instead of
+        # after the interval, so a long one (the seed's cycle_interval: 300) shows no CPU 0 / RSS 0 B
+        # for minutes after the start (the first pass runs before the components are up).
+        self._wake = asyncio.Event()
+        supervisor.spawn_listeners.append(self._replica_started)
+
+    def _replica_started(self, rt: Runtime, rep: Replica) -> None:
+        usage = self.components.get(rt.name)
+        if usage is None or usage.rss_bytes == 0:
+            self._wake.set()
+
+    async def _pause(self) -> None:
+        """Until the next pass: the interval, or shortly after a replica started unsampled."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), self.interval)
+        if self._wake.is_set():
+            await asyncio.sleep(min(WAKE_DELAY, self.interval))  # one pass for a burst of starts
+            self._wake.clear()
 
 
     def mark_read(self) -> None:
@@ -138,7 +160,7 @@ class ResourceMonitor:
         """Sample on the interval (reads run in a worker thread) while anyone needs the figures."""
         while True:
             if not self.needed():
-                await asyncio.sleep(self.interval)
+                await self._pause()
                 continue
             try:
                 targets = self._targets()
@@ -146,4 +168,4 @@ class ResourceMonitor:
                 self.apply(targets, sample)
             except Exception:
                 log.exception("resource sampling failed")
-            await asyncio.sleep(self.interval)
+            await self._pause()

@@ -30,6 +30,7 @@ from agent.supervise.replica import (
     Replica,
     ReplicaState,
     Runtime,
+    external_refusal,
     replica_log_path,
 )
 from agent.supervise.stall import StallWatch
@@ -75,6 +76,9 @@ class Lifecycle:
         # Called with (component, why) when a rolling restart halts (the app records it in the history
         # and counts orchestrator_rollout_halted_total).
         self.roll_listeners: list[Callable[[str, str], None]] = []
+        # Called with the runtime of an external component whose watch (re)starts: added by a reload or
+        # given a new spec (the probe runner listens; at start it watches every external itself).
+        self.watch_listeners: list[Callable[[Runtime], None]] = []
         self.components: dict[str, Runtime] = {
             name: new_runtime(name, spec) for name, spec in config.components.items()
         }
@@ -86,7 +90,7 @@ class Lifecycle:
         # The store checked the file against its schema (a bad one was set aside): entries are typed.
         for name, entry in self.store.loaded.components.items():
             rt = self.components.get(name)
-            if rt is None:
+            if rt is None or rt.external:  # an external one has no saved state that applies
                 continue
             rt.manual_stop = entry.manual_stop
             rt.circuit = entry.circuit
@@ -121,6 +125,13 @@ class Lifecycle:
             raise CommandError(f"unknown component {name!r}")
         return rt
 
+    def get_run(self, name: str) -> Runtime:
+        """The runtime of a component the agent runs (CommandError for an unknown or external one)."""
+        rt = self.get(name)
+        if rt.external:
+            raise CommandError(external_refusal(name))
+        return rt
+
     def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
@@ -144,7 +155,7 @@ class Lifecycle:
 
     def _spawn(self, rt: Runtime, rep: Replica) -> bool:
         """Start one replica; a spawn that fails for any reason goes down the backoff path."""
-        if rt.retired:  # removed by a reload while this waited (a backoff, a queued command)
+        if rt.retired or rt.external:  # removed by a reload while this waited; or not ours to run
             rep.state = ReplicaState.STOPPED
             return False
         rep.generation += 1
@@ -348,6 +359,8 @@ class Lifecycle:
 
     def _reconcile(self, rt: Runtime, revive_exited: bool = False) -> list[Replica]:
         """Start missing replicas below the target; return those above it (for the caller to stop)."""
+        if rt.external:  # never spawned
+            return []
         if not self.shutting_down and rt.circuit is Circuit.CLOSED:
             for index in range(rt.target):
                 rep = rt.replicas.get(index) or self._new_replica(rt, index)
@@ -431,7 +444,7 @@ class Lifecycle:
         leftovers: list[tuple[str, int, int]] = []
         for name, entry in components.items():
             rt = self.components.get(name)
-            if rt is None:
+            if rt is None or rt.external:  # gone, or external now: its old processes are not ours to keep
                 leftovers += [(name, r["index"], r["pid"]) for r in entry["replicas"] if r["pid"]]
                 continue
             bounds = rt.spec.replicas
@@ -480,7 +493,18 @@ def new_runtime(name: str, spec: Component) -> Runtime:
     rt = Runtime(name=name, spec=spec, desired=spec.replicas.start_count, launch=launch_key(spec))
     for reason in REASONS:
         rt.restarts[reason] = 0
+    if spec.external:
+        watch_external(rt)
     return rt
+
+
+def watch_external(rt: Runtime) -> None:
+    """An external component is desired once while it has a probe and `replicas` allows one (the seed's
+    `enabled: false` gives 0): then `observed` holds its probe state, fresh, until the first result."""
+    spec = rt.spec
+    rt.desired = 1 if spec.probe is not None and spec.replicas.start_count > 0 else 0
+    rt.observed = Replica(0, state=ReplicaState.STARTING) if rt.desired else None
+    rt.ready_event.clear()
 
 
 def _log_task_failure(task: asyncio.Task[None]) -> None:

@@ -49,11 +49,14 @@ def _die_with_parent(parent_pid: int, nofile: tuple[int, int] | None) -> Callabl
     return preexec
 
 
-def resolve_command(command: str, search: str | None) -> str:
+def resolve_command(command: str, search: str | None, cwd: str | Path | None = None) -> str:
     """The executable a command names, as execvp would find it; the error execvp would give when none.
 
-    A file that exists without its execute bit is EACCES ("Permission denied"), not ENOENT.
+    A file that exists without its execute bit is EACCES ("Permission denied"), not ENOENT. A relative
+    path with a slash (`./bin/x`) is relative to `cwd`, the directory the child runs in, as after chdir.
     """
+    if cwd is not None and "/" in command and not os.path.isabs(command):
+        command = os.path.normpath(os.path.join(cwd, command))
     found = shutil.which(command, path=search)
     if found is not None:
         return found
@@ -153,7 +156,7 @@ class Reaper:
             if _SETPRIV is not None:
                 # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the command: the fork stays a
                 # vfork (about 1 ms) instead of a full fork running Python code in the child (4-5 ms).
-                path = resolve_command(argv[0], (env or os.environ).get("PATH"))
+                path = resolve_command(argv[0], (env or os.environ).get("PATH"), cwd)
                 if cwd is not None and not Path(cwd).is_dir():
                     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(cwd))
                 argv = [_SETPRIV, "--pdeathsig", "KILL", "--", path, *argv[1:]]

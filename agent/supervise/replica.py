@@ -39,10 +39,17 @@ class ComponentState(enum.StrEnum):
     EXITED = "exited"
     CIRCUIT_OPEN = "circuit_open"
     HALF_OPEN = "half_open"
+    EXTERNAL = "external"  # no command: watched (probed), never run by the agent; health is in `up`
 
 
 class CommandError(Exception):
     """A command that cannot be carried out (unknown component, out of bounds, ...)."""
+
+
+def external_refusal(name: str) -> str:
+    """Why an action on an external component is refused (API 409, webhook `rejected`)."""
+    return (f"component {name!r} is external: it has no command, so the agent only probes and exports it "
+            "and never starts, stops, restarts or scales it")
 
 
 @dataclass(eq=False)
@@ -99,6 +106,9 @@ class Runtime:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     launch: str = ""  # launch_key(spec): what a replica started now is launched with
     retired: bool = False  # removed from the config by a reload: never spawned again
+    # An external component's probe state (no process, no pid; index 0): None when it is not watched
+    # (no probe, or 0 desired). Never in `replicas`, so nothing that spawns or stops sees it.
+    observed: Replica | None = None
     # Set by whoever waits for the lock to take over a rolling restart (the config reload): the roll
     # lets the replica in hand get ready, then returns the rest (agent/supervise/rollout.py).
     roll_interrupt: asyncio.Event = field(default_factory=asyncio.Event)
@@ -109,11 +119,19 @@ class Runtime:
         return [r for i, r in sorted(self.replicas.items()) if i < self.desired]
 
     @property
+    def external(self) -> bool:
+        return self.spec.external
+
+    @property
     def running_count(self) -> int:
+        if self.external:  # seen running: its probe passes
+            return 1 if self.observed is not None and self.observed.probe_ok else 0
         return sum(1 for r in self.replicas.values() if r.state in (ReplicaState.RUNNING, ReplicaState.STARTING))
 
     @property
     def healthy_count(self) -> int:
+        if self.external:
+            return 1 if self.observed is not None and self.observed.probe_ok else 0
         return sum(1 for r in self.replicas.values() if r.healthy)
 
     @property
@@ -123,6 +141,8 @@ class Runtime:
 
     @property
     def state(self) -> ComponentState:
+        if self.external:
+            return ComponentState.EXTERNAL
         if self.circuit is Circuit.OPEN:
             return ComponentState.CIRCUIT_OPEN
         if self.circuit is Circuit.HALF_OPEN:

@@ -13,7 +13,7 @@ import time
 from agent.config.changes import ReloadPlan, launch_key
 from agent.config.models import Component, Config
 from agent.supervise import policy, rollout
-from agent.supervise.lifecycle import Lifecycle, new_runtime
+from agent.supervise.lifecycle import Lifecycle, new_runtime, watch_external
 from agent.supervise.policy import Circuit
 from agent.supervise.replica import CommandError, Replica, ReplicaState, Runtime
 from agent.supervise.rollout import RollResult
@@ -31,7 +31,7 @@ class Supervisor(Lifecycle):
         self.stalls.start()
         for name in self.order:
             rt = self.components.get(name)
-            if rt is None or rt.retired:  # removed by a reload while earlier ones started
+            if rt is None or rt.retired or rt.external:  # removed by a reload meanwhile; or not ours to run
                 continue
             for dep in rt.spec.depends_on:
                 if dep in self.components:
@@ -66,7 +66,7 @@ class Supervisor(Lifecycle):
     async def restart(self, name: str, reason: str, replica: int | None = None,
                       all_at_once: bool = False) -> RollResult:
         """Restart running replicas: one (`replica`), all at once, or, with several, rolling one at a time."""
-        rt = self.get(name)
+        rt = self.get_run(name)
         async with rt.lock:
             if replica is not None and replica not in rt.replicas:
                 raise CommandError(f"component {name!r} has no replica {replica}")
@@ -88,7 +88,7 @@ class Supervisor(Lifecycle):
 
     async def scale(self, name: str, replicas: int, reason: str) -> int:
         """Set desired replicas (within min/max); starts or stops only the difference."""
-        rt = self.get(name)
+        rt = self.get_run(name)
         bounds = rt.spec.replicas
         if not bounds.min <= replicas <= bounds.max:
             raise CommandError(f"component {name!r}: {replicas} replicas is outside [{bounds.min}, {bounds.max}]")
@@ -103,7 +103,7 @@ class Supervisor(Lifecycle):
 
     async def start(self, name: str, reason: str) -> None:
         """Start a component: clears a manual stop; a component at 0 replicas goes to max(min, 1)."""
-        rt = self.get(name)
+        rt = self.get_run(name)
         async with rt.lock:
             if reason == "manual":
                 rt.manual_stop = False
@@ -117,7 +117,7 @@ class Supervisor(Lifecycle):
 
     async def stop(self, name: str, reason: str) -> None:
         """Stop every replica; a manual stop holds until a manual start."""
-        rt = self.get(name)
+        rt = self.get_run(name)
         async with rollout.taking_over(rt, abort=True):  # a rolling restart in progress gives way at once
             if reason == "manual":
                 # Stopped by hand: no trial start later; `agent start` begins afresh.
@@ -130,7 +130,7 @@ class Supervisor(Lifecycle):
 
     async def emergency_stop(self) -> None:
         """Stop everything at once, held as a manual stop of every component."""
-        await asyncio.gather(*(self.stop(name, "manual") for name in self.components))
+        await asyncio.gather(*(self.stop(name, "manual") for name, rt in self.components.items() if not rt.external))
 
     async def shutdown(self) -> None:
         """Stop all components in reverse dependency order (not remembered as manual stops)."""
@@ -186,6 +186,10 @@ class Supervisor(Lifecycle):
         await asyncio.gather(*rolls)
         for name in plan.added:
             rt = self.components[name]
+            if rt.external:
+                for listener in self.watch_listeners:
+                    listener(rt)
+                continue
             for dep in rt.spec.depends_on:
                 await self._wait_ready(self.components[dep], None)
             async with rt.lock:
@@ -196,6 +200,14 @@ class Supervisor(Lifecycle):
         previous = rt.spec
         rt.spec = spec
         rt.launch = launch_key(spec)
+        if spec.external:  # (a change between external and run by the agent is a remove + add)
+            if (previous.probe, previous.replicas) != (spec.probe, spec.replicas):
+                watch_external(rt)
+                for watcher in self.watch_listeners:
+                    watcher(rt)
+            for listener in self.spec_listeners:
+                listener(rt, previous)
+            return
         bounds = spec.replicas
         clamped = policy.clamp_replicas(rt.desired, bounds.min, bounds.max)
         if clamped != rt.desired:
@@ -275,6 +287,33 @@ class Supervisor(Lifecycle):
             await self._stop_replica(rt, rep)
             if not self.shutting_down and not rt.manual_stop:
                 self._after_failure(rt, rep, None, ran_for, "probe")
+
+    def report_external(self, name: str, observed: Replica, ok: bool, error: str = "") -> None:
+        """Record one probe result of an external component: its health, never an action (not ours)."""
+        rt = self.components.get(name)
+        probe = rt.spec.probe if rt is not None else None
+        if rt is None or probe is None or rt.observed is not observed:
+            return
+        if ok:
+            observed.probe_failures = 0
+            observed.probe_successes += 1
+            observed.probe_error = ""
+            if observed.probe_successes >= probe.success_threshold:
+                if observed.probe_ok is not True:
+                    log.info("external component %s is up (%s probe passes)", name, probe.kind)
+                observed.probe_ok = observed.probe_ever_ok = observed.ready = True
+                observed.state = ReplicaState.RUNNING
+                rt.ready_event.set()  # its dependents may start
+            return
+        observed.probe_successes = 0
+        observed.probe_failures += 1
+        observed.probe_error = error
+        if observed.probe_failures >= probe.failure_threshold:
+            if observed.probe_ok is not False:
+                log.warning("external component %s is down: %d %s probes failed in a row (%s)",
+                            name, observed.probe_failures, probe.kind, error)
+            observed.probe_ok = observed.ready = False
+            rt.ready_event.clear()
 
     def report_memory(self, name: str, index: int, pid: int, rss: int) -> None:
         """Record one RSS sample of a replica's process tree; two over the limit in a row restart it."""
