@@ -21,7 +21,10 @@ from typing import Any
 from agent.config.models import Component, Config
 
 # Component fields that decide how its processes are launched: a change replaces them.
-LAUNCH_FIELDS = ("command", "shell", "env", "cwd")
+LAUNCH_FIELDS = ("command", "shell", "env", "cwd", "user", "group", "umask", "env_file", "stderr")
+# Launch fields added after the launch key first shipped: left out of the key while at their default, so
+# a replica adopted across `agent reexec` from an older image is not taken for stale.
+_LATER_LAUNCH_FIELDS = ("user", "group", "umask", "env_file", "stderr")
 # Agent settings that only a new agent process can change (`agent reexec`).
 RESTART_FIELDS = ("listen", "state_dir", "containment")
 
@@ -40,6 +43,10 @@ def hash_value(digest: str) -> float:
 def launch_key(spec: Component) -> str:
     """What a replica was launched with; a replica whose key differs from its spec's is stale."""
     launch = spec.model_dump(mode="json", include=set(LAUNCH_FIELDS))
+    defaults = Component.model_fields
+    for name in _LATER_LAUNCH_FIELDS:
+        if getattr(spec, name) == defaults[name].get_default(call_default_factory=True):
+            del launch[name]
     return hashlib.sha256(json.dumps(launch, sort_keys=True).encode()).hexdigest()[:16]
 
 
