@@ -253,6 +253,7 @@ class Parts:
         self.containment.close()
         self.ledger.clear()
         await asyncio.to_thread(self.store.close)  # the last state snapshot, written before we exit
+        await asyncio.to_thread(self.remediator.close)  # its timestamps and history too
         self.probes.close()
         await self.client.aclose()
         self.guardian.close()  # it exits at EOF: reap it (bounded) before the reaper lets go of SIGCHLD
