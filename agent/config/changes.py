@@ -4,7 +4,7 @@ The plan is data (printed by `agent reload --dry-run`, returned by `POST /-/relo
 supervisor and the other parts apply it (agent/reload.py). Kinds of component change:
 
 - added / removed: started in dependency order / stopped in reverse dependency order;
-- replaced: what launches the process changed (command, shell, env, cwd): a rolling replacement;
+- replaced: what launches the process changed (LAUNCH_FIELDS: command, env, user, ...): a rolling replacement;
 - updated: only what the agent enforces changed (probe, restart, stop, limits, remediation,
   capabilities, replica bounds, ...): applied live, no process touched;
 - unchanged: same processes, same PIDs.
