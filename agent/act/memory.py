@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -142,7 +141,7 @@ class History:
         """Keep an entry and queue its line for the writer thread (returns at once)."""
         line = None
         if self.path is not None:
-            line = json.dumps(asdict(entry), default=str, ensure_ascii=False, separators=(",", ":")).encode()
+            line = json.dumps(vars(entry), default=str, ensure_ascii=False, separators=(",", ":")).encode()
         with self._cond:
             self.entries.append(entry)
             # A line the reader would not take back is kept in memory only.
@@ -197,7 +196,7 @@ class History:
     def _rewrite(self, entries: list[Any]) -> None:
         """Replace the file with these entries (atomic: the old file or the new one)."""
         assert self.path is not None
-        blob = b"".join(json.dumps(asdict(e), default=str, ensure_ascii=False, separators=(",", ":")).encode()
+        blob = b"".join(json.dumps(vars(e), default=str, ensure_ascii=False, separators=(",", ":")).encode()
                         + b"\n" for e in entries)
         atomic_write_bytes(self.path, blob)
         self._lines = len(entries)
