@@ -104,7 +104,12 @@ def test_an_unknown_user_or_group_and_a_bad_umask_are_config_errors(tmp_path: Pa
 def test_the_identity_is_looked_up_at_spawn_and_refused_clearly() -> None:
     assert resolve_identity(None, None) is None
     me = resolve_identity(os.geteuid(), None)
-    assert me is not None and me.uid == os.geteuid()
+    if os.geteuid() == 0:
+        assert me is not None and (me.uid, me.gid) == (0, 0)
+    else:
+        assert me is None  # its own ids: nothing to switch
+        with pytest.raises(PermissionError, match="needs the agent to run as root"):
+            resolve_identity(0, None)
     with pytest.raises(SettingError, match="unknown user 'no-such-user-here'"):
         resolve_identity("no-such-user-here", None)
     with pytest.raises(SettingError, match="unknown group"):

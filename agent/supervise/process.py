@@ -137,13 +137,15 @@ def resolve_identity(user: str | int | None, group: str | int | None) -> Identit
         except KeyError:
             raise SettingError(f"unknown group {group!r}") from None
     if gid is None:
-        gid = uid  # a bare uid without an account, and no group: the same number, as `setpriv` users expect
+        gid = uid  # a bare uid without an account, and no group: no account says otherwise
     if name:
         assert gid is not None
         groups = tuple(sorted(set(os.getgrouplist(name, gid))))
-    if os.geteuid() != 0 and (uid not in (None, os.geteuid()) or gid != os.getegid()):
-        raise PermissionError(errno.EPERM, "running a component as another user or group needs the agent to "
-                              "run as root", f"user={user} group={group}")
+    if os.geteuid() != 0:
+        if uid not in (None, os.geteuid()) or gid != os.getegid():
+            raise PermissionError(errno.EPERM, "running a component as another user or group needs the agent "
+                                  "to run as root", f"user={user} group={group}")
+        return None  # the agent's own ids: nothing to switch (and setgroups would need root)
     return Identity(uid, gid, groups, name, home)
 
 
