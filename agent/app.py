@@ -50,7 +50,7 @@ from agent.supervise.containment import Containment, ContainmentError, choose
 from agent.supervise.leftovers import Ledger
 from agent.supervise.logs import LogRotator
 from agent.supervise.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
-from agent.supervise.replica import replica_log_path
+from agent.supervise.replica import replica_err_path, replica_log_path
 from agent.supervise.state import StateStore
 from agent.supervise.supervisor import Supervisor
 
@@ -114,6 +114,8 @@ async def rotate_logs_forever(sup: Supervisor) -> None:
             rotator = LogRotator(settings.log_max_bytes, settings.log_backups, max(1.0, settings.resources.interval))
         paths = [replica_log_path(settings.log_dir, rt.name, index)
                  for rt in sup.components.values() for index in list(rt.replicas)]
+        paths += [err for rt in sup.components.values() for index in list(rt.replicas)
+                  if (err := replica_err_path(settings.log_dir, rt.name, rt.spec, index)) is not None]
         # Stat, copy and truncate in a thread: copying a large log must not stall the event loop.
         delay = await asyncio.to_thread(rotator.check, paths)
         await asyncio.sleep(delay)
@@ -251,6 +253,7 @@ class Parts:
         self.containment.close()
         self.ledger.clear()
         await asyncio.to_thread(self.store.close)  # the last state snapshot, written before we exit
+        await asyncio.to_thread(self.remediator.close)  # its timestamps and history too
         self.probes.close()
         await self.client.aclose()
         self.guardian.close()  # it exits at EOF: reap it (bounded) before the reaper lets go of SIGCHLD

@@ -217,6 +217,7 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
     if isinstance(parts.containment, CgroupContainment):
         parts.containment.flush()  # every child is in its slot before the slots are handed over
     parts.store.close()
+    parts.remediator.close()  # the new image reads the timestamps and the history back
     parts.tracing.shutdown()
     guardian = parts.guardian.hand_over()
     guardian_fd = guardian["fd"] if isinstance(guardian["fd"], int) else -1

@@ -278,13 +278,29 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
                 audit_manual(name, "scale_to", Result.EXECUTED, f"replicas {before} -> {replicas}", replicas)
                 return JSONResponse({"component": name, "before": before, "desired": replicas})
             if verb == "start":
-                await sup.start(name, "manual")
+                started = await sup.start(name, "manual", with_dependencies=True)
+                for dep in started:
+                    audit_manual(dep, "start", Result.EXECUTED, f"started by hand: a dependency of {name}")
                 audit_manual(name, "start", Result.EXECUTED, "started by hand")
-                return JSONResponse({"component": name, "desired": sup.components[name].desired})
+                return JSONResponse({"component": name, "desired": sup.components[name].desired,
+                                     "started_dependencies": started})
             if verb == "stop":
-                await sup.stop(name, "manual")
-                audit_manual(name, "stop", Result.EXECUTED, "stopped by hand")
-                return JSONResponse({"component": name, "stopped": True})
+                with_dependents = body.get("with_dependents", False)
+                if not isinstance(with_dependents, bool):
+                    return _error(422, "with_dependents must be true or false")
+                dependents = await sup.stop(name, "manual", with_dependents=with_dependents)
+                for dep in dependents if with_dependents else ():
+                    audit_manual(dep, "stop", Result.EXECUTED, f"stopped by hand: depends on {name}")
+                said = "stopped by hand"
+                if dependents and not with_dependents:
+                    said += f"; still running on it: {', '.join(dependents)}"
+                audit_manual(name, "stop", Result.EXECUTED, said)
+                answer = {"component": name, "stopped": True}
+                if with_dependents:
+                    answer["stopped_dependents"] = dependents
+                else:
+                    answer["dependents_running"] = dependents
+                return JSONResponse(answer)
         except CommandError as exc:
             return _error(409, str(exc))
         except TooLarge:

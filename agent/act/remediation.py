@@ -11,7 +11,6 @@ Alert content only selects among configured commands: it never reaches a shell o
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import enum
 import logging
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.act.dedupe import DedupeStore, dedupe_key
+from agent.act.memory import HISTORY_FILE, History, Stamps
 from agent.config.models import ACTIONS, Autonomy, Config
 from agent.supervise import policy
 from agent.supervise.replica import CommandError
@@ -275,9 +275,13 @@ class Remediator:
         self.dedupe = dedupe
         self.events = events
         self.tracing = tracing
-        self.history: collections.deque[AuditEntry] = collections.deque(maxlen=history)
-        self.last_scale_up: dict[str, float] = {}
-        self.last_alert_restart: dict[str, float] = {}
+        # Both survive an agent restart (agent/act/memory.py): a scale-down stays held within the
+        # stabilisation window of a scale-up before the restart, and `agent history` shows what happened.
+        state_dir = config.agent.state_dir
+        self.history = History(state_dir / HISTORY_FILE, AuditEntry, history)
+        self.stamps = Stamps(state_dir)
+        self.last_scale_up = self.stamps.last_scale_up
+        self.last_alert_restart = self.stamps.last_alert_restart
         self._tasks: set[asyncio.Task[None]] = set()
 
     def views(self) -> dict[str, ComponentView]:
@@ -300,6 +304,7 @@ class Remediator:
         views = self.views()
         now = time.time()
         plans = []
+        restarted = False
         for alert in payload.alerts:
             p = plan_alert(alert, node=self.config.agent.node, components=views, autonomy=self.modes.autonomy,
                            emergency=self.modes.emergency, seen=self.dedupe.seen, now=now)
@@ -314,7 +319,10 @@ class Remediator:
                     self.dedupe.add(p.key)
                     if p.action == "restart":
                         self.last_alert_restart[p.component] = now
+                        restarted = True
             plans.append(p)
+        if restarted:
+            self.stamps.save()
         return plans
 
     def handle(self, payload: WebhookPayload, trace_id: str, parent: Any = None) -> list[dict[str, Any]]:
@@ -357,6 +365,7 @@ class Remediator:
                 outcome, reason = Result.FAILED, f"not acted: the dedupe journal could not be written ({error})"
                 if stamp is not None and self.last_alert_restart.get(p.component) == stamp:
                     del self.last_alert_restart[p.component]  # no restart happened: no cooldown from it
+                    self.stamps.save()
             span.set_attribute("result", outcome.value)
         self.events.remediation_duration.observe(p.action, value=time.perf_counter() - started)
         self.record(alert, p, outcome, reason, trace_id)
@@ -379,6 +388,7 @@ class Remediator:
             before = await sup.scale(p.component, p.target, "alert")
             if p.target > before:
                 self.last_scale_up[p.component] = time.time()
+                self.stamps.save()
             return Result.EXECUTED, f"replicas {before} -> {p.target}"
         except (CommandError, OSError) as exc:
             return Result.FAILED, str(exc)
@@ -414,6 +424,11 @@ class Remediator:
             await asyncio.wait(list(self._tasks), timeout=timeout)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.dedupe.flush(), timeout)  # resolved markers too
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write the timestamps and the history queued so far (blocking: at shutdown, or before a reexec)."""
+        self.stamps.close(timeout)
+        self.history.close(timeout)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -5,7 +5,7 @@ supervisor and the other parts apply it (agent/reload.py). Kinds of component ch
 
 - added / removed: started in dependency order / stopped in reverse dependency order (a component
   that becomes external, or stops being external, is both: removed, then added);
-- replaced: what launches the process changed (command, shell, env, cwd): a rolling replacement;
+- replaced: what launches the process changed (LAUNCH_FIELDS: command, env, user, ...): a rolling replacement;
 - updated: only what the agent enforces changed (probe, restart, stop, limits, remediation,
   capabilities, replica bounds, ...): applied live, no process touched;
 - unchanged: same processes, same PIDs.
@@ -22,7 +22,10 @@ from typing import Any
 from agent.config.models import Component, Config
 
 # Component fields that decide how its processes are launched: a change replaces them.
-LAUNCH_FIELDS = ("command", "shell", "env", "cwd")
+LAUNCH_FIELDS = ("command", "shell", "env", "cwd", "user", "group", "umask", "env_file", "stderr")
+# Launch fields added after the launch key first shipped: left out of the key while at their default, so
+# a replica adopted across `agent reexec` from an older image is not taken for stale.
+_LATER_LAUNCH_FIELDS = ("user", "group", "umask", "env_file", "stderr")
 # Agent settings that only a new agent process can change (`agent reexec`).
 RESTART_FIELDS = ("listen", "state_dir", "containment")
 
@@ -41,6 +44,10 @@ def hash_value(digest: str) -> float:
 def launch_key(spec: Component) -> str:
     """What a replica was launched with; a replica whose key differs from its spec's is stale."""
     launch = spec.model_dump(mode="json", include=set(LAUNCH_FIELDS))
+    defaults = Component.model_fields
+    for name in _LATER_LAUNCH_FIELDS:
+        if getattr(spec, name) == defaults[name].get_default(call_default_factory=True):
+            del launch[name]
     return hashlib.sha256(json.dumps(launch, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -349,6 +349,9 @@ def resolve_paths(document: dict[str, Any], base: Path) -> None:
         _absolute(agent.get("webhook"), WEBHOOK_PATH_KEYS, base)
     for _, _, entry in component_entries(document):
         _absolute(entry, COMPONENT_PATH_KEYS, base)
+        stderr = entry.get("stderr")
+        if isinstance(stderr, str) and stderr not in ("merged", "file"):
+            _absolute(entry, ("stderr",), base)
     backlog = document.get("backlog")
     sources = backlog.get("sources") if isinstance(backlog, dict) else None
     if isinstance(sources, list):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import enum
 import graphlib
+import grp
+import pwd
 import signal
 import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agent.config.units import Duration, Size
 
@@ -140,6 +142,9 @@ class RestartPolicyKind(enum.StrEnum):
 
 class RestartSettings(Strict):
     policy: RestartPolicyKind = RestartPolicyKind.ALWAYS
+    # Exit codes that count as a clean end for `on-failure` (supervisord's `exitcodes`, systemd's
+    # SuccessExitStatus=); a signal death is always a failure.
+    success_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=lambda: [0])
     backoff: Backoff = Backoff()
     max_restarts: int = Field(5, ge=0)
     window: Duration = Field(300.0, gt=0)
@@ -248,6 +253,16 @@ class Rollout(Strict):
     ready_timeout: Duration | None = Field(None, gt=0)
 
 
+def _account(kind: str, value: str | int) -> None:
+    """ValueError naming the user or group when this host does not know it (a number is taken as is)."""
+    if isinstance(value, int) or value.isdigit():
+        return
+    try:
+        pwd.getpwnam(value) if kind == "user" else grp.getgrnam(value)
+    except KeyError:
+        raise ValueError(f"unknown {kind} {value!r} on this host") from None
+
+
 class Component(Strict):
     # None: an external component, run by someone else (systemd, a container, another host): probed,
     # exported and alerted on, never spawned; actions on it are rejected (docs/config.md).
@@ -255,7 +270,16 @@ class Component(Strict):
     shell: bool = False
     kind: str = Field("process", pattern=NAME_PATTERN)
     env: dict[str, str] = Field(default_factory=dict)
+    # A dotenv file read at every spawn (secrets kept out of the config); `env` wins over it.
+    env_file: Path | None = None
     cwd: Path | None = None
+    # Whom the process runs as (the agent must be root to change them); a name or a number.
+    user: str | Annotated[int, Field(ge=0)] | None = None
+    group: str | Annotated[int, Field(ge=0)] | None = None
+    # The file mode creation mask, as an octal string such as "0027" (None: the agent's own).
+    umask: str | None = None
+    # `merged` (into the component's log), `file` (log_dir/<component>[.<n>].err.log), or a path of its own.
+    stderr: Literal["merged", "file"] | Path = "merged"
     capabilities: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(default_factory=list)
     depends_on: list[str] = Field(default_factory=list)
     replicas: Replicas = Replicas()
@@ -267,6 +291,34 @@ class Component(Strict):
     essential: bool = False
     ready_after: Duration = 0.0
     rollout: Rollout = Rollout()
+
+    @field_validator("user", "group")
+    @classmethod
+    def _known_account(cls, value: str | int | None, info: ValidationInfo) -> str | int | None:
+        kind = str(info.field_name)
+        if isinstance(value, str) and not value:
+            raise ValueError(f"{kind} must not be empty")
+        if value is not None:
+            _account(kind, value)
+        return value
+
+    @field_validator("umask", mode="before")
+    @classmethod
+    def _octal_umask(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"umask must be an octal string in quotes, such as '0027' (got {value!r}: "
+                             "YAML and JSON read an unquoted number as decimal or octal by their own rules)")
+        digits = value.strip()
+        if not digits or len(digits) > 4 or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
+            raise ValueError(f"umask must be 1 to 4 octal digits, such as '0027' (got {value!r})")
+        return digits
+
+    @property
+    def umask_bits(self) -> int | None:
+        """The umask as a number, None for the agent's own."""
+        return None if self.umask is None else int(self.umask, 8) & 0o777
 
     @model_validator(mode="after")
     def _command_form(self) -> Component:

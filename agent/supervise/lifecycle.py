@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.config.changes import launch_key
 from agent.config.models import Component, Config, substitute
-from agent.supervise import policy
+from agent.supervise import launch, policy
 from agent.supervise.circuit import CircuitBreaker
 from agent.supervise.containment import Containment, Scope, TrackingContainment
 from agent.supervise.policy import Circuit, ExitAction
@@ -138,14 +138,6 @@ class Lifecycle:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_task_failure)
 
-    def _child_env(self, rt: Runtime, rep: Replica, extra: dict[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({k: substitute(v, rep.index) for k, v in rt.spec.env.items()})
-        env["AGENT_COMPONENT"] = rt.name
-        env["AGENT_REPLICA"] = str(rep.index)
-        env.update(extra)
-        return env
-
     def _scope(self, rt: Runtime, rep: Replica) -> Scope:
         if rep.scope is None:
             rep.scope = self.containment.scope(rt.name, rep.index)
@@ -203,7 +195,12 @@ class Lifecycle:
         return True
 
     def _start_process(self, rt: Runtime, rep: Replica, generation: int) -> int:
-        """Open the replica's log and fork it into its scope; raises whatever stops that."""
+        """Open the replica's log (and stderr file) and fork it into its scope; raises whatever stops that."""
+        spec = rt.spec
+        who = launch.identity(spec)  # before anything is opened: an unknown user fails here
+        env = launch.environment(spec, rep.index, who)
+        env["AGENT_COMPONENT"] = rt.name
+        env["AGENT_REPLICA"] = str(rep.index)
         path = replica_log_path(self.log_dir, rt.name, rep.index)
         try:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -211,18 +208,25 @@ class Lifecycle:
         except OSError as exc:
             log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
             fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        scope = self._scope(rt, rep)
+        err_fd = None
         try:
+            err_fd = launch.open_stderr(self.log_dir, rt.name, spec, rep.index)
+            scope = self._scope(rt, rep)
             with scope.spawning() as extra:
                 pid = self.reaper.spawn(
-                    [substitute(arg, rep.index) for arg in rt.spec.argv],
+                    [substitute(arg, rep.index) for arg in spec.argv],
                     lambda status: self._on_exit(rt, rep, generation, status),
-                    env=self._child_env(rt, rep, extra),
-                    cwd=rt.spec.cwd,
+                    env={**env, **extra},
+                    cwd=spec.cwd,
                     stdout=fd,
+                    stderr=err_fd,
+                    identity=who,
+                    umask=spec.umask_bits,
                 )
         finally:
             os.close(fd)
+            if err_fd is not None:
+                os.close(err_fd)
         scope.adopt(pid)
         return pid
 

@@ -47,12 +47,15 @@ def prune_history(history: Sequence[float], now: float, window: float) -> list[f
     return [t for t in history if now - t < window]
 
 
-def wants_restart(policy: RestartPolicyKind, exit_code: int | None) -> bool:
-    """Whether the restart policy asks for another run after this exit (None = killed by a signal)."""
+def wants_restart(policy: RestartPolicyKind, exit_code: int | None, success: Sequence[int] = (0,)) -> bool:
+    """Whether the restart policy asks for another run after this exit (None = killed by a signal).
+
+    For `on-failure`, an exit code in `success` is a clean end; a signal death never is.
+    """
     if policy is RestartPolicyKind.NEVER:
         return False
     if policy is RestartPolicyKind.ON_FAILURE:
-        return exit_code != 0
+        return exit_code is None or exit_code not in success
     return True
 
 
@@ -86,8 +89,11 @@ def decide_exit(
     The circuit opens when `max_restarts` restarts already happened within `window`, so a crash loop
     gets exactly `max_restarts` restarts; a failed half-open trial reopens it at once.
     """
-    if not wants_restart(settings.policy, exit_code):
-        return ExitDecision(ExitAction.STAY_DOWN, reason=f"restart policy {settings.policy.value}")
+    if not wants_restart(settings.policy, exit_code, settings.success_exit_codes):
+        why = f"restart policy {settings.policy.value}"
+        if exit_code is not None and settings.policy is RestartPolicyKind.ON_FAILURE:
+            why += f", exit code {exit_code} counts as success"
+        return ExitDecision(ExitAction.STAY_DOWN, reason=why)
     failures = consecutive_failures(previous_failures, ran_for, settings.backoff)
     if circuit is Circuit.HALF_OPEN and ran_for < settings.backoff.reset_after:
         return ExitDecision(ExitAction.OPEN_CIRCUIT, failures=failures, reason="half-open trial failed")

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import grp
 import logging
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -23,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("agent.process")
 
@@ -82,6 +85,71 @@ def raise_fd_limit() -> tuple[int, int]:
         except (OSError, ValueError) as exc:
             log.warning("cannot raise the fd limit from %d to %d: %s", soft, hard, exc)
     return before
+
+
+class SettingError(OSError):
+    """A launch setting that cannot be applied (an unknown user, a bad env_file): the message says which."""
+
+    def __init__(self, message: str, filename: str | None = None) -> None:
+        super().__init__(errno.EINVAL, message, *((filename,) if filename else ()))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whom a child runs as: ids and supplementary groups, resolved from the names in the config."""
+
+    uid: int | None
+    gid: int | None
+    groups: tuple[int, ...]
+    user: str = ""  # the account name (for USER/LOGNAME), "" when only a group is set
+    home: str = ""
+
+    def environ(self) -> dict[str, str]:
+        """USER, LOGNAME and HOME as a login as that user would set them (systemd's User= does too)."""
+        if not self.user:
+            return {}
+        return {"USER": self.user, "LOGNAME": self.user, **({"HOME": self.home} if self.home else {})}
+
+
+def resolve_identity(user: str | int | None, group: str | int | None) -> Identity | None:
+    """The ids to run as, looked up now (accounts change); None when neither is set.
+
+    With a user: its primary group unless `group` says otherwise, and its supplementary groups (as
+    initgroups would set them). With only a group: that group and no supplementary groups. Raises
+    SettingError for an unknown name, PermissionError when the agent is not root and the ids differ
+    from its own: both are OSErrors, so a spawn fails through backoff like a missing command.
+    """
+    if user is None and group is None:
+        return None
+    uid = gid = None
+    name = home = ""
+    groups: tuple[int, ...] = ()
+    if user is not None:
+        try:
+            entry = pwd.getpwuid(int(user)) if isinstance(user, int) or user.isdigit() else pwd.getpwnam(user)
+        except KeyError:
+            if isinstance(user, str) and not user.isdigit():
+                raise SettingError(f"unknown user {user!r}") from None
+            entry = None  # a bare uid without an account: no name, no supplementary groups
+        uid = entry.pw_uid if entry is not None else int(user)
+        gid = entry.pw_gid if entry is not None else None
+        name, home = (entry.pw_name, entry.pw_dir) if entry is not None else ("", "")
+    if group is not None:
+        try:
+            gid = int(group) if isinstance(group, int) or group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise SettingError(f"unknown group {group!r}") from None
+    if gid is None:
+        gid = uid  # a bare uid without an account, and no group: no account says otherwise
+    if name:
+        assert gid is not None
+        groups = tuple(sorted(set(os.getgrouplist(name, gid))))
+    if os.geteuid() != 0:
+        if uid not in (None, os.geteuid()) or gid != os.getegid():
+            raise PermissionError(errno.EPERM, "running a component as another user or group needs the agent "
+                                  "to run as root", f"user={user} group={group}")
+        return None  # the agent's own ids: nothing to switch (and setgroups would need root)
+    return Identity(uid, gid, groups, name, home)
 
 
 @dataclass(frozen=True)
@@ -146,32 +214,48 @@ class Reaper:
         cwd: Path | None = None,
         stdout: int | None = None,
         stdin: int | None = subprocess.DEVNULL,
+        stderr: int | None = None,
         new_session: bool = True,
         die_with_parent: bool = True,
+        identity: Identity | None = None,
+        umask: int | None = None,
     ) -> int:
-        """Start argv (no shell) and return its pid; `on_exit` runs in the loop when it ends."""
+        """Start argv (no shell) and return its pid; `on_exit` runs in the loop when it ends.
+
+        stderr goes where stdout goes unless `stderr` names a descriptor of its own. `identity`
+        switches user and groups (setpriv's --reuid/--regid/--groups, which keeps the fork a vfork;
+        without setpriv, Popen's user=/group=/extra_groups=); `umask` is set by Popen in the child,
+        which does not stop it being a vfork either.
+        """
         argv = list(argv)
         preexec = None
-        if die_with_parent:
-            if _SETPRIV is not None:
-                # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the command: the fork stays a
-                # vfork (about 1 ms) instead of a full fork running Python code in the child (4-5 ms).
-                path = resolve_command(argv[0], (env or os.environ).get("PATH"), cwd)
-                if cwd is not None and not Path(cwd).is_dir():
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(cwd))
-                argv = [_SETPRIV, "--pdeathsig", "KILL", "--", path, *argv[1:]]
-            else:
+        ids: dict[str, Any] = {}
+        if die_with_parent and _SETPRIV is not None:
+            # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the command: the fork stays a
+            # vfork (about 1 ms) instead of a full fork running Python code in the child (4-5 ms).
+            # It changes the ids before it sets the parent-death signal, which a change of ids clears.
+            path = resolve_command(argv[0], (env or os.environ).get("PATH"), cwd)
+            if cwd is not None and not Path(cwd).is_dir():
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(cwd))
+            argv = [_SETPRIV, "--pdeathsig", "KILL", *_setpriv_ids(identity), "--", path, *argv[1:]]
+        else:
+            if die_with_parent:
+                # Popen runs this after it changed the ids, so the parent-death signal stays set.
                 preexec = _die_with_parent(os.getpid(), self.child_nofile)
+            if identity is not None:
+                ids = {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
         popen = subprocess.Popen(
             argv,
             stdin=stdin,
             stdout=stdout,
-            stderr=subprocess.STDOUT if stdout is not None else None,
+            stderr=stderr if stderr is not None else subprocess.STDOUT if stdout is not None else None,
             cwd=cwd,
             env=dict(env) if env is not None else None,
             start_new_session=new_session,
             preexec_fn=preexec,
             close_fds=True,
+            umask=-1 if umask is None else umask,
+            **ids,
         )
         if self.child_nofile is not None and preexec is None:
             # setpriv cannot set limits; this lands while setpriv is still loading, before it execs
@@ -217,6 +301,19 @@ class Reaper:
     def running(self) -> list[int]:
         """Pids of children still tracked."""
         return list(self._callbacks)
+
+
+def _setpriv_ids(identity: Identity | None) -> list[str]:
+    """setpriv's options for an identity (numbers: no name lookups in the child)."""
+    if identity is None:
+        return []
+    out = []
+    if identity.uid is not None:
+        out += ["--reuid", str(identity.uid)]
+    if identity.gid is not None:
+        out += ["--regid", str(identity.gid)]
+    out += ["--groups", ",".join(map(str, identity.groups))] if identity.groups else ["--clear-groups"]
+    return out
 
 
 def signal_group(pgid: int, sig: int) -> bool:

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config.models import Component
+from agent.config.models import Component, substitute
 from agent.supervise.containment import Scope
 from agent.supervise.policy import Circuit
 from agent.supervise.process import ExitStatus
@@ -166,3 +166,13 @@ class Runtime:
 def replica_log_path(log_dir: Path, component: str, index: int) -> Path:
     """`log_dir/<component>.log` for replica 0, `log_dir/<component>.<n>.log` for the others."""
     return log_dir / (f"{component}.log" if index == 0 else f"{component}.{index}.log")
+
+
+def replica_err_path(log_dir: Path, component: str, spec: Component, index: int) -> Path | None:
+    """Where the replica's stderr goes when it is not merged into its log: `file` puts it next to the log
+    (`<component>[.<n>].err.log`), a path (with `{replica}`) names it; None when merged."""
+    if spec.stderr == "merged":
+        return None
+    if spec.stderr == "file":
+        return log_dir / (f"{component}.err.log" if index == 0 else f"{component}.{index}.err.log")
+    return Path(substitute(str(spec.stderr), index))

@@ -10,7 +10,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
@@ -72,8 +72,16 @@ def _encode(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def load_state(path: Path) -> StateFile:
-    """Read state.json; a missing file is the default, an unreadable one is set aside (`.corrupt`) and logged.
+    """Read state.json (see load_document)."""
+    return load_document(path, StateFile)
+
+
+def load_document(path: Path, model: type[M]) -> M:
+    """Read a state file; a missing file is the default, an unreadable one is set aside (`.corrupt`) and logged.
 
     pydantic parses the JSON itself (jiter, which stops at a nesting depth of a few hundred instead of
     recursing like Python's json), so no content can raise anything but a ValidationError here.
@@ -81,23 +89,23 @@ def load_state(path: Path) -> StateFile:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        return StateFile()
+        return model()
     except OSError as exc:
-        log.error("cannot read state file %s (%s); starting from the config", path, exc)
-        return StateFile()
+        log.error("cannot read state file %s (%s); starting afresh", path, exc)
+        return model()
     try:
-        return StateFile.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         reason = "; ".join(_describe(err) for err in exc.errors(include_url=False)[:5])
     aside = path.with_name(path.name + ".corrupt")
     try:
         os.replace(path, aside)
     except OSError as exc:
-        log.error("state file %s is corrupt (%s) and cannot be set aside (%s); starting from the config",
+        log.error("state file %s is corrupt (%s) and cannot be set aside (%s); starting afresh",
                   path, reason, exc)
-        return StateFile()
-    log.error("state file %s is corrupt (%s); kept as %s, starting from the config", path, reason, aside)
-    return StateFile()
+        return model()
+    log.error("state file %s is corrupt (%s); kept as %s, starting afresh", path, reason, aside)
+    return model()
 
 
 def _describe(err: Any) -> str:
@@ -106,7 +114,7 @@ def _describe(err: Any) -> str:
     return f"{where or '(file)'}: {err['msg']}" + (f", got {shown}" if shown else "")
 
 
-class StateStore:
+class JsonStore(Generic[M]):
     """A JSON document in the state dir, saved whole on every change by one writer thread.
 
     `save()` takes a snapshot of `data` on the caller's thread (so it is consistent) and returns; the
@@ -115,9 +123,9 @@ class StateStore:
     the last snapshot is tried again every RETRY_SECONDS, so the file catches up when the disk recovers.
     """
 
-    def __init__(self, state_dir: Path, name: str = STATE_FILE) -> None:
-        self.path = state_dir / name
-        self.loaded = load_state(self.path)
+    def __init__(self, path: Path, model: type[M]) -> None:
+        self.path = path
+        self.loaded: M = load_document(self.path, model)
         self.data: dict[str, Any] = self.loaded.model_dump(mode="json")
         self.write_errors = 0  # failed writes since start (exported as a counter)
         self._failing = False
@@ -197,3 +205,10 @@ class StateStore:
             log.warning("state file %s writable again", self.path)
         self._failing = False
         return True
+
+
+class StateStore(JsonStore[StateFile]):
+    """state.json: desired replicas, manual stops, circuits, the emergency stop."""
+
+    def __init__(self, state_dir: Path, name: str = STATE_FILE) -> None:
+        super().__init__(state_dir / name, StateFile)

@@ -101,8 +101,26 @@ class Supervisor(Lifecycle):
             await self._stop_replicas(rt, self._reconcile(rt))
             return before
 
-    async def start(self, name: str, reason: str) -> None:
-        """Start a component: clears a manual stop; a component at 0 replicas goes to max(min, 1)."""
+    async def start(self, name: str, reason: str, *, with_dependencies: bool = False,
+                    ready_timeout: float | None = None) -> list[str]:
+        """Start a component: clears a manual stop; a component at 0 replicas goes to max(min, 1).
+
+        `with_dependencies` first starts, in dependency order, every dependency (direct or not) that
+        is not running, each waited ready (bounded as at start-up) before the next; returns their names.
+        """
+        self.get_run(name)  # an unknown or external component is refused before anything starts
+        started: list[str] = []
+        if with_dependencies:
+            for dep in self.dependencies(name):
+                rt = self.get(dep)
+                if not rt.external and (rt.target == 0 or rt.running_count == 0):
+                    await self._start_one(dep, reason)
+                    started.append(dep)
+                await self._wait_ready(rt, ready_timeout)
+        await self._start_one(name, reason)
+        return started
+
+    async def _start_one(self, name: str, reason: str) -> None:
         rt = self.get_run(name)
         async with rt.lock:
             if reason == "manual":
@@ -115,8 +133,23 @@ class Supervisor(Lifecycle):
             self.persist()
             self._reconcile(rt, revive_exited=True)
 
-    async def stop(self, name: str, reason: str) -> None:
-        """Stop every replica; a manual stop holds until a manual start."""
+    async def stop(self, name: str, reason: str, *, with_dependents: bool = False) -> list[str]:
+        """Stop every replica; a manual stop holds until a manual start.
+
+        With `with_dependents`, the running components that depend on it (directly or not) are stopped
+        first, in reverse dependency order, the same way. Returns the running dependents: those
+        stopped first, or (without the flag) those left running on a stopped dependency.
+        """
+        self.get_run(name)  # an unknown or external component is refused before anything stops
+        dependents = [d for d in self.dependents(name)
+                      if self.components[d].running_count and not self.components[d].external]
+        if with_dependents:
+            for dep in dependents:
+                await self._stop_one(dep, reason)
+        await self._stop_one(name, reason)
+        return dependents
+
+    async def _stop_one(self, name: str, reason: str) -> None:
         rt = self.get_run(name)
         async with rollout.taking_over(rt, abort=True):  # a rolling restart in progress gives way at once
             if reason == "manual":
@@ -128,9 +161,31 @@ class Supervisor(Lifecycle):
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
             self._check_ready(rt)
 
+    def dependencies(self, name: str) -> list[str]:
+        """What `name` depends on, directly or not, in start order (dependencies first)."""
+        needed: set[str] = set()
+        pending = list(self.get(name).spec.depends_on)
+        while pending:
+            dep = pending.pop()
+            if dep not in needed and dep in self.components:
+                needed.add(dep)
+                pending += self.components[dep].spec.depends_on
+        return [n for n in self.order if n in needed]
+
+    def dependents(self, name: str) -> list[str]:
+        """What depends on `name`, directly or not, in stop order (reverse start order)."""
+        self.get(name)
+        found = {name}
+        for other in self.order:  # start order: a dependency is met before whatever depends on it
+            rt = self.components.get(other)
+            if rt is not None and any(d in found for d in rt.spec.depends_on):
+                found.add(other)
+        return [n for n in reversed(self.order) if n in found and n != name]
+
     async def emergency_stop(self) -> None:
         """Stop everything at once, held as a manual stop of every component."""
-        await asyncio.gather(*(self.stop(name, "manual") for name, rt in self.components.items() if not rt.external))
+        await asyncio.gather(*(self._stop_one(name, "manual") for name, rt in self.components.items()
+                               if not rt.external))
 
     async def shutdown(self) -> None:
         """Stop all components in reverse dependency order (not remembered as manual stops)."""

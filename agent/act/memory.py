@@ -1,0 +1,202 @@
+"""What the remediation remembers across an agent restart: the timestamps behind its cooldown and
+scale-down stabilisation (`remediation.json`), and the decisions `agent history` shows (`history.jsonl`).
+
+Without them a restarted agent would scale down at once after a scale-up, and forget what it did.
+Both are checked when read, as state.json is: a bad `remediation.json` is set aside (`.corrupt`) and
+the agent starts with no timestamps; unreadable lines of `history.jsonl` are dropped, the file set
+aside and the readable entries written back.
+
+`remediation.json` is small and saved whole by the StateStore writer thread. The history is
+appended line by line by a writer thread of its own (never an fsync, never a disk wait on the event
+loop) and compacted to the last `max_entries` entries when it holds twice as many.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+
+from agent.supervise.state import JsonStore, atomic_write_bytes
+
+log = logging.getLogger("agent.remediation")
+
+STAMPS_FILE = "remediation.json"
+HISTORY_FILE = "history.jsonl"
+MAX_LINE_BYTES = 64 * 1024
+
+Stamp = Annotated[FiniteFloat, Field(ge=0)]
+
+
+class StampsFile(BaseModel):
+    """remediation.json: per component, when an alert last restarted it and last scaled it up (epoch s)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    last_scale_up: dict[str, Stamp] = Field(default_factory=dict)
+    last_alert_restart: dict[str, Stamp] = Field(default_factory=dict)
+
+
+class Stamps:
+    """The cooldown and stabilisation timestamps, kept in dicts and saved whole on every change."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.store = JsonStore(state_dir / STAMPS_FILE, StampsFile)
+        self.last_scale_up: dict[str, float] = dict(self.store.loaded.last_scale_up)
+        self.last_alert_restart: dict[str, float] = dict(self.store.loaded.last_alert_restart)
+
+    def save(self) -> None:
+        self.store.data["last_scale_up"] = dict(self.last_scale_up)
+        self.store.data["last_alert_restart"] = dict(self.last_alert_restart)
+        self.store.save()
+
+    def close(self, timeout: float = 10.0) -> bool:
+        return self.store.close(timeout)
+
+
+class HistoryLine(BaseModel):
+    """One `agent history` entry as written; the fields of remediation.AuditEntry."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    ts: FiniteFloat
+    alertname: str
+    component: str
+    action: str
+    result: str
+    reason: str
+    fingerprint: str
+    status: str
+    trace_id: str
+    source: str = "webhook"
+    target: int | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class History:
+    """The last `max_entries` decisions, in memory and in `history.jsonl`; `entry_type` builds them back."""
+
+    def __init__(self, path: Path | None, entry_type: type[Any], max_entries: int = 1000) -> None:
+        self.path = path
+        self.max_entries = max_entries
+        self.entries: collections.deque[Any] = collections.deque(maxlen=max_entries)
+        self.write_errors = 0
+        self._entry_type = entry_type
+        self._lines = 0  # lines in the file as written (compaction when it holds 2 x max_entries)
+        self._failing = False
+        self._cond = threading.Condition()
+        self._queue: list[bytes] = []
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if path is not None:
+            self._load(path)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _load(self, path: Path) -> None:
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("cannot read the history %s (%s); starting with an empty history", path, exc)
+            return
+        bad, reason = 0, ""
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                entry = HistoryLine.model_validate_json(line)
+            except ValidationError as exc:
+                bad += 1
+                if not reason:
+                    err = exc.errors(include_url=False)[0]
+                    where = ".".join(str(p) for p in err["loc"])
+                    reason = f"line {number}: {where + ': ' if where else ''}{err['msg']}"
+                continue
+            self.entries.append(self._entry_type(**entry.model_dump()))
+            self._lines += 1
+        if bad:
+            aside = path.with_name(path.name + ".corrupt")
+            try:
+                os.replace(path, aside)
+                self._rewrite(list(self.entries))
+            except OSError as exc:
+                log.error("history %s: %d unreadable line(s) (%s); could not set it aside: %s",
+                          path, bad, reason, exc)
+                return
+            log.error("history %s: %d unreadable line(s) (first: %s); kept as %s, the %d readable entries "
+                      "rewritten", path, bad, reason, aside, len(self.entries))
+
+    def append(self, entry: Any) -> None:
+        """Keep an entry and queue its line for the writer thread (returns at once)."""
+        line = None
+        if self.path is not None:
+            line = json.dumps(vars(entry), default=str, ensure_ascii=False, separators=(",", ":")).encode()
+        with self._cond:
+            self.entries.append(entry)
+            # A line the reader would not take back is kept in memory only.
+            if line is None or self._closed or len(line) > MAX_LINE_BYTES:
+                return
+            self._queue.append(line + b"\n")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued and stop the writer thread (at shutdown and before a reexec)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                batch, self._queue = self._queue, []
+                if not batch and self._closed:
+                    return
+                # Taken with the batch: the snapshot holds exactly the lines queued so far.
+                snapshot = list(self.entries) if self._lines + len(batch) >= 2 * self.max_entries else None
+            self._write(batch, snapshot)
+
+    def _write(self, batch: list[bytes], snapshot: list[Any] | None) -> None:
+        assert self.path is not None
+        try:
+            if snapshot is not None:
+                self._rewrite(snapshot)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "ab") as f:
+                    f.write(b"".join(batch))
+                self._lines += len(batch)
+        except OSError as exc:
+            self.write_errors += 1
+            if not self._failing:
+                log.error("cannot write the history %s (%s); it is kept in memory", self.path, exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.warning("history %s writable again", self.path)
+        self._failing = False
+
+    def _rewrite(self, entries: list[Any]) -> None:
+        """Replace the file with these entries (atomic: the old file or the new one)."""
+        assert self.path is not None
+        blob = b"".join(json.dumps(vars(e), default=str, ensure_ascii=False, separators=(",", ":")).encode()
+                        + b"\n" for e in entries)
+        atomic_write_bytes(self.path, blob)
+        self._lines = len(entries)

@@ -1,0 +1,103 @@
+"""What a replica is launched with besides its command: the environment (with `env_file`), whom it runs
+as, and where its stderr goes. Read at every spawn, so an edited env_file or a changed account applies
+at the next start without a reload; a setting that cannot be applied is a spawn error (SettingError),
+retried through backoff like a missing command.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agent.config.models import Component, substitute
+from agent.supervise.process import Identity, SettingError, resolve_identity
+from agent.supervise.replica import replica_err_path
+
+MAX_ENV_FILE_BYTES = 1 << 20
+_ESCAPES = {"n": "\n", '"': '"', "\\": "\\"}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """A dotenv file: `KEY=value` lines, `export ` allowed, `#` comments and blank lines skipped.
+
+    A value in single quotes is taken literally; in double quotes, `\\n`, `\\"` and `\\\\` are unescaped;
+    unquoted, it ends at ` #` and is stripped. No `${VAR}` expansion: the file holds values, not a script.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as exc:
+        raise SettingError(f"cannot read env_file ({exc.strerror or exc})", str(path)) from None
+    if len(raw) > MAX_ENV_FILE_BYTES:
+        raise SettingError(f"env_file larger than {MAX_ENV_FILE_BYTES} bytes", str(path))
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise SettingError("env_file is not UTF-8", str(path)) from None
+    env: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.startswith("export "):
+            stripped = stripped[len("export "):].lstrip()
+        key, sep, value = stripped.partition("=")
+        key = key.strip()
+        if not sep or not key or not (key[0].isalpha() or key[0] == "_") or \
+                not all(c.isalnum() or c == "_" for c in key):
+            raise SettingError(f"env_file line {number}: expected KEY=value with KEY of letters, digits and _",
+                               str(path))
+        env[key] = _value(value.strip(), number, path)
+    return env
+
+
+def _value(value: str, number: int, path: Path) -> str:
+    if value[:1] == "'":
+        end = value.find("'", 1)
+        if end < 0:
+            raise SettingError(f"env_file line {number}: unterminated ' quote", str(path))
+        return value[1:end]
+    if value[:1] == '"':
+        out, i = [], 1
+        while i < len(value):
+            c = value[i]
+            if c == "\\" and i + 1 < len(value):
+                nxt = value[i + 1]
+                out.append(_ESCAPES.get(nxt, c + nxt))
+                i += 2
+                continue
+            if c == '"':
+                return "".join(out)
+            out.append(c)
+            i += 1
+        raise SettingError(f'env_file line {number}: unterminated " quote', str(path))
+    cut = value.find(" #")
+    return (value if cut < 0 else value[:cut]).rstrip()
+
+
+def identity(spec: Component) -> Identity | None:
+    """Whom this component's processes run as (looked up at every spawn), None for the agent's own user."""
+    return resolve_identity(spec.user, spec.group)
+
+
+def environment(spec: Component, index: int, who: Identity | None) -> dict[str, str]:
+    """The agent's environment, then the account's USER/LOGNAME/HOME, the env_file, and `env` last (it wins)."""
+    env = dict(os.environ)
+    if who is not None:
+        env.update(who.environ())
+    if spec.env_file is not None:
+        env.update(read_env_file(spec.env_file))
+    env.update({k: substitute(v, index) for k, v in spec.env.items()})
+    return env
+
+
+def open_stderr(log_dir: Path, name: str, spec: Component, index: int) -> int | None:
+    """A descriptor for the replica's own stderr file (appended to), None when stderr is merged."""
+    path = replica_err_path(log_dir, name, spec, index)
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise SettingError(f"cannot open the stderr file ({exc.strerror or exc})", str(path)) from None
