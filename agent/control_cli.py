@@ -35,7 +35,7 @@ def _status_of(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     found = {c["component"]: c for c in doc["components"]}
     if args.name not in found:
         raise ControlError(f"unknown component {args.name!r}{suggest(args.name, found)}; known: "
-                           f"{', '.join(found) or '(none)'}", EXIT_USAGE)
+                           f"{', '.join(sorted(found)) or '(none)'}", EXIT_USAGE)
     history = call(args, "GET", f"/api/v1/history?limit={args.limit}&component={args.name}")["history"]
     if args.json:
         print_json({**found[args.name], "history": history})

@@ -92,6 +92,8 @@ def refusal(status: int, document: Any) -> ControlError:
     if not isinstance(document, dict):
         document = {"error": str(document)}
     message = str(document.get("error", document))
+    details = [str(d) for key in ("details", "errors") for d in (document.get(key) or [])]
+    message += "".join(f"\n  {d}" for d in details)
     known = document.get("known")
     if status == 404 and isinstance(known, list):
         name = message.split("'")[1] if message.count("'") >= 2 else ""
