@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.control_cli import _started, _stopped
 from tests.helpers import AgentProcess, free_port, running_agent, wait_for
 
 PY = sys.executable
@@ -304,6 +303,8 @@ def test_config_show_prints_the_effective_config_and_its_hash(agent: AgentProces
 
 
 def test_stop_and_start_lines_name_dependents_and_dependencies() -> None:
+    from agent.control_cli import _started, _stopped
+
     # The agent's answers with the fields the API gives for dependents (issue 13, the runas part).
     assert _stopped({"component": "db", "stopped": True, "dependents_running": ["web", "api"]}) == (
         "db: stopped; automation leaves it stopped until `agent start db`\n"
