@@ -66,9 +66,8 @@ def _stopped(doc: dict[str, Any]) -> str:
 
 def _started(doc: dict[str, Any]) -> str:
     said = f"{doc['component']}: started ({doc.get('desired', '?')} replica(s) desired)"
-    for key in ("started_dependencies", "dependencies_started"):
-        if doc.get(key):
-            said = f"started first (it depends on them): {', '.join(doc[key])}\n" + said
+    if doc.get("started_dependencies"):
+        said = f"started first (it depends on them): {', '.join(doc['started_dependencies'])}\n" + said
     return said
 
 
