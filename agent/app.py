@@ -289,7 +289,9 @@ class Parts:
         for name, rt in self.supervisor.components.items():
             running = [r for r in rt.replicas.values() if r.pid is not None]
             oldest = min((r.started_wall for r in running), default=0.0)
-            use = usage.get(name)
+            # Figures of processes: none when none runs (not the last sample of a stopped one).
+            use = usage.get(name) if running else None
+            probe = self.probes.last_error.get(name)
             components.append({
                 "component": name,
                 "state": rt.state.value,
@@ -303,11 +305,17 @@ class Parts:
                 "restarts": sum(rt.restarts.values()),
                 "last_reason": rt.last_reason,
                 "last_exit": rt.last_exit.describe if rt.last_exit else "",
-                "uptime_seconds": round(now - oldest, 1) if oldest else 0.0,
-                "cpu_seconds": round(use.cpu_seconds, 2) if use else 0.0,
-                "rss_bytes": use.rss_bytes if use else 0,
+                "uptime_seconds": round(now - oldest, 1) if oldest else None,
+                "cpu_seconds": round(use.cpu_seconds, 2) if use else None,
+                "rss_bytes": use.rss_bytes if use else None,
                 "pids": [r.pid for r in running],
                 "external": rt.external,  # state "external": probed and exported, never run by the agent
+                "last_probe_error": {"ts": probe[0], "message": probe[1]} if probe else None,
+                "instances": [{
+                    "replica": index, "pid": r.pid, "state": r.state.value, "ready": r.ready, "healthy": r.healthy,
+                    "uptime_seconds": round(now - r.started_wall, 1) if r.pid is not None and r.started_wall else None,
+                    "probe_error": r.probe_error,
+                } for index, r in sorted(rt.replicas.items())],
             })
         guardian = self.guardian
         return {"node": self.config.agent.node, "version": __version__, "autonomy": self.modes.autonomy.value,

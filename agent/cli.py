@@ -9,16 +9,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
+from agent.cli_output import print_json, print_table, suggest
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
 from agent.config.models import Autonomy
-from agent.control_cli import add_control_commands
+from agent.control_cli import add_control_commands, common
 from agent.loop import ignore_hangup
 
 EPILOG = """\
-exit codes: 0 ok; 1 failure (or WARNING for --once); 2 invalid config or usage (CRITICAL for --once);
-3 cannot start: listen address in use, state dir unwritable (UNKNOWN for --once).
+exit codes: 0 ok; 1 failure, or refused by the agent with its reason (WARNING for --once); 2 invalid
+config or usage (CRITICAL for --once); 3 cannot start: listen address in use, state dir unwritable, or
+(control verbs) the agent cannot be reached (UNKNOWN for --once); 141 stdout closed early (| head).
+Every verb takes --json after the verb.
 The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/default.yaml.
 """
 
@@ -48,7 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.supervise.logs import setup_logging
 
     settings = config.agent
-    setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups)
+    console = (args.log_format or ("console" if sys.stderr.isatty() else "json")) == "console"
+    setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups,
+                  console=console)
     log = logging.getLogger("agent")
     if broken is not None:
         log.error("agent reexec: the config no longer loads; running on the previous image's config. %s", broken)
@@ -95,14 +101,9 @@ def cmd_todo(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps([t.to_json() for t in items]))
         else:
-            from rich.console import Console
-            from rich.table import Table
-
-            table = Table("id", "priority", "status", "capabilities", "claimed by", "title")
-            for t in items:
-                table.add_row(str(t.id), t.priority, t.status, ",".join(t.capabilities) or "any",
-                              t.claimed_by or "", t.title)
-            Console().print(table)
+            print_table(["id", "priority", "status", "capabilities", "claimed by", "title"],
+                        [[t.id, t.priority, t.status, ",".join(t.capabilities) or "any", t.claimed_by, t.title]
+                         for t in items])
     elif args.todo_cmd == "claim":
         wanted = [c for item in args.capability for c in item.split(",") if c]
         todo = todos.claim(db, args.worker, wanted or None)
@@ -110,15 +111,51 @@ def cmd_todo(args: argparse.Namespace) -> int:
             print("{}" if args.json else "nothing pending")
             return 1
         print(json.dumps(todo.to_json()) if args.json else f"{todo.id}\t{todo.priority}\t{todo.title}")
-    elif args.todo_cmd == "done" and not todos.finish(db, args.id, "failed" if args.failed else "done"):
-        print(f"error: no todo {args.id} in {db}", file=sys.stderr)
-        return 1
+    elif args.todo_cmd == "done":
+        status = "failed" if args.failed else "done"
+        if not todos.finish(db, args.id, status):
+            print(f"error: no todo {args.id} in {db}", file=sys.stderr)
+            return 1
+        print(json.dumps({"id": args.id, "status": status}) if args.json else f"todo {args.id}: {status}")
     return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """The effective config (every file merged, defaults filled in) and its hash, as the agent computes it."""
+    from agent.config.changes import config_hash
+
+    paths = config_paths(args.config)
+    try:
+        config = load_config(paths)
+    except ConfigError as exc:
+        print(f"error: invalid config\n{exc}", file=sys.stderr)
+        return 2
+    document = config.model_dump(mode="json")
+    digest = config_hash(config)
+    if args.json:
+        print_json({"files": [str(p) for p in paths], "hash": digest, "config": document})
+        return 0
+    import yaml
+
+    print(f"# effective config from {' + '.join(map(str, paths))}\n# hash: {digest}")
+    print(yaml.safe_dump(document, sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped verb or choice."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is None or value in action.choices:
+            return
+        shown = [str(c) for c in action.choices if not str(c).startswith("_")]
+        raise argparse.ArgumentError(action, f"invalid choice: {value!r}{suggest(str(value), shown)}; "
+                                             f"choose from {', '.join(shown)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="agent",
         description="A self-healing, observability-first supervisor: runs your components, exports "
         "their health, resources and todo backlog to Prometheus, and acts on Alertmanager webhooks.",
@@ -141,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="config file (YAML or JSON); repeat to merge several, later ones win")
     run.add_argument("--autonomy", choices=[m.value for m in Autonomy],
                      help="override agent.autonomy: on acts on alerts, dry-run records only, off ignores")
+    run.add_argument("--log-format", choices=["console", "json"],
+                     help="stderr log lines: console (readable; the default on a terminal) or json (the default "
+                     "otherwise); the agent.log file is always JSON")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate a config file: fields, dependencies, commands "
@@ -157,29 +197,62 @@ def build_parser() -> argparse.ArgumentParser:
                       help="config file used to find the sqlite backlog source")
     todo.add_argument("--json", action="store_true", help="JSON output")
     tsub = todo.add_subparsers(dest="todo_cmd", required=True, metavar="VERB")
-    add = tsub.add_parser("add", help="add a pending todo; prints its id")
+
+    def todo_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        # After the verb too (`agent todo list --json`); SUPPRESS keeps a --json given before it.
+        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+        return p
+    add = todo_json(tsub.add_parser("add", help="add a pending todo; prints its id"))
     add.add_argument("title")
     add.add_argument("-p", "--priority", default="normal", choices=["low", "normal", "high", "critical"])
     add.add_argument("--capability", action="append", default=[],
                      help="a capability the todo needs (repeat, or comma-separated)")
-    lst = tsub.add_parser("list", help="list todos, most urgent first")
+    lst = todo_json(tsub.add_parser("list", help="list todos, most urgent first"))
     lst.add_argument("--status", choices=["pending", "in_progress", "done", "failed"])
     lst.add_argument("--limit", type=int, default=1000)
-    claim = tsub.add_parser("claim", help="take the most urgent pending todo you can serve (exit 1: none)")
+    claim = todo_json(tsub.add_parser("claim", help="take the most urgent pending todo you can serve (exit 1: none)"))
     claim.add_argument("--worker", required=True, help="who takes it")
     claim.add_argument("--capability", action="append", default=[],
                        help="capabilities this worker has (repeat or comma-separated); omit to take any")
-    done = tsub.add_parser("done", help="mark a todo done")
+    done = todo_json(tsub.add_parser("done", help="mark a todo done"))
     done.add_argument("id", type=int)
     done.add_argument("--failed", action="store_true", help="mark it failed instead")
     todo.set_defaults(func=cmd_todo)
 
     add_control_commands(sub)
+
+    cfg = sub.add_parser("config", help="the effective config: `agent config show [--json]`")
+    csub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="VERB")
+    show = csub.add_parser("show", help="print the merged config with every default filled in (YAML, or "
+                           "--json) and its hash (as orchestrator_config_hash and `agent status` show it)")
+    show.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
+                      help="config file (YAML or JSON); repeat to merge several, later ones win")
+    show.add_argument("--json", action="store_true", help="JSON: {files, hash, config}")
+    show.set_defaults(func=cmd_config_show)
+
+    from agent.completion import cmd_complete, cmd_completion
+
+    comp = sub.add_parser("completion", help="print a shell completion script: "
+                          "`source <(agent completion bash)` (or zsh)")
+    comp.add_argument("shell", choices=["bash", "zsh"])
+    comp.set_defaults(func=lambda args: cmd_completion(args, parser))
+    hidden = common(sub.add_parser("__complete"), json_flag=False)  # what the completion scripts call
+    hidden.add_argument("what", choices=["components"])
+    hidden.set_defaults(func=cmd_complete)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `agent` console script."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at the interpreter's exit
+    except BrokenPipeError:
+        return stdout_closed()
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.once:
@@ -200,6 +273,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return result
+
+
+EXIT_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a program ended by writing into a closed pipe
+
+
+def stdout_closed() -> int:
+    """The reader of stdout went away (`agent status --json | head`): stop quietly, as `cat` would.
+
+    stdout points at /dev/null from here on, so the interpreter's final flush has nowhere to fail.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE
 
 
 if __name__ == "__main__":

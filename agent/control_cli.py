@@ -1,139 +1,83 @@
-"""CLI verbs that talk to a running agent through its control API (and `logs`, which reads its files)."""
+"""CLI verbs that talk to a running agent through its control API (and `logs`, which reads its files).
+
+Each verb takes `--json` (the agent's answer, or `{"error", "exit_code"}` when it failed) and prints a
+line for people without it; exit codes as in agent/control_client.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from agent.config.loader import ConfigError, config_paths, load_config, load_document
-from agent.config.models import AgentSettings, Config, parse_listen
-
-# The agent settings a control verb needs to reach the agent.
-ENDPOINT_KEYS = ("listen", "state_dir", "control_token_file")
-EXIT_UNREACHABLE = 3
-
-
-class ControlError(Exception):
-    """The agent could not be reached (exit 3) or refused the command (exit 1)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _config(args: argparse.Namespace) -> Config:
-    try:
-        return load_config(config_paths(args.config))
-    except ConfigError as exc:
-        raise ControlError(f"invalid config\n{exc}", 2) from None
-
-
-def _where(args: argparse.Namespace) -> AgentSettings:
-    """The agent's address and token settings from its config. A config that fails validation elsewhere
-    (being edited, say) still names them, so `agent reload` can ask the agent and report its errors."""
-    paths = config_paths(args.config)
-    try:
-        return load_config(paths).agent
-    except ConfigError as exc:
-        problem = exc
-    try:
-        section: Any = load_document(paths).get("agent") or {}  # relative paths resolved, ${VAR} expanded
-        return AgentSettings.model_validate({k: section[k] for k in ENDPOINT_KEYS if k in section})
-    except (ConfigError, OSError, ValueError, AttributeError, KeyError):
-        raise ControlError(f"invalid config\n{problem}", 2) from None
-
-
-def _listen_url(listen: str) -> str:
-    """The URL that reaches an agent listening on `listen` (a wildcard address is reached on loopback)."""
-    host, port = parse_listen(listen)
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _endpoint(args: argparse.Namespace) -> tuple[str, str]:
-    """The agent's base URL and control token, from --url/--token-file or the config."""
-    settings = _where(args) if not (args.url and args.token_file) else None
-    url = args.url or os.environ.get("AGENT_URL")
-    if not url:
-        assert settings is not None
-        url = _listen_url(settings.listen)
-    token_path = Path(args.token_file) if args.token_file else None
-    if token_path is None:
-        assert settings is not None
-        token_path = settings.control_token_file or settings.state_dir / "control.token"
-    try:
-        token = token_path.read_text().strip()
-    except OSError as exc:
-        raise ControlError(f"cannot read the control token {token_path}: {exc.strerror or exc} "
-                           "(the agent creates it on its first run)") from None
-    return url.rstrip("/"), token
-
-
-def call(args: argparse.Namespace, method: str, path: str, body: Any = None, *, accept: tuple[int, ...] = ()) -> Any:
-    """One control API request; ControlError with the agent's message on failure (statuses in `accept`
-    return their document instead)."""
-    url, token = _endpoint(args)
-    try:
-        response = httpx.request(method, url + path, json=body, timeout=args.timeout,
-                                 headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        raise ControlError(f"cannot reach the agent at {url} ({type(exc).__name__}); is it running?",
-                           EXIT_UNREACHABLE) from None
-    try:
-        document = response.json()
-    except ValueError:
-        document = {"error": response.text[:200]}
-    if response.status_code >= 400 and response.status_code not in accept:
-        raise ControlError(f"{response.status_code}: {document.get('error', document)}")
-    return document
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+from agent.cli_output import print_json, progress, suggest
+from agent.control_client import EXIT_USAGE, ControlError, call, load
+from agent.reexec_cli import cmd_reexec
+from agent.status_view import print_component, print_history, print_status
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     doc = call(args, "GET", "/api/v1/status")
+    if args.name:
+        return _status_of(args, doc)
     if args.json:
-        print(json.dumps(doc, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    title = f"node {doc['node']} · autonomy {doc['autonomy']}" + (" · EMERGENCY STOP" if doc["emergency_stop"] else "")
-    table = Table("component", "state", "replicas/desired", "health", "restarts", "last reason", "uptime", "CPU s",
-                  "RSS", title=title)
-    for c in doc["components"]:
-        table.add_row(c["component"], c["state"] + (" (manual)" if c["manual_stop"] else ""),
-                      f"{c['replicas']}/{c['desired']} [{c['min']}..{c['max']}]", f"{c['healthy']}/{c['desired']}",
-                      str(c["restarts"]), c["last_reason"] or "-", f"{c['uptime_seconds']:.0f}s",
-                      f"{c['cpu_seconds']:.1f}", _bytes(c["rss_bytes"]))
-    console = Console()
-    console.print(table)
-    contained = doc.get("containment") or {}
-    guardian = contained.get("guardian_pid")
-    console.print(f"containment: {contained.get('mechanism') or '?'} ({contained.get('detail', '')}); guardian "
-                  + (f"pid {guardian}" if guardian else "[bold red]not running[/]")
-                  + f", restarted {contained.get('guardian_restarts', 0)} time(s)", highlight=False)
+        print_json(doc)
+    else:
+        print_status(doc)
     return 0
 
 
-def _print(doc: Any) -> int:
-    print(json.dumps(doc, indent=2))
+def _status_of(args: argparse.Namespace, doc: dict[str, Any]) -> int:
+    """`agent status NAME`: one component of the status document and its recent history."""
+    found = {c["component"]: c for c in doc["components"]}
+    if args.name not in found:
+        raise ControlError(f"unknown component {args.name!r}{suggest(args.name, found)}; known: "
+                           f"{', '.join(sorted(found)) or '(none)'}", EXIT_USAGE)
+    history = call(args, "GET", f"/api/v1/history?limit={args.limit}&component={args.name}")["history"]
+    if args.json:
+        print_json({**found[args.name], "history": history})
+    else:
+        print_component(found[args.name], history)
     return 0
+
+
+def _restarted(doc: dict[str, Any]) -> str:
+    said = f"{doc['component']}: restarted {doc['restarted']} replica(s)"
+    if doc.get("halted") or doc.get("reason"):
+        said += f", then {'halted' if doc.get('halted') else 'stopped'}: {doc.get('reason', '')}"
+        if doc.get("not_restarted"):
+            said += f"; not restarted: replica(s) {', '.join(map(str, doc['not_restarted']))}"
+    return said
+
+
+def _stopped(doc: dict[str, Any]) -> str:
+    name = doc["component"]
+    said = f"{name}: stopped; automation leaves it stopped until `agent start {name}`"
+    if doc.get("stopped_dependents"):
+        said = f"stopped first (they depend on it): {', '.join(doc['stopped_dependents'])}\n" + said
+    if doc.get("dependents_running"):
+        said += (f"\nstill running and depending on {name}: {', '.join(doc['dependents_running'])} "
+                 f"(`agent stop {name} --with-dependents` stops them first)")
+    return said
+
+
+def _started(doc: dict[str, Any]) -> str:
+    said = f"{doc['component']}: started ({doc.get('desired', '?')} replica(s) desired)"
+    if doc.get("started_dependencies"):
+        said = f"started first (it depends on them): {', '.join(doc['started_dependencies'])}\n" + said
+    return said
+
+
+_HUMAN = {
+    "restart": _restarted,
+    "stop": _stopped,
+    "start": _started,
+    "scale": lambda d: f"{d['component']}: desired replicas {d['before']} -> {d['desired']}",
+}
+_DOING = {"restart": "restarting", "stop": "stopping", "start": "starting", "scale": "scaling"}
 
 
 def cmd_component(args: argparse.Namespace) -> int:
@@ -144,15 +88,27 @@ def cmd_component(args: argparse.Namespace) -> int:
         body["replica"] = args.replica
     if args.verb == "restart" and args.all_at_once:
         body["all_at_once"] = True
-    doc = call(args, "POST", f"/api/v1/components/{args.name}/{args.verb}", body)
-    _print(doc)
+    if args.verb == "stop" and args.with_dependents:
+        body["with_dependents"] = True
+    with progress(f"{_DOING[args.verb]} {args.name}…"):
+        doc = call(args, "POST", f"/api/v1/components/{args.name}/{args.verb}", body)
+    if args.json:
+        print_json(doc)
+    else:
+        print(_HUMAN[args.verb](doc))
     return 1 if doc.get("halted") else 0  # a rolling restart that halted did not do what was asked
 
 
+def _autonomy_line(doc: dict[str, Any]) -> str:
+    return f"autonomy {doc['autonomy']}" + ("; EMERGENCY STOP in force (`agent autonomy on` lifts it)"
+                                            if doc.get("emergency_stop") else "")
+
+
 def cmd_autonomy(args: argparse.Namespace) -> int:
-    if args.mode:
-        return _print(call(args, "POST", "/api/v1/autonomy", {"mode": args.mode}))
-    return _print(call(args, "GET", "/api/v1/autonomy"))
+    doc = call(args, "POST", "/api/v1/autonomy", {"mode": args.mode}) if args.mode else \
+        call(args, "GET", "/api/v1/autonomy")
+    print_json(doc) if args.json else print(_autonomy_line(doc))
+    return 0
 
 
 def cmd_emergency(args: argparse.Namespace) -> int:
@@ -161,21 +117,20 @@ def cmd_emergency(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("aborted")
             return 1
-    return _print(call(args, "POST", "/api/v1/emergency-stop"))
+    with progress("stopping every component…"):
+        doc = call(args, "POST", "/api/v1/emergency-stop")
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"emergency stop: every component stopped in {doc['seconds']:.1f}s; autonomy off until "
+              "`agent autonomy on`")
+    return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    doc = call(args, "GET", f"/api/v1/history?limit={args.limit}")
-    if args.json:
-        return _print(doc)
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("time", "source", "alert", "component", "action", "result", "reason")
-    for e in doc["history"]:
-        table.add_row(time.strftime("%H:%M:%S", time.localtime(e["ts"])), e["source"], e["alertname"],
-                      e["component"], e["action"], e["result"], e["reason"])
-    Console().print(table)
+    query = f"?limit={args.limit}" + (f"&component={args.component}" if args.component else "")
+    doc = call(args, "GET", "/api/v1/history" + query)
+    print_json(doc) if args.json else print_history(doc["history"])
     return 0
 
 
@@ -183,16 +138,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     try:
         payload = json.loads(Path(args.file).read_text())
     except (OSError, ValueError) as exc:
-        raise ControlError(f"cannot read {args.file}: {exc}") from None
-    return _print(call(args, "POST", "/api/v1/simulate", payload))
+        raise ControlError(f"cannot read {args.file}: {exc}", EXIT_USAGE) from None
+    doc = call(args, "POST", "/api/v1/simulate", payload)
+    if args.json:
+        print_json(doc)
+        return 0
+    for r in doc["results"]:
+        target = f" (target {r['target']})" if r.get("target") is not None else ""
+        print(f"{r['alertname']} [{r['status']}] {r['component']} {r['action']}{target}: would {r['would']}"
+              + ("" if r["would"] == "act" else f": {r['reason']}"))
+    if not doc["results"]:
+        print("no alerts in the payload")
+    return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Ask the running agent to re-read its config files; print what it applied, the errors or the refusal."""
-    doc = call(args, "POST", "/-/reload", {"dry_run": args.dry_run}, accept=(409, 422, 500))
+    with progress("reloading…"):
+        doc = call(args, "POST", "/-/reload", {"dry_run": args.dry_run}, accept=(409, 422, 500))
     status = doc.get("status", "")
     if args.json:
-        print(json.dumps(doc, indent=2))
+        print_json(doc)
     elif status in ("invalid", "refused", "failed"):
         what = {"invalid": "invalid config, nothing changed", "refused": "reload refused, nothing changed",
                 "failed": "reload failed while applying"}[status]
@@ -217,10 +183,11 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = load(args)
     log_dir = config.agent.log_dir
     if args.name != "agent" and args.name not in config.components:
-        raise ControlError(f"unknown component {args.name!r}; known: agent, {', '.join(config.components)}")
+        raise ControlError(f"unknown component {args.name!r}{suggest(args.name, config.components)}; known: agent, "
+                           f"{', '.join(config.components)}", EXIT_USAGE)
     files = [log_dir / f"{args.name}.log"]
     files += sorted(log_dir.glob(f"{args.name}.[0-9]*.log"))
     files = [f for f in files if f.exists()]
@@ -252,79 +219,25 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-_START_TIME = re.compile(r"^orchestrator_agent_start_time_seconds (\S+)$", re.MULTILINE)
-
-
-def _start_time(url: str) -> float | None:
-    """The start time an agent at `url` exports (unauthenticated /metrics), None when it does not answer."""
-    try:
-        response = httpx.get(url + "/metrics", timeout=2.0)
-    except httpx.HTTPError:
-        return None
-    found = _START_TIME.search(response.text) if response.status_code == 200 else None
-    return float(found.group(1)) if found else None
-
-
-def cmd_reexec(args: argparse.Namespace) -> int:
-    """Ask the agent to re-execute itself, then wait until the new image serves (exit 0), or say why not:
-    2 invalid config, 1 refused or no new image within --timeout, 3 unreachable."""
-    try:
-        url, token = _endpoint(args)
-    except ControlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    try:
-        response = httpx.post(url + "/-/reexec", timeout=args.timeout, headers={"Authorization": f"Bearer {token}"})
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach the agent at {url} ({type(exc).__name__}); is it running? (after changing "
-              "agent.listen, give the address it runs on now with --url)", file=sys.stderr)
-        return 3
-    try:
-        doc = response.json()
-    except ValueError:
-        doc = {"error": response.text[:200]}
-    if response.status_code != 202:
-        if args.json:
-            print(json.dumps({"status": response.status_code, **doc}, indent=2))
-        else:
-            print(f"error: reexec refused ({response.status_code}), nothing changed: {doc.get('error', doc)}",
-                  file=sys.stderr)
-            for line in doc.get("errors") or []:
-                print(f"  {line}", file=sys.stderr)
-        return 2 if response.status_code == 422 else 1
-    started, pid = float(doc["start_time"]), doc["pid"]
-    candidates = list(dict.fromkeys([_listen_url(doc["listen"]), url]))  # the new address first, then the old
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        for candidate in candidates:
-            now = _start_time(candidate)
-            if now is not None and now > started:
-                result = {"pid": pid, "url": candidate, "start_time": now, "previous_start_time": started}
-                if args.json:
-                    print(json.dumps(result, indent=2))
-                else:
-                    print(f"agent re-executed in place (pid {pid}); the new image serves on {candidate}")
-                return 0
-        time.sleep(0.1)
-    print(f"error: no new agent image answered on {' or '.join(candidates)} within {args.timeout:.0f}s; "
-          "see the agent's log (`agent logs agent`)", file=sys.stderr)
-    return 1
+def common(p: argparse.ArgumentParser, json_flag: bool = True) -> argparse.ArgumentParser:
+    """The options every control verb takes: where the agent is, how long to wait, and --json."""
+    p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
+                   help="the agent's config (finds its address and control token); repeatable")
+    p.add_argument("--url", help="the agent's base URL (default: from the config's agent.listen)")
+    p.add_argument("--token-file", help="control token file (default: <state_dir>/control.token)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (default 30)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
+    return p
 
 
 def add_control_commands(sub: Any) -> None:
     """Register the control verbs on the main parser's subcommands."""
-
-    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
-                       help="the agent's config (finds its address and control token); repeatable")
-        p.add_argument("--url", help="the agent's base URL (default: from the config's agent.listen)")
-        p.add_argument("--token-file", help="control token file (default: <state_dir>/control.token)")
-        p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (default 30)")
-        return p
-
-    p = common(sub.add_parser("status", help="components of the running agent (table, or --json)"))
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_status))
+    p = common(sub.add_parser("status", help="components of the running agent (table, or --json); "
+                                             "with NAME, one component in detail"))
+    p.add_argument("name", nargs="?", help="one component: replicas, last exit, last probe error, history")
+    p.add_argument("--limit", type=int, default=10, help="with NAME: history entries to show (default 10)")
+    p.set_defaults(func=guard(cmd_status))
     for verb, text in (("restart", "restart a component (replicas one at a time, --all-at-once, or --replica N)"),
                        ("start", "start a component (clears a manual stop)"),
                        ("stop", "stop a component; automation leaves it stopped until `agent start`")):
@@ -335,48 +248,55 @@ def add_control_commands(sub: Any) -> None:
             p.add_argument("--all-at-once", action="store_true",
                            help="stop every replica, then start them all (default with several replicas: "
                                 "one at a time, each successor ready before the next stops)")
-        p.set_defaults(func=_guard(cmd_component), verb=verb)
+        if verb == "stop":
+            p.add_argument("--with-dependents", action="store_true",
+                           help="stop the running components that depend on it first (reverse dependency order)")
+        p.set_defaults(func=guard(cmd_component), verb=verb)
     p = common(sub.add_parser("scale", help="set a component's replica count (within its min/max)"))
     p.add_argument("name")
     p.add_argument("replicas", type=int)
-    p.set_defaults(func=_guard(cmd_component), verb="scale")
+    p.set_defaults(func=guard(cmd_component), verb="scale")
     p = common(sub.add_parser("autonomy", help="show or set the autonomy mode (on lifts an emergency stop)"))
     p.add_argument("mode", nargs="?", choices=["on", "off", "dry-run"])
-    p.set_defaults(func=_guard(cmd_autonomy))
+    p.set_defaults(func=guard(cmd_autonomy))
     p = common(sub.add_parser("emergency-stop", help="stop every component now and hold autonomy off "
                                                      "until `agent autonomy on` (never reachable from a webhook)"))
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=_guard(cmd_emergency))
+    p.set_defaults(func=guard(cmd_emergency))
     p = common(sub.add_parser("history", help="recent remediation decisions and manual commands"))
     p.add_argument("--limit", type=int, default=50)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_history))
+    p.add_argument("--component", help="only this component's entries")
+    p.set_defaults(func=guard(cmd_history))
     p = common(sub.add_parser("simulate", help="what the webhook would do with this Alertmanager payload, "
                                                "against the running agent's state, doing nothing"))
     p.add_argument("file", help="an Alertmanager webhook JSON payload")
-    p.set_defaults(func=_guard(cmd_simulate))
+    p.set_defaults(func=guard(cmd_simulate))
     p = common(sub.add_parser("reload", help="apply the changed config file(s) to the running agent: exit 0 "
                                              "applied, 2 invalid (nothing changed), 1 refused, 3 unreachable"))
     p.add_argument("--dry-run", action="store_true", help="print what the reload would do; change nothing")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_guard(cmd_reload), timeout=600.0)
+    p.set_defaults(func=guard(cmd_reload), timeout=600.0)
     p = common(sub.add_parser("reexec", help="re-execute the agent in place (same pid) to load new code or a new "
                                              "listen/state_dir; every component keeps running"))
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_reexec)
-    p = common(sub.add_parser("logs", help="show a component's log (or `agent` for the agent's own)"))
+    p.set_defaults(func=guard(cmd_reexec))
+    p = common(sub.add_parser("logs", help="show a component's log (or `agent` for the agent's own)"), json_flag=False)
     p.add_argument("name")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to show first (default 50)")
-    p.set_defaults(func=_guard(cmd_logs))
+    p.set_defaults(func=guard(cmd_logs))
 
 
-def _guard(func: Any) -> Any:
+def guard(func: Any) -> Any:
+    """Run a verb; a ControlError prints `error: ...` (and, with --json, `{"error", "exit_code"}` on
+    stdout, with the agent's answer when there was one) and becomes the exit code."""
+
     def run(args: argparse.Namespace) -> int:
         try:
             result: int = func(args)
         except ControlError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            if getattr(args, "json", False):
+                document = exc.document if isinstance(exc.document, dict) else {}
+                print_json({**document, "error": str(exc), "exit_code": exc.exit_code})
             return exc.exit_code
         return result
 

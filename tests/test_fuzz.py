@@ -308,10 +308,12 @@ def expected(path: str, name: str, body: Any, before: dict[str, Any]) -> tuple[s
     bounds = CONTROL_COMPONENTS[name]["replicas"]
     if verb == "restart":
         replica = body.get("replica")
+        if replica is not None and not _is_int(replica):
+            return {422}, None
+        if manual or before["emergency_stop"]:  # held stopped: refused, with what lifts it
+            return {409}, None
         if replica is None:
             return {200}, None
-        if not _is_int(replica):
-            return {422}, None
         return ({409} if not 0 <= replica < bounds["max"] else {200, 409}), None
     if verb == "scale":
         replicas = body.get("replicas")

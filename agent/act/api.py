@@ -242,6 +242,14 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
         plan = Plan("manual", component, action, "", result, reason, target)
         remediator.record(None, plan, result, reason, "", source="cli")
 
+    def held_reason(name: str) -> str:
+        """Why a manual restart of `name` would restart nothing, and what lifts it; '' when it would act."""
+        if modes.emergency:
+            return "emergency stop in force; `agent autonomy on` lifts it"
+        if sup.components[name].manual_stop:
+            return f"component {name!r} is stopped by hand; `agent start {name}` starts it"
+        return ""
+
     @control_token
     async def control(request: Request) -> Response:
         if modes.closing:
@@ -262,6 +270,10 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
                 all_at_once = body.get("all_at_once", False)
                 if not isinstance(all_at_once, bool):
                     return _error(422, "all_at_once must be true or false")
+                held = held_reason(name)
+                if held:  # restarting nothing and answering 200 would tell a script it was done
+                    audit_manual(name, "restart", Result.REJECTED, held)
+                    return _error(409, held, component=name)
                 done = await sup.restart(name, "manual", replica=replica, all_at_once=all_at_once)
                 answer: dict[str, Any] = {"component": name, "restarted": done.replaced, "halted": done.halted}
                 said = f"restarted {done.replaced} replica(s)"
@@ -342,7 +354,8 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
     async def history(request: Request) -> Response:
         limit = request.query_params.get("limit", "100")
         n = max(1, min(int(limit), 10_000)) if limit.isdigit() else 100
-        entries = list(remediator.history)[-n:]
+        component = request.query_params.get("component")
+        entries = [e for e in remediator.history if component is None or e.component == component][-n:]
         from dataclasses import asdict
 
         return JSONResponse({"history": [asdict(e) for e in entries]})

@@ -174,6 +174,9 @@ class ProbeRunner:
         self.client = client
         self.observe = observe
         self.last_reason: dict[str, str] = dict.fromkeys(supervisor.components, "none")
+        # The last failed probe of each component (wall time, message), for `agent status NAME`: kept
+        # after the replica recovers or is replaced, since that is when someone asks why.
+        self.last_error: dict[str, tuple[float, str]] = {}
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         supervisor.spawn_listeners.append(self.replica_started)
         supervisor.spec_listeners.append(self.spec_changed)
@@ -241,6 +244,8 @@ class ProbeRunner:
             if self.observe is not None:
                 self.observe(rt.name, settings.kind, result.duration)
             self.last_reason[rt.name] = result.reason
+            if not result.ok:
+                self.last_error[rt.name] = (time.time(), result.message)
             if not result.ok and rep.probe_ok is not False:
                 log.info("component %s replica %d probe failed: %s", rt.name, rep.index, result.message)
             self.sup.report_probe(rt.name, rep.index, generation, result.ok, result.message)

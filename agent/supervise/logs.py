@@ -1,4 +1,4 @@
-"""The agent's own log as JSON lines, and size rotation of the component logs."""
+"""The agent's own log (JSON lines, or readable lines on a terminal), and size rotation of the component logs."""
 
 from __future__ import annotations
 
@@ -32,15 +32,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, backups: int = 3) -> None:
-    """JSON lines to stderr and, when a log dir is given, to log_dir/agent.log (size-rotated)."""
+class ConsoleFormatter(logging.Formatter):
+    """One readable line for a person at a terminal: local time, level, logger, message, extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extra = [f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")]
+        if extra:
+            line += "  " + " ".join(extra)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, backups: int = 3,
+                  console: bool = False) -> None:
+    """Lines to stderr (JSON, or readable with `console`) and, when a log dir is given, JSON lines to
+    log_dir/agent.log (size-rotated): the file is for machines whatever the terminal shows."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
         handler.close()
     formatter = JsonFormatter()
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(formatter)
+    stderr.setFormatter(ConsoleFormatter() if console else formatter)
     root.addHandler(stderr)
     if log_dir is not None:
         from logging.handlers import RotatingFileHandler

@@ -1,0 +1,70 @@
+"""`agent status` for people: the components table, and one component in detail (`agent status NAME`).
+
+Figures that do not apply (CPU, RSS and uptime of a component with no running replica) are null in the
+status document and blank here, never the last value seen.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agent.cli_output import human_bytes, print_table, seconds
+
+
+def _cpu(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def print_status(doc: dict[str, Any]) -> None:
+    """The components table, then the containment line."""
+    title = f"node {doc['node']} · autonomy {doc['autonomy']}" + (" · EMERGENCY STOP" if doc["emergency_stop"] else "")
+    rows = [
+        [c["component"], c["state"] + (" (manual)" if c["manual_stop"] else ""),
+         f"{c['replicas']}/{c['desired']} [{c['min']}..{c['max']}]", f"{c['healthy']}/{c['desired']}",
+         c["restarts"], c["last_reason"], seconds(c["uptime_seconds"]), _cpu(c["cpu_seconds"]),
+         human_bytes(c["rss_bytes"])]
+        for c in doc["components"]
+    ]
+    print_table(["component", "state", "replicas/desired", "health", "restarts", "last reason", "uptime",
+                 "CPU s", "RSS"], rows, title)
+    contained = doc.get("containment") or {}
+    guardian = contained.get("guardian_pid")
+    print(f"containment: {contained.get('mechanism') or '?'} ({contained.get('detail', '')}); guardian "
+          + (f"pid {guardian}" if guardian else "NOT RUNNING")
+          + f", restarted {contained.get('guardian_restarts', 0)} time(s)")
+
+
+def print_component(c: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    """One component: its state, replicas, last exit, last probe error and recent history."""
+    state = c["state"] + (" (stopped by hand: `agent start " + c["component"] + "` starts it)" if c["manual_stop"]
+                          else "")
+    print(f"{c['component']}: {state}; replicas {c['replicas']}/{c['desired']} [{c['min']}..{c['max']}], "
+          f"healthy {c['healthy']}, restarts {c['restarts']}, circuit {c['circuit']}")
+    usage = [f"up {seconds(c['uptime_seconds'])}" if c["uptime_seconds"] is not None else "",
+             f"CPU {_cpu(c['cpu_seconds'])} s" if c["cpu_seconds"] is not None else "",
+             f"RSS {human_bytes(c['rss_bytes'])}" if c["rss_bytes"] is not None else ""]
+    if any(usage):
+        print("  " + ", ".join(u for u in usage if u))
+    print(f"  last exit: {c['last_exit'] or '-'}" + (f" ({c['last_reason']})" if c["last_reason"] else ""))
+    probe = c.get("last_probe_error")
+    if probe:
+        when = time.strftime("%H:%M:%S", time.localtime(probe["ts"]))
+        print(f"  last probe error: {probe['message']} (at {when})")
+    else:
+        print("  last probe error: -")
+    print()
+    print_table(["replica", "pid", "state", "ready", "healthy", "uptime", "probe error"],
+                [[r["replica"], r["pid"], r["state"], "yes" if r["ready"] else "no", "yes" if r["healthy"] else "no",
+                  seconds(r["uptime_seconds"]), r["probe_error"]] for r in c.get("instances", [])])
+    print()
+    if history:
+        print_history(history)
+    else:
+        print("no history for it yet")
+
+
+def print_history(entries: list[dict[str, Any]]) -> None:
+    print_table(["time", "source", "alert", "component", "action", "result", "reason"],
+                [[time.strftime("%H:%M:%S", time.localtime(e["ts"])), e["source"], e["alertname"], e["component"],
+                  e["action"], e["result"], e["reason"]] for e in entries])
