@@ -97,8 +97,7 @@ def test_bad_memory_files_are_set_aside_and_the_agent_starts(tmp_path: Path) -> 
 
 
 def test_the_history_file_stays_bounded_and_reads_back_the_newest(tmp_path: Path) -> None:
-    from agent.act.memory import History
-    from agent.act.remediation import AuditEntry
+    from agent.act.memory import AuditEntry, History
 
     path = tmp_path / "history.jsonl"
 
@@ -106,13 +105,13 @@ def test_the_history_file_stays_bounded_and_reads_back_the_newest(tmp_path: Path
         return AuditEntry(ts=float(i), alertname=f"a{i}", component="w", action="restart", result="executed",
                           reason="", fingerprint="", status="firing", trace_id="")
 
-    log = History(path, AuditEntry, max_entries=10)
+    log = History(path, max_entries=10)
     for i in range(35):
         log.append(entry(i))
     log.close()
     assert len(path.read_text().splitlines()) < 20  # compacted at twice the bound
-    back = History(path, AuditEntry, max_entries=10)
+    back = History(path, max_entries=10)
     assert [e.alertname for e in back] == [f"a{i}" for i in range(25, 35)]
     back.append(entry(35))
     back.close()
-    assert [e.alertname for e in History(path, AuditEntry, max_entries=10)][-2:] == ["a34", "a35"]
+    assert [e.alertname for e in History(path, max_entries=10)][-2:] == ["a34", "a35"]

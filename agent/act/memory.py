@@ -19,10 +19,11 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, TypeAdapter, ValidationError
 
 from agent.supervise.state import JsonStore, atomic_write_bytes
 
@@ -60,10 +61,12 @@ class Stamps:
         return self.store.close(timeout)
 
 
-class HistoryLine(BaseModel):
-    """One `agent history` entry as written; the fields of remediation.AuditEntry."""
+@dataclass
+class AuditEntry:
+    """One `agent history` entry: a remediation decision or a manual command, as shown and as written."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    # Lines read back from history.jsonl are validated against these fields, strictly.
+    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")
     ts: FiniteFloat
     alertname: str
     component: str
@@ -75,18 +78,20 @@ class HistoryLine(BaseModel):
     trace_id: str
     source: str = "webhook"
     target: int | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_LINE = TypeAdapter(AuditEntry)
 
 
 class History:
-    """The last `max_entries` decisions, in memory and in `history.jsonl`; `entry_type` builds them back."""
+    """The last `max_entries` decisions, in memory and in `history.jsonl`."""
 
-    def __init__(self, path: Path | None, entry_type: type[Any], max_entries: int = 1000) -> None:
+    def __init__(self, path: Path | None, max_entries: int = 1000) -> None:
         self.path = path
         self.max_entries = max_entries
-        self.entries: collections.deque[Any] = collections.deque(maxlen=max_entries)
+        self.entries: collections.deque[AuditEntry] = collections.deque(maxlen=max_entries)
         self.write_errors = 0
-        self._entry_type = entry_type
         self._lines = 0  # lines in the file as written (compaction when it holds 2 x max_entries)
         self._failing = False
         self._cond = threading.Condition()
@@ -115,7 +120,7 @@ class History:
             if not line.strip():
                 continue
             try:
-                entry = HistoryLine.model_validate_json(line)
+                entry = _LINE.validate_json(line)
             except ValidationError as exc:
                 bad += 1
                 if not reason:
@@ -123,7 +128,7 @@ class History:
                     where = ".".join(str(p) for p in err["loc"])
                     reason = f"line {number}: {where + ': ' if where else ''}{err['msg']}"
                 continue
-            self.entries.append(self._entry_type(**entry.model_dump()))
+            self.entries.append(entry)
             self._lines += 1
         if bad:
             aside = path.with_name(path.name + ".corrupt")

@@ -17,14 +17,14 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.act.dedupe import DedupeStore, dedupe_key
-from agent.act.memory import HISTORY_FILE, History, Stamps
+from agent.act.memory import HISTORY_FILE, AuditEntry, History, Stamps
 from agent.config.models import ACTIONS, Autonomy, Config
 from agent.supervise import policy
 from agent.supervise.replica import CommandError
@@ -248,22 +248,6 @@ def plan_alert(
 # --- audit ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class AuditEntry:
-    ts: float
-    alertname: str
-    component: str
-    action: str
-    result: str
-    reason: str
-    fingerprint: str
-    status: str
-    trace_id: str
-    source: str = "webhook"
-    target: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 class Remediator:
     """Judges webhook payloads against the live state and carries out the plans in the background."""
 
@@ -278,7 +262,7 @@ class Remediator:
         # Both survive an agent restart (agent/act/memory.py): a scale-down stays held within the
         # stabilisation window of a scale-up before the restart, and `agent history` shows what happened.
         state_dir = config.agent.state_dir
-        self.history = History(state_dir / HISTORY_FILE, AuditEntry, history)
+        self.history = History(state_dir / HISTORY_FILE, history)
         self.stamps = Stamps(state_dir)
         self.last_scale_up = self.stamps.last_scale_up
         self.last_alert_restart = self.stamps.last_alert_restart
