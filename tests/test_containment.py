@@ -139,7 +139,7 @@ def test_agent_sigkilled_mid_scale_and_mid_restart_leaves_nothing_and_restores(t
     wait_for(lambda: not marked(mark), 3, what="nothing of the old agent's components left (mid scale)")
 
     agent = AgentProcess(tmp_path, cfg).start()
-    wait_for(lambda: len(marked(mark)) == 3, 5, what="one replica with its sleep and daemon")
+    wait_for(lambda: len(marked(mark)) == 3, 15, what="one replica with its sleep and daemon")
     status = agent.status()
     assert (status["slow"]["desired"], status["slow"]["replicas"]) == (1, 1)
     assert status["crash"]["circuit"] == "open"
@@ -151,7 +151,7 @@ def test_agent_sigkilled_mid_scale_and_mid_restart_leaves_nothing_and_restores(t
     wait_for(lambda: not marked(mark), 3, what="nothing of the old agent's components left (mid restart)")
 
     with running_agent(tmp_path, cfg) as agent:
-        wait_for(lambda: len(marked(mark)) == 3, 5, what="one replica with its sleep and daemon, restarted")
+        wait_for(lambda: len(marked(mark)) == 3, 15, what="one replica with its sleep and daemon, restarted")
         assert agent.status()["slow"]["desired"] == 1
 
 
