@@ -32,7 +32,7 @@ def prometheus_config(rules: Path, agent_port: int, prom_port: int, am_port: int
     return doc
 
 
-def alertmanager_config(agent_port: int, token: Path) -> dict[str, Any]:
+def alertmanager_config(agent_port: int, token: Path, receiver_port: int) -> dict[str, Any]:
     doc = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
     route = doc["route"]
     route.update(group_wait="1s", group_interval="1s", repeat_interval="3s")
@@ -49,10 +49,13 @@ def alertmanager_config(agent_port: int, token: Path) -> dict[str, Any]:
             walk(child)
 
     walk(route)
-    for receiver in doc["receivers"]:
-        for hook in receiver.get("webhook_configs", []):
-            hook["url"] = f"http://127.0.0.1:{agent_port}/webhook/alertmanager"
-            hook["http_config"]["authorization"]["credentials_file"] = str(token)
+    receivers = {r["name"]: r for r in doc["receivers"]}
+    for hook in receivers["agent-webhook"]["webhook_configs"]:
+        hook["url"] = f"http://127.0.0.1:{agent_port}/webhook/alertmanager"
+        hook["http_config"]["authorization"]["credentials_file"] = str(token)
+    # The demo's alert receiver (a component below), where alerts for people land.
+    (hook,) = receivers["human"]["webhook_configs"]
+    hook["url"] = f"http://127.0.0.1:{receiver_port}/webhook"
     return doc
 
 
@@ -64,6 +67,7 @@ class Stack:
     am: str
     demo_port: int
     db: Path
+    receiver: str
     timeline: list[str] = field(default_factory=list)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
@@ -89,13 +93,19 @@ class Stack:
         alerts: list[dict[str, Any]] = r.json()
         return alerts
 
+    def received(self, alertname: str, **labels: str) -> list[dict[str, Any]]:
+        """Alerts the human receiver (agent/demo/alert_receiver.py) got, newest first."""
+        alerts: list[dict[str, Any]] = httpx.get(self.receiver + "/alerts", timeout=10).json()["alerts"]
+        return [a for a in alerts if a["labels"].get("alertname") == alertname
+                and all(a["labels"].get(k) == v for k, v in labels.items())]
+
     def note(self, text: str) -> None:
         self.timeline.append(f"{time.strftime('%H:%M:%S')} {text}")
         print(self.timeline[-1], flush=True)
 
 
 def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: int, demo_port: int,
-               db: Path) -> dict[str, Any]:
+               db: Path, receiver_port: int) -> dict[str, Any]:
     py = sys.executable
     return {
         "prometheus": {
@@ -112,6 +122,10 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
                         "--log.level=warn"],
             "probe": {"http": {"url": f"http://127.0.0.1:{am_port}/-/ready"}, "interval": 1, "startup_grace": 60},
             "remediation": {"allowed_actions": []},
+        },
+        "alert_receiver": {
+            "command": [py, "-m", "agent.demo.alert_receiver", "--port", str(receiver_port)],
+            "probe": {"http": {"url": f"http://127.0.0.1:{receiver_port}/health"}, "interval": 1},
         },
         # Its probe only marks it unhealthy: the restart must come through rule -> Alertmanager -> webhook.
         "hungry": {
@@ -140,20 +154,22 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
 def start_stack(tmp: Path) -> Stack:
     prom_bin = require_binary("prometheus")
     am_bin = require_binary("prometheus-alertmanager", "alertmanager")
-    agent_port, prom_port, am_port, demo_port = (free_port() for _ in range(4))
+    agent_port, prom_port, am_port, demo_port, receiver_port = (free_port() for _ in range(5))
     rules = tmp / "rules"
     fast_rules(rules, THRESHOLDS)
     state = tmp / "state"
     db = tmp / "todos.db"
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(rules, agent_port, prom_port, am_port)))
-    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(alertmanager_config(agent_port, state / "webhook.token")))
+    am_config = alertmanager_config(agent_port, state / "webhook.token", receiver_port)
+    (tmp / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
     cfg = {
         "agent": {"listen": f"127.0.0.1:{agent_port}", "node": "e2e", "resources": {"interval": 1}},
-        "components": components(prom_bin, am_bin, tmp, prom_port, am_port, demo_port, db),
+        "components": components(prom_bin, am_bin, tmp, prom_port, am_port, demo_port, db, receiver_port),
         "backlog": {"sources": [{"kind": "sqlite", "path": str(db), "interval": 0.5, "name": "todos"}]},
     }
     agent = AgentProcess(tmp, cfg).start()
-    stack = Stack(tmp, agent, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", demo_port, db)
+    stack = Stack(tmp, agent, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", demo_port, db,
+                  f"http://127.0.0.1:{receiver_port}")
     try:
         wait_for(lambda: httpx.get(agent.url + "/-/ready").status_code == 200, 60, 0.2, "the stack to be ready")
         wait_for(lambda: stack.scalar('up{job="orchestrator-agent"}') == 1, 30, 0.2, "Prometheus to scrape the agent")

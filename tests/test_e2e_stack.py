@@ -63,6 +63,14 @@ def test_crash_loop_opens_the_circuit_and_pages_a_human(stack: Stack) -> None:
     assert alerts[0]["labels"]["severity"] == "critical"
     assert "action" not in alerts[0]["labels"]
     assert [r["name"] for r in alerts[0]["receivers"]] == ["human"]
+    # ... and the page reaches the human receiver, once per group however often Prometheus resends.
+    got = wait_for(lambda: stack.received("OrchestratorComponentCircuitOpen", component="crashy"), 30, 0.2,
+                   "the human receiver to get the page")
+    stack.note("OrchestratorComponentCircuitOpen reached the human receiver")
+    assert got[0]["status"] == "firing" and got[0]["receiver"] == "human"
+    assert got[0]["labels"]["severity"] == "critical" and "action" not in got[0]["labels"]
+    assert got[0]["annotations"]["runbook_url"].endswith("#orchestratorcomponentcircuitopen")
+    assert not stack.received("OrchestratorComponentDown", action="restart"), "actions go to the agent only"
     for action in ("restart", "start", "scale_up", "scale_to"):
         assert counter(stack, "crashy", action, "executed") == 0
     assert value(scrape(stack.agent.url), "orchestrator_component_state", component="crashy",

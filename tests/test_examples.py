@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import socket
@@ -364,6 +365,104 @@ def test_heartbeat(spawn: Callable[..., Example]) -> None:
     assert time.monotonic() - started < 1.0
 
 
+# --- alert_receiver ------------------------------------------------------------------------------
+
+def am_body(*alerts: dict[str, Any], receiver: str = "human") -> dict[str, Any]:
+    """An Alertmanager webhook body (version 4) with the given alerts, shaped as Alertmanager sends it."""
+    return {"version": "4", "groupKey": "{}:{alertname=\"X\"}", "truncatedAlerts": 0, "status": "firing",
+            "receiver": receiver, "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://127.0.0.1:9093", "alerts": list(alerts)}
+
+
+def am_alert(name: str, status: str = "firing", **labels: str) -> dict[str, Any]:
+    return {"status": status, "labels": {"alertname": name, **labels},
+            "annotations": {"summary": f"{name} on  {labels.get('component', '?')}\n"},
+            "startsAt": "2026-01-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://127.0.0.1:9090/graph", "fingerprint": "0123456789abcdef"}
+
+
+def receiver(spawn: Callable[..., Example], *args: str) -> tuple[Example, str]:
+    port = free_port()
+    ex = spawn("alert_receiver", "--port", str(port), *args)
+    base = f"http://127.0.0.1:{port}"
+    ex.wait_http(base + "/health")
+    return ex, base
+
+
+def test_alert_receiver_logs_and_lists_what_alertmanager_sends(spawn: Callable[..., Example]) -> None:
+    ex, base = receiver(spawn)
+    body = am_body(am_alert("OrchestratorComponentCircuitOpen", severity="critical", component="crashy",
+                            instance="127.0.0.1:9469"),
+                   am_alert("OrchestratorAgentDown", status="resolved", severity="critical"))
+    r = httpx.post(base + "/webhook", json=body, timeout=2)
+    assert (r.status_code, r.json()) == (200, {"accepted": 2})
+    r = httpx.post(base + "/webhook", json=am_body(am_alert("Third", severity="warning")), timeout=2)
+    assert r.status_code == 200
+    listed = httpx.get(base + "/alerts", timeout=2).json()
+    assert listed["received_total"] == 3
+    assert [a["labels"]["alertname"] for a in listed["alerts"]] == [
+        "Third", "OrchestratorAgentDown", "OrchestratorComponentCircuitOpen"]
+    first = listed["alerts"][2]
+    assert first["status"] == "firing" and first["receiver"] == "human"
+    assert first["labels"]["component"] == "crashy"
+    assert first["annotations"]["summary"].startswith("OrchestratorComponentCircuitOpen")
+    assert first["fingerprint"] == "0123456789abcdef" and first["received_at"].endswith("+00:00")
+    text = httpx.get(base + "/", timeout=2)
+    assert text.headers["content-type"].startswith("text/plain")
+    lines = text.text.splitlines()
+    assert lines[0].startswith("3 alert(s) received")
+    assert "FIRING Third severity=warning" in lines[1]
+    assert ("FIRING OrchestratorComponentCircuitOpen severity=critical component=crashy "
+            "instance=127.0.0.1:9469 summary=\"OrchestratorComponentCircuitOpen on crashy\"") in lines[3]
+    # One log line per alert, the summary's whitespace folded so that it stays one line.
+    wait_for(lambda: "RESOLVED OrchestratorAgentDown severity=critical" in ex.output(), 5, what="the log line")
+    logged = [line for line in ex.output().splitlines() if " FIRING " in line or " RESOLVED " in line]
+    assert len(logged) == 3, logged
+    assert ex.terminate() == 0
+
+
+@pytest.mark.parametrize("body", [
+    b"not json",
+    b"\xff\xfe",
+    b"[]",
+    b'{"alerts": []}',
+    json.dumps({**am_body(am_alert("X")), "version": "3"}).encode(),
+    json.dumps({**am_body(am_alert("X")), "receiver": 7}).encode(),
+    json.dumps(am_body()).encode(),
+    json.dumps(am_body("x")).encode(),
+    json.dumps(am_body({**am_alert("X"), "status": "pending"})).encode(),
+    json.dumps(am_body({**am_alert("X"), "labels": {"severity": "critical"}})).encode(),
+    json.dumps(am_body({**am_alert("X"), "labels": {"alertname": "X", "n": 1}})).encode(),
+    json.dumps(am_body({**am_alert("X"), "annotations": ["summary"]})).encode(),
+], ids=["text", "binary", "array", "no-version", "version-3", "receiver", "no-alerts", "alert-string",
+        "status", "no-alertname", "label-number", "annotations-list"])
+def test_alert_receiver_rejects_what_is_not_a_webhook_body(spawn: Callable[..., Example], body: bytes) -> None:
+    ex, base = receiver(spawn)
+    r = httpx.post(base + "/webhook", content=body, timeout=2)
+    assert r.status_code == 400 and r.json()["error"]
+    assert httpx.get(base + "/alerts", timeout=2).json() == {"received_total": 0, "alerts": []}
+    assert "rejected a POST" in ex.output()
+    assert ex.terminate() == 0
+
+
+def test_alert_receiver_keeps_the_last_n_and_refuses_other_requests(spawn: Callable[..., Example]) -> None:
+    ex, base = receiver(spawn, "--keep", "2")
+    for name in ("A", "B", "C"):
+        assert httpx.post(base + "/webhook", json=am_body(am_alert(name)), timeout=2).status_code == 200
+    listed = httpx.get(base + "/alerts", timeout=2).json()
+    assert listed["received_total"] == 3
+    assert [a["labels"]["alertname"] for a in listed["alerts"]] == ["C", "B"]
+    assert httpx.post(base + "/alerts", json=am_body(am_alert("D")), timeout=2).status_code == 404
+    assert httpx.get(base + "/webhook", timeout=2).status_code == 404
+    big = httpx.post(base + "/webhook", content=b"x" * ((1 << 20) + 1), timeout=5)
+    assert big.status_code == 413
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=2) as sock:
+        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 411")
+    assert httpx.get(base + "/alerts", timeout=2).json()["received_total"] == 3
+    assert ex.terminate() == 0
+
+
 # --- every example: --help -----------------------------------------------------------------------
 
 EXAMPLES = {
@@ -375,6 +474,7 @@ EXAMPLES = {
     "todo_dashboard": ["--host", "--port", "--db"],
     "ollama_standin": ["--host", "--port"],
     "heartbeat": ["--interval"],
+    "alert_receiver": ["--host", "--port", "--keep"],
 }
 
 

@@ -88,6 +88,7 @@ DOCKER_SUBSTITUTIONS = {
     "prometheus": [("127.0.0.1:9469", "agent:9469"), ("127.0.0.1:9093", "alertmanager:9093"),
                    ("127.0.0.1:9090", "localhost:9090")],
     "alertmanager": [("http://127.0.0.1:9469/", "http://agent:9469/"),
+                     ("http://127.0.0.1:9095/", "http://agent:9095/"),
                      ("../.agent/webhook.token", "/etc/secrets/alertmanager/webhook.token")],
 }
 
