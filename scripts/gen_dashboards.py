@@ -225,8 +225,9 @@ def overview() -> Json:
         description="orchestrator_component_up: 0 means no healthy replica (OrchestratorComponentDown)."), 12, 8)
     lay.add(table("Component states", [target(
         f"orchestrator_component_state{{{INST}}} == 1", ref="A", instant=True, table=True)],
-        description="The current lifecycle state of each component.",
-        hide=("Time", "Value", "__name__", "job")), 12, 8)
+        description="The current lifecycle state of each component; a row opens its component dashboard.",
+        # job stays a column: the drill-down link reads it from the row.
+        hide=("Time", "Value", "__name__")), 12, 8)
     lay.add(timeseries("Restarts by component and reason", targets(
         (f"sum by (job, instance, component, reason) (increase(orchestrator_component_restarts_total"
          f"{{{INST}}}[$__rate_interval]))", "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)

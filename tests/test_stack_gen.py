@@ -148,6 +148,9 @@ def test_threshold_panels_link_their_runbook_and_the_overview_drills_down() -> N
     for title in gen_dashboards.DRILL_DOWN:
         (link,) = overview[title]["fieldConfig"]["defaults"]["links"]
         assert link["url"].startswith("/d/orchestrator-component/?var-component=${__"), title
+        # A table's link reads the row's cells: none of them may be hidden.
+        hidden = {k for t in overview[title].get("transformations", []) for k in t["options"].get("excludeByName", {})}
+        assert not hidden & set(re.findall(r"\$\{__data\.fields\.(\w+)\}", link["url"])), title
     # Every panel drawing a threshold series names the alert it belongs to.
     for name, doc in docs.items():
         for panel in doc["panels"]:
