@@ -1,4 +1,5 @@
-"""Write grafana/dashboards/*.json: `python scripts/gen_dashboards.py` (commit the JSON it writes).
+"""Write grafana/dashboards/*.json: `python scripts/gen_stack.py` (commit what it writes; this module's
+own `main` writes only the dashboards).
 
 Every panel queries through the `datasource` template variable, counters go through rate()/increase()
 over `$__rate_interval`, and every threshold line is the recording rule that the matching alert in
@@ -13,11 +14,40 @@ import sys
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from scripts.stack_source import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "grafana" / "dashboards"
 DS = {"type": "prometheus", "uid": "${datasource}"}
-INST = 'instance=~"$instance"'
-COMP = 'instance=~"$instance",component=~"$component"'
+INST = 'job=~"$job",node=~"$node",instance=~"$instance"'
+COMP = INST + ',component=~"$component"'
+COMPONENT_UID = "orchestrator-component"
+# Panels that draw what an alert judges (or count what it counts) -> the alerts, for runbook links.
+RUNBOOK_PANELS: dict[str, tuple[str, ...]] = {
+    "Open circuits": ("OrchestratorComponentCircuitOpen",),
+    "Emergency stop": ("OrchestratorEmergencyStopActive",),
+    "Unplanned restarts in 15m vs crash-loop threshold": ("OrchestratorComponentCrashLooping",),
+    "Last config reload": ("OrchestratorConfigReloadFailed",),
+    "Rollout halts (range)": ("OrchestratorRolloutHalted",),
+    "Rollout halts by component": ("OrchestratorRolloutHalted",),
+    "Memory: RSS, 1h forecast, headroom, limit": ("OrchestratorComponentMemoryGrowth",),
+    "Oldest pending todo vs threshold": ("OrchestratorTodoBacklogStale",),
+    "Backlog sources": ("OrchestratorTodoSourceDown",),
+    "Pending per replica vs target": ("OrchestratorBacklogHigh", "OrchestratorBacklogSaturated"),
+    "Idle time vs idle window": ("OrchestratorComponentIdle",),
+    "Actions by result": ("OrchestratorRemediationFailing",),
+    "Webhook requests by status code": ("OrchestratorWebhookRequestsRejected",),
+    "Memory available vs pressure threshold": ("OrchestratorHostMemoryPressure", "OrchestratorHostMemoryLow"),
+    "Disk free vs thresholds": ("OrchestratorHostDiskPressure", "OrchestratorHostDiskFillingUp"),
+    "Disk free and 24h forecast": ("OrchestratorHostDiskFillingUp",),
+}
+# Overview panels whose series carry a `component` label: a click opens that component's dashboard.
+DRILL_DOWN = ("Component health (share of desired replicas healthy)", "Component states",
+              "Restarts by component and reason", "Unplanned restarts in 15m vs crash-loop threshold",
+              "Replicas running by component", "Rollout halts by component")
 THRESHOLD_STYLE = [
     {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
     {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
@@ -139,11 +169,14 @@ def dashboard(uid: str, title: str, description: str, layout: Layout, component_
     variables: list[Json] = [
         {"type": "datasource", "name": "datasource", "label": "Data source", "query": "prometheus",
          "current": {}, "hide": 0, "options": [], "refresh": 1, "regex": ""},
-        query_var("instance", "Agent", "label_values(orchestrator_build_info, instance)", True, True),
+        query_var("job", "Job", f"label_values(orchestrator_build_info{{{_SETTINGS.selector}}}, job)", True, True),
+        query_var("node", "Node", 'label_values(orchestrator_build_info{job=~"$job"}, node)', True, True),
+        query_var("instance", "Agent", 'label_values(orchestrator_build_info{job=~"$job",node=~"$node"}, instance)',
+                  True, True),
     ]
     if component_var:
         variables.append(query_var("component", "Component",
-                                   'label_values(orchestrator_component_info{instance=~"$instance"}, component)',
+                                   f"label_values(orchestrator_component_info{{{INST}}}, component)",
                                    component_multi, component_multi))
     return {
         "uid": uid, "title": title, "description": description, "tags": ["orchestrator"],
@@ -192,11 +225,12 @@ def overview() -> Json:
         description="orchestrator_component_up: 0 means no healthy replica (OrchestratorComponentDown)."), 12, 8)
     lay.add(table("Component states", [target(
         f"orchestrator_component_state{{{INST}}} == 1", ref="A", instant=True, table=True)],
-        description="The current lifecycle state of each component.",
-        hide=("Time", "Value", "__name__", "job")), 12, 8)
+        description="The current lifecycle state of each component; a row opens its component dashboard.",
+        # job stays a column: the drill-down link reads it from the row.
+        hide=("Time", "Value", "__name__")), 12, 8)
     lay.add(timeseries("Restarts by component and reason", targets(
-        (f"sum by (component, reason) (increase(orchestrator_component_restarts_total{{{INST}}}"
-         "[$__rate_interval]))", "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)
+        (f"sum by (job, instance, component, reason) (increase(orchestrator_component_restarts_total"
+         f"{{{INST}}}[$__rate_interval]))", "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)
     lay.add(timeseries("Unplanned restarts in 15m vs crash-loop threshold", targets(
         (f"component:orchestrator_component_restarts_unplanned:increase15m{{{INST}}}", "{{component}}"),
         (f"max(orchestrator:crash_loop_restarts_threshold{{{INST}}})", "threshold")),
@@ -235,7 +269,8 @@ def overview() -> Json:
         description="config changed: a reload (or start) loaded a config that differs from the one before; "
                     "agent started: a restart or an `agent reexec`."), 12, 8)
     lay.add(timeseries("Rollout halts by component", targets(
-        (f"sum by (component) (increase(orchestrator_rollout_halted_total{{{INST}}}[$__rate_interval]))",
+        (f"sum by (job, instance, component) (increase(orchestrator_rollout_halted_total{{{INST}}}"
+         "[$__rate_interval]))",
          "{{component}}")), bars=True, stack=True, minimum=0), 12, 8)
     return dashboard("orchestrator-overview", "Orchestrator / Overview",
                      "Health, states, restarts, open circuits and autonomy of the supervised components; the agent's "
@@ -293,7 +328,7 @@ def component() -> Json:
     lay.add(timeseries("Remediation actions on this component", targets(
         (f"sum by (action, result) (increase(orchestrator_remediation_actions_total{{{COMP}}}[$__rate_interval]))",
          "{{action}} {{result}}")), bars=True, stack=True), 12, 8)
-    return dashboard("orchestrator-component", "Orchestrator / Component",
+    return dashboard(COMPONENT_UID, "Orchestrator / Component",
                      "One component in depth: replicas, probes, restarts, CPU and memory.", lay,
                      component_var=True, component_multi=False)
 
@@ -433,6 +468,30 @@ def host() -> Json:
                      "CPU, load, memory and disk of the host, with the pressure thresholds.", lay)
 
 
+def drill_down(field: str) -> Json:
+    """A data link to the component dashboard for the clicked series (`field` reads its labels)."""
+    labels = {"component": "component", "instance": "instance", "job": "job"}
+    query = "&".join(f"var-{var}=${{{field}.{label}}}" for var, label in labels.items())
+    return {"title": f"Component dashboard: ${{{field}.component}}",
+            "url": f"/d/{COMPONENT_UID}/?{query}&${{datasource:queryparam}}&${{__url_time_range}}"}
+
+
+def add_links(name: str, doc: Json) -> Json:
+    """Runbook panel links (RUNBOOK_PANELS) on every dashboard; drill-down data links on the overview."""
+    for panel in doc["panels"]:
+        alerts = RUNBOOK_PANELS.get(panel["title"], ())
+        if alerts:
+            panel["links"] = [{"title": f"Runbook: {alert}", "url": _SETTINGS.runbook_url(alert),
+                               "targetBlank": True} for alert in alerts]
+        if name == "orchestrator-overview.json" and panel["title"] in DRILL_DOWN:
+            # A table row's cells are its fields; a time series' labels are the field's labels.
+            field = "__data.fields" if panel["type"] == "table" else "__field.labels"
+            panel["fieldConfig"]["defaults"]["links"] = [drill_down(field)]
+    return doc
+
+
+_SETTINGS = Settings()
+
 DASHBOARDS = {
     "orchestrator-overview.json": overview,
     "orchestrator-component.json": component,
@@ -442,9 +501,15 @@ DASHBOARDS = {
 }
 
 
-def render() -> dict[str, str]:
+def render(settings: Settings = Settings()) -> dict[str, str]:
     """File name -> JSON text of every dashboard."""
-    return {name: json.dumps(build(), indent=2, sort_keys=True) + "\n" for name, build in DASHBOARDS.items()}
+    global _SETTINGS
+    _SETTINGS = settings
+    try:
+        return {name: json.dumps(add_links(name, build()), indent=2, sort_keys=True) + "\n"
+                for name, build in DASHBOARDS.items()}
+    finally:
+        _SETTINGS = Settings()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             OUT.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print(f"out of date (run python scripts/gen_dashboards.py): {', '.join(stale)}", file=sys.stderr)
+        print(f"out of date (run python scripts/gen_stack.py): {', '.join(stale)}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Grafana variables as a live run resolves them (all instances, all components, short windows).
 SUBSTITUTIONS = {"$__rate_interval": "15s", "$__range": "5m", "$__interval": "1s", "$instance": ".*",
-                 "$component": ".*", "${instance}": ".*", "${component}": ".*"}
+                 "$component": ".*", "${instance}": ".*", "${component}": ".*",
+                 "$job": ".*", "$node": ".*"}
 
 # Panels that may legitimately be empty at the end of the end-to-end run: conditions that are not
 # true right now (no probe error, no alert firing, nothing failed) or settings the run does not use.

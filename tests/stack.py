@@ -1,7 +1,7 @@
 """The whole loop on loopback, natively: the agent supervises a real Prometheus and Alertmanager.
 
 The configs are the project's own (prometheus/*.yml, rules/), re-pointed at free ports, with every
-minute of the rules made a second (tests.stackbin.fast_rules) and Alertmanager's waits shortened.
+minute of the rules made a second (scripts/gen_stack.py's fast clock) and Alertmanager's waits shortened.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import yaml
 
+from scripts.gen_stack import write_fast_rules
 from tests.helpers import ROOT, AgentProcess, free_port, wait_for
-from tests.stackbin import fast_rules, require_binary
+from tests.stackbin import require_binary
 
 THRESHOLDS = {"orchestrator:backlog_target_per_replica": 10, "orchestrator:idle_window_seconds": 10}
 
@@ -156,7 +157,7 @@ def start_stack(tmp: Path) -> Stack:
     am_bin = require_binary("prometheus-alertmanager", "alertmanager")
     agent_port, prom_port, am_port, demo_port, receiver_port = (free_port() for _ in range(5))
     rules = tmp / "rules"
-    fast_rules(rules, THRESHOLDS)
+    write_fast_rules(rules, THRESHOLDS)
     state = tmp / "state"
     db = tmp / "todos.db"
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(rules, agent_port, prom_port, am_port)))

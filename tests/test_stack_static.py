@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from agent.config.loader import load_config
+from scripts.stack_source import DEFAULT_RUNBOOK_URL_PATTERN
 from tests.stackbin import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,7 +214,7 @@ def test_alert_follows_the_conventions(rule: dict[str, Any]) -> None:
         assert annotations.get(key, "").strip(), f"{name}: annotation {key} missing"
     assert "{{" not in annotations["summary"], f"{name}: summary must be fixed text"
     assert "{{" in annotations["description"], f"{name}: description should be templated"
-    assert annotations["runbook_url"] == f"docs/runbook.md#{name.lower()}", annotations["runbook_url"]
+    assert annotations["runbook_url"] == DEFAULT_RUNBOOK_URL_PATTERN % name.lower(), annotations["runbook_url"]
     if "action" in labels:
         assert labels["action"] in ACTIONS, f"{name}: unknown action {labels['action']!r}"
         assert "component" in rule["expr"], f"{name}: an action needs a component label from its expression"
@@ -349,10 +350,10 @@ def test_alertmanager_sends_actions_to_the_agent_webhook_with_credentials() -> N
 
 def test_dashboards_are_generated_from_the_script() -> None:
     from scripts.gen_dashboards import DASHBOARDS as GENERATED
-    from scripts.gen_dashboards import main as generate
+    from scripts.gen_stack import main as generate
 
     assert sorted(GENERATED) == [p.name for p in DASHBOARDS]
-    assert generate(["--check"]) == 0, "grafana/dashboards/*.json differ from scripts/gen_dashboards.py"
+    assert generate(["--check"]) == 0, "rules/, rules/tests/ or grafana/dashboards/ differ from scripts/gen_stack.py"
 
 
 def test_dashboards_have_stable_unique_uids_and_the_datasource_variable() -> None:
@@ -402,7 +403,8 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
             if expr.startswith("label_values("):
                 continue
             concrete = (expr.replace("$__rate_interval", "1m").replace("$__range", "1h")
-                        .replace("$instance", ".*").replace("$component", ".*"))
+                        .replace("$instance", ".*").replace("$component", ".*")
+                            .replace("$job", ".*").replace("$node", ".*"))
             assert "$" not in concrete, f"{path.name}: unhandled variable in {expr}"
             rules.append({"record": f"dashboard:{path.stem.replace('-', '_')}_{i}:check", "expr": concrete})
     file = tmp_path / "dashboards.yml"
@@ -489,18 +491,19 @@ def test_dockerfile_builds_the_agent_image() -> None:
 
 
 def test_fast_rules_make_every_minute_a_second(tmp_path: Path) -> None:
-    from tests.stackbin import fast_rules
+    from scripts.gen_stack import write_fast_rules as fast_rules
 
     promtool = require_binary("promtool")
     files = fast_rules(tmp_path, {"orchestrator:idle_window_seconds": 10})
     assert sorted(p.name for p in files) == [p.name for p in RULES]
     text = "\n".join(p.read_text() for p in files)
     assert not re.search(r"for: \d+m\b", text) and not re.search(r"\[\d+m\]", text)
-    assert "orchestrator_component_max_replicas + 10" in text
+    assert 'orchestrator_component_max_replicas{job="orchestrator-agent"} + 10' in text
     # The mixin-shaped reload alert keeps its shape on the short clock: a 5 s window, then 5 s of `for:`.
     reload = next(r for p in files for g in yaml.safe_load(p.read_text())["groups"] for r in g["rules"]
                   if r.get("alert") == "OrchestratorConfigReloadFailed")
-    assert reload["expr"].strip() == "max_over_time(orchestrator_config_last_reload_successful[5s]) == 0"
+    assert reload["expr"].strip() == (
+        'max_over_time(orchestrator_config_last_reload_successful{job="orchestrator-agent"}[5s]) == 0')
     assert reload["for"] == "5s"
     result = run(promtool, "check", "rules", *map(str, files))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -511,7 +514,7 @@ def test_fast_rules_make_every_minute_a_second(tmp_path: Path) -> None:
 
 
 def test_rule_durations_are_whole_minutes() -> None:
-    # fast_rules relies on this: any other unit would keep its production length on the short clock.
+    # The fast clock relies on this: any other unit would keep its production length on the short clock.
     for rule in [*ALERTS, *RECORDS]:
         for window in re.findall(r"\[([^\]]+)\]", rule["expr"]):
             assert re.fullmatch(r"\d+m|6h", window), f"{rule.get('alert') or rule.get('record')}: [{window}]"
