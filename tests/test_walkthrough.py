@@ -24,9 +24,10 @@ from typing import Any
 import pytest
 import yaml
 
+from scripts.gen_stack import write_fast_rules as fast_rules
 from tests.helpers import ROOT, free_port, wait_for
 from tests.stack import THRESHOLDS, alertmanager_config, prometheus_config
-from tests.stackbin import fast_rules, require_binary
+from tests.stackbin import require_binary
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
