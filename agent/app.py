@@ -416,8 +416,12 @@ class Agent:
         trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,
                           lambda: parts.modes.closing)
         loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2, trigger)
-        if self.handover is not None:
-            release_held_signals()  # after every handler is in place: one held across the exec arrives now
+        if self.handover is not None:  # after every handler is in place: those held across the exec
+            handlers = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
+                        signal.SIGHUP: reloader.trigger, signal.SIGUSR2: lambda: self._on_sigusr2(trigger)}
+            for signum in release_held_signals():
+                log.info("%s held across the exec: handled now", signal.Signals(signum).name)
+                handlers[signal.Signals(signum)]()
         try:
             routes = [*reloader.routes(), *reexec_routes(settings, trigger, parts.started_wall)]
             server = HttpServer(parts.app(routes), parts.guard, sock)
