@@ -63,3 +63,14 @@ def test_live_tree_includes_grandchildren() -> None:
         finally:
             os.kill(grandchild, 9)
             parent.kill()
+
+
+def test_a_process_already_in_exit_is_not_counted_as_living(tmp_path: Path) -> None:
+    # cgroup.procs still lists a process in do_exit (e.g. ended by its parent-death signal a moment
+    # ago); a sweep that counted it reported one process more than it ended.
+    for pid, state, flags in ((300, "S", 0x400140), (301, "R", 0x400144), (302, "Z", 0x400104), (303, "D", 0x4)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} (sh) {state} 1 {pid} {pid} 0 -1 {flags} 0 0 0 0\n")
+    procfs = ProcFS(str(tmp_path))
+    assert [pid for pid in (300, 301, 302, 303, 304) if procfs.living(pid)] == [300]
+    assert ProcFS().living(os.getpid())

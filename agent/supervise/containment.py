@@ -177,16 +177,20 @@ class CgroupScope(Scope):
         if os.getpid() in pids:  # never: the agent never enters a slot; refuse anyway
             log.critical("refusing to kill cgroup %s: the agent itself is in it", self.path)
             return killed
+        # Counted: members not already on their way out (cgroup.procs still lists a process that
+        # is in do_exit, e.g. one ended by its parent-death signal a moment ago).
+        procfs = ProcFS()
         if self.has_kill:
+            living = sum(procfs.living(p) for p in pids)
             _write(self.path / "cgroup.kill", "1")
-            return killed + len(pids)
+            return killed + living
         seen: set[int] = set()
         for _ in range(KILL_ROUNDS):  # no cgroup.kill (Linux < 5.14): signal the members until none is left
             pids = self._procs()
             if not pids:
                 break
+            seen.update(p for p in pids if procfs.living(p))
             send_signal(pids, signal.SIGKILL)
-            seen.update(pids)
         return killed + len(seen)
 
     def release(self) -> None:

@@ -51,7 +51,7 @@ def sweep_marked(prefix: str, proc: str = "/proc") -> int:
             if any(e.startswith(needle) for e in env.split(b"\0")):
                 found.append(int(name))
         procfs = ProcFS(proc)
-        found = [p for p in found if procfs.state(p) not in (None, "Z")]
+        found = [p for p in found if procfs.living(p)]
         if not found:
             break
         send_signal(found, signal.SIGKILL)

@@ -38,6 +38,8 @@ from agent.supervise.state import StateStore
 
 log = logging.getLogger("agent.supervisor")
 
+DURABLE_WAIT_SECONDS = 2.0  # how long an action that stops processes waits for its state to be on disk
+
 class Lifecycle:
     """Spawns, reaps, restarts with backoff and reconciles the replicas of one agent's components.
 
@@ -115,6 +117,12 @@ class Lifecycle:
             for rt in self.components.values()
         }
         self.store.save()
+
+    async def persist_durably(self) -> None:
+        """Save, and wait (bounded) until it is on disk: write-ahead for an action that stops
+        processes, so an agent killed in the middle of it restores the new state, not the old one."""
+        self.persist()
+        await asyncio.to_thread(self.store.flush, DURABLE_WAIT_SECONDS)
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+PF_EXITING = 0x4  # task flag: the process is in do_exit (its memory may already be gone)
+
 
 @dataclass
 class Usage:
@@ -56,6 +58,19 @@ class ProcFS:
         except OSError:
             return None
         return data[data.rfind(b")") + 2:][:1].decode() or None
+
+    def living(self, pid: int) -> bool:
+        """True unless the process is gone, a zombie, or already exiting (PF_EXITING set)."""
+        try:
+            with open(f"{self.root}/{pid}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            return False
+        fields = data[data.rfind(b")") + 2:].split()
+        try:
+            return fields[0] not in (b"Z", b"X") and not int(fields[6]) & PF_EXITING
+        except (IndexError, ValueError):
+            return False
 
     def fds(self, pid: int) -> int:
         try:

@@ -95,7 +95,7 @@ class Supervisor(Lifecycle):
         async with rt.lock:
             before = rt.desired
             rt.desired = replicas
-            self.persist()
+            await self.persist_durably()
             if before != replicas:
                 log.info("component %s scaled %d -> %d (%s)", name, before, replicas, reason)
             await self._stop_replicas(rt, self._reconcile(rt))
@@ -157,7 +157,7 @@ class Supervisor(Lifecycle):
                 rt.manual_stop = True
                 self.circuits.cancel(rt)
                 rt.circuit = Circuit.CLOSED
-            self.persist()
+            await self.persist_durably()
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
             self._check_ready(rt)
 
