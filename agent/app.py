@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from agent import __version__
@@ -28,6 +28,7 @@ from agent.act.remediation import Remediator
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
 from agent.config.loader import config_paths
 from agent.config.models import AgentSettings, Autonomy, Config
+from agent.config.webconfig import WebConfigError
 from agent.connections import ConnectionCollector, ConnectionGuard
 from agent.export.metrics import (
     AgentCollector,
@@ -53,6 +54,7 @@ from agent.supervise.process import Guardian, Reaper, raise_fd_limit, set_child_
 from agent.supervise.replica import replica_err_path, replica_log_path
 from agent.supervise.state import StateStore
 from agent.supervise.supervisor import Supervisor
+from agent.websecurity import INSECURE_ADVICE, WebGate, WebSecurity
 
 log = logging.getLogger("agent")
 
@@ -89,16 +91,6 @@ def _bind_and_mkdir(settings: AgentSettings) -> socket.socket:
         sock.close()
         raise StartupError(f"cannot create state dir {settings.state_dir}: {exc.strerror or exc}") from None
     return sock
-
-
-def is_loopback(host: str) -> bool:
-    """True for a loopback address or `localhost`; a wildcard (0.0.0.0, ::) or any other name is not."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def rotate_logs_forever(sup: Supervisor) -> None:
@@ -166,6 +158,7 @@ class Parts:
     backlog_view: BacklogCollector
     remediator: Remediator
     auth: Auth
+    web: WebSecurity
     reload_status: ReloadStatus
     started_wall: float
 
@@ -180,6 +173,7 @@ class Parts:
         """
         settings = config.agent
         auth = Auth(settings)
+        web = WebSecurity(settings)
         store = StateStore(settings.state_dir)
         events = EventMetrics(config)
         reaper = Reaper(loop, child_nofile=raise_fd_limit() if handover is None else handover.child_nofile)
@@ -214,7 +208,7 @@ class Parts:
             client=client, probes=ProbeRunner(supervisor, client, observe=events.observe_probe),
             backlog=backlog, backlog_view=BacklogCollector(backlog, served_capabilities(config)),
             remediator=remediator,
-            auth=auth, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
+            auth=auth, web=web, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
         )
         if handover is not None:
             handover.adopt(parts)
@@ -274,11 +268,12 @@ class Parts:
             ComponentCollector(sup, self.resources, self.probes),
             HostCollector(self.resources),
             self.backlog_view,
+            self.web,
         ]
         routes = metrics_routes(collectors, self.resources.mark_read)
         routes += api_routes(self.auth, sup, self.modes, self.remediator, self.tracing,
                              self.events.webhook_requests, self.status)
-        return build_app(sup, [*routes, *extra_routes])
+        return build_app(sup, [*routes, *extra_routes], [Middleware(WebGate, self.web)])
 
     def status(self) -> dict[str, Any]:
         """The `agent status --json` document."""
@@ -396,7 +391,7 @@ class Agent:
         except ContainmentError as exc:
             log.error("%s (agent.containment: %s); nothing started", exc, settings.containment)
             return await self._give_up(EXIT_UNAVAILABLE)
-        except SecretFileError as exc:
+        except (SecretFileError, WebConfigError) as exc:
             log.error("%s; nothing started", exc)
             return await self._give_up(EXIT_CONFIG)
         except OSError as exc:
@@ -424,22 +419,23 @@ class Agent:
                 handlers[signal.Signals(signum)]()
         try:
             routes = [*reloader.routes(), *reexec_routes(settings, trigger, parts.started_wall)]
-            server = HttpServer(parts.app(routes), parts.guard, sock)
+            server = HttpServer(parts.app(routes), parts.guard, sock, parts.web)
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
             return await self._abort(parts, EXIT_UNAVAILABLE)
         await server.start()
         host, port = sock.getsockname()[:2]
-        log.info("agent %s listening on http://%s:%d (node %s, autonomy %s)",
-                 __version__, host, port, settings.node, parts.modes.autonomy.value)
+        log.info("agent %s listening on %s://%s:%d (node %s, autonomy %s; %s)",
+                 __version__, "https" if parts.web.context else "http", host, port, settings.node,
+                 parts.modes.autonomy.value, parts.web.describe())
         if self.handover is not None:
             log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
                      __version__, self.handover.version, os.getpid(),
                      sum(rt.running_count for rt in parts.supervisor.components.values()))
-        if not is_loopback(host):
-            log.warning("listening on %s, off loopback: this agent has no TLS and no authentication on "
-                        "/metrics, /-/healthy and /-/ready (TLS and authentication come with a later "
-                        "release); bind 127.0.0.1, or put a TLS proxy or a firewall in front", host)
+        missing = parts.web.insecure(host)
+        if missing:
+            log.warning("listening on %s, off loopback, without %s: %s", host, " and ".join(missing),
+                        INSECURE_ADVICE)
         if parts.modes.emergency:
             log.warning("emergency stop in force (from the state dir): components stay stopped; "
                         "`agent autonomy on` lifts it")

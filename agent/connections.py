@@ -11,9 +11,11 @@ minor version and tests/test_connections.py exercises it against the real server
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
+import socket
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import h11
 from prometheus_client.core import Metric
@@ -31,13 +33,22 @@ def soft_fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 30
 
 
+class Admitted(Protocol):
+    """A connection the guard counts: an HTTP one, or a TLS one still in its handshake."""
+
+    @property
+    def waiting(self) -> bool: ...
+
+    def close(self, reason: str) -> None: ...
+
+
 class ConnectionGuard:
     """The open connections of one server, their cap, and why the guard closed the others."""
 
     def __init__(self, max_connections: int, request_timeout: float) -> None:
         self.max_connections = max_connections
         self.request_timeout = request_timeout
-        self.open: dict[GuardedH11Protocol, None] = {}  # insertion order: oldest first
+        self.open: dict[Admitted, None] = {}  # insertion order: oldest first
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
 
     @property
@@ -49,7 +60,7 @@ class ConnectionGuard:
         """
         return max(1, min(self.max_connections, soft_fd_limit() // 2))
 
-    def admit(self, conn: GuardedH11Protocol) -> bool:
+    def admit(self, conn: Admitted) -> bool:
         """Make room for a new connection, closing the oldest one still waiting for its request.
 
         Evicting the oldest waiting connection, rather than refusing the newest, keeps a scraper
@@ -140,3 +151,40 @@ class ConnectionCollector:
         for reason in CLOSE_REASONS:
             closed.add_metric([reason], guard.closed[reason])
         yield closed
+
+
+
+class PendingHandshake:
+    """An accepted connection in its TLS handshake, counted by the guard like an HTTP connection.
+
+    asyncio calls a protocol's connection_made only after the handshake, so a client that connects
+    and never says hello would otherwise hold a descriptor outside the guard. This stands in for it
+    until then: it is evicted first (it is waiting) and times out at the request deadline.
+    """
+
+    waiting = True
+
+    def __init__(self, guard: ConnectionGuard, sock: socket.socket) -> None:
+        self.guard = guard
+        self.sock = sock
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def admit(self) -> bool:
+        if not self.guard.admit(self):
+            return False
+        self._deadline = asyncio.get_running_loop().call_later(self.guard.request_timeout, self.close, "timeout")
+        return True
+
+    def close(self, reason: str) -> None:
+        """End the handshake now (the transport then fails it), counting why."""
+        self.done()
+        self.guard.closed[reason] += 1
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def done(self) -> None:
+        """The handshake ended (either way): no longer counted here."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.guard.open.pop(self, None)

@@ -20,6 +20,8 @@ from starlette.routing import Route
 from agent.act.api import Auth, SecretFileError, TooLarge, control_guard, parse_json, read_limited
 from agent.config.changes import ReloadPlan, plan_reload
 from agent.config.loader import ConfigError, load_config
+from agent.config.webconfig import WebConfigError
+from agent.websecurity import WebSecurity
 
 if TYPE_CHECKING:
     from agent.app import Parts
@@ -100,10 +102,18 @@ class Reloader:
             credentials = await asyncio.to_thread(Auth.read, new.agent)
         except (SecretFileError, OSError) as exc:
             return self._fail("invalid", dry_run, source, where, [str(exc)], where, plan)
+        try:
+            web = await asyncio.to_thread(WebSecurity.read, new.agent)
+        except WebConfigError as exc:
+            errors = [f"agent.web_config_file {exc.path}: {p}: {m}" if p else f"agent.web_config_file {exc.path}: {m}"
+                      for p, m in exc.problems]
+            return self._fail("invalid", dry_run, source, where, errors, where, plan)
         if dry_run:
             return Outcome("dry-run", plan)
+        # Token files and the web config file are re-read and applied even when the config is unchanged.
+        self.parts.web.use(new.agent, web)
         if not plan.changes_anything:
-            self.parts.auth.use(new.agent, credentials)  # token files are re-read even when the config is not
+            self.parts.auth.use(new.agent, credentials)
             self.parts.reload_status.succeeded(plan.hash)
             log.info("config reload (%s): %s unchanged", source, where)
             return Outcome("unchanged", plan)

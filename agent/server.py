@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import logging
 import socket
-from typing import TYPE_CHECKING
+import ssl
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
-from agent.connections import ConnectionGuard, GuardedH11Protocol
+from agent.connections import ConnectionGuard, GuardedH11Protocol, PendingHandshake
 
 if TYPE_CHECKING:
     from agent.supervise.supervisor import Supervisor
+    from agent.websecurity import WebSecurity
 
 log = logging.getLogger("agent.server")
 
+ACCEPT_RETRY_SECONDS = 0.1  # after EMFILE and the like, before accepting again
 
-def build_app(sup: Supervisor, routes: list[Route]) -> Starlette:
+
+def build_app(sup: Supervisor, routes: list[Route], middleware: Sequence[Middleware] = ()) -> Starlette:
     """Health and readiness (from the supervisor), then the given metrics, webhook and control routes."""
 
     async def healthy(request: Request) -> Response:
@@ -39,14 +49,24 @@ def build_app(sup: Supervisor, routes: list[Route]) -> Starlette:
         Route("/-/healthy", healthy, methods=["GET", "HEAD"]),
         Route("/-/ready", ready, methods=["GET", "HEAD"]),
         *routes,
-    ])
+    ], middleware=middleware)
 
 
 class HttpServer:
-    """uvicorn driven by hand: no signal capture, no 100 ms tick loop, on an already bound socket."""
+    """uvicorn's HTTP protocol and shutdown, driven by hand on an already bound socket: no signal
+    capture, no 100 ms tick loop.
 
-    def __init__(self, app: Starlette, guard: ConnectionGuard, sock: socket.socket) -> None:
+    The agent accepts connections itself (`sock_accept`, then `connect_accepted_socket`), so that each
+    one is plain HTTP or TLS as the web config in force says (a reload that turns TLS on or off applies
+    to the next connection), and so that a connection still in its TLS handshake is admitted and timed
+    by the connection guard like any other.
+    """
+
+    def __init__(self, app: ASGIApp, guard: ConnectionGuard, sock: socket.socket,
+                 security: WebSecurity | None = None) -> None:
         self.sock = sock
+        self.guard = guard
+        self.security = security
         config = uvicorn.Config(
             app,
             log_config=None,
@@ -63,11 +83,74 @@ class HttpServer:
         config.load()
         self.server = uvicorn.Server(config)
         self.server.lifespan = config.lifespan_class(config)
+        self.server.servers = []  # no asyncio Server: shutdown() closes only the socket and the connections
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[Any]] = set()
+        self._accept_errors = 0
+
+    def _protocol(self) -> asyncio.Protocol:
+        config = self.server.config
+        protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=self.server.server_state, app_state=self.server.lifespan.state)
+        return protocol
 
     async def start(self) -> None:
-        """Start serving on the socket."""
-        await self.server.startup(sockets=[self.sock])
+        """Start accepting connections on the socket."""
+        self._accepting = asyncio.ensure_future(self._accept_forever())
 
     async def stop(self) -> None:
-        """Close the listener and finish open requests (bounded)."""
+        """Stop accepting, close the listener and finish open requests (bounded)."""
+        if self._accepting is not None:
+            self._accepting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accepting
+        for task in list(self._handshakes):
+            task.cancel()
         await self.server.shutdown(sockets=[self.sock])
+
+    async def _accept_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._accept_errors += 1
+                    if self._accept_errors == 1 or self._accept_errors % 1000 == 0:
+                        log.error("cannot accept connections: %s (%d time(s)); trying again", exc.strerror,
+                                  self._accept_errors)
+                    await asyncio.sleep(ACCEPT_RETRY_SECONDS)  # descriptors run out: let some close first
+                continue  # ECONNABORTED and the like: that client is gone, the next one is not
+            conn.setblocking(False)
+            context = self.security.context if self.security is not None else None
+            task: asyncio.Task[Any]
+            if context is None:
+                task = loop.create_task(loop.connect_accepted_socket(self._protocol, conn))
+            else:
+                task = loop.create_task(self._handshake(loop, conn, context))
+            self._handshakes.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._handshakes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("connection set-up failed: %r", task.exception())
+
+    async def _handshake(self, loop: asyncio.AbstractEventLoop, conn: socket.socket, context: ssl.SSLContext) -> None:
+        assert self.security is not None
+        pending = PendingHandshake(self.guard, conn)
+        if not pending.admit():
+            conn.close()
+            return
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                self._protocol, conn, ssl=context, ssl_handshake_timeout=self.guard.request_timeout)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+            self.security.handshake_failed()
+            with contextlib.suppress(OSError):
+                conn.close()
+            return
+        finally:
+            pending.done()
+        if not self.security.allowed_peer(transport.get_extra_info("peercert")):
+            transport.abort()

@@ -124,7 +124,19 @@ def test_listening_off_loopback_warns_at_start(tmp_path: Path) -> None:
     agent.start()
     try:
         (warning,) = _warnings(agent)
-        assert "no TLS and no authentication on /metrics" in warning
+        assert "without TLS and authentication: anyone who can reach it reads /metrics" in warning
+        assert "orchestrator_insecure_listener 1.0" in httpx.get(agent.url + "/metrics").text
+    finally:
+        agent.stop()
+
+
+def test_an_acknowledged_insecure_listener_neither_warns_nor_sets_the_metric(tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, {"agent": {"listen": f"0.0.0.0:{free_port()}",
+                                              "acknowledge_insecure_listener": True}})
+    agent.start()
+    try:
+        assert _warnings(agent) == []
+        assert "orchestrator_insecure_listener 0.0" in httpx.get(agent.url + "/metrics").text
     finally:
         agent.stop()
 

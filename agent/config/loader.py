@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from agent.config.models import AgentSettings, Config, dependency_problems
 from agent.config.seed import is_seed_shape, map_seed
+from agent.config.webconfig import WebConfigError, read_web_config
 
 
 class ConfigError(Exception):
@@ -230,6 +231,13 @@ def build_config(data: Any, source: str = "<config>", env: Mapping[str, str] | N
         deps = dependency_problems(_raw_dependencies(data.get("components")))
         problems += [p for p in validation_problems(exc) if p not in deps] + deps
         raise ConfigError(source, problems) from None
+    web = config.agent.web_config_file
+    if web is not None:
+        try:
+            read_web_config(web)
+        except WebConfigError as exc:
+            problems += [("agent.web_config_file", f"{exc.path}: {p}: {m}" if p else f"{exc.path}: {m}")
+                         for p, m in exc.problems]
     if problems:
         raise ConfigError(source, problems)
     return config
@@ -313,7 +321,8 @@ def load_config(path: str | Path | Sequence[str | Path], env: Mapping[str, str] 
 
 
 # Keys holding file system paths, by where they sit; `env` values are never touched (they are not paths).
-AGENT_PATH_KEYS = ("state_dir", "log_dir", "control_token_file")
+AGENT_PATH_KEYS = ("state_dir", "log_dir", "control_token_file", "web_config_file")
+CLIENT_TLS_PATH_KEYS = ("ca_file", "cert_file", "key_file")
 DEFAULT_DIRS = ("state_dir", "log_dir")  # relative defaults (.agent, logs) resolved the same way
 WEBHOOK_PATH_KEYS = ("bearer_token_file", "basic_auth_password_file")
 COMPONENT_PATH_KEYS = ("cwd", "env_file")
@@ -347,6 +356,7 @@ def resolve_paths(document: dict[str, Any], base: Path) -> None:
     _absolute(agent, AGENT_PATH_KEYS, base)
     if isinstance(agent, dict):
         _absolute(agent.get("webhook"), WEBHOOK_PATH_KEYS, base)
+        _absolute(agent.get("client_tls"), CLIENT_TLS_PATH_KEYS, base)
     for _, _, entry in component_entries(document):
         _absolute(entry, COMPONENT_PATH_KEYS, base)
         stderr = entry.get("stderr")

@@ -63,6 +63,20 @@ class HttpSettings(Strict):
     max_connections: int = Field(256, ge=1, le=100_000)
 
 
+class ClientTLS(Strict):
+    """How the `agent` CLI on this host reaches this agent over TLS (its --cacert/--cert/--key defaults)."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class AgentSettings(Strict):
     listen: str = "127.0.0.1:9469"
     node: str = Field(default_factory=socket.gethostname)
@@ -80,6 +94,13 @@ class AgentSettings(Strict):
     # How everything a replica started is kept together: cgroup v2 where writable, else tracking by an
     # inherited environment marker (docs/operations.md, "Process containment").
     containment: Literal["auto", "cgroup", "tracking"] = "auto"
+    # exporter-toolkit's web config (TLS, basic auth, headers, rate limit): docs/operations.md,
+    # "Exposing the agent". Re-read on every reload.
+    web_config_file: Path | None = None
+    # Off loopback without TLS or authentication: a warning and orchestrator_insecure_listener 1, unless
+    # this says it is on purpose (a trusted network, a TLS proxy in front).
+    acknowledge_insecure_listener: bool = False
+    client_tls: ClientTLS = ClientTLS()
 
     @field_validator("autonomy", mode="before")
     @classmethod

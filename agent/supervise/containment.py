@@ -344,7 +344,8 @@ class TrackingScope(Scope):
             state = procfs.state(pid)
             if state is None or state == "Z":
                 continue
-            out.append(pid)
+            if procfs.living(pid):  # one already in do_exit needs no signal; its children still may
+                out.append(pid)
             roots.extend(procfs.children(pid))
         return out
 
