@@ -315,6 +315,7 @@ class Parts:
         guardian = self.guardian
         return {"node": self.config.agent.node, "version": __version__, "autonomy": self.modes.autonomy.value,
                 "emergency_stop": self.modes.emergency, "uptime_seconds": round(now - self.started_wall, 1),
+                "start_time": self.started_wall,
                 "config": {"hash": self.reload_status.hash, "last_reload_successful": self.reload_status.successful,
                            "loaded_at": self.reload_status.success_wall},
                 "containment": {

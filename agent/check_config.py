@@ -19,7 +19,9 @@ from typing import Any
 
 from agent.config.loader import ConfigError, build_config, component_entries, load_document
 from agent.config.models import Config, substitute
+from agent.config.webconfig import WebConfigError
 from agent.supervise.process import resolve_command
+from agent.websecurity import INSECURE_ADVICE, WebSecurity
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Report:
     errors: list[tuple[str, str]] = field(default_factory=list)
     config: Config | None = None
     names: dict[str, bool] = field(default_factory=dict)  # component -> external, also when invalid
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # valid, but worth a second look
 
     @property
     def ok(self) -> bool:
@@ -47,6 +50,7 @@ class Report:
             components.append(entry)
         return {"ok": self.ok, "source": self.source,
                 "errors": [{"path": p, "message": m} for p, m in self.errors],
+                "warnings": [{"path": p, "message": m} for p, m in self.warnings],
                 "components": components,
                 "start_order": config.start_order() if config is not None and self.ok else []}
 
@@ -62,6 +66,7 @@ class Report:
             line += f"\nexternal (probed and exported, never started by the agent): {', '.join(external)}"
             if unprobed:
                 line += f"\nexternal without a probe (nothing to watch; listed only): {', '.join(unprobed)}"
+        line += "".join(f"\nwarning: {p}: {m}" for p, m in self.warnings)
         return line
 
 
@@ -125,7 +130,22 @@ def check(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> Report
     except ConfigError as exc:
         report.errors = list(exc.problems)
     report.errors += commands
+    if report.config is not None and report.ok:
+        report.warnings = listener_warnings(report.config)
     return report
+
+
+def listener_warnings(config: Config) -> list[tuple[str, str]]:
+    """An off-loopback listen address without TLS or authentication (the agent warns at start too)."""
+    settings = config.agent
+    try:
+        missing = WebSecurity(settings).insecure()
+    except WebConfigError:
+        return []  # reported as an error by the validation already
+    if not missing:
+        return []
+    return [("agent.listen", f"{settings.listen} is off loopback, without {' and '.join(missing)}: "
+                             f"{INSECURE_ADVICE}")]
 
 
 def cmd_check_config(paths: Sequence[Path], as_json: bool) -> int:

@@ -226,6 +226,11 @@ def common(p: argparse.ArgumentParser, json_flag: bool = True) -> argparse.Argum
     p.add_argument("--url", help="the agent's base URL (default: from the config's agent.listen)")
     p.add_argument("--token-file", help="control token file (default: <state_dir>/control.token)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the agent (default 30)")
+    p.add_argument("--cacert", help="CA certificate to trust the agent's TLS certificate with (default: "
+                   "agent.client_tls.ca_file, else the system's trust store)")
+    p.add_argument("--cert", help="client certificate, when the agent requires one "
+                   "(default: agent.client_tls.cert_file)")
+    p.add_argument("--key", help="the client certificate's key (default: agent.client_tls.key_file)")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print the agent's answer as JSON")
     return p

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from agent.cli_output import suggest
 from agent.config.loader import ConfigError, config_paths, load_config, load_document
 from agent.config.models import AgentSettings, Config, parse_listen
 
 # The agent settings a control verb needs to reach the agent.
-ENDPOINT_KEYS = ("listen", "state_dir", "control_token_file")
+ENDPOINT_KEYS = ("listen", "state_dir", "control_token_file", "web_config_file", "client_tls")
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
@@ -57,21 +60,64 @@ def _where(args: argparse.Namespace) -> AgentSettings:
         raise ControlError(f"invalid config\n{problem}", EXIT_USAGE) from None
 
 
-def listen_url(listen: str) -> str:
+def listen_url(listen: str, tls: bool = False) -> str:
     """The URL that reaches an agent listening on `listen` (a wildcard address is reached on loopback)."""
     host, port = parse_listen(listen)
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    scheme = "https" if tls else "http"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-def endpoint(args: argparse.Namespace) -> tuple[str, str]:
-    """The agent's base URL and control token, from --url/--token-file or the config."""
+def serves_tls(web_config_file: Path | None) -> bool:
+    """Whether the agent's web config turns TLS on (read leniently: only the key's presence counts)."""
+    if web_config_file is None:
+        return False
+    try:
+        document = yaml.safe_load(web_config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(document, dict) and bool(document.get("tls_server_config"))
+
+
+@dataclass
+class Endpoint:
+    """Where the agent is, its control token, and how to trust its TLS certificate."""
+
+    url: str
+    token: str
+    verify: ssl.SSLContext | bool = True
+
+    def request(self, method: str, path: str, *, timeout: float, body: Any = None,
+                auth: bool = True) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
+        return httpx.request(method, self.url + path, json=body, timeout=timeout, headers=headers, verify=self.verify)
+
+
+def _tls_context(args: argparse.Namespace, settings: AgentSettings | None) -> ssl.SSLContext | bool:
+    """--cacert/--cert/--key, else the config's agent.client_tls, else the system's trust store."""
+    client = settings.client_tls if settings is not None else None
+    ca = getattr(args, "cacert", None) or (client.ca_file if client else None)
+    cert = getattr(args, "cert", None) or (client.cert_file if client else None)
+    key = getattr(args, "key", None) or (client.key_file if client else None)
+    if ca is None and cert is None:
+        return True
+    try:
+        ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+        if cert is not None:
+            ctx.load_cert_chain(str(cert), str(key) if key else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ControlError(f"cannot use the TLS files (CA {ca}, certificate {cert}): {exc}", EXIT_USAGE) from None
+    return ctx
+
+
+def endpoint(args: argparse.Namespace) -> Endpoint:
+    """The agent's base URL, control token and TLS trust, from --url/--token-file/--cacert or the config."""
     settings = _where(args) if not (args.url and args.token_file) else None
     url = args.url or os.environ.get("AGENT_URL")
     if not url:
         assert settings is not None
-        url = listen_url(settings.listen)
+        url = listen_url(settings.listen, serves_tls(settings.web_config_file))
     token_path = Path(args.token_file) if args.token_file else None
     if token_path is None:
         assert settings is not None
@@ -81,7 +127,20 @@ def endpoint(args: argparse.Namespace) -> tuple[str, str]:
     except OSError as exc:
         raise ControlError(f"cannot read the control token {token_path}: {exc.strerror or exc} "
                            "(the agent creates it on its first run)") from None
-    return url.rstrip("/"), token
+    return Endpoint(url.rstrip("/"), token, _tls_context(args, settings))
+
+
+def unreachable(where: Endpoint, exc: httpx.HTTPError, hint: str = "is it running?") -> ControlError:
+    """The ControlError (exit 3) for a request that got no answer, saying why when TLS is the reason."""
+    why = type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "certificate" in str(exc):
+        why = f"TLS: {exc}"
+        hint = ("check --cacert (or agent.client_tls.ca_file), and --cert/--key when the agent requires a "
+                "client certificate")
+    elif where.url.startswith("http://") and isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        hint = "does it serve TLS? then use an https:// --url"
+    return ControlError(f"cannot reach the agent at {where.url} ({why}); {hint}", EXIT_UNREACHABLE)
 
 
 def refusal(status: int, document: Any) -> ControlError:
@@ -103,13 +162,11 @@ def refusal(status: int, document: Any) -> ControlError:
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None, *, accept: tuple[int, ...] = ()) -> Any:
     """One control API request; ControlError on failure (statuses in `accept` return their document)."""
-    url, token = endpoint(args)
+    where = endpoint(args)
     try:
-        response = httpx.request(method, url + path, json=body, timeout=args.timeout,
-                                 headers={"Authorization": f"Bearer {token}"})
+        response = where.request(method, path, body=body, timeout=args.timeout)
     except httpx.HTTPError as exc:
-        raise ControlError(f"cannot reach the agent at {url} ({type(exc).__name__}); is it running?",
-                           EXIT_UNREACHABLE) from None
+        raise unreachable(where, exc) from None
     try:
         document = response.json()
     except ValueError:

@@ -15,30 +15,29 @@ import time
 import httpx
 
 from agent.cli_output import print_json, progress
-from agent.control_client import EXIT_UNREACHABLE, ControlError, endpoint, listen_url
+from agent.control_client import ControlError, Endpoint, endpoint, listen_url, unreachable
 
 _START_TIME = re.compile(r"^orchestrator_agent_start_time_seconds (\S+)$", re.MULTILINE)
 
 
-def _start_time(url: str) -> float | None:
-    """The start time an agent at `url` exports (unauthenticated /metrics), None when it does not answer."""
+def _start_time(where: Endpoint, url: str) -> float | None:
+    """The start time of the agent image answering at `url`, None when none answers."""
     try:
-        response = httpx.get(url + "/metrics", timeout=2.0)
-    except httpx.HTTPError:
+        response = Endpoint(url, where.token, where.verify).request("GET", "/api/v1/status", timeout=2.0)
+        return float(response.json()["start_time"]) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
-    found = _START_TIME.search(response.text) if response.status_code == 200 else None
-    return float(found.group(1)) if found else None
 
 
 def cmd_reexec(args: argparse.Namespace) -> int:
     """Ask the agent to re-execute itself, then wait until the new image serves (exit 0), or say why not."""
-    url, token = endpoint(args)
+    where = endpoint(args)
+    url = where.url
     try:
-        response = httpx.post(url + "/-/reexec", timeout=args.timeout, headers={"Authorization": f"Bearer {token}"})
+        response = where.request("POST", "/-/reexec", timeout=args.timeout)
     except httpx.HTTPError as exc:
-        raise ControlError(f"cannot reach the agent at {url} ({type(exc).__name__}); is it running? (after "
-                           "changing agent.listen, give the address it runs on now with --url)",
-                           EXIT_UNREACHABLE) from None
+        raise unreachable(where, exc, "is it running? (after changing agent.listen, give the address it "
+                          "runs on now with --url)") from None
     try:
         doc = response.json()
     except ValueError:
@@ -53,12 +52,13 @@ def cmd_reexec(args: argparse.Namespace) -> int:
                 print(f"  {line}", file=sys.stderr)
         return 2 if response.status_code == 422 else 1
     started, pid = float(doc["start_time"]), doc["pid"]
-    candidates = list(dict.fromkeys([listen_url(doc["listen"]), url]))  # the new address first, then the old
+    # The new address first, then the old.
+    candidates = list(dict.fromkeys([listen_url(doc["listen"], url.startswith("https:")), url]))
     deadline = time.monotonic() + args.timeout
     with progress("waiting for the new agent image…"):
         while time.monotonic() < deadline:
             for candidate in candidates:
-                now = _start_time(candidate)
+                now = _start_time(where, candidate)
                 if now is not None and now > started:
                     result = {"pid": pid, "url": candidate, "start_time": now, "previous_start_time": started}
                     if args.json:

@@ -111,12 +111,13 @@ class Reloader:
         if dry_run:
             return Outcome("dry-run", plan)
         # Token files and the web config file are re-read and applied even when the config is unchanged.
-        self.parts.web.use(new.agent, web)
+        web_changed = self.parts.web.use(new.agent, web)
         if not plan.changes_anything:
             self.parts.auth.use(new.agent, credentials)
             self.parts.reload_status.succeeded(plan.hash)
-            log.info("config reload (%s): %s unchanged", source, where)
-            return Outcome("unchanged", plan)
+            log.info("config reload (%s): %s unchanged%s", source, where, "; its web config file changed, "
+                     "applied" if web_changed else "")
+            return Outcome("applied" if web_changed else "unchanged", plan)
         log.info("config reload (%s) from %s: %s", source, where, plan.summary())
         await self.parts.reconfigure(new, plan, credentials)
         self.parts.reload_status.succeeded(plan.hash)

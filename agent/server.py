@@ -145,7 +145,8 @@ class HttpServer:
         try:
             transport, _ = await loop.connect_accepted_socket(
                 self._protocol, conn, ssl=context, ssl_handshake_timeout=self.guard.request_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            log.debug("TLS handshake failed: %s", exc)
             self.security.handshake_failed()
             with contextlib.suppress(OSError):
                 conn.close()

@@ -110,7 +110,8 @@ def init(directory: Path, hosts: list[str], days: int = 365, user: str = "promet
     if present and not force:
         raise FileExistsError(f"{directory / present[0]} exists (--force replaces every file of the set)")
     ca_key, server_key, client_key = _key(), _key(), _key()
-    ca_cert = _issue("orchestrator-agent test CA", ca_key, None, days, None, None)
+    # A name of its own: two test CAs trusted side by side must not be mistaken for each other.
+    ca_cert = _issue(f"orchestrator-agent test CA {secrets.token_hex(4)}", ca_key, None, days, None, None)
     server_cert = _issue(hosts[0], server_key, (ca_cert, ca_key), days, ExtendedKeyUsageOID.SERVER_AUTH, _san(hosts))
     client_cert = _issue(user, client_key, (ca_cert, ca_key), days, ExtendedKeyUsageOID.CLIENT_AUTH,
                          x509.SubjectAlternativeName([x509.DNSName(user)]))

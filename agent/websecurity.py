@@ -87,13 +87,18 @@ class WebSecurity:
             return Loaded(None, WebConfig(), None)
         return Loaded(path, *read_web_config(path))
 
-    def use(self, settings: AgentSettings, loaded: Loaded) -> None:
-        """Switch to a reload's settings and what `read` got for them."""
+    def use(self, settings: AgentSettings, loaded: Loaded) -> bool:
+        """Switch to a reload's settings and what `read` got for them; True when the web config changed.
+
+        The files it names are read afresh either way, so a renewed certificate is served from here on.
+        """
         before = self.loaded
         self.settings, self.loaded = settings, loaded
-        if before.config != loaded.config or before.path != loaded.path:
-            self._verified.clear()
-            log.info("web config %s applied: %s", loaded.path or "(none)", self.describe())
+        if before.config == loaded.config and before.path == loaded.path:
+            return False
+        self._verified.clear()
+        log.info("web config %s applied: %s", loaded.path or "(none)", self.describe())
+        return True
 
     @property
     def config(self) -> WebConfig:

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -126,6 +127,20 @@ class AgentProcess:
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = True  # set by use_tls for an agent with a web config
+        self.basic: tuple[str, str] | None = None
+
+    def use_tls(self, ca: Path | None, cert: tuple[Path, Path] | None = None,
+                basic: tuple[str, str] | None = None) -> AgentProcess:
+        """Talk to this agent over TLS (trusting `ca`, presenting `cert`) and with basic auth."""
+        if ca is not None:
+            ctx = ssl.create_default_context(cafile=str(ca))
+            if cert is not None:
+                ctx.load_cert_chain(*map(str, cert))
+            self.verify = ctx
+            self.url = f"https://localhost:{self.port}"
+        self.basic = basic
+        return self
 
     def start(self, wait: bool = True, preexec_fn: Callable[[], Any] | None = None) -> AgentProcess:
         """Start `agent run`; `preexec_fn` runs in the child before exec (e.g. to lower an rlimit)."""
@@ -144,7 +159,7 @@ class AgentProcess:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log_text()}")
         try:
-            return httpx.get(self.url + "/-/healthy", timeout=1).status_code == 200
+            return httpx.get(self.url + "/-/healthy", timeout=1, verify=self.verify, auth=self.basic).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -170,7 +185,7 @@ class AgentProcess:
     def api(self, method: str, path: str, body: Any = None, timeout: float = 10) -> Any:
         """Call the control API with the agent's control token; returns the JSON answer (raises on 4xx/5xx)."""
         token = (self.state_dir / "control.token").read_text().strip()
-        r = httpx.request(method, self.url + path, json=body, timeout=timeout,
+        r = httpx.request(method, self.url + path, json=body, timeout=timeout, verify=self.verify,
                           headers={"Authorization": f"Bearer {token}"})
         r.raise_for_status()
         return r.json()
