@@ -22,8 +22,30 @@ from tests.stackbin import require_binary
 THRESHOLDS = {"orchestrator:backlog_target_per_replica": 10, "orchestrator:idle_window_seconds": 10}
 
 
-def prometheus_config(rules: Path, agent_port: int, prom_port: int, am_port: int) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+def uncomment_tls(text: str, tls: Path, default_dir: str = "../tls") -> str:
+    """The shipped config with its `# >>> TLS` ... `# <<< TLS` block uncommented, its files in `tls`."""
+    out, inside = [], False
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if stripped.startswith("# >>> TLS"):
+            inside = True
+            continue
+        if stripped.startswith("# <<< TLS"):
+            inside = False
+            continue
+        if inside and stripped.startswith("#"):
+            indent = line[:len(line) - len(stripped)]
+            line = indent + stripped[2:] if stripped.startswith("# ") else indent + stripped[1:]
+            if line.strip().startswith("#"):
+                continue  # a comment inside the block (about client certificates), or its prose
+        out.append(line.replace(default_dir, str(tls)))
+    return "\n".join(out) + "\n"
+
+
+def prometheus_config(rules: Path, agent_port: int, prom_port: int, am_port: int,
+                      tls: Path | None = None) -> dict[str, Any]:
+    text = (ROOT / "prometheus" / "prometheus.yml").read_text()
+    doc = yaml.safe_load(uncomment_tls(text, tls) if tls is not None else text)
     doc["global"].update(scrape_interval="1s", evaluation_interval="1s")
     doc["rule_files"] = [str(rules / "*.yml")]
     doc["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
@@ -33,8 +55,9 @@ def prometheus_config(rules: Path, agent_port: int, prom_port: int, am_port: int
     return doc
 
 
-def alertmanager_config(agent_port: int, token: Path, receiver_port: int) -> dict[str, Any]:
-    doc = yaml.safe_load((ROOT / "prometheus" / "alertmanager.yml").read_text())
+def alertmanager_config(agent_port: int, token: Path, receiver_port: int, tls: Path | None = None) -> dict[str, Any]:
+    text = (ROOT / "prometheus" / "alertmanager.yml").read_text()
+    doc = yaml.safe_load(uncomment_tls(text, tls) if tls is not None else text)
     route = doc["route"]
     route.update(group_wait="1s", group_interval="1s", repeat_interval="3s")
 
@@ -52,7 +75,7 @@ def alertmanager_config(agent_port: int, token: Path, receiver_port: int) -> dic
     walk(route)
     receivers = {r["name"]: r for r in doc["receivers"]}
     for hook in receivers["agent-webhook"]["webhook_configs"]:
-        hook["url"] = f"http://127.0.0.1:{agent_port}/webhook/alertmanager"
+        hook["url"] = f"{'https://localhost' if tls else 'http://127.0.0.1'}:{agent_port}/webhook/alertmanager"
         hook["http_config"]["authorization"]["credentials_file"] = str(token)
     # The demo's alert receiver (a component below), where alerts for people land.
     (hook,) = receivers["human"]["webhook_configs"]
