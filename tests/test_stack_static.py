@@ -77,6 +77,7 @@ CONTRACT_METRICS = frozenset({
     "orchestrator_agent_start_time_seconds",
     # config reloads and rolling restarts
     "orchestrator_config_last_reload_successful",
+    "orchestrator_insecure_listener",
     "orchestrator_config_last_reload_success_timestamp_seconds",
     "orchestrator_config_hash",
     "orchestrator_rollout_halted_total",
