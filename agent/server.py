@@ -114,6 +114,8 @@ class HttpServer:
             try:
                 conn, _ = await loop.sock_accept(self.sock)
             except OSError as exc:
+                if exc.errno in (errno.EBADF, errno.EINVAL, errno.ENOTSOCK):
+                    return  # the listener is closed: the server stops
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     self._accept_errors += 1
                     if self._accept_errors == 1 or self._accept_errors % 1000 == 0:
