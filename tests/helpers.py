@@ -24,15 +24,20 @@ ROOT = Path(__file__).resolve().parent.parent
 _tick = threading.Event()  # never set: wait(interval) paces a deadline loop
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005, what: str = "") -> Any:
-    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail)."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005,
+             what: str | Callable[[], str] = "") -> Any:
+    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail).
+
+    `what` names the condition in the failure; a callable is asked at that moment (to show the state).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {said or predicate}")
         _tick.wait(interval)
 
 
@@ -54,7 +59,8 @@ async def until(predicate: Callable[[], Any], timeout: float = 5.0, interval: fl
         if value:
             return value
         if last:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            said = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {said or predicate}")
     raise AssertionError("unreachable")
 
 

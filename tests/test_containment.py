@@ -20,7 +20,7 @@ import httpx
 import psutil
 
 from agent.supervise.containment import cgroup2_mount, own_cgroup
-from bench.chaos import marked
+from bench.chaos import marked, proc_state
 from tests.helpers import AgentProcess, running_agent, wait_for
 
 DAEMON = "setsid sleep 100000 </dev/null >/dev/null 2>&1"
@@ -33,6 +33,17 @@ def config(containment: str, **components: dict[str, Any]) -> dict[str, Any]:
 
 def shell(command: str, mark: str, **extra: Any) -> dict[str, Any]:
     return {"command": command, "shell": True, "env": {"CHAOS_MARK": mark}, **extra}
+
+
+def describe(pids: set[int]) -> str:
+    """Each pid with its state and command line, for a failure message."""
+    out = []
+    for pid in sorted(pids):
+        try:
+            out.append(f"{pid} {proc_state(pid)} {' '.join(psutil.Process(pid).cmdline())!r}")
+        except psutil.Error as exc:
+            out.append(f"{pid} gone ({type(exc).__name__})")
+    return "; ".join(out)
 
 
 def guardian_of(agent: AgentProcess) -> int | None:
@@ -165,10 +176,12 @@ def test_leftovers_of_an_agent_killed_with_its_guardian_are_swept_at_the_next_st
     guardian = guardian_of(agent)
     assert agent.proc is not None and guardian is not None
     agent.proc.send_signal(signal.SIGSTOP)  # so it cannot start a new guardian
+    wait_for(lambda: proc_state(agent.proc.pid) == "T", 5, what="the agent to be stopped")
     psutil.Process(guardian).kill()
     agent.stop(signal.SIGKILL)
     # The shell dies of its parent-death signal; its sleep and daemon are left (nothing covered the crash).
-    leftovers = wait_for(lambda: len(m := marked(mark) & old) == 2 and m, 2, what="two leftovers")
+    leftovers = wait_for(lambda: len(m := marked(mark) & old) == 2 and m, 10,
+                         what=lambda: f"two leftovers of {describe(old)}")
     with running_agent(tmp_path, cfg) as agent:
         wait_for(lambda: not marked(mark) & old, 5, what=f"the next start to end {leftovers}")
         ended = [r["msg"] for r in agent.log_records() if "left by the previous agent" in r.get("msg", "")]

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import subprocess
+from pathlib import Path
 
+import pytest
+
+from agent.supervise import process
 from agent.supervise.process import Guardian, Reaper
 from tests.helpers import pid_alive, run_async, until
 
@@ -32,3 +37,31 @@ def test_guardian_kills_registered_groups_only_at_eof() -> None:
         for p in groups:
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("tools", ["setpriv+prlimit", "no prlimit", "no setpriv", "neither"])
+@pytest.mark.parametrize("die_with_parent", [True, False])
+def test_a_child_starts_with_the_fd_limits_it_is_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tools: str, die_with_parent: bool) -> None:
+    # Its very first instruction already sees them: they are set before the command runs.
+    if tools in ("no setpriv", "neither"):
+        monkeypatch.setattr(process, "_SETPRIV", None)
+    if tools in ("no prlimit", "neither"):
+        monkeypatch.setattr(process, "_PRLIMIT", None)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = (min(soft, 1000) - 1, hard)
+    out = tmp_path / "limits"
+
+    async def main() -> list[int]:
+        reaper = Reaper(asyncio.get_running_loop(), child_nofile=wanted)
+        codes: list[int] = []
+        try:
+            reaper.spawn(["sh", "-c", f"ulimit -Sn > {out}; ulimit -Hn >> {out}"],
+                         lambda status: codes.append(status.metric_code), die_with_parent=die_with_parent)
+            await until(lambda: codes, 5, what="the child to exit")
+        finally:
+            reaper.close()
+        return codes
+
+    assert run_async(main()) == [0]
+    assert out.read_text().split() == [str(wanted[0]), "unlimited" if hard == resource.RLIM_INFINITY else str(hard)]

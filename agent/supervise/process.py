@@ -34,6 +34,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+_PRLIMIT = shutil.which("prlimit") if sys.platform.startswith("linux") else None
 
 
 def set_child_subreaper() -> bool:
@@ -41,15 +42,22 @@ def set_child_subreaper() -> bool:
     return sys.platform.startswith("linux") and _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
-def _die_with_parent(parent_pid: int, nofile: tuple[int, int] | None) -> Callable[[], None]:
-    def preexec() -> None:  # runs in the child between fork and exec: keep it tiny
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
+def _in_child(parent_pid: int | None, nofile: tuple[int, int] | None) -> Callable[[], None]:
+    """What runs in the child between fork and exec when no util-linux tool can do it (keep it tiny):
+    the parent-death signal (when `parent_pid` is given) and the fd limits."""
+    def preexec() -> None:
+        if parent_pid is not None:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent_pid:  # the parent died before prctl took effect
+                os._exit(1)
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
     return preexec
+
+
+def _limit(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
 def resolve_command(command: str, search: str | None, cwd: str | Path | None = None) -> str:
@@ -230,20 +238,30 @@ class Reaper:
         argv = list(argv)
         preexec = None
         ids: dict[str, Any] = {}
+        # util-linux's setpriv and prlimit apply the parent-death signal, the ids and the fd limits,
+        # each then execs the next: the fork stays a vfork (about 1 ms) instead of a full fork running
+        # Python code in the child (4-5 ms). setpriv changes the ids before it sets the parent-death
+        # signal, which a change of ids clears.
+        wrap: list[str] = []
         if die_with_parent and _SETPRIV is not None:
-            # util-linux's setpriv sets PR_SET_PDEATHSIG and execs the command: the fork stays a
-            # vfork (about 1 ms) instead of a full fork running Python code in the child (4-5 ms).
-            # It changes the ids before it sets the parent-death signal, which a change of ids clears.
+            wrap += [_SETPRIV, "--pdeathsig", "KILL", *_setpriv_ids(identity), "--"]
+        if self.child_nofile is not None and _PRLIMIT is not None and (wrap or not die_with_parent):
+            # Set before the command runs, not afterwards from here: a prlimit() on the child's pid
+            # raced its first instructions (`ulimit -n` saw the agent's raised limit about 1 run in 2
+            # on a loaded machine).
+            wrap += [_PRLIMIT, f"--nofile={_limit(self.child_nofile[0])}:{_limit(self.child_nofile[1])}", "--"]
+        if wrap:
             path = resolve_command(argv[0], (env or os.environ).get("PATH"), cwd)
             if cwd is not None and not Path(cwd).is_dir():
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(cwd))
-            argv = [_SETPRIV, "--pdeathsig", "KILL", *_setpriv_ids(identity), "--", path, *argv[1:]]
-        else:
-            if die_with_parent:
-                # Popen runs this after it changed the ids, so the parent-death signal stays set.
-                preexec = _die_with_parent(os.getpid(), self.child_nofile)
-            if identity is not None:
-                ids = {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
+            argv = [*wrap, path, *argv[1:]]
+        nofile_done = self.child_nofile is None or _PRLIMIT in wrap
+        if (die_with_parent and _SETPRIV is None) or not nofile_done:
+            # Popen runs this after it changed the ids, so the parent-death signal stays set.
+            preexec = _in_child(os.getpid() if die_with_parent and _SETPRIV is None else None,
+                                None if nofile_done else self.child_nofile)
+        if identity is not None and (_SETPRIV is None or not die_with_parent):
+            ids = {"user": identity.uid, "group": identity.gid, "extra_groups": list(identity.groups)}
         popen = subprocess.Popen(
             argv,
             stdin=stdin,
@@ -257,11 +275,6 @@ class Reaper:
             umask=-1 if umask is None else umask,
             **ids,
         )
-        if self.child_nofile is not None and preexec is None:
-            # setpriv cannot set limits; this lands while setpriv is still loading, before it execs
-            # the command (a fork by the command itself comes later).
-            with contextlib.suppress(ProcessLookupError):
-                resource.prlimit(popen.pid, resource.RLIMIT_NOFILE, self.child_nofile)
         self._callbacks[popen.pid] = on_exit
         self._popens[popen.pid] = popen
         # The child may already have exited before its callback was registered.
