@@ -126,7 +126,8 @@ def endpoint(args: argparse.Namespace) -> Endpoint:
         token = token_path.read_text().strip()
     except OSError as exc:
         raise ControlError(f"cannot read the control token {token_path}: {exc.strerror or exc} "
-                           "(the agent creates it on its first run)") from None
+                           "(the agent creates it on its first run; if the config's state_dir or control_token_file "
+                           "changed since the agent started, --token-file names the one it uses)") from None
     return Endpoint(url.rstrip("/"), token, _tls_context(args, settings))
 
 

@@ -170,10 +170,10 @@ class Trigger:
         self.accepted = refusal is None
         return refusal
 
-    def next_listen(self, current: str) -> str:
-        """The address the new image will serve on (what the files say now), for the caller to reach it."""
+    def next_settings(self, current: AgentSettings) -> AgentSettings:
+        """The agent settings the new image will use (what the files say now), for the caller to reach it."""
         try:
-            return load_config(self.paths).agent.listen if self.paths else current
+            return load_config(self.paths).agent if self.paths else current
         except ConfigError:
             return current
 
@@ -201,8 +201,12 @@ def reexec_routes(settings: AgentSettings, trigger: Trigger, started_wall: float
         # Not a background task, which a client that hangs up would skip (the locks stay taken): the
         # agent stops its server before the exec, and that lets this answer go out first.
         asyncio.get_running_loop().call_soon(trigger.go)
-        return JSONResponse({"pid": os.getpid(), "start_time": started_wall,
-                             "listen": trigger.next_listen(settings.listen)}, status_code=202)
+        upcoming = trigger.next_settings(settings)
+        token_file = upcoming.control_token_file or upcoming.state_dir / "control.token"
+        # Where the new image serves and where its control token is (a new state_dir means a new
+        # token): a path, never the token itself.
+        return JSONResponse({"pid": os.getpid(), "start_time": started_wall, "listen": upcoming.listen,
+                             "control_token_file": str(token_file.absolute())}, status_code=202)
 
     return [Route("/-/reexec", reexec, methods=["POST"])]
 

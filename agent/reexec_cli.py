@@ -7,10 +7,12 @@ Exit 0 when a newer image answers, 2 invalid config, 1 refused or no new image w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -20,13 +22,24 @@ from agent.control_client import ControlError, Endpoint, endpoint, listen_url, u
 _START_TIME = re.compile(r"^orchestrator_agent_start_time_seconds (\S+)$", re.MULTILINE)
 
 
-def _start_time(where: Endpoint, url: str) -> float | None:
-    """The start time of the agent image answering at `url`, None when none answers."""
-    try:
-        response = Endpoint(url, where.token, where.verify).request("GET", "/api/v1/status", timeout=2.0)
-        return float(response.json()["start_time"]) if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
+def _start_time(where: Endpoint, url: str, token_file: str | None) -> float | None:
+    """The start time of the agent image answering at `url`, None when none answers.
+
+    The new image may use another control token (a new state_dir): the one in `token_file`, which
+    the old image named, is tried when the current one is refused.
+    """
+    tokens = [where.token]
+    if token_file:
+        with contextlib.suppress(OSError):
+            tokens.append(Path(token_file).read_text().strip())
+    for token in dict.fromkeys(tokens):
+        try:
+            response = Endpoint(url, token, where.verify).request("GET", "/api/v1/status", timeout=2.0)
+            if response.status_code == 200:
+                return float(response.json()["start_time"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+    return None
 
 
 def cmd_reexec(args: argparse.Namespace) -> int:
@@ -58,7 +71,7 @@ def cmd_reexec(args: argparse.Namespace) -> int:
     with progress("waiting for the new agent image…"):
         while time.monotonic() < deadline:
             for candidate in candidates:
-                now = _start_time(where, candidate)
+                now = _start_time(where, candidate, doc.get("control_token_file"))
                 if now is not None and now > started:
                     result = {"pid": pid, "url": candidate, "start_time": now, "previous_start_time": started}
                     if args.json:

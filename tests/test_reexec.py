@@ -116,6 +116,27 @@ def test_reexec_keeps_20_components_and_serves_on_the_new_listen(tmp_path: Path,
     assert not leftover and not pid_alive(guardian)
 
 
+def test_a_reexec_onto_a_new_state_dir_is_reported_done_with_the_new_token(tmp_path: Path) -> None:
+    # The new image makes a new control token in its new state dir; the CLI must still see it serve.
+    agent = AgentProcess(tmp_path, {"components": sleepers(2)}).start()
+    try:
+        before = wait_for(lambda: all_running(agent, 2), 15, 0.05, "2 components running")
+        moved = tmp_path / "state2"
+        edit_config(agent, lambda c: c["agent"].update(state_dir=str(moved)))
+        refused = agent_cli(agent, "reexec")  # the config names a token that does not exist yet
+        assert refused.returncode != 0 and "--token-file" in refused.stderr, refused.stderr
+        old_token = str(agent.state_dir / "control.token")
+        out = agent_cli(agent, "reexec", "--json", "--timeout", "20", "--token-file", old_token)
+        assert out.returncode == 0, out.stdout + out.stderr + agent.log_text()
+        assert (moved / "control.token").exists()
+        agent.state_dir = moved
+        assert component_pids(agent) == before
+        status = agent_cli(agent, "status", "--json")
+        assert status.returncode == 0, status.stderr
+    finally:
+        assert agent.stop() == 0
+
+
 def test_sigusr2_reexecs_and_stops_a_component_the_file_no_longer_has(tmp_path: Path) -> None:
     agent = AgentProcess(tmp_path, {"components": sleepers(3)}).start()
     try:
