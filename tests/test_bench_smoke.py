@@ -63,3 +63,16 @@ def test_quick_bench_is_complete_and_well_formed(tmp_path: Path) -> None:
             assert isinstance(row["met"], bool), row
     assert (tmp_path / files[0].with_suffix(".md").name).exists()
     assert "crash-to-restart p99" in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_tls_bench_measures_the_agent_in_every_mode() -> None:
+    done = subprocess.run([sys.executable, "-m", "bench.tls", "--components", "3", "--requests", "5",
+                           "--connections", "3"], cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| agent")]
+    assert [cells[1].strip() for cells in rows] == ["plain", "tls", "tls+basic"], done.stdout
+    for cells in rows:
+        figures = [float(part) for cell in cells[2:] for part in cell.replace("KB", "").replace("ms", "").split("/")]
+        # Body and latencies are positive; the CPU figure counts in 10 ms ticks, so 5 requests may show 0.
+        assert all(f > 0 for f in figures[:-1]) and figures[-1] >= 0, cells
