@@ -17,6 +17,7 @@ from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_
 from agent.config.models import Autonomy
 from agent.control_cli import add_control_commands, common
 from agent.loop import ignore_hangup
+from agent.stack_cli import add_stack_commands
 from agent.tls_cli import add_tls_commands
 
 EPILOG = """\
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     todo.set_defaults(func=cmd_todo)
 
     add_control_commands(sub)
+    add_stack_commands(sub)
     add_tls_commands(sub)
 
     cfg = sub.add_parser("config", help="the effective config: `agent config show [--json]`")

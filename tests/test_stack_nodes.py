@@ -1,0 +1,218 @@
+"""`agent stack generate --nodes`: targets and routing for several agents from one list, checked by promtool
+and amtool, then live: a real Prometheus discovers every agent with its node label, and a real
+Alertmanager delivers a node's action to that node's receiver only, with its token.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.helpers import free_port, wait_for
+from tests.stackbin import require_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def agent(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd)
+
+
+def node_list(tmp: Path, ports: dict[str, int], **extra: Any) -> Path:
+    (tmp / "tokens").mkdir(exist_ok=True)
+    for name in ports:
+        (tmp / "tokens" / f"{name}.token").write_text(f"token-of-{name}-0123456789\n")
+    doc = {"nodes": [{"name": n, "address": f"127.0.0.1:{p}", "webhook_token_file": f"tokens/{n}.token"}
+                     for n, p in ports.items()], **extra}
+    path = tmp / "nodes.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def generate(tmp: Path, nodes: Path) -> Path:
+    out = tmp / "out"
+    done = agent("stack", "generate", "--nodes", str(nodes), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_the_generated_configs_pass_promtool_and_amtool_and_route_each_node_to_its_agent(tmp_path: Path) -> None:
+    promtool, amtool = require_binary("promtool"), require_binary("amtool")
+    (tmp_path / "tls").mkdir()
+    for name in ("ca.crt", "client.crt", "client.key", "metrics.password"):
+        (tmp_path / "tls" / name).write_text("x")
+    nodes = node_list(tmp_path, {"a": 9471, "b": 9472, "c": 9473},
+                      tls={"ca_file": "tls/ca.crt", "cert_file": "tls/client.crt", "key_file": "tls/client.key"},
+                      basic_auth={"username": "prometheus", "password_file": "tls/metrics.password"},
+                      alertmanagers=["127.0.0.1:9093", "127.0.0.1:9094"])
+    out = generate(tmp_path, nodes)
+
+    check = subprocess.run([promtool, "check", "config", str(out / "prometheus.yml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    check = subprocess.run([amtool, "check-config", str(out / "alertmanager.yml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def route(*labels: str) -> str:
+        done = subprocess.run([amtool, "config", "routes", "test", f"--config.file={out / 'alertmanager.yml'}",
+                               *labels], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    assert route("action=restart", "node=b") == "agent-b"
+    assert route("action=scale_down", "node=c") == "agent-c"
+    assert route("action=restart", "node=a", "defer=off_peak") == "agent-a"  # the base's deferrals, per node
+    assert route("action=restart", "node=zz") == "human"  # a node nobody runs: for people
+    assert route("action=restart") == "human"
+    assert route("alertname=OrchestratorAgentDown", "node=a") == "human"  # no action: for people
+
+    prom = yaml.safe_load((out / "prometheus.yml").read_text())
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "orchestrator-agent")
+    assert job["scheme"] == "https" and (out / job["tls_config"]["ca_file"]).resolve() == tmp_path / "tls/ca.crt"
+    assert (out / job["basic_auth"]["password_file"]).resolve() == tmp_path / "tls/metrics.password"
+    assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093", "127.0.0.1:9094"]
+    for rule_file in prom["rule_files"]:  # the shipped rules, from wherever the output lives
+        assert list((out).glob(rule_file)), rule_file
+    am = yaml.safe_load((out / "alertmanager.yml").read_text())
+    hook = next(r for r in am["receivers"] if r["name"] == "agent-b")["webhook_configs"][0]
+    assert hook["url"] == "https://127.0.0.1:9472/webhook/alertmanager"
+    assert (out / hook["http_config"]["authorization"]["credentials_file"]).resolve() == tmp_path / "tokens/b.token"
+    assert (out / hook["http_config"]["tls_config"]["cert_file"]).resolve() == tmp_path / "tls/client.crt"
+    assert json.loads((out / "orchestrator-agents.json").read_text()) == [
+        {"targets": [f"127.0.0.1:{p}"], "labels": {"node": n}} for n, p in (("a", 9471), ("b", 9472), ("c", 9473))]
+
+    # Generating again from the same list writes the same files.
+    before = {p.name: p.read_text() for p in out.iterdir()}
+    generate(tmp_path, nodes)
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize(("doc", "words"), [
+    ({"nodes": [{"name": "a", "address": "h:1", "webhook_token_file": "t"},
+                {"name": "a", "address": "h:2", "webhook_token_file": "t"}]}, "two nodes with the name 'a'"),
+    ({"nodes": [{"name": "a", "address": "no-port"}], "webhook_token_file": "t"}, "nodes.0.address"),
+    ({"nodes": [{"name": "a b", "address": "h:1"}], "webhook_token_file": "t"}, "nodes.0.name"),
+    ({"nodes": [{"name": "a", "address": "h:1"}]}, "no webhook_token_file for a"),
+    ({"nodes": [{"name": "a", "address": "h:1", "token": "t"}], "webhook_token_file": "t"}, "nodes.0.token"),
+    ({"nodes": []}, "nodes"),
+    ({"nodes": [{"name": "a", "address": "h:1"}], "webhook_token_file": "t", "tls": {"ca_file": "c",
+                                                                                   "cert_file": "x"}},
+     "cert_file and key_file go together"),
+    ({"nodes": [{"name": "a", "address": "h:1"}], "webhook_token_file": "t", "alertmanagers": ["am"]},
+     "alertmanagers"),
+])
+def test_a_bad_list_of_nodes_is_refused_with_where_and_nothing_is_written(
+        tmp_path: Path, doc: dict[str, Any], words: str) -> None:
+    (tmp_path / "nodes.yaml").write_text(yaml.safe_dump(doc))
+    done = agent("stack", "generate", "--nodes", str(tmp_path / "nodes.yaml"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_base_config_says_which_option_gives_it(tmp_path: Path) -> None:
+    nodes = node_list(tmp_path, {"a": 9471})
+    done = agent("stack", "generate", "--nodes", str(nodes), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and "--prometheus-config" in done.stderr, done.stderr
+
+
+def _recorder(got: list[tuple[str, dict[str, Any]]]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            got.append((self.headers.get("Authorization", ""), json.loads(body)))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+class Hooks:
+    """Three stand-in agents: each records the webhook deliveries it gets, with their Authorization header."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.got: dict[str, list[tuple[str, dict[str, Any]]]] = {n: [] for n in names}
+        self.servers: dict[str, ThreadingHTTPServer] = {}
+        for name in names:
+            self.servers[name] = ThreadingHTTPServer(("127.0.0.1", 0), _recorder(self.got[name]))
+            threading.Thread(target=self.servers[name].serve_forever, daemon=True).start()
+
+    def ports(self) -> dict[str, int]:
+        return {n: s.server_address[1] for n, s in self.servers.items()}
+
+    def close(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    h = Hooks(["a", "b", "c"])
+    yield h
+    h.close()
+
+
+def test_a_real_alertmanager_delivers_a_nodes_action_to_that_node_only_and_prometheus_finds_every_node(
+        tmp_path: Path, hooks: Hooks) -> None:
+    am_bin = require_binary("prometheus-alertmanager", "alertmanager")
+    prom_bin = require_binary("prometheus")
+    out = generate(tmp_path, node_list(tmp_path, hooks.ports()))
+    am_port, prom_port = free_port(), free_port()
+    procs = [
+        subprocess.Popen([am_bin, f"--config.file={out / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+                          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
+                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([prom_bin, f"--config.file={out / 'prometheus.yml'}",
+                          f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    try:
+        am, prom = f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{prom_port}"
+
+        def ready(url: str) -> bool:
+            try:
+                return httpx.get(url + "/-/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(lambda: ready(am) and ready(prom), 60, 0.2, "Alertmanager and Prometheus to be ready")
+        alert = [{"labels": {"alertname": "OrchestratorComponentUnhealthy", "action": "restart", "node": "b",
+                             "component": "web", "instance": "x"}}]
+        assert httpx.post(am + "/api/v2/alerts", json=alert, timeout=5).status_code == 200
+        # group_wait of the agent route is 5 s in the shipped config.
+        wait_for(lambda: hooks.got["b"], 30, 0.1, "node b's agent to get the alert")
+        auth, payload = hooks.got["b"][0]
+        assert auth == "Bearer token-of-b-0123456789"
+        assert [a["labels"]["node"] for a in payload["alerts"]] == ["b"]
+
+        def discovered() -> dict[str, str] | None:
+            targets = httpx.get(prom + "/api/v1/targets", timeout=5).json()["data"]["activeTargets"]
+            found = {t["labels"]["node"]: t["labels"]["instance"] for t in targets
+                     if t["labels"].get("job") == "orchestrator-agent"}
+            return found if len(found) == 3 else None
+
+        found = wait_for(discovered, 30, 0.2, "Prometheus to discover the three agents from the file_sd targets")
+        assert found == {n: f"127.0.0.1:{p}" for n, p in hooks.ports().items()}
+        assert not hooks.got["a"] and not hooks.got["c"], "another node's agent got node b's action"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
