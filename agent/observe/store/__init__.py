@@ -1,0 +1,16 @@
+"""Todo stores: SQLite (embedded, the default) and PostgreSQL (shared by hosts), one interface (base.py)."""
+
+from agent.observe.store.base import (
+    DEFAULT_LEASE,
+    Finish,
+    StoreError,
+    Todo,
+    TodoStore,
+    dsn_problem,
+    is_postgres,
+    open_store,
+    redact,
+)
+
+__all__ = ["DEFAULT_LEASE", "Finish", "StoreError", "Todo", "TodoStore", "dsn_problem", "is_postgres",
+           "open_store", "redact"]
