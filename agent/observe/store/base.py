@@ -186,8 +186,11 @@ def open_store(db: str, passfile: str | None = None) -> TodoStore:
 
 
 def redact(dsn: str) -> str:
-    """A dsn safe to print: any password replaced."""
+    """A dsn safe to print: any password replaced (a SQLite path as it is)."""
     from psycopg import conninfo
+
+    if not is_postgres(dsn) and "=" not in dsn:
+        return dsn
 
     try:
         params = conninfo.conninfo_to_dict(dsn)
