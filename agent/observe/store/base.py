@@ -13,6 +13,7 @@ Semantics shared by both stores (docs/todos.md):
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -153,8 +154,13 @@ class TodoStore(ABC):
         self.close()
 
 
+# A libpq key=value connection string starts with one of these keys (a file path practically never does).
+_CONNINFO = re.compile(r"^\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options)\s*=")
+
+
 def is_postgres(db: str) -> bool:
-    return db.startswith(POSTGRES_SCHEMES)
+    """True when `db` names PostgreSQL (a postgresql:// URL or a key=value dsn), False for a SQLite path."""
+    return db.startswith(POSTGRES_SCHEMES) or bool(_CONNINFO.match(db))
 
 
 def dsn_problem(dsn: str) -> str | None:
