@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.config.dsn import dsn_problem
 from agent.observe import backlog
 from agent.observe.store import Finish, StoreError, open_store
-from agent.observe.store.base import dsn_problem
 from tests.helpers import wait_for
 
 

@@ -184,7 +184,7 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
         if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
             shown = repr(err["input"])
             if err["loc"][-1:] == ("dsn",) and isinstance(err["input"], str):
-                from agent.observe.store.base import redact
+                from agent.config.dsn import redact
 
                 shown = repr(redact(err["input"]))  # the error is about a password: never echo it
             if len(shown) > 80:

@@ -397,7 +397,7 @@ class BacklogSource(Strict):
     def _no_password(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        from agent.observe.store.base import dsn_problem
+        from agent.config.dsn import dsn_problem
 
         problem = dsn_problem(value)
         if problem:

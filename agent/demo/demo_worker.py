@@ -96,7 +96,7 @@ def run(store: TodoStore, worker: str, capabilities: list[str], work_seconds: fl
             continue
         assert todo.claim_token is not None
         started = time.monotonic()
-        interrupted = False
+        interrupted = lost = False
         # Work in slices of half a lease, renewing between them, so a long job keeps its todo.
         while (left := work_seconds - (time.monotonic() - started)) > 0:
             if stop.wait(min(left, lease / 2)):
@@ -104,8 +104,11 @@ def run(store: TodoStore, worker: str, capabilities: list[str], work_seconds: fl
                 break
             if work_seconds - (time.monotonic() - started) > 0 and store.renew(todo.id, todo.claim_token,
                                                                              lease) is None:
-                log.warning("lost the lease on todo %d %r; leaving it to its new holder", todo.id, todo.title)
+                lost = True
                 break
+        if lost:  # it is pending again, or someone else's: stop working on it
+            log.warning("lost the lease on todo %d %r; leaving it to its next holder", todo.id, todo.title)
+            continue
         if interrupted:
             store.finish(todo.id, "pending", todo.claim_token)
             log.info("put back todo %d %r (stopping on %s)", todo.id, todo.title, stop.signal_name)

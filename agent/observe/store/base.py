@@ -13,7 +13,6 @@ Semantics shared by both stores (docs/todos.md):
 from __future__ import annotations
 
 import enum
-import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -27,7 +26,6 @@ MAX_LEASE = 7 * 86400.0
 CANDIDATES = 200  # pending todos looked at per claim, most urgent first
 URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 COUNTERS = ("leases_expired", "completions_rejected")
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 class StoreError(Exception):
@@ -152,57 +150,3 @@ class TodoStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# A libpq key=value connection string starts with one of these keys (a file path practically never does).
-_CONNINFO = re.compile(r"^\s*(host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options)\s*=")
-
-
-def is_postgres(db: str) -> bool:
-    """True when `db` names PostgreSQL (a postgresql:// URL or a key=value dsn), False for a SQLite path."""
-    return db.startswith(POSTGRES_SCHEMES) or bool(_CONNINFO.match(db))
-
-
-def dsn_problem(dsn: str) -> str | None:
-    """Why a PostgreSQL dsn is refused (a password in it, or unparsable), or None."""
-    from psycopg import conninfo
-
-    try:
-        params = conninfo.conninfo_to_dict(dsn)
-    except Exception as exc:  # psycopg.ProgrammingError, with libpq's own message
-        return f"is not a valid PostgreSQL connection string: {str(exc).strip()}"
-    if params.get("password"):
-        return ("must not carry a password (it would show in process lists, logs and configs): put it in a "
-                "passfile (the source's `passfile`, or $PGPASSFILE, default ~/.pgpass) or $PGPASSWORD")
-    return None
-
-
-def open_store(db: str, passfile: str | None = None) -> TodoStore:
-    """The store `db` names: a postgresql:// or postgres:// URL, else a SQLite file path."""
-    if is_postgres(db):
-        problem = dsn_problem(db)
-        if problem:
-            raise StoreError(f"--db {redact(db)} {problem}")
-        from agent.observe.store.postgres import PostgresStore
-
-        return PostgresStore(db, passfile=passfile)
-    from agent.observe.store.sqlite import SqliteStore
-
-    return SqliteStore(db)
-
-
-def redact(dsn: str) -> str:
-    """A dsn safe to print: any password replaced (a SQLite path as it is)."""
-    from psycopg import conninfo
-
-    if not is_postgres(dsn) and "=" not in dsn:
-        return dsn
-
-    try:
-        params = conninfo.conninfo_to_dict(dsn)
-    except Exception:
-        return "<unparsable dsn>"
-    if "password" not in params:
-        return dsn
-    params["password"] = "***"
-    return conninfo.make_conninfo("", **params)
