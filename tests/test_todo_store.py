@@ -149,3 +149,41 @@ def test_a_dsn_with_a_password_is_refused_everywhere_without_showing_it(tmp_path
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 2 and "backlog.sources.0.dsn: must not carry a password" in out.stdout + out.stderr
     assert "s3cret" not in out.stdout + out.stderr
+
+
+def agent_todo(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent.cli", "todo", *args], capture_output=True, text=True,
+                          timeout=60, cwd=cwd, env=env)
+
+
+def test_agent_todo_claims_renews_and_completes_with_the_token_on_either_store(todo_db: str, tmp_path: Path) -> None:
+    import json
+    import os
+
+    # The store and its default lease come from the config's backlog source (no --db on the command line).
+    spec = ({"kind": "postgres", "dsn": todo_db} if todo_db.startswith("postgresql://")
+            else {"kind": "sqlite", "path": todo_db})
+    config = tmp_path / "agent.yaml"
+    config.write_text(json.dumps({"backlog": {"sources": [{**spec, "name": "jobs", "lease": "90s"}]}}))
+    env = {k: v for k, v in os.environ.items() if k not in ("TODO_DB", "AGENT_CONFIG")}
+    assert agent_todo(tmp_path, "-c", str(config), "add", "cli job", "-p", "high", env=env).returncode == 0
+    claimed = agent_todo(tmp_path, "-c", str(config), "claim", "--worker", "sh", env=env)
+    assert claimed.returncode == 0
+    todo_id, priority, token, title = claimed.stdout.rstrip("\n").split("\t")
+    assert (priority, title, len(token)) == ("high", "cli job", 32)
+    with open_store(todo_db) as store:
+        [row] = store.list()
+    assert row.claim_token == token and row.lease_expires_at is not None
+    assert 80 < row.lease_expires_at - row.updated_at < 100  # the config's lease: 90 s
+
+    renewed = agent_todo(tmp_path, "-c", str(config), "--json", "renew", todo_id, "--token", token, "--lease", "10m",
+                         env=env)
+    assert renewed.returncode == 0 and json.loads(renewed.stdout)["lease_expires_at"] > time.time() + 500
+    refused = agent_todo(tmp_path, "-c", str(config), "renew", todo_id, "--token", "0" * 32, env=env)
+    assert refused.returncode == 1 and "holds no live lease" in refused.stderr
+    assert agent_todo(tmp_path, "-c", str(config), "done", todo_id, env=env).returncode == 1  # claimed: no token
+    done = agent_todo(tmp_path, "-c", str(config), "done", todo_id, "--token", token, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == f"todo {todo_id}: done"
+    with open_store(todo_db) as store:
+        # Neither a refused renewal nor a tokenless `done` is a completion from a claim: nothing counted.
+        assert store.counters() == {"leases_expired": 0, "completions_rejected": 0}
