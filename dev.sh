@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for the two README commands:
 #   ./dev.sh run   [agent run args...]   set up .venv if needed, run the agent on the embedded default
-#   ./dev.sh test  [pytest args...]      set up .venv (+ promtool/alertmanager when root), ruff, mypy, pytest
+#   ./dev.sh test  [pytest args...]      set up .venv (+ promtool/alertmanager/postgresql when root), ruff, mypy, pytest
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -21,7 +21,13 @@ ensure_venv() {
 have_stack() {
     command -v promtool >/dev/null && command -v prometheus >/dev/null && \
         { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } && \
-        command -v amtool >/dev/null
+        command -v amtool >/dev/null && have_postgres
+}
+
+# Debian keeps the server binaries (initdb, postgres) in /usr/lib/postgresql/<version>/bin, off PATH;
+# tests/pgserver.py looks there too. The tests run a private server (never the packaged cluster).
+have_postgres() {
+    compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null
 }
 
 ensure_stack() {
@@ -31,11 +37,12 @@ ensure_stack() {
         [ -e /usr/sbin/policy-rc.d ] || printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
         chmod +x /usr/sbin/policy-rc.d
         apt-get update -qq
+        # postgresql: the shared todo queue's tests start a private server from its binaries.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            prometheus prometheus-alertmanager >/dev/null
+            prometheus prometheus-alertmanager postgresql >/dev/null
     else
-        echo "note: promtool/prometheus/alertmanager not found and not root: stack tests will skip" \
-             "(install Debian's 'prometheus' and 'prometheus-alertmanager')" >&2
+        echo "note: promtool/prometheus/alertmanager/postgresql not found and not root: stack and PostgreSQL" \
+             "tests will skip (install Debian's 'prometheus', 'prometheus-alertmanager' and 'postgresql')" >&2
     fi
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -12,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.cli_output import print_json, print_table, suggest
+from agent.cli_output import print_json, suggest
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
 from agent.config.models import Autonomy
 from agent.control_cli import add_control_commands, common
 from agent.loop import ignore_hangup
 from agent.stack_cli import add_stack_commands
 from agent.tls_cli import add_tls_commands
+from agent.todo_cli import add_todo_commands
 
 EPILOG = """\
 exit codes: 0 ok; 1 failure, or refused by the agent with its reason (WARNING for --once); 2 invalid
@@ -72,54 +72,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     paths = [Path(f) for f in args.file] if args.file else config_paths(args.config)
     return check(paths, args.json)
-
-
-def _todo_db(args: argparse.Namespace) -> Path:
-    if args.db:
-        return Path(args.db)
-    if os.environ.get("TODO_DB"):
-        return Path(os.environ["TODO_DB"])
-    try:
-        config = load_config(config_paths(args.config))
-    except ConfigError:
-        return Path("todos.db")
-    for source in config.backlog.sources:
-        if source.kind == "sqlite" and source.path is not None:
-            return source.path
-    return Path("todos.db")
-
-
-def cmd_todo(args: argparse.Namespace) -> int:
-    """The embedded SQLite todo store."""
-    from agent.observe import todos
-
-    db = _todo_db(args)
-    if args.todo_cmd == "add":
-        caps = [c for item in args.capability for c in item.split(",") if c]
-        todo_id = todos.add(db, args.title, args.priority, caps)
-        print(json.dumps({"id": todo_id}) if args.json else todo_id)
-    elif args.todo_cmd == "list":
-        items = todos.list_todos(db, args.status, args.limit)
-        if args.json:
-            print(json.dumps([t.to_json() for t in items]))
-        else:
-            print_table(["id", "priority", "status", "capabilities", "claimed by", "title"],
-                        [[t.id, t.priority, t.status, ",".join(t.capabilities) or "any", t.claimed_by, t.title]
-                         for t in items])
-    elif args.todo_cmd == "claim":
-        wanted = [c for item in args.capability for c in item.split(",") if c]
-        todo = todos.claim(db, args.worker, wanted or None)
-        if todo is None:
-            print("{}" if args.json else "nothing pending")
-            return 1
-        print(json.dumps(todo.to_json()) if args.json else f"{todo.id}\t{todo.priority}\t{todo.title}")
-    elif args.todo_cmd == "done":
-        status = "failed" if args.failed else "done"
-        if not todos.finish(db, args.id, status):
-            print(f"error: no todo {args.id} in {db}", file=sys.stderr)
-            return 1
-        print(json.dumps({"id": args.id, "status": status}) if args.json else f"todo {args.id}: {status}")
-    return 0
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -193,34 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                        '"components", "start_order"}')
     check.set_defaults(func=cmd_check_config)
 
-    todo = sub.add_parser("todo", help="the embedded SQLite todo store (for workers in any language)")
-    todo.add_argument("--db", help="SQLite file (default: $TODO_DB, else the config's sqlite backlog source)")
-    todo.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
-                      help="config file used to find the sqlite backlog source")
-    todo.add_argument("--json", action="store_true", help="JSON output")
-    tsub = todo.add_subparsers(dest="todo_cmd", required=True, metavar="VERB")
-
-    def todo_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        # After the verb too (`agent todo list --json`); SUPPRESS keeps a --json given before it.
-        p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
-        return p
-    add = todo_json(tsub.add_parser("add", help="add a pending todo; prints its id"))
-    add.add_argument("title")
-    add.add_argument("-p", "--priority", default="normal", choices=["low", "normal", "high", "critical"])
-    add.add_argument("--capability", action="append", default=[],
-                     help="a capability the todo needs (repeat, or comma-separated)")
-    lst = todo_json(tsub.add_parser("list", help="list todos, most urgent first"))
-    lst.add_argument("--status", choices=["pending", "in_progress", "done", "failed"])
-    lst.add_argument("--limit", type=int, default=1000)
-    claim = todo_json(tsub.add_parser("claim", help="take the most urgent pending todo you can serve (exit 1: none)"))
-    claim.add_argument("--worker", required=True, help="who takes it")
-    claim.add_argument("--capability", action="append", default=[],
-                       help="capabilities this worker has (repeat or comma-separated); omit to take any")
-    done = todo_json(tsub.add_parser("done", help="mark a todo done"))
-    done.add_argument("id", type=int)
-    done.add_argument("--failed", action="store_true", help="mark it failed instead")
-    todo.set_defaults(func=cmd_todo)
-
+    add_todo_commands(sub)
     add_control_commands(sub)
     add_stack_commands(sub)
     add_tls_commands(sub)

@@ -356,6 +356,21 @@ def backlog() -> Json:
          "seconds since last read {{source}}")),
         description="Scale-downs wait while any source is down (OrchestratorTodoSourceDown)."), 12, 8)
 
+    lay.row("Cluster (shared queues counted once)")
+    lay.add(timeseries("Cluster backlog by status", targets(
+        ('status:orchestrator_todo_cluster_backlog:sum{job=~"$job"}', "{{status}}")), minimum=0,
+        description="Every source once, however many agents read it (max over agents per source name)."), 8, 8)
+    lay.add(timeseries("Cluster pending by capability", targets(
+        ('capability:orchestrator_todo_cluster_pending:sum{job=~"$job"}', "{{capability}}")), stack=True,
+        minimum=0), 8, 8)
+    lay.add(timeseries("Leases expired and completions rejected", targets(
+        (f"max without (instance, node) (rate(orchestrator_todo_leases_expired_total{{{INST}}}[$__rate_interval]))",
+         "expired {{source}}"),
+        (f"max without (instance, node) (rate(orchestrator_todo_completions_rejected_total{{{INST}}}"
+         "[$__rate_interval]))", "rejected {{source}}")), unit="ops", minimum=0,
+        description="Expired: a worker died or stalled past its lease; the todo went back to pending and its work "
+        "may run twice. Rejected: a late completion from an expired claim (docs/todos.md)."), 8, 8)
+
     lay.row("Scaling ($component)")
     lay.add(timeseries("Pending per replica vs target", targets(
         (f"component:orchestrator_todo_pending_per_replica:ratio{{{COMP}}}", "{{component}}"),

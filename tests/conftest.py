@@ -39,3 +39,25 @@ def containment(request: pytest.FixtureRequest) -> str:
                 pytest.fail(message)
             pytest.skip(message)
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """One private PostgreSQL for the session (tests/pgserver.py); each test takes its own database."""
+    from tests.pgserver import PgServer
+
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def todo_db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh, empty todo store of each kind in turn: a SQLite path, or a PostgreSQL dsn (no password)."""
+    if request.param == "sqlite":
+        return str(tmp_path_factory.mktemp("store") / "todos.db")
+    server = request.getfixturevalue("pg_server")
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[-50:]
+    return str(server.database(name))

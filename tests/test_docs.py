@@ -228,7 +228,7 @@ def _verbs(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser
 def test_cli_verb_extraction_finds_the_verbs() -> None:
     verbs = _verbs(build_parser())
     assert {"run", "check-config", "todo", "status", "restart", "emergency-stop", "logs"} <= set(verbs)
-    assert set(_verbs(verbs["todo"])) == {"add", "list", "claim", "done"}
+    assert set(_verbs(verbs["todo"])) == {"add", "list", "claim", "renew", "done"}
 
 
 def test_every_cli_verb_is_documented() -> None:

@@ -192,7 +192,11 @@ def test_claim_and_done_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFi
     assert cli(["todo", "--db", db, "--json", "claim", "--worker", "w2", "--capability", "gpu"]) == 0
     assert json.loads(capsys.readouterr().out)["title"] == "b"
     assert cli(["todo", "--db", db, "claim", "--worker", "w3"]) == 1
-    assert cli(["todo", "--db", db, "done", str(taken["id"])]) == 0
+    assert cli(["todo", "--db", db, "done", str(taken["id"])]) == 1  # claimed: only with the claim's token
+    assert "pass the claim's --token" in capsys.readouterr().err
+    assert cli(["todo", "--db", db, "done", str(taken["id"]), "--token", "not-it"]) == 1
+    assert "completion rejected" in capsys.readouterr().err
+    assert cli(["todo", "--db", db, "done", str(taken["id"]), "--token", taken["claim_token"]]) == 0
     assert cli(["todo", "--db", db, "done", "999"]) == 1
 
 

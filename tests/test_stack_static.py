@@ -67,6 +67,9 @@ CONTRACT_METRICS = frozenset({
     "orchestrator_todo_source_up",
     "orchestrator_todo_source_last_success_timestamp_seconds",
     "orchestrator_todo_source_read_duration_seconds",
+    "orchestrator_todo_source_backlog",
+    "orchestrator_todo_leases_expired_total",
+    "orchestrator_todo_completions_rejected_total",
     # remediation and the agent
     "orchestrator_webhook_requests_total",
     "orchestrator_remediation_actions_total",

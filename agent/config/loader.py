@@ -183,6 +183,10 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
             msg = "required field is missing"
         if "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
             shown = repr(err["input"])
+            if err["loc"][-1:] == ("dsn",) and isinstance(err["input"], str):
+                from agent.config.dsn import redact
+
+                shown = repr(redact(err["input"]))  # the error is about a password: never echo it
             if len(shown) > 80:
                 shown = shown[:77] + "..."
             msg += f" (got {shown})"
@@ -366,7 +370,7 @@ def resolve_paths(document: dict[str, Any], base: Path) -> None:
     sources = backlog.get("sources") if isinstance(backlog, dict) else None
     if isinstance(sources, list):
         for source in sources:
-            _absolute(source, ("path",), base)
+            _absolute(source, ("path", "passfile"), base)
 
 
 def _is_embedded(path: Path) -> bool:

@@ -1,13 +1,18 @@
-"""A todo worker: claims todos from the embedded SQLite store, "works" on them, marks them done.
+"""A todo worker: claims todos from the todo store (SQLite or PostgreSQL), "works" on them, marks them done.
 
-Loop: claim the most urgent pending todo this worker can serve (``agent.observe.todos.claim``; a todo whose
+The store comes from ``$TODO_DB`` (a SQLite path or a ``postgresql://`` dsn without password; the password
+comes from ``$PGPASSFILE``/``~/.pgpass`` or ``$PGPASSWORD``), so no secret reaches a command line.
+
+Loop: claim the most urgent pending todo this worker can serve (``TodoStore.claim``, under a lease of
+``--lease`` seconds, renewed while the work lasts; a todo whose
 capabilities are ``[]`` can be taken by any worker, otherwise the worker needs all of them), sleep
 ``--work-seconds`` to simulate the work, then mark it done and log one line. When nothing is
 pending it polls again every ``--idle-poll`` seconds.
 
 On SIGTERM (or Ctrl-C) the worker stops within a second and exits 0: a todo whose work has
 finished is marked done, a todo still being worked on is put back to ``pending`` so another worker
-can take it.
+can take it. Both need the claim's token: a worker whose lease ran out (it stalled, say) is refused and
+logs it, and the todo is someone else's by then.
 
 Worker id: ``--worker-id``, else ``$AGENT_COMPONENT.$AGENT_REPLICA`` when the supervisor set
 ``AGENT_COMPONENT`` (replica defaults to 0), else ``hostname:pid``.
@@ -25,11 +30,10 @@ import socket
 import sqlite3
 import sys
 import time
-from pathlib import Path
 from types import FrameType
 
 from agent.demo._log import setup_logging
-from agent.observe import todos
+from agent.observe.store import DEFAULT_LEASE, Finish, StoreError, TodoStore, open_store
 
 log = logging.getLogger("demo_worker")
 
@@ -76,27 +80,43 @@ def default_capabilities() -> list[str]:
     return caps or list(DEFAULT_CAPABILITIES)
 
 
-def run(db: Path, worker: str, capabilities: list[str], work_seconds: float, idle_poll: float,
-        stop: StopFlag, max_todos: int | None = None) -> int:
+def run(store: TodoStore, worker: str, capabilities: list[str], work_seconds: float, idle_poll: float,
+        stop: StopFlag, max_todos: int | None = None, lease: float = DEFAULT_LEASE) -> int:
     """The claim/work/finish loop; returns the number of todos done."""
     done = 0
     while not stop.is_set and (max_todos is None or done < max_todos):
         try:
-            todo = todos.claim(db, worker, capabilities)
-        except sqlite3.Error as exc:
+            todo = store.claim(worker, capabilities, lease)
+        except (sqlite3.Error, StoreError) as exc:
             log.warning("claim failed (%s); retrying in %.2fs", exc, idle_poll)
             stop.wait(idle_poll)
             continue
         if todo is None:
             stop.wait(idle_poll)
             continue
+        assert todo.claim_token is not None
         started = time.monotonic()
-        interrupted = stop.wait(work_seconds)
-        if interrupted and time.monotonic() - started < work_seconds:
-            todos.finish(db, todo.id, "pending")
+        interrupted = lost = False
+        # Work in slices of half a lease, renewing between them, so a long job keeps its todo.
+        while (left := work_seconds - (time.monotonic() - started)) > 0:
+            if stop.wait(min(left, lease / 2)):
+                interrupted = time.monotonic() - started < work_seconds
+                break
+            if work_seconds - (time.monotonic() - started) > 0 and store.renew(todo.id, todo.claim_token,
+                                                                             lease) is None:
+                lost = True
+                break
+        if lost:  # it is pending again, or someone else's: stop working on it
+            log.warning("lost the lease on todo %d %r; leaving it to its next holder", todo.id, todo.title)
+            continue
+        if interrupted:
+            store.finish(todo.id, "pending", todo.claim_token)
             log.info("put back todo %d %r (stopping on %s)", todo.id, todo.title, stop.signal_name)
             break
-        todos.finish(db, todo.id, "done")
+        if store.finish(todo.id, "done", todo.claim_token) is not Finish.OK:
+            log.warning("completion of todo %d %r rejected: its lease expired and it went back to pending",
+                        todo.id, todo.title)
+            continue
         done += 1
         log.info("done todo %d %r priority=%s by %s in %.2fs", todo.id, todo.title, todo.priority, worker,
                  time.monotonic() - started)
@@ -109,8 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Claim todos from the SQLite todo store, work on them, mark them done. "
                     "SIGTERM puts the todo in hand back to pending and exits 0.",
     )
-    parser.add_argument("--db", type=Path, default=Path(os.environ.get("TODO_DB") or "todos.db"),
-                        help="SQLite todo database (default: env TODO_DB or todos.db); created if missing")
+    parser.add_argument("--db", default=os.environ.get("TODO_DB") or "todos.db",
+                        help="todo store: a SQLite file (created if missing) or a postgresql:// dsn without "
+                             "password (default: env TODO_DB, else todos.db; prefer the env for a dsn)")
+    parser.add_argument("--lease", type=float, default=float(os.environ.get("TODO_LEASE") or DEFAULT_LEASE),
+                        help=f"lease per claim in seconds, renewed while working (default: env TODO_LEASE or "
+                             f"{DEFAULT_LEASE:.0f})")
     parser.add_argument("--capability", action="append", dest="capabilities", metavar="NAME",
                         help="a capability this worker has; repeat for several (default: env "
                              "WORKER_CAPABILITIES, comma-separated, or todo_processing). "
@@ -136,9 +160,16 @@ def main(argv: list[str] | None = None) -> int:
 
     worker = args.worker_id or default_worker_id()
     capabilities: list[str] = args.capabilities or default_capabilities()
-    log.info("worker %s started: db=%s capabilities=%s work=%.2fs idle-poll=%.2fs", worker, args.db,
-             ",".join(capabilities), args.work_seconds, args.idle_poll)
-    done = run(args.db, worker, capabilities, args.work_seconds, args.idle_poll, stop, args.max_todos)
+    try:
+        store = open_store(args.db)
+    except StoreError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("worker %s started: db=%s capabilities=%s work=%.2fs idle-poll=%.2fs lease=%.1fs", worker,
+             store.name, ",".join(capabilities), args.work_seconds, args.idle_poll, args.lease)
+    with store:
+        done = run(store, worker, capabilities, args.work_seconds, args.idle_poll, stop, args.max_todos,
+                   args.lease)
     log.info("worker %s exiting after %d todo(s)%s", worker, done,
              f" on {stop.signal_name}" if stop.is_set else "")
     return 0

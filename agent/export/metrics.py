@@ -344,6 +344,29 @@ class BacklogCollector:
             duration.add_metric([label], source.duration)
             invalid.add_metric([label], source.counts.invalid)
         yield from (up, last, duration, invalid)
+        yield from self._per_source()
+
+    def _per_source(self) -> Iterator[Family]:
+        """Each source's own backlog and store counters, labelled with the source: agents that read one
+        shared queue export identical series, which the rules count once (max without instance, node)."""
+        backlog = gauge("orchestrator_todo_source_backlog", "Todos of one source (up sources only) by status, "
+                        "priority and required capability.", ["source", "status", "priority", "capability"])
+        expired = Family("orchestrator_todo_leases_expired", "Claims whose lease ran out, so the todo went "
+                         "back to pending (a todo store's own counter).", labels=["source"], typ="counter")
+        rejected = Family("orchestrator_todo_completions_rejected", "Completions refused because the claim "
+                          "token held no live lease (a todo store's own counter).", labels=["source"],
+                          typ="counter")
+        for label, source in self.monitor.sources.items():
+            if source.up:
+                by_key = bounded(source.counts, self.served).by_key
+                keys = set(by_key) | {(st, pr, cap) for cap in self.capabilities for st in STATUSES
+                                      for pr in PRIORITIES}
+                for key in sorted(keys):
+                    backlog.add_metric([label, *key], by_key.get(key, 0))
+            if source.counters is not None:  # from the first good read on: a counter never starts at a guess
+                expired.add_metric([label], source.counters["leases_expired"])
+                rejected.add_metric([label], source.counters["completions_rejected"])
+        yield from (backlog, expired, rejected)
 
 
 def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:

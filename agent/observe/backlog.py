@@ -12,6 +12,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -46,6 +47,8 @@ class Counts:
     oldest_pending: dict[str, float] = field(default_factory=dict)  # priority -> created_at (epoch s)
     invalid: int = 0
     problems: dict[str, str] = field(default_factory=dict)  # fault kind -> first row with it, as a message
+    # A store's own counters (leases_expired, completions_rejected); None for sources without them (json, http).
+    counters: dict[str, int] | None = None
 
     def add(self, status: str, priority: str, capabilities: Iterable[str], created_at: float | None,
             n: int = 1) -> None:
@@ -110,13 +113,34 @@ def count_items(items: Any, name: str) -> Counts:
 
 # Rows that validate alike are read as one group: same status, priority and capabilities text, and a
 # numeric created_at (of which only the oldest matters) or else the same created_at value. So the SQL
-# still does the counting, and every distinct row shape still goes through validate_row.
+# still does the counting, and every distinct row shape still goes through validate_row. A todo whose
+# lease ran out counts as pending (the next write of a worker sweeps it back; docs/todos.md).
+_EXPIRED = "status = 'in_progress' AND lease_expires_at IS NOT NULL AND lease_expires_at <= {now}"
+_STATUS = f"CASE WHEN {_EXPIRED} THEN 'pending' ELSE status END"
 _SQLITE_GROUPS = """
-SELECT MIN(id), COUNT(*), status, priority, capabilities, MIN(created_at) FROM todos
-GROUP BY status, priority, capabilities,
+SELECT MIN(id), COUNT(*), {status}, priority, capabilities, MIN(created_at) FROM todos
+GROUP BY {status}, priority, capabilities,
     CASE WHEN typeof(created_at) IN ('integer', 'real') AND abs(created_at) < 1e300 THEN ''
          ELSE typeof(created_at) || ':' || coalesce(created_at, '') END
 """
+_PG_NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+_PG_GROUPS = f"""
+SELECT MIN(id), COUNT(*), {_STATUS.format(now=_PG_NOW)} AS st, priority, capabilities, MIN(created_at)
+FROM todos GROUP BY st, priority, capabilities
+"""
+
+
+def _count_groups(groups: Iterable[tuple[Any, ...]]) -> Counts:
+    counts = Counts()
+    for first_id, n, status, priority, caps_text, created_at in groups:
+        try:
+            row = validate_row(status, priority, capabilities_json(caps_text), created_at)
+        except RowError as exc:
+            more = f" (and {n - 1} more like it)" if n > 1 else ""
+            counts.skip(f"id {first_id}{more}", exc, n)
+            continue
+        counts.add(row.status, row.priority, row.capabilities, row.created_at, n)
+    return counts
 
 
 def read_sqlite(path: Path, timeout: float) -> Counts:
@@ -128,20 +152,56 @@ def read_sqlite(path: Path, timeout: float) -> Counts:
     except sqlite3.Error as exc:
         raise SourceError(f"sqlite {path}: {exc}") from None
     try:
-        groups = conn.execute(_SQLITE_GROUPS).fetchall()
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(todos)")}
+        leases = "lease_expires_at" in columns  # a file from before leases (or another program's) has none
+        now = repr(time.time())
+        status = _STATUS.format(now=now) if leases else "status"
+        groups = conn.execute(_SQLITE_GROUPS.format(status=status)).fetchall()
+        counters: dict[str, int] | None = None
+        if leases:
+            has_counters = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'todo_counters'").fetchone()
+            stored = dict(conn.execute("SELECT name, value FROM todo_counters").fetchall()) if has_counters else {}
+            unswept = conn.execute(f"SELECT COUNT(*) FROM todos WHERE {_EXPIRED.format(now=now)}").fetchone()[0]
+            counters = _counters(stored, unswept)
     except sqlite3.Error as exc:
         raise SourceError(f"sqlite {path}: {exc}") from None
     finally:
         conn.close()
-    counts = Counts()
-    for first_id, n, status, priority, caps_text, created_at in groups:
-        try:
-            row = validate_row(status, priority, capabilities_json(caps_text), created_at)
-        except RowError as exc:
-            more = f" (and {n - 1} more like it)" if n > 1 else ""
-            counts.skip(f"id {first_id}{more}", exc, n)
-            continue
-        counts.add(row.status, row.priority, row.capabilities, row.created_at, n)
+    counts = _count_groups(groups)
+    counts.counters = counters
+    return counts
+
+
+def _counters(stored: dict[str, Any], unswept: int) -> dict[str, int]:
+    # Expired leases not yet swept count already, so the counter never waits for a worker's next call
+    # (the sweep moves them from `unswept` into the stored value: the sum never goes down).
+    return {"leases_expired": int(stored.get("leases_expired", 0)) + int(unswept),
+            "completions_rejected": int(stored.get("completions_rejected", 0))}
+
+
+def read_postgres(dsn: str, passfile: Path | None, timeout: float) -> Counts:
+    """Aggregate the shared todos table in one read-only transaction (the dsn carries no password)."""
+    import psycopg
+
+    where = f"postgres {dsn}"
+    options = f"-c default_transaction_read_only=on -c statement_timeout={int(timeout * 1000)}"
+    kwargs: dict[str, Any] = {"connect_timeout": max(1, math.ceil(timeout)), "autocommit": False,
+                              "options": options}
+    if passfile is not None:
+        kwargs["passfile"] = str(passfile)
+    try:
+        with psycopg.connect(dsn, **kwargs) as conn:
+            if conn.execute("SELECT to_regclass('todos')").fetchone() in (None, (None,)):
+                raise SourceError(f"{where}: no todos table yet (the first `agent todo` or worker creates it)")
+            groups = conn.execute(_PG_GROUPS).fetchall()
+            has_counters = conn.execute("SELECT to_regclass('todo_counters')").fetchone() not in (None, (None,))
+            stored = dict(conn.execute("SELECT name, value FROM todo_counters").fetchall()) if has_counters else {}
+            unswept_row = conn.execute(f"SELECT COUNT(*) FROM todos WHERE {_EXPIRED.format(now=_PG_NOW)}").fetchone()
+    except psycopg.Error as exc:
+        raise SourceError(f"{where}: {type(exc).__name__}: {str(exc).strip()}") from None
+    counts = _count_groups(groups)
+    counts.counters = _counters(stored, unswept_row[0] if unswept_row else 0)
     return counts
 
 
@@ -187,6 +247,7 @@ class SourceStatus:
     duration: float = 0.0
     error: str = ""
     counts: Counts = field(default_factory=Counts)
+    counters: dict[str, int] | None = None  # the store's counters as last read (kept while the source is down)
     logged: set[str] = field(default_factory=set)  # kinds of row fault already logged, while they last
 
 
@@ -208,6 +269,9 @@ class BacklogMonitor:
             if spec.kind == "sqlite":
                 assert spec.path is not None
                 counts = await asyncio.to_thread(read_sqlite, spec.path, spec.timeout)
+            elif spec.kind == "postgres":
+                assert spec.dsn is not None
+                counts = await asyncio.to_thread(read_postgres, spec.dsn, spec.passfile, spec.timeout)
             elif spec.kind == "json":
                 assert spec.path is not None
                 counts = await asyncio.to_thread(read_json_file, spec.path)
@@ -232,6 +296,8 @@ class BacklogMonitor:
             status.error = ""
             status.last_success = time.time()
             status.counts = counts
+            if counts.counters is not None:
+                status.counters = counts.counters
             self._log_problems(status)
         self._total()
 

@@ -1,0 +1,20 @@
+"""open_store: the store a `--db` names (kept apart from base.py, which the implementations import)."""
+
+from __future__ import annotations
+
+from agent.config.dsn import dsn_problem, is_postgres, redact
+from agent.observe.store.base import StoreError, TodoStore
+
+
+def open_store(db: str, passfile: str | None = None) -> TodoStore:
+    """The store `db` names: a postgresql:// or postgres:// URL, else a SQLite file path."""
+    if is_postgres(db):
+        problem = dsn_problem(db)
+        if problem:
+            raise StoreError(f"--db {redact(db)} {problem}")
+        from agent.observe.store.postgres import PostgresStore
+
+        return PostgresStore(db, passfile=passfile)
+    from agent.observe.store.sqlite import SqliteStore
+
+    return SqliteStore(db)

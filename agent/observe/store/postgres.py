@@ -1,0 +1,201 @@
+"""The shared store: one PostgreSQL table that workers on every host claim from.
+
+Claims lock one row with `FOR UPDATE SKIP LOCKED` (the standard work-queue pattern), so concurrent
+claimers never wait on each other's todo. Times are the database's clock (one clock for every host), as
+Unix seconds like the SQLite store. The dsn never carries a password (refused by open_store and the
+config): libpq reads it from the passfile, $PGPASSFILE (default ~/.pgpass) or $PGPASSWORD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from agent.observe.store.base import (
+    CANDIDATES,
+    COUNTERS,
+    DEFAULT_LEASE,
+    URGENCY,
+    Finish,
+    StoreError,
+    Todo,
+    TodoStore,
+    check_lease,
+    check_priority,
+    check_status,
+    new_token,
+    normal_capabilities,
+    suitable,
+    todo_from,
+)
+
+NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+# Idempotent: every statement may run again on a database that has it (several workers start at once,
+# so the whole migration holds a transaction-scoped advisory lock).
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS todos (
+        id BIGSERIAL PRIMARY KEY,
+        title TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'in_progress', 'done', 'failed')),
+        priority TEXT NOT NULL DEFAULT 'normal'
+            CHECK (priority IN ('low', 'normal', 'high', 'critical')),
+        capabilities TEXT NOT NULL DEFAULT '[]',
+        created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL,
+        claimed_by TEXT
+    )""",
+    "ALTER TABLE todos ADD COLUMN IF NOT EXISTS claim_token TEXT",
+    "ALTER TABLE todos ADD COLUMN IF NOT EXISTS lease_expires_at DOUBLE PRECISION",
+    "CREATE INDEX IF NOT EXISTS todos_status ON todos (status, priority)",
+    "CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL DEFAULT 0)",
+    "INSERT INTO todo_counters (name, value) VALUES ('leases_expired', 0), ('completions_rejected', 0)"
+    " ON CONFLICT (name) DO NOTHING",
+)
+MIGRATION_LOCK = 0x746F646F  # "todo": pg_advisory_xact_lock key of the schema migration
+
+_SWEEP = f"""
+WITH expired AS (
+    UPDATE todos SET status = 'pending', claimed_by = NULL, claim_token = NULL, lease_expires_at = NULL,
+        updated_at = {NOW}
+    WHERE id IN (SELECT id FROM todos WHERE status = 'in_progress' AND lease_expires_at <= {NOW}
+                 FOR UPDATE SKIP LOCKED)
+    RETURNING 1
+)
+UPDATE todo_counters SET value = value + (SELECT count(*) FROM expired)
+WHERE name = 'leases_expired' AND (SELECT count(*) FROM expired) > 0
+"""
+
+
+class PostgresStore(TodoStore):
+    """A PostgreSQL database reached through a small connection pool (opened on first use)."""
+
+    def __init__(self, dsn: str, passfile: str | None = None, max_size: int = 4, timeout: float = 10.0) -> None:
+        self.dsn = dsn
+        self.name = dsn
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": True}
+        if passfile:
+            kwargs["passfile"] = passfile
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=max_size, kwargs=kwargs, timeout=timeout,
+                                    open=False, name="todos")
+        self._opened = False
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        self._pool.open()
+        self._opened = True
+        with self._tx() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            for statement in SCHEMA:
+                conn.execute(statement)
+
+    @contextmanager
+    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"postgres {self.name}: {str(exc).strip()}") from None
+
+    @contextmanager
+    def _use(self) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            self._open()
+        except Exception as exc:
+            if isinstance(exc, StoreError):
+                raise
+            raise StoreError(f"postgres {self.name}: {str(exc).strip()}") from None
+        with self._tx() as conn:
+            yield conn
+
+    def add(self, title: str, priority: str = "normal", capabilities: Iterable[str] | str = ()) -> int:
+        check_priority(priority)
+        caps = normal_capabilities(capabilities)
+        with self._use() as conn:
+            row = conn.execute(
+                f"INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
+                f" VALUES (%s, 'pending', %s, %s, {NOW}, {NOW}) RETURNING id", (title, priority, caps)).fetchone()
+        assert row is not None
+        return int(row["id"])
+
+    def list(self, status: str | None = None, limit: int = 1000) -> list[Todo]:
+        check_status(status)
+        with self._use() as conn:
+            conn.execute(_SWEEP)
+            where, args = ("WHERE status = %s", (status,)) if status else ("", ())
+            rows = conn.execute(
+                f"SELECT * FROM (SELECT * FROM todos {where} ORDER BY id LIMIT %s) t"
+                f" ORDER BY {URGENCY}, created_at, id", (*args, limit)).fetchall()
+        return [todo_from(r) for r in rows]
+
+    def claim(self, worker: str, capabilities: Iterable[str] | None = None,
+              lease: float = DEFAULT_LEASE) -> Todo | None:
+        lease = check_lease(lease)
+        wanted = list(capabilities) if capabilities is not None else None
+        with self._use() as conn:
+            conn.execute(_SWEEP)
+        for _ in range(5):  # candidates taken by others meanwhile: look again (bounded)
+            with self._use() as conn:
+                rows = conn.execute(
+                    f"SELECT * FROM todos WHERE status = 'pending' ORDER BY {URGENCY}, id LIMIT %s",
+                    (CANDIDATES,)).fetchall()
+                ids = [t.id for t in suitable(rows, wanted)]
+                if not ids:
+                    return None
+                # The most urgent candidate nobody else holds right now; the row lock lasts to COMMIT.
+                taken = conn.execute(
+                    f"""UPDATE todos SET status = 'in_progress', claimed_by = %s, claim_token = %s,
+                            lease_expires_at = {NOW} + %s, updated_at = {NOW}
+                        WHERE id = (SELECT id FROM todos WHERE id = ANY(%s) AND status = 'pending'
+                                    ORDER BY {URGENCY}, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                        RETURNING *""", (worker, new_token(), lease, ids)).fetchone()
+            if taken is not None:
+                return todo_from(taken)
+        return None
+
+    def renew(self, todo_id: int, token: str, lease: float = DEFAULT_LEASE) -> float | None:
+        lease = check_lease(lease)
+        with self._use() as conn:
+            row = conn.execute(
+                f"UPDATE todos SET lease_expires_at = {NOW} + %s, updated_at = {NOW}"
+                f" WHERE id = %s AND status = 'in_progress' AND claim_token = %s AND lease_expires_at > {NOW}"
+                " RETURNING lease_expires_at", (lease, todo_id, token)).fetchone()
+        return float(row["lease_expires_at"]) if row else None
+
+    def finish(self, todo_id: int, status: str = "done", token: str | None = None) -> Finish:
+        if status not in ("done", "failed", "pending"):
+            raise ValueError(f"status must be done, failed or pending, got {status!r}")
+        with self._use() as conn:
+            row = conn.execute(
+                f"SELECT status, claim_token, lease_expires_at, lease_expires_at > {NOW} AS unexpired"
+                " FROM todos WHERE id = %s FOR UPDATE", (todo_id,)).fetchone()
+            if row is None:
+                return Finish.MISSING
+            live = row["status"] == "in_progress" and (row["lease_expires_at"] is None or row["unexpired"])
+            if token is not None and not (live and row["claim_token"] == token):
+                conn.execute("UPDATE todo_counters SET value = value + 1 WHERE name = 'completions_rejected'")
+                return Finish.REJECTED
+            if token is None and live and row["claim_token"] is not None:
+                return Finish.CLAIMED
+            conn.execute(
+                f"UPDATE todos SET status = %s, updated_at = {NOW}, claim_token = NULL, lease_expires_at = NULL,"
+                " claimed_by = CASE WHEN %s = 'pending' THEN NULL ELSE claimed_by END WHERE id = %s",
+                (status, status, todo_id))
+            return Finish.OK
+
+    def counters(self) -> dict[str, int]:
+        with self._use() as conn:
+            conn.execute(_SWEEP)
+            found = {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM todo_counters")}
+        return {name: int(found.get(name, 0)) for name in COUNTERS}
+
+    def close(self) -> None:
+        if self._opened:
+            self._pool.close()
+            self._opened = False

@@ -1,0 +1,208 @@
+"""The embedded store: one SQLite file that workers in any language can use (schema in docs/todos.md).
+
+`claim` is atomic (sweep, SELECT and UPDATE inside one BEGIN IMMEDIATE transaction, which holds
+SQLite's write lock), so many workers can poll the same file without taking the same todo twice.
+Files written before leases existed are migrated in place (two columns and a counters table added).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agent.observe.store.base import (
+    CANDIDATES,
+    COUNTERS,
+    DEFAULT_LEASE,
+    URGENCY,
+    Finish,
+    Todo,
+    TodoStore,
+    check_lease,
+    check_priority,
+    check_status,
+    new_token,
+    normal_capabilities,
+    suitable,
+    todo_from,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS todos (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    title TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'in_progress', 'done', 'failed')),
+    priority TEXT NOT NULL DEFAULT 'normal'
+        CHECK (priority IN ('low', 'normal', 'high', 'critical')),
+    capabilities TEXT NOT NULL DEFAULT '[]',
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    claimed_by TEXT,
+    claim_token TEXT,
+    lease_expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS todos_status ON todos (status, priority);
+CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
+INSERT OR IGNORE INTO todo_counters (name, value) VALUES ('leases_expired', 0), ('completions_rejected', 0);
+"""
+# Columns added since the first schema: (name, type). ALTER TABLE ADD COLUMN is idempotent only by checking.
+ADDED_COLUMNS = (("claim_token", "TEXT"), ("lease_expires_at", "REAL"))
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema, or bring an older file up to it (idempotent; run under the write lock)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'todos'").fetchone()
+        if exists:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(todos)")}
+            for name, kind in ADDED_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE todos ADD COLUMN {name} {kind}")
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def connect(path: Path | str, timeout: float = 5.0, create: bool = True) -> Iterator[sqlite3.Connection]:
+    """Open the file (creating or migrating the schema when `create`); autocommit, rows by name."""
+    if not create and not Path(path).exists():
+        raise FileNotFoundError(f"no todo database at {path}")
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        if create:
+            migrate(conn)
+        yield conn
+    finally:
+        conn.close()
+
+
+def _sweep(conn: sqlite3.Connection, now: float) -> None:
+    """Put every todo whose lease ran out back to pending, and count them (inside the caller's transaction)."""
+    cur = conn.execute(
+        "UPDATE todos SET status = 'pending', claimed_by = NULL, claim_token = NULL, lease_expires_at = NULL,"
+        " updated_at = ? WHERE status = 'in_progress' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?",
+        (now, now))
+    if cur.rowcount > 0:
+        _count(conn, "leases_expired", cur.rowcount)
+
+
+def _count(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
+    conn.execute("UPDATE todo_counters SET value = value + ? WHERE name = ?", (n, name))
+
+
+class SqliteStore(TodoStore):
+    """A SQLite file; each call opens it (so a long-lived worker holds no lock between calls)."""
+
+    def __init__(self, path: Path | str, timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.name = str(path)
+        self.timeout = timeout
+        self._migrated = False
+
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        with connect(self.path, self.timeout, create=not self._migrated) as conn:
+            self._migrated = True
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._conn() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def add(self, title: str, priority: str = "normal", capabilities: Iterable[str] | str = ()) -> int:
+        check_priority(priority)
+        caps = normal_capabilities(capabilities)
+        now = time.time()
+        with self._conn() as conn:
+            cur = conn.execute(
+                "INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
+                " VALUES (?, 'pending', ?, ?, ?, ?)", (title, priority, caps, now, now))
+            return int(cur.lastrowid or 0)
+
+    def list(self, status: str | None = None, limit: int = 1000) -> list[Todo]:
+        check_status(status)
+        with self._write() as conn:
+            _sweep(conn, time.time())
+            where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+            rows = conn.execute(
+                f"SELECT * FROM (SELECT * FROM todos {where} ORDER BY id LIMIT ?) ORDER BY {URGENCY}, created_at, id",
+                (*args, limit)).fetchall()
+        return [todo_from(r) for r in rows]
+
+    def claim(self, worker: str, capabilities: Iterable[str] | None = None,
+              lease: float = DEFAULT_LEASE) -> Todo | None:
+        lease = check_lease(lease)
+        with self._write() as conn:
+            now = time.time()
+            _sweep(conn, now)
+            rows = conn.execute(f"SELECT * FROM todos WHERE status = 'pending' ORDER BY {URGENCY}, id LIMIT ?",
+                                (CANDIDATES,)).fetchall()
+            for todo in suitable(rows, capabilities):
+                token, expires = new_token(), now + lease
+                conn.execute(
+                    "UPDATE todos SET status = 'in_progress', claimed_by = ?, claim_token = ?,"
+                    " lease_expires_at = ?, updated_at = ? WHERE id = ?", (worker, token, expires, now, todo.id))
+                return Todo(todo.id, todo.title, "in_progress", todo.priority, todo.capabilities,
+                            todo.created_at, now, worker, token, expires)
+            return None
+
+    def renew(self, todo_id: int, token: str, lease: float = DEFAULT_LEASE) -> float | None:
+        lease = check_lease(lease)
+        with self._write() as conn:
+            now = time.time()
+            cur = conn.execute(
+                "UPDATE todos SET lease_expires_at = ?, updated_at = ? WHERE id = ? AND status = 'in_progress'"
+                " AND claim_token = ? AND lease_expires_at > ?", (now + lease, now, todo_id, token, now))
+            return now + lease if cur.rowcount > 0 else None
+
+    def finish(self, todo_id: int, status: str = "done", token: str | None = None) -> Finish:
+        if status not in ("done", "failed", "pending"):
+            raise ValueError(f"status must be done, failed or pending, got {status!r}")
+        with self._write() as conn:
+            now = time.time()
+            row: Any = conn.execute("SELECT status, claim_token, lease_expires_at FROM todos WHERE id = ?",
+                                    (todo_id,)).fetchone()
+            if row is None:
+                return Finish.MISSING
+            live = row["status"] == "in_progress" and (row["lease_expires_at"] is None
+                                                      or row["lease_expires_at"] > now)
+            if token is not None and not (live and row["claim_token"] == token):
+                _count(conn, "completions_rejected")
+                return Finish.REJECTED
+            if token is None and live and row["claim_token"] is not None:
+                return Finish.CLAIMED
+            # A todo that is finished or put back is nobody's any more: its lease ends here.
+            conn.execute(
+                "UPDATE todos SET status = ?, updated_at = ?, claim_token = NULL, lease_expires_at = NULL,"
+                " claimed_by = CASE WHEN ? = 'pending' THEN NULL ELSE claimed_by END WHERE id = ?",
+                (status, now, status, todo_id))
+            return Finish.OK
+
+    def counters(self) -> dict[str, int]:
+        with self._write() as conn:
+            _sweep(conn, time.time())
+            found = dict(conn.execute("SELECT name, value FROM todo_counters").fetchall())
+        return {name: int(found.get(name, 0)) for name in COUNTERS}
+
+    def close(self) -> None:
+        pass
