@@ -241,3 +241,16 @@ def app_routes(config: Any) -> list[Any]:
 
     routes: list[Any] = run_async(build())
     return routes
+
+
+def end_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
+    """SIGTERM each process the test started, then wait for it (SIGKILL after `timeout`)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from agent.observe.store import open_store
-from tests.helpers import AgentProcess, free_port, wait_for
+from tests.helpers import AgentProcess, end_processes, free_port, wait_for
 from tests.metricsutil import parse, value
 from tests.stack import THRESHOLDS, alertmanager_config, prometheus_config
 from tests.stackbin import require_binary
@@ -70,6 +70,11 @@ class Cluster:
             if name == "orchestrator_remediation_actions_total" and found.get("component") == component and count:
                 out[(found["action"], found["result"])] = count
         return out
+
+    def done(self, ids: set[int]) -> bool:
+        """Whether every todo of `ids` is done in the shared store."""
+        with open_store(self.dsn) as store:
+            return sum(1 for t in store.list("done", limit=1000) if t.id in ids) == len(ids)
 
     def done_lines(self, nodes: tuple[str, ...] = NODES) -> collections.Counter[int]:
         """Todo ids the workers of `nodes` logged as done, with how often."""
@@ -195,14 +200,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterato
         for agent in agents.values():
             if agent.proc is not None and agent.proc.poll() is None:
                 agent.stop()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_processes(procs)
         print("timeline:\n" + "\n".join(c.timeline if "c" in locals() else []), flush=True)
 
 
@@ -210,12 +208,7 @@ def test_2_workers_on_every_node_drain_the_shared_queue_each_todo_once(cluster: 
     with open_store(cluster.dsn) as store:
         ids = {store.add(f"job {i}") for i in range(150)}
     cluster.note("150 todos added to the shared queue")
-
-    def all_done() -> bool:
-        with open_store(cluster.dsn) as store:
-            return sum(1 for t in store.list("done", limit=1000) if t.id in ids) == len(ids)
-
-    wait_for(all_done, 120, 0.2, "the workers of three nodes to finish 150 todos")
+    wait_for(lambda: cluster.done(ids), 120, 0.2, "the workers of three nodes to finish 150 todos")
     cluster.note("150 todos done")
     with open_store(cluster.dsn) as store:
         finished = [t for t in store.list("done", limit=1000) if t.id in ids]
@@ -263,12 +256,7 @@ def test_4_with_bs_agent_stopped_agent_down_fires_for_b_and_a_and_c_drain_on(clu
                                                                                          node="c")
     with open_store(cluster.dsn) as store:
         ids = {store.add(f"after b {i}") for i in range(30)}
-
-    def all_done() -> bool:
-        with open_store(cluster.dsn) as store:
-            return sum(1 for t in store.list("done", limit=1000) if t.id in ids) == len(ids)
-
-    wait_for(all_done, 60, 0.2, "a and c to finish 30 more todos")
+    wait_for(lambda: cluster.done(ids), 60, 0.2, "a and c to finish 30 more todos")
     cluster.note("30 more todos done by a and c")
     with open_store(cluster.dsn) as store:
         by = {t.claimed_by.split(".")[0] for t in store.list("done", limit=1000) if t.id in ids and t.claimed_by}

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import end_processes, free_port, wait_for
 from tests.stackbin import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,11 +208,4 @@ def test_a_real_alertmanager_delivers_a_nodes_action_to_that_node_only_and_prome
         assert found == {n: f"127.0.0.1:{p}" for n, p in hooks.ports().items()}
         assert not hooks.got["a"] and not hooks.got["c"], "another node's agent got node b's action"
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        end_processes(procs)
