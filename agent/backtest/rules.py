@@ -181,6 +181,9 @@ class _Inliner:
                 inner = expr[expr.index("[", i) + 1:close].strip()
                 out.append(f"({body})[{inner if ':' in inner else inner + ':' + _promql_duration(interval)}]")
                 i = close + 1
+            elif "".join(out).rstrip().endswith(("group_left", "group_right")):
+                # `group_right (` would start its label list: a no-op function call instead of a bare paren.
+                out.append(f'label_replace({body}, "__backtest", "", "", "")')
             else:
                 out.append(f"({body})")
         return "".join(out)
@@ -310,7 +313,15 @@ def evaluate(prom: Prometheus, rules: Iterable[AlertRule], start: float, end: fl
     def one(rule: AlertRule) -> list[AlertInstance]:
         first = align(start - rule.for_, rule.interval)
         result = prom.range(rule.expr, first, end, rule.interval, f"alert {rule.name} ({rule.source})")
-        return [inst for s in result for inst in _instances(rule, s, end)]
+        # The rule manager drops the metric name: a series that gains or loses it (`a or b`) is one alert.
+        series: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+        for s in result:
+            labels = {k: v for k, v in s["metric"].items() if k != "__name__"}
+            merged = series.setdefault(tuple(sorted(labels.items())), {"metric": labels, "values": []})
+            merged["values"].extend(s["values"])
+        for s in series.values():
+            s["values"].sort(key=lambda p: float(p[0]))
+        return [inst for s in series.values() for inst in _instances(rule, s, end)]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return [inst for found in pool.map(one, rules) for inst in found]
