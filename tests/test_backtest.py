@@ -59,8 +59,8 @@ def history(out: Path, d0: float) -> None:
         return 880 * MiB
 
     def web_up(t: float) -> float:
-        down = d1 + 10 * HOUR <= t < d1 + 10 * HOUR + 10 * MIN or d1 + 10 * HOUR + 40 * MIN <= t < d1 + 10 * HOUR + 50 * MIN
-        return 0 if down else 1
+        minute = (t - d1 - 10 * HOUR) / MIN  # day 2, minutes after 10:00
+        return 0 if 0 <= minute < 10 or 40 <= minute < 50 else 1
 
     comps = {"web": (1, 1), "todo_worker": (1, 8), "ollama": (1, 1)}
     with open(out, "w") as f:
