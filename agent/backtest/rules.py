@@ -166,7 +166,7 @@ class _Inliner:
                 continue
             name, i = match.group(), match.end()
             after = expr[i:].lstrip()
-            if name not in self.recorded or name in self.stored or after.startswith(("{", "(")):
+            if name not in self.recorded or after.startswith(("{", "(")):
                 if name in self.recorded and after.startswith("{"):
                     self.stored.add(name)
                 out.append(name)
