@@ -234,3 +234,18 @@ def test_errors_name_the_problem_and_exit_with_the_documented_codes(prometheus: 
     done = subprocess.run([sys.executable, "-m", "agent.cli", "backtest", "--prometheus", url, "--start", "yesterday"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2 and "--start: not a time: 'yesterday'" in done.stderr
+
+
+def test_compare_an_agent_config_with_a_shorter_cooldown(prometheus: tuple[str, float, Path]) -> None:
+    url, d0, tmp = prometheus
+    shorter = json.loads(json.dumps(AGENT_CONFIG))
+    shorter["components"]["web"]["remediation"]["cooldown"] = "30m"
+    (tmp / "shorter.yml").write_text(yaml.safe_dump(shorter))
+    code, doc, err = backtest(url, d0, tmp, "--compare", str(tmp / "shorter.yml"))
+    assert code == 0, err
+    assert doc["policies"][1]["config"] == [str(tmp / "shorter.yml")]
+    # 40 minutes after the first restart, a 30m cooldown no longer holds the second one.
+    assert [(r["time"], r["result"]) for r in rows(doc, "web", 1) if r["result"] != "duplicate"] == [
+        (at(d0, 1, 10, 5, 5), "executed"), (at(d0, 1, 10, 45, 5), "executed")]
+    assert doc["compare"]["totals"]["restart"] == {"a": 2, "b": 3}
+    assert doc["compare"]["totals"]["scale_up"] == {"a": 3, "b": 3}
