@@ -234,6 +234,10 @@ def test_errors_name_the_problem_and_exit_with_the_documented_codes(prometheus: 
     done = subprocess.run([sys.executable, "-m", "agent.cli", "backtest", "--prometheus", url, "--start", "yesterday"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2 and "--start: not a time: 'yesterday'" in done.stderr
+    # A relative time is a value, not an option, though it starts with "-".
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "backtest", "--prometheus", url, "--start", "-1h30m",
+                           "--end", "-2h"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2 and "must be after --start" in done.stderr
 
 
 def test_compare_an_agent_config_with_a_shorter_cooldown(prometheus: tuple[str, float, Path]) -> None:

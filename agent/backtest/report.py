@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from collections import Counter
@@ -53,6 +54,9 @@ def add_backtest_command(sub: Any) -> None:
                    help="a second policy over the same window: a rule file or directory (replaces --rules), or "
                    "an agent config (replaces --config); counts the differences")
     p.add_argument("--json", action="store_true", help="JSON: {window, policies: [...], compare}")
+    # `--start -7d`: argparse takes a word starting with "-" for an option unless it looks like a negative
+    # number; relative times are made to look like one (no option of this verb starts with a digit).
+    p._negative_number_matcher = re.compile(r"^-(\d+(ms|[smhdwy]))+$|^-\d+$|^-\d*\.\d+$")
     p.set_defaults(func=cmd_backtest)
 
 
