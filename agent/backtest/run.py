@@ -230,6 +230,10 @@ def run_policy(prom: Prometheus, policy: Policy, start: float, end: float, initi
     if policy.rules.stored:
         notes.append("read from the server's recorded series, not recomputed from the given files (a rule that "
                      "reads its own past values, or is used with label matchers): " + ", ".join(policy.rules.stored))
+    guessed = sorted(n for n in policy.config.components if n not in initial)
+    if guessed:
+        notes.append("no orchestrator_component_desired_replicas at --start (started from the config's initial "
+                     "count): " + ", ".join(guessed))
     if unrouted:
         notes.append(f"{unrouted} firing alert(s) with an action label matched no route to the agent's receiver")
     initial_views = _views(policy.config, initial)
