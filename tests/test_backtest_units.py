@@ -144,6 +144,10 @@ def test_inhibition_drops_targets_while_the_source_fires(tmp_path: Path) -> None
     deliveries, _ = simulate(cfg, [down], [source, other, down], end=300)
     # Inhibited at 105 and 135 ... 195; the first flush after the source resolved (200) sends it.
     assert [d.at for d in deliveries] == [225]
+    # Inhibited again after it was sent: nothing goes out (not an empty "all resolved" notification).
+    source2 = alert("CircuitOpen", 300, None, component="web")
+    deliveries, _ = simulate(cfg, [down], [source, source2, down], end=500)
+    assert [(d.at, len(d.firing)) for d in deliveries] == [(225, 1)]
 
 
 def test_time_arguments() -> None:

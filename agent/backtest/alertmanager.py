@@ -334,6 +334,8 @@ def _flush(cfg: AlertmanagerConfig, group: _Group, t: float, resolved_at: dict[i
         if _inhibited(cfg, inst, t, sources):
             continue
         (resolved if id(inst) in resolved_at and resolved_at[id(inst)] <= t else firing).append((fp, inst))
+    if not firing and not resolved:
+        return None  # every alert inhibited: the pipeline stops before the notification log
     if route.mute and any(i.contains(t) for name in route.mute for i in cfg.intervals[name]):
         return None
     if route.active and not any(i.contains(t) for name in route.active for i in cfg.intervals[name]):
