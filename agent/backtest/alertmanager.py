@@ -357,6 +357,8 @@ def _flush(cfg: AlertmanagerConfig, group: _Group, t: float, resolved_at: dict[i
     if not needed:
         return None
     nflog[group.key] = (fire_set, res_set, t)
+    if not firing and not send_resolved:
+        return None  # logged, but a receiver without send_resolved is not called with nothing firing
     return Delivery(t, route.receiver, group.key, [i for _, i in firing],
                     [i for _, i in resolved] if send_resolved else [])
 
