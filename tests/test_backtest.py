@@ -26,6 +26,8 @@ from bench.tsdb import OpenMetrics, PrometheusServer, backfill, every
 from tests.helpers import ROOT
 from tests.stackbin import require_binary
 
+pytestmark = [pytest.mark.stack]
+
 MiB = 1024 * 1024
 MIN = 60.0
 HOUR = 3600.0
