@@ -37,6 +37,7 @@ class Matcher:
     value: str
 
     def matches(self, labels: dict[str, str]) -> bool:
+        """Alertmanager's matcher semantics: a missing label is the empty string, regexes are anchored."""
         have = labels.get(self.name, "")
         if self.op in ("=", "!="):
             return (have == self.value) == (self.op == "=")
@@ -44,6 +45,7 @@ class Matcher:
 
 
 def parse_matcher(text: str, where: str) -> Matcher:
+    """One matcher string (`action=~".+"`, `defer="off_peak"`, `a!=b`)."""
     m = _MATCHER.match(text.strip().strip("{}"))
     if m is None:
         raise BacktestError(f"{where}: not a matcher: {text!r} (e.g. action=~\".+\")")
@@ -145,6 +147,7 @@ class TimeInterval:
     zone: ZoneInfo | None
 
     def contains(self, t: float) -> bool:
+        """Whether the instant t (Unix seconds) falls in this interval (in its location, else UTC)."""
         d = datetime.fromtimestamp(t, self.zone or UTC)
         minute = d.hour * 60 + d.minute
         if self.times and not any(a <= minute < b for a, b in self.times):

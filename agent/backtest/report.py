@@ -42,8 +42,9 @@ def add_backtest_command(sub: Any) -> None:
     p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus that holds the history")
     p.add_argument("--start", required=True, metavar="T", help="RFC 3339 (2026-01-01T00:00:00Z) or relative (-7d)")
     p.add_argument("--end", default="now", metavar="T", help="RFC 3339, relative (-1h) or now (the default)")
-    p.add_argument("--rules", action="append", type=Path, metavar="FILE|DIR",
-                   help="rule file, or directory of *.yml (repeat); default: the shipped rules/")
+    p.add_argument("--rules", action="extend", nargs="+", type=Path, metavar="FILE|DIR",
+                   help="rule files, or directories of *.yml (several, or repeat the option); default: the "
+                   "shipped rules/")
     p.add_argument("--alertmanager-config", type=Path, metavar="FILE",
                    help="Alertmanager config; default: the shipped prometheus/alertmanager.yml")
     p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
@@ -92,6 +93,7 @@ def _is_rules(path: Path) -> bool:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
+    """`agent backtest`: exit 0, or the BacktestError's code with its message on stderr (and in the JSON)."""
     try:
         return _run(args)
     except BacktestError as exc:
@@ -167,12 +169,14 @@ def summary(o: Outcome) -> list[dict[str, Any]]:
 
 
 def outcome_json(o: Outcome) -> dict[str, Any]:
+    """One policy's outcome as JSON (the --json document's `policies` entries, with its description)."""
     return {"timeline": [r.to_json() for r in o.rows], "summary": summary(o),
             "replica_hours": {k: round(v, 2) for k, v in sorted(o.replica_hours.items())},
             "deliveries": o.deliveries, "notes": o.notes, "seconds": round(o.seconds, 3)}
 
 
 def print_outcome(o: Outcome, described: dict[str, Any]) -> None:
+    """The timeline and summary of one policy, for people (tab-separated into a pipe)."""
     print(f"# policy {o.policy}: rules {', '.join(described['rules'])}; alertmanager "
           f"{described['alertmanager_config']}; config {', '.join(described['config'])}")
     print(f"# window {iso(o.start)} .. {iso(o.end)}: {o.deliveries} simulated deliveries to the agent, "
@@ -230,6 +234,7 @@ def compare(a: Outcome, b: Outcome) -> dict[str, Any]:
 
 
 def print_comparison(c: dict[str, Any]) -> None:
+    """The counts of `compare()`, for people."""
     print_table(["component", "executed", "a", "b", "b - a"],
                 [[r["component"], r["kind"], r["a"], r["b"], f"{r['difference']:+d}"] for r in c["executed"]],
                 title="compare: executed actions")

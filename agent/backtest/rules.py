@@ -235,6 +235,7 @@ class AlertInstance:
         return math.nan
 
     def annotations_at(self, t: float) -> dict[str, str]:
+        """The rule's annotations rendered with the value at t (what Alertmanager would hold then)."""
         return {k: render(v, self.labels, self.value_at(t)) for k, v in self.rule.annotations.items()}
 
 
@@ -264,6 +265,7 @@ class Prometheus:
         self.client = httpx.Client(timeout=timeout)
 
     def close(self) -> None:
+        """Close the HTTP client."""
         self.client.close()
 
     def _get(self, path: str, params: dict[str, Any], what: str) -> Any:
@@ -282,6 +284,7 @@ class Prometheus:
         return body["data"]
 
     def instant(self, query: str, at: float) -> list[dict[str, Any]]:
+        """An instant query's vector at `at`."""
         data = self._get("/api/v1/query", {"query": query, "time": at}, f"query {query}")
         result: list[dict[str, Any]] = data["result"]
         return result

@@ -72,6 +72,7 @@ class Policy:
 
 
 def load_policy(name: str, rules: list[Path], alertmanager: Path, config: Config, interval: float) -> Policy:
+    """Read a policy's files (BacktestError naming the file when one cannot be used)."""
     return Policy(name, load_rules(rules, interval), load_alertmanager(alertmanager), config)
 
 
@@ -93,6 +94,7 @@ class Row:
     last: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
+        """The row in --json output."""
         return {"time": iso(self.time), "alert": self.alert, "component": self.component, "action": self.action,
                 "result": self.result, "reason": self.reason, "replicas_before": self.before,
                 "replicas_after": self.after, "starts_at": self.starts_at, "fingerprint": self.fingerprint,
