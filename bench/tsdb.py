@@ -38,7 +38,8 @@ class OpenMetrics:
             self.families.add(name)
             self.out.write(f"# TYPE {name} gauge\n")
         prefix = name + _labels({**AGENT, **labels}) + " "
-        self.out.write("".join(f"{prefix}{v:g} {t:.0f}\n" for t, v in samples))
+        # repr: the shortest exact form (`:g` keeps 6 digits: a timestamp value would be off by hours).
+        self.out.write("".join(f"{prefix}{float(v)!r} {t:.0f}\n" for t, v in samples))
 
     def close(self) -> None:
         self.out.write("# EOF\n")

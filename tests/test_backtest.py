@@ -1,8 +1,10 @@
 """`agent backtest` against a real Prometheus backfilled with two days of synthetic history (1-minute samples).
 
-Day 1 (a weekday): todo_worker's backlog rises (30 pending from 14:00, 70 from 14:30) and drains at
-16:00; ollama's memory grows from 10:00 towards its limit, forecast past the headroom around 12:30,
-during peak hours. Day 2: web is down 10:00-10:10 and again 10:40-10:50, closer than its 1 h cooldown.
+Day 1 (a weekday): indexer (3 replicas recorded, idle) is scaled down at midnight, gets a burst of 40
+todos at 09:00 (scaled up), and its next scale-down is held by its 1 h stabilisation; todo_worker's
+backlog rises (30 pending from 14:00, 70 from 14:30) and drains at 16:00; ollama's memory grows from
+10:00 towards its limit, forecast past the headroom around 12:30, during peak hours. Day 2: web is
+down 10:00-10:10 and again 10:40-10:50, closer than its 1 h cooldown.
 Expected times follow from the shipped rules (15 s evaluations), the shipped Alertmanager routing
 (group_wait 5s, group_interval 30s, repeat_interval 2m; off-peak restarts muted 08:00-20:00 Mon-Fri)
 and the components' guardrails below.
@@ -64,7 +66,17 @@ def history(out: Path, d0: float) -> None:
         minute = (t - d1 - 10 * HOUR) / MIN  # day 2, minutes after 10:00
         return 0 if 0 <= minute < 10 or 40 <= minute < 50 else 1
 
-    comps = {"web": (1, 1), "todo_worker": (1, 8), "ollama": (1, 1)}
+    def indexing(t: float) -> float:
+        return 40 if d0 + 9 * HOUR <= t < d0 + 9 * HOUR + 10 * MIN else 0
+
+    def last_busy(t: float) -> float:
+        # What the live Prometheus recorded for this self-referencing rule (the backtest reads it, as stored).
+        if t < d0 + 9 * HOUR:
+            return d0 - HOUR
+        return min(t, d0 + 9 * HOUR + 9 * MIN)
+
+    comps = {"web": (1, 1), "todo_worker": (1, 8), "ollama": (1, 1), "indexer": (1, 4)}
+    recorded = {"indexer": 3}
     with open(out, "w") as f:
         om = OpenMetrics(f)
 
@@ -73,9 +85,9 @@ def history(out: Path, d0: float) -> None:
                 om.series(name, {"component": comp}, every(d0, end, MIN, value(comp)))
 
         per_component("orchestrator_component_up", lambda c: web_up if c == "web" else const(1))
-        for metric in ("orchestrator_component_desired_replicas", "orchestrator_component_replicas",
-                       "orchestrator_component_min_replicas"):
-            per_component(metric, lambda c: const(1))
+        for metric in ("orchestrator_component_desired_replicas", "orchestrator_component_replicas"):
+            per_component(metric, lambda c: const(recorded.get(c, 1)))
+        per_component("orchestrator_component_min_replicas", lambda c: const(1))
         per_component("orchestrator_component_max_replicas", lambda c: const(comps[c][1]))
         per_component("orchestrator_component_manual_stop", lambda c: const(0))
         for state in ("circuit_open", "half_open"):
@@ -87,8 +99,14 @@ def history(out: Path, d0: float) -> None:
         om.series("orchestrator_component_resident_memory_bytes", {"component": "ollama"}, every(d0, end, MIN, rss))
         om.series("orchestrator_component_capability", {"component": "todo_worker", "capability": "todo_processing"},
                   every(d0, end, MIN, const(1)))
+        om.series("orchestrator_component_capability", {"component": "indexer", "capability": "indexing"},
+                  every(d0, end, MIN, const(1)))
         om.series("orchestrator_todo_backlog", {"status": "pending", "priority": "normal", "capability": "any"},
                   every(d0, end, MIN, pending))
+        om.series("orchestrator_todo_backlog", {"status": "pending", "priority": "normal", "capability": "indexing"},
+                  every(d0, end, MIN, indexing))
+        om.series("component:orchestrator_todo_pending:last_busy_timestamp_seconds", {"component": "indexer"},
+                  every(d0, end, MIN, last_busy))
         om.series("orchestrator_todo_source_up", {"source": "todos"}, every(d0, end, MIN, const(1)))
         om.close()
 
@@ -100,6 +118,8 @@ AGENT_CONFIG = {
         "todo_worker": {"command": [sys.executable, "-c", "pass"], "capabilities": ["todo_processing"],
                         "replicas": {"min": 1, "max": 8}, "remediation": {"max_step": 2}},
         "ollama": {"command": [sys.executable, "-c", "pass"]},
+        "indexer": {"command": [sys.executable, "-c", "pass"], "capabilities": ["indexing"],
+                    "replicas": {"min": 1, "max": 4}, "remediation": {"scale_down_stabilization": "1h"}},
     },
 }
 
@@ -178,11 +198,34 @@ def test_timeline_matches_the_rules_and_guardrails(prometheus: tuple[str, float,
     # Open loop: the recorded RSS keeps growing until 21:00, so the alert stays firing and its repeats
     # are duplicates of the one restart.
     assert [(r["action"], r["result"]) for r in ollama] == [("restart", "executed"), ("restart", "duplicate")]
-    assert ollama[1]["time"] == at(d0, 0, 20, 2, 5) and ollama[1]["last"] < at(d0, 0, 21, 1)
+    sent = datetime.fromisoformat(ollama[0]["time"].replace("Z", "+00:00")).timestamp()
+    assert ollama[1]["time"] == at(sent, 0, 0, 2) and ollama[1]["last"] < at(d0, 0, 21, 1)  # repeat_interval 2m
     assert at(d0, 0, 12, 0) < ollama[0]["starts_at"] < at(d0, 0, 13, 0)
     assert at(d0, 0, 20, 0) <= ollama[0]["time"] < at(d0, 0, 20, 0, 30)
 
-    assert {r["component"] for r in timeline} == {"web", "todo_worker", "ollama"}
+    # Idle since before the window: one step down after the 5m `for:` (the repeats are duplicates: one
+    # step per alert). The burst at 09:00 scales up (2 -> 4, max_step 2); idle again from 09:19, the
+    # scale-down waits for the 1 h stabilisation after the 09:05:05 scale-up: the first repeat at or after
+    # 10:05:05 is 10:06:05.
+    indexer = rows(doc, "indexer")
+    assert [(r["time"], r["alert"], r["result"], r["replicas_before"], r["replicas_after"]) for r in indexer] == [
+        (at(d0, 0, 0, 5, 5), "OrchestratorComponentIdle", "executed", 3, 2),
+        (at(d0, 0, 0, 7, 5), "OrchestratorComponentIdle", "duplicate", 2, 2),
+        (at(d0, 0, 9, 5, 5), "OrchestratorBacklogHigh", "executed", 2, 4),
+        (at(d0, 0, 9, 7, 5), "OrchestratorBacklogHigh", "ignored", 4, 4),
+        (at(d0, 0, 9, 24, 5), "OrchestratorComponentIdle", "cooldown", 4, 4),
+        (at(d0, 0, 10, 6, 5), "OrchestratorComponentIdle", "executed", 4, 3),
+        (at(d0, 0, 10, 8, 5), "OrchestratorComponentIdle", "duplicate", 3, 3),
+        # Open loop: the recorded replicas stay at 3, so the alert fires on; 24 h later its dedupe key has
+        # expired (agent.webhook.dedupe_ttl), and the same alert acts again, as it would live.
+        (at(d0, 1, 10, 6, 5), "OrchestratorComponentIdle", "executed", 3, 2),
+        (at(d0, 1, 10, 8, 5), "OrchestratorComponentIdle", "duplicate", 2, 2),
+    ], indexer
+    assert indexer[4]["reason"] == "scaled up 1140s ago (scale-down stabilisation 3600s)"
+    assert indexer[4]["repeats"] == 21 and indexer[4]["last"] == at(d0, 0, 10, 4, 5)
+    assert doc["policies"][0]["notes"][0].endswith("component:orchestrator_todo_pending:last_busy_timestamp_seconds")
+
+    assert {r["component"] for r in timeline} == {"web", "todo_worker", "ollama", "indexer"}
     summary = {(s["component"], s["action"]): s for s in doc["policies"][0]["summary"]}
     assert summary[("web", "restart")]["results"] == {"executed": 1, "cooldown": 3, "duplicate": 2}
     assert summary[("todo_worker", "scale_to")]["results"]["executed"] == 3
@@ -206,7 +249,7 @@ def test_compare_a_lower_backlog_threshold_scales_up_more(prometheus: tuple[str,
     code, doc, err = backtest(url, d0, tmp, "--compare", str(lower))
     assert code == 0, err
     totals = doc["compare"]["totals"]["scale_up"]
-    assert totals == {"a": 3, "b": 4}
+    assert totals == {"a": 4, "b": 5}  # indexer's 2 -> 4 in both
     # With 5 per replica: 30 pending wants 6 (1->3->5->6), 70 wants 14, clamped to max 8 (6->8).
     assert decided([r for r in rows(doc, "todo_worker", 1) if r["result"] == "executed"]) == [
         (at(d0, 0, 14, 5, 5), "scale_to", "executed", 1, 3),
@@ -254,4 +297,4 @@ def test_compare_an_agent_config_with_a_shorter_cooldown(prometheus: tuple[str, 
     assert [(r["time"], r["result"]) for r in rows(doc, "web", 1) if r["result"] != "duplicate"] == [
         (at(d0, 1, 10, 5, 5), "executed"), (at(d0, 1, 10, 45, 5), "executed")]
     assert doc["compare"]["totals"]["restart"] == {"a": 2, "b": 3}
-    assert doc["compare"]["totals"]["scale_up"] == {"a": 3, "b": 3}
+    assert doc["compare"]["totals"]["scale_up"] == {"a": 4, "b": 4}
