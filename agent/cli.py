@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.backtest.report import add_backtest_command
 from agent.cli_output import print_json, print_table, suggest
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
 from agent.config.models import Autonomy
@@ -223,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_control_commands(sub)
     add_tls_commands(sub)
+    from agent.backtest.report import add_backtest_command
+
     add_backtest_command(sub)
 
     cfg = sub.add_parser("config", help="the effective config: `agent config show [--json]`")
