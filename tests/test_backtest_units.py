@@ -160,3 +160,26 @@ def test_time_arguments() -> None:
         parse_time("2026-11-23T00:00:00", now, "--start")
     with pytest.raises(BacktestError, match="--start: not a time"):
         parse_time("-7 days", now, "--start")
+
+
+def test_long_windows_are_split_into_queries_of_at_most_max_points() -> None:
+    import httpx
+
+    from agent.backtest.rules import MAX_POINTS, Prometheus
+
+    asked: list[tuple[float, float]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        start, end, step = (float(request.url.params[k]) for k in ("start", "end", "step"))
+        asked.append((start, end))
+        values = [[start + i * step, "1"] for i in range(int((end - start) / step) + 1)]
+        return httpx.Response(200, json={"status": "success", "data": {"resultType": "matrix", "result": [
+            {"metric": {"component": "web"}, "values": values}]}})
+
+    prom = Prometheus("http://prometheus.test")
+    prom.client = httpx.Client(transport=httpx.MockTransport(answer))
+    steps = 2 * MAX_POINTS + 500
+    (series,) = prom.range("up", 0, (steps - 1) * 15, 15, "alert X")
+    assert asked == [(0, (MAX_POINTS - 1) * 15), (MAX_POINTS * 15, (2 * MAX_POINTS - 1) * 15),
+                     (2 * MAX_POINTS * 15, (steps - 1) * 15)]
+    assert [t for t, _ in series["values"]] == [i * 15 for i in range(steps)]  # every step once, in order
