@@ -183,3 +183,26 @@ def test_long_windows_are_split_into_queries_of_at_most_max_points() -> None:
     assert asked == [(0, (MAX_POINTS - 1) * 15), (MAX_POINTS * 15, (2 * MAX_POINTS - 1) * 15),
                      (2 * MAX_POINTS * 15, (steps - 1) * 15)]
     assert [t for t, _ in series["values"]] == [i * 15 for i in range(steps)]  # every step once, in order
+
+
+@pytest.mark.parametrize(("status", "body", "code", "said"), [
+    (400, {"status": "error", "error": "parse error"}, 2, "alert X: Prometheus answered 400: parse error"),
+    (503, {"status": "error", "error": "query timed out"}, 1, "answered 503: query timed out"),
+    (None, None, 1, "did not answer within"),
+    (200, "not json", 3, "without JSON: is this Prometheus?"),
+])
+def test_prometheus_errors_become_exit_codes(status: int | None, body: Any, code: int, said: str) -> None:
+    import httpx
+
+    from agent.backtest.rules import Prometheus
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if status is None:
+            raise httpx.ReadTimeout("slow", request=request)
+        return httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)
+
+    prom = Prometheus("http://prometheus.test")
+    prom.client = httpx.Client(transport=httpx.MockTransport(answer), timeout=5)
+    with pytest.raises(BacktestError, match=said) as caught:
+        prom.range("up", 0, 60, 15, "alert X")
+    assert caught.value.code == code

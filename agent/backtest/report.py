@@ -28,7 +28,7 @@ plan (bounds, max_step, dedupe, cooldown, stabilisation) at the time it would ha
 Open loop: the replica counts it decides do not change the recorded series the rules read
 (docs/backtest.md).
 
-exit codes: 0 done; 1 Prometheus refused a query it should have answered; 2 usage: bad times, an
+exit codes: 0 done; 1 Prometheus failed or timed out on a query it should answer; 2 usage: bad times, an
 unreadable rule, Alertmanager or agent config, a query Prometheus finds invalid; 3 Prometheus cannot
 be reached.
 """

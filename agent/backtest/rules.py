@@ -271,6 +271,9 @@ class Prometheus:
     def _get(self, path: str, params: dict[str, Any], what: str) -> Any:
         try:
             r = self.client.get(self.url + path, params=params)
+        except httpx.TimeoutException:
+            raise BacktestError(f"{what}: Prometheus at {self.url} did not answer within "
+                                f"{self.client.timeout.read}s", 1) from None
         except httpx.HTTPError as exc:
             raise BacktestError(f"cannot reach Prometheus at {self.url}: {exc}", 3) from None
         try:
