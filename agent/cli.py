@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_commands(sub)
     add_stack_commands(sub)
     add_tls_commands(sub)
+    from agent.backtest.report import add_backtest_command
+
+    add_backtest_command(sub)
 
     cfg = sub.add_parser("config", help="the effective config: `agent config show [--json]`")
     csub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="VERB")

@@ -112,3 +112,30 @@ def test_manual_stop_and_open_circuit_block_automation() -> None:
 def test_disallowed_action() -> None:
     p = plan(make({"action": "scale_up", "component": "c"}), allowed=("restart",))
     assert p.result is Result.REJECTED and "not allowed" in p.reason
+
+
+# --- plan_payload: one delivery, shared by the webhook and `agent backtest` -----------------------------
+
+
+def test_payload_alerts_see_the_effect_of_earlier_ones() -> None:
+    from agent.act.remediation import plan_payload
+
+    views = {"c": view(desired=2)}
+    keys: dict[str, bool] = {}
+    first = Alert(status="firing", labels={"alertname": "A", "action": "restart", "component": "c"},
+                  startsAt="2026-11-24T03:32:05Z", fingerprint="f1")
+    second = first.model_copy(update={"fingerprint": "f2"})
+    up = Alert(status="firing", labels={"alertname": "B", "action": "scale_up", "component": "c"},
+               startsAt="2026-11-24T03:32:05Z", fingerprint="f3")
+    gone = Alert(status="resolved", labels={"alertname": "A", "action": "restart", "component": "c"},
+                 startsAt="2026-11-24T03:00:00Z", fingerprint="f4")
+    plans = plan_payload([first, second, up, gone], views, node="n1", autonomy=Autonomy.ON, emergency=False,
+                         seen=lambda k: k in keys, now=NOW, remember=keys.__setitem__)
+    assert [p.result for p in plans] == [None, Result.COOLDOWN, None, Result.IGNORED]
+    assert plans[1].reason == "restarted 0s ago (cooldown 60s)"  # the first restart's time, in the same payload
+    assert views["c"].desired == 3 and views["c"].last_scale_up == NOW and views["c"].last_restart == NOW
+    # remember(key, marker): the acting keys, and the resolved alert's marker (kept even if unwritten).
+    assert keys == {plans[0].key: False, plans[2].key: False, '["f4","2026-11-24T03:00:00Z","resolved"]': True}
+    again = plan_payload([first], views, node="n1", autonomy=Autonomy.ON, emergency=False,
+                         seen=lambda k: k in keys, now=NOW + 3600)
+    assert again[0].result is Result.DUPLICATE

@@ -16,7 +16,7 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -245,6 +245,41 @@ def plan_alert(
     return plan
 
 
+def plan_payload(
+    alerts: Sequence[Alert],
+    views: dict[str, ComponentView],
+    *,
+    node: str,
+    autonomy: Autonomy,
+    emergency: bool,
+    seen: Callable[[str], bool],
+    now: float,
+    remember: Callable[[str, bool], None] | None = None,
+) -> list[Plan]:
+    """Plans for the alerts of one delivery, in order, at time `now` (the live webhook and `agent backtest`).
+
+    `views` is updated in place: an acting alert's effect (desired count, scale-up and restart times) is
+    seen by the alerts after it. `remember(key, marker)`, when given, records the key of each acting
+    plan (marker False) and the `resolved` marker of each resolved alert with an action (marker True),
+    so a later alert of the same delivery sees them too.
+    """
+    plans = []
+    for alert in alerts:
+        p = plan_alert(alert, node=node, components=views, autonomy=autonomy, emergency=emergency,
+                       seen=seen, now=now)
+        if remember is not None and alert.status == "resolved" and alert.labels.get("action"):
+            remember(dedupe_key(alert.fingerprint, alert.startsAt, "resolved"), True)
+        if p.acts:
+            if p.component in views:
+                view = views[p.component]
+                views[p.component] = _with_desired(view, view.desired if p.target is None else p.target, now,
+                                                   p.action)
+            if remember is not None:
+                remember(p.key, False)
+        plans.append(p)
+    return plans
+
+
 # --- audit ------------------------------------------------------------------------------------------
 
 
@@ -285,28 +320,18 @@ class Remediator:
 
     def plan(self, payload: WebhookPayload, record: bool) -> list[Plan]:
         """Plans for every alert; with `record`, keys of acting plans (and resolves) are recorded at once."""
-        views = self.views()
         now = time.time()
-        plans = []
-        restarted = False
-        for alert in payload.alerts:
-            p = plan_alert(alert, node=self.config.agent.node, components=views, autonomy=self.modes.autonomy,
-                           emergency=self.modes.emergency, seen=self.dedupe.seen, now=now)
-            if record and alert.status == "resolved" and alert.labels.get("action"):
-                # Only ever prevents an action: kept in memory even if its write fails.
-                self.dedupe.add(dedupe_key(alert.fingerprint, alert.startsAt, "resolved"), keep_on_failure=True)
-            if p.acts:
-                # Later alerts in the same payload see this one's effect (in a simulation too).
-                if p.target is not None and p.component in views:
-                    views[p.component] = _with_desired(views[p.component], p.target, now, p.action)
-                if record:
-                    self.dedupe.add(p.key)
-                    if p.action == "restart":
-                        self.last_alert_restart[p.component] = now
-                        restarted = True
-            plans.append(p)
-        if restarted:
-            self.stamps.save()
+        # Only ever prevents an action: a resolved marker is kept in memory even if its write fails.
+        remember = (lambda key, marker: self.dedupe.add(key, keep_on_failure=marker)) if record else None
+        plans = plan_payload(payload.alerts, self.views(), node=self.config.agent.node,
+                             autonomy=self.modes.autonomy, emergency=self.modes.emergency,
+                             seen=self.dedupe.seen, now=now, remember=remember)
+        if record:
+            restarted = [p.component for p in plans if p.acts and p.action == "restart"]
+            for name in restarted:
+                self.last_alert_restart[name] = now
+            if restarted:
+                self.stamps.save()
         return plans
 
     def handle(self, payload: WebhookPayload, trace_id: str, parent: Any = None) -> list[dict[str, Any]]:

@@ -1,0 +1,1 @@
+"""`agent backtest`: replay the decisions (rules, Alertmanager routing, the agent's plan) over past data."""
