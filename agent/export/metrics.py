@@ -371,8 +371,7 @@ class BacklogCollector:
                     folded = dict.fromkeys(self.capabilities, 0)
                     for (k, cap), n in source.flow.items():
                         if k == kind:
-                            key = cap if cap in self.served or cap == ANY_CAPABILITY else OTHER_CAPABILITY
-                            folded[key] += n
+                            folded[cap if cap in self.served or cap == ANY_CAPABILITY else OTHER_CAPABILITY] += n
                     for cap in self.capabilities:
                         family.add_metric([label, cap], folded[cap])
             if source.up:
