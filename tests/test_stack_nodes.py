@@ -74,6 +74,10 @@ def test_the_generated_configs_pass_promtool_and_amtool_and_route_each_node_to_i
     assert route("action=restart", "node=zz") == "human"  # a node nobody runs: for people
     assert route("action=restart") == "human"
     assert route("alertname=OrchestratorAgentDown", "node=a") == "human"  # no action: for people
+    # The placement alerts name the chosen node: only that node's agent gets them.
+    assert route("alertname=OrchestratorPlacementScaleUp", "action=scale_up", "component=worker", "node=b") == "agent-b"
+    assert route("alertname=OrchestratorPlacementScaleDown", "action=scale_down", "component=worker",
+                 "node=c") == "agent-c"
 
     prom = yaml.safe_load((out / "prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "orchestrator-agent")
