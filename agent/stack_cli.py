@@ -26,6 +26,7 @@ def add_stack_commands(sub: Any) -> None:
         "alertmanager.yml that routes each node's actions to that node's agent only",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Reads the list of nodes and writes into --out: orchestrator-agents.json (file_sd targets), "
+        "orchestrator-nodes.yml (orchestrator:node_order, the placement rules' tie-break), "
         "prometheus.yml and alertmanager.yml, made from the shipped configs (or --prometheus-config / "
         "--alertmanager-config). Relative paths in the list resolve against its directory and are written "
         "relative to --out. Re-run it after changing the list.\n\nThe list (YAML):\n\n" + NODES_EXAMPLE)

@@ -74,6 +74,10 @@ def test_the_generated_configs_pass_promtool_and_amtool_and_route_each_node_to_i
     assert route("action=restart", "node=zz") == "human"  # a node nobody runs: for people
     assert route("action=restart") == "human"
     assert route("alertname=OrchestratorAgentDown", "node=a") == "human"  # no action: for people
+    # The placement alerts name the chosen node: only that node's agent gets them.
+    assert route("alertname=OrchestratorPlacementScaleUp", "action=scale_up", "component=worker", "node=b") == "agent-b"
+    assert route("alertname=OrchestratorPlacementScaleDown", "action=scale_down", "component=worker",
+                 "node=c") == "agent-c"
 
     prom = yaml.safe_load((out / "prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "orchestrator-agent")
@@ -94,6 +98,37 @@ def test_the_generated_configs_pass_promtool_and_amtool_and_route_each_node_to_i
     before = {p.name: p.read_text() for p in out.iterdir()}
     generate(tmp_path, nodes)
     assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+def test_the_node_order_rule_file_ranks_nodes_by_name_and_breaks_the_placement_tie(tmp_path: Path) -> None:
+    """orchestrator-nodes.yml: one constant series per node, its rank by name (not its place in the list);
+    prometheus.yml loads it; with the shipped rules it makes the placement tie go to the first name."""
+    promtool = require_binary("promtool")
+    out = generate(tmp_path, node_list(tmp_path, {"c": 9473, "b": 9472, "a": 9471}))
+    doc = yaml.safe_load((out / "orchestrator-nodes.yml").read_text())
+    assert doc == {"groups": [{"name": "orchestrator-nodes.rules", "rules": [
+        {"record": "orchestrator:node_order", "expr": str(i), "labels": {"node": n}} for i, n in enumerate("abc")]}]}
+    check = subprocess.run([promtool, "check", "rules", str(out / "orchestrator-nodes.yml")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    prom = yaml.safe_load((out / "prometheus.yml").read_text())
+    assert "orchestrator-nodes.yml" in prom["rule_files"]
+    check = subprocess.run([promtool, "check", "config", str(out / "prometheus.yml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    # The shipped tie case (a and b in the same headroom step), with the generated file instead of its
+    # hand-written node order: the list says c, b, a, and a still wins (b would, ranked by list position).
+    shipped = yaml.safe_load((ROOT / "rules" / "tests" / "orchestrator-placement_test.yml").read_text())
+    [tie] = [t for t in shipped["tests"] if t["name"].startswith("equal headroom breaks on node order")]
+    tie["input_series"] = [s for s in tie["input_series"] if not s["series"].startswith("orchestrator:node_order")]
+    assert any(c["exp_alerts"] and c["exp_alerts"][0]["exp_labels"]["node"] == "a" for c in tie["alert_rule_test"])
+    test = {"rule_files": [str(out / "orchestrator-nodes.yml")]
+            + [str(ROOT / "rules" / "tests" / f) for f in shipped["rule_files"]],
+            "evaluation_interval": shipped["evaluation_interval"],
+            "group_eval_order": ["orchestrator-nodes.rules", *shipped["group_eval_order"]], "tests": [tie]}
+    (tmp_path / "tie_test.yml").write_text(yaml.safe_dump(test, sort_keys=False))
+    done = subprocess.run([promtool, "test", "rules", str(tmp_path / "tie_test.yml")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize(("doc", "words"), [

@@ -187,3 +187,69 @@ def test_agent_todo_claims_renews_and_completes_with_the_token_on_either_store(t
     with open_store(todo_db) as store:
         # Neither a refused renewal nor a tokenless `done` is a completion from a claim: nothing counted.
         assert store.counters() == {"leases_expired": 0, "completions_rejected": 0}
+
+
+def test_flow_counters_count_arrivals_and_completions_once_per_capability(todo_db: str) -> None:
+    """`created` on add, `completed` on the first done/failed (not a put-back, not a second finish);
+    the same figures in the store and in what the agent's reader sees."""
+    with open_store(todo_db) as store:
+        assert store.flow() == {"created": {}, "completed": {}}
+        plain = store.add("plain")
+        gpu = store.add("gpu", "high", ["gpu"])
+        both = store.add("both", "normal", ["gpu", "cpu"])
+        store.add("waits", "low", ["cpu"])
+        todo = store.claim("w", ["gpu", "cpu"], lease=60)
+        assert todo is not None and todo.id == gpu and todo.claim_token
+        assert store.finish(gpu, "pending", todo.claim_token) is Finish.OK  # put back: not completed
+        again = store.claim("w", ["gpu", "cpu"], lease=60)
+        assert again is not None and again.id == gpu and again.claim_token
+        assert store.finish(gpu, "done", again.claim_token) is Finish.OK
+        assert store.finish(gpu, "done", again.claim_token) is Finish.REJECTED  # refused: not counted again
+        assert store.finish(both, "failed") is Finish.OK  # failed leaves the queue too
+        assert store.finish(both, "done") is Finish.OK  # failed -> done: already counted
+        assert store.finish(plain, "done") is Finish.OK
+        expected = {"created": {"any": 1, "gpu": 2, "cpu": 2}, "completed": {"any": 1, "gpu": 2, "cpu": 1}}
+        assert store.flow() == expected
+    flow = read_counts(todo_db).flow
+    assert flow == {(kind, cap): n for kind, caps in expected.items() for cap, n in caps.items()}
+
+
+def test_flow_counters_are_exported_per_source_from_the_first_good_read(todo_db: str) -> None:
+    """orchestrator_todo_source_created_total / _completed_total{source, capability}: every capability
+    from 0, one no component serves under `_other`."""
+    import asyncio
+
+    import httpx
+
+    from agent.config.models import BacklogSource
+    from agent.export.exposition import render
+    from agent.export.metrics import BacklogCollector
+    from tests.metricsutil import parse
+
+    with open_store(todo_db) as store:
+        store.add("a", "normal", ["gpu"])
+        store.add("b", "normal", ["quantum"])
+        store.finish(store.add("c"), "done")
+    spec = ({"kind": "postgres", "dsn": todo_db, "name": "shared"} if todo_db.startswith("postgresql://")
+            else {"kind": "sqlite", "path": todo_db, "name": "shared"})
+
+    async def scrape() -> str:
+        async with httpx.AsyncClient() as client:
+            monitor = backlog.BacklogMonitor([BacklogSource.model_validate(spec)], client)
+            collector = BacklogCollector(monitor, ["gpu"])
+            before = render(collector.families(), False, {})
+            assert "orchestrator_todo_source_created_total{" not in before  # no read yet: no guess
+            await monitor.read_all()
+            return render(collector.families(), False, {})
+
+    samples = {(name, dict(labels)["source"], dict(labels)["capability"]): n
+               for (name, labels), n in parse(asyncio.run(scrape())).items()
+               if name.startswith(("orchestrator_todo_source_created", "orchestrator_todo_source_completed"))}
+    assert samples == {
+        ("orchestrator_todo_source_created_total", "shared", "gpu"): 1,
+        ("orchestrator_todo_source_created_total", "shared", "_other"): 1,
+        ("orchestrator_todo_source_created_total", "shared", "any"): 1,
+        ("orchestrator_todo_source_completed_total", "shared", "gpu"): 0,
+        ("orchestrator_todo_source_completed_total", "shared", "_other"): 0,
+        ("orchestrator_todo_source_completed_total", "shared", "any"): 1,
+    }

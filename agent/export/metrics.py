@@ -296,6 +296,13 @@ class HostCollector:
         yield Family("orchestrator_resources_sampled_timestamp_seconds", "When the component and host "
                      "resource figures were last sampled (epoch s; 0: not yet).", value=host.sampled_at)
 
+FLOW_HELP = {
+    "created": "Todos added to the store, under each capability they need (a todo store's own counter).",
+    "completed": "Todos that left the store as done or failed, under each capability they need (a todo "
+                 "store's own counter).",
+}
+
+
 class BacklogCollector:
     """The todo backlog as the sources were last read, capabilities bounded by the config."""
 
@@ -356,7 +363,17 @@ class BacklogCollector:
         rejected = Family("orchestrator_todo_completions_rejected", "Completions refused because the claim "
                           "token held no live lease (a todo store's own counter).", labels=["source"],
                           typ="counter")
+        flows = {kind: Family(f"orchestrator_todo_source_{kind}", help_text, labels=["source", "capability"],
+                              typ="counter") for kind, help_text in FLOW_HELP.items()}
         for label, source in self.monitor.sources.items():
+            if source.flow is not None:  # from the first good read on, every capability from 0
+                for kind, family in flows.items():
+                    folded = dict.fromkeys(self.capabilities, 0)
+                    for (k, cap), n in source.flow.items():
+                        if k == kind:
+                            folded[cap if cap in self.served or cap == ANY_CAPABILITY else OTHER_CAPABILITY] += n
+                    for cap in self.capabilities:
+                        family.add_metric([label, cap], folded[cap])
             if source.up:
                 by_key = bounded(source.counts, self.served).by_key
                 keys = set(by_key) | {(st, pr, cap) for cap in self.capabilities for st in STATUSES
@@ -366,7 +383,7 @@ class BacklogCollector:
             if source.counters is not None:  # from the first good read on: a counter never starts at a guess
                 expired.add_metric([label], source.counters["leases_expired"])
                 rejected.add_metric([label], source.counters["completions_rejected"])
-        yield from (backlog, expired, rejected)
+        yield from (backlog, expired, rejected, *flows.values())
 
 
 def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:

@@ -49,6 +49,8 @@ class Counts:
     problems: dict[str, str] = field(default_factory=dict)  # fault kind -> first row with it, as a message
     # A store's own counters (leases_expired, completions_rejected); None for sources without them (json, http).
     counters: dict[str, int] | None = None
+    # A store's flow counters, (kind, capability) -> n (kind: created, completed); None without a store.
+    flow: dict[tuple[str, str], int] | None = None
 
     def add(self, status: str, priority: str, capabilities: Iterable[str], created_at: float | None,
             n: int = 1) -> None:
@@ -158,19 +160,28 @@ def read_sqlite(path: Path, timeout: float) -> Counts:
         status = _STATUS.format(now=now) if leases else "status"
         groups = conn.execute(_SQLITE_GROUPS.format(status=status)).fetchall()
         counters: dict[str, int] | None = None
+        flow: dict[tuple[str, str], int] | None = None
         if leases:
             has_counters = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'todo_counters'").fetchone()
             stored = dict(conn.execute("SELECT name, value FROM todo_counters").fetchall()) if has_counters else {}
             unswept = conn.execute(f"SELECT COUNT(*) FROM todos WHERE {_EXPIRED.format(now=now)}").fetchone()[0]
             counters = _counters(stored, unswept)
+            has_flow = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'todo_flow'").fetchone()
+            flow = _flow(conn.execute("SELECT kind, capability, value FROM todo_flow").fetchall()) if has_flow else {}
     except sqlite3.Error as exc:
         raise SourceError(f"sqlite {path}: {exc}") from None
     finally:
         conn.close()
     counts = _count_groups(groups)
     counts.counters = counters
+    counts.flow = flow
     return counts
+
+
+def _flow(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[str, str], int]:
+    return {(str(kind), str(cap)): int(value) for kind, cap, value in rows}
 
 
 def _counters(stored: dict[str, Any], unswept: int) -> dict[str, int]:
@@ -198,10 +209,13 @@ def read_postgres(dsn: str, passfile: Path | None, timeout: float) -> Counts:
             has_counters = conn.execute("SELECT to_regclass('todo_counters')").fetchone() not in (None, (None,))
             stored = dict(conn.execute("SELECT name, value FROM todo_counters").fetchall()) if has_counters else {}
             unswept_row = conn.execute(f"SELECT COUNT(*) FROM todos WHERE {_EXPIRED.format(now=_PG_NOW)}").fetchone()
+            has_flow = conn.execute("SELECT to_regclass('todo_flow')").fetchone() not in (None, (None,))
+            flow = _flow(conn.execute("SELECT kind, capability, value FROM todo_flow").fetchall()) if has_flow else {}
     except psycopg.Error as exc:
         raise SourceError(f"{where}: {type(exc).__name__}: {str(exc).strip()}") from None
     counts = _count_groups(groups)
     counts.counters = _counters(stored, unswept_row[0] if unswept_row else 0)
+    counts.flow = flow
     return counts
 
 
@@ -248,6 +262,7 @@ class SourceStatus:
     error: str = ""
     counts: Counts = field(default_factory=Counts)
     counters: dict[str, int] | None = None  # the store's counters as last read (kept while the source is down)
+    flow: dict[tuple[str, str], int] | None = None  # the store's flow counters as last read (likewise)
     logged: set[str] = field(default_factory=set)  # kinds of row fault already logged, while they last
 
 
@@ -298,6 +313,8 @@ class BacklogMonitor:
             status.counts = counts
             if counts.counters is not None:
                 status.counters = counts.counters
+            if counts.flow is not None:
+                status.flow = counts.flow
             self._log_problems(status)
         self._total()
 

@@ -26,6 +26,21 @@ MAX_LEASE = 7 * 86400.0
 CANDIDATES = 200  # pending todos looked at per claim, most urgent first
 URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 COUNTERS = ("leases_expired", "completions_rejected")
+# Flow counters (table `todo_flow`, one row per kind and capability): todos added (`created`) and
+# todos that left the queue as done or failed (`completed`), each counted once under every capability it
+# needs (`any` when it needs none), like the backlog. Their rates are the arrival and completion rates
+# of the cluster placement rules (rules/orchestrator-placement.yml).
+FLOWS = ("created", "completed")
+FINISHED = ("done", "failed")
+
+
+def flow_capabilities(capabilities_text: object) -> list[str]:
+    """The capabilities a stored row counts under (`any` for none); [] when the column is malformed."""
+    try:
+        caps = capabilities_json(capabilities_text)
+    except RowError:
+        return []
+    return sorted(set(caps)) or ["any"]
 
 
 class StoreError(Exception):
@@ -140,6 +155,10 @@ class TodoStore(ABC):
     @abstractmethod
     def counters(self) -> dict[str, int]:
         """The store's counters: leases_expired, completions_rejected (swept and recorded so far)."""
+
+    @abstractmethod
+    def flow(self) -> dict[str, dict[str, int]]:
+        """The flow counters: {"created": {capability: n}, "completed": {capability: n}}."""
 
     @abstractmethod
     def close(self) -> None:

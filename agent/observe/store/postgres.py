@@ -20,6 +20,8 @@ from agent.observe.store.base import (
     CANDIDATES,
     COUNTERS,
     DEFAULT_LEASE,
+    FINISHED,
+    FLOWS,
     URGENCY,
     Finish,
     StoreError,
@@ -28,6 +30,7 @@ from agent.observe.store.base import (
     check_lease,
     check_priority,
     check_status,
+    flow_capabilities,
     new_token,
     normal_capabilities,
     suitable,
@@ -56,7 +59,11 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL DEFAULT 0)",
     "INSERT INTO todo_counters (name, value) VALUES ('leases_expired', 0), ('completions_rejected', 0)"
     " ON CONFLICT (name) DO NOTHING",
+    """CREATE TABLE IF NOT EXISTS todo_flow (kind TEXT NOT NULL, capability TEXT NOT NULL,
+        value BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (kind, capability))""",
 )
+_FLOW = ("INSERT INTO todo_flow (kind, capability, value) VALUES (%s, %s, 1)"
+         " ON CONFLICT (kind, capability) DO UPDATE SET value = todo_flow.value + 1")
 MIGRATION_LOCK = 0x746F646F  # "todo": pg_advisory_xact_lock key of the schema migration
 
 _SWEEP = f"""
@@ -121,6 +128,8 @@ class PostgresStore(TodoStore):
             row = conn.execute(
                 f"INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
                 f" VALUES (%s, 'pending', %s, %s, {NOW}, {NOW}) RETURNING id", (title, priority, caps)).fetchone()
+            for cap in flow_capabilities(caps):
+                conn.execute(_FLOW, ("created", cap))
         assert row is not None
         return int(row["id"])
 
@@ -173,7 +182,7 @@ class PostgresStore(TodoStore):
             raise ValueError(f"status must be done, failed or pending, got {status!r}")
         with self._use() as conn:
             row = conn.execute(
-                f"SELECT status, claim_token, lease_expires_at, lease_expires_at > {NOW} AS unexpired"
+                f"SELECT status, claim_token, lease_expires_at, lease_expires_at > {NOW} AS unexpired, capabilities"
                 " FROM todos WHERE id = %s FOR UPDATE", (todo_id,)).fetchone()
             if row is None:
                 return Finish.MISSING
@@ -187,6 +196,9 @@ class PostgresStore(TodoStore):
                 f"UPDATE todos SET status = %s, updated_at = {NOW}, claim_token = NULL, lease_expires_at = NULL,"
                 " claimed_by = CASE WHEN %s = 'pending' THEN NULL ELSE claimed_by END WHERE id = %s",
                 (status, status, todo_id))
+            if status in FINISHED and row["status"] not in FINISHED:
+                for cap in flow_capabilities(row["capabilities"]):
+                    conn.execute(_FLOW, ("completed", cap))
             return Finish.OK
 
     def counters(self) -> dict[str, int]:
@@ -194,6 +206,14 @@ class PostgresStore(TodoStore):
             conn.execute(_SWEEP)
             found = {r["name"]: r["value"] for r in conn.execute("SELECT name, value FROM todo_counters")}
         return {name: int(found.get(name, 0)) for name in COUNTERS}
+
+    def flow(self) -> dict[str, dict[str, int]]:
+        with self._use() as conn:
+            rows = conn.execute("SELECT kind, capability, value FROM todo_flow").fetchall()
+        out: dict[str, dict[str, int]] = {kind: {} for kind in FLOWS}
+        for row in rows:
+            out.setdefault(row["kind"], {})[row["capability"]] = int(row["value"])
+        return out
 
     def close(self) -> None:
         if self._opened:

@@ -18,6 +18,8 @@ from agent.observe.store.base import (
     CANDIDATES,
     COUNTERS,
     DEFAULT_LEASE,
+    FINISHED,
+    FLOWS,
     URGENCY,
     Finish,
     Todo,
@@ -25,6 +27,7 @@ from agent.observe.store.base import (
     check_lease,
     check_priority,
     check_status,
+    flow_capabilities,
     new_token,
     normal_capabilities,
     suitable,
@@ -49,6 +52,8 @@ CREATE TABLE IF NOT EXISTS todos (
 CREATE INDEX IF NOT EXISTS todos_status ON todos (status, priority);
 CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
 INSERT OR IGNORE INTO todo_counters (name, value) VALUES ('leases_expired', 0), ('completions_rejected', 0);
+CREATE TABLE IF NOT EXISTS todo_flow (kind TEXT NOT NULL, capability TEXT NOT NULL,
+    value INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, capability));
 """
 # Columns added since the first schema: (name, type). ALTER TABLE ADD COLUMN is idempotent only by checking.
 ADDED_COLUMNS = (("claim_token", "TEXT"), ("lease_expires_at", "REAL"))
@@ -103,6 +108,13 @@ def _count(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
     conn.execute("UPDATE todo_counters SET value = value + ? WHERE name = ?", (n, name))
 
 
+def _flow(conn: sqlite3.Connection, kind: str, capabilities: list[str]) -> None:
+    """Count one todo under each of its capabilities (inside the caller's transaction)."""
+    for cap in capabilities:
+        conn.execute("INSERT INTO todo_flow (kind, capability, value) VALUES (?, ?, 1)"
+                     " ON CONFLICT (kind, capability) DO UPDATE SET value = value + 1", (kind, cap))
+
+
 class SqliteStore(TodoStore):
     """A SQLite file; each call opens it (so a long-lived worker holds no lock between calls)."""
 
@@ -133,10 +145,11 @@ class SqliteStore(TodoStore):
         check_priority(priority)
         caps = normal_capabilities(capabilities)
         now = time.time()
-        with self._conn() as conn:
+        with self._write() as conn:
             cur = conn.execute(
                 "INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
                 " VALUES (?, 'pending', ?, ?, ?, ?)", (title, priority, caps, now, now))
+            _flow(conn, "created", flow_capabilities(caps))
             return int(cur.lastrowid or 0)
 
     def list(self, status: str | None = None, limit: int = 1000) -> list[Todo]:
@@ -180,8 +193,8 @@ class SqliteStore(TodoStore):
             raise ValueError(f"status must be done, failed or pending, got {status!r}")
         with self._write() as conn:
             now = time.time()
-            row: Any = conn.execute("SELECT status, claim_token, lease_expires_at FROM todos WHERE id = ?",
-                                    (todo_id,)).fetchone()
+            row: Any = conn.execute("SELECT status, claim_token, lease_expires_at, capabilities FROM todos"
+                                    " WHERE id = ?", (todo_id,)).fetchone()
             if row is None:
                 return Finish.MISSING
             live = row["status"] == "in_progress" and (row["lease_expires_at"] is None
@@ -196,6 +209,8 @@ class SqliteStore(TodoStore):
                 "UPDATE todos SET status = ?, updated_at = ?, claim_token = NULL, lease_expires_at = NULL,"
                 " claimed_by = CASE WHEN ? = 'pending' THEN NULL ELSE claimed_by END WHERE id = ?",
                 (status, now, status, todo_id))
+            if status in FINISHED and row["status"] not in FINISHED:
+                _flow(conn, "completed", flow_capabilities(row["capabilities"]))
             return Finish.OK
 
     def counters(self) -> dict[str, int]:
@@ -203,6 +218,14 @@ class SqliteStore(TodoStore):
             _sweep(conn, time.time())
             found = dict(conn.execute("SELECT name, value FROM todo_counters").fetchall())
         return {name: int(found.get(name, 0)) for name in COUNTERS}
+
+    def flow(self) -> dict[str, dict[str, int]]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT kind, capability, value FROM todo_flow").fetchall()
+        out: dict[str, dict[str, int]] = {kind: {} for kind in FLOWS}
+        for kind, cap, value in rows:
+            out.setdefault(kind, {})[cap] = int(value)
+        return out
 
     def close(self) -> None:
         pass
