@@ -58,6 +58,22 @@ class Cluster:
         return [a for a in alerts if a["labels"].get("alertname") == alertname and a["state"] == "firing"
                 and all(a["labels"].get(k) == v for k, v in labels.items())]
 
+    def placement(self) -> str:
+        """What the placement rules see now (for a failure message)."""
+        out = []
+        for expr in ("capability:orchestrator_todo_cluster_shared_pending:sum",
+                     "capability:orchestrator_todo_seconds_per_todo:ratio",
+                     "capability:orchestrator_component_cluster_desired_replicas:placement",
+                     "capability:orchestrator_component_cluster_desired_replicas:sum",
+                     "component_capability:orchestrator_placement_up:score",
+                     "component_capability:orchestrator_placement_down:score",
+                     "instance:orchestrator_host_headroom:ratio", "source:orchestrator_todo_source_up:shared",
+                     'ALERTS{alertname=~"OrchestratorPlacement.*"}'):
+            found = [(r["metric"].get("node", r["metric"].get("capability", "")), r["value"][1])
+                     for r in self.query(expr)]
+            out.append(f"{expr} = {found}")
+        return "\n".join(out)
+
     def metrics(self, node: str) -> dict[Any, float]:
         agent = self.agents[node]
         return parse(httpx.get(agent.url + "/metrics", verify=agent.verify, auth=agent.basic, timeout=10).text)
@@ -102,10 +118,11 @@ def node_config(node: str, tmp: Path, dsn: str, demo_port: int) -> dict[str, Any
             },
             "todo_worker": {
                 "command": [py, "-m", "agent.demo.demo_worker", "--worker-id", f"{node}.{{replica}}",
-                            "--work-seconds", "0.05", "--idle-poll", "0.1"],
+                            "--work-seconds", "0.3", "--idle-poll", "0.1"],
                 "env": {"TODO_DB": dsn},
                 "capabilities": ["todo_processing"],
-                "replicas": {"min": 1, "max": 3, "initial": 1},
+                # Node a has no room for another worker: its headroom for this component is the smallest.
+                "replicas": {"min": 1, "max": 1 if node == "a" else 3, "initial": 1},
                 "stop": {"grace": 3},
                 "remediation": {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 1},
             },
@@ -152,7 +169,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterato
 
     # The bases: the shipped configs on the fast clock, with their own ports; the generator does the rest.
     rules, base = tmp / "rules", tmp / "base"
-    write_fast_rules(rules, THRESHOLDS)
+    # The backlog should be worked off within 5 s (600 s on the shipped clock): a burst needs more workers.
+    write_fast_rules(rules, {**THRESHOLDS, "orchestrator:todo_drain_target_seconds": 5})
     base.mkdir()
     prom_port, am_ports, cluster_ports = free_port(), [free_port(), free_port()], [free_port(), free_port()]
     (base / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(rules, 0, prom_port, am_ports[0])))
@@ -204,6 +222,44 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterato
         print("timeline:\n" + "\n".join(c.timeline if "c" in locals() else []), flush=True)
 
 
+def test_1_scale_ups_go_where_there_is_room_and_a_scale_down_to_the_node_the_rule_names(cluster: Cluster) -> None:
+    # Node a's worker is at its max (1): no headroom for it there. b and c may run 3 each.
+    named_up: set[str] = set()
+    named_down: set[str] = set()
+
+    def watch() -> None:  # which nodes the rules name, seen at every poll
+        named_up.update(a["labels"]["node"] for a in cluster.firing("OrchestratorPlacementScaleUp"))
+        named_down.update(a["labels"]["node"] for a in cluster.firing("OrchestratorPlacementScaleDown"))
+
+    with open_store(cluster.dsn) as store:
+        ids = {store.add(f"burst {i}") for i in range(300)}
+    cluster.note("300 todos added to the shared queue")
+
+    def scaled_up() -> bool:
+        watch()
+        return sum(cluster.actions(n, "todo_worker").get(("scale_up", "executed"), 0) for n in NODES) >= 2
+
+    wait_for(scaled_up, 90, 0.2, lambda: "two scale-ups placed by the rules; " + cluster.placement())
+    ups = {n: cluster.actions(n, "todo_worker").get(("scale_up", "executed"), 0) for n in NODES}
+    cluster.note(f"scale-ups executed per node: {ups}; nodes the alert named: {sorted(named_up)}")
+    assert named_up and named_up <= {"b", "c"}, named_up
+    assert ups["a"] == 0 and ups["b"] + ups["c"] >= 2, ups
+    assert cluster.agents["a"].status()["todo_worker"]["desired"] == 1
+
+    wait_for(lambda: watch() or cluster.done(ids), 120, 0.2, "the burst to be worked off")
+    cluster.note("burst done")
+
+    def scaled_down() -> bool:
+        watch()
+        return any(cluster.actions(n, "todo_worker").get(("scale_down", "executed"), 0) for n in NODES)
+
+    wait_for(scaled_down, 90, 0.2, lambda: "a scale-down placed by the rules; " + cluster.placement())
+    downs = {n: cluster.actions(n, "todo_worker").get(("scale_down", "executed"), 0) for n in NODES}
+    cluster.note(f"scale-downs executed per node: {downs}; nodes the alert named: {sorted(named_down)}")
+    executed = {n for n, count in downs.items() if count}
+    assert named_down and executed <= named_down and "a" not in executed, (downs, named_down)
+
+
 def test_2_workers_on_every_node_drain_the_shared_queue_each_todo_once(cluster: Cluster) -> None:
     with open_store(cluster.dsn) as store:
         ids = {store.add(f"job {i}") for i in range(150)}
@@ -217,8 +273,10 @@ def test_2_workers_on_every_node_drain_the_shared_queue_each_todo_once(cluster: 
     done = cluster.done_lines()
     assert {i for i in ids if done[i] != 1} == set(), "a todo was done twice, or not at all"
     # The backlog every agent exports is one queue: the cluster rule counts it once.
+    with open_store(cluster.dsn) as store:
+        total = len(store.list("done", limit=10_000))
     wait_for(lambda: (r := cluster.query('status:orchestrator_todo_cluster_backlog:sum{status="done"}'))
-             and float(r[0]["value"][1]) == len(ids), 30, 0.2, "the cluster backlog to count 150 done once")
+             and float(r[0]["value"][1]) == total, 30, 0.2, f"the cluster backlog to count {total} done once")
 
 
 def test_3_a_fault_on_b_is_healed_by_bs_agent_alone_exactly_once(cluster: Cluster) -> None:
