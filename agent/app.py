@@ -23,6 +23,7 @@ from starlette.routing import Route
 from agent import __version__
 from agent.act.api import Auth, Credentials, SecretFileError, api_routes
 from agent.act.dedupe import DedupeStore
+from agent.act.memory import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
@@ -262,7 +263,8 @@ class Parts:
         sup = self.supervisor
         collectors: list[Collector] = [
             AgentCollector(__version__, self.started_wall, self.modes, self.containment, self.guardian,
-                           self.reaper, self.store, self.remediator.dedupe, self.reload_status),
+                           self.reaper, self.store, self.remediator.dedupe, self.reload_status,
+                           [(STAMPS_FILE, self.remediator.stamps.store), (HISTORY_FILE, self.remediator.history)]),
             ConnectionCollector(self.guard),
             self.events,
             ComponentCollector(sup, self.resources, self.probes),

@@ -57,6 +57,9 @@ def test_failed_journal_write_acts_on_nothing_and_the_next_delivery_acts_once(tm
             assert hook.status()["w"]["desired"] == 1
             assert write_errors(agent, "dedupe.jsonl") >= 2
             assert "cannot write dedupe journal" in agent.log_text()
+            # The decisions are kept in memory; their history file could not be written either.
+            wait_for(lambda: write_errors(agent, "history.jsonl") >= 1, 5, what="history.jsonl write errors counted")
+            assert value(scrape(agent.url), "orchestrator_state_write_errors_total", file="remediation.json") == 0
         finally:
             disk.writable()
         assert hook.send(a)[0]["result"] == "accepted"

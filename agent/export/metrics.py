@@ -8,7 +8,7 @@ what the supervisor, probe runner, resource monitor and backlog monitor last rec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import Metric
@@ -135,15 +135,21 @@ class Collector(Protocol):
     def families(self) -> Iterable[Family | Metric]: ...
 
 
+class WriteCounted(Protocol):
+    """A writer of a state dir file that counts its failed writes."""
+
+    write_errors: int
+
+
 class AgentCollector:
     """The agent itself: build, start time, modes, containment, guardian, reaper, state dir writes."""
 
     def __init__(self, version: str, started_wall: float, modes: Modes, containment: Containment,
                  guardian: Guardian, reaper: Reaper, store: StateStore, dedupe: DedupeStore,
-                 reload: ReloadStatus) -> None:
+                 reload: ReloadStatus, memory: Sequence[tuple[str, WriteCounted]] = ()) -> None:
         self.version, self.started_wall, self.reload = version, started_wall, reload
         self.modes, self.containment, self.guardian, self.reaper = modes, containment, guardian, reaper
-        self.store, self.dedupe = store, dedupe
+        self.store, self.dedupe, self.memory = store, dedupe, list(memory)
         # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
         # from /proc at scrape time; not registered anywhere, so nothing process-global.
         self.process = ProcessCollector(registry=None)
@@ -185,6 +191,8 @@ class AgentCollector:
                         "or read-only.", labels=["file"], typ="counter")
         errors.add_metric([STATE_FILE], self.store.write_errors)
         errors.add_metric([JOURNAL_FILE], self.dedupe.write_errors)
+        for name, writer in self.memory:  # remediation.json, history.jsonl
+            errors.add_metric([name], writer.write_errors)
         yield errors
         yield Family("orchestrator_dedupe_keys", "Alert keys held by the dedupe journal, at most "
                      "dedupe_max_entries.", value=len(self.dedupe.keys))
