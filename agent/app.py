@@ -49,9 +49,10 @@ from agent.reexec import Handover, Trigger, hand_over, reexec_routes, release_he
 from agent.reload import Reloader
 from agent.server import HttpServer, build_app
 from agent.supervise.containment import Containment, ContainmentError, choose
+from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
 from agent.supervise.logs import LogRotator
-from agent.supervise.process import Guardian, Reaper, raise_fd_limit, set_child_subreaper
+from agent.supervise.process import Reaper, raise_fd_limit, set_child_subreaper
 from agent.supervise.replica import replica_err_path, replica_log_path
 from agent.supervise.state import StateStore
 from agent.supervise.supervisor import Supervisor

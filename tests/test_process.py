@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.supervise import process
-from agent.supervise.process import Guardian, Reaper
+from agent.supervise.guardian import Guardian
+from agent.supervise.process import Reaper
 from tests.helpers import pid_alive, run_async, until
 
 

@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # types of the sources the collectors read; none of them impo
     from agent.observe.probes import ProbeRunner
     from agent.observe.resources import ResourceMonitor
     from agent.supervise.containment import Containment
-    from agent.supervise.process import Guardian, Reaper
+    from agent.supervise.guardian import Guardian
+    from agent.supervise.process import Reaper
     from agent.supervise.state import StateStore
     from agent.supervise.supervisor import Supervisor
 

@@ -22,8 +22,10 @@ from agent.config.models import Component, Config, substitute
 from agent.supervise import launch, policy
 from agent.supervise.circuit import CircuitBreaker
 from agent.supervise.containment import Containment, Scope, TrackingContainment
+from agent.supervise.guardian import Guardian
+from agent.supervise.handover import restore_runtime, runtime_record
 from agent.supervise.policy import Circuit, ExitAction
-from agent.supervise.process import ExitStatus, Guardian, Reaper, signal_group
+from agent.supervise.process import ExitStatus, Reaper, signal_group
 from agent.supervise.replica import (
     REASONS,
     CommandError,
@@ -425,26 +427,7 @@ class Lifecycle:
 
         Monotonic times are per boot, so they mean the same to the new image (same process, same boot).
         """
-        return {
-            rt.name: {
-                "desired": rt.desired,
-                "manual_stop": rt.manual_stop,
-                "circuit": rt.circuit.value,
-                "circuit_opened_at": rt.circuit_opened_wall,
-                "restarts": dict(rt.restarts),
-                "last_reason": rt.last_reason,
-                "last_restart_wall": rt.last_restart_wall,
-                "history": list(rt.history),
-                "last_exit": None if rt.last_exit is None else [rt.last_exit.code, rt.last_exit.signal],
-                "replicas": [
-                    {"index": rep.index, "pid": rep.pid, "generation": rep.generation, "started_at": rep.started_at,
-                     "started_wall": rep.started_wall, "ready": rep.ready, "failures": rep.failures,
-                     "launch": rep.launch}
-                    for rep in rt.replicas.values()
-                ],
-            }
-            for rt in self.components.values()
-        }
+        return {rt.name: runtime_record(rt) for rt in self.components.values()}
 
     def adopt(self, components: dict[str, Any]) -> list[tuple[str, int, int]]:
         """Take over the replicas the previous image ran (`hand_over()`): same pids, nothing restarted.
@@ -459,17 +442,7 @@ class Lifecycle:
             if rt is None or rt.external:  # gone, or external now: its old processes are not ours to keep
                 leftovers += [(name, r["index"], r["pid"]) for r in entry["replicas"] if r["pid"]]
                 continue
-            bounds = rt.spec.replicas
-            rt.desired = policy.clamp_replicas(entry["desired"], bounds.min, bounds.max)
-            rt.manual_stop = entry["manual_stop"]
-            rt.circuit = Circuit(entry["circuit"])
-            rt.circuit_opened_wall = entry["circuit_opened_at"]
-            rt.restarts.update({k: v for k, v in entry["restarts"].items() if k in REASONS})
-            rt.last_reason = entry["last_reason"]
-            rt.last_restart_wall = entry["last_restart_wall"]
-            rt.history = list(entry["history"])
-            if entry["last_exit"] is not None:
-                rt.last_exit = ExitStatus(*entry["last_exit"])
+            restore_runtime(rt, entry)
             for record in entry["replicas"]:
                 rep = rt.replicas.get(record["index"]) or self._new_replica(rt, record["index"])
                 rep.failures = record["failures"]

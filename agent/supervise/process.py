@@ -3,7 +3,8 @@
 Children learn of the agent's death from the kernel (PR_SET_PDEATHSIG); exits reach the agent through
 SIGCHLD, so an exit is noticed at once without polling. The agent is a child subreaper, so orphaned
 grandchildren are re-parented to it and reaped here too. A small guardian process holds the list of
-process groups and kills them if the agent dies without cleaning up (SIGKILL leaves no chance).
+process groups and kills them if the agent dies without cleaning up (SIGKILL leaves no chance):
+guardian.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,173 +339,3 @@ def signal_group(pgid: int, sig: int) -> bool:
     except PermissionError:
         log.warning("no permission to signal process group %d", pgid)
         return False
-
-
-class Guardian:
-    """A helper process that ends this agent's processes when the agent's pipe closes.
-
-    It holds the process groups of the live replicas plus, depending on the containment mechanism,
-    the agent's cgroup subtree or its environment marker. If it dies, a new one is started at once
-    and told everything again, so an agent crash later is still covered.
-    """
-
-    def __init__(self, reaper: Reaper, setup: Sequence[str] = (), *, adopt: Mapping[str, object] | None = None) -> None:
-        self._reaper = reaper
-        self._setup = list(setup)
-        self._groups: set[int] = set()
-        self._write_fd = -1
-        self._closed = False
-        self._started = 0.0
-        self.pid = 0
-        self.alive = False
-        self.restarts = 0
-        if adopt is not None and self._adopt(adopt):
-            return
-        self._start()
-
-    def hand_over(self) -> dict[str, object]:
-        """What a new image of this process needs to keep this guardian (`agent reexec`).
-
-        The pipe's write end is made inheritable so it survives the exec: closing it would make the
-        guardian kill everything.
-        """
-        if self.alive and self._write_fd >= 0:
-            os.set_inheritable(self._write_fd, True)
-        return {"pid": self.pid if self.alive else 0, "fd": self._write_fd if self.alive else -1,
-                "groups": sorted(self._groups), "restarts": self.restarts}
-
-    def _adopt(self, record: Mapping[str, object]) -> bool:
-        """Keep the guardian the previous image handed over; False when there is none to keep."""
-        pid, fd, groups, restarts = record.get("pid"), record.get("fd"), record.get("groups"), record.get("restarts")
-        self._groups = {g for g in groups if isinstance(g, int)} if isinstance(groups, list) else set()
-        self.restarts = restarts if isinstance(restarts, int) else 0
-        if not (isinstance(pid, int) and isinstance(fd, int) and pid > 0 and fd >= 0):
-            return False
-        try:
-            os.set_inheritable(fd, False)  # components started from now on must not hold it
-            os.fstat(fd)
-        except OSError:
-            log.error("the guardian pipe (fd %d) did not survive the exec; starting a new guardian", fd)
-            return False
-        self.pid, self._write_fd, self.alive, self._started = pid, fd, True, time.monotonic()
-        self._reaper.adopt(pid, self._exited)
-        return True
-
-    def _start(self) -> None:
-        if self._closed or self.alive:
-            return
-        read_fd, write_fd = os.pipe()
-        try:
-            os.set_blocking(write_fd, True)
-            self.pid = self._reaper.spawn(
-                ["/bin/sh", "-c", _GUARDIAN_SOURCE, "agent-guardian"],
-                self._exited,
-                stdin=read_fd,
-                die_with_parent=False,
-            )
-        except OSError as exc:
-            os.close(write_fd)
-            log.error("cannot start the guardian process (%s); retrying in 1s", exc.strerror or exc)
-            self._reaper.loop.call_later(1.0, self._start)
-            return
-        finally:
-            os.close(read_fd)
-        self._write_fd = write_fd
-        self.alive = True
-        self._started = time.monotonic()
-        self._send("".join(f"{line}\n" for line in self._setup) + "".join(f"+{g}\n" for g in self._groups))
-
-    def _exited(self, status: ExitStatus) -> None:
-        self.alive = False
-        if self._write_fd >= 0:
-            os.close(self._write_fd)
-            self._write_fd = -1
-        if self._closed:
-            return
-        self.restarts += 1
-        # A guardian that cannot even stay up for a second is retried once a second, not in a loop.
-        delay = 1.0 if time.monotonic() - self._started < 1.0 else 0.0
-        log.warning("guardian process (pid %d) %s; starting a new one%s", self.pid, status.describe,
-                    f" in {delay:g}s" if delay else "")
-        self._reaper.loop.call_later(delay, self._start)
-
-    def _send(self, text: str) -> None:
-        if not self.alive or self._write_fd < 0 or not text:
-            return
-        try:
-            os.write(self._write_fd, text.encode())
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-            # Dying: its exit is reaped shortly and the replacement is told everything.
-
-    def configure(self, line: str) -> None:
-        """Tell this and every later guardian a setting (a cgroup subtree, an environment marker)."""
-        self._setup.append(line)
-        self._send(f"{line}\n")
-
-    def add(self, pgid: int) -> None:
-        """Cover a process group (once: an adopted one is already listed)."""
-        if pgid in self._groups:
-            return
-        self._groups.add(pgid)
-        self._send(f"+{pgid}\n")
-
-    def remove(self, pgid: int) -> None:
-        """Stop covering a process group (it is gone)."""
-        self._groups.discard(pgid)
-        self._send(f"-{pgid}\n")
-
-    def close(self) -> None:
-        """Close the pipe: the guardian kills what is left and exits."""
-        self._closed = True
-        if self._write_fd >= 0:
-            os.close(self._write_fd)
-            self._write_fd = -1
-
-
-# A POSIX shell script (about 1 MB of RSS, against 10 MB for a Python helper), in its own session.
-# Reads "+pgid" / "-pgid" lines, "c<dir>" (the agent's cgroup subtree) and "e<VAR=prefix>" (the
-# environment marker). At EOF (the agent is gone) it SIGKILLs every group still listed, kills every
-# cgroup under the subtree and removes it, and SIGKILLs every process whose environment carries the
-# marker (repeated while new ones appear, at most 20 rounds).
-_GUARDIAN_SOURCE = """
-trap '' INT HUP
-groups=' '
-cg=''
-mark=''
-while IFS= read -r line; do
-  case "$line" in
-    +*) groups="$groups${line#+} " ;;
-    -*) g=${line#-}
-        case "$groups" in *" $g "*) groups="${groups%% $g *} ${groups#* $g }" ;; esac ;;
-    c*) cg=${line#c} ;;
-    e*) mark=${line#e} ;;
-  esac
-done
-for g in $groups; do kill -s KILL -- "-$g" 2>/dev/null; done
-if [ -n "$cg" ] && [ -d "$cg" ]; then
-  for d in "$cg"/*/; do
-    if [ -f "${d}cgroup.kill" ]; then echo 1 > "${d}cgroup.kill"
-    elif [ -f "${d}cgroup.procs" ]; then kill -s KILL $(cat "${d}cgroup.procs"); fi
-  done 2>/dev/null
-  n=0
-  while [ -d "$cg" ] && [ $n -lt 50 ]; do
-    rmdir "$cg"/*/ "$cg" 2>/dev/null || sleep 0.1
-    n=$((n+1))
-  done
-fi
-if [ -n "$mark" ]; then
-  n=0
-  while [ $n -lt 20 ]; do
-    found=''
-    for f in $(grep -lsz -- "^$mark" /proc/[0-9]*/environ); do
-      p=${f#/proc/}; p=${p%/environ}
-      [ "$p" = "$$" ] || found="$found $p"
-    done
-    [ -n "$found" ] || break
-    kill -s KILL $found 2>/dev/null
-    n=$((n+1))
-  done
-fi
-"""
