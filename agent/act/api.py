@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from agent.act.remediation import Plan, Result, WebhookPayload
 from agent.config.models import Autonomy
+from agent.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.supervise.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
@@ -111,6 +112,23 @@ class Auth:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.webhook, self.control = self.read(settings)
+        self.sessions = Sessions(settings.status_page.session_ttl)  # the status page's (agent/sessions.py)
+
+    def host_allowed(self, header: str | None) -> bool:
+        """The Host header names this agent (an address, localhost, agent.node or a configured name)."""
+        page = self.settings.status_page
+        return host_allowed(header, [self.settings.node, *page.allowed_hosts])
+
+    def browser_check(self, request: Request) -> str | None:
+        """Why a request with the status page's session cookie is refused; None when it is allowed."""
+        sid = cookie_value(request.headers)
+        if not sid or self.sessions.csrf(sid) is None:
+            return "missing or wrong control token"
+        if not self.host_allowed(request.headers.get("host")):
+            return "the Host header does not name this agent (agent.status_page.allowed_hosts)"
+        if not self.sessions.check(sid, request.headers.get(CSRF_HEADER)):
+            return "missing or wrong X-CSRF-Token header for the session cookie"
+        return None
 
     @staticmethod
     def read(settings: AgentSettings) -> tuple[Credentials, Credentials]:
@@ -130,6 +148,7 @@ class Auth:
         """Switch to a reload's settings and the credentials `read` got for them."""
         self.settings = settings
         self.webhook, self.control = credentials
+        self.sessions.ttl = settings.status_page.session_ttl
 
 
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:
@@ -144,7 +163,9 @@ def control_guard(auth: Auth) -> Callable[[Handler], Handler]:
         @functools.wraps(handler)
         async def checked(request: Request) -> Response:
             if not auth.control.check(request.headers.get("authorization")):
-                return _error(401, "missing or wrong control token")
+                refused = auth.browser_check(request)
+                if refused is not None:  # the cookie is an alternative only with its CSRF token
+                    return _error(401 if refused.startswith("missing or wrong control") else 403, refused)
             return await handler(request)
 
         return checked
