@@ -1,0 +1,174 @@
+"""The status page at `/` in a real headless Chromium: live updates, actions, access, escaping.
+
+One agent (three components) and one browser serve the module; each test opens its own page.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser import chromium
+from tests.helpers import AgentProcess, running_agent, wait_for
+from tests.webhookutil import alert, payload
+
+XSS = "<img src=x onerror=alert(1)>"
+COMPONENTS = {name: {"command": ["sleep", "1000"]} for name in ("web", "worker", "cache")}
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
+    tmp = tmp_path_factory.mktemp("page")
+    config = {"agent": {"status_page": {"grafana_url": "http://grafana.test/d/agent", "allowed_hosts": ["agent.test"]}},
+              "components": COMPONENTS}
+    with running_agent(tmp, config) as proc:
+        wait_for(lambda: all(c["pids"] for c in proc.status().values()), 10, what="every component to run")
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+def token(agent: AgentProcess) -> str:
+    return (agent.state_dir / "control.token").read_text().strip()
+
+
+@pytest.fixture
+def page(agent: AgentProcess, browser: Any) -> Iterator[Any]:
+    """A page opened through the link the start-up log prints, with every dialog recorded (and dismissed)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.dialogs = []
+
+    def on_dialog(dialog: Any) -> None:
+        tab.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    tab.on("dialog", on_dialog)
+    tab.on("pageerror", lambda exc: tab.dialogs.append(f"page error: {exc}"))
+    link = next(r["msg"].split(": ", 1)[1] for r in agent.log_records() if r["msg"].startswith("status page: "))
+    assert link == f"{agent.url}/?token={token(agent)}"
+    tab.goto(link)
+    assert tab.url == agent.url + "/", "the token link redirects to / (the token leaves the address bar)"
+    tab.wait_for_selector('tr[data-component="web"]')
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+def cell(tab: Any, name: str, field: str) -> str:
+    text: str = tab.locator(f'tr[data-component="{name}"] [data-field="{field}"]').inner_text()
+    return text
+
+
+def test_the_table_follows_a_kill_and_the_restart_without_a_reload(agent: AgentProcess, page: Any) -> None:
+    before = agent.status()["web"]
+    pid = before["pids"][0]
+    wait_for(lambda: cell(page, "web", "pids") == str(pid), what="the page to show web's pid")
+    page.evaluate("window.notReloaded = true")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (p := cell(page, "web", "pids")) and p != str(pid), 15,
+             what=lambda: f"the page to show a new pid for web (shows {cell(page, 'web', 'pids')!r})")
+    assert cell(page, "web", "pids") == str(agent.status()["web"]["pids"][0])
+    assert int(cell(page, "web", "restarts")) > before["restarts"]
+    assert page.evaluate("window.notReloaded") is True, "the page was reloaded"
+    assert page.dialogs == []
+
+
+def test_a_restart_button_restarts_exactly_that_component(agent: AgentProcess, page: Any) -> None:
+    before = {name: c["pids"] for name, c in agent.status().items()}
+    page.get_by_role("button", name="restart worker", exact=True).click()
+    wait_for(lambda: agent.status()["worker"]["pids"] not in ([], before["worker"]), 15,
+             what="worker to run with a new pid")
+    after = {name: c["pids"] for name, c in agent.status().items()}
+    assert after["web"] == before["web"] and after["cache"] == before["cache"]
+    wait_for(lambda: cell(page, "worker", "pids") == " ".join(map(str, after["worker"])), 10,
+             what="the page to show worker's new pid")
+    wait_for(lambda: "restart: done" in page.locator("#message").inner_text() or
+             "restart worker: done" in page.locator("#message").inner_text(), 10, what="the page to say done")
+    assert "restart" in [e["action"] for e in agent.api("GET", "/api/v1/history?component=worker")["history"]]
+
+
+def test_stop_asks_first_and_a_dismissed_confirmation_stops_nothing(agent: AgentProcess, page: Any) -> None:
+    pids = agent.status()["cache"]["pids"]
+    page.get_by_role("button", name="stop cache", exact=True).click()
+    wait_for(lambda: page.dialogs, 5, what="a confirmation dialog")
+    assert page.dialogs[0].startswith("Stop cache?")
+    assert agent.status()["cache"]["pids"] == pids
+
+
+def test_without_the_token_the_page_shows_no_component_names(agent: AgentProcess, browser: Any) -> None:
+    context = browser.new_context()
+    tab = context.new_page()
+    try:
+        response = tab.goto(agent.url + "/")
+        assert response.status == 401
+        text = tab.locator("body").inner_text()
+        assert "Control token" in text
+        for name in COMPONENTS:
+            assert name not in tab.content()
+        tab.goto(agent.url + "/?token=wrong-token-0123456789")
+        assert "not this agent's control token" in tab.locator("body").inner_text()
+        assert not context.cookies()
+    finally:
+        context.close()
+    for path in ("/api/v1/status", "/api/v1/history", "/api/v1/backlog", "/ui/app.js"):
+        assert httpx.get(agent.url + path).status_code == 401, path
+
+
+def test_an_alert_name_with_markup_shows_as_text(agent: AgentProcess, page: Any) -> None:
+    hook = (agent.state_dir / "webhook.token").read_text().strip()
+    body = payload(alert({"alertname": XSS, "component": "web", "action": "no-such-action"}))
+    r = httpx.post(agent.url + "/webhook/alertmanager", json=body, headers={"Authorization": f"Bearer {hook}"})
+    assert r.status_code == 200, r.text
+    trace_id = r.json()["trace_id"]
+    row = page.locator("#history tbody tr", has_text=trace_id)
+    wait_for(lambda: row.count() == 1, 10, what="the alert's history row with its trace id")
+    assert XSS in row.inner_text()
+    assert page.locator("#history img").count() == 0 and page.locator("img").count() == 0
+    assert page.dialogs == [], "a dialog opened or a script failed"
+
+
+def test_a_foreign_host_header_is_refused(agent: AgentProcess) -> None:
+    with httpx.Client(base_url=agent.url) as sessions:
+        _refuses_foreign_hosts(agent, sessions)
+
+
+def _refuses_foreign_hosts(agent: AgentProcess, sessions: httpx.Client) -> None:
+    assert sessions.get(f"/?token={token(agent)}").status_code == 303
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', sessions.get("/").text)
+    assert csrf is not None
+    headers = {"X-CSRF-Token": csrf.group(1)}
+    assert sessions.get("/api/v1/status", headers=headers).status_code == 200
+    assert sessions.get("/api/v1/status", headers={**headers, "Host": "agent.test:1"}).status_code == 200
+    for host in ("rebind.attacker.example", f"rebind.attacker.example:{agent.port}"):
+        assert sessions.get("/", headers={"Host": host}).status_code == 403
+        r = sessions.get("/api/v1/status", headers={**headers, "Host": host})
+        assert r.status_code == 403 and "Host" in r.json()["error"]
+
+
+def test_the_cookie_without_the_csrf_header_is_refused(agent: AgentProcess) -> None:
+    pids = agent.status()["web"]["pids"]
+    with httpx.Client(base_url=agent.url) as client:
+        assert client.get(f"/?token={token(agent)}").status_code == 303
+        for headers in ({}, {"X-CSRF-Token": "wrong"}):
+            r = client.post("/api/v1/components/web/restart", json={}, headers=headers)
+            assert r.status_code == 403 and "CSRF" in r.json()["error"], r.text
+            assert client.post("/api/v1/emergency-stop", headers=headers).status_code == 403
+    assert agent.status()["web"]["pids"] == pids
+    assert agent.api("GET", "/api/v1/autonomy")["emergency_stop"] is False
+
+
+def test_the_page_keeps_resource_sampling_on(agent: AgentProcess, page: Any) -> None:
+    wait_for(lambda: cell(page, "web", "RSS").endswith("B") and "RSS" in cell(page, "web", "trend since opened"),
+             15, what="RSS and its trend on the page")
