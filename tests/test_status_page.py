@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -172,3 +174,11 @@ def test_the_cookie_without_the_csrf_header_is_refused(agent: AgentProcess) -> N
 def test_the_page_keeps_resource_sampling_on(agent: AgentProcess, page: Any) -> None:
     wait_for(lambda: cell(page, "web", "RSS").endswith("B") and "RSS" in cell(page, "web", "trend since opened"),
              15, what="RSS and its trend on the page")
+
+
+def test_agent_status_page_url_prints_the_link(agent: AgentProcess) -> None:
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--page-url", "--config", str(agent.config_path)],
+                         cwd=agent.dir, capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.strip() == f"{agent.url}/?token={token(agent)}"
+    with httpx.Client() as client:
+        assert client.get(out.strip()).status_code == 303
