@@ -177,8 +177,8 @@ def test_the_page_keeps_resource_sampling_on(agent: AgentProcess, page: Any) -> 
 
 
 def test_agent_status_page_url_prints_the_link(agent: AgentProcess) -> None:
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--page-url", "--config", str(agent.config_path)],
-                         cwd=agent.dir, capture_output=True, text=True, timeout=30, check=True).stdout
+    argv = [sys.executable, "-m", "agent.cli", "status", "--page-url", "--config", str(agent.config_path)]
+    out = subprocess.run(argv, cwd=agent.dir, capture_output=True, text=True, timeout=30, check=True).stdout
     assert out.strip() == f"{agent.url}/?token={token(agent)}"
     with httpx.Client() as client:
         assert client.get(out.strip()).status_code == 303
