@@ -29,6 +29,10 @@ SIZES = {"desktop": (1280, 900), "phone": (390, 844)}
 TODOS = [("index the wiki", "high", "todo_processing"), ("summarise the inbox", "normal", "todo_processing"),
          ("answer the ticket", "normal", "todo_processing"), ("rotate the keys", "critical", "ops"),
          ("tidy the notes", "low", "todo_processing")]
+# The page shows the backlog, the alert's history entry and the RSS trend: the picture is complete.
+READY = ("document.querySelector('#backlog tbody').textContent.includes('todo_processing')"
+         " && document.querySelector('#history tbody').textContent.includes('restart')"
+         " && /RSS [+\\u2212]/.test(document.querySelector('#components').textContent)")
 
 
 def config(tmp: Path) -> dict[str, object]:
@@ -76,10 +80,7 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": width, "height": height}, device_scale_factor=1)
                 page.goto(f"{agent.url}/?token={token}")
                 page.wait_for_selector('tr[data-component="todo_worker"] [data-field="RSS"]')
-                page.wait_for_function("document.querySelector('#backlog tbody').textContent.includes('todo_processing')"
-                                       " && document.querySelector('#history tbody').textContent.includes('restart')"
-                                       " && /RSS [+−]/.test(document.querySelector('#components').textContent)",
-                                       timeout=30_000)
+                page.wait_for_function(READY, timeout=30_000)
                 path = args.out / f"status-page-{name}.png"
                 page.screenshot(path=str(path), full_page=True)
                 print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

@@ -182,3 +182,28 @@ def test_agent_status_page_url_prints_the_link(agent: AgentProcess) -> None:
     assert out.strip() == f"{agent.url}/?token={token(agent)}"
     with httpx.Client() as client:
         assert client.get(out.strip()).status_code == 303
+
+
+def test_keyboard_only_at_200_percent_zoom(agent: AgentProcess, browser: Any) -> None:
+    """1280 px at 200 % zoom is a 640 px viewport at scale 2: no sideways scrolling of the page, and the
+    restart button of a component is reached with Tab and pressed with Enter (through refreshes)."""
+    context = browser.new_context(viewport={"width": 640, "height": 450}, device_scale_factor=2)
+    tab = context.new_page()
+    try:
+        tab.goto(f"{agent.url}/?token={token(agent)}")
+        tab.wait_for_selector('tr[data-component="cache"] [data-field="pids"]')
+        assert tab.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        before = {name: c["pids"] for name, c in agent.status().items()}
+        for _ in range(200):
+            tab.keyboard.press("Tab")
+            if tab.evaluate("document.activeElement.getAttribute('aria-label')") == "restart cache":
+                break
+        else:
+            raise AssertionError("Tab never reached the restart button of cache")
+        tab.keyboard.press("Enter")
+        wait_for(lambda: agent.status()["cache"]["pids"] not in ([], before["cache"]), 15,
+                 what="cache to run with a new pid")
+        after = {name: c["pids"] for name, c in agent.status().items()}
+        assert after["web"] == before["web"] and after["worker"] == before["worker"]
+    finally:
+        context.close()
