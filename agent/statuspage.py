@@ -1,7 +1,7 @@
 """The status page at `/`: one HTML page and its script and style from agent/web/, and what it reads.
 
-Access works like Jupyter's: `/?token=CONTROL_TOKEN` opens a session (agent/sessions.py) in an HttpOnly,
-SameSite=Strict cookie and redirects to `/`; without one, `/` answers 401 with a token prompt and no data.
+Access works like Jupyter's: `/?token=CONTROL_TOKEN` opens a session (agent/act/sessions.py) in an
+HttpOnly, SameSite=Strict cookie and redirects to `/`; without one, `/` answers 401 with a token prompt and no data.
 The page reads /api/v1/status, /api/v1/history and /api/v1/backlog with the cookie and its CSRF token,
 and acts through the control API the same way. Polling the status counts as a reader of the resource
 figures, so sampling runs while a page is open and not otherwise.
@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from agent.act.api import control_guard
-from agent.sessions import COOKIE, cookie_value
+from agent.act.sessions import COOKIE, cookie_value
 
 if TYPE_CHECKING:
     from agent.act.api import Auth

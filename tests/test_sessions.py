@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from agent.act.sessions import MAX_SESSIONS, Sessions, cookie_value, host_allowed, host_name
 from agent.config.models import StatusPageSettings
-from agent.sessions import MAX_SESSIONS, Sessions, cookie_value, host_allowed, host_name
 from agent.statuspage import page_url
 
 

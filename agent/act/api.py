@@ -22,8 +22,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.act.remediation import Plan, Result, WebhookPayload
+from agent.act.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.config.models import Autonomy
-from agent.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.supervise.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
@@ -112,7 +112,7 @@ class Auth:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.webhook, self.control = self.read(settings)
-        self.sessions = Sessions(settings.status_page.session_ttl)  # the status page's (agent/sessions.py)
+        self.sessions = Sessions(settings.status_page.session_ttl)  # the status page's browser sessions
 
     def host_allowed(self, header: str | None) -> bool:
         """The Host header names this agent (an address, localhost, agent.node or a configured name)."""
