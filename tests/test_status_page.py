@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -171,9 +172,31 @@ def test_the_cookie_without_the_csrf_header_is_refused(agent: AgentProcess) -> N
     assert agent.api("GET", "/api/v1/autonomy")["emergency_stop"] is False
 
 
-def test_the_page_keeps_resource_sampling_on(agent: AgentProcess, page: Any) -> None:
-    wait_for(lambda: cell(page, "web", "RSS").endswith("B") and "RSS" in cell(page, "web", "trend since opened"),
-             15, what="RSS and its trend on the page")
+GROWER = ("import time\nheld = []\nfor _ in range(150):\n    held.append(bytearray(1 << 20))\n"
+          "    time.sleep(0.1)\ntime.sleep(1000)\n")
+
+
+def test_an_open_page_keeps_resource_sampling_on(browser: Any, tmp_path: Any) -> None:
+    """Sampling runs only while someone reads the figures (3 intervals after the last read): here the page
+    is the only reader, and the RSS of a growing process keeps changing on it long after start-up."""
+    config = {"agent": {"resources": {"interval": "0.2s"}},
+              "components": {"grower": {"command": ["python", "-c", GROWER]}}}
+    with running_agent(tmp_path, config) as agent:
+        started = time.monotonic()
+        context = browser.new_context()
+        tab = context.new_page()
+        try:
+            tab.goto(f"{agent.url}/?token={token(agent)}")
+            # Well past the first 3 intervals, when sampling would have stopped without a reader: the
+            # figure keeps changing (four distinct values seen), not just once more.
+            wait_for(lambda: time.monotonic() > started + 2 and cell(tab, "grower", "RSS"), 10,
+                     what="the page to show grower's RSS")
+            seen: set[str] = set()
+            wait_for(lambda: seen.add(cell(tab, "grower", "RSS")) or len(seen) >= 4, 10,
+                     what=lambda: f"grower's RSS to keep changing on the page (seen {sorted(seen)})")
+            assert "RSS +" in cell(tab, "grower", "trend since opened")
+        finally:
+            context.close()
 
 
 def test_agent_status_page_url_prints_the_link(agent: AgentProcess) -> None:

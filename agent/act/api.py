@@ -147,6 +147,8 @@ class Auth:
     def use(self, settings: AgentSettings, credentials: tuple[Credentials, Credentials]) -> None:
         """Switch to a reload's settings and the credentials `read` got for them."""
         self.settings = settings
+        if credentials[1].bearer != self.control.bearer:  # a new control token ends the page sessions
+            self.sessions = Sessions(settings.status_page.session_ttl)
         self.webhook, self.control = credentials
         self.sessions.ttl = settings.status_page.session_ttl
 
