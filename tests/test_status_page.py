@@ -22,7 +22,8 @@ from tests.helpers import AgentProcess, running_agent, wait_for
 from tests.webhookutil import alert, payload
 
 XSS = "<img src=x onerror=alert(1)>"
-COMPONENTS = {name: {"command": ["sleep", "1000"]} for name in ("web", "worker", "cache")}
+COMPONENTS: dict[str, dict[str, Any]] = {name: {"command": ["sleep", "1000"]} for name in ("web", "worker", "cache")}
+COMPONENTS["worker"]["replicas"] = {"min": 0, "max": 3, "initial": 1}
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +231,26 @@ def test_keyboard_only_at_200_percent_zoom(agent: AgentProcess, browser: Any) ->
         assert after["web"] == before["web"] and after["worker"] == before["worker"]
     finally:
         context.close()
+
+
+def test_scale_to_zero_and_emergency_stop_ask_first_and_scale_acts(agent: AgentProcess, page: Any) -> None:
+    pids = agent.status()["worker"]["pids"]
+    page.get_by_label("replicas of worker").fill("0")
+    page.get_by_role("button", name="scale worker", exact=True).click()
+    wait_for(lambda: page.dialogs, 5, what="a confirmation for scale to 0")
+    assert page.dialogs.pop(0).startswith("Scale worker to 0")
+    page.get_by_role("button", name="Emergency stop").click()
+    wait_for(lambda: page.dialogs, 5, what="a confirmation for the emergency stop")
+    assert page.dialogs.pop(0).startswith("Emergency stop")
+    assert agent.status()["worker"]["pids"] == pids
+    assert agent.api("GET", "/api/v1/autonomy")["emergency_stop"] is False
+    # Dismissed, nothing happened. Over max: the agent's refusal shows on the page, as text.
+    page.get_by_label("replicas of worker").fill("5")
+    page.get_by_role("button", name="scale worker", exact=True).click()
+    wait_for(lambda: "scale worker: " in (m := page.locator("#message").inner_text()) and "done" not in m, 10,
+             what=lambda: f"the refusal on the page (shows {page.locator('#message').inner_text()!r})")
+    # A scale to 2 asks nothing and starts exactly one more replica.
+    page.get_by_label("replicas of worker").fill("2")
+    page.get_by_role("button", name="scale worker", exact=True).click()
+    wait_for(lambda: len(agent.status()["worker"]["pids"]) == 2, 15, what="worker to run 2 replicas")
+    assert pids[0] in agent.status()["worker"]["pids"] and page.dialogs == []
