@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.stackbin import PACKAGES, require_binary
+from tests.stackbin import require_binary
 
 CHROMIUM = "/usr/bin/chromium"
-PACKAGES.setdefault("chromium", "chromium")
 
 
 @contextmanager

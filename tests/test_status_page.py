@@ -143,6 +143,23 @@ def test_an_alert_name_with_markup_shows_as_text(agent: AgentProcess, page: Any)
     assert page.dialogs == [], "a dialog opened or a script failed"
 
 
+def test_the_token_link_sets_a_session_cookie_not_the_token(agent: AgentProcess) -> None:
+    with httpx.Client(base_url=agent.url) as client:
+        r = client.get(f"/?token={token(agent)}")
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        cookie = r.headers["set-cookie"]
+        sid = cookie.split(";", 1)[0].partition("=")[2]
+        assert cookie.startswith("agent_session=") and len(sid) >= 32 and token(agent) not in cookie
+        flags = {f.strip().lower() for f in cookie.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/"} <= flags
+        page = client.get("/")
+        assert page.status_code == 200 and "default-src 'none'" in page.headers["content-security-policy"]
+        assert token(agent) not in page.text
+    # Another session's cookie is a different id; a made-up one opens nothing.
+    with httpx.Client(base_url=agent.url, cookies={"agent_session": "made-up-session-id-0123456789"}) as other:
+        assert other.get("/").status_code == 401
+
+
 def test_a_foreign_host_header_is_refused(agent: AgentProcess) -> None:
     with httpx.Client(base_url=agent.url) as sessions:
         _refuses_foreign_hosts(agent, sessions)
