@@ -119,15 +119,16 @@ class Auth:
         page = self.settings.status_page
         return host_allowed(header, [self.settings.node, *page.allowed_hosts])
 
-    def browser_check(self, request: Request) -> str | None:
-        """Why a request with the status page's session cookie is refused; None when it is allowed."""
+    def browser_check(self, request: Request) -> tuple[int, str] | None:
+        """(status, why) a request without the token but with the status page's session cookie is
+        refused; None when the cookie, its CSRF token and the Host header allow it."""
         sid = cookie_value(request.headers)
         if not sid or self.sessions.csrf(sid) is None:
-            return "missing or wrong control token"
+            return 401, "missing or wrong control token"
         if not self.host_allowed(request.headers.get("host")):
-            return "the Host header does not name this agent (agent.status_page.allowed_hosts)"
+            return 403, "the Host header does not name this agent (agent.status_page.allowed_hosts)"
         if not self.sessions.check(sid, request.headers.get(CSRF_HEADER)):
-            return "missing or wrong X-CSRF-Token header for the session cookie"
+            return 403, "missing or wrong X-CSRF-Token header for the session cookie"
         return None
 
     @staticmethod
@@ -167,7 +168,7 @@ def control_guard(auth: Auth) -> Callable[[Handler], Handler]:
             if not auth.control.check(request.headers.get("authorization")):
                 refused = auth.browser_check(request)
                 if refused is not None:  # the cookie is an alternative only with its CSRF token
-                    return _error(401 if refused.startswith("missing or wrong control") else 403, refused)
+                    return _error(*refused)
             return await handler(request)
 
         return checked
