@@ -21,7 +21,7 @@ ensure_venv() {
 have_stack() {
     command -v promtool >/dev/null && command -v prometheus >/dev/null && \
         { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } && \
-        command -v amtool >/dev/null && have_postgres
+        command -v amtool >/dev/null && have_postgres && [ -x /usr/bin/chromium ]
 }
 
 # Debian keeps the server binaries (initdb, postgres) in /usr/lib/postgresql/<version>/bin, off PATH;
@@ -38,11 +38,13 @@ ensure_stack() {
         chmod +x /usr/sbin/policy-rc.d
         apt-get update -qq
         # postgresql: the shared todo queue's tests start a private server from its binaries.
+        # chromium: tests/test_status_page.py drives the status page in it (Playwright, no browser download).
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            prometheus prometheus-alertmanager postgresql >/dev/null
+            prometheus prometheus-alertmanager postgresql chromium >/dev/null
     else
-        echo "note: promtool/prometheus/alertmanager/postgresql not found and not root: stack and PostgreSQL" \
-             "tests will skip (install Debian's 'prometheus', 'prometheus-alertmanager' and 'postgresql')" >&2
+        echo "note: promtool/prometheus/alertmanager/postgresql/chromium not found and not root: stack, PostgreSQL" \
+             "and status page tests will skip (install Debian's 'prometheus', 'prometheus-alertmanager'," \
+             "'postgresql' and 'chromium')" >&2
     fi
 }
 

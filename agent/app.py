@@ -48,6 +48,7 @@ from agent.observe.resources import ResourceMonitor
 from agent.reexec import Handover, Trigger, hand_over, reexec_routes, release_held_signals
 from agent.reload import Reloader
 from agent.server import HttpServer, build_app
+from agent.statuspage import page_routes, page_url
 from agent.supervise.containment import Containment, ContainmentError, choose
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
@@ -276,6 +277,7 @@ class Parts:
         routes = metrics_routes(collectors, self.resources.mark_read)
         routes += api_routes(self.auth, sup, self.modes, self.remediator, self.tracing,
                              self.events.webhook_requests, self.status)
+        routes += page_routes(self.auth, self.backlog, lambda: self.web.context is not None)
         return build_app(sup, [*routes, *extra_routes], [Middleware(WebGate, self.web)])
 
     def status(self) -> dict[str, Any]:
@@ -432,6 +434,8 @@ class Agent:
         log.info("agent %s listening on %s://%s:%d (node %s, autonomy %s; %s)",
                  __version__, "https" if parts.web.context else "http", host, port, settings.node,
                  parts.modes.autonomy.value, parts.web.describe())
+        log.info("status page: %s", page_url("https" if parts.web.context else "http", host, port,
+                                             (parts.auth.control.bearer or b"").decode()))
         if self.handover is not None:
             log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
                      __version__, self.handover.version, os.getpid(),

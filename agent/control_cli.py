@@ -12,15 +12,20 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from agent.cli_output import print_json, progress, suggest
-from agent.control_client import EXIT_USAGE, ControlError, call, load
+from agent.control_client import EXIT_USAGE, ControlError, call, endpoint, load
 from agent.reexec_cli import cmd_reexec
 from agent.status_view import print_component, print_history, print_status
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     doc = call(args, "GET", "/api/v1/status")
+    if args.page_url:  # after the call: the link is printed only for an agent that answers to this token
+        where = endpoint(args)
+        print(f"{where.url}/?token={quote(where.token, safe='')}")
+        return 0
     if args.name:
         return _status_of(args, doc)
     if args.json:
@@ -242,6 +247,8 @@ def add_control_commands(sub: Any) -> None:
                                              "with NAME, one component in detail"))
     p.add_argument("name", nargs="?", help="one component: replicas, last exit, last probe error, history")
     p.add_argument("--limit", type=int, default=10, help="with NAME: history entries to show (default 10)")
+    p.add_argument("--page-url", action="store_true",
+                   help="print the link that opens the status page in a browser (it holds the control token)")
     p.set_defaults(func=guard(cmd_status))
     for verb, text in (("restart", "restart a component (replicas one at a time, --all-at-once, or --replica N)"),
                        ("start", "start a component (clears a manual stop)"),

@@ -15,6 +15,7 @@ PACKAGES = {
     "amtool": "prometheus-alertmanager",
     "prometheus-alertmanager": "prometheus-alertmanager",
     "alertmanager": "prometheus-alertmanager",
+    "chromium": "chromium",  # the status page tests (tests/browser.py)
 }
 
 

@@ -74,3 +74,14 @@ def test_installed_demo_components_and_default_paths_use_the_working_dir(
     # The default's commands name modules that the install carries.
     help_ = _run([str(venv / "bin" / "python"), "-m", "agent.demo.heartbeat", "--help"], tmp_path, env)
     assert help_.returncode == 0, help_.stdout + help_.stderr
+
+
+def test_installed_agent_ships_the_status_page(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    venv, env = installed
+    code = ("import agent; from agent.statuspage import ASSETS, asset; print(agent.__file__); "
+            "print(all('<' in asset(n) or '{' in asset(n) for n in ('index.html', *ASSETS)))")
+    out = _run([str(venv / "bin" / "python"), "-c", code], tmp_path, env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    where, ok = out.stdout.split()
+    assert where.startswith(str(venv.resolve())) or where.startswith(str(venv)), where
+    assert ok == "True"

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.act.remediation import Plan, Result, WebhookPayload
+from agent.act.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.config.models import Autonomy
 from agent.supervise.replica import CommandError
 
@@ -111,6 +112,24 @@ class Auth:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.webhook, self.control = self.read(settings)
+        self.sessions = Sessions(settings.status_page.session_ttl)  # the status page's browser sessions
+
+    def host_allowed(self, header: str | None) -> bool:
+        """The Host header names this agent (an address, localhost, agent.node or a configured name)."""
+        page = self.settings.status_page
+        return host_allowed(header, [self.settings.node, *page.allowed_hosts])
+
+    def browser_check(self, request: Request) -> tuple[int, str] | None:
+        """(status, why) a request without the token but with the status page's session cookie is
+        refused; None when the cookie, its CSRF token and the Host header allow it."""
+        sid = cookie_value(request.headers)
+        if not sid or self.sessions.csrf(sid) is None:
+            return 401, "missing or wrong control token"
+        if not self.host_allowed(request.headers.get("host")):
+            return 403, "the Host header does not name this agent (agent.status_page.allowed_hosts)"
+        if not self.sessions.check(sid, request.headers.get(CSRF_HEADER)):
+            return 403, "missing or wrong X-CSRF-Token header for the session cookie"
+        return None
 
     @staticmethod
     def read(settings: AgentSettings) -> tuple[Credentials, Credentials]:
@@ -129,7 +148,10 @@ class Auth:
     def use(self, settings: AgentSettings, credentials: tuple[Credentials, Credentials]) -> None:
         """Switch to a reload's settings and the credentials `read` got for them."""
         self.settings = settings
+        if credentials[1].bearer != self.control.bearer:  # a new control token ends the page sessions
+            self.sessions = Sessions(settings.status_page.session_ttl)
         self.webhook, self.control = credentials
+        self.sessions.ttl = settings.status_page.session_ttl
 
 
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:
@@ -144,7 +166,9 @@ def control_guard(auth: Auth) -> Callable[[Handler], Handler]:
         @functools.wraps(handler)
         async def checked(request: Request) -> Response:
             if not auth.control.check(request.headers.get("authorization")):
-                return _error(401, "missing or wrong control token")
+                refused = auth.browser_check(request)
+                if refused is not None:  # the cookie is an alternative only with its CSRF token
+                    return _error(*refused)
             return await handler(request)
 
         return checked

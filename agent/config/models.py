@@ -10,6 +10,7 @@ import enum
 import graphlib
 import grp
 import pwd
+import re
 import signal
 import socket
 import sys
@@ -63,6 +64,36 @@ class HttpSettings(Strict):
     max_connections: int = Field(256, ge=1, le=100_000)
 
 
+HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
+
+
+class StatusPageSettings(Strict):
+    """The browser status page at `/` (docs/config.md, "agent.status_page")."""
+
+    # Host header names the page answers besides IP addresses, localhost and agent.node (DNS rebinding).
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Each component links to `grafana_url?var-component=NAME` and `runbook_url#NAME` when set.
+    grafana_url: str | None = None
+    runbook_url: str | None = None
+    session_ttl: Duration = Field(12 * 3600.0, gt=0)
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not HOST_NAME.match(name):
+                raise ValueError(f"{name!r} is not a host name (no scheme, port, path or wildcard: e.g. "
+                                 "agent.example.org)")
+        return [name.lower().rstrip(".") for name in value]
+
+    @field_validator("grafana_url", "runbook_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s\"'<>]+$", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value
+
+
 class ClientTLS(Strict):
     """How the `agent` CLI on this host reaches this agent over TLS (its --cacert/--cert/--key defaults)."""
 
@@ -101,6 +132,7 @@ class AgentSettings(Strict):
     # this says it is on purpose (a trusted network, a TLS proxy in front).
     acknowledge_insecure_listener: bool = False
     client_tls: ClientTLS = ClientTLS()
+    status_page: StatusPageSettings = StatusPageSettings()
 
     @field_validator("autonomy", mode="before")
     @classmethod
