@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import socket
-import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from agent.export.metrics import (
 )
 from agent.export.tracing import Tracing
 from agent.loop import ignore_hangup
+from agent.observe import todos
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
@@ -119,21 +119,6 @@ async def rotate_logs_forever(sup: Supervisor) -> None:
 def served_capabilities(config: Config) -> list[str]:
     """Every capability a configured component serves (bounds the backlog's `capability` label)."""
     return [cap for comp in config.components.values() for cap in comp.capabilities]
-
-
-def create_todo_stores(config: Config) -> None:
-    """The embedded SQLite store is the agent's own: create a missing one, empty, so workers can start."""
-    from agent.observe import todos
-
-    for source in config.backlog.sources:
-        if source.kind == "sqlite" and source.path is not None and not source.path.exists():
-            try:
-                with todos.connect(source.path):
-                    pass
-            except (OSError, sqlite3.Error) as exc:
-                log.error("cannot create the todo store %s: %s", source.path, exc)
-            else:
-                log.info("created an empty todo store at %s", source.path)
 
 
 @dataclass(eq=False)
@@ -241,7 +226,7 @@ class Parts:
                             "force (only `agent autonomy on` lifts it)", settings.autonomy.value)
             else:
                 self.modes.set_autonomy(settings.autonomy)
-        create_todo_stores(config)
+        todos.create_missing_stores(config)
         await self.supervisor.reconfigure(config, plan, hold_new=self.modes.emergency)
 
     async def aclose(self) -> None:
@@ -411,7 +396,7 @@ class Agent:
                 raise
             log.exception("cannot take over the previous image's components")
             return await self._give_up(EXIT_FAILURE)
-        create_todo_stores(self.config)
+        todos.create_missing_stores(self.config)
         reloader = Reloader(parts, self.config_paths or config_paths())
         loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
         trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,
@@ -431,11 +416,10 @@ class Agent:
             return await self._abort(parts, EXIT_UNAVAILABLE)
         await server.start()
         host, port = sock.getsockname()[:2]
-        log.info("agent %s listening on %s://%s:%d (node %s, autonomy %s; %s)",
-                 __version__, "https" if parts.web.context else "http", host, port, settings.node,
-                 parts.modes.autonomy.value, parts.web.describe())
-        log.info("status page: %s", page_url("https" if parts.web.context else "http", host, port,
-                                             (parts.auth.control.bearer or b"").decode()))
+        scheme = "https" if parts.web.context else "http"
+        log.info("agent %s listening on %s://%s:%d (node %s, autonomy %s; %s)", __version__, scheme, host, port,
+                 settings.node, parts.modes.autonomy.value, parts.web.describe())
+        log.info("status page: %s", page_url(scheme, host, port, (parts.auth.control.bearer or b"").decode()))
         if self.handover is not None:
             log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
                      __version__, self.handover.version, os.getpid(),

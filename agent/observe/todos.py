@@ -7,14 +7,22 @@ agent/observe/store/base.py and docs/todos.md.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.observe.store import DEFAULT_LEASE, Finish, Todo, open_store
 from agent.observe.store.sqlite import SCHEMA as SCHEMA
 from agent.observe.store.sqlite import connect as connect
 from agent.observe.todorow import PRIORITIES as PRIORITIES
 from agent.observe.todorow import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
+
+if TYPE_CHECKING:
+    from agent.config.models import Config
+
+log = logging.getLogger("agent")
 
 __all__ = ["DEFAULT_LEASE", "PRIORITIES", "SCHEMA", "STATUSES", "Finish", "Todo", "add", "claim", "connect",
            "finish", "list_todos", "renew"]
@@ -49,3 +57,16 @@ def finish(db: Path | str, todo_id: int, status: str = "done", token: str | None
     """Mark a todo done, failed or pending (put back); see Finish for the outcomes."""
     with open_store(str(db)) as store:
         return store.finish(todo_id, status, token)
+
+
+def create_missing_stores(config: Config) -> None:
+    """The embedded SQLite store is the agent's own: create a missing one, empty, so workers can start."""
+    for source in config.backlog.sources:
+        if source.kind == "sqlite" and source.path is not None and not source.path.exists():
+            try:
+                with connect(source.path):
+                    pass
+            except (OSError, sqlite3.Error) as exc:
+                log.error("cannot create the todo store %s: %s", source.path, exc)
+            else:
+                log.info("created an empty todo store at %s", source.path)
