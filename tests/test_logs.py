@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -66,10 +67,13 @@ def test_a_chatty_child_never_grows_its_log_past_the_bound(tmp_path: Path) -> No
             samples += 1
             _pace.wait(0.002)
         written = sum(f.stat().st_size for f in files)
+        # What the agent said that was not routine, and its load, for a failure message.
+        said = [r for r in agent.log_records() if r.get("level") != "info"][-10:]
     assert samples > 100
     assert written > 0
     over = {f.name: size for f, size in peak.items() if size > bound}
-    assert not over, f"log files above {bound} bytes ({bound // max_bytes}x log_max_bytes): {over}"
+    assert not over, (f"log files above {bound} bytes ({bound // max_bytes}x log_max_bytes): {over}; "
+                      f"load {os.getloadavg()}, {len(os.listdir('/proc'))} /proc entries; agent: {said}")
 
 
 def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> None:
