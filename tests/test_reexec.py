@@ -281,7 +281,11 @@ def test_a_sigterm_during_the_exec_is_held_for_the_new_image(tmp_path: Path) -> 
     agent.proc.send_signal(signal.SIGUSR2)
     wait_for(lambda: "re-executing" in agent.log_text(), 30, 0.002, "the exec")
     agent.proc.send_signal(signal.SIGTERM)
-    assert agent.proc.wait(60) == 0, agent.log_text()
+    try:
+        code = agent.proc.wait(60)
+    except subprocess.TimeoutExpired:  # the SIGTERM was lost: say where the agent was
+        raise AssertionError(f"the agent did not stop within 60 s of the SIGTERM:\n{agent.log_text()}") from None
+    assert code == 0, agent.log_text()
     agent.stderr.close()
     text = agent.log_text()
     # The new image takes the held SIGTERM off before it unblocks signals and handles it itself.
