@@ -320,9 +320,7 @@ def test_stop_with_dependents_flag_reaches_the_agent(tmp_path: Path) -> None:
     with running_agent(tmp_path, {"components": comps}) as agent:
         wait_for(lambda: all(c["pids"] for c in agent.status().values()), 10, 0.02, "both running")
         answer = json.loads(ok(cli(agent, "stop", "db", "--json")).stdout)
-        if "dependents_running" not in answer:
-            pytest.skip("this agent's API does not list dependents yet (the runas part of issue 13)")
-        assert answer["dependents_running"] == ["web"]
+        assert answer["dependents_running"] == ["web"], answer
         ok(cli(agent, "start", "db"))
         out = ok(cli(agent, "stop", "db", "--with-dependents"))
         assert "web" in out.stdout
