@@ -171,8 +171,14 @@ def test_leftovers_of_an_agent_killed_with_its_guardian_are_swept_at_the_next_st
     mark = uuid.uuid4().hex
     cfg = config(containment, a=shell(f"{DAEMON} & sleep 100000 & wait", mark))
     agent = AgentProcess(tmp_path, cfg).start()
-    wait_for(lambda: len(marked(mark)) == 3, 5, what="the component's three processes")
-    old = marked(mark)
+    def settled() -> set[int] | None:
+        # The shell with its sleep and daemon, each past its exec: while a process execs, its environ
+        # cannot be read for a moment, so a set taken earlier may miss one (it did once in CI).
+        found = marked(mark)
+        sleeps = [pid for pid in found if describe({pid}).endswith(" 'sleep 100000'")]
+        return found if len(found) == 3 and len(sleeps) == 2 else None
+
+    old = wait_for(settled, 5, what=lambda: f"the component's three processes, settled: {describe(marked(mark))}")
     guardian = guardian_of(agent)
     assert agent.proc is not None and guardian is not None
     agent.proc.send_signal(signal.SIGSTOP)  # so it cannot start a new guardian
