@@ -10,6 +10,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,17 +104,24 @@ async def rotate_logs_forever(sup: Supervisor) -> None:
     """
     settings: AgentSettings | None = None
     rotator = LogRotator(1, 0, 1.0)
-    while True:
-        if settings is not sup.config.agent:
-            settings = sup.config.agent
-            rotator = LogRotator(settings.log_max_bytes, settings.log_backups, max(1.0, settings.resources.interval))
-        paths = [replica_log_path(settings.log_dir, rt.name, index)
-                 for rt in sup.components.values() for index in list(rt.replicas)]
-        paths += [err for rt in sup.components.values() for index in list(rt.replicas)
-                  if (err := replica_err_path(settings.log_dir, rt.name, rt.spec, index)) is not None]
-        # Stat, copy and truncate in a thread: copying a large log must not stall the event loop.
-        delay = await asyncio.to_thread(rotator.check, paths)
-        await asyncio.sleep(delay)
+    # Stat, copy and truncate in a thread: copying a large log must not stall the event loop. A thread
+    # of its own, so a check is never queued behind other blocking work (a /proc scan, a state write).
+    loop = asyncio.get_running_loop()
+    thread = ThreadPoolExecutor(1, thread_name_prefix="log-rotation")
+    try:
+        while True:
+            if settings is not sup.config.agent:
+                settings = sup.config.agent
+                rotator = LogRotator(settings.log_max_bytes, settings.log_backups,
+                                     max(1.0, settings.resources.interval))
+            paths = [replica_log_path(settings.log_dir, rt.name, index)
+                     for rt in sup.components.values() for index in list(rt.replicas)]
+            paths += [err for rt in sup.components.values() for index in list(rt.replicas)
+                      if (err := replica_err_path(settings.log_dir, rt.name, rt.spec, index)) is not None]
+            delay = await loop.run_in_executor(thread, rotator.check, paths)
+            await asyncio.sleep(delay)
+    finally:
+        thread.shutdown(wait=False)  # a copy under way finishes on its own; the loop does not wait for it
 
 
 def served_capabilities(config: Config) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import sys
@@ -11,7 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from agent.supervise.logs import rotate_if_large
+import pytest
+
+from agent.supervise.logs import FASTEST_CHECK, LogRotator, rotate_if_large
 from tests.helpers import run_async, running_agent, wait_for
 
 _pace = threading.Event()  # never set: wait(interval) paces a sampling loop
@@ -27,6 +30,41 @@ def test_copy_truncate_rotation_keeps_backups(tmp_path: Path) -> None:
     assert (tmp_path / "c.log.2").read_text().startswith("round 2")
     assert not (tmp_path / "c.log.3").exists()
     assert not rotate_if_large(log, 50, backups=2)
+
+
+def test_a_stall_does_not_let_the_next_check_come_a_whole_second_late(tmp_path: Path) -> None:
+    """A child writing 2 MB/s that stalls for one check shows a low rate once; when it resumes, the
+    check after must not be `slowest` (1 s, 2 MB) away: the delay at most doubles per check."""
+    max_bytes, log, now = 64 * 1024, tmp_path / "c.log", [0.0]
+    rotator = LogRotator(max_bytes, 1, slowest=1.0, clock=lambda: now[0])
+    peaks: list[int] = []
+
+    def run(seconds: float, rate: float) -> float:
+        """The child writes at `rate` for `seconds`, then the check is made: its delay to the next."""
+        with open(log, "ab") as f:
+            f.write(b"x" * int(rate * seconds))
+        now[0] += seconds
+        peaks.append(log.stat().st_size)
+        return rotator.check([log])
+
+    delay = rotator.check([log])
+    for _ in range(30):
+        delay = run(delay, 2e6)
+    for rate in (5e3, 2e6, 2e6, 2e6):  # one stalled interval, then full speed again
+        delay = run(delay, rate)
+    assert max(peaks) <= 4 * max_bytes, peaks
+
+
+def test_a_new_or_idle_log_is_looked_at_soon_and_then_less_often(tmp_path: Path) -> None:
+    log, now = tmp_path / "c.log", [0.0]
+    log.write_bytes(b"")
+    rotator = LogRotator(64 * 1024, 1, slowest=1.0, clock=lambda: now[0])
+    delays = []
+    for _ in range(10):
+        delays.append(rotator.check([log]))
+        now[0] += delays[-1]
+    assert delays[0] == FASTEST_CHECK
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(delays)) and delays[-1] == pytest.approx(1.0), delays
 
 
 def test_replica_output_goes_to_its_file_and_rotates(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,14 @@ def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
     if backups == 0:
         os.truncate(path, 0)
         return True
+    # The copy is made aside and renamed in: a reader never finds `.1` empty or half written.
+    fresh = path.with_name(f".{path.name}.1.new")
+    _copy_tail(path, fresh, max_bytes)
     for n in range(backups - 1, 0, -1):
         older = path.with_name(f"{path.name}.{n}")
         if older.exists():
             os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
-    _copy_tail(path, path.with_name(f"{path.name}.1"), max_bytes)
+    os.replace(fresh, path.with_name(f"{path.name}.1"))
     os.truncate(path, 0)
     return True
 
@@ -128,13 +132,20 @@ def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
 class LogRotator:
     """Rotates component logs, checking each one again about when its growth rate says it will be full.
 
-    `check` does blocking file work (stat, copy, truncate): the agent calls it in a worker thread.
+    The delay before the next check at most doubles from one check to the next: a child that stalls
+    for a moment (a loaded machine) shows a low rate once, and when it resumes at full speed the check
+    after comes twice as late, not `slowest` late. A new or idle log works up to `slowest` in a few
+    checks from FASTEST_CHECK.
+
+    `check` does blocking file work (stat, copy, truncate): the agent calls it in a thread of its own.
     """
 
-    def __init__(self, max_bytes: int, backups: int, slowest: float) -> None:
-        self.max_bytes, self.backups, self.slowest = max_bytes, backups, slowest
+    def __init__(self, max_bytes: int, backups: int, slowest: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_bytes, self.backups, self.slowest, self._clock = max_bytes, backups, slowest, clock
         self._last: dict[Path, tuple[float, int]] = {}  # when last checked, and the size left then
         self._due: dict[Path, float] = {}
+        self._delays: dict[Path, float] = {}  # the delay last chosen, which the next may at most double
         self._errors: dict[Path, str] = {}
 
     def check(self, paths: list[Path]) -> float:
@@ -143,9 +154,10 @@ class LogRotator:
         for gone in [p for p in self._due if p not in live]:  # replicas that went away
             self._due.pop(gone, None)
             self._last.pop(gone, None)
+            self._delays.pop(gone, None)
             self._errors.pop(gone, None)
         for path in paths:
-            now = time.monotonic()
+            now = self._clock()
             if self._due.get(path, 0.0) > now:
                 continue
             try:
@@ -160,9 +172,11 @@ class LogRotator:
                 self._due[path] = now + self.slowest
                 continue
             self._errors.pop(path, None)
-            self._due[path] = now + self._delay(path, now, size, left)
+            delay = min(self._delay(path, now, size, left), 2 * self._delays.get(path, FASTEST_CHECK / 2))
+            self._delays[path] = delay
+            self._due[path] = now + delay
             self._last[path] = (now, left)
-        now = time.monotonic()
+        now = self._clock()
         return max(0.0, min((self._due[p] for p in paths), default=now + self.slowest) - now)
 
     def _delay(self, path: Path, now: float, size: int, left: int) -> float:
