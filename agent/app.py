@@ -41,12 +41,13 @@ from agent.export.metrics import (
     metrics_routes,
 )
 from agent.export.tracing import Tracing
+from agent.held_signals import HeldSignals
 from agent.loop import ignore_hangup
 from agent.observe import todos
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
-from agent.reexec import Handover, Trigger, hand_over, reexec_routes, release_held_signals
+from agent.reexec import Handover, Trigger, hand_over, reexec_routes
 from agent.reload import Reloader
 from agent.server import HttpServer, build_app
 from agent.statuspage import page_routes, page_url
@@ -329,13 +330,14 @@ class Agent:
     """One agent process: builds its parts, serves, and owns start-up, shutdown and re-exec."""
 
     def __init__(self, config: Config, *, autonomy: Autonomy | None = None, config_paths: list[Path] | None = None,
-                 handover: Handover | None = None) -> None:
+                 handover: Handover | None = None, held: HeldSignals | None = None) -> None:
         self.config = config
         self.autonomy = autonomy
         # The files the config was read from (None: the embedded default); `agent reexec` checks them.
         self.config_paths = config_paths
         # What the previous image of this process handed over (`agent reexec`), adopted at start.
         self.handover = handover
+        self.held = held  # the stop signals sent during that reexec, handled once the handlers are in place
         self.stop_event = asyncio.Event()
         self.reexec_requested = False
         self._signal_tasks: set[asyncio.Task[None]] = set()
@@ -410,10 +412,10 @@ class Agent:
         trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,
                           lambda: parts.modes.closing)
         loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2, trigger)
-        if self.handover is not None:  # after every handler is in place: those held across the exec
+        if self.held is not None:  # after every handler is in place: those held across the exec
             handlers = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
                         signal.SIGHUP: reloader.trigger, signal.SIGUSR2: lambda: self._on_sigusr2(trigger)}
-            for signum in release_held_signals():
+            for signum in self.held.release():
                 log.info("%s held across the exec: handled now", signal.Signals(signum).name)
                 handlers[signal.Signals(signum)]()
         try:

@@ -32,8 +32,10 @@ The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/d
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground (also what `agent reexec` executes again, with a handover)."""
     ignore_hangup()
+    from agent.held_signals import HeldSignals
     from agent.reexec import take_handover
 
+    held = HeldSignals.take()  # the stop signals sent during an `agent reexec`, for the new image
     handover = take_handover()  # None unless this process was just re-executed by `agent reexec`
     paths = config_paths(args.config)
     broken: ConfigError | None = None
@@ -63,7 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("config %s: %d component(s)", " + ".join(map(str, paths)), len(config.components))
     autonomy = Autonomy(args.autonomy) if args.autonomy else None
     return run(Agent(config, autonomy=autonomy, config_paths=None if paths == [DEFAULT_CONFIG] else paths,
-                     handover=handover).run())
+                     handover=handover, held=held).run())
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

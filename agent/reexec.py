@@ -9,7 +9,7 @@ guardian's pipe is the one descriptor kept open across the exec; every other one
 The steps, old image: preflight (the installed code, run in a subprocess, must import and accept the
 config files: else the request is refused and nothing changes), take every component's lock (no
 restart, scale or reload in flight), stop serving, flush the state dir, write `reexec.json` (config,
-replicas, guardian, containment, fd limits) into the state dir, block the stop signals, exec from the
+replicas, guardian, containment, fd limits) into the state dir, hold the stop signals (held_signals.py), exec from the
 main thread (a parent-death signal fires when the *thread* that forked a child ends). New image:
 `take_handover()` reads the file named by AGENT_REEXEC_HANDOVER; the parts are built around what
 it describes (same cgroup subtree or marker, same guardian, nothing swept, the reaper collects the
@@ -44,6 +44,7 @@ from agent import __version__
 from agent.act.api import Credentials, ensure_token
 from agent.config.loader import ConfigError, load_config
 from agent.config.models import AgentSettings, Autonomy, Config, StopSettings
+from agent.held_signals import SignalHold
 from agent.supervise.containment import CgroupContainment, Containment, restore
 from agent.supervise.leftovers import Ledger
 from agent.supervise.process import ExitStatus, Reaper, signal_group
@@ -61,8 +62,6 @@ HANDOVER_FILE = "reexec.json"
 FORMAT = 1
 PREFLIGHT_TIMEOUT = 60.0
 LOCK_TIMEOUT = 30.0
-# Delivered after the exec, once the new image handles them, instead of killing it half started.
-HELD_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2}
 
 # The new code, run as it would run after the exec: it must import the whole agent and accept the files.
 _PREFLIGHT = ("import sys, agent.app, agent.reexec\n"
@@ -246,12 +245,13 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
         atomic_write_json(path, document)
     except OSError as exc:
         return f"cannot write {path}: {exc.strerror or exc}"
-    env = dict(os.environ, **{ENV: str(path), ENV_GUARDIAN_FD: str(guardian_fd)})
     argv = [sys.executable, *sys.orig_argv[1:]]  # the interpreter and options the agent was started with
-    # Held from here on: a signal sent once the log line below is out must reach the new image. One the
-    # loop received but has not handled yet would die with this image: it is sent again, now pending.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
-    wakeup = _repost_unhandled_signals()
+    # Held from here on: a signal sent once the log line below is out must reach the new image.
+    try:
+        hold = SignalHold()
+    except OSError as exc:
+        return f"cannot hold the stop signals across the exec: {exc.strerror or exc}"
+    env = dict(os.environ, **{ENV: str(path), ENV_GUARDIAN_FD: str(guardian_fd)}, **hold.env())
     log.info("re-executing %s (pid %d): %d replica(s) handed over",
              " ".join(argv), os.getpid(), sum(1 for c in components.values() for r in c["replicas"] if r["pid"]))
     for handler in logging.getLogger().handlers:
@@ -260,9 +260,7 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
     try:
         os.execve(sys.executable, argv, env)
     except OSError as exc:
-        if wakeup >= 0:
-            signal.set_wakeup_fd(wakeup)
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        hold.undo()
         with contextlib.suppress(OSError):
             path.unlink()
         if guardian_fd >= 0:
@@ -270,21 +268,6 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
                 os.set_inheritable(guardian_fd, False)
         return f"cannot exec {sys.executable}: {exc.strerror or exc}"
     raise AssertionError("unreachable")
-
-
-def _repost_unhandled_signals() -> int:
-    """Send again (blocked, so pending across the exec) the held signals the event loop has been woken
-    for but not handled; returns the loop's wakeup fd, detached, for the caller to restore on failure."""
-    fd = signal.set_wakeup_fd(-1)
-    if fd < 0:
-        return fd
-    received: set[int] = set()
-    with contextlib.suppress(OSError):  # BlockingIOError when drained
-        while data := os.read(fd, 512):
-            received.update(data)
-    for signum in received & {int(s) for s in HELD_SIGNALS}:
-        os.kill(os.getpid(), signum)
-    return fd
 
 
 # --- the new image: read the handover, adopt, or stop cleanly ----------------------------------------
@@ -463,28 +446,8 @@ def take_handover() -> Handover | None:
         if fd is not None and fd.lstrip("-").isdigit() and int(fd) >= 0:
             with contextlib.suppress(OSError):
                 os.close(int(fd))
-        release_held_signals()
         return None
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
     return handover
-
-
-def release_held_signals() -> list[int]:
-    """Unblock the signals held across the exec; returns those pending, taken off first, in arrival order.
-
-    The caller runs their handlers itself: a pending signal is not left to be delivered at the unblock,
-    where it could land before the loop is ready to see it (a SIGTERM was lost that way, 1 run in 7).
-    """
-    taken: list[int] = []
-    for _ in range(len(HELD_SIGNALS)):
-        pending = signal.sigpending() & HELD_SIGNALS
-        if not pending:
-            break
-        got = signal.sigtimedwait(pending, 0)
-        if got is None:
-            break
-        taken.append(got.si_signo)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
-    return taken
