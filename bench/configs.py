@@ -31,6 +31,7 @@ class Setup:
     sample_interval: str | None = None  # agent only: resources.interval (None = default 5s)
     replicas: int = 1  # agent only
     webhook_token_file: Path | None = None  # agent only
+    source: str | None = None  # agent only: run the agent package of this checkout (PYTHONPATH) instead
 
     @property
     def label(self) -> str:

@@ -75,9 +75,10 @@ class Instance:
         out = open(self.workdir / "stdout.log", "wb")  # noqa: SIM115 - handed to the child
         try:
             self.launched_at = time.perf_counter()
+            env = dict(os.environ, PYTHONPATH=self.setup.source) if self.setup.source else None
             self.proc = subprocess.Popen(
                 self.argv(), cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=_term_with_parent, close_fds=True,
+                preexec_fn=_term_with_parent, close_fds=True, env=env,
             )
         finally:
             out.close()
