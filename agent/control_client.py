@@ -20,6 +20,7 @@ import yaml
 from agent.cli_output import suggest
 from agent.config.loader import ConfigError, config_paths, load_config, load_document
 from agent.config.models import AgentSettings, Config, parse_listen
+from agent.config.yamlfile import load_yaml
 
 # The agent settings a control verb needs to reach the agent.
 ENDPOINT_KEYS = ("listen", "state_dir", "control_token_file", "web_config_file", "client_tls")
@@ -74,7 +75,7 @@ def serves_tls(web_config_file: Path | None) -> bool:
     if web_config_file is None:
         return False
     try:
-        document = yaml.safe_load(web_config_file.read_text(encoding="utf-8"))
+        document = load_yaml(web_config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return isinstance(document, dict) and bool(document.get("tls_server_config"))

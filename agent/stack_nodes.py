@@ -29,6 +29,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agent.config.loader import validation_problems
 from agent.config.models import ClientTLS, Strict
+from agent.config.yamlfile import load_yaml
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
@@ -106,7 +107,7 @@ class NodesError(ValueError):
 
 def load_nodes(path: Path) -> NodeList:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except OSError as exc:
         raise NodesError(f"cannot read {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
@@ -120,7 +121,7 @@ def load_nodes(path: Path) -> NodeList:
 
 def _load_base(path: Path, what: str) -> dict[str, Any]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise NodesError(f"cannot read the base {what} {path}: {getattr(exc, 'strerror', None) or exc} "
                          f"(give it with --{what.replace(' ', '-')})") from None

@@ -52,6 +52,10 @@ def test_bad_rule_files_are_named(tmp_path: Path) -> None:
     path.write_text("just: text\n")
     with pytest.raises(BacktestError, match="not a Prometheus rule file"):
         load_rules([path], 15)
+    # Prometheus refuses a key given twice; the backtest must not judge the file on the last one.
+    path.write_text("groups:\n- name: g\n  rules:\n  - alert: A\n    expr: up == 0\n    expr: up == 1\n")
+    with pytest.raises(BacktestError, match="duplicate key 'expr'"):
+        load_rules([path], 15)
 
 
 def rule(for_: float = 60, keep: float = 0, interval: float = 15) -> AlertRule:

@@ -154,6 +154,14 @@ def test_a_bad_list_of_nodes_is_refused_with_where_and_nothing_is_written(
     assert not (tmp_path / "out").exists()
 
 
+def test_a_node_given_twice_as_a_key_is_refused_as_promtool_would(tmp_path: Path) -> None:
+    (tmp_path / "nodes.yaml").write_text("nodes:\n- name: a\n  address: h:1\n  address: h:2\n"
+                                         "webhook_token_file: t\n")
+    done = agent("stack", "generate", "--nodes", str(tmp_path / "nodes.yaml"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2 and "duplicate key 'address'" in done.stderr, done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_missing_base_config_says_which_option_gives_it(tmp_path: Path) -> None:
     nodes = node_list(tmp_path, {"a": 9471})
     done = agent("stack", "generate", "--nodes", str(nodes), "--out", str(tmp_path / "out"), cwd=tmp_path)

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from agent.backtest.rules import AlertInstance, BacktestError, parse_duration
+from agent.config.yamlfile import load_yaml
 
 AGENT_PATH = "/webhook/alertmanager"  # a receiver whose webhook URL ends so is the agent
 _MATCHER = re.compile(r"^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
@@ -215,7 +216,7 @@ class AlertmanagerConfig:
 def load_alertmanager(path: Path) -> AlertmanagerConfig:
     """Read an Alertmanager config file (the parts that decide timing)."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise BacktestError(f"alertmanager config {path}: cannot read it: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("route"), dict):

@@ -17,6 +17,7 @@ from agent.backtest.run import SHIPPED, Outcome, Policy, initial_replicas, iso, 
 from agent.cli_output import print_json, print_table
 from agent.config.loader import ConfigError, config_paths, load_config
 from agent.config.models import Config
+from agent.config.yamlfile import load_yaml
 
 RESULTS = ("executed", "cooldown", "duplicate", "ignored", "rejected", "dry_run", "failed")
 
@@ -63,7 +64,7 @@ def add_backtest_command(sub: Any) -> None:
 
 def _default_interval() -> float:
     try:
-        doc = yaml.safe_load((SHIPPED / "prometheus" / "prometheus.yml").read_text())
+        doc = load_yaml((SHIPPED / "prometheus" / "prometheus.yml").read_text())
         return parse_duration(doc["global"]["evaluation_interval"])
     except (OSError, KeyError, TypeError, yaml.YAMLError, BacktestError):
         return 60.0
@@ -86,7 +87,7 @@ def _is_rules(path: Path) -> bool:
     if path.is_dir():
         return True
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise BacktestError(f"--compare {path}: cannot read it: {exc}") from None
     return isinstance(doc, dict) and "groups" in doc

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import yaml
 
+from agent.config.yamlfile import load_yaml
+
 MAX_POINTS = 10_000  # Prometheus refuses more than 11,000 points per series in one range query
 _DURATION = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -86,7 +88,7 @@ def rule_files(paths: Sequence[Path]) -> list[Path]:
 
 def _groups(path: Path) -> list[dict[str, Any]]:
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise BacktestError(f"rule file {path}: cannot read it: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list):

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from agent.config.models import AgentSettings, Config, dependency_problems
 from agent.config.seed import is_seed_shape, map_seed
 from agent.config.webconfig import WebConfigError, read_web_config
+from agent.config.yamlfile import load_yaml
 
 
 class ConfigError(Exception):
@@ -59,25 +60,6 @@ def expand_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
     if isinstance(value, list):
         return [expand_env(v, env, f"{path}.{i}") for i, v in enumerate(value)]
     return value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate mapping keys instead of keeping the last one."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 class _JsonObject(dict[str, Any]):
@@ -121,7 +103,7 @@ def parse_document(text: str, source: str) -> Any:
             raise ConfigError(source, duplicates)
         return data
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""

@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from agent.config.models import Strict
 from agent.config.units import Duration
+from agent.config.yamlfile import load_yaml
 
 VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
             "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
@@ -232,7 +233,7 @@ def load_web_config(path: Path) -> WebConfig:
     except UnicodeDecodeError:
         raise WebConfigError(path, [("", "not UTF-8 text")]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         raise WebConfigError(path, [("", f"not valid YAML: {exc}")]) from None
     if raw is None:
