@@ -89,6 +89,15 @@ def test_the_table_follows_a_kill_and_the_restart_without_a_reload(agent: AgentP
     assert page.dialogs == []
 
 
+def test_at_1280_px_every_action_button_is_in_view_without_scrolling(agent: AgentProcess, page: Any) -> None:
+    # The components table used to be wider than a 1280 px window: its stop buttons were cut off.
+    page.wait_for_selector('tr[data-component="worker"] [aria-label="stop worker"]')
+    right_edges = page.evaluate(
+        "[...document.querySelectorAll('#components button')].map(b => b.getBoundingClientRect().right)")
+    assert right_edges and max(right_edges) <= page.evaluate("window.innerWidth"), right_edges
+    assert page.evaluate("[...document.querySelectorAll('.scroll')].every(s => s.scrollWidth <= s.clientWidth)")
+
+
 def test_a_restart_button_restarts_exactly_that_component(agent: AgentProcess, page: Any) -> None:
     before = {name: c["pids"] for name, c in agent.status().items()}
     page.get_by_role("button", name="restart worker", exact=True).click()
