@@ -59,11 +59,8 @@ def write_history(path: Path, start: float, days: int, components: int, step: fl
                 series(metric, {"component": c}, lambda t: 1)
         for c in names:
             series("orchestrator_component_max_replicas", {"component": c}, lambda t, c=c: 8 if c in workers else 1)
-        for c in names:
-            series("orchestrator_component_manual_stop", {"component": c}, lambda t: 0)
-        for c in names:
-            for state in ("circuit_open", "half_open"):
-                series("orchestrator_component_state", {"component": c, "state": state}, lambda t: 0)
+        for c in names:  # as the agent writes it: the current state only, and no manual_stop while unset
+            series("orchestrator_component_state", {"component": c, "state": "running"}, lambda t: 1)
         for c in names:
             series("orchestrator_component_memory_limit_bytes", {"component": c}, lambda t: 1024 * MiB)
         for i, c in enumerate(names):

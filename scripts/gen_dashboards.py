@@ -68,6 +68,15 @@ def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, t
     return t
 
 
+def counted(selector: str, window: str) -> str:
+    """increase() of a counter over `window`, where a series born inside it counts in full: the agent
+    writes some counters only from their first increment (docs/metrics.md, "Counters that appear at
+    their first increment"), and increase() cannot see that one. The rules use the same form."""
+    metric = selector.split("{", 1)[0]
+    return (f"({selector} unless {metric}{{{INST}}} offset {window} and on (job, instance) "
+            f"orchestrator_build_info{{{INST}}} offset {window}) or increase({selector}[{window}])")
+
+
 def targets(*pairs: tuple[str, str]) -> list[Json]:
     """Queries A, B, C... from (expr, legend) pairs."""
     return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(pairs)]
@@ -229,8 +238,9 @@ def overview() -> Json:
         # job stays a column: the drill-down link reads it from the row.
         hide=("Time", "Value", "__name__")), 12, 8)
     lay.add(timeseries("Restarts by component and reason", targets(
-        (f"sum by (job, instance, component, reason) (increase(orchestrator_component_restarts_total"
-         f"{{{INST}}}[$__rate_interval]))", "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)
+        (f"sum by (job, instance, component, reason) ("
+         f"{counted(f'orchestrator_component_restarts_total{{{INST}}}', '$__rate_interval')})",
+         "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)
     lay.add(timeseries("Unplanned restarts in 15m vs crash-loop threshold", targets(
         (f"component:orchestrator_component_restarts_unplanned:increase15m{{{INST}}}", "{{component}}"),
         (f"max(orchestrator:crash_loop_restarts_threshold{{{INST}}})", "threshold")),
@@ -239,8 +249,9 @@ def overview() -> Json:
     lay.add(timeseries("Replicas running by component", targets(
         (f"orchestrator_component_replicas{{{INST}}}", "{{component}}")), stack=True), 12, 8)
     lay.add(timeseries("Remediation actions by result", targets(
-        (f"sum by (action, result) (increase(orchestrator_remediation_actions_total{{{INST}}}"
-         "[$__rate_interval]))", "{{action}} {{result}}")), bars=True, stack=True), 12, 8)
+        (f"sum by (action, result) ("
+         f"{counted(f'orchestrator_remediation_actions_total{{{INST}}}', '$__rate_interval')})",
+         "{{action}} {{result}}")), bars=True, stack=True), 12, 8)
 
     lay.row("Agent: config reloads and rolling restarts")
     lay.add(stat("Last config reload", targets(
@@ -258,7 +269,7 @@ def overview() -> Json:
         unit="s", description="Since this agent image started: a restart or an `agent reexec` resets it, a "
                               "reload does not.", steps=steps((None, "blue"))), 6, 4)
     lay.add(stat("Rollout halts (range)", targets(
-        (f"sum(increase(orchestrator_rollout_halted_total{{{INST}}}[$__range])) or vector(0)", "halts")),
+        (f"sum({counted(f'orchestrator_rollout_halted_total{{{INST}}}', '$__range')}) or vector(0)", "halts")),
         description="Rolling restarts stopped because a successor was not ready within rollout.ready_timeout "
                     "(OrchestratorRolloutHalted).", steps=steps((None, "green"), (1, "orange"))), 6, 4)
     lay.add(timeseries("Config reloads and agent starts", targets(
@@ -269,8 +280,8 @@ def overview() -> Json:
         description="config changed: a reload (or start) loaded a config that differs from the one before; "
                     "agent started: a restart or an `agent reexec`."), 12, 8)
     lay.add(timeseries("Rollout halts by component", targets(
-        (f"sum by (job, instance, component) (increase(orchestrator_rollout_halted_total{{{INST}}}"
-         "[$__rate_interval]))",
+        (f"sum by (job, instance, component) ("
+         f"{counted(f'orchestrator_rollout_halted_total{{{INST}}}', '$__rate_interval')})",
          "{{component}}")), bars=True, stack=True, minimum=0), 12, 8)
     return dashboard("orchestrator-overview", "Orchestrator / Overview",
                      "Health, states, restarts, open circuits and autonomy of the supervised components; the agent's "
@@ -283,10 +294,14 @@ def component() -> Json:
                  unit="percentunit", steps=steps((None, "red"), (1, "green"))), 6, 4)
     lay.add(stat("State", [target(f"orchestrator_component_state{{{COMP}}} == 1", "{{component}}: {{state}}",
                                   instant=True)], text_mode="name", steps=steps((None, "blue"))), 6, 4)
-    lay.add(stat("Stopped by hand", targets((f"orchestrator_component_manual_stop{{{COMP}}}", "{{component}}")),
+    # manual_stop is written only while 1, so the other components read 0 from max_replicas.
+    lay.add(stat("Stopped by hand", targets((f"orchestrator_component_manual_stop{{{COMP}}} "
+                                             f"or 0 * orchestrator_component_max_replicas{{{COMP}}}",
+                                             "{{component}}")),
                  mappings=[{"type": "value", "options": {"0": {"text": "no"}, "1": {"text": "yes"}}}],
                  steps=steps((None, "green"), (1, "orange"))), 6, 4)
     lay.add(stat("Last exit code", targets((f"orchestrator_component_last_exit_code{{{COMP}}}", "{{component}}")),
+                 description="128+N: killed by signal N. No data: no replica has exited since the agent started.",
                  steps=steps((None, "green"), (1, "orange"))), 6, 4)
 
     lay.add(timeseries("Replicas: running, desired, min, max", targets(
@@ -310,7 +325,8 @@ def component() -> Json:
         (f'orchestrator_component_probe_error{{{COMP},reason!="none"}} == 1', "{{component}} {{reason}}")),
         bars=True), 12, 8)
     lay.add(timeseries("Restarts by reason", targets(
-        (f"sum by (component, reason) (increase(orchestrator_component_restarts_total{{{COMP}}}[$__rate_interval]))",
+        (f"sum by (component, reason) ("
+         f"{counted(f'orchestrator_component_restarts_total{{{COMP}}}', '$__rate_interval')})",
          "{{component}} {{reason}}")), bars=True, stack=True), 12, 8)
     lay.add(timeseries("CPU", targets(
         (f"rate(orchestrator_component_cpu_seconds_total{{{COMP}}}[$__rate_interval])", "{{component}}")),
@@ -322,11 +338,12 @@ def component() -> Json:
         (f"orchestrator_component_memory_limit_bytes{{{COMP}}}", "limit")),
         unit="bytes", minimum=0, thresholds=("headroom", "limit"),
         description="OrchestratorComponentMemoryGrowth fires while the forecast is above the headroom."), 12, 8)
-    lay.add(timeseries("Threads and open file descriptors", targets(
-        (f"orchestrator_component_threads{{{COMP}}}", "threads {{component}}"),
-        (f"orchestrator_component_open_fds{{{COMP}}}", "open fds {{component}}")), minimum=0), 12, 8)
+    lay.add(timeseries("Open file descriptors", targets(
+        (f"orchestrator_component_open_fds{{{COMP}}}", "open fds {{component}}")), minimum=0,
+        description="Of the component's process trees; its memory is in the RSS panel."), 12, 8)
     lay.add(timeseries("Remediation actions on this component", targets(
-        (f"sum by (action, result) (increase(orchestrator_remediation_actions_total{{{COMP}}}[$__rate_interval]))",
+        (f"sum by (action, result) ("
+         f"{counted(f'orchestrator_remediation_actions_total{{{COMP}}}', '$__rate_interval')})",
          "{{action}} {{result}}")), bars=True, stack=True), 12, 8)
     return dashboard(COMPONENT_UID, "Orchestrator / Component",
                      "One component in depth: replicas, probes, restarts, CPU and memory.", lay,
@@ -413,18 +430,20 @@ def remediation() -> Json:
                  mappings=[{"type": "value", "options": {"0": {"text": "off"}, "1": {"text": "ACTIVE"}}}],
                  steps=steps((None, "green"), (1, "red"))), 6, 4)
     lay.add(stat("Actions executed (range)", targets(
-        (f'sum(increase(orchestrator_remediation_actions_total{{{INST},result="executed"}}[$__range])) or vector(0)',
-         "executed")), steps=steps((None, "blue"))), 6, 4)
+        ("sum(" + counted(f'orchestrator_remediation_actions_total{{{INST},result="executed"}}', "$__range")
+         + ") or vector(0)", "executed")), steps=steps((None, "blue"))), 6, 4)
     lay.add(stat("Actions failed (range)", targets(
-        (f'sum(increase(orchestrator_remediation_actions_total{{{INST},result="failed"}}[$__range])) or vector(0)',
-         "failed")), steps=steps((None, "green"), (1, "red"))), 6, 4)
+        ("sum(" + counted(f'orchestrator_remediation_actions_total{{{INST},result="failed"}}', "$__range")
+         + ") or vector(0)", "failed")), steps=steps((None, "green"), (1, "red"))), 6, 4)
 
+    # Counts, not rates: a decision's series is born at 1, which rate() never sees (counted()).
     lay.add(timeseries("Actions by result", targets(
-        (f"sum by (result) (rate(orchestrator_remediation_actions_total{{{INST}}}[$__rate_interval]))",
-         "{{result}}")), unit="ops", stack=True), 12, 8)
+        (f"sum by (result) ({counted(f'orchestrator_remediation_actions_total{{{INST}}}', '$__rate_interval')})",
+         "{{result}}")), bars=True, stack=True), 12, 8)
     lay.add(timeseries("Actions by component and action", targets(
-        (f"sum by (component, action) (rate(orchestrator_remediation_actions_total{{{INST}}}[$__rate_interval]))",
-         "{{component}} {{action}}")), unit="ops", stack=True), 12, 8)
+        (f"sum by (component, action) ("
+         f"{counted(f'orchestrator_remediation_actions_total{{{INST}}}', '$__rate_interval')})",
+         "{{component}} {{action}}")), bars=True, stack=True), 12, 8)
     lay.add(timeseries("Webhook requests by status code", targets(
         (f"sum by (code) (rate(orchestrator_webhook_requests_total{{{INST}}}[$__rate_interval]))", "{{code}}")),
         unit="reqps", stack=True,

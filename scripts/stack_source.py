@@ -12,7 +12,7 @@ generator's output). The templates keep the rules' expressions and comments; wha
   GitHub's anchor for the `## AlertName` heading).
 - In rules/tests/*_test.yml: each expected alert's static labels (severity, action) and static
   annotations (summary, runbook_url) from its rule, so a test states only what depends on its data.
-- The fast clock (`Settings.fast`): every minute of `for:` and range windows becomes a second, and
+- The fast clock (`Settings.fast`): every minute of `for:`, range windows and offsets becomes a second, and
   threshold rules may be given other defaults, for the end-to-end tests (tests/stack.py).
 """
 
@@ -35,6 +35,7 @@ DEFAULT_SELECTOR = 'job="orchestrator-agent"'
 DEFAULT_RUNBOOK_URL_PATTERN = "https://github.com/orchestrator-agent/orchestrator-agent/blob/main/docs/runbook.md#%s"
 
 _WINDOW = re.compile(r"\[(\d+)m\]")
+_OFFSET = re.compile(r"\boffset (\d+)m\b")
 _CONSTANT = re.compile(r"\+\s*[0-9.]+\s*$")
 _ALERT = re.compile(r"^\s*- alert: (\w+)\s*$")
 _TEST_ALERT = re.compile(r"^\s*- alertname: (\w+)\s*$")
@@ -71,7 +72,7 @@ def _fast(text: str, name: str, thresholds: dict[str, float]) -> str:
         for rule in group["rules"]:
             if "for" in rule:
                 rule["for"] = re.sub(r"^(\d+)m$", r"\1s", str(rule["for"]))
-            rule["expr"] = _WINDOW.sub(r"[\1s]", rule["expr"])
+            rule["expr"] = _OFFSET.sub(r"offset \1s", _WINDOW.sub(r"[\1s]", rule["expr"]))
             record = rule.get("record")
             if record in thresholds:
                 expr, count = _CONSTANT.subn(f"+ {thresholds.pop(record)}", rule["expr"].strip())

@@ -89,11 +89,11 @@ def history(out: Path, d0: float) -> None:
             per_component(metric, lambda c: const(recorded.get(c, 1)))
         per_component("orchestrator_component_min_replicas", lambda c: const(1))
         per_component("orchestrator_component_max_replicas", lambda c: const(comps[c][1]))
-        per_component("orchestrator_component_manual_stop", lambda c: const(0))
-        for state in ("circuit_open", "half_open"):
-            for comp in comps:
-                om.series("orchestrator_component_state", {"component": comp, "state": state},
-                          every(d0, end, MIN, const(0)))
+        # As the agent writes them: the current state only (no zeros for the others), and no
+        # manual_stop series while nothing is stopped by hand; the automation guard is 1 regardless.
+        for comp in comps:
+            om.series("orchestrator_component_state", {"component": comp, "state": "running"},
+                      every(d0, end, MIN, const(1)))
         om.series("orchestrator_component_memory_limit_bytes", {"component": "ollama"},
                   every(d0, end, MIN, const(1024 * MiB)))
         om.series("orchestrator_component_resident_memory_bytes", {"component": "ollama"}, every(d0, end, MIN, rss))

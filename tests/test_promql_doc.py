@@ -23,6 +23,7 @@ _BLOCK = re.compile(r"^```promql[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOT
 _HISTOGRAM_SUFFIX = re.compile(r"_(bucket|sum|count)$")
 _STEP = re.compile(r"\[[^\]]*:(\d+[smhd])\]")
 _OFFSET = re.compile(r"\boffset\s+(\w+)")
+_WINDOW = re.compile(r"\[(\d+[smhd])\]")
 _TIMES = re.compile(r"\*\s*(\d+)\b")
 
 # The doc's clock (its scrape interval, 15 s) and what the end-to-end stack uses instead (1 s).
@@ -99,8 +100,11 @@ def test_doc_has_a_cookbook_of_single_queries() -> None:
 
 @pytest.mark.parametrize("needle", [
     "rate(orchestrator_component_restarts_total",
-    "avg_over_time(orchestrator_component_state",
+    "count_over_time(orchestrator_component_state",
     "sum_over_time(orchestrator_component_state",
+    "count_over_time(orchestrator_component_probe_error",
+    "unless orchestrator_component_restarts_total offset 1h",
+    "unless orchestrator_remediation_actions_total offset 1h",
     "orchestrator_component_up < bool 1",
     "deriv(component:orchestrator_todo_pending:sum",
     'result!="duplicate"',
@@ -127,11 +131,15 @@ def test_queries_name_only_exported_metrics_and_recorded_rules(exported: set[str
 
 
 def test_every_clock_dependent_part_uses_the_15s_convention() -> None:
-    """The end-to-end test rewrites exactly these; another interval would be left at the doc's value."""
+    """The end-to-end test rewrites exactly these; another interval would be left at the doc's value.
+    An offset is either the scrape interval or the query's own window (`x unless x offset 1h`, which
+    counts a counter born inside `[1h]`), which the end-to-end test leaves as it is, like the window."""
     for q in cookbook_queries():
         body = strip_comments(q.expr)
+        windows = set(_WINDOW.findall(body))
         assert all(step == "15s" for step in _STEP.findall(body)), f"line {q.line}: subquery step is not 15s"
-        assert all(off == "15s" for off in _OFFSET.findall(body)), f"line {q.line}: offset is not 15s"
+        assert all(off == "15s" or off in windows for off in _OFFSET.findall(body)), \
+            f"line {q.line}: offset is neither 15s nor one of the query's windows"
         assert all(n in ("15", "3600") for n in _TIMES.findall(body)), f"line {q.line}: unexpected multiplier"
 
 

@@ -47,7 +47,6 @@ CONTRACT_METRICS = frozenset({
     "orchestrator_probe_duration_seconds",
     "orchestrator_component_cpu_seconds_total",
     "orchestrator_component_resident_memory_bytes",
-    "orchestrator_component_threads",
     "orchestrator_component_open_fds",
     "orchestrator_component_memory_limit_bytes",
     "orchestrator_component_last_exit_code",
@@ -508,6 +507,7 @@ def test_fast_rules_make_every_minute_a_second(tmp_path: Path) -> None:
     assert sorted(p.name for p in files) == [p.name for p in RULES]
     text = "\n".join(p.read_text() for p in files)
     assert not re.search(r"for: \d+m\b", text) and not re.search(r"\[\d+m\]", text)
+    assert not re.search(r"\boffset \d+m\b", text) and "offset 15s" in text
     assert 'orchestrator_component_max_replicas{job="orchestrator-agent"} + 10' in text
     # The mixin-shaped reload alert keeps its shape on the short clock: a 5 s window, then 5 s of `for:`.
     reload = next(r for p in files for g in yaml.safe_load(p.read_text())["groups"] for r in g["rules"]
@@ -528,3 +528,5 @@ def test_rule_durations_are_whole_minutes() -> None:
     for rule in [*ALERTS, *RECORDS]:
         for window in re.findall(r"\[([^\]]+)\]", rule["expr"]):
             assert re.fullmatch(r"\d+m|6h", window), f"{rule.get('alert') or rule.get('record')}: [{window}]"
+        for offset in re.findall(r"\boffset\s+(\S+)", rule["expr"]):
+            assert re.fullmatch(r"\d+m", offset), f"{rule.get('alert') or rule.get('record')}: offset {offset}"

@@ -24,9 +24,8 @@ from agent.config.changes import ReloadStatus, hash_value
 from agent.config.models import ACTIONS, Autonomy, Config
 from agent.export.exposition import CounterStore, Family, HistogramStore, gauge, render
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
-from agent.observe.probes import PROBE_ERRORS
 from agent.observe.todos import PRIORITIES, STATUSES
-from agent.supervise.replica import REASONS, ComponentState
+from agent.supervise.replica import REASONS
 from agent.supervise.state import STATE_FILE
 
 if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module
@@ -44,7 +43,9 @@ if TYPE_CHECKING:  # types of the sources the collectors read; none of them impo
 # Bounded values of the `result` label of orchestrator_remediation_actions_total.
 RESULTS = tuple(r.value for r in Result)
 WEBHOOK_CODES = ("200", "400", "401", "413", "422", "499", "500", "503")
-PROBE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Five bounds, a factor 4 to 5 apart, so a probed component costs 8 histogram series (5 + `+Inf`, `_sum`,
+# `_count`), not 13: enough for a median and a tail, and the default 2 s timeout falls below the last bound.
+PROBE_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5)
 
 
 class EventMetrics:
@@ -71,9 +72,10 @@ class EventMetrics:
             self.remediation_duration.precreate(kind)
 
     def configure(self, config: Config) -> None:
-        """Series for configured components exist from the first scrape: every probe, each allowed
-        action's `executed` result (the other results appear when they first happen), rollout halts.
-        After a reload, the series of removed components go (alerts naming no component keep `_unknown`)."""
+        """Each probe's histogram exists from the first scrape. Remediation decisions and rollout halts
+        appear when they first happen (the rules count a series born at 1, docs/metrics.md "Counters that
+        appear at their first increment"). After a reload, the series of removed components go (alerts
+        naming no component keep `_unknown`)."""
         names = set(config.components)
         self.probe_duration.retain(lambda key: key[0] in names)
         self.rollout_halted.retain(lambda key: key[0] in names)
@@ -81,9 +83,6 @@ class EventMetrics:
         for name, comp in config.components.items():
             if comp.probe is not None:
                 self.probe_duration.precreate(name, comp.probe.kind)
-            for action in comp.remediation.allowed_actions:
-                self.remediation_actions.precreate(name, action, "executed")
-            self.rollout_halted.precreate(name)
 
     def rollout_halt(self, component: str) -> None:
         """Count one halted rolling restart (a supervisor roll listener)."""
@@ -202,8 +201,22 @@ class AgentCollector:
         yield from self.process.collect()
 
 
+def precreated_reasons(probe: bool, memory_limit: bool) -> tuple[str, ...]:
+    """The restart reasons written at 0 before their first restart: those the rules alert on that can
+    happen to the component. `increase()` needs a sample before an increment to count it, so a series
+    born at 1 loses its first restart; the other reasons appear at their first restart."""
+    return ("exit", *(("probe",) if probe else ()), *(("resource",) if memory_limit else ()))
+
+
 class ComponentCollector:
-    """Every configured component: state, replicas, restarts, probes, resource use."""
+    """Every configured component: state, replicas, restarts, probes, resource use.
+
+    Lean at 1,000 components: a series is written only when it says something a query cannot derive.
+    One-hot families carry only their current value (state, probe error); `manual_stop` only while 1;
+    `last_exit_code` once a replica has exited; restart reasons only those the rules alert on (`exit`,
+    `probe` with a probe, `resource` with a memory limit) before they are first counted. The budget per
+    component is in docs/metrics.md ("Series per component").
+    """
 
     def __init__(self, supervisor: Supervisor, resources: ResourceMonitor, probes: ProbeRunner) -> None:
         self.sup, self.resources, self.probes = supervisor, resources, probes
@@ -216,7 +229,7 @@ class ComponentCollector:
         info = gauge("orchestrator_component_info", "Configured components.", ["component", "kind", "essential"])
         caps = gauge("orchestrator_component_capability", "Capabilities a component serves.",
                       ["component", "capability"])
-        state = gauge("orchestrator_component_state", "Component state (1 for the current one).",
+        state = gauge("orchestrator_component_state", "Component state (only the current one, at 1).",
                        ["component", "state"])
         up = gauge("orchestrator_component_up",
                     "Fraction of desired replicas running and passing their probe (1 when none is desired).",
@@ -225,57 +238,56 @@ class ComponentCollector:
         desired = gauge("orchestrator_component_desired_replicas", "Desired replicas.", ["component"])
         minimum = gauge("orchestrator_component_min_replicas", "Configured minimum replicas.", ["component"])
         maximum = gauge("orchestrator_component_max_replicas", "Configured maximum replicas.", ["component"])
-        manual = gauge("orchestrator_component_manual_stop", "1 when stopped by hand.", ["component"])
+        manual = gauge("orchestrator_component_manual_stop", "1 when stopped by hand (absent otherwise).",
+                        ["component"])
         restarts = Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
                           typ="counter")
         probe_ok = probe_success_family()
-        probe_err = gauge("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
-                           ["component", "reason"])
+        probe_err = gauge("orchestrator_component_probe_error", "Reason of the last probe result (only the "
+                           "current one, at 1).", ["component", "reason"])
         exit_code = gauge("orchestrator_component_last_exit_code",
                            "Exit code of the last replica that ended (128+N for signal N).", ["component"])
         cpu = Family("orchestrator_component_cpu_seconds", "CPU time of the process trees.", labels=["component"],
                      typ="counter")
         rss = gauge("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", ["component"])
-        threads = gauge("orchestrator_component_threads", "Threads in the process trees.", ["component"])
         fds = gauge("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
                      ["component"])
         limit = gauge("orchestrator_component_memory_limit_bytes", "Configured memory limit.", ["component"])
-        states = list(ComponentState)
         for name, rt in sup.components.items():
             spec = rt.spec
             info.add_metric([name, spec.kind, "true" if spec.essential else "false"], 1)
             for cap in spec.capabilities:
                 caps.add_metric([name, cap], 1)
-            current = rt.state
-            for s in states:
-                state.add_metric([name, s.value], 1 if s is current else 0)
+            state.add_metric([name, rt.state.value], 1)
             target = rt.target
             up.add_metric([name], min(1.0, rt.healthy_count / target) if target else 1.0)
             replicas.add_metric([name], rt.running_count)
             desired.add_metric([name], rt.desired)
             minimum.add_metric([name], spec.replicas.min)
             maximum.add_metric([name], spec.replicas.max)
-            manual.add_metric([name], 1 if rt.manual_stop else 0)
+            if rt.manual_stop:
+                manual.add_metric([name], 1)
+            shown = precreated_reasons(spec.probe is not None, spec.limits.memory_bytes is not None)
             for reason in REASONS:
-                restarts.add_metric([name, reason], rt.restarts[reason])
+                n = rt.restarts[reason]
+                if n or reason in shown:
+                    restarts.add_metric([name, reason], n)
             if spec.probe is not None:
                 for index in range(max(spec.replicas.max, 1)):
                     rep = rt.observed if rt.external else rt.replicas.get(index)
                     if rep is not None or index < rt.desired:
                         probe_ok.add_metric([name, str(index)], 1 if rep is not None and rep.probe_ok else 0)
-                last = probe_reasons.get(name, "none")
-                for reason in PROBE_ERRORS:
-                    probe_err.add_metric([name, reason], 1 if reason == last else 0)
-            exit_code.add_metric([name], rt.last_exit.metric_code if rt.last_exit is not None else 0)
+                probe_err.add_metric([name, probe_reasons.get(name, "none")], 1)
+            if rt.last_exit is not None:
+                exit_code.add_metric([name], rt.last_exit.metric_code)
             use = usage.get(name)
             cpu.add_metric([name], use.cpu_seconds if use else 0.0)
             rss.add_metric([name], use.rss_bytes if use else 0)
-            threads.add_metric([name], use.threads if use else 0)
             fds.add_metric([name], use.open_fds if use else 0)
             if spec.limits.memory_bytes is not None:
                 limit.add_metric([name], spec.limits.memory_bytes)
         yield from (info, caps, state, up, replicas, desired, minimum, maximum, manual, restarts, probe_ok,
-                    probe_err, exit_code, cpu, rss, threads, fds, limit)
+                    probe_err, exit_code, cpu, rss, fds, limit)
 
 class HostCollector:
     """The host's CPU, memory, disks and load, as the resource monitor last sampled them."""
