@@ -236,10 +236,10 @@ def test_flow_counters_are_exported_per_source_from_the_first_good_read(todo_db:
         async with HttpClient() as client:
             monitor = backlog.BacklogMonitor([BacklogSource.model_validate(spec)], client)
             collector = BacklogCollector(monitor, ["gpu"])
-            before = render(collector.families(), False, {})
+            before = render(collector.families(), False).decode()
             assert "orchestrator_todo_source_created_total{" not in before  # no read yet: no guess
             await monitor.read_all()
-            return render(collector.families(), False, {})
+            return render(collector.families(), False).decode()
 
     samples = {(name, dict(labels)["source"], dict(labels)["capability"]): n
                for (name, labels), n in parse(asyncio.run(scrape())).items()

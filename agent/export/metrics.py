@@ -11,9 +11,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.process_collector import ProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,7 +19,8 @@ from agent.act.dedupe import JOURNAL_FILE
 from agent.act.remediation import UNKNOWN_COMPONENT, Result
 from agent.config.changes import ReloadStatus, hash_value
 from agent.config.models import ACTIONS, Autonomy, Config
-from agent.export.exposition import CounterStore, Family, HistogramStore, gauge, render
+from agent.export.exposition import CounterStore, Family, HistogramStore, Samples, content_type, gauge, render
+from agent.export.process import ProcessFamilies
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.observe.probes import PROBE_ERRORS
 from agent.observe.todos import PRIORITIES, STATUSES
@@ -93,7 +91,7 @@ class EventMetrics:
         """Record one probe's duration."""
         self.probe_duration.observe(component, probe, value=seconds)
 
-    def families(self) -> Iterator[Metric]:
+    def families(self) -> Iterator[Samples]:
         yield self.probe_duration.family()
         yield self.webhook_requests.family()
         yield self.remediation_actions.family()
@@ -133,7 +131,7 @@ def source_up_family() -> Family:
 class Collector(Protocol):
     """What /metrics renders: fresh families read from a source at scrape time (never probing or sampling)."""
 
-    def families(self) -> Iterable[Family | Metric]: ...
+    def families(self) -> Iterable[Family | Samples]: ...
 
 
 class WriteCounted(Protocol):
@@ -153,10 +151,10 @@ class AgentCollector:
         self.store, self.dedupe, self.memory = store, dedupe, list(memory)
         # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
         # from /proc at scrape time; not registered anywhere, so nothing process-global.
-        self.process = ProcessCollector(registry=None)
+        self.process = ProcessFamilies()
 
-    def families(self) -> Iterator[Family | Metric]:
-        """The agent's own series, then prometheus_client's process_* set."""
+    def families(self) -> Iterator[Family | Samples]:
+        """The agent's own series, then the process_* set."""
         build = gauge("orchestrator_build_info", "Agent version.", ["version"])
         build.add_metric([self.version], 1)
         yield build
@@ -199,7 +197,7 @@ class AgentCollector:
                      "dedupe_max_entries.", value=len(self.dedupe.keys))
         yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
                      "their TTL.", value=self.dedupe.evicted, typ="counter")
-        yield from self.process.collect()
+        yield from self.process.families()
 
 
 class ComponentCollector:
@@ -208,7 +206,7 @@ class ComponentCollector:
     def __init__(self, supervisor: Supervisor, resources: ResourceMonitor, probes: ProbeRunner) -> None:
         self.sup, self.resources, self.probes = supervisor, resources, probes
 
-    def families(self) -> Iterator[Family | Metric]:
+    def families(self) -> Iterator[Family | Samples]:
         """One set of series per component, all components in each family."""
         sup = self.sup
         usage = self.resources.components
@@ -283,7 +281,7 @@ class HostCollector:
     def __init__(self, resources: ResourceMonitor) -> None:
         self.resources = resources
 
-    def families(self) -> Iterator[Family | Metric]:
+    def families(self) -> Iterator[Family | Samples]:
         """Host gauges, and when they were sampled."""
         host = self.resources.host
         yield Family("orchestrator_host_cpu_usage_ratio", "Host CPU busy ratio (0..1) since the "
@@ -325,7 +323,7 @@ class BacklogCollector:
         self.capabilities = sorted(self.served | {ANY_CAPABILITY, OTHER_CAPABILITY})
         self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read
 
-    def families(self) -> Iterator[Family | Metric]:
+    def families(self) -> Iterator[Family | Samples]:
         """Backlog counts, oldest pending age, and each source's health."""
         monitor = self.monitor
         if self._bounded is None or self._bounded[0] is not monitor.totals:
@@ -397,20 +395,14 @@ class BacklogCollector:
 
 def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:
     """GET /metrics with OpenMetrics content negotiation; `on_read` tells the sampler someone reads."""
-    # Every Family's rendered label sets. Their values come from the config and fixed enums (unknown
-    # capabilities fold into `_other`), so the set is fixed for a run; the clear is only a backstop.
-    cache: dict[tuple[str, ...], str] = {}
-
-    def families() -> Iterator[Family | Metric]:
+    def families() -> Iterator[Family | Samples]:
         for collector in collectors:
             yield from collector.families()
 
     async def metrics(request: Request) -> Response:
-        _, content_type = choose_encoder(request.headers.get("accept", ""))
+        negotiated = content_type(request.headers.get("accept", ""))
         on_read()
-        if len(cache) > 200_000:
-            cache.clear()
-        body = render(families(), content_type.startswith("application/openmetrics-text"), cache)
-        return Response(body, media_type=None, headers={"Content-Type": content_type})
+        body = render(families(), negotiated.startswith("application/openmetrics-text"))
+        return Response(body, media_type=None, headers={"Content-Type": negotiated})
 
     return [Route("/metrics", metrics, methods=["GET"])]

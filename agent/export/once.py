@@ -209,7 +209,7 @@ def cmd_once(config: Config, fmt: str) -> int:
     elif fmt == "prometheus":
         served = frozenset(c for comp in config.components.values() for c in comp.capabilities)
         # The renderer /metrics uses, so both outputs escape and format alike.
-        sys.stdout.write(render(report_families(report, served), openmetrics=False, cache={}))
+        sys.stdout.write(render(report_families(report, served), openmetrics=False).decode())
     else:
         render_table(report)
     return int(report.status)
