@@ -1,7 +1,9 @@
 """`python -m bench.memory --components 50,1000`: what the agent's resident memory is made of.
 
 1. Import cost: the VmRSS of a fresh interpreter after importing one module, minus a bare interpreter's
-   (each row in a process of its own; dependencies they share count in each row, so rows do not add up).
+   (each row in a process of its own; dependencies they share count in each row, so rows do not add up);
+   and for the modules the daemon imports only when a config uses them, what they add over what
+   `agent run` imports anyway (`agent.cli` and `agent.app`): their own share.
 2. The running agent, as bench/configs.py starts it with the settings a user gets by default: N
    components of `sleep`, 1 replica, no probes. Its RSS once every child runs and one resource sample
    has passed (idle), and after `--scrapes` scrapes of /metrics; its thread count; supervisord with the
@@ -31,6 +33,8 @@ from bench.launch import Fleet, Instance, start_and_wait
 MIB = 1024 * 1024
 # One row per module the daemon may import: (label, statements). httpx is imported after `agent`, whose
 # __init__ keeps httpx's command-line client (rich, pygments) out, as in the agent.
+DAEMON = "import agent.cli, agent.app"
+OPTIONAL = ("httpx", "prometheus_client", "opentelemetry SDK", "psutil", "bcrypt", "sqlite3", "mcp client")
 IMPORTS: tuple[tuple[str, str], ...] = (
     ("uvloop", "import uvloop"),
     ("starlette + uvicorn", "import starlette.applications, starlette.routing, uvicorn"),
@@ -64,6 +68,7 @@ class ImportCost:
     rss: int  # over a bare interpreter
     seconds: float
     modules: int  # over a bare interpreter
+    over_daemon: int | None = None  # over `agent run`'s own imports (OPTIONAL modules only)
 
 
 @dataclass
@@ -90,10 +95,14 @@ def _probe(statement: str) -> tuple[int, float, int]:
 def import_costs() -> tuple[int, list[ImportCost]]:
     """A bare interpreter's RSS, and what each import adds to it."""
     bare, _, bare_modules = _probe("pass")
+    daemon = _probe(DAEMON)[0]
     rows = []
     for label, statement in IMPORTS:
         rss, took, modules = _probe(statement)
-        rows.append(ImportCost(label, statement, rss - bare, took, modules - bare_modules))
+        row = ImportCost(label, statement, rss - bare, took, modules - bare_modules)
+        if label in OPTIONAL:
+            row.over_daemon = _probe(f"{DAEMON}; {statement}")[0] - daemon
+        rows.append(row)
     return bare, rows
 
 
@@ -148,9 +157,10 @@ def print_report(bare: int, costs: list[ImportCost], rows: list[Resident], scrap
     if costs:
         print(f"Import cost over a bare interpreter ({bare / MIB:.1f} MiB), each alone in a fresh process:")
         width = max(len(c.label) for c in costs)
-        print(f"  {'module':<{width}}  {'RSS MiB':>8}  {'modules':>7}  {'import ms':>9}")
+        print(f"  {'module':<{width}}  {'RSS MiB':>8}  {'over agent run':>14}  {'modules':>7}  {'import ms':>9}")
         for c in costs:
-            print(f"  {c.label:<{width}}  {c.rss / MIB:>8.1f}  {c.modules:>7}  {c.seconds * 1000:>9.0f}")
+            over = "-" if c.over_daemon is None else f"{c.over_daemon / MIB:.1f}"
+            print(f"  {c.label:<{width}}  {c.rss / MIB:>8.1f}  {over:>14}  {c.modules:>7}  {c.seconds * 1000:>9.0f}")
         print()
     print(f"Resident memory (MiB) with N `sleep` children, default settings, no probes; "
           f"'scraped' is after {scrapes} scrapes of /metrics:")
