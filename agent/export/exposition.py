@@ -10,6 +10,7 @@ over the rest of `agent run`: bench/memory.py).
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -128,14 +129,21 @@ class HistogramStore:
         return fam
 
 
+Row = tuple[tuple[str, ...], float]
+
+
 class Family:
-    """A gauge or counter family as rows of label values: cheap to build and to render every scrape."""
+    """A gauge or counter family as rows of label values: cheap to build and to render every scrape.
+
+    Rows come from add_metric, or from `source`, read once as the family is rendered (so a family of
+    thousands of rows is never held whole: agent/export/metrics.py ComponentCollector)."""
 
     def __init__(self, name: str, doc: str, value: float | None = None, labels: list[str] | None = None,
-                 typ: str = "gauge") -> None:
+                 typ: str = "gauge", source: Iterable[Row] = ()) -> None:
         self.name, self.documentation, self.type = name, doc, typ
         self.label_names = tuple(labels or ())
-        self.rows: list[tuple[tuple[str, ...], float]] = []
+        self.rows: list[Row] = []
+        self.source = source
         if value is not None:
             self.rows.append(((), value))
 
@@ -196,7 +204,7 @@ def render(families: Iterable[Family | Samples], openmetrics: bool) -> bytes:
             sample = name + "_total" if fam.type == "counter" else name
             # e.g. 'x_total{component="{}",reason="{}"} ': the names are fixed and valid, the values escaped.
             fill = (sample + "{{" + ",".join(f'{k}="{{}}"' for k in fam.label_names) + "}} ").format
-            for values, value in fam.rows:
+            for values, value in itertools.chain(fam.rows, fam.source):
                 if values:
                     add(fill(*map(_escape, values)) + _number(value))
                 else:

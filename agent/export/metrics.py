@@ -19,7 +19,16 @@ from agent.act.dedupe import JOURNAL_FILE
 from agent.act.remediation import UNKNOWN_COMPONENT, Result
 from agent.config.changes import ReloadStatus, hash_value
 from agent.config.models import ACTIONS, Autonomy, Config
-from agent.export.exposition import CounterStore, Family, HistogramStore, Samples, content_type, gauge, render
+from agent.export.exposition import (
+    CounterStore,
+    Family,
+    HistogramStore,
+    Row,
+    Samples,
+    content_type,
+    gauge,
+    render,
+)
 from agent.export.process import ProcessFamilies
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.observe.probes import PROBE_ERRORS
@@ -36,6 +45,8 @@ if TYPE_CHECKING:  # types of the sources the collectors read; none of them impo
     from agent.supervise.containment import Containment
     from agent.supervise.guardian import Guardian
     from agent.supervise.process import Reaper
+    from agent.supervise.procfs import Usage
+    from agent.supervise.replica import Runtime
     from agent.supervise.state import StateStore
     from agent.supervise.supervisor import Supervisor
 
@@ -102,9 +113,10 @@ class EventMetrics:
 # The families `agent --once --format prometheus` writes too (agent/export/once.py): one definition each, so a
 # series has the same HELP, type and labels in both outputs.
 
-def probe_success_family() -> Family:
-    """orchestrator_component_probe_success, empty."""
-    return gauge("orchestrator_component_probe_success", "Last probe result per replica.", ["component", "replica"])
+def probe_success_family(source: Iterable[Row] = ()) -> Family:
+    """orchestrator_component_probe_success, empty or with rows read as it is rendered."""
+    return Family("orchestrator_component_probe_success", "Last probe result per replica.",
+                  labels=["component", "replica"], source=source)
 
 
 def memory_available_family(value: float) -> Family:
@@ -207,73 +219,93 @@ class ComponentCollector:
         self.sup, self.resources, self.probes = supervisor, resources, probes
 
     def families(self) -> Iterator[Family | Samples]:
-        """One set of series per component, all components in each family."""
-        sup = self.sup
+        """One set of series per component, all components in each family.
+
+        Each family reads its rows as it is rendered, one family after the other: a scrape never holds
+        the rows of every family at once (35,000 at 1,000 components; what a scrape holds at once, it
+        leaves resident: docs/benchmarks.md, Memory). Rendering never awaits, so they read one state.
+        """
+        comps = list(self.sup.components.items())
         usage = self.resources.components
-        probe_reasons = self.probes.last_reason
-        info = gauge("orchestrator_component_info", "Configured components.", ["component", "kind", "essential"])
-        caps = gauge("orchestrator_component_capability", "Capabilities a component serves.",
-                      ["component", "capability"])
-        state = gauge("orchestrator_component_state", "Component state (1 for the current one).",
-                       ["component", "state"])
-        up = gauge("orchestrator_component_up",
-                    "Fraction of desired replicas running and passing their probe (1 when none is desired).",
-                    ["component"])
-        replicas = gauge("orchestrator_component_replicas", "Replicas running now.", ["component"])
-        desired = gauge("orchestrator_component_desired_replicas", "Desired replicas.", ["component"])
-        minimum = gauge("orchestrator_component_min_replicas", "Configured minimum replicas.", ["component"])
-        maximum = gauge("orchestrator_component_max_replicas", "Configured maximum replicas.", ["component"])
-        manual = gauge("orchestrator_component_manual_stop", "1 when stopped by hand.", ["component"])
-        restarts = Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
-                          typ="counter")
-        probe_ok = probe_success_family()
-        probe_err = gauge("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
-                           ["component", "reason"])
-        exit_code = gauge("orchestrator_component_last_exit_code",
-                           "Exit code of the last replica that ended (128+N for signal N).", ["component"])
-        cpu = Family("orchestrator_component_cpu_seconds", "CPU time of the process trees.", labels=["component"],
-                     typ="counter")
-        rss = gauge("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", ["component"])
-        threads = gauge("orchestrator_component_threads", "Threads in the process trees.", ["component"])
-        fds = gauge("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
-                     ["component"])
-        limit = gauge("orchestrator_component_memory_limit_bytes", "Configured memory limit.", ["component"])
-        states = list(ComponentState)
-        for name, rt in sup.components.items():
-            spec = rt.spec
-            info.add_metric([name, spec.kind, "true" if spec.essential else "false"], 1)
-            for cap in spec.capabilities:
-                caps.add_metric([name, cap], 1)
-            current = rt.state
-            for s in states:
-                state.add_metric([name, s.value], 1 if s is current else 0)
+
+        def each(read: Callable[[Runtime], float]) -> Iterator[Row]:
+            return (((name,), read(rt)) for name, rt in comps)
+
+        def used(read: Callable[[Usage], float]) -> Iterator[Row]:
+            return (((name,), read(use) if (use := usage.get(name)) else 0) for name, _ in comps)
+
+        def info() -> Iterator[Row]:
+            for name, rt in comps:
+                yield (name, rt.spec.kind, "true" if rt.spec.essential else "false"), 1
+
+        def states() -> Iterator[Row]:
+            every = list(ComponentState)
+            for name, rt in comps:
+                current = rt.state
+                for s in every:
+                    yield (name, s.value), 1 if s is current else 0
+
+        def up(rt: Runtime) -> float:
             target = rt.target
-            up.add_metric([name], min(1.0, rt.healthy_count / target) if target else 1.0)
-            replicas.add_metric([name], rt.running_count)
-            desired.add_metric([name], rt.desired)
-            minimum.add_metric([name], spec.replicas.min)
-            maximum.add_metric([name], spec.replicas.max)
-            manual.add_metric([name], 1 if rt.manual_stop else 0)
-            for reason in REASONS:
-                restarts.add_metric([name, reason], rt.restarts[reason])
-            if spec.probe is not None:
+            return min(1.0, rt.healthy_count / target) if target else 1.0
+
+        def probe_ok() -> Iterator[Row]:
+            for name, rt in comps:
+                spec = rt.spec
+                if spec.probe is None:
+                    continue
                 for index in range(max(spec.replicas.max, 1)):
                     rep = rt.observed if rt.external else rt.replicas.get(index)
                     if rep is not None or index < rt.desired:
-                        probe_ok.add_metric([name, str(index)], 1 if rep is not None and rep.probe_ok else 0)
-                last = probe_reasons.get(name, "none")
-                for reason in PROBE_ERRORS:
-                    probe_err.add_metric([name, reason], 1 if reason == last else 0)
-            exit_code.add_metric([name], rt.last_exit.metric_code if rt.last_exit is not None else 0)
-            use = usage.get(name)
-            cpu.add_metric([name], use.cpu_seconds if use else 0.0)
-            rss.add_metric([name], use.rss_bytes if use else 0)
-            threads.add_metric([name], use.threads if use else 0)
-            fds.add_metric([name], use.open_fds if use else 0)
-            if spec.limits.memory_bytes is not None:
-                limit.add_metric([name], spec.limits.memory_bytes)
-        yield from (info, caps, state, up, replicas, desired, minimum, maximum, manual, restarts, probe_ok,
-                    probe_err, exit_code, cpu, rss, threads, fds, limit)
+                        yield (name, str(index)), 1 if rep is not None and rep.probe_ok else 0
+
+        def probe_errors() -> Iterator[Row]:
+            for name, rt in comps:
+                if rt.spec.probe is not None:
+                    last = self.probes.last_reason.get(name, "none")
+                    for reason in PROBE_ERRORS:
+                        yield (name, reason), 1 if reason == last else 0
+
+        component = ["component"]
+        yield Family("orchestrator_component_info", "Configured components.", labels=["component", "kind", "essential"],
+                     source=info())
+        yield Family("orchestrator_component_capability", "Capabilities a component serves.",
+                     labels=["component", "capability"],
+                     source=(((name, cap), 1) for name, rt in comps for cap in rt.spec.capabilities))
+        yield Family("orchestrator_component_state", "Component state (1 for the current one).",
+                     labels=["component", "state"], source=states())
+        yield Family("orchestrator_component_up", "Fraction of desired replicas running and passing their probe "
+                     "(1 when none is desired).", labels=component, source=each(up))
+        yield Family("orchestrator_component_replicas", "Replicas running now.", labels=component,
+                     source=each(lambda rt: rt.running_count))
+        yield Family("orchestrator_component_desired_replicas", "Desired replicas.", labels=component,
+                     source=each(lambda rt: rt.desired))
+        yield Family("orchestrator_component_min_replicas", "Configured minimum replicas.", labels=component,
+                     source=each(lambda rt: rt.spec.replicas.min))
+        yield Family("orchestrator_component_max_replicas", "Configured maximum replicas.", labels=component,
+                     source=each(lambda rt: rt.spec.replicas.max))
+        yield Family("orchestrator_component_manual_stop", "1 when stopped by hand.", labels=component,
+                     source=each(lambda rt: 1 if rt.manual_stop else 0))
+        yield Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
+                     typ="counter",
+                     source=(((name, reason), rt.restarts[reason]) for name, rt in comps for reason in REASONS))
+        yield probe_success_family(probe_ok())
+        yield Family("orchestrator_component_probe_error", "Reason of the last probe result (one-hot).",
+                     labels=["component", "reason"], source=probe_errors())
+        yield Family("orchestrator_component_last_exit_code",
+                     "Exit code of the last replica that ended (128+N for signal N).", labels=component,
+                     source=each(lambda rt: rt.last_exit.metric_code if rt.last_exit is not None else 0))
+        yield Family("orchestrator_component_cpu_seconds", "CPU time of the process trees.", labels=component,
+                     typ="counter", source=used(lambda use: use.cpu_seconds))
+        yield Family("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", labels=component,
+                     source=used(lambda use: use.rss_bytes))
+        yield Family("orchestrator_component_threads", "Threads in the process trees.", labels=component,
+                     source=used(lambda use: use.threads))
+        yield Family("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
+                     labels=component, source=used(lambda use: use.open_fds))
+        yield Family("orchestrator_component_memory_limit_bytes", "Configured memory limit.", labels=component,
+                     source=(((name,), rt.spec.limits.memory_bytes) for name, rt in comps
+                             if rt.spec.limits.memory_bytes is not None))
 
 class HostCollector:
     """The host's CPU, memory, disks and load, as the resource monitor last sampled them."""
