@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route
@@ -45,6 +45,7 @@ from agent.held_signals import HeldSignals
 from agent.loop import ignore_hangup
 from agent.observe import todos
 from agent.observe.backlog import BacklogMonitor
+from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
 from agent.reexec import Handover, Trigger, hand_over, reexec_routes
@@ -67,6 +68,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
+
+# Modules imported only when the config uses them (bench/memory.py says what each costs); the status
+# document lists those loaded.
+OPTIONAL_IMPORTS = ("httpx", "mcp", "opentelemetry.sdk", "psycopg")
 
 
 class StartupError(Exception):
@@ -149,7 +154,7 @@ class Parts:
     guardian: Guardian
     supervisor: Supervisor
     resources: ResourceMonitor
-    client: httpx.AsyncClient
+    client: HttpClient
     probes: ProbeRunner
     backlog: BacklogMonitor
     backlog_view: BacklogCollector
@@ -191,7 +196,7 @@ class Parts:
         supervisor = Supervisor(config, reaper, store, guardian=guardian, containment=containment)
         modes = Modes(store, autonomy or settings.autonomy)
         tracing = Tracing(settings.node, __version__)
-        client = httpx.AsyncClient(follow_redirects=False, limits=httpx.Limits(max_keepalive_connections=64))
+        client = HttpClient()  # httpx is imported by the first http probe or http backlog source
         hook = settings.webhook
         dedupe = DedupeStore(settings.state_dir / "dedupe.jsonl", hook.dedupe_ttl, hook.dedupe_max_entries)
         backlog = BacklogMonitor(config.backlog.sources, client)
@@ -323,6 +328,7 @@ class Parts:
                     "guardian_pid": guardian.pid if guardian.alive else None,
                     "guardian_restarts": guardian.restarts,
                 },
+                "optional_imports": [name for name in OPTIONAL_IMPORTS if name in sys.modules],
                 "components": components}
 
 

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from typing import ClassVar, Protocol
 
 import h11
-from prometheus_client.core import Metric
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent.export.exposition import Family
@@ -140,7 +139,7 @@ class ConnectionCollector:
     def __init__(self, guard: ConnectionGuard) -> None:
         self.guard = guard
 
-    def families(self) -> Iterator[Family | Metric]:
+    def families(self) -> Iterator[Family]:
         """Open connections, the cap in force, and the ones closed for the agent's protection."""
         guard = self.guard
         yield Family("orchestrator_http_connections", "Open HTTP connections.", value=len(guard.open))

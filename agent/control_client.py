@@ -12,15 +12,17 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import yaml
 
 from agent.cli_output import suggest
 from agent.config.loader import ConfigError, config_paths, load_config, load_document
 from agent.config.models import AgentSettings, Config, parse_listen
 from agent.config.yamlfile import load_yaml
+
+if TYPE_CHECKING:
+    import httpx
 
 # The agent settings a control verb needs to reach the agent.
 ENDPOINT_KEYS = ("listen", "state_dir", "control_token_file", "web_config_file", "client_tls")
@@ -91,6 +93,8 @@ class Endpoint:
 
     def request(self, method: str, path: str, *, timeout: float, body: Any = None,
                 auth: bool = True) -> httpx.Response:
+        import httpx  # here, not at the top: `agent run` imports this module and needs no HTTP client
+
         headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
         return httpx.request(method, self.url + path, json=body, timeout=timeout, headers=headers, verify=self.verify)
 
@@ -134,6 +138,8 @@ def endpoint(args: argparse.Namespace) -> Endpoint:
 
 def unreachable(where: Endpoint, exc: httpx.HTTPError, hint: str = "is it running?") -> ControlError:
     """The ControlError (exit 3) for a request that got no answer, saying why when TLS is the reason."""
+    import httpx  # imported by the request already
+
     why = type(exc).__name__
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, ssl.SSLError) or "SSL" in str(exc) or "certificate" in str(exc):
@@ -164,6 +170,8 @@ def refusal(status: int, document: Any) -> ControlError:
 
 def call(args: argparse.Namespace, method: str, path: str, body: Any = None, *, accept: tuple[int, ...] = ()) -> Any:
     """One control API request; ControlError on failure (statuses in `accept` return their document)."""
+    import httpx  # here, not at the top: `agent run` imports this module and needs no HTTP client
+
     where = endpoint(args)
     try:
         response = where.request(method, path, body=body, timeout=args.timeout)

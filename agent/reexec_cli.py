@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
-
 from agent.cli_output import print_json, progress
 from agent.control_client import ControlError, Endpoint, endpoint, listen_url, unreachable
 
@@ -28,6 +26,8 @@ def _start_time(where: Endpoint, url: str, token_file: str | None) -> float | No
     The new image may use another control token (a new state_dir): the one in `token_file`, which
     the old image named, is tried when the current one is refused.
     """
+    import httpx  # imported by the request already
+
     tokens = [where.token]
     if token_file:
         with contextlib.suppress(OSError):
@@ -44,6 +44,8 @@ def _start_time(where: Endpoint, url: str, token_file: str | None) -> float | No
 
 def cmd_reexec(args: argparse.Namespace) -> int:
     """Ask the agent to re-execute itself, then wait until the new image serves (exit 0), or say why not."""
+    import httpx  # here, not at the top: `agent run` imports this module and needs no HTTP client
+
     where = endpoint(args)
     url = where.url
     try:

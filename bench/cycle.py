@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from agent.config.loader import build_config
 from agent.loop import run
+from agent.observe.httpclient import HttpClient
 from agent.observe.probes import run_probe
 from agent.observe.resources import ResourceMonitor
 from agent.supervise.process import Reaper
@@ -60,7 +59,7 @@ async def measure(sizes: list[int], repeats: int, workdir: Path) -> list[dict[st
     serving = asyncio.ensure_future(_serve(listener))
     reaper = Reaper(asyncio.get_running_loop())
     out: list[dict[str, Any]] = []
-    async with httpx.AsyncClient() as client:
+    async with HttpClient() as client:
         for index, n in enumerate(sizes):
             doc = agent_config(Setup("agent", n, probe_port=port), MARKER_INSTANCE + index, workdir / f"n{n}", 0)
             config = build_config(doc, f"cycle-{n}")

@@ -8,19 +8,22 @@ read back the same, and the same as the values put in.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest as text_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families as text_parse
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar, Sample
+from prometheus_client.utils import floatToGoString
 
-from agent.export.exposition import CounterStore, Family, HistogramStore, render
+from agent.export.exposition import CounterStore, Family, HistogramStore, Samples, content_type, render
 
 # Label values a component name, mountpoint, source label or version string could bring.
 HOSTILE = (
@@ -44,7 +47,18 @@ def _value(i: int) -> float:
     return VALUES[i % len(VALUES)]
 
 
-def agent_families() -> list[Family | Metric]:
+@functools.cache
+def stores() -> tuple[CounterStore, HistogramStore]:
+    """Filled once: both renderings read the same exemplar timestamps."""
+    store = CounterStore("hostile_requests", HELP, ("code",))
+    hist = HistogramStore("hostile_duration_seconds", HELP, ("component",), (0.1, 1.0, 2_500_000.0))
+    for i, v in enumerate(HOSTILE):
+        store.inc(v, trace_id=f"{i:032x}")
+        hist.observe(v, value=0.05 * i)
+    return store, hist
+
+
+def agent_families() -> list[Family | Samples]:
     """Every kind of family the agent renders: gauge and counter rows, store counters and histograms."""
     gauge = Family("hostile_gauge", HELP, labels=["component", "mountpoint"])
     counter = Family("hostile_restarts", HELP, labels=["reason"], typ="counter")
@@ -53,27 +67,41 @@ def agent_families() -> list[Family | Metric]:
         counter.add_metric([v], float(i))
     plain = Family("hostile_plain", HELP, value=math.nan)
     empty = Family("hostile_empty", HELP, labels=["source"])
-    store = CounterStore("hostile_requests", HELP, ("code",))
-    hist = HistogramStore("hostile_duration_seconds", HELP, ("component",), (0.1, 1.0))
-    for i, v in enumerate(HOSTILE):
-        store.inc(v, trace_id=f"{i:032x}")
-        hist.observe(v, value=0.05 * i)
+    store, hist = stores()
     return [gauge, counter, plain, empty, store.family(), hist.family()]
 
 
-def client_families(families: list[Family | Metric]) -> list[Metric]:
+def client_store_families() -> list[Metric]:
+    """The stores' families built with prometheus_client's own types and value formatting."""
+    store, hist = stores()
+    requests = CounterMetricFamily(store.name, store.doc, labels=list(store.labels))
+    for key, value in store.values.items():
+        ex = store.exemplars.get(key)
+        exemplar = Exemplar({"trace_id": ex[0]}, ex[1], ex[2]) if ex else None
+        requests.samples.append(Sample(store.name + "_total", dict(zip(store.labels, key, strict=True)), value,
+                                       None, exemplar))
+    duration = HistogramMetricFamily(hist.name, hist.doc, labels=list(hist.labels))
+    for key, row in hist.series.items():
+        cumulative, buckets = 0.0, []
+        for bound, count in zip((*hist.buckets, math.inf), row[:-1], strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        duration.add_metric(list(key), buckets, row[-1])
+    return [requests, duration]
+
+
+def client_families(families: list[Family | Samples]) -> list[Metric]:
     """The same families as prometheus_client's own types, as its registries would hold them."""
     out: list[Metric] = []
     for fam in families:
         if not isinstance(fam, Family):
-            out.append(fam)  # the stores already build prometheus_client families
-            continue
+            continue  # the stores' families: client_store_families
         cls = CounterMetricFamily if fam.type == "counter" else GaugeMetricFamily
         mirror = cls(fam.name, fam.documentation, labels=list(fam.label_names))
         for values, value in fam.rows:
             mirror.add_metric(list(values), value)
         out.append(mirror)
-    return out
+    return out + client_store_families()
 
 
 class _Fixed(Collector):
@@ -107,10 +135,7 @@ FORMATS = [
 def test_hostile_labels_and_help_parse_as_prometheus_client_writes_them(
         openmetrics: bool, latest: Callable[[Collector], bytes], parse: Callable[[str], Iterable[Metric]]) -> None:
     families = agent_families()
-    cache: dict[tuple[str, ...], str] = {}
-    ours = render(families, openmetrics, cache)
-    # A second render reads every label set from the cache the first one filled, as /metrics does.
-    assert render(families, openmetrics, cache) == ours
+    ours = render(families, openmetrics).decode()
     theirs = latest(_Fixed(client_families(families))).decode()
 
     assert _parsed(ours, parse) == _parsed(theirs, parse)
@@ -121,7 +146,7 @@ def test_hostile_labels_and_help_parse_as_prometheus_client_writes_them(
 @pytest.mark.parametrize(("openmetrics", "parse"), [pytest.param(False, text_parse, id="text"),
                                                    pytest.param(True, om_parse, id="openmetrics")])
 def test_every_hostile_sample_round_trips(openmetrics: bool, parse: Callable[[str], Iterable[Metric]]) -> None:
-    families = {f.name: f for f in parse(render(agent_families(), openmetrics, {}))}
+    families = {f.name: f for f in parse(render(agent_families(), openmetrics).decode())}
     assert {f.documentation for f in families.values()} == {HELP}
     gauge = families["hostile_gauge"]
     assert gauge.type == "gauge"
@@ -140,3 +165,49 @@ def test_every_hostile_sample_round_trips(openmetrics: bool, parse: Callable[[st
     assert [(s.labels, s.value) for s in counts] == [({"component": v}, 1.0) for v in HOSTILE]
     assert math.isnan(families["hostile_plain"].samples[0].value)
     assert families["hostile_empty"].samples == []
+
+
+ACCEPTS = [
+    "",
+    "*/*",
+    "text/plain",
+    "text/plain;version=0.0.4",
+    "text/plain; version=1.0.0; escaping=allow-utf-8",
+    "text/plain;version=1.0.0;escaping=bogus",
+    "application/openmetrics-text",
+    "application/openmetrics-text; version=0.0.1",
+    "application/openmetrics-text; version=1.0.0",
+    "application/openmetrics-text;version=1.0.0;escaping=dots",
+    # What Prometheus 3 sends by default, and Prometheus 2.
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;"
+    "version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+    "application/openmetrics-text;version=0.0.1,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "application/openmetrics-text; version=0.0.1, text/plain; version=1.0.0",
+    "application/json, text/html",
+]
+
+
+@pytest.mark.parametrize("accept", ACCEPTS)
+def test_content_type_is_negotiated_as_prometheus_client_does(accept: str) -> None:
+    from prometheus_client.exposition import choose_encoder
+
+    assert content_type(accept) == choose_encoder(accept)[1]
+
+
+def test_process_series_match_prometheus_clients_process_collector() -> None:
+    from prometheus_client.process_collector import ProcessCollector
+
+    from agent.export.process import ProcessFamilies
+
+    ours = {f.name: f for f in text_parse(render(ProcessFamilies().families(), False).decode())}
+    collected = list(ProcessCollector(registry=None).collect())
+    theirs = {f.name: f for f in text_parse(text_latest(_Fixed(collected)).decode())}
+    assert sorted(ours) == sorted(theirs) and len(ours) == 6
+    for name, fam in theirs.items():
+        assert (ours[name].documentation, ours[name].type) == (fam.documentation, fam.type)
+        ((sample,), (mine,)) = (fam.samples, ours[name].samples)
+        assert mine.name == sample.name
+        if name in ("process_cpu_seconds", "process_resident_memory_bytes", "process_virtual_memory_bytes"):
+            assert abs(mine.value - sample.value) <= sample.value * 0.5 + 1, name  # read a moment apart
+        else:
+            assert mine.value == sample.value, name

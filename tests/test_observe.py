@@ -110,6 +110,7 @@ def test_hung_replica_is_restarted_with_reason_probe(tmp_path: Path) -> None:
 
 def test_mcp_probe_passes_on_mcp_and_fails_clearly_on_plain_http(tmp_path: Path) -> None:
     from agent.config.loader import build_config
+    from agent.observe.httpclient import HttpClient
     from agent.observe.probes import run_probe
     from tests.helpers import run_async
 
@@ -119,7 +120,7 @@ def test_mcp_probe_passes_on_mcp_and_fails_clearly_on_plain_http(tmp_path: Path)
 
     def probe_once() -> Any:
         async def go() -> Any:
-            async with httpx.AsyncClient() as client:
+            async with HttpClient() as client:
                 return await run_probe(spec, 0, client, None)
         return run_async(go())
 

@@ -17,6 +17,7 @@ from agent.config.loader import build_config
 from agent.config.models import BacklogSource
 from agent.export.once import Status, judge, overall
 from agent.observe.backlog import BacklogMonitor
+from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeResult
 from agent.observe.resources import HostUsage
 from tests.helpers import free_port, running_agent, wait_for
@@ -142,9 +143,7 @@ def test_textfile_families_have_the_help_and_type_of_the_live_metrics(tmp_path: 
 
 
 def _monitor(up: bool) -> BacklogMonitor:
-    import httpx
-
-    m = BacklogMonitor([BacklogSource(kind="json", path=Path("x.json"))], httpx.AsyncClient())
+    m = BacklogMonitor([BacklogSource(kind="json", path=Path("x.json"))], HttpClient())
     next(iter(m.sources.values())).up = up
     return m
 

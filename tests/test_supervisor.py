@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agent.config.loader import build_config
+from agent.observe.httpclient import HttpClient
 from agent.observe.resources import ResourceMonitor
 from agent.supervise.policy import Circuit
 from agent.supervise.process import Reaper
@@ -281,7 +282,7 @@ def test_probe_without_restart_only_marks_unhealthy(tmp_path: Path) -> None:
         from agent.observe.probes import ProbeRunner
 
         rt = sup.components["ready"]
-        async with __import__("httpx").AsyncClient() as client:
+        async with HttpClient() as client:
             runner = ProbeRunner(sup, client)
             runner.replica_started(rt, rt.replicas[0])
             pid = rt.replicas[0].pid

@@ -14,6 +14,7 @@ import pytest
 
 from agent.config.dsn import dsn_problem
 from agent.observe import backlog
+from agent.observe.httpclient import HttpClient
 from agent.observe.store import Finish, StoreError, open_store
 from tests.helpers import wait_for
 
@@ -219,8 +220,6 @@ def test_flow_counters_are_exported_per_source_from_the_first_good_read(todo_db:
     from 0, one no component serves under `_other`."""
     import asyncio
 
-    import httpx
-
     from agent.config.models import BacklogSource
     from agent.export.exposition import render
     from agent.export.metrics import BacklogCollector
@@ -234,13 +233,13 @@ def test_flow_counters_are_exported_per_source_from_the_first_good_read(todo_db:
             else {"kind": "sqlite", "path": todo_db, "name": "shared"})
 
     async def scrape() -> str:
-        async with httpx.AsyncClient() as client:
+        async with HttpClient() as client:
             monitor = backlog.BacklogMonitor([BacklogSource.model_validate(spec)], client)
             collector = BacklogCollector(monitor, ["gpu"])
-            before = render(collector.families(), False, {})
+            before = render(collector.families(), False).decode()
             assert "orchestrator_todo_source_created_total{" not in before  # no read yet: no guess
             await monitor.read_all()
-            return render(collector.families(), False, {})
+            return render(collector.families(), False).decode()
 
     samples = {(name, dict(labels)["source"], dict(labels)["capability"]): n
                for (name, labels), n in parse(asyncio.run(scrape())).items()

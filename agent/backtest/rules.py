@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from agent.config.yamlfile import load_yaml
@@ -263,6 +262,8 @@ class Prometheus:
     """A Prometheus HTTP API client for range queries; errors become BacktestError."""
 
     def __init__(self, url: str, timeout: float = 120.0) -> None:
+        import httpx  # here, not at the top: `agent run` imports this module and needs no HTTP client
+
         self.url = url.rstrip("/")
         self.client = httpx.Client(timeout=timeout)
 
@@ -271,6 +272,8 @@ class Prometheus:
         self.client.close()
 
     def _get(self, path: str, params: dict[str, Any], what: str) -> Any:
+        import httpx  # imported with the client already
+
         try:
             r = self.client.get(self.url + path, params=params)
         except httpx.TimeoutException:

@@ -1,20 +1,64 @@
 """The text exposition: metric families as plain rows, and the renderer that writes them in the
 Prometheus text format 0.0.4 or OpenMetrics 1.0, as prometheus_client would (tests/test_exposition.py
 checks that against its own writer and parsers), fast enough for tens of thousands of series.
+
+The agent does not import prometheus_client: its package loads its HTTP servers, push gateway client,
+default registry and collectors, none of which the agent uses (12 MiB over a bare interpreter, 0.4 MiB
+over the rest of `agent run`: bench/memory.py).
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
-
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.samples import Exemplar, Sample
-from prometheus_client.utils import floatToGoString
+from typing import NamedTuple
 
 Key = tuple[str, ...]
+
+
+class Exemplar(NamedTuple):
+    """A sample's exemplar, as prometheus_client's: labels (the trace id), value and timestamp."""
+
+    labels: dict[str, str]
+    value: float
+    timestamp: float | None = None
+
+
+class Sample(NamedTuple):
+    """One line of a family, as prometheus_client's: full sample name, labels, value."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+    timestamp: float | None = None
+    exemplar: Exemplar | None = None
+
+
+class Samples:
+    """A family given as whole samples (counters with exemplars, histograms), as prometheus_client's Metric."""
+
+    def __init__(self, name: str, documentation: str, typ: str) -> None:
+        self.name, self.documentation, self.type = name, documentation, typ
+        self.samples: list[Sample] = []
+
+
+def go_float(value: float) -> str:
+    """A bucket bound as Prometheus writes it (prometheus_client.utils.floatToGoString)."""
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+0{dot - 1}"
+    return text
 
 
 class CounterStore:
@@ -38,8 +82,8 @@ class CounterStore:
         if trace_id:
             self.exemplars[key] = (trace_id, 1.0, time.time())
 
-    def family(self) -> Metric:
-        fam = CounterMetricFamily(self.name, self.doc, labels=list(self.labels))
+    def family(self) -> Samples:
+        fam = Samples(self.name, self.doc, "counter")
         for key, value in self.values.items():
             ex = self.exemplars.get(key)
             exemplar = Exemplar({"trace_id": ex[0]}, ex[1], ex[2]) if ex else None
@@ -53,6 +97,7 @@ class HistogramStore:
 
     def __init__(self, name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
         self.name, self.doc, self.labels, self.buckets = name, doc, labels, buckets
+        self.bounds = [go_float(b) for b in (*buckets, math.inf)]
         self.series: dict[Key, list[float]] = {}  # bucket counts..., +Inf count, sum
 
     def precreate(self, *key: str) -> None:
@@ -69,25 +114,36 @@ class HistogramStore:
         row[bisect.bisect_left(self.buckets, value)] += 1
         row[-1] += value
 
-    def family(self) -> Metric:
-        fam = HistogramMetricFamily(self.name, self.doc, labels=list(self.labels))
+    def family(self) -> Samples:
+        """_bucket (cumulative, `le` last), _count and _sum per series, as HistogramMetricFamily writes them."""
+        fam = Samples(self.name, self.doc, "histogram")
+        add = fam.samples.append
         for key, row in self.series.items():
-            cumulative, buckets = 0.0, []
-            for bound, count in zip((*self.buckets, math.inf), row[:-1], strict=True):
+            labels = dict(zip(self.labels, key, strict=True))
+            cumulative = 0.0
+            for bound, count in zip(self.bounds, row[:-1], strict=True):
                 cumulative += count
-                buckets.append((floatToGoString(bound), cumulative))
-            fam.add_metric(list(key), buckets, row[-1])
+                add(Sample(self.name + "_bucket", {**labels, "le": bound}, cumulative))
+            add(Sample(self.name + "_count", labels, cumulative))
+            add(Sample(self.name + "_sum", labels, row[-1]))
         return fam
 
 
+Row = tuple[tuple[str, ...], float]
+
+
 class Family:
-    """A gauge or counter family as rows of label values: cheap to build and to render every scrape."""
+    """A gauge or counter family as rows of label values: cheap to build and to render every scrape.
+
+    Rows come from add_metric, or from `source`, read once as the family is rendered (so a family of
+    thousands of rows is never held whole: agent/export/metrics.py ComponentCollector)."""
 
     def __init__(self, name: str, doc: str, value: float | None = None, labels: list[str] | None = None,
-                 typ: str = "gauge") -> None:
+                 typ: str = "gauge", source: Iterable[Row] = ()) -> None:
         self.name, self.documentation, self.type = name, doc, typ
         self.label_names = tuple(labels or ())
-        self.rows: list[tuple[tuple[str, ...], float]] = []
+        self.rows: list[Row] = []
+        self.source = source
         if value is not None:
             self.rows.append(((), value))
 
@@ -127,13 +183,16 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[tuple[str, ...], str]) -> str:
-    """Text exposition, in the format prometheus_client writes (text 0.0.4 or OpenMetrics 1.0).
+def render(families: Iterable[Family | Samples], openmetrics: bool) -> bytes:
+    """Text exposition, in the format prometheus_client writes (text 0.0.4 or OpenMetrics 1.0), as UTF-8.
 
     prometheus_client's generate_latest validates every label name of every sample; with tens of
     thousands of series per scrape that dominated the cost. The agent's own families have fixed,
-    valid names, so they are written here, with each label set rendered once and cached.
+    valid names, so they are written here: one format template per family, filled in per row. Each
+    family is encoded as it is written, so a scrape never holds every line of every family as text
+    (what a scrape leaves resident grows with what it held at once: docs/benchmarks.md, Memory).
     """
+    chunks: list[bytes] = []
     out: list[str] = []
     add = out.append
     for fam in families:
@@ -143,32 +202,75 @@ def render(families: Iterable[Family | Metric], openmetrics: bool, cache: dict[t
         add(f"# TYPE {shown} {fam.type}")
         if isinstance(fam, Family):
             sample = name + "_total" if fam.type == "counter" else name
-            names = fam.label_names
-            for values, value in fam.rows:
-                if not values:
+            # e.g. 'x_total{component="{}",reason="{}"} ': the names are fixed and valid, the values escaped.
+            fill = (sample + "{{" + ",".join(f'{k}="{{}}"' for k in fam.label_names) + "}} ").format
+            for values, value in itertools.chain(fam.rows, fam.source):
+                if values:
+                    add(fill(*map(_escape, values)) + _number(value))
+                else:
                     add(f"{sample} {_number(value)}")
-                    continue
-                key = (sample, *values)
-                labels = cache.get(key)
-                if labels is None:
-                    body = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(names, values, strict=True))
-                    labels = cache[key] = f"{sample}{{{body}}} "
-                add(labels + _number(value))
-            continue
-        for s in fam.samples:
-            if s.labels:
-                body = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
-                line = f"{s.name}{{{body}}} {_number(s.value)}"
-            else:
-                line = f"{s.name} {_number(s.value)}"
-            if openmetrics and s.exemplar is not None:
-                ex = s.exemplar
-                ex_labels = ",".join(f'{k}="{_escape(v)}"' for k, v in ex.labels.items())
-                line += f" # {{{ex_labels}}} {_number(ex.value)}"
-                if ex.timestamp is not None:
-                    line += f" {_number(float(ex.timestamp))}"
-            add(line)
+        else:
+            _add_samples(fam, openmetrics, add)
+        add("")
+        chunks.append("\n".join(out).encode())
+        out.clear()
     if openmetrics:
-        add("# EOF")
-    out.append("")
-    return "\n".join(out)
+        chunks.append(b"# EOF\n")
+    return b"".join(chunks)
+
+
+def _add_samples(fam: Samples, openmetrics: bool, add: Callable[[str], None]) -> None:
+    """The lines of a family given as samples, with exemplars in OpenMetrics."""
+    for s in fam.samples:
+        if s.labels:
+            body = ",".join(f'{k}="{_escape(v)}"' for k, v in s.labels.items())
+            line = f"{s.name}{{{body}}} {_number(s.value)}"
+        else:
+            line = f"{s.name} {_number(s.value)}"
+        if openmetrics and s.exemplar is not None:
+            ex = s.exemplar
+            ex_labels = ",".join(f'{k}="{_escape(v)}"' for k, v in ex.labels.items())
+            line += f" # {{{ex_labels}}} {_number(ex.value)}"
+            if ex.timestamp is not None:
+                line += f" {_number(float(ex.timestamp))}"
+        add(line)
+
+
+OPENMETRICS = "application/openmetrics-text"
+TEXT_0_0_4 = "text/plain; version=0.0.4; charset=utf-8"
+ESCAPINGS = ("allow-utf-8", "underscores", "dots", "values")
+
+
+def _parameter(tokens: list[str], name: str) -> str:
+    for token in tokens:
+        key, eq, value = token.strip().partition("=")
+        if eq and key == name:
+            return value
+    return ""
+
+
+def _version_at_least_1(version: str) -> bool:
+    try:
+        return tuple(int(part) for part in version.split(".")) >= (1, 0, 0)
+    except ValueError:
+        return False
+
+
+def content_type(accept: str) -> str:
+    """The Content-Type for an Accept header, as prometheus_client's choose_encoder negotiates it; it is
+    OpenMetrics when it starts with application/openmetrics-text, else the text format."""
+    for accepted in accept.split(","):
+        tokens = accepted.split(";")
+        kind = tokens[0].strip()
+        if kind not in (OPENMETRICS, "text/plain"):
+            continue
+        version = _parameter(tokens, "version")
+        escaping = _parameter(tokens, "escaping")
+        escaping = escaping if escaping in ESCAPINGS else "underscores"
+        if kind == OPENMETRICS and not version:
+            return f"{OPENMETRICS}; version=1.0.0; charset=utf-8"
+        if version and _version_at_least_1(version):
+            if kind == OPENMETRICS:
+                return f"{OPENMETRICS}; version={version}; charset=utf-8; escaping={escaping}"
+            return f"text/plain; version=1.0.0; charset=utf-8; escaping={escaping}"
+    return TEXT_0_0_4

@@ -11,9 +11,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client.core import Metric
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.process_collector import ProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -22,7 +19,17 @@ from agent.act.dedupe import JOURNAL_FILE
 from agent.act.remediation import UNKNOWN_COMPONENT, Result
 from agent.config.changes import ReloadStatus, hash_value
 from agent.config.models import ACTIONS, Autonomy, Config
-from agent.export.exposition import CounterStore, Family, HistogramStore, gauge, render
+from agent.export.exposition import (
+    CounterStore,
+    Family,
+    HistogramStore,
+    Row,
+    Samples,
+    content_type,
+    gauge,
+    render,
+)
+from agent.export.process import ProcessFamilies
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.observe.todos import PRIORITIES, STATUSES
 from agent.supervise.replica import REASONS
@@ -37,6 +44,8 @@ if TYPE_CHECKING:  # types of the sources the collectors read; none of them impo
     from agent.supervise.containment import Containment
     from agent.supervise.guardian import Guardian
     from agent.supervise.process import Reaper
+    from agent.supervise.procfs import Usage
+    from agent.supervise.replica import Runtime
     from agent.supervise.state import StateStore
     from agent.supervise.supervisor import Supervisor
 
@@ -92,7 +101,7 @@ class EventMetrics:
         """Record one probe's duration."""
         self.probe_duration.observe(component, probe, value=seconds)
 
-    def families(self) -> Iterator[Metric]:
+    def families(self) -> Iterator[Samples]:
         yield self.probe_duration.family()
         yield self.webhook_requests.family()
         yield self.remediation_actions.family()
@@ -103,9 +112,10 @@ class EventMetrics:
 # The families `agent --once --format prometheus` writes too (agent/export/once.py): one definition each, so a
 # series has the same HELP, type and labels in both outputs.
 
-def probe_success_family() -> Family:
-    """orchestrator_component_probe_success, empty."""
-    return gauge("orchestrator_component_probe_success", "Last probe result per replica.", ["component", "replica"])
+def probe_success_family(source: Iterable[Row] = ()) -> Family:
+    """orchestrator_component_probe_success, empty or with rows read as it is rendered."""
+    return Family("orchestrator_component_probe_success", "Last probe result per replica.",
+                  labels=["component", "replica"], source=source)
 
 
 def memory_available_family(value: float) -> Family:
@@ -132,7 +142,7 @@ def source_up_family() -> Family:
 class Collector(Protocol):
     """What /metrics renders: fresh families read from a source at scrape time (never probing or sampling)."""
 
-    def families(self) -> Iterable[Family | Metric]: ...
+    def families(self) -> Iterable[Family | Samples]: ...
 
 
 class WriteCounted(Protocol):
@@ -152,10 +162,10 @@ class AgentCollector:
         self.store, self.dedupe, self.memory = store, dedupe, list(memory)
         # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
         # from /proc at scrape time; not registered anywhere, so nothing process-global.
-        self.process = ProcessCollector(registry=None)
+        self.process = ProcessFamilies()
 
-    def families(self) -> Iterator[Family | Metric]:
-        """The agent's own series, then prometheus_client's process_* set."""
+    def families(self) -> Iterator[Family | Samples]:
+        """The agent's own series, then the process_* set."""
         build = gauge("orchestrator_build_info", "Agent version.", ["version"])
         build.add_metric([self.version], 1)
         yield build
@@ -198,7 +208,7 @@ class AgentCollector:
                      "dedupe_max_entries.", value=len(self.dedupe.keys))
         yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
                      "their TTL.", value=self.dedupe.evicted, typ="counter")
-        yield from self.process.collect()
+        yield from self.process.families()
 
 
 def precreated_reasons(probe: bool, memory_limit: bool) -> tuple[str, ...]:
@@ -221,73 +231,88 @@ class ComponentCollector:
     def __init__(self, supervisor: Supervisor, resources: ResourceMonitor, probes: ProbeRunner) -> None:
         self.sup, self.resources, self.probes = supervisor, resources, probes
 
-    def families(self) -> Iterator[Family | Metric]:
-        """One set of series per component, all components in each family."""
-        sup = self.sup
+    def families(self) -> Iterator[Family | Samples]:
+        """One set of series per component, all components in each family.
+
+        Each family reads its rows as it is rendered, one family after the other: a scrape never holds
+        the rows of every family at once (35,000 at 1,000 components; what a scrape holds at once, it
+        leaves resident: docs/benchmarks.md, Memory). Rendering never awaits, so they read one state.
+        """
+        comps = list(self.sup.components.items())
         usage = self.resources.components
-        probe_reasons = self.probes.last_reason
-        info = gauge("orchestrator_component_info", "Configured components.", ["component", "kind", "essential"])
-        caps = gauge("orchestrator_component_capability", "Capabilities a component serves.",
-                      ["component", "capability"])
-        state = gauge("orchestrator_component_state", "Component state (only the current one, at 1).",
-                       ["component", "state"])
-        up = gauge("orchestrator_component_up",
-                    "Fraction of desired replicas running and passing their probe (1 when none is desired).",
-                    ["component"])
-        replicas = gauge("orchestrator_component_replicas", "Replicas running now.", ["component"])
-        desired = gauge("orchestrator_component_desired_replicas", "Desired replicas.", ["component"])
-        minimum = gauge("orchestrator_component_min_replicas", "Configured minimum replicas.", ["component"])
-        maximum = gauge("orchestrator_component_max_replicas", "Configured maximum replicas.", ["component"])
-        manual = gauge("orchestrator_component_manual_stop", "1 when stopped by hand (absent otherwise).",
-                        ["component"])
-        restarts = Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
-                          typ="counter")
-        probe_ok = probe_success_family()
-        probe_err = gauge("orchestrator_component_probe_error", "Reason of the last probe result (only the "
-                           "current one, at 1).", ["component", "reason"])
-        exit_code = gauge("orchestrator_component_last_exit_code",
-                           "Exit code of the last replica that ended (128+N for signal N).", ["component"])
-        cpu = Family("orchestrator_component_cpu_seconds", "CPU time of the process trees.", labels=["component"],
-                     typ="counter")
-        rss = gauge("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", ["component"])
-        fds = gauge("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
-                     ["component"])
-        limit = gauge("orchestrator_component_memory_limit_bytes", "Configured memory limit.", ["component"])
-        for name, rt in sup.components.items():
-            spec = rt.spec
-            info.add_metric([name, spec.kind, "true" if spec.essential else "false"], 1)
-            for cap in spec.capabilities:
-                caps.add_metric([name, cap], 1)
-            state.add_metric([name, rt.state.value], 1)
+
+        def each(read: Callable[[Runtime], float]) -> Iterator[Row]:
+            return (((name,), read(rt)) for name, rt in comps)
+
+        def used(read: Callable[[Usage], float]) -> Iterator[Row]:
+            return (((name,), read(use) if (use := usage.get(name)) else 0) for name, _ in comps)
+
+        def info() -> Iterator[Row]:
+            for name, rt in comps:
+                yield (name, rt.spec.kind, "true" if rt.spec.essential else "false"), 1
+
+
+        def up(rt: Runtime) -> float:
             target = rt.target
-            up.add_metric([name], min(1.0, rt.healthy_count / target) if target else 1.0)
-            replicas.add_metric([name], rt.running_count)
-            desired.add_metric([name], rt.desired)
-            minimum.add_metric([name], spec.replicas.min)
-            maximum.add_metric([name], spec.replicas.max)
-            if rt.manual_stop:
-                manual.add_metric([name], 1)
-            shown = precreated_reasons(spec.probe is not None, spec.limits.memory_bytes is not None)
-            for reason in REASONS:
-                n = rt.restarts[reason]
-                if n or reason in shown:
-                    restarts.add_metric([name, reason], n)
-            if spec.probe is not None:
+            return min(1.0, rt.healthy_count / target) if target else 1.0
+
+        def probe_ok() -> Iterator[Row]:
+            for name, rt in comps:
+                spec = rt.spec
+                if spec.probe is None:
+                    continue
                 for index in range(max(spec.replicas.max, 1)):
                     rep = rt.observed if rt.external else rt.replicas.get(index)
                     if rep is not None or index < rt.desired:
-                        probe_ok.add_metric([name, str(index)], 1 if rep is not None and rep.probe_ok else 0)
-                probe_err.add_metric([name, probe_reasons.get(name, "none")], 1)
-            if rt.last_exit is not None:
-                exit_code.add_metric([name], rt.last_exit.metric_code)
-            use = usage.get(name)
-            cpu.add_metric([name], use.cpu_seconds if use else 0.0)
-            rss.add_metric([name], use.rss_bytes if use else 0)
-            fds.add_metric([name], use.open_fds if use else 0)
-            if spec.limits.memory_bytes is not None:
-                limit.add_metric([name], spec.limits.memory_bytes)
-        yield from (info, caps, state, up, replicas, desired, minimum, maximum, manual, restarts, probe_ok,
-                    probe_err, exit_code, cpu, rss, fds, limit)
+                        yield (name, str(index)), 1 if rep is not None and rep.probe_ok else 0
+
+        def restarts() -> Iterator[Row]:
+            for name, rt in comps:
+                shown = precreated_reasons(rt.spec.probe is not None, rt.spec.limits.memory_bytes is not None)
+                for reason in REASONS:
+                    n = rt.restarts[reason]
+                    if n or reason in shown:
+                        yield (name, reason), n
+
+        component = ["component"]
+        yield Family("orchestrator_component_info", "Configured components.", labels=["component", "kind", "essential"],
+                     source=info())
+        yield Family("orchestrator_component_capability", "Capabilities a component serves.",
+                     labels=["component", "capability"],
+                     source=(((name, cap), 1) for name, rt in comps for cap in rt.spec.capabilities))
+        yield Family("orchestrator_component_state", "Component state (only the current one, at 1).",
+                     labels=["component", "state"], source=(((name, rt.state.value), 1) for name, rt in comps))
+        yield Family("orchestrator_component_up", "Fraction of desired replicas running and passing their probe "
+                     "(1 when none is desired).", labels=component, source=each(up))
+        yield Family("orchestrator_component_replicas", "Replicas running now.", labels=component,
+                     source=each(lambda rt: rt.running_count))
+        yield Family("orchestrator_component_desired_replicas", "Desired replicas.", labels=component,
+                     source=each(lambda rt: rt.desired))
+        yield Family("orchestrator_component_min_replicas", "Configured minimum replicas.", labels=component,
+                     source=each(lambda rt: rt.spec.replicas.min))
+        yield Family("orchestrator_component_max_replicas", "Configured maximum replicas.", labels=component,
+                     source=each(lambda rt: rt.spec.replicas.max))
+        yield Family("orchestrator_component_manual_stop", "1 when stopped by hand (absent otherwise).",
+                     labels=component, source=(((name,), 1) for name, rt in comps if rt.manual_stop))
+        yield Family("orchestrator_component_restarts", "Restarts by reason.", labels=["component", "reason"],
+                     typ="counter", source=restarts())
+        yield probe_success_family(probe_ok())
+        yield Family("orchestrator_component_probe_error", "Reason of the last probe result (only the current "
+                     "one, at 1).", labels=["component", "reason"],
+                     source=(((name, self.probes.last_reason.get(name, "none")), 1) for name, rt in comps
+                             if rt.spec.probe is not None))
+        yield Family("orchestrator_component_last_exit_code",
+                     "Exit code of the last replica that ended (128+N for signal N).", labels=component,
+                     source=(((name,), rt.last_exit.metric_code) for name, rt in comps if rt.last_exit is not None))
+        yield Family("orchestrator_component_cpu_seconds", "CPU time of the process trees.", labels=component,
+                     typ="counter", source=used(lambda use: use.cpu_seconds))
+        yield Family("orchestrator_component_resident_memory_bytes", "RSS of the process trees.", labels=component,
+                     source=used(lambda use: use.rss_bytes))
+        yield Family("orchestrator_component_open_fds", "Open file descriptors in the process trees.",
+                     labels=component, source=used(lambda use: use.open_fds))
+        yield Family("orchestrator_component_memory_limit_bytes", "Configured memory limit.", labels=component,
+                     source=(((name,), rt.spec.limits.memory_bytes) for name, rt in comps
+                             if rt.spec.limits.memory_bytes is not None))
 
 class HostCollector:
     """The host's CPU, memory, disks and load, as the resource monitor last sampled them."""
@@ -295,7 +320,7 @@ class HostCollector:
     def __init__(self, resources: ResourceMonitor) -> None:
         self.resources = resources
 
-    def families(self) -> Iterator[Family | Metric]:
+    def families(self) -> Iterator[Family | Samples]:
         """Host gauges, and when they were sampled."""
         host = self.resources.host
         yield Family("orchestrator_host_cpu_usage_ratio", "Host CPU busy ratio (0..1) since the "
@@ -337,7 +362,7 @@ class BacklogCollector:
         self.capabilities = sorted(self.served | {ANY_CAPABILITY, OTHER_CAPABILITY})
         self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read
 
-    def families(self) -> Iterator[Family | Metric]:
+    def families(self) -> Iterator[Family | Samples]:
         """Backlog counts, oldest pending age, and each source's health."""
         monitor = self.monitor
         if self._bounded is None or self._bounded[0] is not monitor.totals:
@@ -409,20 +434,14 @@ class BacklogCollector:
 
 def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:
     """GET /metrics with OpenMetrics content negotiation; `on_read` tells the sampler someone reads."""
-    # Every Family's rendered label sets. Their values come from the config and fixed enums (unknown
-    # capabilities fold into `_other`), so the set is fixed for a run; the clear is only a backstop.
-    cache: dict[tuple[str, ...], str] = {}
-
-    def families() -> Iterator[Family | Metric]:
+    def families() -> Iterator[Family | Samples]:
         for collector in collectors:
             yield from collector.families()
 
     async def metrics(request: Request) -> Response:
-        _, content_type = choose_encoder(request.headers.get("accept", ""))
+        negotiated = content_type(request.headers.get("accept", ""))
         on_read()
-        if len(cache) > 200_000:
-            cache.clear()
-        body = render(families(), content_type.startswith("application/openmetrics-text"), cache)
-        return Response(body, media_type=None, headers={"Content-Type": content_type})
+        body = render(families(), negotiated.startswith("application/openmetrics-text"))
+        return Response(body, media_type=None, headers={"Content-Type": negotiated})
 
     return [Route("/metrics", metrics, methods=["GET"])]

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import psutil
 
 from agent import __version__
@@ -33,6 +32,7 @@ from agent.export.metrics import (
     todo_backlog_family,
 )
 from agent.observe.backlog import BacklogMonitor, bounded
+from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeResult, run_probe
 from agent.observe.resources import HostUsage, sample_host
 from agent.supervise.process import Reaper
@@ -137,18 +137,19 @@ async def collect(config: Config) -> Report:
     """Probe every component once (replica 0's target), sample the host, read the backlog."""
     started = time.perf_counter()
     reaper = Reaper(asyncio.get_running_loop())
+    client = HttpClient()
     try:
-        async with httpx.AsyncClient() as client:
-            names = list(config.components)
-            probed = [n for n in names if config.components[n].probe is not None]
-            results = await asyncio.gather(*(run_probe(config.components[n], 0, client, reaper) for n in probed))
-            components: dict[str, ProbeResult | None] = dict.fromkeys(names)
-            components.update(zip(probed, results, strict=True))
-            backlog = BacklogMonitor(config.backlog.sources, client)
-            psutil.cpu_percent(interval=None)
-            await asyncio.gather(backlog.read_all(), asyncio.sleep(0.1))
-            host = sample_host(config.agent.resources.mountpoints)
+        names = list(config.components)
+        probed = [n for n in names if config.components[n].probe is not None]
+        results = await asyncio.gather(*(run_probe(config.components[n], 0, client, reaper) for n in probed))
+        components: dict[str, ProbeResult | None] = dict.fromkeys(names)
+        components.update(zip(probed, results, strict=True))
+        backlog = BacklogMonitor(config.backlog.sources, client)
+        psutil.cpu_percent(interval=None)
+        await asyncio.gather(backlog.read_all(), asyncio.sleep(0.1))
+        host = sample_host(config.agent.resources.mountpoints)
     finally:
+        await client.aclose()
         reaper.close()
     checks = judge(config, components, host, backlog)
     status = overall(checks, bool(probed or backlog.sources))
@@ -208,7 +209,7 @@ def cmd_once(config: Config, fmt: str) -> int:
     elif fmt == "prometheus":
         served = frozenset(c for comp in config.components.values() for c in comp.capabilities)
         # The renderer /metrics uses, so both outputs escape and format alike.
-        sys.stdout.write(render(report_families(report, served), openmetrics=False, cache={}))
+        sys.stdout.write(render(report_families(report, served), openmetrics=False).decode())
     else:
         render_table(report)
     return int(report.status)

@@ -1,8 +1,9 @@
 """OpenTelemetry: a span per webhook request and per action; OTLP export only when configured.
 
-Spans are always created, so every audit line carries a trace id. They leave the process only when
-the standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT variables are set and the
-optional exporter is installed (`pip install 'agent[otlp]'`).
+Every webhook request and action has a trace id, so every audit line and exemplar carries one. Spans
+leave the process only when the standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+variables are set and the optional exporter is installed (`pip install 'agent[otlp]'`); only then is the
+OpenTelemetry SDK imported. Otherwise a span is a trace id and nothing else, made here.
 """
 
 from __future__ import annotations
@@ -10,46 +11,82 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("agent.tracing")
 
 
+class LocalSpan:
+    """A span that is never exported: its trace id, and the attributes it is given are dropped."""
+
+    def __init__(self, trace_id: str) -> None:
+        self.trace_id = trace_id
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Nothing records a span that is not exported."""
+
+
+def new_trace_id() -> str:
+    """A random, non-zero 128-bit trace id in hex, as the SDK's RandomIdGenerator makes them."""
+    while True:
+        value = random.getrandbits(128)
+        if value:
+            return format(value, "032x")
+
+
 class Tracing:
-    """The agent's tracer provider (one per agent, never the process-global one)."""
+    """The agent's tracer provider while exporting (one per agent, never the process-global one)."""
 
     def __init__(self, node: str, version: str, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
-        resource = Resource.create({"service.name": "agent", "service.version": version, "host.name": node})
-        self.provider = TracerProvider(resource=resource)
-        self.exporting = False
+        self.provider: TracerProvider | None = None
         if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
-            try:
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-                from opentelemetry.sdk.trace.export import BatchSpanProcessor
-            except ImportError:
-                log.warning("OTEL_EXPORTER_OTLP_* is set but the exporter is not installed; "
-                            "install the 'otlp' extra to export traces")
-            else:
-                self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-                self.exporting = True
-                log.info("exporting traces over OTLP/HTTP")
-        self.tracer = self.provider.get_tracer("agent")
+            self.provider = _exporting_provider(node, version)
+        self.tracer = self.provider.get_tracer("agent") if self.provider is not None else None
+
+    @property
+    def exporting(self) -> bool:
+        return self.provider is not None
 
     @contextlib.contextmanager
-    def span(self, name: str, parent: otel_context.Context | None = None,
-             **attributes: Any) -> Iterator[tuple[trace.Span, str, otel_context.Context]]:
-        """A span; yields it, its trace id (hex) and a context for child spans started later."""
-        with self.tracer.start_as_current_span(name, context=parent, attributes=attributes) as span:
-            trace_id = format(span.get_span_context().trace_id, "032x")
-            yield span, trace_id, otel_context.get_current()
+    def span(self, name: str, parent: Any = None, **attributes: Any) -> Iterator[tuple[Any, str, Any]]:
+        """A span; yields it, its trace id (hex) and a parent for child spans started later."""
+        if self.tracer is None:
+            # A child keeps its parent's trace id (the parent is what an earlier span yielded).
+            span = LocalSpan(parent.trace_id if isinstance(parent, LocalSpan) else new_trace_id())
+            yield span, span.trace_id, span
+            return
+        from opentelemetry import context as otel_context  # loaded with the SDK already
+
+        with self.tracer.start_as_current_span(name, context=parent, attributes=attributes) as otel_span:
+            trace_id = format(otel_span.get_span_context().trace_id, "032x")
+            yield otel_span, trace_id, otel_context.get_current()
 
     def shutdown(self) -> None:
         """Flush and stop exporting."""
-        self.provider.shutdown()
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def _exporting_provider(node: str, version: str) -> TracerProvider | None:
+    """A tracer provider that exports over OTLP/HTTP, None (and a warning) without the exporter."""
+    try:
+        # The SDK alone adds about 7 MiB of RSS (bench/memory.py), the exporter and protobuf more: only to export.
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        log.warning("OTEL_EXPORTER_OTLP_* is set but the exporter is not installed; "
+                    "install the 'otlp' extra to export traces")
+        return None
+    resource = Resource.create({"service.name": "agent", "service.version": version, "host.name": node})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    log.info("exporting traces over OTLP/HTTP")
+    return provider

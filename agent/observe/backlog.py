@@ -18,12 +18,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from agent.config.models import BacklogSource
+from agent.observe.httpclient import HttpClient
 from agent.observe.todorow import RowError, capabilities_json, validate_row
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("agent.backlog")
 
@@ -238,6 +240,8 @@ def read_json_file(path: Path) -> Counts:
 
 async def read_http(client: httpx.AsyncClient, url: str, timeout: float) -> Counts:
     """GET a URL that returns the JSON todo list."""
+    import httpx  # imported with the client already (agent/observe/httpclient.py)
+
     try:
         response = await client.get(url, timeout=timeout)
         response.raise_for_status()
@@ -269,7 +273,7 @@ class SourceStatus:
 class BacklogMonitor:
     """Reads every source on its interval; `totals` is what the scrape reads."""
 
-    def __init__(self, sources: list[BacklogSource], client: httpx.AsyncClient) -> None:
+    def __init__(self, sources: list[BacklogSource], client: HttpClient) -> None:
         self.client = client
         self.sources = {s.label: SourceStatus(s) for s in sources}
         self.totals = Counts()
@@ -292,7 +296,7 @@ class BacklogMonitor:
                 counts = await asyncio.to_thread(read_json_file, spec.path)
             else:
                 assert spec.url is not None
-                counts = await read_http(self.client, spec.url, spec.timeout)
+                counts = await read_http(self.client.get(), spec.url, spec.timeout)
         except Exception as exc:
             # A fault no check foresaw still only takes this source down (traceback logged once).
             unforeseen = not isinstance(exc, SourceError)

@@ -2,8 +2,8 @@
 component, which has no process), bounded by their timeout.
 
 Every probe result goes to the supervisor (`report_probe`), which owns the restart decision. One
-shared httpx.AsyncClient serves every HTTP probe; each replica has its own task, so a slow probe
-never delays another.
+shared httpx.AsyncClient serves every HTTP probe (made by the first one: agent/observe/httpclient.py);
+each replica has its own task, so a slow probe never delays another.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from agent.config.models import Component, ProbeSettings, substitute
+from agent.observe.httpclient import HttpClient
 from agent.supervise.process import ExitStatus, Reaper, signal_group
 
 if TYPE_CHECKING:
+    import httpx
+
     from agent.supervise.replica import Replica, Runtime
     from agent.supervise.supervisor import Supervisor
 
@@ -63,6 +64,8 @@ def _json_path(document: Any, path: str) -> Any:
 
 
 async def probe_http(client: httpx.AsyncClient, settings: ProbeSettings, replica: int) -> str:
+    import httpx  # imported with the client already (agent/observe/httpclient.py)
+
     spec = settings.http
     assert spec is not None
     url = substitute(spec.url, replica)
@@ -136,7 +139,7 @@ async def probe_mcp(url: str, timeout: float) -> str:
 
 
 async def run_probe(
-    spec: Component, replica: int, client: httpx.AsyncClient, reaper: Reaper | None,
+    spec: Component, replica: int, client: HttpClient, reaper: Reaper | None,
     env: dict[str, str] | None = None,
 ) -> ProbeResult:
     """Run a component's probe once against one replica, bounded by its timeout."""
@@ -146,7 +149,7 @@ async def run_probe(
     try:
         async with asyncio.timeout(settings.timeout):
             if settings.http is not None:
-                message = await probe_http(client, settings, replica)
+                message = await probe_http(client.get(), settings, replica)
             elif settings.tcp is not None:
                 message = await probe_tcp(settings)
             elif settings.exec is not None:
@@ -168,7 +171,7 @@ class ProbeRunner:
     """Runs a probe loop for each replica the supervisor spawns; the loop ends with that process, or
     when a reload changes the component's probe (a loop with the new settings takes over)."""
 
-    def __init__(self, supervisor: Supervisor, client: httpx.AsyncClient,
+    def __init__(self, supervisor: Supervisor, client: HttpClient,
                  observe: Callable[[str, str, float], None] | None = None) -> None:
         self.sup = supervisor
         self.client = client
