@@ -76,3 +76,24 @@ def test_tls_bench_measures_the_agent_in_every_mode() -> None:
         figures = [float(part) for cell in cells[2:] for part in cell.replace("KB", "").replace("ms", "").split("/")]
         # Body and latencies are positive; the CPU figure counts in 10 ms ticks, so 5 requests may show 0.
         assert all(f > 0 for f in figures[:-1]) and figures[-1] >= 0, cells
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_lean_bench_reports_both_agents_and_supervisord(tmp_path: Path) -> None:
+    # --before names this same checkout: the path that runs another checkout's agent is exercised too.
+    done = subprocess.run([sys.executable, "-m", "bench.lean", "--components", "5", "--scrapes", "3",
+                           "--before", str(ROOT), "--out-dir", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=140)
+    assert done.returncode == 0, f"bench.lean failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    doc = json.loads(next(tmp_path.glob("*-lean.json")).read_text())
+    assert [(a["variant"], a["components"]) for a in doc["agents"]] == [("before", 5), ("after", 5)]
+    for agent in doc["agents"]:
+        assert agent["series"] > 0 and 0 < agent["series_per_component"] < agent["series"]
+        assert agent["rss_idle"] > 0 and agent["rss_after"] >= agent["rss_idle"] * 0.9
+        plain, gz = agent["scrapes"]
+        assert (plain["encoding"], gz["encoding"]) == ("identity", "gzip")
+        assert all(_number(s["latency_ms"][k]) for s in (plain, gz) for k in ("p50", "p99"))
+        assert plain["wire_bytes"] == agent["body_bytes"]
+    assert doc["supervisord_rss"]["5"] > 0
+    assert "| 5 | before |" in done.stdout and "| 5 | after |" in done.stdout

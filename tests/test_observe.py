@@ -51,6 +51,20 @@ def test_promtool_finds_nothing_wrong_with_a_live_scrape(tmp_path: Path) -> None
         assert om.text.rstrip().endswith("# EOF")
 
 
+def test_metrics_are_gzipped_when_the_scraper_asks_as_prometheus_does(tmp_path: Path) -> None:
+    cfg = {"components": {f"c{i}": {"command": ["sleep", "100"], "capabilities": ["x"]} for i in range(20)}}
+    with running_agent(tmp_path, cfg) as agent, httpx.Client(timeout=10) as client:
+        url = agent.url + "/metrics"
+        plain = client.get(url, headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers and plain.headers["vary"] == "Accept-Encoding"
+        zipped = client.get(url, headers={"Accept-Encoding": "gzip"})  # what Prometheus sends
+        assert zipped.headers["content-encoding"] == "gzip"
+        assert zipped.num_bytes_downloaded * 4 < len(zipped.content)  # httpx decompressed it
+        assert set(parse(zipped.text)) == set(parse(plain.text))  # the same series
+        refused = client.get(url, headers={"Accept-Encoding": "gzip;q=0, identity"})
+        assert "content-encoding" not in refused.headers
+
+
 def test_every_series_exists_from_the_first_scrape(tmp_path: Path) -> None:
     cfg = {"components": {"a": {"command": ["sleep", "100"], "capabilities": ["x"]},
                           "b": {"command": ["sleep", "100"], "replicas": {"min": 0, "max": 2}}}}
