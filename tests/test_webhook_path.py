@@ -68,9 +68,9 @@ def test_every_body_gets_the_answer_the_old_parse_gave(raw: bytes) -> None:
 def test_spans_carry_trace_ids_without_an_exporter() -> None:
     tracing = Tracing("node", "0", env={})
     assert not tracing.exporting
-    with tracing.span("webhook.alertmanager", alerts=1) as (_, first, ctx):
-        with tracing.span("remediation.action", ctx, component="web") as (child, child_id, _):
-            child.set_attribute("result", "executed")
+    with (tracing.span("webhook.alertmanager", alerts=1) as (_, first, ctx),
+          tracing.span("remediation.action", ctx, component="web") as (child, child_id, _)):
+        child.set_attribute("result", "executed")
     with tracing.span("webhook.alertmanager") as (_, second, _):
         pass
     assert len(first) == 32 and int(first, 16) and child_id == first
@@ -112,3 +112,16 @@ def test_log_lines_go_once_to_stderr_and_the_file_which_rotates_at_its_bound(tmp
     assert kept == stderr[-len(kept):]  # the newest lines, each once, as stderr has them
     first = json.loads(kept[0])
     assert first["audit"] is True and first["logger"] == "agent.audit" and first["ts"].endswith("Z")
+
+
+@pytest.mark.parametrize("parts", [
+    ("0123456789abcdef", "2026-11-24T03:32:05.205Z", "restart"),
+    ("f", "2026-11-24T03:32:05Z", "scale_to", "2->3"),
+    ('a"b\\c', "é\u2028\x00\ud800", ""),  # quotes, escapes, non-ASCII kept as is, a lone surrogate
+    ("a|b",),
+])
+def test_a_dedupe_key_is_the_json_array_of_its_parts(parts: tuple[str, ...]) -> None:
+    from agent.act.dedupe import dedupe_key
+
+    assert dedupe_key(*parts) == json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
+    assert json.loads(dedupe_key(*parts)) == list(parts)
