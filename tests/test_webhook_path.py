@@ -125,3 +125,17 @@ def test_a_dedupe_key_is_the_json_array_of_its_parts(parts: tuple[str, ...]) -> 
 
     assert dedupe_key(*parts) == json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
     assert json.loads(dedupe_key(*parts)) == list(parts)
+
+
+@pytest.mark.parametrize("content", [
+    {"trace_id": "0" * 32, "results": [{"reason": "é \u2028 \"quoted\"", "target": None, "n": 2.5, "ok": True}]},
+    {"error": "not an Alertmanager version 4 payload", "details": ["alerts.0.status: Input should be 'firing'"]},
+])
+def test_the_webhook_answers_the_bytes_starlette_would(content: dict[str, Any]) -> None:
+    from starlette.responses import JSONResponse
+
+    from agent.act.api import Json
+
+    assert Json(content).body == JSONResponse(content).body
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        Json({"n": float("nan")})
