@@ -2,10 +2,11 @@
 
 uvicorn arms its keep-alive timer only after a response and answers `limit_concurrency` with a 503
 only once a request is complete (upstream uvicorn #157), so a client that connects and sends nothing
-holds a descriptor for ever. `GuardedH11Protocol` closes a connection that has not sent a complete
+holds a descriptor for ever. `GuardedHttpToolsProtocol` closes a connection that has not sent a complete
 request within `request_timeout`, and `ConnectionGuard` caps open connections. It relies on private
-attributes of uvicorn's h11 protocol (`conn`, `transport`, `loop`), so pyproject.toml pins uvicorn's
-minor version and tests/test_connections.py exercises it against the real server.
+attributes of uvicorn's httptools protocol (`cycle`, `transport`, `loop`, its parser callbacks), so
+pyproject.toml pins uvicorn's minor version and tests/test_connections.py exercises it against the real
+server. (Until issue 20 it was uvicorn's h11 protocol, in pure Python: half the webhook's time.)
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import contextlib
 import resource
 import socket
 from collections.abc import Iterator
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-import h11
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from agent.export.exposition import Family
 
@@ -76,45 +76,33 @@ class ConnectionGuard:
         return True
 
 
-class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a request deadline and admission through a ConnectionGuard."""
+class _Guarded:
+    """The request deadline and the guard's admission (a mixin of the protocol below)."""
 
     guard: ClassVar[ConnectionGuard]
     _deadline: asyncio.TimerHandle | None = None
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
 
     @classmethod
-    def bound_to(cls, guard: ConnectionGuard) -> type[GuardedH11Protocol]:
+    def bound_to(cls, guard: ConnectionGuard) -> type[Any]:
         """A subclass whose connections share `guard` (uvicorn builds protocols from a class)."""
-        return type("GuardedH11Protocol", (cls,), {"guard": guard})
+        return type(cls.__name__, (cls,), {"guard": guard})
 
     @property
     def waiting(self) -> bool:
         """True while the client has not sent a complete request (the deadline runs)."""
         return self._deadline is not None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def _admit(self, transport: asyncio.Transport) -> None:
         if not self.guard.admit(self):
             transport.close()
             return
         self._arm()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _forget(self) -> None:
         self._disarm()
         self.guard.open.pop(self, None)
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE):
-            self._disarm()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # A kept-alive connection gets a fresh deadline for its next request. uvicorn's own keep-alive
-        # timer stops at the first byte, so without this a byte every hour would keep it open.
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE and self._deadline is None:
-            self._arm()
 
     def close(self, reason: str) -> None:
         """Close the connection now, counting why."""
@@ -131,6 +119,117 @@ class GuardedH11Protocol(H11Protocol):
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+
+MAX_HEAD_BYTES = 16 * 1024  # h11's bound on a request's head (its DEFAULT_MAX_INCOMPLETE_EVENT_SIZE)
+
+
+class HeadTooLarge(Exception):
+    """A request's line and headers exceed MAX_HEAD_BYTES."""
+
+
+class _Corked:
+    """A connection's transport as uvicorn's response cycle sees it: what the cycle writes in one turn of
+    the event loop leaves in one write.
+
+    uvicorn writes a response's head and its body apart: two sends, two segments, and two wake-ups of the
+    client, which on loopback the sender pays for (about a third of the webhook's busy time under load).
+    The rest of the transport is the real one.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._chunks: list[bytes] = []
+        self._scheduled = False
+
+    def write(self, data: bytes) -> None:
+        self._chunks.append(data)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._chunks:
+            return
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class GuardedHttpToolsProtocol(_Guarded, HttpToolsProtocol):
+    """uvicorn's httptools protocol (llhttp, in C: the agent's default) with the same deadline and admission.
+
+    llhttp sets no bound on a request's head, h11 does (16 KiB): a longer request line plus headers is
+    refused here too, with the 400 uvicorn sends for any request it cannot parse, and the connection closed.
+    """
+
+    _receiving = False  # a request has begun and is not complete yet
+    _head_bytes = 0  # of the request line and headers so far
+    _corked: _Corked
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._corked = _Corked(transport, self.loop)
+        self._admit(transport)
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.cycle is not None:  # the new request's cycle (its task runs later): it writes corked
+            self.cycle.transport = self._corked  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._receiving = True
+        self._head_bytes = 0
+        if self._deadline is None:  # pipelined after a complete one: this one has its deadline too
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge  # llhttp stops, and uvicorn answers 400 and closes
+
+    def on_message_complete(self) -> None:
+        self._receiving = False
+        self._disarm()
+        if self.cycle is not None and self.cycle.response_complete and not self.transport.is_closing():
+            self._arm()  # answered before its body was read: the connection now waits for the next request
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        self._corked.flush()  # the whole response leaves now, before the next request is started
+        super().on_response_complete()
+        # A kept-alive connection gets a fresh deadline for its next request (uvicorn's keep-alive timer
+        # stops at the first byte, so a byte an hour would keep it open), unless one has begun (it has its
+        # deadline) or a complete one is already being answered.
+        if (not self.transport.is_closing() and not self._receiving and self._deadline is None
+                and (self.cycle is None or self.cycle.response_complete)):
+            self._arm()
 
 
 class ConnectionCollector:

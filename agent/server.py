@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from agent.connections import ConnectionGuard, GuardedH11Protocol, PendingHandshake
+from agent.connections import ConnectionGuard, GuardedHttpToolsProtocol, PendingHandshake
 
 if TYPE_CHECKING:
     from agent.supervise.supervisor import Supervisor
@@ -75,9 +75,9 @@ class HttpServer:
             date_header=False,
             server_header=False,
             timeout_graceful_shutdown=5,
-            # Always h11 (never httptools when installed): the guard subclasses its protocol. No
-            # WebSocket upgrades: the agent serves none, and an upgraded connection leaves the guard.
-            http=GuardedH11Protocol.bound_to(guard),
+            # httptools (llhttp, in C), guarded as agent/connections.py says. No WebSocket upgrades: the
+            # agent serves none, and an upgraded connection leaves the guard.
+            http=GuardedHttpToolsProtocol.bound_to(guard),
             ws="none",
         )
         config.load()

@@ -87,9 +87,10 @@ def _cycle(params: Params, root: Path, log: Progress) -> list[dict[str, Any]]:
 
 
 def _webhook(params: Params, root: Path, log: Progress) -> dict[str, Any]:
-    log(f"webhook: {params.webhook_requests} requests, {params.webhook_concurrency} connections")
+    log(f"webhook: {params.webhook_requests} requests, {params.webhook_concurrency} connections, "
+        f"{params.webhook_components} components")
     result = webhook.webhook_load(root / "webhook", params.webhook_requests, params.webhook_concurrency,
-                                  params.webhook_time_limit, params.seed)
+                                  params.webhook_time_limit, params.seed, params.webhook_components)
     if not result.available:
         log(f"  webhook {result.note}")
     return dataclasses.asdict(result)

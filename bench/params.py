@@ -21,6 +21,7 @@ class Params:
     cycle_sizes: list[int] = field(default_factory=lambda: [25, 50, 100, 200, 400])
     webhook_requests: int = 20_000
     webhook_concurrency: int = 8
+    webhook_components: int = 4  # the agent's components during the webhook load (alerts name them in turn)
     webhook_time_limit: float = 120.0
     burst_requests: int = 5_000  # the burst: this many deliveries of burst_alerts distinct alerts at once
     burst_alerts: int = 1_000
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scrapes", type=int, help="/metrics scrapes per size")
     parser.add_argument("--cycle-sizes", type=_ints, help="sizes for the in-process sample/probe cycle")
     parser.add_argument("--webhook-requests", type=int, help="webhook requests (default 20000, quick 2000)")
+    parser.add_argument("--webhook-components", type=int, help="components of the webhook's agent (default 4)")
     parser.add_argument("--burst-requests", type=int, help="webhook burst: deliveries (default 5000)")
     parser.add_argument("--burst-alerts", type=int, help="webhook burst: distinct alerts (default 1000)")
     parser.add_argument("--burst-max-entries", type=int, help="webhook burst: dedupe_max_entries (default 1000)")
@@ -66,6 +68,7 @@ def from_args(args: argparse.Namespace) -> Params:
         "n": args.n, "kills": args.kills, "default_kills": args.default_kills, "budget": args.budget,
         "startup_reps": args.startup_reps, "idle_seconds": args.idle_seconds, "components": args.components,
         "scrapes": args.scrapes, "cycle_sizes": args.cycle_sizes, "webhook_requests": args.webhook_requests,
+        "webhook_components": args.webhook_components,
         "burst_requests": args.burst_requests, "burst_alerts": args.burst_alerts,
         "burst_max_entries": args.burst_max_entries, "seed": args.seed,
     }

@@ -6,7 +6,8 @@ first use), then prints the top frames by own time and by inclusive time (file:f
 - idle:    N components with a tcp probe every 5 s and /metrics scraped every 5 s;
 - quiet:   N components, no probes, no scrapes (what the agent does on its own);
 - metrics: N components x 2 replicas, /metrics scraped back to back;
-- startup: the agent launched under py-spy with N components, recorded from its first instruction.
+- startup: the agent launched under py-spy with N components, recorded from its first instruction;
+- webhook: the webhook bench's agent and request mix (bench/webhook.py), sent back to back for the recording.
 The raw collapsed stacks stay in bench/results/profile-<scenario>-<N>.txt for a flame graph.
 """
 
@@ -105,6 +106,15 @@ def profile(scenario: str, n: int, seconds: float, root: Path) -> Path:
             proc.send_signal(signal.SIGINT)  # py-spy stops the agent and writes the file
             proc.wait(60)
             return out
+        if scenario == "webhook":
+            from bench import httpload, webhook
+
+            inst, token = webhook.start_agent(fleet, root, n)
+            requests, _ = webhook.build_requests(100_000, f"127.0.0.1:{inst.port}", token, seed=1)
+            recorder = _record(inst.pid, seconds, out, 1000)
+            httpload.load(inst.port, requests, 8, seconds)
+            recorder.wait(seconds + 60)
+            return out
         if scenario == "idle":
             port = free_port()
             listener = _start_listener(port)
@@ -141,7 +151,7 @@ def profile(scenario: str, n: int, seconds: float, root: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("scenario", choices=["restart", "idle", "quiet", "metrics", "startup"])
+    parser.add_argument("scenario", choices=["restart", "idle", "quiet", "metrics", "startup", "webhook"])
     parser.add_argument("--n", type=int, default=50, help="components (default 50)")
     parser.add_argument("--seconds", type=float, default=20.0, help="recording length (default 20)")
     args = parser.parse_args()

@@ -11,10 +11,10 @@ action the component does not allow) and requests with a wrong token (401). When
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import random
+import resource
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,9 +24,10 @@ from typing import Any
 import httpx
 import psutil
 
+from bench import httpload
 from bench.configs import Setup
-from bench.httpload import build_request, client_loop, run_load
-from bench.launch import Fleet, start_and_wait
+from bench.httpload import build_request
+from bench.launch import Fleet, Instance, start_and_wait
 from bench.stats import summary_ms
 
 # shared/ sits beside the repository (also in CI's fresh clone).
@@ -53,6 +54,7 @@ class WebhookResult:
     available: bool
     note: str = ""
     requests: int = 0
+    components: int = COMPONENTS
     kinds: dict[str, int] = field(default_factory=dict)
     throughput: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
@@ -60,6 +62,10 @@ class WebhookResult:
     alert_results: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     agent_rss: int = 0
+    agent_cpu: float = 0.0  # cores the agent used during the load (1.0: one core busy throughout)
+    client_cpu: float = 0.0  # cores the load client used meanwhile
+    ceiling: float = 0.0  # req/s of the same client against a server that answers at once (bench/httpload.py)
+    ceiling_latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 def load_template() -> dict[str, Any]:
@@ -144,40 +150,69 @@ def write_token(root: Path) -> tuple[str, Path]:
     return token, token_file
 
 
-def webhook_load(root: Path, count: int, concurrency: int, time_limit: float, seed: int) -> WebhookResult:
-    """Start an agent with a bearer token and send the mixed load; 404 means not available."""
+def start_agent(fleet: Fleet, root: Path, components: int = COMPONENTS) -> tuple[Instance, str]:
+    """An agent with a bearer token whose components allow only `restart` (a `scale_to` alert is one it
+    must reject); returns it once its components run, and the token."""
     token, token_file = write_token(root)
+    inst = fleet.add(Setup("agent", components, webhook_token_file=token_file))
+    doc = json.loads(inst.config.read_text())
+    for comp in doc["components"].values():
+        comp["remediation"] = {"allowed_actions": ["restart"]}
+    inst.config.write_text(json.dumps(doc, indent=1))
+    start_and_wait([inst], timeout=60.0)
+    return inst, token
+
+
+def webhook_load(root: Path, count: int, concurrency: int, time_limit: float, seed: int,
+                 components: int = COMPONENTS) -> WebhookResult:
+    """Start an agent with a bearer token and send the mixed load; 404 means not available.
+
+    The agent runs `components` components; the alerts name the first COMPONENTS of them in turn.
+
+    Then the same requests go to a server that answers each at once with a prepared response
+    (bench/httpload.py): the most this client sends on this machine, reported beside the agent's figure.
+    """
     fleet = Fleet(root)
     try:
-        setup = Setup("agent", COMPONENTS, webhook_token_file=token_file)
-        inst = fleet.add(setup)
-        # Only restart is allowed, so a scale_to alert is one the agent must reject.
-        doc = json.loads(inst.config.read_text())
-        for comp in doc["components"].values():
-            comp["remediation"] = {"allowed_actions": ["restart"]}
-        inst.config.write_text(json.dumps(doc, indent=1))
-        start_and_wait([inst], timeout=60.0)
+        inst, token = start_agent(fleet, root, components)
         probe = httpx.post(inst.url + PATH, content=b"{}", timeout=10.0)
         if probe.status_code in (404, 405):
             return WebhookResult(False, f"POST {PATH} answered {probe.status_code}: not available")
         note = "" if probe.status_code == 401 else f"without a token the endpoint answered {probe.status_code}, not 401"
         requests, kinds = build_requests(count, f"127.0.0.1:{inst.port}", token, seed)
-        with asyncio.Runner(loop_factory=client_loop()) as runner:
-            load = runner.run(run_load("127.0.0.1", inst.port, requests, concurrency, time_limit,
-                                       keep_bodies=len(requests)))
+        agent = psutil.Process(inst.pid)
+        agent_before, client_before = _cpu(agent.cpu_times()), _own_cpu()
+        load = httpload.load(inst.port, requests, concurrency, time_limit, keep_bodies=len(requests))
+        agent_cpu, client_cpu = _cpu(agent.cpu_times()) - agent_before, _own_cpu() - client_before
         inst.check_alive()
-        done = len(load.latencies)
-        return WebhookResult(
-            True, note, requests=done, kinds=kinds,
-            throughput=done / load.elapsed if load.elapsed else 0.0,
-            latency_ms=summary_ms(load.latencies),
-            statuses={str(k): v for k, v in sorted(load.statuses.items())},
-            alert_results=_alert_results([b for b in load.bodies if b.startswith(b"{")]),
-            errors=load.errors,
-            agent_rss=int(psutil.Process(inst.pid).memory_info().rss),
-        )
+        rss = int(agent.memory_info().rss)
     finally:
         fleet.close()
+    done = len(load.latencies)
+    ceiling = httpload.ceiling(requests, concurrency, time_limit)
+    return WebhookResult(
+        True, note, requests=done, components=components, kinds=kinds,
+        throughput=done / load.elapsed if load.elapsed else 0.0,
+        latency_ms=summary_ms(load.latencies),
+        statuses={str(k): v for k, v in sorted(load.statuses.items())},
+        alert_results=_alert_results([b for b in load.bodies if b.startswith(b"{")]),
+        errors=load.errors,
+        agent_rss=rss,
+        agent_cpu=agent_cpu / load.elapsed if load.elapsed else 0.0,
+        client_cpu=client_cpu / load.elapsed if load.elapsed else 0.0,
+        ceiling=len(ceiling.latencies) / ceiling.elapsed if ceiling.elapsed else 0.0,
+        ceiling_latency_ms=summary_ms(ceiling.latencies),
+    )
+
+
+def _cpu(times: Any) -> float:
+    return float(times.user + times.system)
+
+
+def _own_cpu() -> float:
+    """This process's CPU seconds (the load client runs in it)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- burst: many deliveries of many alerts at once -------------------------------------------------
@@ -261,9 +296,7 @@ def burst_load(root: Path, requests: int, alerts: int, max_entries: int, time_li
         sampler.start()
         prepared = build_burst(requests, alerts, f"127.0.0.1:{inst.port}", token, seed)
         try:
-            with asyncio.Runner(loop_factory=client_loop()) as runner:
-                load = runner.run(run_load("127.0.0.1", inst.port, prepared, BURST_CONCURRENCY, time_limit,
-                                           keep_bodies=len(prepared)))
+            load = httpload.load(inst.port, prepared, BURST_CONCURRENCY, time_limit, keep_bodies=len(prepared))
         finally:
             stop.set()
             sampler.join(5.0)

@@ -1,7 +1,7 @@
 """Idle and surplus HTTP clients cannot starve the agent: a request deadline and a connection cap.
 
-The first tests run uvicorn in-process with the guarded protocol (it touches uvicorn internals, so these
-pin its behaviour); the last runs a real agent under a low open-file limit.
+The first tests run uvicorn in-process with the guarded protocol the agent uses, httptools (it touches
+uvicorn internals, so these pin its behaviour); the last runs a real agent under a low open-file limit.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from agent.connections import ConnectionGuard, GuardedH11Protocol
+from agent.connections import MAX_HEAD_BYTES, ConnectionGuard, GuardedHttpToolsProtocol
 from tests.helpers import AgentProcess, run_async, until, wait_for
 from tests.metricsutil import parse, value
 
@@ -38,7 +39,10 @@ def app(release: asyncio.Event) -> Starlette:
         await release.wait()
         return PlainTextResponse("released")
 
-    return Starlette(routes=[Route("/", root), Route("/hold", hold)])
+    async def early(request: Request) -> Response:  # answers without reading the body (as a 401 does)
+        return PlainTextResponse("early")
+
+    return Starlette(routes=[Route("/", root), Route("/hold", hold), Route("/early", early, methods=["POST"])])
 
 
 @contextlib.asynccontextmanager
@@ -49,7 +53,7 @@ async def serving(guard: ConnectionGuard, release: asyncio.Event) -> AsyncIterat
     sock.listen(128)
     sock.setblocking(False)
     config = uvicorn.Config(app(release), log_config=None, access_log=False, lifespan="off",
-                            timeout_keep_alive=60, http=GuardedH11Protocol.bound_to(guard))
+                            timeout_keep_alive=60, http=GuardedHttpToolsProtocol.bound_to(guard))
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
@@ -118,6 +122,60 @@ def test_a_request_trickled_in_time_is_served_and_a_partial_next_one_is_cut() ->
             assert await closed_within(reader, 5)
             writer.close()
             assert guard.closed["timeout"] == 1
+
+    run_async(main())
+
+
+def test_pipelined_requests_are_answered_in_order_then_the_connection_waits_under_a_deadline() -> None:
+    async def main() -> None:
+        guard = ConnectionGuard(max_connections=10, request_timeout=0.5)
+        async with serving(guard, asyncio.Event()) as port:
+            reader, writer = await connect(port)
+            writer.write(GET + b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
+            answers = [await response_of(reader) for _ in range(3)]
+            assert [a.split(b" ", 2)[1] for a in answers] == [b"200", b"404", b"200"]
+            assert answers[2].endswith(b"ok")
+            assert next(iter(guard.open)).waiting
+            assert await closed_within(reader, 5)
+            writer.close()
+            assert guard.closed == {"timeout": 1, "evicted": 0, "refused": 0}
+
+    run_async(main())
+
+
+def test_an_answer_before_the_body_is_read_leaves_the_connection_under_a_deadline() -> None:
+    # The webhook answers 401 without reading the body: the rest of the body arriving after the answer
+    # must not leave a connection that no deadline closes (uvicorn's keep-alive timer stops at that byte).
+    async def main() -> None:
+        guard = ConnectionGuard(max_connections=10, request_timeout=0.5)
+        async with serving(guard, asyncio.Event()) as port:
+            reader, writer = await connect(port)
+            writer.write(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+            assert (await response_of(reader)).endswith(b"early")
+            writer.write(b"67890")
+            await writer.drain()
+            assert await closed_within(reader, 5)
+            writer.close()
+            assert guard.closed["timeout"] == 1 and not guard.open
+
+    run_async(main())
+
+
+@pytest.mark.parametrize("padding", [MAX_HEAD_BYTES - 1024, MAX_HEAD_BYTES + 1])
+def test_a_request_head_over_16_kib_is_refused_with_a_400(padding: int) -> None:
+    # h11 bounds a request's head at 16 KiB; llhttp does not, so the guarded protocol does.
+    async def main() -> None:
+        guard = ConnectionGuard(max_connections=10, request_timeout=5)
+        async with serving(guard, asyncio.Event()) as port:
+            reader, writer = await connect(port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * padding + b"\r\n\r\n")
+            answer = await response_of(reader)
+            if padding > MAX_HEAD_BYTES:
+                assert answer.startswith(b"HTTP/1.1 400 ") and b"Invalid HTTP request" in answer
+                assert await closed_within(reader, 2)
+            else:
+                assert answer.endswith(b"ok")
+            writer.close()
 
     run_async(main())
 

@@ -154,9 +154,19 @@ class Auth:
         self.sessions.ttl = settings.status_page.session_ttl
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode
+
+
+class Json(JSONResponse):
+    """Starlette's JSONResponse, the same bytes, from one encoder (json.dumps with arguments builds one per call)."""
+
+    def render(self, content: Any) -> bytes:
+        return _ENCODE(content).encode("utf-8")
+
+
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="agent"'} if code == 401 else None
-    return JSONResponse({"error": message, **extra}, status_code=code, headers=headers)
+    return Json({"error": message, **extra}, status_code=code, headers=headers)
 
 
 def control_guard(auth: Auth) -> Callable[[Handler], Handler]:
@@ -212,6 +222,20 @@ def parse_json(raw: bytes) -> Any:
         raise ValueError("invalid JSON: nested too deeply") from None
 
 
+def parse_payload(raw: bytes) -> WebhookPayload:
+    """The webhook payload validated straight from the bytes (pydantic's own JSON parser: no dicts in between).
+
+    A body that does not pass is parsed again the slow way (json, then the model), so what a client is told
+    is what it always was: ValueError with line and column for bad JSON, ValidationError naming the field.
+    A body json takes and pydantic's parser does not (a BOM, UTF-16) is still accepted that way.
+    """
+    try:
+        return WebhookPayload.model_validate_json(raw)
+    except ValidationError:
+        pass
+    return WebhookPayload.model_validate(parse_json(raw))
+
+
 def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator, tracing: Tracing,
                counter: CounterStore, status_document: Callable[[], dict[str, Any]]) -> list[Route]:
     """POST /webhook/alertmanager and /api/v1/* (the CLI's control API).
@@ -235,7 +259,7 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
 
     async def _webhook(request: Request) -> Response:
         if modes.closing:
-            return JSONResponse({"error": "shutting down; retry"}, status_code=503, headers={"Retry-After": "5"})
+            return Json({"error": "shutting down; retry"}, status_code=503, headers={"Retry-After": "5"})
         if not auth.webhook.check(request.headers.get("authorization")):
             return _error(401, "missing or wrong credentials")
         limit = auth.settings.webhook.max_body_bytes
@@ -244,17 +268,15 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
         except TooLarge:
             return _error(413, f"body larger than {limit} bytes")
         try:
-            document = parse_json(raw)
-        except ValueError as exc:
-            return _error(400, str(exc))
-        try:
-            payload = WebhookPayload.model_validate(document)
+            payload = parse_payload(raw)
         except ValidationError as exc:
             return _error(422, "not an Alertmanager version 4 payload", details=_validation_message(exc))
+        except ValueError as exc:
+            return _error(400, str(exc))
         with tracing.span("webhook.alertmanager", alerts=len(payload.alerts),
                           receiver=payload.receiver[:64]) as (_, trace_id, ctx):
             results = remediator.handle(payload, trace_id, ctx)
-        return JSONResponse({"trace_id": trace_id, "results": results})
+        return Json({"trace_id": trace_id, "results": results})
 
     control_token = control_guard(auth)
 

@@ -16,8 +16,8 @@ import enum
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -303,10 +303,18 @@ class Remediator:
         self.last_alert_restart = self.stamps.last_alert_restart
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def views(self) -> dict[str, ComponentView]:
-        """A snapshot of every component for the pure plan."""
+    def views(self, names: Iterable[str] | None = None) -> dict[str, ComponentView]:
+        """A snapshot for the pure plan: of the components named (those that exist), else of every one.
+
+        A delivery's plan looks up only the components its alerts name, so it snapshots only those: its
+        cost does not grow with the number of components.
+        """
         views = {}
-        for name, rt in self.sup.components.items():
+        components = self.sup.components
+        for name in components if names is None else names:
+            rt = components.get(name)
+            if rt is None or name in views:
+                continue
             spec = rt.spec
             views[name] = ComponentView(
                 desired=rt.desired, minimum=spec.replicas.min, maximum=spec.replicas.max,
@@ -323,7 +331,8 @@ class Remediator:
         now = time.time()
         # Only ever prevents an action: a resolved marker is kept in memory even if its write fails.
         remember = (lambda key, marker: self.dedupe.add(key, keep_on_failure=marker)) if record else None
-        plans = plan_payload(payload.alerts, self.views(), node=self.config.agent.node,
+        named = [a.labels.get("component", "") for a in payload.alerts]
+        plans = plan_payload(payload.alerts, self.views(named), node=self.config.agent.node,
                              autonomy=self.modes.autonomy, emergency=self.modes.emergency,
                              seen=self.dedupe.seen, now=now, remember=remember)
         if record:
@@ -416,8 +425,9 @@ class Remediator:
             trace_id=trace_id, source=source, target=p.target,
         )
         self.history.append(entry)
+        # vars, not asdict: the fields logged are plain values, and asdict deep-copies every one.
         audit_log.info("decision %s %s on %s: %s", result.value, action, component, reason, extra={
-            "audit": True, **{k: v for k, v in asdict(entry).items() if k not in ("extra", "ts")}})
+            "audit": True, **{k: v for k, v in vars(entry).items() if k not in ("extra", "ts")}})
         if source != "webhook":
             return  # manual commands are audited, not counted as remediation
         self.events.remediation_actions.inc(component, action, result.value, trace_id=trace_id)

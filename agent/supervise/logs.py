@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,27 @@ _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ts, level, logger, msg, plus any `extra=` fields."""
+    """One JSON object per line: ts, level, logger, msg, plus any `extra=` fields.
+
+    The line is kept on the record: the stderr and file handlers share this formatter, and the rotating
+    file handler formats each record twice (once to see whether it fits), so it is built once, not thrice.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        line: str | None = getattr(record, "_json_line", None)
+        if line is None:
+            line = self._build(record)
+            record._json_line = line
+        return line
+
+    _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+    def _build(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -47,6 +64,55 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+class _Stderr(logging.StreamHandler):
+    """StreamHandler whose emit writes and flushes the line itself (the stdlib's goes through three calls)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = self.stream
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+class _RotatingFile(RotatingFileHandler):
+    """RotatingFileHandler that does per line only what a line needs: the webhook logs an audit line per
+    decision, thousands a second under load, and the stdlib's handler stats the path twice per line (bpo-45401:
+    never rotate a FIFO or a device), formats it twice and goes through five calls to write it.
+
+    Here the open file itself is checked (fstat) once per file, at start and after each rotation; each line is
+    formatted once, and rotated, written and flushed as the stdlib does.
+    """
+
+    _regular: bool | None = None
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        self._regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+        return stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + "\n"
+            if self.stream is None:  # delay was set, or a rotation failed to reopen
+                self.stream = self._open()
+            if self._regular and self.maxBytes > 0:
+                self.stream.seek(0, 2)  # the end, also after someone truncated the file
+                if self.stream.tell() + len(line) >= self.maxBytes:
+                    self.doRollover()
+                    if self.stream is None:
+                        self.stream = self._open()
+            self.stream.write(line)
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, backups: int = 3,
                   console: bool = False) -> None:
     """Lines to stderr (JSON, or readable with `console`) and, when a log dir is given, JSON lines to
@@ -56,15 +122,13 @@ def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, b
         root.removeHandler(handler)
         handler.close()
     formatter = JsonFormatter()
-    stderr = logging.StreamHandler(sys.stderr)
+    stderr = _Stderr(sys.stderr)
     stderr.setFormatter(ConsoleFormatter() if console else formatter)
     root.addHandler(stderr)
     if log_dir is not None:
-        from logging.handlers import RotatingFileHandler
-
         try:
             log_dir.mkdir(parents=True, exist_ok=True)
-            handler = RotatingFileHandler(log_dir / "agent.log", maxBytes=max_bytes, backupCount=backups,
+            handler = _RotatingFile(log_dir / "agent.log", maxBytes=max_bytes, backupCount=backups,
                                           encoding="utf-8")
         except OSError as exc:
             root.addHandler(stderr)
@@ -74,6 +138,9 @@ def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, b
             handler.setFormatter(formatter)
             root.addHandler(handler)
     root.setLevel(level)
+    # Neither formatter writes a record's thread or process: not looking them up saves every line (an audit
+    # line per webhook decision) a system call and a few lookups.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for noisy in ("uvicorn.access", "httpx", "httpcore", "httpx2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # The MCP SDK logs its own errors for every failed probe; the probe reports them once, clearly.
