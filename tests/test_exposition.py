@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar, Sample
 from prometheus_client.utils import floatToGoString
 
-from agent.export.exposition import CounterStore, Family, HistogramStore, Samples, content_type, render
+from agent.export.exposition import CounterStore, Family, HistogramStore, LineCache, Samples, content_type, render
 
 # Label values a component name, mountpoint, source label or version string could bring.
 HOSTILE = (
@@ -211,3 +211,17 @@ def test_process_series_match_prometheus_clients_process_collector() -> None:
             assert abs(mine.value - sample.value) <= sample.value * 0.5 + 1, name  # read a moment apart
         else:
             assert mine.value == sample.value, name
+
+
+def test_a_cached_line_is_written_anew_when_its_value_changes() -> None:
+    def families(value: float) -> list[Family]:
+        fam = Family("g", "doc", labels=["component"])
+        fam.add_metric(["a"], value)
+        fam.add_metric(['say "hi"'], 1.0)
+        return [fam]
+
+    cache: LineCache = {}
+    for value in (1.0, 2.5, math.nan, math.nan, 1.0):
+        for openmetrics in (False, True):
+            assert render(families(value), openmetrics, cache) == render(families(value), openmetrics)
+    assert len(cache) == 2

@@ -24,6 +24,7 @@ from agent.export.exposition import (
     CounterStore,
     Family,
     HistogramStore,
+    LineCache,
     Row,
     Samples,
     content_type,
@@ -452,6 +453,8 @@ def _zero_quality(text: str) -> bool:
 
 def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:
     """GET /metrics with OpenMetrics content negotiation; `on_read` tells the sampler someone reads."""
+    cache: LineCache = {}  # each series' last line (exposition.render)
+
     def families() -> Iterator[Family | Samples]:
         for collector in collectors:
             yield from collector.families()
@@ -459,7 +462,9 @@ def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> 
     async def metrics(request: Request) -> Response:
         negotiated = content_type(request.headers.get("accept", ""))
         on_read()
-        body = render(families(), negotiated.startswith("application/openmetrics-text"))
+        if len(cache) > 200_000:  # a backstop: label values come from the config and fixed enums
+            cache.clear()
+        body = render(families(), negotiated.startswith("application/openmetrics-text"), cache)
         headers = {"Content-Type": negotiated, "Vary": "Accept-Encoding"}
         if accepts_gzip(request.headers.get("accept-encoding", "")):
             # Level 1: most of the saving for a fraction of the default level's CPU (docs/benchmarks.md).
