@@ -49,7 +49,7 @@ def test_guardian_kills_a_group_registered_again_after_its_removal() -> None:
         guardian = Guardian(reaper)
         for p in groups:
             guardian.add(p.pid)
-        await asyncio.sleep(0)  # each change in a write of its own
+        await asyncio.sleep(0)  # the changes queued so far go out (a write of their own)
         guardian.remove(groups[0].pid)
         guardian.remove(groups[1].pid)
         await asyncio.sleep(0)
