@@ -1,13 +1,15 @@
-"""Crash-to-restart latency and start-up time, the agent and the peers interleaved.
+"""Crash-to-restart latency and start-up time of the agent and the peers.
 
-Restart: the agent, supervisord and circus run side by side with N children each. Each supervisor has
-its own kill plan; one poll loop (~1 ms) SIGKILLs a child and watches the supervisor's children (the
-kernel's children files, not a /proc scan: procfs.ChildScanner) until a new pid of that slot has
-exec'd under it. A supervisor has at most one kill in flight. A new kill is
-issued only while no other kill is in its first `PARK` seconds, so fast restarts never overlap each
-other; a supervisor that waits on a timer (supervisord's 1 s main loop, a backoff) lets the others go
-on meanwhile, which keeps the wall time bounded without putting two spawns on the CPU at once (the
-rotation starts with a different supervisor each round).
+Restart: the agent, supervisord and circus run one at a time with N children each, each alone on the
+machine. Side by side (`together`, `--restart-together`) the agent was measured next to circus, whose
+10 ms check loop over 1,000 watchers took 16 s of CPU in a 21 s group: most of one of the 2 cores the
+agent restarts on. Each supervisor has its own kill plan; one poll loop (~1 ms) SIGKILLs a child and
+watches the supervisor's children (the kernel's children files, not a /proc scan: procfs.ChildScanner)
+until a new pid of that slot has exec'd under it. A supervisor has at most one kill in flight. Side by
+side, a new kill is issued only while no other kill is in its first `PARK` seconds, so fast restarts
+never overlap each other; a supervisor that waits on a timer (supervisord's 1 s main loop, a backoff)
+lets the others go on meanwhile, which keeps the wall time bounded without putting two spawns on the
+CPU at once (the rotation starts with a different supervisor each round).
 
 Kills of one supervisor are spread over the group's time budget with random gaps (uniform, mean
 half the budget per planned kill), so crashes land at random phases of every periodic activity of a
@@ -159,26 +161,30 @@ def run_kills(tracks: list[_Track], scanner: ChildScanner, timeout: float, budge
 
 
 def restart_latency(root: Path, n: int, kills: int, aggressive: bool, timeout: float, budget: float,
-                    seed: int, progress: Callable[[str], None]) -> list[RestartResult]:
-    """Run the three supervisors side by side and time up to `kills` crash-to-restart cycles of each."""
+                    seed: int, progress: Callable[[str], None], together: bool = False) -> list[RestartResult]:
+    """Time up to `kills` crash-to-restart cycles of each supervisor: one at a time (each alone on the
+    machine, its own budget), or the three side by side sharing one budget (`together`)."""
     rng = random.Random(seed)
-    fleet = Fleet(root)
     per_slot = MAX_KILLS_PER_SLOT if aggressive else 1
-    try:
-        instances = [fleet.add(Setup(kind, n, aggressive=aggressive)) for kind in KINDS]
-        start_and_wait(instances, timeout=120.0)
-        time.sleep(1.5)  # past supervisord's default startsecs=1, so every child counts as RUNNING
-        scanner = ChildScanner(inst.pid for inst in instances)
-        tracks = []
-        for inst in instances:
-            plan = kill_plan(n, kills, per_slot, rng)
-            tracks.append(_Track(inst, plan, RestartResult(inst.setup.kind, n, aggressive, planned=len(plan))))
-        run_kills(tracks, scanner, timeout, budget, rng, progress)
-        for inst in instances:
-            inst.check_alive()
-    finally:
-        fleet.close()
-    return [t.result for t in tracks]
+    results: dict[str, RestartResult] = {}
+    for kinds in [KINDS] if together else [(kind,) for kind in KINDS]:
+        fleet = Fleet(root)
+        try:
+            instances = [fleet.add(Setup(kind, n, aggressive=aggressive)) for kind in kinds]
+            start_and_wait(instances, timeout=120.0)
+            time.sleep(1.5)  # past supervisord's default startsecs=1, so every child counts as RUNNING
+            scanner = ChildScanner(inst.pid for inst in instances)
+            tracks = []
+            for inst in instances:
+                plan = kill_plan(n, kills, per_slot, rng)
+                tracks.append(_Track(inst, plan, RestartResult(inst.setup.kind, n, aggressive, planned=len(plan))))
+            run_kills(tracks, scanner, timeout, budget, rng, progress)
+            for inst in instances:
+                inst.check_alive()
+        finally:
+            fleet.close()
+        results.update((t.inst.setup.kind, t.result) for t in tracks)
+    return [results[kind] for kind in KINDS]
 
 
 def startup_times(root: Path, n: int, reps: int, timeout: float) -> dict[str, list[float]]:
