@@ -46,10 +46,11 @@ def _restart(params: Params, root: Path, log: Progress) -> list[dict[str, Any]]:
     for n in params.n:
         for mode in ("aggressive", "default"):
             aggressive = mode == "aggressive"
-            log(f"restart latency: N={n}, {mode} settings")
+            log(f"restart latency: N={n}, {mode} settings, "
+                f"{'side by side' if params.restart_together else 'one supervisor at a time'}")
             results = restart.restart_latency(
                 root, n, params.kills if aggressive else params.default_kills, aggressive,
-                params.restart_timeout, params.budget, params.seed + n, log,
+                params.restart_timeout, params.budget, params.seed + n, log, params.restart_together,
             )
             out.append({"n": n, "mode": mode, "results": {r.kind: r.summary() for r in results}})
     return out

@@ -14,6 +14,7 @@ class Params:
     default_kills: int = 50  # at default settings (each child at most once)
     budget: float = 45.0  # seconds of killing per restart group
     restart_timeout: float = 10.0
+    restart_together: bool = False  # the three supervisors side by side in one restart group (one budget)
     startup_reps: int = 3
     idle_seconds: float = 60.0  # each idle window (three per N)
     components: list[int] = field(default_factory=lambda: [50, 200, 500])
@@ -48,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kills", type=int, help="kills per supervisor at aggressive settings (default 200)")
     parser.add_argument("--default-kills", type=int, help="kills per supervisor at default settings")
     parser.add_argument("--budget", type=float, help="seconds of killing per restart group")
+    parser.add_argument("--restart-together", action="store_true", default=None,
+                        help="restart latency: the three supervisors side by side, not one at a time")
     parser.add_argument("--startup-reps", type=int, help="start-up repetitions per supervisor")
     parser.add_argument("--idle-seconds", type=float, help="each idle measuring window (default 60, quick 5)")
     parser.add_argument("--components", type=_ints, help="agent-only /metrics sizes (default 50,200,500)")
@@ -70,7 +73,7 @@ def from_args(args: argparse.Namespace) -> Params:
         "scrapes": args.scrapes, "cycle_sizes": args.cycle_sizes, "webhook_requests": args.webhook_requests,
         "webhook_components": args.webhook_components,
         "burst_requests": args.burst_requests, "burst_alerts": args.burst_alerts,
-        "burst_max_entries": args.burst_max_entries, "seed": args.seed,
+        "burst_max_entries": args.burst_max_entries, "seed": args.seed, "restart_together": args.restart_together,
     }
     if args.only:
         sections = tuple(s.strip() for s in args.only.split(",") if s.strip())

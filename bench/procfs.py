@@ -117,6 +117,53 @@ class ProcScanner:
         return found
 
 
+def children_of(pid: int) -> set[int]:
+    """The live (and zombie) children of a process, from its threads' children files (no /proc scan)."""
+    out: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out.update(map(int, f.read().split()))
+        except OSError:
+            continue
+    return out
+
+
+class ChildScanner:
+    """Sees new bench children of chosen supervisors: what `ProcScanner` does, for a fraction of the cost.
+
+    Reads only the kernel's list of each supervisor's direct children (every supervisor here forks its
+    children itself) instead of every pid in /proc: about 0.3 ms at 1,000 children where a full pass over
+    3,000 processes takes 1.5 ms or more, time the bench took from the supervisors it measures on a
+    small machine and added to every latency. A child that has not exec'd `sleep` yet (the agent's
+    setpriv/prlimit chain, a fork before exec) is looked at again on the next call; the known set is the
+    last list seen, so a pid the kernel reuses for a new child is seen as new.
+    """
+
+    def __init__(self, roots: Iterable[int]) -> None:
+        self.known: dict[int, set[int]] = {root: children_of(root) for root in roots}
+
+    def scan(self, roots: Iterable[int] | None = None) -> list[Found]:
+        """Bench children of these roots (default: all) that appeared since the last scan of that root."""
+        found: list[Found] = []
+        for root in self.known if roots is None else roots:
+            current = children_of(root)
+            pending: set[int] = set()
+            for pid in current - self.known[root]:
+                value = child_marker(pid)
+                if value is None:
+                    pending.add(pid)  # not yet past its exec (or not a bench child: cheap to read again)
+                    continue
+                instance, slot = unmark(value)
+                found.append(Found(pid, instance, slot))
+            self.known[root] = current - pending
+        return found
+
+
 def descendants(root: int) -> list[int]:
     """Every live descendant of root (one full /proc pass)."""
     parents: dict[int, list[int]] = {}

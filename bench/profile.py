@@ -29,7 +29,7 @@ from bench.configs import Setup
 from bench.launch import Fleet, Instance, free_port, start_and_wait
 from bench.overhead import _start_listener
 from bench.peers import VENV
-from bench.procfs import ProcScanner, all_pids
+from bench.procfs import ChildScanner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,8 +74,7 @@ def top_frames(path: Path, count: int = 25) -> str:
 
 def _kill_loop(inst: Instance, seconds: float) -> None:
     """SIGKILL one child after another (round-robin), each once its predecessor is back."""
-    scanner = ProcScanner([inst.pid])
-    scanner.known = all_pids()
+    scanner = ChildScanner([inst.pid])
     deadline = time.monotonic() + seconds
     slot = 0
     while time.monotonic() < deadline:

@@ -40,6 +40,60 @@ def test_guardian_kills_registered_groups_only_at_eof() -> None:
             p.wait()
 
 
+def test_guardian_kills_a_group_registered_again_after_its_removal() -> None:
+    # Group ids are pids, which the kernel reuses: a removed one may come back as a new replica's.
+    groups = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
+
+    async def main() -> None:
+        reaper = Reaper(asyncio.get_running_loop())
+        guardian = Guardian(reaper)
+        for p in groups:
+            guardian.add(p.pid)
+        await asyncio.sleep(0)  # the changes queued so far go out (a write of their own)
+        guardian.remove(groups[0].pid)
+        guardian.remove(groups[1].pid)
+        await asyncio.sleep(0)
+        guardian.add(groups[0].pid)
+        guardian.close()
+        await until(lambda: not guardian.alive, 5)
+        await until(lambda: not pid_alive(groups[0].pid), 5)
+        assert pid_alive(groups[1].pid)
+        reaper.close()
+
+    try:
+        run_async(main())
+    finally:
+        for p in groups:
+            p.kill()
+            p.wait()
+
+
+def test_guardian_bookkeeping_stays_cheap_with_many_groups() -> None:
+    # A thousand groups and a restart's remove+add 300 times: the list kept in one string cost the
+    # shell O(length^2) per removal (over 10 s of CPU here); one variable per group costs milliseconds.
+    # The ids are above the kernel's largest possible pid, so the kills at EOF find no such group.
+    ids = [5_000_000 + i for i in range(1000)]
+
+    async def main() -> None:
+        reaper = Reaper(asyncio.get_running_loop())
+        guardian = Guardian(reaper)
+        for pgid in ids:
+            guardian.add(pgid)
+        for n in range(300):
+            guardian.remove(ids[(n * 337) % len(ids)])
+            guardian.add(6_000_000 + n)
+            await asyncio.sleep(0)
+        guardian.close()
+        await until(lambda: not guardian.alive, 20, what="the guardian to exit")
+        reaper.close()
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run_async(main())
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 2.0, f"the guardian used {cpu:.2f} s of CPU"
+
+
 @pytest.mark.parametrize("tools", ["setpriv+prlimit", "no prlimit", "no setpriv", "neither"])
 @pytest.mark.parametrize("die_with_parent", [True, False])
 def test_a_child_starts_with_the_fd_limits_it_is_given(
