@@ -98,10 +98,12 @@ class ProcScanner:
     def scan(self) -> list[Found]:
         """Bench children under a watched root that appeared since the last scan."""
         found: list[Found] = []
+        live: set[int] = set()
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
             pid = int(name)
+            live.add(pid)
             if pid in self.known:
                 continue
             value = child_marker(pid)
@@ -114,6 +116,9 @@ class ProcScanner:
             instance, slot = unmark(value)
             if any(under(pid, root) for root in self.roots):
                 found.append(Found(pid, instance, slot))
+        # Forget pids that are gone: the kernel reuses them (pid_max is 32768 on small machines), and a
+        # new child given one seen earlier must be seen as new (a start-up once waited 120 s for it).
+        self.known &= live
         return found
 
 
