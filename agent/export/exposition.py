@@ -200,6 +200,7 @@ def render(families: Iterable[Family | Samples], openmetrics: bool, cache: LineC
     a dict look-up instead of escaping and formatting, half a scrape's time at 1,000 components, for
     about 0.4 KB a series kept (docs/benchmarks.md, "Lean at 1,000 components").
     """
+    cache = {} if cache is None else cache  # one way to write a row: a one-off render fills a throwaway cache
     chunks: list[bytes] = []
     out: list[str] = []
     add = out.append
@@ -215,8 +216,6 @@ def render(families: Iterable[Family | Samples], openmetrics: bool, cache: LineC
             for values, value in itertools.chain(fam.rows, fam.source):
                 if not values:
                     add(f"{sample} {_number(value)}")
-                elif cache is None:
-                    add(fill(*map(_escape, values)) + _number(value))
                 else:
                     key = (sample, *values)
                     entry = cache.get(key)
