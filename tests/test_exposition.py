@@ -217,6 +217,7 @@ def test_a_cached_line_is_written_anew_when_its_value_changes() -> None:
     def families(value: float) -> list[Family]:
         fam = Family("g", "doc", labels=["component"])
         fam.add_metric(["a"], value)
+        fam.add_metric(["spaced } 1 2"], value)  # a changed value is cut after the line's last space
         fam.add_metric(['say "hi"'], 1.0)
         return [fam]
 
@@ -224,4 +225,4 @@ def test_a_cached_line_is_written_anew_when_its_value_changes() -> None:
     for value in (1.0, 2.5, math.nan, math.nan, 1.0):
         for openmetrics in (False, True):
             assert render(families(value), openmetrics, cache) == render(families(value), openmetrics)
-    assert len(cache) == 2
+    assert len(cache) == 3

@@ -196,7 +196,7 @@ class RestartSettings(Strict):
     policy: RestartPolicyKind = RestartPolicyKind.ALWAYS
     # Exit codes that count as a clean end for `on-failure` (supervisord's `exitcodes`, systemd's
     # SuccessExitStatus=); a signal death is always a failure.
-    success_exit_codes: list[Annotated[int, Field(ge=0, le=255)]] = Field(default_factory=lambda: [0])
+    success_exit_codes: tuple[Annotated[int, Field(ge=0, le=255)], ...] = (0,)
     backoff: Backoff = Backoff()
     max_restarts: int = Field(5, ge=0)
     window: Duration = Field(300.0, gt=0)
@@ -292,9 +292,7 @@ class ProbeSettings(Strict):
 
 
 class RemediationSettings(Strict):
-    allowed_actions: list[Action] = Field(
-        default_factory=lambda: list(ACTIONS)
-    )
+    allowed_actions: tuple[Action, ...] = tuple(ACTIONS)
     cooldown: Duration = 60.0
     scale_down_stabilization: Duration = 300.0
     max_step: int = Field(2, ge=1)

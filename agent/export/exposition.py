@@ -183,7 +183,7 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-LineCache = dict[tuple[str, ...], tuple[str, float, str]]
+LineCache = dict[tuple[str, ...], tuple[float, str]]
 
 
 def render(families: Iterable[Family | Samples], openmetrics: bool, cache: LineCache | None = None) -> bytes:
@@ -198,7 +198,7 @@ def render(families: Iterable[Family | Samples], openmetrics: bool, cache: LineC
     With a `cache` (the /metrics route keeps one), each labelled row's line is kept with its value: a
     value that did not change since the last scrape (most of them: limits, desired counts, states) costs
     a dict look-up instead of escaping and formatting, half a scrape's time at 1,000 components, for
-    about 0.4 KB a series kept (docs/benchmarks.md, "Lean at 1,000 components").
+    about 0.3 KB a series kept (docs/benchmarks.md, "Lean at 1,000 components").
     """
     cache = {} if cache is None else cache  # one way to write a row: a one-off render fills a throwaway cache
     chunks: list[bytes] = []
@@ -220,11 +220,11 @@ def render(families: Iterable[Family | Samples], openmetrics: bool, cache: LineC
                     key = (sample, *values)
                     entry = cache.get(key)
                     if entry is None:
-                        prefix = fill(*map(_escape, values))
-                        entry = cache[key] = (prefix, value, prefix + _number(value))
-                    elif entry[1] != value:
-                        entry = cache[key] = (entry[0], value, entry[0] + _number(value))
-                    add(entry[2])
+                        entry = cache[key] = (value, fill(*map(_escape, values)) + _number(value))
+                    elif entry[0] != value:  # the line's labels end at its last space: a number has none
+                        line = entry[1]
+                        entry = cache[key] = (value, line[: line.rindex(" ") + 1] + _number(value))
+                    add(entry[1])
         else:
             _add_samples(fam, openmetrics, add)
         add("")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent.config.models import Component, substitute
 from agent.supervise.containment import Scope
+from agent.supervise.flag import Flag
 from agent.supervise.policy import Circuit
 from agent.supervise.process import ExitStatus
 
@@ -63,10 +64,10 @@ class Replica:
     failures: int = 0
     stopping: bool = False
     timer: asyncio.TimerHandle | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: Flag = field(default_factory=Flag)
     ready: bool = False
     # Set when this run became ready (a rolling restart waits on it); cleared at each spawn and exit.
-    became_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    became_ready: Flag = field(default_factory=Flag)
     probe_ok: bool | None = None
     probe_failures: int = 0
     probe_successes: int = 0
@@ -102,7 +103,7 @@ class Runtime:
     last_exit: ExitStatus | None = None
     last_reason: str = ""
     last_restart_wall: float = 0.0
-    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_event: Flag = field(default_factory=Flag)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     launch: str = ""  # launch_key(spec): what a replica started now is launched with
     retired: bool = False  # removed from the config by a reload: never spawned again
@@ -111,9 +112,9 @@ class Runtime:
     observed: Replica | None = None
     # Set by whoever waits for the lock to take over a rolling restart (the config reload): the roll
     # lets the replica in hand get ready, then returns the rest (agent/supervise/rollout.py).
-    roll_interrupt: asyncio.Event = field(default_factory=asyncio.Event)
+    roll_interrupt: Flag = field(default_factory=Flag)
     # Set by a stop or the shutdown waiting for the lock: the roll stops waiting for readiness at once.
-    roll_abort: asyncio.Event = field(default_factory=asyncio.Event)
+    roll_abort: Flag = field(default_factory=Flag)
 
     def active(self) -> list[Replica]:
         return [r for i, r in sorted(self.replicas.items()) if i < self.desired]
