@@ -34,6 +34,7 @@ MIB = 1024 * 1024
 # One row per module the daemon may import: (label, statements). httpx is imported after `agent`, whose
 # __init__ keeps httpx's command-line client (rich, pygments) out, as in the agent.
 DAEMON = "import agent.cli, agent.app"
+REQUIRED_STACK = "the required stack, no agent code"
 OPTIONAL = ("httpx", "prometheus_client", "opentelemetry SDK", "psutil", "bcrypt", "sqlite3", "mcp client")
 IMPORTS: tuple[tuple[str, str], ...] = (
     ("uvloop", "import uvloop"),
@@ -47,6 +48,10 @@ IMPORTS: tuple[tuple[str, str], ...] = (
     ("bcrypt", "import bcrypt"),
     ("sqlite3", "import sqlite3"),
     ("mcp client", "import agent.observe.mcp_check"),
+    # What the required dependency set costs before any agent code: the event loop, the HTTP server stack,
+    # pydantic with one model built (its schema machinery loads with the first), PyYAML and psutil.
+    (REQUIRED_STACK, "import asyncio, uvloop, starlette.applications, uvicorn, yaml, psutil, pydantic\n"
+                     "class M(pydantic.BaseModel):\n    x: int = 0"),
     ("agent.app (the daemon)", "import agent.app"),
     ("agent.cli + agent.app (`agent run`)", "import agent.cli, agent.app"),
 )

@@ -97,3 +97,24 @@ def test_lean_bench_reports_both_agents_and_supervisord(tmp_path: Path) -> None:
         assert plain["wire_bytes"] == agent["body_bytes"]
     assert doc["supervisord_rss"]["5"] > 0
     assert "| 5 | before |" in done.stdout and "| 5 | after |" in done.stdout
+
+
+def test_memory_bench_reports_imports_the_required_stack_and_both_supervisors(tmp_path: Path) -> None:
+    out = tmp_path / "memory.json"
+    done = subprocess.run([sys.executable, "-m", "bench.memory", "--components", "3", "--scrapes", "2",
+                           "--settle", "0.5", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, f"bench.memory failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    doc = json.loads(out.read_text())
+    costs = {c["label"]: c for c in doc["imports"]}
+    assert doc["bare"] > 0
+    stack, daemon = costs["the required stack, no agent code"], costs["agent.cli + agent.app (`agent run`)"]
+    assert 0 < stack["rss"] < daemon["rss"], (stack, daemon)  # the agent's own code comes on top
+    assert costs["httpx"]["over_daemon"] is not None and costs["uvloop"]["over_daemon"] is None
+    rows = {r["kind"]: r for r in doc["resident"]}
+    assert set(rows) == {"agent", "supervisord"} and all(r["n"] == 3 for r in rows.values())
+    agent = rows["agent"]
+    assert agent["idle"] > doc["bare"] + stack["rss"] and agent["scraped"] > 0 and agent["peak"] >= agent["idle"]
+    assert agent["threads"] >= 1 and agent["scrape_ms"] > 0
+    assert rows["supervisord"]["idle"] > 0 and rows["supervisord"]["scraped"] is None
+    assert "the required stack, no agent code" in done.stdout and "supervisord" in done.stdout
