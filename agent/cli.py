@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_commands(sub)
     add_stack_commands(sub)
     add_tls_commands(sub)
-    from agent.backtest.report import add_backtest_command
+    from agent.backtest.command import add_backtest_command
 
     add_backtest_command(sub)
 

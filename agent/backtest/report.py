@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections import Counter
@@ -20,47 +19,6 @@ from agent.config.models import Config
 from agent.config.yamlfile import load_yaml
 
 RESULTS = ("executed", "cooldown", "duplicate", "ignored", "rejected", "dry_run", "failed")
-
-HELP = """\
-Replays past data through the decisions: evaluates every alerting rule with an `action` label over the
-window (range queries at its group's interval, `for:` honoured, the files' recording rules inlined),
-simulates Alertmanager's routing and timers, and runs each simulated delivery through the agent's own
-plan (bounds, max_step, dedupe, cooldown, stabilisation) at the time it would have arrived.
-Open loop: the replica counts it decides do not change the recorded series the rules read
-(docs/backtest.md).
-
-exit codes: 0 done; 1 Prometheus failed or timed out on a query it should answer; 2 usage: bad times, an
-unreadable rule, Alertmanager or agent config, a query Prometheus finds invalid; 3 Prometheus cannot
-be reached.
-"""
-
-
-def add_backtest_command(sub: Any) -> None:
-    """Register `agent backtest`."""
-    p = sub.add_parser("backtest", help="what would the agent have done? replay past data through the rules, "
-                       "Alertmanager's timing and the agent's guardrails", description=HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prometheus", required=True, metavar="URL", help="Prometheus that holds the history")
-    p.add_argument("--start", required=True, metavar="T", help="RFC 3339 (2026-01-01T00:00:00Z) or relative (-7d)")
-    p.add_argument("--end", default="now", metavar="T", help="RFC 3339, relative (-1h) or now (the default)")
-    p.add_argument("--rules", action="extend", nargs="+", type=Path, metavar="FILE|DIR",
-                   help="rule files, or directories of *.yml (several, or repeat the option); default: the "
-                   "shipped rules/")
-    p.add_argument("--alertmanager-config", type=Path, metavar="FILE",
-                   help="Alertmanager config; default: the shipped prometheus/alertmanager.yml")
-    p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
-                   help="agent config (bounds, max_step, cooldowns); default: $AGENT_CONFIG or the demo config")
-    p.add_argument("--evaluation-interval", default=None, metavar="DURATION",
-                   help="interval of rule groups that set none; default: the shipped prometheus.yml's (15s)")
-    p.add_argument("--compare", type=Path, metavar="RULES_OR_CONFIG",
-                   help="a second policy over the same window: a rule file or directory (replaces --rules), or "
-                   "an agent config (replaces --config); counts the differences")
-    p.add_argument("--json", action="store_true", help="JSON: {window, policies: [...], compare}")
-    # `--start -7d`: argparse takes a word starting with "-" for an option unless it looks like a negative
-    # number; relative times are made to look like one (no option of this verb starts with a digit).
-    p._negative_number_matcher = re.compile(r"^-(\d+(ms|[smhdwy]))+$|^-\d+$|^-\d*\.\d+$")
-    p.set_defaults(func=cmd_backtest)
-
 
 def _default_interval() -> float:
     try:
