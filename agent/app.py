@@ -43,7 +43,6 @@ from agent.export.metrics import (
 from agent.export.tracing import Tracing
 from agent.held_signals import HeldSignals
 from agent.loop import ignore_hangup, settle_gc
-from agent.observe import todos
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeRunner
@@ -71,7 +70,7 @@ EXIT_UNAVAILABLE = 3
 
 # Modules imported only when the config uses them (bench/memory.py says what each costs); the status
 # document lists those loaded.
-OPTIONAL_IMPORTS = ("httpx", "mcp", "opentelemetry.sdk", "psycopg")
+OPTIONAL_IMPORTS = ("httpx", "mcp", "opentelemetry.sdk", "psycopg", "sqlite3", "bcrypt")
 
 
 class StartupError(Exception):
@@ -128,6 +127,14 @@ async def rotate_logs_forever(sup: Supervisor) -> None:
             await asyncio.sleep(delay)
     finally:
         thread.shutdown(wait=False)  # a copy under way finishes on its own; the loop does not wait for it
+
+
+def create_missing_stores(config: Config) -> None:
+    """Create a missing embedded SQLite todo store (agent/observe/todos.py), loading sqlite3 only for one."""
+    if any(source.kind == "sqlite" for source in config.backlog.sources):
+        from agent.observe import todos
+
+        todos.create_missing_stores(config)
 
 
 def served_capabilities(config: Config) -> list[str]:
@@ -240,7 +247,7 @@ class Parts:
                             "force (only `agent autonomy on` lifts it)", settings.autonomy.value)
             else:
                 self.modes.set_autonomy(settings.autonomy)
-        todos.create_missing_stores(config)
+        create_missing_stores(config)
         await self.supervisor.reconfigure(config, plan, hold_new=self.modes.emergency)
 
     async def aclose(self) -> None:
@@ -412,7 +419,7 @@ class Agent:
                 raise
             log.exception("cannot take over the previous image's components")
             return await self._give_up(EXIT_FAILURE)
-        todos.create_missing_stores(self.config)
+        create_missing_stores(self.config)
         reloader = Reloader(parts, self.config_paths or config_paths())
         loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
         trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,

@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import bcrypt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.config.models import AgentSettings
@@ -181,6 +180,7 @@ class WebSecurity:
             return True
         if self._bcrypt is None:
             self._bcrypt = asyncio.Semaphore(BCRYPT_AT_ONCE)
+        import bcrypt  # here: an agent without basic_auth_users never loads it
         async with self._bcrypt:
             if self._dummy is None:
                 self._dummy = await asyncio.to_thread(bcrypt.hashpw, b"", bcrypt.gensalt(10))

@@ -21,7 +21,7 @@ import yaml
 from tests.helpers import AgentProcess, free_port, running_agent, wait_for
 from tests.webhookutil import alert, payload
 
-HEAVY = ("httpx", "opentelemetry.sdk", "mcp")
+HEAVY = ("httpx", "opentelemetry.sdk", "mcp", "sqlite3", "bcrypt")
 # Verbs whose parser every invocation builds, but whose code only their own invocation needs.
 VERBS = ("agent.backtest.report", "agent.backtest.run", "agent.backtest.rules", "agent.backtest.alertmanager")
 
@@ -98,6 +98,17 @@ def test_the_first_http_probe_imports_httpx_also_when_a_reload_adds_it(tmp_path:
         assert done.returncode == 0, done.stdout + done.stderr
         wait_for(lambda: healthy(agent, "http_probed"), 10, 0.02, "the http probe added by the reload to pass")
         assert "httpx" in optional_imports(agent)
+
+
+def test_a_sqlite_backlog_source_loads_sqlite3_and_is_read(tmp_path: Path, listener: int) -> None:
+    config = lean_config(tmp_path, listener)
+    config["backlog"]["sources"] = [{"kind": "sqlite", "path": str(tmp_path / "todos.db"), "interval": 0.2}]
+    with running_agent(tmp_path, config) as agent:
+        assert (tmp_path / "todos.db").exists()  # the agent creates its embedded store when missing
+        wait_for(lambda: any(line.startswith("orchestrator_todo_source_up{") and line.endswith(" 1.0")
+                             for line in httpx.get(agent.url + "/metrics", timeout=10).text.splitlines()),
+                 10, 0.05, "the sqlite backlog source to be read")
+        assert "sqlite3" in optional_imports(agent)
 
 
 def test_an_agent_started_with_an_http_probe_imports_httpx(tmp_path: Path, listener: int) -> None:

@@ -33,7 +33,7 @@ from agent.export.exposition import (
 )
 from agent.export.process import ProcessFamilies
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
-from agent.observe.todos import PRIORITIES, STATUSES
+from agent.observe.todorow import PRIORITIES, STATUSES
 from agent.supervise.replica import REASONS
 from agent.supervise.state import STATE_FILE
 

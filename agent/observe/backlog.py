@@ -13,7 +13,6 @@ import collections
 import json
 import logging
 import math
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -151,6 +150,8 @@ def read_sqlite(path: Path, timeout: float) -> Counts:
     """Aggregate the todos table in SQL (read-only: the agent never writes the backlog)."""
     if not path.exists():
         raise SourceError(f"sqlite {path}: file not found")
+    import sqlite3  # here: an agent with no sqlite source never loads it (1 MiB, docs/benchmarks.md "Memory")
+
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)
     except sqlite3.Error as exc:
