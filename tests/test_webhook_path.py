@@ -75,6 +75,8 @@ def test_spans_carry_trace_ids_without_an_exporter() -> None:
         pass
     assert len(first) == 32 and int(first, 16) and child_id == first
     assert second != first
+    with pytest.raises(KeyError), tracing.span("webhook.alertmanager"):  # the span swallows nothing
+        raise KeyError("x")
 
 
 def test_history_lines_reach_the_file_in_batches_without_a_close(tmp_path: Path) -> None:
@@ -137,6 +139,9 @@ def test_the_webhook_answers_the_bytes_starlette_would(content: dict[str, Any]) 
     from agent.act.api import Json
 
     assert Json(content).body == JSONResponse(content).body
+    for code, headers in [(200, None), (422, None), (401, {"WWW-Authenticate": 'Bearer realm="agent"'}),
+                          (503, {"Retry-After": "5"}), (204, None)]:
+        assert Json(content, code, headers).raw_headers == JSONResponse(content, code, headers).raw_headers
     with pytest.raises(ValueError, match="not JSON compliant"):
         Json({"n": float("nan")})
 

@@ -12,7 +12,7 @@ import secrets
 import shlex
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +163,16 @@ class Json(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return _ENCODE(content).encode("utf-8")
+
+    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
+        if headers is None and self.status_code >= 200 and self.status_code not in (204, 304):
+            # Most of the webhook's answers: the two headers Starlette sets, without its general case.
+            self.raw_headers = [(b"content-length", str(len(self.body)).encode()), _JSON_TYPE]
+            return
+        super().init_headers(headers)
+
+
+_JSON_TYPE = (b"content-type", b"application/json")
 
 
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:

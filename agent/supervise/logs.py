@@ -95,8 +95,8 @@ class _RotatingFile(RotatingFileHandler):
     decision, thousands a second under load, and the stdlib's handler stats the path twice per line (bpo-45401:
     never rotate a FIFO or a device), formats it twice and goes through five calls to write it.
 
-    Here the open file itself is checked (fstat) once per file, at start and after each rotation; each line is
-    formatted once, and rotated, written and flushed as the stdlib does.
+    Here the open file's type is checked (fstat) once per file, at start and after each rotation, and its size
+    with one fstat per line; each line is formatted once, and rotated, written and flushed as the stdlib does.
     """
 
     _regular: bool | None = None
@@ -118,12 +118,12 @@ class _RotatingFile(RotatingFileHandler):
         line = text + "\n"
         if self.stream is None:  # delay was set, or a rotation failed to reopen
             self.stream = self._open()
-        if self._regular and self.maxBytes > 0:
-            self.stream.seek(0, 2)  # the end, also after someone truncated the file
-            if self.stream.tell() + len(line) >= self.maxBytes:
-                self.doRollover()
-                if self.stream is None:
-                    self.stream = self._open()
+        # The file's size now (also after someone truncated it): one fstat, where seeking to the end and
+        # asking the text stream where it is took two system calls and four Python-level calls.
+        if self._regular and self.maxBytes > 0 and os.fstat(self.stream.fileno()).st_size + len(line) >= self.maxBytes:
+            self.doRollover()
+            if self.stream is None:
+                self.stream = self._open()
         self.stream.write(line)
         self.stream.flush()
 
