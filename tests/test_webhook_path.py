@@ -247,3 +247,53 @@ def test_a_direct_route_is_served_past_the_router_and_the_router_keeps_the_rest(
         assert client.post("/hook/", content=b"{}", follow_redirects=False).status_code == 307
         assert client.get("/-/healthy").text == "OK\n"
     assert len(seen) == 1
+
+
+def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process() -> None:
+    """WebhookEndpoint without Starlette's router: the checks in order, each answer counted by its code."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from starlette.testclient import TestClient
+
+    from agent.act.api import Credentials, WebhookEndpoint
+
+    counted: Counter[str] = Counter()
+    handled: list[Any] = []
+
+    def handle(payload: Any, trace_id: str, parent: Any) -> list[dict[str, Any]]:
+        if payload.receiver == "boom":
+            raise RuntimeError("a bug")
+        handled.append((payload, trace_id))
+        return [{"result": "accepted"}]
+
+    auth = SimpleNamespace(webhook=Credentials("t" * 16), settings=SimpleNamespace(webhook=SimpleNamespace(
+        max_body_bytes=len(GOOD) + 10)))
+    modes = SimpleNamespace(closing=False)
+    endpoint = WebhookEndpoint(auth, modes, SimpleNamespace(handle=handle), Tracing("n", "0", env={}),  # type: ignore[arg-type]
+                               SimpleNamespace(inc=lambda code: counted.update([code])))  # type: ignore[arg-type]
+    ok = {"Authorization": "Bearer " + "t" * 16}
+    client = TestClient(endpoint)  # no `with`: the endpoint serves http scopes only, never a lifespan
+    answer = client.post("/", content=GOOD, headers=ok)
+    assert answer.status_code == 200 and answer.json()["results"] == [{"result": "accepted"}]
+    assert answer.json()["trace_id"] == handled[0][1] and answer.headers["content-type"] == "application/json"
+    refused = client.post("/", content=GOOD, headers={"Authorization": "Bearer " + "x" * 16})
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Bearer realm="agent"'
+    assert client.post("/", content=GOOD + b" " * 11, headers=ok).status_code == 413  # by content-length
+
+    def chunks() -> Any:  # no content-length: counted as it comes
+        yield GOOD
+        yield b" " * 11
+
+    assert client.post("/", content=chunks(), headers=ok).status_code == 413
+    assert client.post("/", content=b"{", headers=ok).status_code == 400
+    assert client.post("/", content=b"{}", headers=ok).json()["error"] == "not an Alertmanager version 4 payload"
+    boom = json.loads(GOOD)
+    boom["receiver"] = "boom"
+    failed = client.post("/", content=json.dumps(boom).encode(), headers=ok)
+    assert failed.status_code == 500 and failed.json() == {"error": "internal error; see the agent log"}
+    modes.closing = True
+    closing = client.post("/", content=GOOD, headers=ok)
+    assert closing.status_code == 503 and closing.headers["retry-after"] == "5"
+    assert counted == {"200": 1, "401": 1, "413": 2, "400": 1, "422": 1, "500": 1, "503": 1}
+    assert len(handled) == 1
