@@ -41,10 +41,11 @@ class JsonFormatter(logging.Formatter):
              exc: str | None = None) -> str:
         """The JSON line of a record with these attributes and `extra=` fields (also for `log_direct`)."""
         second = int(created)
-        if self._second[0] != second:
-            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        cached = self._second  # read once: another thread may replace it meanwhile
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         entry: dict[str, Any] = {
-            "ts": f"{self._second[1]}.{int(msecs):03d}Z",
+            "ts": f"{cached[1]}.{int(msecs):03d}Z",
             "level": levelname.lower(),
             "logger": name,
             "msg": msg,
