@@ -152,8 +152,10 @@ def _fill_webhook(rows: dict[str, Row], raw: dict[str, Any]) -> None:
     rows["webhook.p50"].agent = raw["latency_ms"]["p50"]
     rows["webhook.p99"].agent = raw["latency_ms"]["p99"]
     if raw.get("agent_cpu"):
-        rows["webhook.throughput"].note += (f"; during the load the agent used {raw['agent_cpu']:.2f} of a core, "
-                                            f"the load client {raw['client_cpu']:.2f}")
+        rate = raw["throughput"]
+        per_request = f" ({1e6 * raw['agent_cpu'] / rate:.0f} us of CPU per request)" if rate else ""
+        rows["webhook.throughput"].note += (f"; during the load the agent used {raw['agent_cpu']:.2f} of a core"
+                                            f"{per_request}, the load client {raw['client_cpu']:.2f}")
     ceiling = rows["webhook.ceiling"]
     ceiling.agent = raw.get("ceiling") or None
     if ceiling.agent is not None:

@@ -156,6 +156,14 @@ def test_tls_with_basic_auth_guards_metrics_and_health_but_not_the_token_routes(
         assert httpx.get(agent.url + "/-/ready", verify=agent.verify).status_code == 200  # excluded
         # The control API keeps its bearer token (no basic auth asked), now over TLS.
         assert agent.api("GET", "/api/v1/status")["components"][0]["component"] == "a"
+        # So does the webhook, served past Starlette's router (agent/server.py, DirectRoutes): still behind the
+        # web config's gate, which adds its headers, and still asking for its own token.
+        token = (agent.state_dir / "webhook.token").read_text().strip()
+        hook = httpx.post(agent.url + "/webhook/alertmanager", verify=agent.verify, content=b"{}",
+                          headers={"Authorization": f"Bearer {token}"})
+        assert hook.status_code == 422 and hook.headers["x-content-type-options"] == "nosniff"
+        refused = httpx.post(agent.url + "/webhook/alertmanager", verify=agent.verify, content=b"{}")
+        assert refused.status_code == 401 and refused.headers["strict-transport-security"] == "max-age=31536000"
         # Plain HTTP to the TLS listener gets no answer, and the failed handshake is counted.
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{agent.port}/metrics", timeout=5)

@@ -75,6 +75,8 @@ def test_spans_carry_trace_ids_without_an_exporter() -> None:
         pass
     assert len(first) == 32 and int(first, 16) and child_id == first
     assert second != first
+    with pytest.raises(KeyError), tracing.span("webhook.alertmanager"):  # the span swallows nothing
+        raise KeyError("x")
 
 
 def test_history_lines_reach_the_file_in_batches_without_a_close(tmp_path: Path) -> None:
@@ -137,5 +139,161 @@ def test_the_webhook_answers_the_bytes_starlette_would(content: dict[str, Any]) 
     from agent.act.api import Json
 
     assert Json(content).body == JSONResponse(content).body
+    for code, headers in [(200, None), (422, None), (401, {"WWW-Authenticate": 'Bearer realm="agent"'}),
+                          (503, {"Retry-After": "5"}), (204, None)]:
+        assert Json(content, code, headers).raw_headers == JSONResponse(content, code, headers).raw_headers
     with pytest.raises(ValueError, match="not JSON compliant"):
         Json({"n": float("nan")})
+
+
+def test_a_compacted_history_holds_each_entrys_line_as_appended_or_read(tmp_path: Path) -> None:
+    path = tmp_path / "history.jsonl"
+
+    def entry(i: int) -> AuditEntry:
+        return AuditEntry(ts=i + 0.5, alertname=f"a{i}", component="w", action="scale_to", result="executed",
+                          reason="é \u2028 \"q\"", fingerprint="f", status="firing", trace_id="0" * 32, target=i)
+
+    first = History(path, max_entries=10)
+    for i in range(15):
+        first.append(entry(i))
+    first.close()
+    back = History(path, max_entries=10)  # a5..a14, read from the file (no lines kept for them)
+    for i in range(15, 20):  # 15 + 5 lines in the file: compacted to the newest 10
+        back.append(entry(i))
+    back.close()
+    expected = [json.dumps(vars(entry(i)), default=str, ensure_ascii=False, separators=(",", ":"))
+                for i in range(10, 20)]
+    assert path.read_text(encoding="utf-8").split("\n") == [*expected, ""]  # (U+2028 is no line end here)
+
+
+DIRECT = """
+import logging, sys
+from pathlib import Path
+from agent.supervise.logs import log_direct, setup_logging
+setup_logging("INFO", Path(sys.argv[1]))
+log = logging.getLogger("agent.audit")
+fields = {"audit": True, "reason": "é \\u2028 \\"q\\"", "target": None, "n": 2.5, "_hidden": 1}
+log.info("decision %s", "x", extra=fields)
+log_direct(log, "decision x", fields)
+log_direct(logging.getLogger("agent.other"), "second", {"audit": True})
+logging.getLogger("agent.quiet").setLevel(logging.WARNING)
+log_direct(logging.getLogger("agent.quiet"), "not written", {})
+"""
+
+
+def test_log_direct_writes_the_line_logging_would_to_stderr_and_the_file(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", DIRECT, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    stderr = done.stderr.split("\n")[:-1]  # (U+2028 is no line end here)
+    assert (tmp_path / "agent.log").read_text(encoding="utf-8").split("\n")[:-1] == stderr
+    lines = [json.loads(line) for line in stderr]
+    assert [line.pop("ts")[-1] for line in lines] == ["Z", "Z", "Z"]
+    assert lines[0] == lines[1] == {"level": "info", "logger": "agent.audit", "msg": "decision x", "audit": True,
+                                    "reason": "é \u2028 \"q\"", "target": None, "n": 2.5}
+    assert list(lines[0]) == list(lines[1])  # the same keys in the same order
+    assert lines[2] == {"level": "info", "logger": "agent.other", "msg": "second", "audit": True}
+
+
+def test_log_direct_goes_through_logging_when_other_handlers_listen(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from agent.supervise.logs import log_direct
+
+    caplog.set_level(logging.INFO, logger="agent.audit")
+    log_direct(logging.getLogger("agent.audit"), "decision y", {"audit": True, "component": "web"})
+    [record] = [r for r in caplog.records if r.name == "agent.audit"]
+    assert record.getMessage() == "decision y" and record.component == "web"  # type: ignore[attr-defined]
+    caplog.set_level(logging.WARNING, logger="agent.audit")
+    log_direct(logging.getLogger("agent.audit"), "below the level", {"audit": True})
+    assert "below the level" not in caplog.text
+
+
+def test_a_direct_route_is_served_past_the_router_and_the_router_keeps_the_rest() -> None:
+    from starlette.middleware import Middleware
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from agent.server import build_app
+
+    seen: list[Scope] = []
+
+    class Endpoint:
+        direct = True
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            seen.append(scope)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    class Gate:  # stands for the web config's gate: it stays in front of the direct route
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            async def marked(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message["headers"], (b"x-gate", b"1")]}
+                await send(message)
+
+            await self.app(scope, receive, marked)
+
+    app = build_app(None, [Route("/hook", Endpoint(), methods=["POST"])], [Middleware(Gate)])  # type: ignore[arg-type]
+    with TestClient(app) as client:
+        direct = client.post("/hook", content=b"{}")
+        assert direct.status_code == 200 and direct.headers["x-gate"] == "1"
+        assert "router" not in seen[-1]  # not through Starlette's router
+        assert client.get("/hook").status_code == 405  # the router's answers for the rest, as before
+        assert client.post("/hook/", content=b"{}", follow_redirects=False).status_code == 307
+        assert client.get("/-/healthy").text == "OK\n"
+    assert len(seen) == 1
+
+
+def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process() -> None:
+    """WebhookEndpoint without Starlette's router: the checks in order, each answer counted by its code."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from starlette.testclient import TestClient
+
+    from agent.act.api import Credentials, WebhookEndpoint
+
+    counted: Counter[str] = Counter()
+    handled: list[Any] = []
+
+    def handle(payload: Any, trace_id: str, parent: Any) -> list[dict[str, Any]]:
+        if payload.receiver == "boom":
+            raise RuntimeError("a bug")
+        handled.append((payload, trace_id))
+        return [{"result": "accepted"}]
+
+    auth = SimpleNamespace(webhook=Credentials("t" * 16), settings=SimpleNamespace(webhook=SimpleNamespace(
+        max_body_bytes=len(GOOD) + 10)))
+    modes = SimpleNamespace(closing=False)
+    endpoint = WebhookEndpoint(auth, modes, SimpleNamespace(handle=handle), Tracing("n", "0", env={}),  # type: ignore[arg-type]
+                               SimpleNamespace(inc=lambda code: counted.update([code])))  # type: ignore[arg-type]
+    ok = {"Authorization": "Bearer " + "t" * 16}
+    client = TestClient(endpoint)  # no `with`: the endpoint serves http scopes only, never a lifespan
+    answer = client.post("/", content=GOOD, headers=ok)
+    assert answer.status_code == 200 and answer.json()["results"] == [{"result": "accepted"}]
+    assert answer.json()["trace_id"] == handled[0][1] and answer.headers["content-type"] == "application/json"
+    refused = client.post("/", content=GOOD, headers={"Authorization": "Bearer " + "x" * 16})
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == 'Bearer realm="agent"'
+    assert client.post("/", content=GOOD + b" " * 11, headers=ok).status_code == 413  # by content-length
+
+    def chunks() -> Any:  # no content-length: counted as it comes
+        yield GOOD
+        yield b" " * 11
+
+    assert client.post("/", content=chunks(), headers=ok).status_code == 413
+    assert client.post("/", content=b"{", headers=ok).status_code == 400
+    assert client.post("/", content=b"{}", headers=ok).json()["error"] == "not an Alertmanager version 4 payload"
+    boom = json.loads(GOOD)
+    boom["receiver"] = "boom"
+    failed = client.post("/", content=json.dumps(boom).encode(), headers=ok)
+    assert failed.status_code == 500 and failed.json() == {"error": "internal error; see the agent log"}
+    modes.closing = True
+    closing = client.post("/", content=GOOD, headers=ok)
+    assert closing.status_code == 503 and closing.headers["retry-after"] == "5"
+    assert counted == {"200": 1, "401": 1, "413": 2, "400": 1, "422": 1, "500": 1, "503": 1}
+    assert len(handled) == 1

@@ -83,6 +83,12 @@ class AuditEntry:
 
 
 _LINE = TypeAdapter(AuditEntry)
+# json.dumps with arguments builds an encoder per call: one, for every line of the history.
+_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _encode(entry: Any) -> bytes:
+    return _ENCODE(vars(entry)).encode()
 
 
 class History:
@@ -92,6 +98,9 @@ class History:
         self.path = path
         self.max_entries = max_entries
         self.entries: collections.deque[AuditEntry] = collections.deque(maxlen=max_entries)
+        # Each entry's line as appended (None: read from the file, encoded again when the file is compacted),
+        # so a compaction joins the lines it has instead of encoding a thousand entries again.
+        self._encoded: collections.deque[bytes | None] = collections.deque(maxlen=max_entries)
         self.write_errors = 0
         self._lines = 0  # lines in the file as written (compaction when it holds 2 x max_entries)
         self._failing = False
@@ -130,12 +139,13 @@ class History:
                     reason = f"line {number}: {where + ': ' if where else ''}{err['msg']}"
                 continue
             self.entries.append(entry)
+            self._encoded.append(None)
             self._lines += 1
         if bad:
             aside = path.with_name(path.name + ".corrupt")
             try:
                 os.replace(path, aside)
-                self._rewrite(list(self.entries))
+                self._rewrite(list(zip(self.entries, self._encoded, strict=True)))
             except OSError as exc:
                 log.error("history %s: %d unreadable line(s) (%s); could not set it aside: %s",
                           path, bad, reason, exc)
@@ -147,9 +157,10 @@ class History:
         """Keep an entry and queue its line for the writer thread (returns at once)."""
         line = None
         if self.path is not None:
-            line = json.dumps(vars(entry), default=str, ensure_ascii=False, separators=(",", ":")).encode()
+            line = _encode(entry)
         with self._cond:
             self.entries.append(entry)
+            self._encoded.append(line)
             # A line the reader would not take back is kept in memory only.
             if line is None or self._closed or len(line) > MAX_LINE_BYTES:
                 return
@@ -180,10 +191,11 @@ class History:
                 if not batch and self._closed:
                     return
                 # Taken with the batch: the snapshot holds exactly the lines queued so far.
-                snapshot = list(self.entries) if self._lines + len(batch) >= 2 * self.max_entries else None
+                snapshot = list(zip(self.entries, self._encoded, strict=True)) \
+                    if self._lines + len(batch) >= 2 * self.max_entries else None
             self._write(batch, snapshot)
 
-    def _write(self, batch: list[bytes], snapshot: list[Any] | None) -> None:
+    def _write(self, batch: list[bytes], snapshot: list[tuple[Any, bytes | None]] | None) -> None:
         assert self.path is not None
         try:
             if snapshot is not None:
@@ -203,10 +215,9 @@ class History:
             log.warning("history %s writable again", self.path)
         self._failing = False
 
-    def _rewrite(self, entries: list[Any]) -> None:
-        """Replace the file with these entries (atomic: the old file or the new one)."""
+    def _rewrite(self, entries: list[tuple[Any, bytes | None]]) -> None:
+        """Replace the file with these entries, each as its line if it has one (atomic: the old file or the new one)."""
         assert self.path is not None
-        blob = b"".join(json.dumps(vars(e), default=str, ensure_ascii=False, separators=(",", ":")).encode()
-                        + b"\n" for e in entries)
+        blob = b"".join((_encode(e) if line is None else line) + b"\n" for e, line in entries)
         atomic_write_bytes(self.path, blob)
         self._lines = len(entries)

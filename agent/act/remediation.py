@@ -27,6 +27,7 @@ from agent.act.dedupe import DedupeStore, dedupe_key
 from agent.act.memory import HISTORY_FILE, AuditEntry, History, Stamps
 from agent.config.models import ACTIONS, Autonomy, Config
 from agent.supervise import policy
+from agent.supervise.logs import log_direct
 from agent.supervise.replica import CommandError
 
 UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no configured component
@@ -425,8 +426,9 @@ class Remediator:
             trace_id=trace_id, source=source, target=p.target,
         )
         self.history.append(entry)
-        # vars, not asdict: the fields logged are plain values, and asdict deep-copies every one.
-        audit_log.info("decision %s %s on %s: %s", result.value, action, component, reason, extra={
+        # vars, not asdict: the fields logged are plain values, and asdict deep-copies every one. The line goes
+        # to the log handlers directly (agent/supervise/logs.py, log_direct), written and flushed to each.
+        log_direct(audit_log, f"decision {result.value} {action} on {component}: {reason}", {
             "audit": True, **{k: v for k, v in vars(entry).items() if k not in ("extra", "ts")}})
         if source != "webhook":
             return  # manual commands are audited, not counted as remediation

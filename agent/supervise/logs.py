@@ -33,21 +33,31 @@ class JsonFormatter(logging.Formatter):
     _second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
 
     def _build(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if self._second[0] != second:
-            self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        fields = {key: value for key, value in vars(record).items() if key not in _RESERVED and not key.startswith("_")}
+        exc = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(record.created, record.msecs, record.levelname, record.name, record.getMessage(), fields, exc)
+
+    def line(self, created: float, msecs: float, levelname: str, name: str, msg: str, fields: dict[str, Any],
+             exc: str | None = None) -> str:
+        """The JSON line of a record with these attributes and `extra=` fields (also for `log_direct`)."""
+        second = int(created)
+        cached = self._second  # read once: another thread may replace it meanwhile
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
         entry: dict[str, Any] = {
-            "ts": f"{self._second[1]}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
+            "ts": f"{cached[1]}.{int(msecs):03d}Z",
+            "level": levelname.lower(),
+            "logger": name,
+            "msg": msg,
+            **fields,
         }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        if exc is not None:
+            entry["exc"] = exc
+        return _ENCODE(entry)
+
+
+# json.dumps with arguments builds an encoder per call: one, for every line.
+_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -69,13 +79,16 @@ class _Stderr(logging.StreamHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            stream = self.stream
-            stream.write(self.format(record) + "\n")
-            stream.flush()
+            self.write_line(self.format(record))
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        stream = self.stream
+        stream.write(line + "\n")
+        stream.flush()
 
 
 class _RotatingFile(RotatingFileHandler):
@@ -83,8 +96,8 @@ class _RotatingFile(RotatingFileHandler):
     decision, thousands a second under load, and the stdlib's handler stats the path twice per line (bpo-45401:
     never rotate a FIFO or a device), formats it twice and goes through five calls to write it.
 
-    Here the open file itself is checked (fstat) once per file, at start and after each rotation; each line is
-    formatted once, and rotated, written and flushed as the stdlib does.
+    Here the open file's type is checked (fstat) once per file, at start and after each rotation, and its size
+    with one fstat per line; each line is formatted once, and rotated, written and flushed as the stdlib does.
     """
 
     _regular: bool | None = None
@@ -96,21 +109,81 @@ class _RotatingFile(RotatingFileHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + "\n"
-            if self.stream is None:  # delay was set, or a rotation failed to reopen
-                self.stream = self._open()
-            if self._regular and self.maxBytes > 0:
-                self.stream.seek(0, 2)  # the end, also after someone truncated the file
-                if self.stream.tell() + len(line) >= self.maxBytes:
-                    self.doRollover()
-                    if self.stream is None:
-                        self.stream = self._open()
-            self.stream.write(line)
-            self.stream.flush()
+            self.write_line(self.format(record))
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def write_line(self, text: str) -> None:
+        line = text + "\n"
+        if self.stream is None:  # delay was set, or a rotation failed to reopen
+            self.stream = self._open()
+        # The file's size now (also after someone truncated it): one fstat, where seeking to the end and
+        # asking the text stream where it is took two system calls and four Python-level calls.
+        if self._regular and self.maxBytes > 0 and os.fstat(self.stream.fileno()).st_size + len(line) >= self.maxBytes:
+            self.doRollover()
+            if self.stream is None:
+                self.stream = self._open()
+        self.stream.write(line)
+        self.stream.flush()
+
+
+_DIRECT = (_Stderr, _RotatingFile)
+
+
+def _direct_handlers(logger: logging.Logger, level: int) -> list[Any] | None:
+    """The handlers a record of `level` from `logger` would reach, when every one is the agent's own JSON
+    handler and nothing else (a filter, another handler, another record factory) has a say; else None."""
+    if logging.getLogRecordFactory() is not logging.LogRecord:
+        return None
+    found: list[Any] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        if current.filters:
+            return None
+        for handler in current.handlers:
+            if level < handler.level:
+                continue
+            if type(handler) not in _DIRECT or handler.filters or type(handler.formatter) is not JsonFormatter:
+                return None
+            found.append(handler)
+        if not current.propagate:
+            break
+        current = current.parent
+    return found or None
+
+
+def log_direct(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
+    """`logger.info(msg, extra=fields)`, the same line to the same handlers, without a LogRecord.
+
+    The webhook logs an audit line per decision, and the logging module's record machinery (the caller's
+    frame, a record of 20 attributes, the handler chain) cost more than building and writing the line. When
+    a record would reach only the agent's own JSON handlers (stderr, agent.log), the line is built once and
+    written and flushed to each, under its lock, as `emit` writes it; otherwise (a test's capture handler, the
+    console formatter on a terminal, a filter) it goes through `logger.info`.
+    """
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    handlers = _direct_handlers(logger, logging.INFO)
+    if handlers is None or not _RESERVED.isdisjoint(fields):
+        logger.info(msg, extra=fields)
+        return
+    created = time.time()
+    msecs = int((created - int(created)) * 1000) + 0.0  # as LogRecord computes it
+    line = handlers[0].formatter.line(created, msecs, "INFO", logger.name, msg,
+                                      {k: v for k, v in fields.items() if not k.startswith("_")})
+    for handler in handlers:
+        handler.acquire()
+        try:
+            handler.write_line(line)
+        except RecursionError:
+            raise
+        except Exception:
+            handler.handleError(logger.makeRecord(logger.name, logging.INFO, "(direct)", 0, msg, (), None,
+                                                  extra=fields))
+        finally:
+            handler.release()
 
 
 def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, backups: int = 3,
