@@ -42,7 +42,7 @@ from agent.export.metrics import (
 )
 from agent.export.tracing import Tracing
 from agent.held_signals import HeldSignals
-from agent.loop import ignore_hangup, settle_gc
+from agent.loop import ignore_hangup, settle_gc, settle_malloc
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeRunner
@@ -439,6 +439,7 @@ class Agent:
             return await self._abort(parts, EXIT_UNAVAILABLE)
         await server.start()
         settle_gc()
+        settle_malloc()
         host, port = sock.getsockname()[:2]
         scheme = "https" if parts.web.context else "http"
         log.info("agent %s listening on %s://%s:%d (node %s, autonomy %s; %s)", __version__, scheme, host, port,
