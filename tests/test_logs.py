@@ -180,3 +180,121 @@ def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> N
         run_async(main())
     finally:
         active[0] = False
+
+
+def _counting_stats(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count os.stat calls per path (Path.stat goes through os.stat too)."""
+    counts: dict[str, int] = {}
+    real = os.stat
+
+    def stat(path: object, *args: object, **kwargs: object) -> os.stat_result:
+        counts[str(path)] = counts.get(str(path), 0) + 1
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", stat)
+    return counts
+
+
+def test_one_check_looks_at_a_bounded_batch_of_the_due_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 1,000 components every idle log comes due at about the same moment; one call that stat'ed all
+    of them held the interpreter lock for 10-15 ms (a restart waited). A call now looks at a batch and
+    returns 0 while more are due; all of them are looked at in the calls that follow."""
+    now = [0.0]
+    logs = [tmp_path / f"c{i}.log" for i in range(1000)]
+    for log in logs:
+        log.write_bytes(b"")
+    rotator = LogRotator(64 * 1024, 1, slowest=1.0, clock=lambda: now[0])
+    counts = _counting_stats(monkeypatch)
+    delay = rotator.check(logs)
+    assert 0 < sum(counts.values()) <= 100, sum(counts.values())
+    assert delay == 0.0
+    calls = 1
+    while delay == 0.0:
+        delay = rotator.check(logs)
+        calls += 1
+        assert calls < 100
+    assert delay == pytest.approx(FASTEST_CHECK)
+    assert sorted(counts) == sorted(str(log) for log in logs) and set(counts.values()) == {1}
+
+
+def test_a_log_not_due_is_not_stated_and_a_removed_log_is_forgotten(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log that grows is checked every few tenths of a second, idle ones once a second (`slowest`):
+    the checks of the growing one do not stat the idle ones. A log dropped from the list is not looked at
+    again."""
+    now, rate = [0.0], 40_000  # bytes a second into `fast`, which rotates at 16 KiB: every ~0.4 s
+    fast, idle, gone = tmp_path / "fast.log", tmp_path / "idle.log", tmp_path / "gone.log"
+    for log in (fast, idle, gone):
+        log.write_bytes(b"")
+    rotator = LogRotator(16 * 1024, 1, slowest=1.0, clock=lambda: now[0])
+
+    def run(paths: list[Path], seconds: float, delay: float) -> tuple[float, dict[str, int], int]:
+        """Check as asked for `seconds`, `fast` growing: the last delay, the stats per log, the checks."""
+        counts = _counting_stats(monkeypatch)
+        calls, end = 0, now[0] + seconds
+        while now[0] < end:
+            with open(fast, "ab") as f:
+                f.write(b"x" * int(rate * delay))
+            now[0] += delay
+            delay = rotator.check(paths)
+            calls += 1
+        monkeypatch.undo()
+        return delay, counts, calls
+
+    paths = [fast, idle, gone]
+    delay, _, _ = run(paths, 10.0, rotator.check(paths))  # settles: idle ones at 1 s
+    delay, counts, calls = run(paths, 5.0, delay)
+    assert counts.get(str(fast), 0) >= 10, counts  # fast: at least every 0.5 s
+    assert counts.get(str(idle), 0) <= 6 and counts.get(str(gone), 0) <= 6, counts  # idle: every 1 s
+    assert calls >= 10
+    paths = [fast, idle]  # a new list: `gone`'s replica went away
+    delay, counts, _ = run(paths, 5.0, delay)
+    assert str(gone) not in counts and 4 <= counts.get(str(idle), 0) <= 6, counts
+
+
+def test_the_log_of_a_replica_started_later_is_looked_at_at_once(tmp_path: Path) -> None:
+    """The rotation loop runs before the components start (as in the agent) and idles at the slowest delay
+    (30 s here) while there is no log: a replica that starts, or is added by a scale, has its log looked at
+    within a moment, not when the next round comes round."""
+    from agent.app import rotate_logs_forever
+    from agent.config.loader import build_config
+    from agent.supervise.process import Reaper
+    from agent.supervise.replica import replica_log_path
+    from agent.supervise.state import StateStore
+    from agent.supervise.supervisor import Supervisor
+
+    log_dir = tmp_path / "logs"
+    config = build_config({"agent": {"state_dir": str(tmp_path / "state"), "log_dir": str(log_dir),
+                                     "log_max_bytes": 4096, "log_backups": 1,
+                                     "resources": {"interval": 30}},  # the idle logs' delay: 30 s
+                           "components": {"web": {"command": ["sleep", "1000"], "replicas": {"min": 1, "max": 3}}}},
+                          env={})
+
+    async def main() -> None:
+        from tests.helpers import until
+
+        reaper = Reaper(asyncio.get_running_loop())
+        sup = Supervisor(config, reaper, StateStore(config.agent.state_dir))
+        task = asyncio.ensure_future(rotate_logs_forever(sup))
+        try:
+            # The rotation loop's first round, before any replica: its thread exists once it was handed one.
+            await until(lambda: any(t.name.startswith("log-rotation") for t in threading.enumerate()), 5)
+            await sup.start_all()
+            for index in (0, 1):
+                if index:
+                    await sup.scale("web", 2, "test")
+                path = replica_log_path(log_dir, "web", index)
+                await until(lambda p=path: p.exists(), 5, what=f"{path} created")  # type: ignore[misc]
+                with open(path, "ab") as f:
+                    f.write(b"line\n" * 2000)  # 10,000 bytes, over log_max_bytes
+                backup = path.with_name(path.name + ".1")
+                await until(lambda b=backup: b.exists(), 3, what=f"{backup} (a rotation)")  # type: ignore[misc]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await sup.shutdown()
+            sup.store.close()
+            reaper.close()
+
+    run_async(main())

@@ -83,6 +83,9 @@ class Lifecycle:
         # Called with the runtime of an external component whose watch (re)starts: added by a reload or
         # given a new spec (the probe runner listens; at start it watches every external itself).
         self.watch_listeners: list[Callable[[Runtime], None]] = []
+        # Called when a replica or a component is added or removed (the log rotator rebuilds its list
+        # of logs then, instead of every round).
+        self.layout_listeners: list[Callable[[], None]] = []
         self.components: dict[str, Runtime] = {
             name: new_runtime(name, spec) for name, spec in config.components.items()
         }
@@ -369,7 +372,12 @@ class Lifecycle:
         rep = Replica(index=index)
         rep.exited.set()
         rt.replicas[index] = rep
+        self._layout_changed()
         return rep
+
+    def _layout_changed(self) -> None:
+        for listener in self.layout_listeners:
+            listener()
 
     def _reconcile(self, rt: Runtime, revive_exited: bool = False) -> list[Replica]:
         """Start missing replicas below the target; return those above it (for the caller to stop)."""
@@ -417,6 +425,7 @@ class Lifecycle:
         for rep in replicas:
             if rep.index >= rt.desired and rep.state is ReplicaState.STOPPED:
                 rt.replicas.pop(rep.index, None)
+                self._layout_changed()
                 if rep.scope is not None:
                     rep.scope.release()
 

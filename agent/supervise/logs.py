@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -254,9 +256,15 @@ def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
             return False
     except FileNotFoundError:
         return False
+    _rotate(path, max_bytes, backups)
+    return True
+
+
+def _rotate(path: Path, max_bytes: int, backups: int) -> None:
+    """`rotate_if_large` once the file is known to be over `max_bytes`."""
     if backups == 0:
         os.truncate(path, 0)
-        return True
+        return
     # The copy is made aside and renamed in: a reader never finds `.1` empty or half written.
     fresh = path.with_name(f".{path.name}.1.new")
     _copy_tail(path, fresh, max_bytes)
@@ -266,7 +274,12 @@ def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
             os.replace(older, path.with_name(f"{path.name}.{n + 1}"))
     os.replace(fresh, path.with_name(f"{path.name}.1"))
     os.truncate(path, 0)
-    return True
+
+
+# The most logs one `check` looks at: at 1,000 components every idle log comes due in the same few
+# milliseconds, and one pass over all of them held the interpreter lock long enough to delay the event
+# loop (a restart) by several milliseconds. The caller calls again at once when more are due.
+BATCH = 64
 
 
 class LogRotator:
@@ -277,47 +290,90 @@ class LogRotator:
     after comes twice as late, not `slowest` late. A new or idle log works up to `slowest` in a few
     checks from FASTEST_CHECK.
 
+    The logs wait in a heap by due time: a `check` looks only at those due (at most `batch` of them),
+    not at every log, and syncs its set of logs only when it is handed a different list (the caller
+    keeps one list while the components do not change).
+
     `check` does blocking file work (stat, copy, truncate): the agent calls it in a thread of its own.
     """
 
     def __init__(self, max_bytes: int, backups: int, slowest: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, batch: int = BATCH) -> None:
         self.max_bytes, self.backups, self.slowest, self._clock = max_bytes, backups, slowest, clock
+        self.batch = batch
+        self._paths: list[Path] | None = None  # the list last synced (compared by identity)
+        self._heap: list[tuple[float, int, Path]] = []  # (due, ticket, path); stale when the ticket moved on
+        self._ticket: dict[Path, int] = {}  # every log tracked, and the ticket of its live heap entry
+        self._tickets = itertools.count()
         self._last: dict[Path, tuple[float, int]] = {}  # when last checked, and the size left then
-        self._due: dict[Path, float] = {}
         self._delays: dict[Path, float] = {}  # the delay last chosen, which the next may at most double
         self._errors: dict[Path, str] = {}
 
-    def check(self, paths: list[Path]) -> float:
-        """Check the logs that are due, rotate those over max_bytes; seconds until the next is due."""
+    def _schedule(self, path: Path, due: float) -> None:
+        ticket = next(self._tickets)
+        self._ticket[path] = ticket
+        heapq.heappush(self._heap, (due, ticket, path))
+
+    def _sync(self, paths: list[Path]) -> None:
+        """Track these logs: new ones are due now, the others keep their schedule, the rest are forgotten."""
+        self._paths = paths
         live = set(paths)
-        for gone in [p for p in self._due if p not in live]:  # replicas that went away
-            self._due.pop(gone, None)
+        for gone in [p for p in self._ticket if p not in live]:  # replicas that went away
+            del self._ticket[gone]  # its heap entry is now stale: dropped when it comes up
             self._last.pop(gone, None)
             self._delays.pop(gone, None)
             self._errors.pop(gone, None)
-        for path in paths:
-            now = self._clock()
-            if self._due.get(path, 0.0) > now:
-                continue
-            try:
-                size = path.stat().st_size
-                left = path.stat().st_size if rotate_if_large(path, self.max_bytes, self.backups) else size
-            except FileNotFoundError:
-                size = left = 0
-            except OSError as exc:
-                if self._errors.get(path) != str(exc):  # once per problem, not once per check
-                    logging.getLogger("agent").error("cannot rotate %s: %s", path, exc)
-                    self._errors[path] = str(exc)
-                self._due[path] = now + self.slowest
-                continue
-            self._errors.pop(path, None)
-            delay = min(self._delay(path, now, size, left), 2 * self._delays.get(path, FASTEST_CHECK / 2))
-            self._delays[path] = delay
-            self._due[path] = now + delay
-            self._last[path] = (now, left)
         now = self._clock()
-        return max(0.0, min((self._due[p] for p in paths), default=now + self.slowest) - now)
+        for path in paths:
+            if path not in self._ticket:
+                self._schedule(path, now)
+        if len(self._heap) > 2 * len(self._ticket) + self.batch:  # many stale entries: rebuild
+            self._heap = [e for e in self._heap if self._ticket.get(e[2]) == e[1]]
+            heapq.heapify(self._heap)
+
+    def check(self, paths: list[Path]) -> float:
+        """Check the logs that are due (up to `batch`), rotate those over max_bytes; seconds until the
+        next is due (0 when more are due already).
+
+        Pass the same list object while the set of logs is unchanged: a different one is synced (O(N)).
+        """
+        if paths is not self._paths:
+            self._sync(paths)
+        heap, checked = self._heap, 0
+        while heap and checked < self.batch:
+            due, ticket, path = heap[0]
+            now = self._clock()
+            if due > now:
+                break
+            heapq.heappop(heap)
+            if self._ticket.get(path) != ticket:
+                continue  # forgotten, or rescheduled since
+            checked += 1
+            self._schedule(path, now + self._check_one(path, now))
+        now = self._clock()
+        while heap and self._ticket.get(heap[0][2]) != heap[0][1]:
+            heapq.heappop(heap)
+        return max(0.0, heap[0][0] - now) if heap else self.slowest
+
+    def _check_one(self, path: Path, now: float) -> float:
+        """Stat one log and rotate it when it is over max_bytes; the delay before its next check."""
+        try:
+            size = left = os.stat(path).st_size
+            if size > self.max_bytes:
+                _rotate(path, self.max_bytes, self.backups)
+                left = os.stat(path).st_size
+        except FileNotFoundError:
+            size = left = 0
+        except OSError as exc:
+            if self._errors.get(path) != str(exc):  # once per problem, not once per check
+                logging.getLogger("agent").error("cannot rotate %s: %s", path, exc)
+                self._errors[path] = str(exc)
+            return self.slowest
+        self._errors.pop(path, None)
+        delay = min(self._delay(path, now, size, left), 2 * self._delays.get(path, FASTEST_CHECK / 2))
+        self._delays[path] = delay
+        self._last[path] = (now, left)
+        return delay
 
     def _delay(self, path: Path, now: float, size: int, left: int) -> float:
         last = self._last.get(path)

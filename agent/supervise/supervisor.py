@@ -223,6 +223,7 @@ class Supervisor(Lifecycle):
                 added = new_runtime(name, config.components[name])
                 added.manual_stop = hold_new
                 self.components[name] = added
+                self._layout_changed()
                 continue
             if name not in plan.replaced and name not in plan.updated:
                 rt.spec = config.components[name]  # an equal spec: nothing to apply, a roll goes on
@@ -299,6 +300,7 @@ class Supervisor(Lifecycle):
                 if rep.scope is not None:
                     rep.scope.release()
         self.components.pop(rt.name, None)
+        self._layout_changed()
         log.info("component %s removed from the config: stopped", rt.name)
 
     # --- observations from probes and resource sampling ---------------------------------------
