@@ -76,8 +76,8 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-class _Stderr(logging.StreamHandler):
-    """StreamHandler whose emit writes and flushes the line itself (the stdlib's goes through three calls)."""
+class _LineWriter(logging.Handler):
+    """A handler that formats a record once and hands the line to `write_line` (which log_direct calls too)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -88,12 +88,19 @@ class _Stderr(logging.StreamHandler):
             self.handleError(record)
 
     def write_line(self, line: str) -> None:
+        raise NotImplementedError
+
+
+class _Stderr(_LineWriter, logging.StreamHandler):
+    """StreamHandler whose emit writes and flushes the line itself (the stdlib's goes through three calls)."""
+
+    def write_line(self, line: str) -> None:
         stream = self.stream
         stream.write(line + "\n")
         stream.flush()
 
 
-class _RotatingFile(RotatingFileHandler):
+class _RotatingFile(_LineWriter, RotatingFileHandler):
     """RotatingFileHandler that does per line only what a line needs: the webhook logs an audit line per
     decision, thousands a second under load, and the stdlib's handler stats the path twice per line (bpo-45401:
     never rotate a FIFO or a device), formats it twice and goes through five calls to write it.
@@ -108,14 +115,6 @@ class _RotatingFile(RotatingFileHandler):
         stream = super()._open()
         self._regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
         return stream
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.write_line(self.format(record))
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
 
     def write_line(self, text: str) -> None:
         line = text + "\n"
