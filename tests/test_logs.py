@@ -116,10 +116,10 @@ def test_a_chatty_child_never_grows_its_log_past_the_bound(tmp_path: Path) -> No
 
 def test_rotating_a_large_log_does_not_block_the_event_loop(tmp_path: Path) -> None:
     """The copy of a 64 MiB log runs on another thread, and the loop keeps running while it does."""
-    from agent.app import rotate_logs_forever
     from agent.config.loader import build_config
     from agent.supervise.process import Reaper
     from agent.supervise.replica import replica_log_path
+    from agent.supervise.rotation import rotate_logs_forever
     from agent.supervise.state import StateStore
     from agent.supervise.supervisor import Supervisor
 
@@ -256,10 +256,10 @@ def test_the_log_of_a_replica_started_later_is_looked_at_at_once(tmp_path: Path)
     """The rotation loop runs before the components start (as in the agent) and idles at the slowest delay
     (30 s here) while there is no log: a replica that starts, or is added by a scale, has its log looked at
     within a moment, not when the next round comes round."""
-    from agent.app import rotate_logs_forever
     from agent.config.loader import build_config
     from agent.supervise.process import Reaper
     from agent.supervise.replica import replica_log_path
+    from agent.supervise.rotation import rotate_logs_forever
     from agent.supervise.state import StateStore
     from agent.supervise.supervisor import Supervisor
 
