@@ -20,7 +20,7 @@ import httpx
 import psutil
 
 from bench.configs import Setup
-from bench.launch import Fleet, start_and_wait
+from bench.launch import Fleet, Instance, start_and_wait
 from bench.stats import summary_ms
 
 REPLICAS = 2
@@ -38,12 +38,21 @@ class MetricsResult:
 
 
 def _covered(client: httpx.Client, url: str, last: str) -> bool:
-    text = client.get(url).text
+    """A resource sample has covered the last component (its RSS is in the body, above 0)."""
+    text = client.get(url, headers={"Accept-Encoding": "identity"}).text
     needle = f'orchestrator_component_resident_memory_bytes{{component="{last}"}} '
-    for line in text.splitlines():
-        if line.startswith(needle):
-            return float(line.rsplit(" ", 1)[1]) > 0
-    return False
+    return any(line.startswith(needle) and float(line.rsplit(" ", 1)[1]) > 0 for line in text.splitlines())
+
+
+def wait_for_sample(client: httpx.Client, inst: Instance, last: str, timeout: float, what: str) -> None:
+    """Poll /metrics until a resource sample covered component `last`; TimeoutError after `timeout` s."""
+    url = inst.url + "/metrics"
+    deadline = time.monotonic() + timeout
+    while not _covered(client, url, last):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}no resource sample covered every component within {timeout:.0f} s")
+        inst.check_alive()
+        time.sleep(0.5)
 
 
 def metrics_latency(root: Path, components: int, scrapes: int) -> MetricsResult:
@@ -57,12 +66,7 @@ def metrics_latency(root: Path, components: int, scrapes: int) -> MetricsResult:
         proc = psutil.Process(inst.pid)
         # At 500 components one resource sample blocks the agent's loop for many seconds (see cycle).
         with httpx.Client(timeout=90.0) as client:
-            deadline = time.monotonic() + 90.0
-            while not _covered(client, url, f"c{components - 1}"):
-                if time.monotonic() > deadline:
-                    raise TimeoutError("no resource sample covered every component within 90 s")
-                inst.check_alive()
-                time.sleep(0.5)
+            wait_for_sample(client, inst, f"c{components - 1}", 90.0, "")
             latencies: list[float] = []
             times = proc.cpu_times()
             cpu0 = times.user + times.system

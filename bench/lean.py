@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.agent_only import wait_for_sample
 from bench.configs import Setup
 from bench.launch import Fleet, Instance, start_and_wait
 from bench.stats import summary_ms
@@ -52,13 +53,6 @@ class AgentRow:
     series_per_component: int = 0
     body_bytes: int = 0
     scrapes: list[Scrapes] = field(default_factory=list)
-
-
-def _covered(client: httpx.Client, url: str, last: str) -> bool:
-    """A resource sample has covered the last component (its RSS is in the body, above 0)."""
-    text = client.get(url, headers={"Accept-Encoding": "identity"}).text
-    needle = f'orchestrator_component_resident_memory_bytes{{component="{last}"}} '
-    return any(line.startswith(needle) and float(line.rsplit(" ", 1)[1]) > 0 for line in text.splitlines())
 
 
 def _scrape(client: httpx.Client, url: str, proc: psutil.Process, encoding: str, count: int,
@@ -97,12 +91,7 @@ def measure_agent(root: Path, variant: str, source: Path | None, n: int, scrapes
         url = inst.url + "/metrics"
         proc = psutil.Process(inst.pid)
         with httpx.Client(timeout=90.0) as client:
-            deadline = time.monotonic() + 120.0
-            while not _covered(client, url, f"c{n - 1}"):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{variant}: no resource sample covered every component within 120 s")
-                inst.check_alive()
-                time.sleep(0.5)
+            wait_for_sample(client, inst, f"c{n - 1}", 120.0, f"{variant}: ")
             row.rss_idle = int(proc.memory_info().rss)
             row.scrapes = [_scrape(client, url, proc, enc, scrapes, row) for enc in ("identity", "gzip")]
         return row
