@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import resource
 import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -15,21 +16,17 @@ from agent.supervise.process import Reaper
 from tests.helpers import pid_alive, run_async, until
 
 
-def test_guardian_kills_registered_groups_only_at_eof() -> None:
-    groups = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(3)]
+def with_guardian(count: int, body: Callable[[Guardian, list[subprocess.Popen[bytes]]], Awaitable[None]]) -> None:
+    """`count` sleeping process groups, all registered with a fresh guardian, then `body`; the groups are
+    killed and waited for afterwards whatever happened."""
+    groups = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(count)]
 
     async def main() -> None:
         reaper = Reaper(asyncio.get_running_loop())
         guardian = Guardian(reaper)
         for p in groups:
             guardian.add(p.pid)
-        guardian.remove(groups[1].pid)  # this one ended as far as the agent knows
-        assert all(pid_alive(p.pid) for p in groups)
-        guardian.close()
-        await until(lambda: not guardian.alive, 5)
-        # The reaper collects every child of this process, the sleeps included.
-        await until(lambda: not pid_alive(groups[0].pid) and not pid_alive(groups[2].pid), 5)
-        assert pid_alive(groups[1].pid)
+        await body(guardian, groups)
         reaper.close()
 
     try:
@@ -40,15 +37,22 @@ def test_guardian_kills_registered_groups_only_at_eof() -> None:
             p.wait()
 
 
+def test_guardian_kills_registered_groups_only_at_eof() -> None:
+    async def body(guardian: Guardian, groups: list[subprocess.Popen[bytes]]) -> None:
+        guardian.remove(groups[1].pid)  # this one ended as far as the agent knows
+        assert all(pid_alive(p.pid) for p in groups)
+        guardian.close()
+        await until(lambda: not guardian.alive, 5)
+        # The reaper collects every child of this process, the sleeps included.
+        await until(lambda: not pid_alive(groups[0].pid) and not pid_alive(groups[2].pid), 5)
+        assert pid_alive(groups[1].pid)
+
+    with_guardian(3, body)
+
+
 def test_guardian_kills_a_group_registered_again_after_its_removal() -> None:
     # Group ids are pids, which the kernel reuses: a removed one may come back as a new replica's.
-    groups = [subprocess.Popen(["sleep", "60"], start_new_session=True) for _ in range(2)]
-
-    async def main() -> None:
-        reaper = Reaper(asyncio.get_running_loop())
-        guardian = Guardian(reaper)
-        for p in groups:
-            guardian.add(p.pid)
+    async def body(guardian: Guardian, groups: list[subprocess.Popen[bytes]]) -> None:
         await asyncio.sleep(0)  # the changes queued so far go out (a write of their own)
         guardian.remove(groups[0].pid)
         guardian.remove(groups[1].pid)
@@ -58,14 +62,8 @@ def test_guardian_kills_a_group_registered_again_after_its_removal() -> None:
         await until(lambda: not guardian.alive, 5)
         await until(lambda: not pid_alive(groups[0].pid), 5)
         assert pid_alive(groups[1].pid)
-        reaper.close()
 
-    try:
-        run_async(main())
-    finally:
-        for p in groups:
-            p.kill()
-            p.wait()
+    with_guardian(2, body)
 
 
 def test_guardian_bookkeeping_stays_cheap_with_many_groups() -> None:
