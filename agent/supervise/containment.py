@@ -108,8 +108,8 @@ class Scope:
         """Send sig to every member; returns how many got it."""
         return send_signal(self.members(leader), sig)
 
-    def kill(self, leader: int | None) -> int:
-        """SIGKILL every member until none is left; returns how many were killed."""
+    def kill(self, leader: int | None) -> set[int]:
+        """SIGKILL every member until none is left; returns the pids that were alive when signalled."""
         raise NotImplementedError
 
     def release(self) -> None:
@@ -169,8 +169,9 @@ class CgroupScope(Scope):
         marked = self.marked.members(leader) if self.marked is not None else []
         return sorted(set(self._procs()) | set(marked))
 
-    def kill(self, leader: int | None) -> int:
-        killed = self.marked.kill(leader) if self.marked is not None else 0
+    def kill(self, leader: int | None) -> set[int]:
+        # A set, not a count: the marker and the cgroup find the same processes.
+        killed = self.marked.kill(leader) if self.marked is not None else set()
         pids = self._procs()
         if not pids:
             return killed
@@ -181,17 +182,16 @@ class CgroupScope(Scope):
         # is in do_exit, e.g. one ended by its parent-death signal a moment ago).
         procfs = ProcFS()
         if self.has_kill:
-            living = sum(procfs.living(p) for p in pids)
+            killed.update(p for p in pids if procfs.living(p))
             _write(self.path / "cgroup.kill", "1")
-            return killed + living
-        seen: set[int] = set()
+            return killed
         for _ in range(KILL_ROUNDS):  # no cgroup.kill (Linux < 5.14): signal the members until none is left
             pids = self._procs()
             if not pids:
                 break
-            seen.update(p for p in pids if procfs.living(p))
+            killed.update(p for p in pids if procfs.living(p))
             send_signal(pids, signal.SIGKILL)
-        return killed + len(seen)
+        return killed
 
     def release(self) -> None:
         rmdir_when_empty(self.path)
@@ -349,16 +349,16 @@ class TrackingScope(Scope):
             roots.extend(procfs.children(pid))
         return out
 
-    def kill(self, leader: int | None) -> int:
+    def kill(self, leader: int | None) -> set[int]:
         killed: set[int] = set()
         for _ in range(KILL_ROUNDS):
             pids = self.members(leader)
             if not pids:
-                return len(killed)
+                return killed
             send_signal(pids, signal.SIGKILL)
             killed.update(pids)
         log.error("scope %s: processes still appearing after %d rounds of SIGKILL", self.marker, KILL_ROUNDS)
-        return len(killed)
+        return killed
 
 
 class TrackingContainment(Containment):

@@ -19,22 +19,22 @@ from agent.supervise.state import atomic_write_json
 log = logging.getLogger("agent.containment")
 
 
-def sweep_cgroup(base: Path) -> int:
-    """End every process left in a dead agent's cgroup subtree and remove it; returns how many."""
-    killed = 0
+def sweep_cgroup(base: Path) -> set[int]:
+    """End every process left in a dead agent's cgroup subtree and remove it; returns their pids."""
+    killed: set[int] = set()
     if not base.is_dir():
-        return 0
+        return killed
     slots = sorted(p for p in base.iterdir() if p.is_dir())
     for slot in slots:
-        killed += CgroupScope(None, slot, (slot / "cgroup.kill").exists()).kill(None)
+        killed |= CgroupScope(None, slot, (slot / "cgroup.kill").exists()).kill(None)
     for slot in slots:
         rmdir_when_empty(slot)
     rmdir_when_empty(base)
     return killed
 
 
-def sweep_marked(prefix: str, proc: str = "/proc") -> int:
-    """SIGKILL every process whose environment has an entry starting with `prefix`; returns how many."""
+def sweep_marked(prefix: str, proc: str = "/proc") -> set[int]:
+    """SIGKILL every process whose environment has an entry starting with `prefix`; returns their pids."""
     needle = prefix.encode()
     me = os.getpid()
     killed: set[int] = set()
@@ -56,7 +56,7 @@ def sweep_marked(prefix: str, proc: str = "/proc") -> int:
             break
         send_signal(found, signal.SIGKILL)
         killed.update(found)  # one that takes a moment to die is signalled again, counted once
-    return len(killed)
+    return killed
 
 
 def _start_ticks(pid: int) -> int | None:
@@ -88,15 +88,17 @@ class Ledger:
             log.error("the agent that recorded %s (pid %d) is still running: not touching its processes",
                       self.path, pid)
             return 0
-        killed = 0
+        # A union: a process the cgroup sweep signalled may still be listed (its SIGKILL not yet
+        # taken) when the marker sweep looks, and it is one process, not two.
+        killed: set[int] = set()
         cgroup, marker = previous.get("cgroup"), previous.get("marker")
         if isinstance(cgroup, str) and cgroup.rsplit("/", 1)[-1].startswith("orchestrator-agent."):
-            killed += sweep_cgroup(Path(cgroup))
+            killed |= sweep_cgroup(Path(cgroup))
         if isinstance(marker, str) and marker.startswith(f"{MARKER}="):
-            killed += sweep_marked(marker)
+            killed |= sweep_marked(marker)
         if killed:
-            log.warning("ended %d process(es) left by the previous agent (pid %d)", killed, pid)
-        return killed
+            log.warning("ended %d process(es) left by the previous agent (pid %d)", len(killed), pid)
+        return len(killed)
 
     def write(self, containment: Containment) -> None:
         """Record this agent; a crash leaves it for the next start to sweep."""
