@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import generate_latest as text_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
@@ -221,8 +223,46 @@ def test_a_cached_line_is_written_anew_when_its_value_changes() -> None:
         fam.add_metric(['say "hi"'], 1.0)
         return [fam]
 
-    cache: LineCache = {}
+    cache = LineCache()
     for value in (1.0, 2.5, math.nan, math.nan, 1.0):
         for openmetrics in (False, True):
             assert render(families(value), openmetrics, cache) == render(families(value), openmetrics)
     assert len(cache) == 3
+
+
+def _scrape_families(scrape: dict[str, list[tuple[str, float]]]) -> list[Family]:
+    out = []
+    for name, rows in scrape.items():
+        fam = Family(name, "doc", labels=["component"], typ="counter" if name == "c" else "gauge")
+        for label, value in rows:
+            fam.add_metric([label], value)
+        out.append(fam)
+    return out
+
+
+_row_label = st.sampled_from(["a", "b", "c d", 'q"x', "e\\n"])
+_row_value = st.sampled_from([0.0, 1.0, 2.5, math.nan, math.inf, 1e21])
+_scrape_rows = st.dictionaries(st.sampled_from(["g", "h", "c"]),
+                               st.lists(st.tuples(_row_label, _row_value), max_size=6), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_scrape_rows, min_size=1, max_size=6))
+def test_scrapes_through_the_cache_write_what_a_fresh_render_writes(
+        scrapes: list[dict[str, list[tuple[str, float]]]]) -> None:
+    # Rows that come, go, move, repeat or change value between scrapes, families that appear and vanish.
+    cache = LineCache()
+    for scrape in scrapes:
+        for openmetrics in (False, True):
+            assert render(_scrape_families(scrape), openmetrics, cache) == render(_scrape_families(scrape), openmetrics)
+        assert len(cache) == sum(len(rows) for rows in scrape.values())  # nothing of a series that is gone
+
+
+def test_a_family_whose_rows_did_not_change_is_written_as_it_was() -> None:
+    cache = LineCache()
+    scrape = {"g": [("a", 1.0), ("b", 2.0)], "h": [("a", 3.0)]}
+    render(_scrape_families(scrape), False, cache)
+    kept = dict(cache.families)
+    render(_scrape_families({**scrape, "h": [("a", 4.0)]}), False, cache)
+    assert cache.families["g"] is kept["g"]  # not rebuilt
+    assert cache.families["h"] is not kept["h"]

@@ -9,6 +9,7 @@ over the rest of `agent run`: bench/memory.py).
 
 from __future__ import annotations
 
+import array
 import bisect
 import itertools
 import math
@@ -183,7 +184,82 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-LineCache = dict[tuple[str, ...], tuple[float, str]]
+class _Block:
+    """One family's rows as last written: their label values, values, and lines as one piece of text.
+
+    `text` is the rows' lines joined by newlines, `ends[i]` where row i's line ends in it. Kept as one
+    bytes object rather than a line each: at 11,000 series that is half the memory, and a family whose
+    rows and values did not change is written again as it is.
+    """
+
+    __slots__ = ("ends", "index", "keys", "text", "values")
+
+    def __init__(self, keys: list[Key], values: array.array[float], ends: array.array[int], text: bytes) -> None:
+        self.keys, self.values, self.ends, self.text = keys, values, ends, text
+        self.index: dict[Key, int] | None = None  # row by label values, built on the first row out of order
+
+    def find(self, key: Key, position: int) -> int:
+        """Where `key` was last written: `position` when the rows keep their order, as they mostly do."""
+        keys = self.keys
+        if position < len(keys) and keys[position] == key:
+            return position
+        if self.index is None:
+            self.index = {k: i for i, k in enumerate(keys)}
+        return self.index.get(key, -1)
+
+    def line(self, i: int) -> bytes:
+        return self.text[self.ends[i - 1] + 1 if i else 0: self.ends[i]]
+
+
+_EMPTY = _Block([], array.array("d"), array.array("Q"), b"")
+
+
+class LineCache:
+    """Each series' last line, with its value, by family; the /metrics route keeps one.
+
+    Each render replaces a family's block with the rows it wrote and drops the families it did not
+    write, so the cache never holds a series that is gone (a component a reload removed).
+    """
+
+    def __init__(self) -> None:
+        self.families: dict[str, _Block] = {}
+
+    def __len__(self) -> int:
+        return sum(len(block.keys) for block in self.families.values())
+
+
+def _rows(sample: str, fill: Callable[..., str], rows: Iterable[Row], last: _Block) -> _Block:
+    """The block of a family's rows, taken from the last one where rows and values did not change."""
+    count = len(last.keys)
+    i = 0
+    rows = iter(rows)
+    first: tuple[Row, ...] = ()
+    for row in rows:  # as long as every row is as last written, nothing is built
+        if i >= count or last.keys[i] != row[0] or last.values[i] != row[1]:
+            first = (row,)
+            break
+        i += 1
+    else:
+        if i == count:
+            return last
+    keys, values, ends = last.keys[:i], last.values[:i], last.ends[:i]
+    pieces = [last.text[: ends[-1]]] if i else []
+    end = ends[-1] if i else -1
+    for labels, value in itertools.chain(first, rows):
+        at = last.find(labels, len(keys))
+        if at < 0:
+            text = fill(*map(_escape, labels)) if labels else sample + " "
+            line = (text + _number(value)).encode()
+        else:
+            line = last.line(at)
+            if last.values[at] != value:  # the line's labels end at its last space: a number has none
+                line = line[: line.rindex(b" ") + 1] + _number(value).encode()
+        keys.append(labels)
+        values.append(value)
+        end += 1 + len(line)
+        ends.append(end)
+        pieces.append(line)
+    return _Block(keys, values, ends, b"\n".join(pieces))
 
 
 def render(families: Iterable[Family | Samples], openmetrics: bool, cache: LineCache | None = None) -> bytes:
@@ -191,51 +267,40 @@ def render(families: Iterable[Family | Samples], openmetrics: bool, cache: LineC
 
     prometheus_client's generate_latest validates every label name of every sample; with tens of
     thousands of series per scrape that dominated the cost. The agent's own families have fixed,
-    valid names, so they are written here: one format template per family, filled in per row. Each
-    family is encoded as it is written, so a scrape never holds every line of every family as text
-    (what a scrape leaves resident grows with what it held at once: docs/benchmarks.md, Memory).
+    valid names, so they are written here: one format template per family, filled in per row, and
+    each family encoded as it is written.
 
-    With a `cache` (the /metrics route keeps one), each labelled row's line is kept with its value: a
-    value that did not change since the last scrape (most of them: limits, desired counts, states) costs
-    a dict look-up instead of escaping and formatting, half a scrape's time at 1,000 components, for
-    about 0.3 KB a series kept (docs/benchmarks.md, "Lean at 1,000 components").
+    With a `cache` (the /metrics route keeps one), each family's rows are kept with their values and
+    lines: a value that did not change since the last scrape (most of them: limits, desired counts,
+    states) costs a comparison instead of escaping, formatting and encoding, and a family none of
+    whose rows changed is written as it was (docs/benchmarks.md, "Lean at 1,000 components").
     """
-    cache = {} if cache is None else cache  # one way to write a row: a one-off render fills a throwaway cache
+    cache = LineCache() if cache is None else cache  # one way to write a row: a one-off render fills a throwaway cache
+    written: dict[str, _Block] = {}
     chunks: list[bytes] = []
-    out: list[str] = []
-    add = out.append
+    add = chunks.append
     for fam in families:
         name = fam.name
         shown = name + "_total" if fam.type == "counter" and not openmetrics else name
-        add(f"# HELP {shown} {_escape_help(fam.documentation, openmetrics)}")
-        add(f"# TYPE {shown} {fam.type}")
+        add(f"# HELP {shown} {_escape_help(fam.documentation, openmetrics)}\n# TYPE {shown} {fam.type}\n".encode())
         if isinstance(fam, Family):
             sample = name + "_total" if fam.type == "counter" else name
             # e.g. 'x_total{component="{}",reason="{}"} ': the names are fixed and valid, the values escaped.
             fill = (sample + "{{" + ",".join(f'{k}="{{}}"' for k in fam.label_names) + "}} ").format
-            for values, value in itertools.chain(fam.rows, fam.source):
-                if not values:
-                    add(f"{sample} {_number(value)}")
-                else:
-                    key = (sample, *values)
-                    entry = cache.get(key)
-                    if entry is None:
-                        entry = cache[key] = (value, fill(*map(_escape, values)) + _number(value))
-                    elif entry[0] != value:  # the line's labels end at its last space: a number has none
-                        line = entry[1]
-                        entry = cache[key] = (value, line[: line.rindex(" ") + 1] + _number(value))
-                    add(entry[1])
+            block = written[sample] = _rows(sample, fill, itertools.chain(fam.rows, fam.source),
+                                            cache.families.get(sample, _EMPTY))
+            if block.keys:
+                add(block.text)
+                add(b"\n")
         else:
             _add_samples(fam, openmetrics, add)
-        add("")
-        chunks.append("\n".join(out).encode())
-        out.clear()
+    cache.families = written
     if openmetrics:
-        chunks.append(b"# EOF\n")
+        add(b"# EOF\n")
     return b"".join(chunks)
 
 
-def _add_samples(fam: Samples, openmetrics: bool, add: Callable[[str], None]) -> None:
+def _add_samples(fam: Samples, openmetrics: bool, add: Callable[[bytes], None]) -> None:
     """The lines of a family given as samples, with exemplars in OpenMetrics."""
     for s in fam.samples:
         if s.labels:
@@ -249,7 +314,7 @@ def _add_samples(fam: Samples, openmetrics: bool, add: Callable[[str], None]) ->
             line += f" # {{{ex_labels}}} {_number(ex.value)}"
             if ex.timestamp is not None:
                 line += f" {_number(float(ex.timestamp))}"
-        add(line)
+        add(line.encode() + b"\n")
 
 
 OPENMETRICS = "application/openmetrics-text"
