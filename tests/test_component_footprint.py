@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tracemalloc
+from pathlib import Path
 
 from agent.config.models import Component, Config
+from agent.supervise.containment import CgroupScope, TrackingContainment
 from agent.supervise.lifecycle import new_runtime
 from agent.supervise.replica import Replica
 
@@ -48,3 +50,22 @@ def test_a_runtime_and_its_replica_hold_no_asyncio_event() -> None:
     rt = new_runtime("c", spec)
     assert events(rt) == []
     assert events(Replica(index=0)) == []
+
+
+def test_components_with_the_same_directory_share_one_path() -> None:
+    # The loader gives every component of a file its directory as `cwd`: one Path, not one each.
+    config = Config.model_validate({"components": {f"c{i}": {"command": ["sleep", "1"], "cwd": "/srv/app/"}
+                                                   for i in range(3)}})
+    paths = [c.cwd for c in config.components.values()]
+    assert paths[0] == Path("/srv/app") and all(p is paths[0] for p in paths)
+    other = Component.model_validate({"command": ["x"], "cwd": "/srv/other"}).cwd
+    assert other == Path("/srv/other") and other is not paths[0]
+
+
+def test_a_replica_slot_s_scopes_have_no_instance_dict(tmp_path: Path) -> None:
+    tracking = TrackingContainment(set)
+    marked = tracking.scope("c", 0)
+    cgroup = CgroupScope(None, tmp_path / "c.0", True, marked)  # type: ignore[arg-type]
+    for scope in (marked, cgroup):
+        assert not hasattr(scope, "__dict__"), type(scope).__name__
+    assert cgroup.path == tmp_path / "c.0"

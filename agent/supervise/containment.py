@@ -93,6 +93,8 @@ def send_signal(pids: list[int], sig: int) -> int:
 class Scope:
     """One replica slot: what runs in it, how to start into it, how to signal and end all of it."""
 
+    __slots__ = ()  # one or two per replica: no instance dict (docs/benchmarks.md, Memory)
+
     def spawning(self) -> contextlib.AbstractContextManager[dict[str, str]]:
         """Around the fork: yields environment entries the child must carry."""
         raise NotImplementedError
@@ -141,10 +143,12 @@ class Containment:
 
 
 class CgroupScope(Scope):
+    __slots__ = ("_path", "has_kill", "marked", "owner")
+
     def __init__(self, owner: CgroupContainment | None, path: Path, has_kill: bool,
                  marked: TrackingScope | None = None) -> None:
         self.owner = owner  # None for a dead agent's slot being swept: nothing is spawned into it
-        self.path = path
+        self._path = str(path)  # a string kept, a Path made when used: a Path is 0.3 KB a replica
         self.has_kill = has_kill
         # The same slot tracked by environment marker: covers what forked before the move (below).
         self.marked = marked
@@ -154,6 +158,10 @@ class CgroupScope(Scope):
         assert self.marked is not None
         with self.marked.spawning() as env:
             yield env
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
 
     def adopt(self, pid: int) -> None:
         assert self.owner is not None
@@ -316,6 +324,8 @@ def _has_entry(pid: int, entry: bytes, proc: str = "/proc") -> bool:
 
 
 class TrackingScope(Scope):
+    __slots__ = ("entry", "marker", "owner")
+
     def __init__(self, owner: TrackingContainment, marker: str) -> None:
         self.owner = owner
         self.marker = marker

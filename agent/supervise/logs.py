@@ -279,6 +279,9 @@ def _rotate(path: Path, max_bytes: int, backups: int) -> None:
 # milliseconds, and one pass over all of them held the interpreter lock long enough to delay the event
 # loop (a restart) by several milliseconds. The caller calls again at once when more are due.
 BATCH = 64
+# A log as the rotator keys it. The agent passes strings: at 1,000 replicas a Path each costs about
+# 0.3 MiB more (docs/benchmarks.md, Memory).
+LogPath = str | Path
 
 
 class LogRotator:
@@ -300,20 +303,20 @@ class LogRotator:
                  clock: Callable[[], float] = time.monotonic, batch: int = BATCH) -> None:
         self.max_bytes, self.backups, self.slowest, self._clock = max_bytes, backups, slowest, clock
         self.batch = batch
-        self._paths: list[Path] | None = None  # the list last synced (compared by identity)
-        self._heap: list[tuple[float, int, Path]] = []  # (due, ticket, path); stale when the ticket moved on
-        self._ticket: dict[Path, int] = {}  # every log tracked, and the ticket of its live heap entry
+        self._paths: list[LogPath] | None = None  # the list last synced (compared by identity)
+        self._heap: list[tuple[float, int, LogPath]] = []  # (due, ticket, path); stale when the ticket moved on
+        self._ticket: dict[LogPath, int] = {}  # every log tracked, and the ticket of its live heap entry
         self._tickets = itertools.count()
-        self._last: dict[Path, tuple[float, int]] = {}  # when last checked, and the size left then
-        self._delays: dict[Path, float] = {}  # the delay last chosen, which the next may at most double
-        self._errors: dict[Path, str] = {}
+        self._last: dict[LogPath, tuple[float, int]] = {}  # when last checked, and the size left then
+        self._delays: dict[LogPath, float] = {}  # the delay last chosen, which the next may at most double
+        self._errors: dict[LogPath, str] = {}
 
-    def _schedule(self, path: Path, due: float) -> None:
+    def _schedule(self, path: LogPath, due: float) -> None:
         ticket = next(self._tickets)
         self._ticket[path] = ticket
         heapq.heappush(self._heap, (due, ticket, path))
 
-    def _sync(self, paths: list[Path]) -> None:
+    def _sync(self, paths: list[LogPath]) -> None:
         """Track these logs: new ones are due now, the others keep their schedule, the rest are forgotten."""
         self._paths = paths
         live = set(paths)
@@ -330,7 +333,7 @@ class LogRotator:
             self._heap = [e for e in self._heap if self._ticket.get(e[2]) == e[1]]
             heapq.heapify(self._heap)
 
-    def check(self, paths: list[Path]) -> float:
+    def check(self, paths: list[LogPath]) -> float:
         """Check the logs that are due (up to `batch`), rotate those over max_bytes; seconds until the
         next is due (0 when more are due already).
 
@@ -354,12 +357,12 @@ class LogRotator:
             heapq.heappop(heap)
         return max(0.0, heap[0][0] - now) if heap else self.slowest
 
-    def _check_one(self, path: Path, now: float) -> float:
+    def _check_one(self, path: LogPath, now: float) -> float:
         """Stat one log and rotate it when it is over max_bytes; the delay before its next check."""
         try:
             size = left = os.stat(path).st_size
             if size > self.max_bytes:
-                _rotate(path, self.max_bytes, self.backups)
+                _rotate(Path(path), self.max_bytes, self.backups)
                 left = os.stat(path).st_size
         except FileNotFoundError:
             size = left = 0
@@ -374,7 +377,7 @@ class LogRotator:
         self._last[path] = (now, left)
         return delay
 
-    def _delay(self, path: Path, now: float, size: int, left: int) -> float:
+    def _delay(self, path: LogPath, now: float, size: int, left: int) -> float:
         last = self._last.get(path)
         if last is None or now <= last[0] or size <= last[1]:
             return self.slowest

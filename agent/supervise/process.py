@@ -195,7 +195,6 @@ class Reaper:
         # let children inherit the agent's.
         self.child_nofile = child_nofile if child_nofile != resource.getrlimit(resource.RLIMIT_NOFILE) else None
         self._callbacks: dict[int, Callable[[ExitStatus], None]] = {}
-        self._popens: dict[int, subprocess.Popen[bytes]] = {}
         self.orphans_reaped = 0
         # uvloop reserves add_signal_handler(SIGCHLD) for its own subprocesses, which the agent never
         # uses; a plain handler that hands over to the loop works on both loops.
@@ -276,7 +275,11 @@ class Reaper:
             **ids,
         )
         self._callbacks[popen.pid] = on_exit
-        self._popens[popen.pid] = popen
+        # Popen only starts the child: its exit status is the reaper's. Marked as collected, the Popen
+        # object can go now rather than live as long as the child (0.4 KB a replica with its argv and
+        # lock); one dropped unmarked would waitpid the child in __del__, or queue it in subprocess's
+        # own list of children to reap, and take the exit status from the reaper.
+        popen.returncode = 0
         # The child may already have exited before its callback was registered.
         self._loop.call_soon(self.reap)
         return popen.pid
@@ -299,10 +302,7 @@ class Reaper:
             if pid == 0:
                 return
             callback = self._callbacks.pop(pid, None)
-            popen = self._popens.pop(pid, None)
             result = ExitStatus.from_wait(status)
-            if popen is not None:
-                popen.returncode = result.metric_code
             if callback is None:
                 self.orphans_reaped += 1
                 continue

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.supervise.logs import LogRotator
+from agent.supervise.logs import LogPath, LogRotator
 from agent.supervise.replica import replica_err_path, replica_log_path
 
 if TYPE_CHECKING:
@@ -28,7 +27,7 @@ async def rotate_logs_forever(sup: Supervisor) -> None:
     """
     settings: AgentSettings | None = None
     rotator = LogRotator(1, 0, 1.0)
-    paths: list[Path] = []
+    paths: list[LogPath] = []
     changed = asyncio.Event()
     changed.set()
     sup.layout_listeners.append(changed.set)
@@ -45,9 +44,9 @@ async def rotate_logs_forever(sup: Supervisor) -> None:
                 changed.set()
             if changed.is_set():
                 changed.clear()
-                paths = [replica_log_path(settings.log_dir, rt.name, index)
+                paths = [str(replica_log_path(settings.log_dir, rt.name, index))
                          for rt in sup.components.values() for index in list(rt.replicas)]
-                paths += [err for rt in sup.components.values() for index in list(rt.replicas)
+                paths += [str(err) for rt in sup.components.values() for index in list(rt.replicas)
                           if (err := replica_err_path(settings.log_dir, rt.name, rt.spec, index)) is not None]
             delay = await loop.run_in_executor(thread, rotator.check, paths)
             if delay <= 0:
