@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from agent.config.base import NAME_PATTERN as NAME_PATTERN
+from agent.config.base import SharedPath
 from agent.config.base import Strict as Strict
 from agent.config.sources import Backlog as Backlog
 from agent.config.sources import BacklogSource as BacklogSource
@@ -311,20 +312,6 @@ def _account(kind: str, value: str | int) -> None:
         pwd.getpwnam(value) if kind == "user" else grp.getgrnam(value)
     except KeyError:
         raise ValueError(f"unknown {kind} {value!r} on this host") from None
-
-
-_SHARED_PATHS: dict[str, Path] = {}
-
-
-def _shared_path(path: Path) -> Path:
-    """One Path object for equal paths: every component of a file has its directory as `cwd`, and a
-    Path each cost 0.3 MiB at 1,000 components (docs/benchmarks.md, Memory)."""
-    if len(_SHARED_PATHS) > 4096:  # a backstop for a config that gives every component a directory of its own
-        _SHARED_PATHS.clear()
-    return _SHARED_PATHS.setdefault(str(path), path)
-
-
-SharedPath = Annotated[Path, AfterValidator(_shared_path)]
 
 
 class Component(Strict):
