@@ -249,8 +249,7 @@ class ComponentCollector:
         the rows of every family at once (35,000 at 1,000 components; what a scrape holds at once, it
         leaves resident: docs/benchmarks.md, Memory). Rendering never awaits, so they read one state.
         """
-        comps = list(self.sup.components.items())
-        labelled = self._labelled()
+        labelled = self._labelled()  # every component as ((name,), runtime)
         usage = self.resources.components
 
         def each(read: Callable[[Runtime], float]) -> Iterator[Row]:
@@ -260,7 +259,7 @@ class ComponentCollector:
             return ((key, read(use) if (use := usage.get(key[0])) else 0) for key, _ in labelled)
 
         def info() -> Iterator[Row]:
-            for name, rt in comps:
+            for (name,), rt in labelled:
                 yield (name, rt.spec.kind, "true" if rt.spec.essential else "false"), 1
 
 
@@ -269,7 +268,7 @@ class ComponentCollector:
             return min(1.0, rt.healthy_count / target) if target else 1.0
 
         def probe_ok() -> Iterator[Row]:
-            for name, rt in comps:
+            for (name,), rt in labelled:
                 spec = rt.spec
                 if spec.probe is None:
                     continue
@@ -279,7 +278,7 @@ class ComponentCollector:
                         yield (name, str(index)), 1 if rep is not None and rep.probe_ok else 0
 
         def restarts() -> Iterator[Row]:
-            for name, rt in comps:
+            for (name,), rt in labelled:
                 shown = precreated_reasons(rt.spec.probe is not None, rt.spec.limits.memory_bytes is not None)
                 for reason in REASONS:
                     n = rt.restarts[reason]
@@ -291,9 +290,9 @@ class ComponentCollector:
                      source=info())
         yield Family("orchestrator_component_capability", "Capabilities a component serves.",
                      labels=["component", "capability"],
-                     source=(((name, cap), 1) for name, rt in comps for cap in rt.spec.capabilities))
+                     source=(((name, cap), 1) for (name,), rt in labelled for cap in rt.spec.capabilities))
         yield Family("orchestrator_component_state", "Component state (only the current one, at 1).",
-                     labels=["component", "state"], source=(((name, rt.state.value), 1) for name, rt in comps))
+                     labels=["component", "state"], source=(((name, rt.state.value), 1) for (name,), rt in labelled))
         yield Family("orchestrator_component_up", "Fraction of desired replicas running and passing their probe "
                      "(1 when none is desired).", labels=component, source=each(up))
         yield Family("orchestrator_component_replicas", "Replicas running now.", labels=component,
@@ -311,7 +310,7 @@ class ComponentCollector:
         yield probe_success_family(probe_ok())
         yield Family("orchestrator_component_probe_error", "Reason of the last probe result (only the current "
                      "one, at 1).", labels=["component", "reason"],
-                     source=(((name, self.probes.last_reason.get(name, "none")), 1) for name, rt in comps
+                     source=(((name, self.probes.last_reason.get(name, "none")), 1) for (name,), rt in labelled
                              if rt.spec.probe is not None))
         yield Family("orchestrator_component_last_exit_code",
                      "Exit code of the last replica that ended (128+N for signal N).", labels=component,
