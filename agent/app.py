@@ -20,7 +20,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from agent import __version__
-from agent.act.api import Auth, Credentials, SecretFileError, api_routes
+from agent.act.api import api_routes
+from agent.act.credentials import Auth, Credentials, SecretFileError, SecretWriteError
 from agent.act.dedupe import DedupeStore
 from agent.act.memory import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
@@ -49,7 +50,7 @@ from agent.observe.resources import ResourceMonitor
 from agent.reexec import Handover, Trigger, hand_over, reexec_routes
 from agent.reload import Reloader
 from agent.server import HttpServer, build_app
-from agent.statuspage import page_routes, page_url
+from agent.statuspage import page_routes, page_url, redact_token
 from agent.supervise.containment import Containment, ContainmentError, choose
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
@@ -93,7 +94,7 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
 def _bind_and_mkdir(settings: AgentSettings) -> socket.socket:
     sock = bind_listen_socket(settings.listen_host, settings.listen_port)
     try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot create state dir {settings.state_dir}: {exc.strerror or exc}") from None
@@ -146,14 +147,15 @@ class Parts:
     def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop,
               handover: Handover | None = None) -> Parts:
         """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had,
-        SecretFileError (or OSError) when a credentials file is refused, and then nothing was started.
+        SecretFileError (or OSError) when a credentials file is refused, SecretWriteError when one cannot be
+        created, and then nothing was started.
 
         With a `handover` (after `agent reexec`), the parts take over the previous image's processes:
         its containment and guardian, nothing swept, its replicas adopted.
         """
         settings = config.agent
-        auth = Auth(settings)
         web = WebSecurity(settings)
+        auth = Auth(settings, web)
         store = StateStore(settings.state_dir)
         events = EventMetrics(config)
         reaper = Reaper(loop, child_nofile=raise_fd_limit() if handover is None else handover.child_nofile)
@@ -255,7 +257,7 @@ class Parts:
         routes += api_routes(self.auth, sup, self.modes, self.remediator, self.tracing,
                              self.events.webhook_requests, self.status)
         routes += page_routes(self.auth, self.backlog, lambda: self.web.context is not None)
-        return build_app(sup, [*routes, *extra_routes], [Middleware(WebGate, self.web)])
+        return build_app(sup, [*routes, *extra_routes], [Middleware(WebGate, self.web, self.auth)])
 
     def status(self) -> dict[str, Any]:
         """The `agent status --json` document."""
@@ -308,6 +310,19 @@ class Parts:
                 },
                 "optional_imports": [name for name in OPTIONAL_IMPORTS if name in sys.modules],
                 "components": components}
+
+
+def announce_page(url: str) -> None:
+    """Say where the status page is. The log gets the link with its token redacted: log files are read
+    by others and shipped elsewhere. Only an interactive terminal sees the whole link."""
+    log.info("status page: %s (the link with the token: `agent status --page-url`)", redact_token(url))
+    if sys.stderr.isatty():
+        print(f"status page: {url}", file=sys.stderr, flush=True)
+
+
+def serving_app(parts: Parts, reloader: Reloader, trigger: Trigger) -> Starlette:
+    """The whole app `agent run` serves: the parts' routes, `/-/reload` and `/-/reexec`."""
+    return parts.app([*reloader.routes(), *reexec_routes(parts.auth, trigger, parts.started_wall)])
 
 
 class Agent:
@@ -379,6 +394,9 @@ class Agent:
         except (SecretFileError, WebConfigError) as exc:
             log.error("%s; nothing started", exc)
             return await self._give_up(EXIT_CONFIG)
+        except SecretWriteError as exc:  # a full or read-only state dir, as an unwritable one (exit 3)
+            log.error("%s; nothing started", exc)
+            return await self._give_up(EXIT_UNAVAILABLE)
         except OSError as exc:
             if self.handover is not None:
                 log.exception("cannot take over the previous image's components")
@@ -403,8 +421,7 @@ class Agent:
                 log.info("%s held across the exec: handled now", signal.Signals(signum).name)
                 handlers[signal.Signals(signum)]()
         try:
-            routes = [*reloader.routes(), *reexec_routes(settings, trigger, parts.started_wall)]
-            server = HttpServer(parts.app(routes), parts.guard, sock, parts.web)
+            server = HttpServer(serving_app(parts, reloader, trigger), parts.guard, sock, parts.web)
         except (OSError, ValueError) as exc:
             log.error("cannot set up the HTTP server: %s; nothing started", exc)
             return await self._abort(parts, EXIT_UNAVAILABLE)
@@ -415,7 +432,7 @@ class Agent:
         scheme = "https" if parts.web.context else "http"
         log.info("agent %s listening on %s://%s:%d (node %s, autonomy %s; %s)", __version__, scheme, host, port,
                  settings.node, parts.modes.autonomy.value, parts.web.describe())
-        log.info("status page: %s", page_url(scheme, host, port, (parts.auth.control.bearer or b"").decode()))
+        announce_page(page_url(scheme, host, port, (parts.auth.control.bearer or b"").decode()))
         if self.handover is not None:
             log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
                      __version__, self.handover.version, os.getpid(),

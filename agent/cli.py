@@ -53,12 +53,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         config, broken = handover.config, exc
     from agent.app import Agent
     from agent.loop import run
-    from agent.supervise.logs import setup_logging
+    from agent.supervise.logs import LogFiles, setup_logging
 
     settings = config.agent
     console = (args.log_format or ("console" if sys.stderr.isatty() else "json")) == "console"
     setup_logging(settings.log_level, settings.log_dir, settings.log_max_bytes, settings.log_backups,
-                  console=console)
+                  console=console, files=LogFiles.of(settings.log_group))
     log = logging.getLogger("agent")
     if broken is not None:
         log.error("agent reexec: the config no longer loads; running on the previous image's config. %s", broken)

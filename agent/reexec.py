@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent import __version__
-from agent.act.api import Credentials, ensure_token
+from agent.act.credentials import Auth, Need, control_token_path, requires
 from agent.config.loader import ConfigError, load_config
 from agent.config.models import AgentSettings, Autonomy, Config, StopSettings
 from agent.held_signals import SignalHold
@@ -185,14 +185,11 @@ class Trigger:
         self.go()
 
 
-def reexec_routes(settings: AgentSettings, trigger: Trigger, started_wall: float) -> list[Route]:
+def reexec_routes(auth: Auth, trigger: Trigger, started_wall: float) -> list[Route]:
     """POST /-/reexec (control token): 202 with the pid and the address the new image serves on."""
-    auth = Credentials(ensure_token(settings.control_token_file or settings.state_dir / "control.token"))
 
+    @requires(auth, Need.CONTROL)
     async def reexec(request: Request) -> Response:
-        if not auth.check(request.headers.get("authorization")):
-            return JSONResponse({"error": "missing or wrong control token"}, status_code=401,
-                                headers={"WWW-Authenticate": 'Bearer realm="agent"'})
         refusal = await trigger.request()
         if refusal is not None:
             return JSONResponse({"error": refusal.error, "errors": list(refusal.errors)}, status_code=refusal.status)
@@ -200,8 +197,8 @@ def reexec_routes(settings: AgentSettings, trigger: Trigger, started_wall: float
         # Not a background task, which a client that hangs up would skip (the locks stay taken): the
         # agent stops its server before the exec, and that lets this answer go out first.
         asyncio.get_running_loop().call_soon(trigger.go)
-        upcoming = trigger.next_settings(settings)
-        token_file = upcoming.control_token_file or upcoming.state_dir / "control.token"
+        upcoming = trigger.next_settings(auth.settings)
+        token_file = control_token_path(upcoming)
         # Where the new image serves and where its control token is (a new state_dir means a new
         # token): a path, never the token itself.
         return JSONResponse({"pid": os.getpid(), "start_time": started_wall, "listen": upcoming.listen,

@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.act.api import Auth, SecretFileError, TooLarge, control_guard, parse_json, read_limited
+from agent.act.api import TooLarge, parse_json, read_limited
+from agent.act.credentials import Auth, Need, SecretFileError, SecretWriteError, requires
 from agent.config.changes import ReloadPlan, plan_reload
 from agent.config.loader import ConfigError, load_config
 from agent.config.webconfig import WebConfigError
@@ -100,7 +101,7 @@ class Reloader:
             return self._fail("refused", dry_run, source, where, plan.refused, where, plan)
         try:
             credentials = await asyncio.to_thread(Auth.read, new.agent)
-        except (SecretFileError, OSError) as exc:
+        except (SecretFileError, SecretWriteError, OSError) as exc:
             return self._fail("invalid", dry_run, source, where, [str(exc)], where, plan)
         try:
             web = await asyncio.to_thread(WebSecurity.read, new.agent)
@@ -135,9 +136,7 @@ class Reloader:
 
     def routes(self) -> list[Route]:
         """POST /-/reload (control token; body {"dry_run": true} optional), as Prometheus' lifecycle API."""
-        control_token = control_guard(self.parts.auth)
-
-        @control_token
+        @requires(self.parts.auth, Need.CONTROL)
         async def reload(request: Request) -> Response:
             if self.parts.modes.closing:
                 return JSONResponse({"error": "the agent is shutting down"}, status_code=503)

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agent.act.credentials import public
 from agent.connections import ConnectionGuard, GuardedHttpToolsProtocol, PendingHandshake
 
 if TYPE_CHECKING:
@@ -38,9 +39,11 @@ def build_app(sup: Supervisor, routes: list[Route], middleware: Sequence[Middlew
     exception middleware and router.
     """
 
+    @public
     async def healthy(request: Request) -> Response:
         return PlainTextResponse("OK\n")
 
+    @public
     async def ready(request: Request) -> Response:
         waiting = [
             rt.name for rt in sup.components.values()

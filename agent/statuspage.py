@@ -9,7 +9,6 @@ figures, so sampling runs while a page is open and not otherwise.
 
 from __future__ import annotations
 
-import hmac
 import html
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -19,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from agent.act.api import control_guard
+from agent.act.credentials import WRONG_HOST, Need, login_token, requires
 from agent.act.sessions import COOKIE, cookie_value
 
 if TYPE_CHECKING:
-    from agent.act.api import Auth
+    from agent.act.credentials import Auth
     from agent.observe.backlog import BacklogMonitor
 
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
@@ -43,7 +42,8 @@ PROMPT = """<!doctype html>
 <input id="token" name="token" type="password" autocomplete="off" required autofocus>
 <button type="submit">Open</button>
 </form>
-<p>The start-up log and <code>agent status --page-url</code> print a link that opens the page.</p>
+<p><code>agent status --page-url</code> prints a link that opens the page (so does the agent at start, on a
+terminal; its log shows the link without the token).</p>
 </main></body></html>
 """
 
@@ -57,6 +57,15 @@ def page_url(scheme: str, host: str, port: int, token: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{scheme}://{host}:{port}/?token={quote(token, safe='')}"
+
+
+PAGE_HOST = "This agent does not answer to that Host name (agent.status_page.allowed_hosts)."
+
+
+def redact_token(url: str) -> str:
+    """The link with its token replaced by `…`: what may go to a log."""
+    base, sep, _ = url.partition("?token=")
+    return f"{base}{sep}…" if sep else url
 
 
 def asset(name: str) -> str:
@@ -96,35 +105,33 @@ def page_routes(auth: Auth, backlog: BacklogMonitor, tls: Any) -> list[Route]:
     """
 
     async def index(request: Request) -> Response:
-        if not auth.host_allowed(request.headers.get("host")):
-            return _prompt("This agent does not answer to that Host name (agent.status_page.allowed_hosts).", 403)
-        token = request.query_params.get("token")
-        if token is not None:
-            expected = (auth.control.bearer or b"").decode()
-            if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
-                return _prompt("That token is not this agent's control token.")
+        if login_token(request.scope) is not None:
+            denied = await auth.authorize(Need.LOGIN, request.scope)
+            if denied is not None:
+                return _prompt(PAGE_HOST if denied is WRONG_HOST else denied.reason, denied.status)
             sid, _ = auth.sessions.create()
             redirect = RedirectResponse("/", status_code=303, headers={"Cache-Control": "no-store"})
             redirect.set_cookie(COOKIE, sid, max_age=int(auth.sessions.ttl), path="/", httponly=True,
                                 samesite="strict", secure=bool(tls()))
             return redirect
-        csrf = auth.sessions.csrf(cookie_value(request.headers))
-        if csrf is None:
+        denied = await auth.authorize(Need.SESSION, request.scope)
+        if denied is WRONG_HOST:
+            return _prompt(PAGE_HOST, 403)
+        if denied is not None:
             return _prompt("This page shows the agent's state to holders of its control token.")
-        return _page(auth, csrf)
+        csrf = auth.sessions.csrf(cookie_value(request.headers))
+        return _page(auth, csrf or "")
 
+    @requires(auth, Need.SESSION)
     async def ui(request: Request) -> Response:
         name = request.path_params["file"]
-        if not auth.host_allowed(request.headers.get("host")):
-            return JSONResponse({"error": "the Host header does not name this agent"}, status_code=403)
-        if auth.sessions.csrf(cookie_value(request.headers)) is None:
-            return JSONResponse({"error": "no session: open /?token=..."}, status_code=401,
-                                headers={"WWW-Authenticate": 'Bearer realm="agent"'})
         if name not in ASSETS:
             return JSONResponse({"error": f"no such file {name!r}"}, status_code=404)
         return Response(asset(name), media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
-    @control_guard(auth)
+    index.need = Need.SESSION  # type: ignore[attr-defined]  # and Need.LOGIN with `?token=`
+
+    @requires(auth, Need.CONTROL)
     async def backlog_counts(request: Request) -> Response:
         return JSONResponse(backlog_document(backlog))
 

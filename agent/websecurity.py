@@ -26,6 +26,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent.act.credentials import Auth, Need
 from agent.config.models import AgentSettings
 from agent.config.webconfig import WebConfig, WebConfigError, read_web_config
 from agent.export.exposition import Family
@@ -211,11 +212,13 @@ class WebSecurity:
 
 
 class WebGate:
-    """ASGI middleware: the rate limit, basic auth and the configured response headers."""
+    """ASGI middleware: the rate limit, basic auth (through the one credential check) and the configured
+    response headers."""
 
-    def __init__(self, app: ASGIApp, security: WebSecurity) -> None:
+    def __init__(self, app: ASGIApp, security: WebSecurity, auth: Auth) -> None:
         self.app = app
         self.security = security
+        self.auth = auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -236,12 +239,10 @@ class WebGate:
         if not security.take_token():
             await _plain(send, 429, b"too many requests\n", [(b"retry-after", b"1")])
             return
-        if security.needs_password(scope["path"]):
-            header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-            if not await security.check_password(header):
-                await _plain(send, 401, b"unauthorized\n",
-                             [(b"www-authenticate", b'Basic realm="orchestrator-agent", charset="UTF-8"')])
-                return
+        if await self.auth.authorize(Need.WEB, scope) is not None:
+            await _plain(send, 401, b"unauthorized\n",
+                         [(b"www-authenticate", b'Basic realm="orchestrator-agent", charset="UTF-8"')])
+            return
         await self.app(scope, receive, send)
 
 

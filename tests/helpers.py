@@ -230,12 +230,15 @@ def running_agent(tmp: Path, config: dict[str, Any], *args: str) -> Iterator[Age
 def app_routes(config: Any) -> list[Any]:
     """The route table of the app `agent run` serves for this Config: the real parts are built in a
     loop (nothing started, no component spawned), the app is made, and the parts are closed again."""
-    from agent.app import Parts
+    from agent.app import Parts, serving_app
+    from agent.reexec import Trigger
+    from agent.reload import Reloader
 
     async def build() -> list[Any]:
         parts = Parts.build(config, None, asyncio.get_running_loop())
         try:
-            return list(parts.app().routes)
+            trigger = Trigger(parts.supervisor, parts.reaper, None, lambda: None, lambda: parts.modes.closing)
+            return list(serving_app(parts, Reloader(parts, []), trigger).routes)
         finally:
             await parts.aclose()
 

@@ -7,7 +7,9 @@ fails here, whatever its path.
 from __future__ import annotations
 
 import base64
+import os
 import re
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,10 @@ import pytest
 import yaml
 from starlette.routing import BaseRoute, Mount, Route
 
+from agent.act.credentials import Need
 from agent.config.loader import build_config
-from tests.helpers import AgentProcess, app_routes, running_agent
+from agent.websecurity import OWN_CREDENTIALS
+from tests.helpers import AgentProcess, app_routes, running_agent, wait_for
 
 # Health, readiness and metrics answer anyone (documented in docs/operations.md); nothing else may.
 PUBLIC = frozenset({"/-/healthy", "/-/ready", "/metrics"})
@@ -92,3 +96,138 @@ def test_every_non_public_route_answers_401_without_or_with_wrong_credentials(
     # Nothing was done on the way: the replica was not restarted, autonomy is as configured.
     assert agent.status()["web"]["pids"] == pids
     assert agent.api("GET", "/api/v1/autonomy") == {"autonomy": "on", "emergency_stop": False}
+
+
+def need_of(route: BaseRoute) -> Need | None:
+    """The credential a route's endpoint declares (agent/act/credentials.py `requires`, `public`)."""
+    return getattr(getattr(route, "endpoint", None), "need", None)
+
+
+def test_every_route_declares_the_credential_it_takes(tmp_path: Path) -> None:
+    config = {"agent": {"state_dir": str(tmp_path / "state")}, "components": {"web": {"command": ["sleep", "1"]}}}
+    routes = app_routes(build_config(config))
+    undeclared = [getattr(r, "path", r) for r in routes if need_of(r) is None]
+    assert not undeclared, f"routes without a credential check: {undeclared}"
+    paths = {r.path: need_of(r) for r in routes if isinstance(r, Route)}
+    assert paths["/-/reexec"] is Need.CONTROL and paths["/-/reload"] is Need.CONTROL  # once read at start
+    assert {p for p, n in paths.items() if n is Need.PUBLIC} == PUBLIC
+
+
+def _bcrypt(password: str) -> str:
+    import bcrypt
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+
+
+def _secret(path: Path, text: str) -> None:
+    path.write_text(text + "\n")
+    path.chmod(0o600)
+
+
+class Creds:
+    """One generation of every credential: control and webhook tokens, a basic-auth password, a page session."""
+
+    def __init__(self, control: str, webhook: str, password: str) -> None:
+        self.control, self.webhook, self.password = control, webhook, password
+        self.cookie = self.csrf = ""
+
+    def write(self, tmp: Path) -> None:
+        _secret(tmp / "control.token", self.control)
+        _secret(tmp / "webhook.token", self.webhook)
+        (tmp / "web.yml").write_text(yaml.safe_dump({"basic_auth_users": {"ops": _bcrypt(self.password)}}))
+
+    def login(self, url: str) -> None:
+        """Open a status page session with the control token (`/?token=`), as a browser would."""
+        r = httpx.get(url + "/", params={"token": self.control}, auth=("ops", self.password), timeout=10)
+        assert r.status_code == 303, r.text
+        self.cookie = r.cookies["agent_session"]
+        page = httpx.get(url + "/", cookies={"agent_session": self.cookie}, auth=("ops", self.password), timeout=10)
+        found = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
+        assert page.status_code == 200 and found, page.text
+        self.csrf = found.group(1)
+
+    def request(self, url: str, method: str, template: str, need: Need, *, session: bool = False) -> httpx.Response:
+        """One request to a route with this generation's credential for its need (and for the web config)."""
+        path = concrete(template)
+        headers: dict[str, str] = {}
+        cookies: dict[str, str] = {}
+        params: dict[str, str] = {}
+        if not path.startswith(OWN_CREDENTIALS):
+            headers["Authorization"] = basic("ops", self.password)
+        if need is Need.WEBHOOK:
+            headers["Authorization"] = f"Bearer {self.webhook}"
+        elif need is Need.CONTROL and not session:
+            headers["Authorization"] = f"Bearer {self.control}"
+        elif need is Need.CONTROL:
+            cookies["agent_session"] = self.cookie
+            headers["X-CSRF-Token"] = self.csrf
+        elif need is Need.SESSION:
+            cookies["agent_session"] = self.cookie
+        # A body each route takes without acting: an unknown verb, an empty payload, a dry-run reload.
+        body: Any = {"dry_run": True} if template == "/-/reload" else {}
+        if template == "/api/v1/components/{name}/{verb}":
+            path = path.rsplit("/", 1)[0] + "/no-such-verb"
+        return httpx.request(method, url + path, headers=headers, cookies=cookies, params=params,
+                             json=body if method == "POST" else None, timeout=30, follow_redirects=False)
+
+
+def answers(creds: Creds, url: str) -> bool:
+    try:
+        return creds.request(url, "GET", "/api/v1/status", Need.CONTROL).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_a_rotated_credential_is_refused_on_every_route_and_its_successor_accepted(tmp_path: Path) -> None:
+    old = Creds("old-control-" + "a" * 20, "old-webhook-" + "b" * 20, "old password")
+    new = Creds("new-control-" + "c" * 20, "new-webhook-" + "d" * 20, "new password")
+    old.write(tmp_path)
+    config = {"agent": {"control_token_file": str(tmp_path / "control.token"),
+                        "web_config_file": str(tmp_path / "web.yml"),
+                        "webhook": {"bearer_token_file": str(tmp_path / "webhook.token")}},
+              "components": {"web": {"command": ["sleep", "1000"]}}}
+    agent = AgentProcess(tmp_path, config)
+    agent.basic = ("ops", old.password)  # /-/healthy is behind the web config's basic auth too
+    try:
+        agent.start()
+        routes = app_routes(build_config(yaml.safe_load(agent.config_path.read_text())))
+        table = [(r.path, m, need_of(r)) for r in routes if isinstance(r, Route) for m in sorted(r.methods or ())
+                 if m != "HEAD"]
+        old.login(agent.url)
+        for template, method, need in table:  # the old generation is in force
+            assert need is not None
+            if template == "/-/reexec":
+                continue  # accepted, it would re-execute the agent: once, at the end
+            assert old.request(agent.url, method, template, need).status_code not in (401, 403), (method, template)
+
+        new.write(tmp_path)
+        os.kill(agent.proc.pid, signal.SIGHUP)  # type: ignore[union-attr]
+        wait_for(lambda: new.request(agent.url, "GET", "/api/v1/status", Need.CONTROL).status_code == 200, 15,
+                 what="the reload to put the new control token in force")
+        new.login(agent.url)
+        login = httpx.get(agent.url + "/", params={"token": old.control}, auth=("ops", new.password), timeout=10)
+        assert login.status_code == 401 and "control token" in login.text
+        # /-/reexec last: accepted, it replaces the agent's image (and the old token must stay refused after).
+        table.sort(key=lambda row: row[0] == "/-/reexec")
+        for template, method, need in table:
+            assert need is not None
+            refused = old.request(agent.url, method, template, need)
+            wrong = "WWW-Authenticate" in refused.headers
+            if need is Need.PUBLIC:  # no credential of its own: the web config's basic auth
+                assert refused.status_code == 401 and wrong, (method, template, refused.status_code)
+            else:
+                assert refused.status_code == 401 and wrong, (method, template, refused.status_code, refused.text)
+            if need is Need.CONTROL:  # the old page session ended with the old token
+                cookie = old.request(agent.url, method, template, need, session=True)
+                assert cookie.status_code == 401, (method, template, cookie.status_code)
+            accepted = new.request(agent.url, method, template, need)
+            assert accepted.status_code not in (401, 403), (method, template, accepted.status_code, accepted.text)
+            if need is Need.CONTROL and template != "/-/reexec":  # accepted once: the agent re-executes
+                cookie = new.request(agent.url, method, template, need, session=True)
+                assert cookie.status_code not in (401, 403), (method, template, cookie.status_code)
+        # The re-executed image reads the files again: still the new generation, never the old one.
+        agent.basic = ("ops", new.password)
+        wait_for(lambda: answers(new, agent.url), 30, what="the re-executed agent to answer")
+        assert old.request(agent.url, "POST", "/-/reexec", Need.CONTROL).status_code == 401
+    finally:
+        agent.stop()

@@ -48,7 +48,7 @@ def token(agent: AgentProcess) -> str:
 
 @pytest.fixture
 def page(agent: AgentProcess, browser: Any) -> Iterator[Any]:
-    """A page opened through the link the start-up log prints, with every dialog recorded (and dismissed)."""
+    """A page opened through the link `agent status --page-url` prints, with every dialog recorded (and dismissed)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     tab = context.new_page()
     tab.dialogs = []
@@ -59,7 +59,9 @@ def page(agent: AgentProcess, browser: Any) -> Iterator[Any]:
 
     tab.on("dialog", on_dialog)
     tab.on("pageerror", lambda exc: tab.dialogs.append(f"page error: {exc}"))
-    link = next(r["msg"].split(": ", 1)[1] for r in agent.log_records() if r["msg"].startswith("status page: "))
+    logged = next(r["msg"] for r in agent.log_records() if r["msg"].startswith("status page: "))
+    assert logged == f"status page: {agent.url}/?token=… (the link with the token: `agent status --page-url`)"
+    link = page_url_of(agent)
     assert link == f"{agent.url}/?token={token(agent)}"
     tab.goto(link)
     assert tab.url == agent.url + "/", "the token link redirects to / (the token leaves the address bar)"
@@ -226,12 +228,17 @@ def test_an_open_page_keeps_resource_sampling_on(browser: Any, tmp_path: Any) ->
             context.close()
 
 
-def test_agent_status_page_url_prints_the_link(agent: AgentProcess) -> None:
+def page_url_of(agent: AgentProcess) -> str:
+    """What `agent status --page-url` prints for this agent."""
     argv = [sys.executable, "-m", "agent.cli", "status", "--page-url", "--config", str(agent.config_path)]
-    out = subprocess.run(argv, cwd=agent.dir, capture_output=True, text=True, timeout=30, check=True).stdout
-    assert out.strip() == f"{agent.url}/?token={token(agent)}"
+    return subprocess.run(argv, cwd=agent.dir, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+
+
+def test_agent_status_page_url_prints_the_link(agent: AgentProcess) -> None:
+    out = page_url_of(agent)
+    assert out == f"{agent.url}/?token={token(agent)}"
     with httpx.Client() as client:
-        assert client.get(out.strip()).status_code == 303
+        assert client.get(out).status_code == 303
 
 
 def test_keyboard_only_at_200_percent_zoom(agent: AgentProcess, browser: Any) -> None:

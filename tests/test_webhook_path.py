@@ -249,14 +249,16 @@ def test_a_direct_route_is_served_past_the_router_and_the_router_keeps_the_rest(
     assert len(seen) == 1
 
 
-def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process() -> None:
+def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process(tmp_path: Path) -> None:
     """WebhookEndpoint without Starlette's router: the checks in order, each answer counted by its code."""
     from collections import Counter
     from types import SimpleNamespace
 
     from starlette.testclient import TestClient
 
-    from agent.act.api import Credentials, WebhookEndpoint
+    from agent.act.api import WebhookEndpoint
+    from agent.act.credentials import Auth
+    from agent.config.models import AgentSettings
 
     counted: Counter[str] = Counter()
     handled: list[Any] = []
@@ -267,8 +269,9 @@ def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process() -> N
         handled.append((payload, trace_id))
         return [{"result": "accepted"}]
 
-    auth = SimpleNamespace(webhook=Credentials("t" * 16), settings=SimpleNamespace(webhook=SimpleNamespace(
-        max_body_bytes=len(GOOD) + 10)))
+    (tmp_path / "webhook.token").write_text("t" * 16)
+    (tmp_path / "webhook.token").chmod(0o600)
+    auth = Auth(AgentSettings(state_dir=tmp_path, webhook={"max_body_bytes": len(GOOD) + 10}))
     modes = SimpleNamespace(closing=False)
     endpoint = WebhookEndpoint(auth, modes, SimpleNamespace(handle=handle), Tracing("n", "0", env={}),  # type: ignore[arg-type]
                                SimpleNamespace(inc=lambda code: counted.update([code])))  # type: ignore[arg-type]

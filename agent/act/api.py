@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import functools
-import hmac
 import json
 import logging
-import os
-import secrets
-import shlex
-import stat
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -22,15 +14,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from agent.act.credentials import Auth, Need, refusal, requires
 from agent.act.remediation import Plan, Result, WebhookPayload
-from agent.act.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.config.models import Autonomy
 from agent.supervise.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
     from agent.act.modes import Modes
     from agent.act.remediation import Remediator
-    from agent.config.models import AgentSettings
     from agent.export.exposition import CounterStore
     from agent.export.tracing import Tracing
     from agent.supervise.supervisor import Supervisor
@@ -42,117 +33,6 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 class TooLarge(Exception):
     """The request body exceeds the limit."""
-
-
-MIN_TOKEN_LENGTH = 16
-
-
-class SecretFileError(Exception):
-    """A token or password file the agent refuses to use; the message names it and says what to run."""
-
-
-def read_secret(path: Path, min_length: int = 0) -> str:
-    """A secret file's stripped text, refused when group or others may access it or it is too short."""
-    with open(path, encoding="utf-8") as f:
-        mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
-        secret = f.read().strip()
-    quoted = shlex.quote(str(path))
-    problems = []
-    if mode & 0o077:
-        problems.append(f"group or others may access it (mode {mode:04o}); run: chmod 600 {quoted}")
-    if len(secret) < min_length:
-        problems.append(
-            f"it holds {len(secret)} characters, fewer than {min_length}; write a longer random token, e.g. "
-            f"python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > {quoted}, "
-            "or delete the file and the agent creates one")
-    if problems:
-        raise SecretFileError(f"refusing the secret file {path}: " + "; ".join(problems))
-    return secret
-
-
-def ensure_token(path: Path) -> str:
-    """Read a token file (0600, at least 16 characters); create it (0600, random) when absent."""
-    try:
-        return read_secret(path, MIN_TOKEN_LENGTH)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        log.info("created token file %s (mode 0600)", path)
-        return token
-
-
-class Credentials:
-    """Bearer token and/or basic auth, compared in constant time."""
-
-    def __init__(self, bearer: str | None, basic: tuple[str, str] | None = None) -> None:
-        self.bearer = bearer.encode() if bearer else None
-        self.basic = (f"{basic[0]}:{basic[1]}".encode()) if basic else None
-
-    def check(self, header: str | None) -> bool:
-        if not header:
-            return False
-        scheme, _, value = header.partition(" ")
-        value = value.strip()
-        if scheme.lower() == "bearer" and self.bearer is not None:
-            return hmac.compare_digest(value.encode(), self.bearer)
-        if scheme.lower() == "basic" and self.basic is not None:
-            try:
-                decoded = base64.b64decode(value, validate=True)
-            except ValueError:
-                return False
-            return hmac.compare_digest(decoded, self.basic)
-        return False
-
-
-class Auth:
-    """The webhook's and the control API's credentials and limits, read from their files again on reload."""
-
-    def __init__(self, settings: AgentSettings) -> None:
-        self.settings = settings
-        self.webhook, self.control = self.read(settings)
-        self.sessions = Sessions(settings.status_page.session_ttl)  # the status page's browser sessions
-
-    def host_allowed(self, header: str | None) -> bool:
-        """The Host header names this agent (an address, localhost, agent.node or a configured name)."""
-        page = self.settings.status_page
-        return host_allowed(header, [self.settings.node, *page.allowed_hosts])
-
-    def browser_check(self, request: Request) -> tuple[int, str] | None:
-        """(status, why) a request without the token but with the status page's session cookie is
-        refused; None when the cookie, its CSRF token and the Host header allow it."""
-        sid = cookie_value(request.headers)
-        if not sid or self.sessions.csrf(sid) is None:
-            return 401, "missing or wrong control token"
-        if not self.host_allowed(request.headers.get("host")):
-            return 403, "the Host header does not name this agent (agent.status_page.allowed_hosts)"
-        if not self.sessions.check(sid, request.headers.get(CSRF_HEADER)):
-            return 403, "missing or wrong X-CSRF-Token header for the session cookie"
-        return None
-
-    @staticmethod
-    def read(settings: AgentSettings) -> tuple[Credentials, Credentials]:
-        """(webhook, control) credentials; SecretFileError for a file the agent refuses, OSError unreadable."""
-        hook = settings.webhook
-        basic = None
-        if hook.basic_auth_username and hook.basic_auth_password_file:
-            basic = (hook.basic_auth_username, read_secret(hook.basic_auth_password_file))
-        bearer_file = hook.bearer_token_file
-        if bearer_file is None and basic is None:
-            bearer_file = settings.state_dir / "webhook.token"
-        webhook = Credentials(ensure_token(bearer_file) if bearer_file else None, basic)
-        control = Credentials(ensure_token(settings.control_token_file or settings.state_dir / "control.token"))
-        return webhook, control
-
-    def use(self, settings: AgentSettings, credentials: tuple[Credentials, Credentials]) -> None:
-        """Switch to a reload's settings and the credentials `read` got for them."""
-        self.settings = settings
-        if credentials[1].bearer != self.control.bearer:  # a new control token ends the page sessions
-            self.sessions = Sessions(settings.status_page.session_ttl)
-        self.webhook, self.control = credentials
-        self.sessions.ttl = settings.status_page.session_ttl
 
 
 _ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode
@@ -178,23 +58,6 @@ _JSON_TYPE = (b"content-type", b"application/json")
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="agent"'} if code == 401 else None
     return Json({"error": message, **extra}, status_code=code, headers=headers)
-
-
-def control_guard(auth: Auth) -> Callable[[Handler], Handler]:
-    """A decorator for control API handlers: the control token in force is checked once, before it runs."""
-
-    def control_token(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def checked(request: Request) -> Response:
-            if not auth.control.check(request.headers.get("authorization")):
-                refused = auth.browser_check(request)
-                if refused is not None:  # the cookie is an alternative only with its CSRF token
-                    return _error(*refused)
-            return await handler(request)
-
-        return checked
-
-    return control_token
 
 
 async def read_limited(request: Request, limit: int) -> bytes:
@@ -286,6 +149,7 @@ class WebhookEndpoint:
     """
 
     direct = True
+    need = Need.WEBHOOK
 
     def __init__(self, auth: Auth, modes: Modes, remediator: Remediator, tracing: Tracing,
                  counter: CounterStore) -> None:
@@ -312,8 +176,9 @@ class WebhookEndpoint:
         if self.modes.closing:
             return Json({"error": "shutting down; retry"}, status_code=503, headers={"Retry-After": "5"})
         auth = self.auth
-        if not auth.webhook.check(_header(scope, b"authorization")):
-            return _error(401, "missing or wrong credentials")
+        denied = await auth.authorize(Need.WEBHOOK, scope)
+        if denied is not None:
+            return refusal(denied)
         limit = auth.settings.webhook.max_body_bytes
         try:
             raw = await receive_limited(_header(scope, b"content-length"), receive, limit)
@@ -341,7 +206,7 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
 
     webhook = WebhookEndpoint(auth, modes, remediator, tracing, counter)
 
-    control_token = control_guard(auth)
+    control_token = requires(auth, Need.CONTROL)
 
     async def body_json(request: Request) -> Any:
         raw = await read_limited(request, 1 << 20)

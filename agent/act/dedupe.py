@@ -239,7 +239,7 @@ class DedupeStore:
 
         A failed append is cut off again, so no torn line is left for the next one to follow.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             start = os.fstat(fd).st_size
@@ -269,7 +269,7 @@ class DedupeStore:
         tmp = self.path.with_name(self.path.name + ".tmp")
         data = "".join(_line(k, t) for k, t in keys).encode()
         try:
-            with open(tmp, "wb") as f:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

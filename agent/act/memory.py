@@ -201,8 +201,9 @@ class History:
             if snapshot is not None:
                 self._rewrite(snapshot)
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.path, "ab") as f:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                with open(fd, "ab") as f:
                     f.write(b"".join(batch))
                 self._lines += len(batch)
         except OSError as exc:

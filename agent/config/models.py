@@ -114,6 +114,8 @@ class AgentSettings(Strict):
     autonomy: Annotated[Autonomy, Field(validate_default=True)] = Autonomy.ON
     state_dir: Path = Path(".agent")
     log_dir: Path = Path("logs")
+    # A group that may read the logs (0640 files in a 2750 log_dir); none: 0600 and 0700 (operations.md, "Secrets").
+    log_group: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_max_bytes: Size = 10 * 1024 * 1024
     log_backups: int = Field(3, ge=0, le=100)
@@ -143,6 +145,20 @@ class AgentSettings(Strict):
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_group", mode="before")
+    @classmethod
+    def _known_group(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if isinstance(value, str):
+            import grp
+
+            try:
+                grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
+            except (KeyError, OverflowError):
+                raise ValueError(f"no group {value!r} on this host (a name from /etc/group or a gid)") from None
+        return value
 
     @field_validator("listen")
     @classmethod

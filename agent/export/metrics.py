@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from agent.act.credentials import public
 from agent.act.dedupe import JOURNAL_FILE
 from agent.act.remediation import UNKNOWN_COMPONENT, Result
 from agent.config.changes import ReloadStatus, hash_value
@@ -468,6 +469,7 @@ def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> 
         for collector in collectors:
             yield from collector.families()
 
+    @public
     async def metrics(request: Request) -> Response:
         negotiated = content_type(request.headers.get("accept", ""))
         on_read()

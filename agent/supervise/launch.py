@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from agent.config.models import Component, substitute
+from agent.supervise.logs import LogFiles
 from agent.supervise.process import Identity, SettingError, resolve_identity
 from agent.supervise.replica import replica_err_path
 
@@ -91,13 +92,13 @@ def environment(spec: Component, index: int, who: Identity | None) -> dict[str, 
     return env
 
 
-def open_stderr(log_dir: Path, name: str, spec: Component, index: int) -> int | None:
+def open_stderr(log_dir: Path, name: str, spec: Component, index: int, files: LogFiles) -> int | None:
     """A descriptor for the replica's own stderr file (appended to), None when stderr is merged."""
     path = replica_err_path(log_dir, name, spec, index)
     if path is None:
         return None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        files.make_dir(path.parent)
+        return files.open(path)
     except OSError as exc:
         raise SettingError(f"cannot open the stderr file ({exc.strerror or exc})", str(path)) from None

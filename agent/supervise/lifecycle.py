@@ -24,6 +24,7 @@ from agent.supervise.circuit import CircuitBreaker
 from agent.supervise.containment import Containment, Scope, TrackingContainment
 from agent.supervise.guardian import Guardian
 from agent.supervise.handover import restore_runtime, runtime_record
+from agent.supervise.logs import LogFiles
 from agent.supervise.policy import Circuit, ExitAction
 from agent.supervise.process import ExitStatus, Reaper, signal_group
 from agent.supervise.replica import (
@@ -69,6 +70,7 @@ class Lifecycle:
         self.clock = clock
         self.rand = rand
         self.log_dir = config.agent.log_dir
+        self.log_files = LogFiles.of(config.agent.log_group)
         self.order = config.start_order()
         self.shutting_down = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -215,14 +217,14 @@ class Lifecycle:
         env["AGENT_REPLICA"] = str(rep.index)
         path = replica_log_path(self.log_dir, rt.name, rep.index)
         try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            self.log_files.make_dir(self.log_dir)
+            fd = self.log_files.open(path)
         except OSError as exc:
             log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
             fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         err_fd = None
         try:
-            err_fd = launch.open_stderr(self.log_dir, rt.name, spec, rep.index)
+            err_fd = launch.open_stderr(self.log_dir, rt.name, spec, rep.index, self.log_files)
             scope = self._scope(rt, rep)
             with scope.spawning() as extra:
                 pid = self.reaper.spawn(

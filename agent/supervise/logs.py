@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import heapq
 import itertools
 import json
@@ -16,6 +17,54 @@ from pathlib import Path
 from typing import Any
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def group_id(group: str | int) -> int:
+    """A group's id from its name or number; KeyError names what is not a group here."""
+    if isinstance(group, int) or group.isdigit():
+        return int(group)
+    return grp.getgrnam(group).gr_gid
+
+
+class LogFiles:
+    """How the agent creates its log files and the log dir: 0600 in a 0700 directory, as component output
+    can hold secrets; with `agent.log_group`, 0640 in a 2750 directory of that group, for people who read
+    logs without root (the setgid bit gives new files the group too).
+
+    An existing log file the agent opens is set to the same mode: a log once made 0644 does not stay so.
+    """
+
+    def __init__(self, gid: int | None = None) -> None:
+        self.gid = gid
+        self.file_mode = 0o600 if gid is None else 0o640
+        self.dir_mode = 0o700 if gid is None else 0o2750
+
+    @classmethod
+    def of(cls, group: str | None) -> LogFiles:
+        """For `agent.log_group` (validated by the config: the group exists)."""
+        return cls(None if group is None else group_id(group))
+
+    def make_dir(self, path: Path) -> None:
+        """Create the log dir (and its parents) when missing, with this mode and group."""
+        if path.is_dir():
+            return
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._own(path, self.dir_mode)
+
+    def open(self, path: Path | str) -> int:
+        """An O_APPEND descriptor of a log file (close-on-exec), created or set to this mode and group."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.file_mode)
+        try:
+            self._own(fd, self.file_mode)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def _own(self, target: int | Path, mode: int) -> None:
+        if self.gid is not None:
+            os.chown(target, -1, self.gid)
+        os.chmod(target, mode)
 
 
 class JsonFormatter(logging.Formatter):
@@ -111,8 +160,10 @@ class _RotatingFile(_LineWriter, RotatingFileHandler):
 
     _regular: bool | None = None
 
+    files = LogFiles()
+
     def _open(self) -> Any:
-        stream = super()._open()
+        stream = open(self.files.open(self.baseFilename), "a", encoding=self.encoding, errors=self.errors)  # noqa: SIM115
         self._regular = stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
         return stream
 
@@ -188,7 +239,7 @@ def log_direct(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None
 
 
 def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, backups: int = 3,
-                  console: bool = False) -> None:
+                  console: bool = False, files: LogFiles | None = None) -> None:
     """Lines to stderr (JSON, or readable with `console`) and, when a log dir is given, JSON lines to
     log_dir/agent.log (size-rotated): the file is for machines whatever the terminal shows."""
     root = logging.getLogger()
@@ -201,9 +252,12 @@ def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, b
     root.addHandler(stderr)
     if log_dir is not None:
         try:
-            log_dir.mkdir(parents=True, exist_ok=True)
+            files = files or LogFiles()
+            files.make_dir(log_dir)
             handler = _RotatingFile(log_dir / "agent.log", maxBytes=max_bytes, backupCount=backups,
-                                          encoding="utf-8")
+                                    encoding="utf-8", delay=True)
+            handler.files = files
+            handler.stream = handler._open()
         except OSError as exc:
             root.addHandler(stderr)
             logging.getLogger("agent").error("cannot write %s/agent.log (%s); logging to stderr only",
@@ -230,7 +284,12 @@ _LINE_SEARCH = 64 * 1024  # how far past the cut a backup may skip to start at a
 def _copy_tail(src: Path, dst: Path, max_bytes: int) -> None:
     """Copy the last `max_bytes` of src (from the first line start in them) to dst, in the kernel."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
-        start = max(0, os.fstat(fin.fileno()).st_size - max_bytes)
+        # The backup is as private as the log (0600, or 0640 for agent.log_group), whatever the umask.
+        source = os.fstat(fin.fileno())
+        os.fchmod(fout.fileno(), stat.S_IMODE(source.st_mode))
+        if os.fstat(fout.fileno()).st_gid != source.st_gid:
+            os.fchown(fout.fileno(), -1, source.st_gid)
+        start = max(0, source.st_size - max_bytes)
         if start:
             fin.seek(start - 1)
             if fin.read(1) != b"\n":

@@ -14,6 +14,7 @@ from agent.config.changes import ReloadPlan, launch_key
 from agent.config.models import Component, Config
 from agent.supervise import policy, rollout
 from agent.supervise.lifecycle import Lifecycle, new_runtime, watch_external
+from agent.supervise.logs import LogFiles
 from agent.supervise.policy import Circuit
 from agent.supervise.replica import CommandError, Replica, ReplicaState, Runtime
 from agent.supervise.rollout import RollResult
@@ -216,6 +217,7 @@ class Supervisor(Lifecycle):
         self.config = config
         self.order = config.start_order()
         self.log_dir = config.agent.log_dir
+        self.log_files = LogFiles.of(config.agent.log_group)
         rolls = []
         for name in self.order:
             rt = self.components.get(name)
