@@ -457,19 +457,26 @@ class Agent:
             task.cancel()
         await parts.remediator.drain(5.0)
         code = EXIT_OK
+        served = True
         if self.reexec_requested:
             await server.stop()
+            served = False
             parts.probes.close()
             await parts.client.aclose()
-            why = hand_over(parts, self.autonomy)  # returns only when the exec failed
-            log.error("reexec failed (%s); stopping the components and exiting", why)
-            code = EXIT_FAILURE
+            # A SIGTERM handled during those awaits wins: it was taken here, so the new image would never
+            # see it (the agent ran on, deaf to the stop it had been sent).
+            if self.reexec_requested:
+                why = hand_over(parts, self.autonomy)  # returns only when the exec failed
+                log.error("reexec failed (%s); stopping the components and exiting", why)
+                code = EXIT_FAILURE
+            else:
+                log.info("reexec given up: a stop was requested meanwhile")
         try:
             await asyncio.wait_for(parts.supervisor.shutdown(), parts.config.agent.shutdown_timeout)
         except TimeoutError:
             log.error("components did not stop within %.0fs", parts.config.agent.shutdown_timeout)
         await parts.aclose()
-        if code == EXIT_OK:
+        if served:
             await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             loop.remove_signal_handler(sig)

@@ -131,7 +131,7 @@ def check(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> Report
         report.errors = list(exc.problems)
     report.errors += commands
     if report.config is not None and report.ok:
-        report.warnings = listener_warnings(report.config)
+        report.warnings = listener_warnings(report.config) + permission_warnings(report.config)
     return report
 
 
@@ -146,6 +146,40 @@ def listener_warnings(config: Config) -> list[tuple[str, str]]:
         return []
     return [("agent.listen", f"{settings.listen} is off loopback, without {' and '.join(missing)}: "
                              f"{INSECURE_ADVICE}")]
+
+
+def permission_warnings(config: Config) -> list[tuple[str, str]]:
+    """Existing directories and secret files of the agent that others may read (what the agent creates is
+    0700 and 0600; docs/operations.md, "Secrets"). The agent refuses such a token file at start."""
+    settings = config.agent
+    hook = settings.webhook
+    shared_logs = settings.log_group is not None
+    places: list[tuple[str, Path | None, int]] = [
+        ("agent.state_dir", settings.state_dir, 0o077),
+        ("agent.log_dir", settings.log_dir, 0o027 if shared_logs else 0o077),
+        ("agent.control_token_file", settings.control_token_file or settings.state_dir / "control.token", 0o077),
+        ("agent.webhook.bearer_token_file", hook.bearer_token_file or settings.state_dir / "webhook.token", 0o077),
+        ("agent.webhook.basic_auth_password_file", hook.basic_auth_password_file, 0o077),
+    ]
+    warnings = []
+    for where, path, forbidden in places:
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue  # not there yet: the agent creates it private
+        if not mode & forbidden:
+            continue
+        if where == "agent.log_dir" and shared_logs:
+            fix = f"chmod o-rwx {path}"
+        else:
+            fix = f"chmod {'700' if path.is_dir() else '600'} {path}"
+            if where == "agent.log_dir":
+                fix += " (agent.log_group lets one group read the logs)"
+        kind = "directory" if path.is_dir() else "file"
+        warnings.append((where, f"the {kind} {path} may be read by others (mode {mode:04o}); run: {fix}"))
+    return warnings
 
 
 def cmd_check_config(paths: Sequence[Path], as_json: bool) -> int:

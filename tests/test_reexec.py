@@ -293,3 +293,23 @@ def test_a_sigterm_during_the_exec_is_held_for_the_new_image(tmp_path: Path) -> 
     assert text.index("re-executing") < text.rindex("shutdown requested") < text.rindex("agent stopped")
     assert "took over from agent" in text
     assert not [p for pids in before.values() for p in pids if pid_alive(p)]
+
+
+def test_a_sigterm_right_after_the_reexec_is_accepted_stops_the_agent(tmp_path: Path) -> None:
+    # Before the exec, the old image stops serving (awaits): a SIGTERM handled there was taken by the old
+    # image and never reached the new one, which then ran on, deaf to it. Now the stop wins over the reexec.
+    agent = AgentProcess(tmp_path, {"components": sleepers(1)}).start()
+    before = wait_for(lambda: all_running(agent, 1), 20, 0.05, "1 component running")
+    token = (agent.state_dir / "control.token").read_text().strip()
+    accepted = httpx.post(agent.url + "/-/reexec", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert accepted.status_code == 202, accepted.text
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGTERM)
+    try:
+        code = agent.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the agent did not stop within 60 s of the SIGTERM:\n{agent.log_text()}") from None
+    agent.stderr.close()
+    assert code == 0, agent.log_text()
+    assert "agent stopped" in agent.log_text()
+    assert not [p for pids in before.values() for p in pids if pid_alive(p)]
