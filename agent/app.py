@@ -26,6 +26,7 @@ from agent.act.dedupe import DedupeStore
 from agent.act.memory import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
+from agent.check_config import exposure
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
 from agent.config.loader import config_paths
 from agent.config.models import AgentSettings, Autonomy, Config
@@ -437,6 +438,8 @@ class Agent:
             log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
                      __version__, self.handover.version, os.getpid(),
                      sum(rt.running_count for rt in parts.supervisor.components.values()))
+        for where, message in exposure(self.config)[1]:  # an existing state or log dir others may read
+            log.warning("%s: %s", where, message)
         missing = parts.web.insecure(host)
         if missing:
             log.warning("listening on %s, off loopback, without %s: %s", host, " and ".join(missing),

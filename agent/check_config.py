@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from agent.config.loader import ConfigError, build_config, component_entries, load_document
 from agent.config.models import Config, substitute
 from agent.config.webconfig import WebConfigError
+from agent.supervise.logs import LogFiles
 from agent.supervise.process import resolve_command
 from agent.websecurity import INSECURE_ADVICE, WebSecurity
 
@@ -131,7 +133,9 @@ def check(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> Report
         report.errors = list(exc.problems)
     report.errors += commands
     if report.config is not None and report.ok:
-        report.warnings = listener_warnings(report.config) + permission_warnings(report.config)
+        exposed, loose = exposure(report.config)
+        report.errors += exposed
+        report.warnings = listener_warnings(report.config) + loose
     return report
 
 
@@ -148,38 +152,48 @@ def listener_warnings(config: Config) -> list[tuple[str, str]]:
                              f"{INSECURE_ADVICE}")]
 
 
-def permission_warnings(config: Config) -> list[tuple[str, str]]:
-    """Existing directories and secret files of the agent that others may read (what the agent creates is
-    0700 and 0600; docs/operations.md, "Secrets"). The agent refuses such a token file at start."""
+def exposure(config: Config) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(errors, warnings) for what exists already and others may read: a secret file the agent would refuse
+    at start is an error; a state or log dir is a warning (what the agent creates is 0700 and 0600, and it
+    does not change an existing directory's mode; docs/operations.md, "Secrets")."""
     settings = config.agent
     hook = settings.webhook
-    shared_logs = settings.log_group is not None
-    places: list[tuple[str, Path | None, int]] = [
-        ("agent.state_dir", settings.state_dir, 0o077),
-        ("agent.log_dir", settings.log_dir, 0o027 if shared_logs else 0o077),
-        ("agent.control_token_file", settings.control_token_file or settings.state_dir / "control.token", 0o077),
-        ("agent.webhook.bearer_token_file", hook.bearer_token_file or settings.state_dir / "webhook.token", 0o077),
-        ("agent.webhook.basic_auth_password_file", hook.basic_auth_password_file, 0o077),
-    ]
+    basic = hook.basic_auth_password_file if hook.basic_auth_username else None
+    webhook_token = hook.bearer_token_file or (settings.state_dir / "webhook.token" if basic is None else None)
+    control_token = settings.control_token_file or settings.state_dir / "control.token"
+    errors = []
+    for where, path in (("agent.control_token_file", control_token),
+                        ("agent.webhook.bearer_token_file", webhook_token),
+                        ("agent.webhook.basic_auth_password_file", basic)):
+        mode = _mode(path)
+        if path is not None and mode is not None and mode & 0o077:
+            errors.append((where, f"group or others may access the secret file {path} (mode {mode:04o}), which the "
+                                  f"agent refuses; run: chmod 600 {shlex.quote(str(path))}"))
     warnings = []
-    for where, path, forbidden in places:
-        if path is None:
-            continue
-        try:
-            mode = path.stat().st_mode & 0o777
-        except OSError:
+    shared = LogFiles.of(settings.log_group).gid if settings.log_group is not None else None
+    for where, path, allowed in (("agent.state_dir", settings.state_dir, 0o700),
+                                 ("agent.log_dir", settings.log_dir, 0o750 if shared is not None else 0o700)):
+        mode = _mode(path)
+        if mode is None:
             continue  # not there yet: the agent creates it private
-        if not mode & forbidden:
-            continue
-        if where == "agent.log_dir" and shared_logs:
-            fix = f"chmod o-rwx {path}"
-        else:
-            fix = f"chmod {'700' if path.is_dir() else '600'} {path}"
-            if where == "agent.log_dir":
+        quoted = shlex.quote(str(path))
+        if mode & ~allowed & 0o777:
+            fix = f"chmod {allowed:o} {quoted}"
+            if where == "agent.log_dir" and shared is None:
                 fix += " (agent.log_group lets one group read the logs)"
-        kind = "directory" if path.is_dir() else "file"
-        warnings.append((where, f"the {kind} {path} may be read by others (mode {mode:04o}); run: {fix}"))
-    return warnings
+            warnings.append((where, f"others may read the directory {path} (mode {mode:04o}); run: {fix}"))
+        if where == "agent.log_dir" and shared is not None and (path.stat().st_gid != shared or mode & 0o050 != 0o050):
+            warnings.append((where, f"agent.log_group {settings.log_group!r} cannot read the logs in {path} (mode "
+                                    f"{mode:04o}, group {path.stat().st_gid}); run: chgrp "
+                                    f"{shlex.quote(str(settings.log_group))} {quoted} && chmod 2750 {quoted}"))
+    return errors, warnings
+
+
+def _mode(path: Path | None) -> int | None:
+    try:
+        return path.stat().st_mode & 0o777 if path is not None else None
+    except OSError:
+        return None
 
 
 def cmd_check_config(paths: Sequence[Path], as_json: bool) -> int:

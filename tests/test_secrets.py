@@ -64,7 +64,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     config = {"agent": {"control_token_file": str(tmp / "control.token"), "web_config_file": str(tmp / "web.yml"),
                         "webhook": {"bearer_token_file": str(tmp / "webhook.token")}},
               # A component that prints its environment: the agent's own secrets must not be in it.
-              "components": {"w": {"command": [sys.executable, "-c", "import os, time; print(sorted(os.environ)); "
+              "components": {"w": {"command": [sys.executable, "-c", "import os, time; print(dict(os.environ)); "
                                                                  "time.sleep(1000)"],
                                    "replicas": {"min": 1, "max": 3},
                                    "remediation": {"cooldown": 0, "scale_down_stabilization": 0}}}}
@@ -205,22 +205,78 @@ def test_a_start_on_a_full_state_dir_exits_3_and_the_next_one_succeeds(tmp_path:
         agent.stop()
 
 
-def test_check_config_warns_about_readable_dirs_and_token_files(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir(mode=0o755)
-    state.chmod(0o755)
+def check_config(config: Path) -> tuple[int, dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(config), "check-config", "--json"],
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_check_config_warns_about_readable_dirs_and_refuses_readable_token_files(tmp_path: Path) -> None:
+    state, logs = tmp_path / "state", tmp_path / "logs"
+    for d in (state, logs):
+        d.mkdir()
+        d.chmod(0o755)
     (state / "control.token").write_text("x" * 32)
     (state / "control.token").chmod(0o644)
-    (tmp_path / "agent.yaml").write_text(yaml.safe_dump({"agent": {"state_dir": str(state)}}))
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(tmp_path / "agent.yaml"), "check-config",
-                          "--json"], capture_output=True, text=True, timeout=60)
-    report: dict[str, Any] = json.loads(out.stdout)
-    warned = {w["path"]: w["message"] for w in report["warnings"]}
-    assert out.returncode == 0 and report["ok"]
-    assert "mode 0755" in warned["agent.state_dir"] and f"chmod 700 {state}" in warned["agent.state_dir"]
-    assert "mode 0644" in warned["agent.control_token_file"] and "chmod 600" in warned["agent.control_token_file"]
-    state.chmod(0o700)
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump({"agent": {"state_dir": str(state), "log_dir": str(logs)}}))
+    code, report = check_config(tmp_path / "agent.yaml")
+    # The agent refuses a token file others may read: an error, as the start would be.
+    assert code == 2 and not report["ok"]
+    refused = {e["path"]: e["message"] for e in report["errors"]}
+    assert "mode 0644" in refused["agent.control_token_file"] and "chmod 600" in refused["agent.control_token_file"]
     (state / "control.token").chmod(0o600)
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(tmp_path / "agent.yaml"), "check-config",
-                          "--json"], capture_output=True, text=True, timeout=60)
-    assert json.loads(out.stdout)["warnings"] == []
+    code, report = check_config(tmp_path / "agent.yaml")
+    warned = {w["path"]: w["message"] for w in report["warnings"]}
+    assert code == 0 and report["ok"]
+    assert "mode 0755" in warned["agent.state_dir"] and f"chmod 700 {state}" in warned["agent.state_dir"]
+    assert "mode 0755" in warned["agent.log_dir"] and "agent.log_group" in warned["agent.log_dir"]
+    assert "agent.webhook.bearer_token_file" not in warned  # not there yet: the agent creates it 0600
+    state.chmod(0o700)
+    logs.chmod(0o700)
+    assert check_config(tmp_path / "agent.yaml") == (0, {**report, "warnings": []})
+
+
+def test_log_files_change_only_regular_files_of_the_agents_own(tmp_path: Path) -> None:
+    from agent.supervise.logs import LogFiles
+
+    old = tmp_path / "old.log"
+    old.write_text("from an older agent\n")
+    old.chmod(0o644)
+    os.close(LogFiles().open(old))
+    assert stat.S_IMODE(old.stat().st_mode) == 0o600
+    # A log pointed at a device (a copy of /dev/null) is written to, never chmod-ed: that would be the host's.
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    null.chmod(0o666)
+    (tmp_path / "w.log").symlink_to(null)
+    os.close(LogFiles().open(tmp_path / "w.log"))
+    assert stat.S_IMODE(null.stat().st_mode) == 0o666
+
+
+def test_a_log_group_the_agents_user_is_not_in_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from agent.config.models import AgentSettings
+
+    other = next(g for g in grp.getgrall() if g.gr_gid != 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)  # not root, and in no group but its own
+    monkeypatch.setattr(os, "getegid", lambda: 4242)
+    monkeypatch.setattr(os, "getgroups", lambda: [4242])
+    with pytest.raises(ValidationError, match="not in group"):
+        AgentSettings(log_group=other.gr_name)
+    monkeypatch.setattr(os, "getgroups", lambda: [4242, other.gr_gid])
+    assert AgentSettings(log_group=other.gr_name).log_group == other.gr_name
+
+
+def test_check_config_says_when_log_group_cannot_read_an_existing_log_dir(tmp_path: Path) -> None:
+    group = grp.getgrall()[-1]
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o700)
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump({"agent": {"log_dir": str(logs), "log_group": group.gr_name,
+                                                                   "state_dir": str(tmp_path / "state")}}))
+    code, report = check_config(tmp_path / "agent.yaml")
+    warned = {w["path"]: w["message"] for w in report["warnings"]}
+    assert code == 0 and "cannot read the logs" in warned["agent.log_dir"] and "chmod 2750" in warned["agent.log_dir"]
+    os.chown(logs, -1, group.gr_gid)
+    logs.chmod(0o2750)
+    assert check_config(tmp_path / "agent.yaml")[1]["warnings"] == []

@@ -168,10 +168,10 @@ def _cookie(scope: Scope) -> str:
 def login_token(scope: Scope) -> str | None:
     """The `token` query parameter of a request (the status page's login), None when absent."""
     query = scope.get("query_string", b"")
-    if b"token=" not in query:
+    if b"token=" not in query:  # the usual case, without parsing
         return None
-    values = parse_qs(query.decode("latin-1")).get("token")
-    return values[0] if values else ""
+    values = parse_qs(query.decode("latin-1"), keep_blank_values=True).get("token")
+    return values[0] if values else None
 
 
 class Auth:

@@ -28,6 +28,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
+from agent.supervise.state import private
+
 log = logging.getLogger("agent.dedupe")
 
 JOURNAL_FILE = "dedupe.jsonl"
@@ -242,6 +244,7 @@ class DedupeStore:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         try:
+            private(fd)
             start = os.fstat(fd).st_size
             if start and os.pread(fd, 1, start - 1) != b"\n":
                 data = b"\n" + data  # a torn last line (a crash, or left when it could not be set aside)
@@ -269,7 +272,9 @@ class DedupeStore:
         tmp = self.path.with_name(self.path.name + ".tmp")
         data = "".join(_line(k, t) for k, t in keys).encode()
         try:
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb") as f:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)  # a leftover keeps its mode through O_TRUNC: this one is made 0600
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, TypeAdapter, ValidationError
 
-from agent.supervise.state import JsonStore, atomic_write_bytes
+from agent.supervise.state import JsonStore, atomic_write_bytes, private
 
 log = logging.getLogger("agent.remediation")
 
@@ -203,6 +203,7 @@ class History:
             else:
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                private(fd)
                 with open(fd, "ab") as f:
                     f.write(b"".join(batch))
                 self._lines += len(batch)

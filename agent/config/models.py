@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import graphlib
 import grp
+import os
 import pwd
 import re
 import signal
@@ -152,12 +153,14 @@ class AgentSettings(Strict):
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if isinstance(value, str):
-            import grp
-
             try:
-                grp.getgrgid(int(value)) if value.isdigit() else grp.getgrnam(value)
+                gid = grp.getgrgid(int(value)).gr_gid if value.isdigit() else grp.getgrnam(value).gr_gid
             except (KeyError, OverflowError):
                 raise ValueError(f"no group {value!r} on this host (a name from /etc/group or a gid)") from None
+            # Only root, or a member, may give a file a group: else every log file would fail to open.
+            if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+                raise ValueError(f"this user is not in group {value!r}, so its logs cannot be given that group; "
+                                 "add the agent's user to it, or run the agent as root")
         return value
 
     @field_validator("listen")

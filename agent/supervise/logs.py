@@ -31,7 +31,8 @@ class LogFiles:
     can hold secrets; with `agent.log_group`, 0640 in a 2750 directory of that group, for people who read
     logs without root (the setgid bit gives new files the group too).
 
-    An existing log file the agent opens is set to the same mode: a log once made 0644 does not stay so.
+    An existing log file the agent opens is set to the same mode when it is a regular file of the agent's
+    own: a log once made 0644 does not stay so, and a log linked to /dev/null or a FIFO is left as it is.
     """
 
     def __init__(self, gid: int | None = None) -> None:
@@ -51,20 +52,25 @@ class LogFiles:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._own(path, self.dir_mode)
 
-    def open(self, path: Path | str) -> int:
-        """An O_APPEND descriptor of a log file (close-on-exec), created or set to this mode and group."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.file_mode)
-        try:
-            self._own(fd, self.file_mode)
-        except OSError:
-            os.close(fd)
-            raise
-        return fd
-
     def _own(self, target: int | Path, mode: int) -> None:
         if self.gid is not None:
             os.chown(target, -1, self.gid)
         os.chmod(target, mode)
+
+    def open(self, path: Path | str) -> int:
+        """An O_APPEND descriptor of a log file (close-on-exec), created or set to this mode and group."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.file_mode)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                if self.gid is not None and st.st_gid != self.gid:
+                    os.fchown(fd, -1, self.gid)
+                if stat.S_IMODE(st.st_mode) != self.file_mode:
+                    os.fchmod(fd, self.file_mode)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
 
 
 class JsonFormatter(logging.Formatter):
@@ -283,8 +289,8 @@ _LINE_SEARCH = 64 * 1024  # how far past the cut a backup may skip to start at a
 
 def _copy_tail(src: Path, dst: Path, max_bytes: int) -> None:
     """Copy the last `max_bytes` of src (from the first line start in them) to dst, in the kernel."""
-    with open(src, "rb") as fin, open(dst, "wb") as fout:
-        # The backup is as private as the log (0600, or 0640 for agent.log_group), whatever the umask.
+    # The backup is created 0600, then given the log's own mode and group (0640 with agent.log_group).
+    with open(src, "rb") as fin, open(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as fout:
         source = os.fstat(fin.fileno())
         os.fchmod(fout.fileno(), stat.S_IMODE(source.st_mode))
         if os.fstat(fout.fileno()).st_gid != source.st_gid:

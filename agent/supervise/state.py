@@ -5,11 +5,14 @@ atomically (temp + fsync + rename) by a writer thread so that no fsync runs on t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -44,39 +47,48 @@ class StateFile(BaseModel):
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that a crash leaves either the old file or the new one, never half of one."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _sync_dir(path.parent)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _write_whole(path, data, os.replace)
 
 
 def atomic_create_bytes(path: Path, data: bytes) -> None:
-    """Create a file that does not exist yet (FileExistsError when it does), written whole or not at all.
+    """Create a file that does not exist yet (FileExistsError when it does), written whole or not at all:
+    linked in under its name once synced, so a full disk or a crash leaves no file, never an empty one."""
+    _write_whole(path, data, _link_or_rename)
 
-    The bytes go to a temporary file (0600), are synced, and are linked in under the final name: a full
-    disk or a crash leaves no file, never an empty one, so the next start can simply try again.
-    """
+
+def _link_or_rename(tmp: str, path: Path) -> None:
+    """A hard link (fails when `path` exists); where the file system has none (some FUSE and SMB mounts),
+    a rename after a check, which a file made in between would lose to."""
+    try:
+        os.link(tmp, path)
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if path.exists():
+            raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+        os.replace(tmp, path)
+
+
+def _write_whole(path: Path, data: bytes, place: Callable[[str, Path], None]) -> None:
+    """The bytes into a temporary file (0600) beside `path`, synced, then `place`d under its name."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, path)
+        place(tmp, path)
         _sync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            os.unlink(tmp)  # gone already after a rename; still there after a link or a failure
+
+
+def private(fd: int) -> None:
+    """Set an open file of the agent's own to 0600 (one made by an older agent, or under another umask)."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o600:
+        os.fchmod(fd, 0o600)
 
 
 def _sync_dir(path: Path) -> None:
