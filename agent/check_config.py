@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.act.credentials import MIN_TOKEN_LENGTH, SecretFileError, read_secret
 from agent.config.loader import ConfigError, build_config, component_entries, load_document
 from agent.config.models import Config, substitute
 from agent.config.webconfig import WebConfigError
@@ -162,13 +163,17 @@ def exposure(config: Config) -> tuple[list[tuple[str, str]], list[tuple[str, str
     webhook_token = hook.bearer_token_file or (settings.state_dir / "webhook.token" if basic is None else None)
     control_token = settings.control_token_file or settings.state_dir / "control.token"
     errors = []
-    for where, path in (("agent.control_token_file", control_token),
-                        ("agent.webhook.bearer_token_file", webhook_token),
-                        ("agent.webhook.basic_auth_password_file", basic)):
-        mode = _mode(path)
-        if path is not None and mode is not None and mode & 0o077:
-            errors.append((where, f"group or others may access the secret file {path} (mode {mode:04o}), which the "
-                                  f"agent refuses; run: chmod 600 {shlex.quote(str(path))}"))
+    for where, path, min_length in (("agent.control_token_file", control_token, MIN_TOKEN_LENGTH),
+                                    ("agent.webhook.bearer_token_file", webhook_token, MIN_TOKEN_LENGTH),
+                                    ("agent.webhook.basic_auth_password_file", basic, 0)):
+        if path is None or not path.exists():
+            continue  # a missing token file is created at start
+        try:
+            read_secret(path, min_length)  # as the agent reads it: the same rules, the same message
+        except SecretFileError as exc:
+            errors.append((where, str(exc)))
+        except OSError as exc:
+            errors.append((where, f"cannot read {path}: {exc.strerror or exc}"))
     warnings = []
     shared = LogFiles.of(settings.log_group).gid if settings.log_group is not None else None
     for where, path, allowed in (("agent.state_dir", settings.state_dir, 0o700),

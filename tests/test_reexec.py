@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.diskutil import small_disk
 from tests.helpers import AgentProcess, free_port, pid_alive, wait_for
 
 
@@ -248,8 +249,8 @@ def test_a_new_listen_in_use_keeps_the_previous_config(tmp_path: Path) -> None:
 
 
 def test_a_new_image_that_cannot_serve_stops_the_components_cleanly(tmp_path: Path) -> None:
-    # A webhook token file that group and others may read passes `check-config` but is refused when the
-    # server is set up, after the adoption: the new image stops every component with its stop signal
+    # A new state_dir on a read-only disk passes `check-config` (it exists), but the new image cannot
+    # create its control token there, after the adoption: it stops every component with its stop signal
     # and grace, and exits; nothing is orphaned.
     marks = tmp_path / "terms"
     trap = f"trap 'echo $AGENT_COMPONENT >> {marks}; exit 0' TERM; while :; do sleep 0.05; done"
@@ -257,19 +258,37 @@ def test_a_new_image_that_cannot_serve_stops_the_components_cleanly(tmp_path: Pa
     agent = AgentProcess(tmp_path, {"components": components}).start()
     before = wait_for(lambda: all_running(agent, 2), 20, 0.05, "2 components running")
     guardian = agent.api("GET", "/api/v1/status")["containment"]["guardian_pid"]
+    with small_disk(tmp_path / "disk") as disk:
+        (disk.path / "state").mkdir(mode=0o700)
+        disk.read_only()
+        edit_config(agent, lambda c: c["agent"].update(state_dir=str(disk.path / "state")))
+        agent.api("POST", "/-/reexec", timeout=60)
+        assert agent.proc is not None
+        code = agent.proc.wait(60)
+        agent.stderr.close()
+        disk.writable()
+    assert code == 3, agent.log_text()
+    assert sorted(marks.read_text().split()) == ["a", "b"]  # each got its stop signal
+    assert not [p for pids in before.values() for p in pids if pid_alive(p)]
+    assert not pid_alive(guardian)
+    assert f"cannot create the token file {disk.path / 'state' / 'webhook.token'}: Read-only" in agent.log_text()
+
+
+def test_a_token_file_the_new_image_would_refuse_refuses_the_reexec(tmp_path: Path) -> None:
+    # It once passed the preflight (`check-config` did not read token files), and the new image, refusing
+    # it, stopped every component. Now check-config reads it as the agent does: 422, nothing changes.
+    agent = AgentProcess(tmp_path, {"components": sleepers(1)}).start()
+    before = wait_for(lambda: all_running(agent, 1), 20, 0.05, "1 component running")
     token = tmp_path / "webhook.token"
     token.write_text("x" * 40 + "\n")
     token.chmod(0o644)
     edit_config(agent, lambda c: c["agent"].update(webhook={"bearer_token_file": str(token)}))
-    agent.api("POST", "/-/reexec", timeout=60)
-    assert agent.proc is not None
-    code = agent.proc.wait(60)
-    agent.stderr.close()
-    assert code != 0
-    assert sorted(marks.read_text().split()) == ["a", "b"]  # each got its stop signal
-    assert not [p for pids in before.values() for p in pids if pid_alive(p)]
-    assert not pid_alive(guardian)
-    assert f"refusing the secret file {token}" in agent.log_text()
+    control = (agent.state_dir / "control.token").read_text().strip()
+    refused = httpx.post(agent.url + "/-/reexec", headers={"Authorization": f"Bearer {control}"}, timeout=60)
+    assert refused.status_code == 422, refused.text
+    assert any("run: chmod 600" in e for e in refused.json()["errors"]), refused.json()
+    assert component_pids(agent) == before
+    assert agent.stop() == 0
 
 
 def test_a_sigterm_during_the_exec_is_held_for_the_new_image(tmp_path: Path) -> None:

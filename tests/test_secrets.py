@@ -223,7 +223,11 @@ def test_check_config_warns_about_readable_dirs_and_refuses_readable_token_files
     # The agent refuses a token file others may read: an error, as the start would be.
     assert code == 2 and not report["ok"]
     refused = {e["path"]: e["message"] for e in report["errors"]}
-    assert "mode 0644" in refused["agent.control_token_file"] and "chmod 600" in refused["agent.control_token_file"]
+    assert "(mode 0644); run: chmod 600" in refused["agent.control_token_file"]
+    _secret(state / "control.token", "short")
+    code, report = check_config(tmp_path / "agent.yaml")
+    assert code == 2 and "holds 5 characters, fewer than 16" in report["errors"][0]["message"]
+    _secret(state / "control.token", "x" * 32)
     (state / "control.token").chmod(0o600)
     code, report = check_config(tmp_path / "agent.yaml")
     warned = {w["path"]: w["message"] for w in report["warnings"]}
