@@ -26,7 +26,7 @@ from agent.act.dedupe import DedupeStore
 from agent.act.memory import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
-from agent.check_config import exposure
+from agent.check_config import readable_dirs
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
 from agent.config.loader import config_paths
 from agent.config.models import AgentSettings, Autonomy, Config
@@ -438,7 +438,7 @@ class Agent:
             log.info("agent %s took over from agent %s (same pid %d): %d replica(s) adopted",
                      __version__, self.handover.version, os.getpid(),
                      sum(rt.running_count for rt in parts.supervisor.components.values()))
-        for where, message in exposure(self.config)[1]:  # an existing state or log dir others may read
+        for where, message in readable_dirs(self.config):  # an existing state or log dir others may read
             log.warning("%s: %s", where, message)
         missing = parts.web.insecure(host)
         if missing:

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.act.credentials import MIN_TOKEN_LENGTH, SecretFileError, read_secret
+from agent.act.credentials import SecretFileError, read_secret, secret_files
 from agent.config.loader import ConfigError, build_config, component_entries, load_document
-from agent.config.models import Config, substitute
+from agent.config.models import Config, group_id, substitute
 from agent.config.webconfig import WebConfigError
-from agent.supervise.logs import LogFiles
 from agent.supervise.process import resolve_command
 from agent.websecurity import INSECURE_ADVICE, WebSecurity
 
@@ -134,9 +133,8 @@ def check(paths: Sequence[Path], env: Mapping[str, str] | None = None) -> Report
         report.errors = list(exc.problems)
     report.errors += commands
     if report.config is not None and report.ok:
-        exposed, loose = exposure(report.config)
-        report.errors += exposed
-        report.warnings = listener_warnings(report.config) + loose
+        report.errors += secret_file_errors(report.config)
+        report.warnings = listener_warnings(report.config) + readable_dirs(report.config)
     return report
 
 
@@ -153,52 +151,45 @@ def listener_warnings(config: Config) -> list[tuple[str, str]]:
                              f"{INSECURE_ADVICE}")]
 
 
-def exposure(config: Config) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(errors, warnings) for what exists already and others may read: a secret file the agent would refuse
-    at start is an error; a state or log dir is a warning (what the agent creates is 0700 and 0600, and it
-    does not change an existing directory's mode; docs/operations.md, "Secrets")."""
-    settings = config.agent
-    hook = settings.webhook
-    basic = hook.basic_auth_password_file if hook.basic_auth_username else None
-    webhook_token = hook.bearer_token_file or (settings.state_dir / "webhook.token" if basic is None else None)
-    control_token = settings.control_token_file or settings.state_dir / "control.token"
+def secret_file_errors(config: Config) -> list[tuple[str, str]]:
+    """Existing token and password files the agent would refuse at start, read as it reads them."""
     errors = []
-    for where, path, min_length in (("agent.control_token_file", control_token, MIN_TOKEN_LENGTH),
-                                    ("agent.webhook.bearer_token_file", webhook_token, MIN_TOKEN_LENGTH),
-                                    ("agent.webhook.basic_auth_password_file", basic, 0)):
+    for where, path, min_length in secret_files(config.agent):
         if path is None or not path.exists():
-            continue  # a missing token file is created at start
+            continue  # unused, or created at start
         try:
-            read_secret(path, min_length)  # as the agent reads it: the same rules, the same message
+            read_secret(path, min_length)  # the same rules and message as the agent's
         except SecretFileError as exc:
             errors.append((where, str(exc)))
         except OSError as exc:
             errors.append((where, f"cannot read {path}: {exc.strerror or exc}"))
+    return errors
+
+
+def readable_dirs(config: Config) -> list[tuple[str, str]]:
+    """An existing state or log dir others may read (the agent creates them 0700, or the log dir 2750 for
+    agent.log_group, and never changes an existing one's mode; docs/operations.md, "Secrets")."""
+    settings = config.agent
+    shared = group_id(settings.log_group) if settings.log_group is not None else None
     warnings = []
-    shared = LogFiles.of(settings.log_group).gid if settings.log_group is not None else None
-    for where, path, allowed in (("agent.state_dir", settings.state_dir, 0o700),
-                                 ("agent.log_dir", settings.log_dir, 0o750 if shared is not None else 0o700)):
-        mode = _mode(path)
-        if mode is None:
+    for where, path in (("agent.state_dir", settings.state_dir), ("agent.log_dir", settings.log_dir)):
+        try:
+            st = path.stat()
+        except OSError:
             continue  # not there yet: the agent creates it private
-        quoted = shlex.quote(str(path))
-        if mode & ~allowed & 0o777:
+        mode, quoted = st.st_mode & 0o777, shlex.quote(str(path))
+        grouped = where == "agent.log_dir" and shared is not None
+        allowed = 0o750 if grouped else 0o700
+        if mode & ~allowed:
             fix = f"chmod {allowed:o} {quoted}"
             if where == "agent.log_dir" and shared is None:
                 fix += " (agent.log_group lets one group read the logs)"
             warnings.append((where, f"others may read the directory {path} (mode {mode:04o}); run: {fix}"))
-        if where == "agent.log_dir" and shared is not None and (path.stat().st_gid != shared or mode & 0o050 != 0o050):
+        if grouped and (st.st_gid != shared or mode & 0o050 != 0o050):
             warnings.append((where, f"agent.log_group {settings.log_group!r} cannot read the logs in {path} (mode "
-                                    f"{mode:04o}, group {path.stat().st_gid}); run: chgrp "
+                                    f"{mode:04o}, group {st.st_gid}); run: chgrp "
                                     f"{shlex.quote(str(settings.log_group))} {quoted} && chmod 2750 {quoted}"))
-    return errors, warnings
-
-
-def _mode(path: Path | None) -> int | None:
-    try:
-        return path.stat().st_mode & 0o777 if path is not None else None
-    except OSError:
-        return None
+    return warnings
 
 
 def cmd_check_config(paths: Sequence[Path], as_json: bool) -> int:

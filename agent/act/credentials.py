@@ -219,13 +219,9 @@ class Auth:
     def read(settings: AgentSettings) -> tuple[Credentials, Credentials]:
         """(webhook, control) credentials; SecretFileError for a file the agent refuses, SecretWriteError
         for one it cannot create, OSError unreadable."""
-        hook = settings.webhook
-        basic = None
-        if hook.basic_auth_username and hook.basic_auth_password_file:
-            basic = (hook.basic_auth_username, read_secret(hook.basic_auth_password_file))
-        bearer_file = hook.bearer_token_file
-        if bearer_file is None and basic is None:
-            bearer_file = settings.state_dir / "webhook.token"
+        password = webhook_password_path(settings)
+        basic = (settings.webhook.basic_auth_username or "", read_secret(password)) if password else None
+        bearer_file = webhook_token_path(settings)
         webhook = Credentials(ensure_token(bearer_file) if bearer_file else None, basic)
         control = Credentials(ensure_token(control_token_path(settings)))
         return webhook, control
@@ -242,6 +238,27 @@ class Auth:
 def control_token_path(settings: AgentSettings) -> Path:
     """Where the control token lives: `agent.control_token_file`, else `state_dir/control.token`."""
     return settings.control_token_file or settings.state_dir / "control.token"
+
+
+def webhook_password_path(settings: AgentSettings) -> Path | None:
+    """The webhook's basic auth password file, when basic auth is configured."""
+    hook = settings.webhook
+    return hook.basic_auth_password_file if hook.basic_auth_username else None
+
+
+def webhook_token_path(settings: AgentSettings) -> Path | None:
+    """`webhook.bearer_token_file`, else `state_dir/webhook.token` unless basic auth stands instead."""
+    hook = settings.webhook
+    if hook.bearer_token_file is not None or webhook_password_path(settings) is not None:
+        return hook.bearer_token_file
+    return settings.state_dir / "webhook.token"
+
+
+def secret_files(settings: AgentSettings) -> list[tuple[str, Path | None, int]]:
+    """(config key, path or None when unused, minimum length) of each secret file the agent reads."""
+    return [("agent.control_token_file", control_token_path(settings), MIN_TOKEN_LENGTH),
+            ("agent.webhook.bearer_token_file", webhook_token_path(settings), MIN_TOKEN_LENGTH),
+            ("agent.webhook.basic_auth_password_file", webhook_password_path(settings), 0)]
 
 
 Handler = Callable[[Request], Awaitable[Response]]

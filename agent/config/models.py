@@ -153,10 +153,8 @@ class AgentSettings(Strict):
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
         if isinstance(value, str):
-            try:
-                gid = grp.getgrgid(int(value)).gr_gid if value.isdigit() else grp.getgrnam(value).gr_gid
-            except (KeyError, OverflowError):
-                raise ValueError(f"no group {value!r} on this host (a name from /etc/group or a gid)") from None
+            _account("group", value)
+            gid = group_id(value)
             # Only root, or a member, may give a file a group: else every log file would fail to open.
             if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
                 raise ValueError(f"this user is not in group {value!r}, so its logs cannot be given that group; "
@@ -321,6 +319,11 @@ class RemediationSettings(Strict):
 class Rollout(Strict):
     # None: the probe's startup_grace with a probe, else DEFAULT_READY_TIMEOUT (agent/supervise/rollout.py).
     ready_timeout: Duration | None = Field(None, gt=0)
+
+
+def group_id(group: str | int) -> int:
+    """A group's id: a number as it is, a name looked up (KeyError when this host has no such group)."""
+    return int(group) if isinstance(group, int) or group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 def _account(kind: str, value: str | int) -> None:

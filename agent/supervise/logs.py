@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grp
 import heapq
 import itertools
 import json
@@ -16,14 +15,10 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
+from agent.config.models import group_id
+from agent.supervise.state import settle_mode
+
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-def group_id(group: str | int) -> int:
-    """A group's id from its name or number; KeyError names what is not a group here."""
-    if isinstance(group, int) or group.isdigit():
-        return int(group)
-    return grp.getgrnam(group).gr_gid
 
 
 class LogFiles:
@@ -61,12 +56,7 @@ class LogFiles:
         """An O_APPEND descriptor of a log file (close-on-exec), created or set to this mode and group."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, self.file_mode)
         try:
-            st = os.fstat(fd)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
-                if self.gid is not None and st.st_gid != self.gid:
-                    os.fchown(fd, -1, self.gid)
-                if stat.S_IMODE(st.st_mode) != self.file_mode:
-                    os.fchmod(fd, self.file_mode)
+            settle_mode(fd, self.file_mode, self.gid)
         except OSError:
             os.close(fd)
             raise
@@ -166,7 +156,9 @@ class _RotatingFile(_LineWriter, RotatingFileHandler):
 
     _regular: bool | None = None
 
-    files = LogFiles()
+    def __init__(self, filename: Path, files: LogFiles, **kwargs: Any) -> None:
+        self.files = files  # before the base class opens the file
+        super().__init__(filename, **kwargs)
 
     def _open(self) -> Any:
         stream = open(self.files.open(self.baseFilename), "a", encoding=self.encoding, errors=self.errors)  # noqa: SIM115
@@ -260,10 +252,8 @@ def setup_logging(level: str, log_dir: Path | None, max_bytes: int = 10 << 20, b
         try:
             files = files or LogFiles()
             files.make_dir(log_dir)
-            handler = _RotatingFile(log_dir / "agent.log", maxBytes=max_bytes, backupCount=backups,
-                                    encoding="utf-8", delay=True)
-            handler.files = files
-            handler.stream = handler._open()
+            handler = _RotatingFile(log_dir / "agent.log", files, maxBytes=max_bytes, backupCount=backups,
+                                    encoding="utf-8")
         except OSError as exc:
             root.addHandler(stderr)
             logging.getLogger("agent").error("cannot write %s/agent.log (%s); logging to stderr only",

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import grp
 import logging
 import os
 import pwd
@@ -26,6 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agent.config.models import group_id
 
 log = logging.getLogger("agent.process")
 
@@ -144,7 +145,7 @@ def resolve_identity(user: str | int | None, group: str | int | None) -> Identit
         name, home = (entry.pw_name, entry.pw_dir) if entry is not None else ("", "")
     if group is not None:
         try:
-            gid = int(group) if isinstance(group, int) or group.isdigit() else grp.getgrnam(group).gr_gid
+            gid = group_id(group)
         except KeyError:
             raise SettingError(f"unknown group {group!r}") from None
     if gid is None:

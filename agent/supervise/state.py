@@ -86,9 +86,19 @@ def _write_whole(path: Path, data: bytes, place: Callable[[str, Path], None]) ->
 
 def private(fd: int) -> None:
     """Set an open file of the agent's own to 0600 (one made by an older agent, or under another umask)."""
+    settle_mode(fd, 0o600)
+
+
+def settle_mode(fd: int, mode: int, gid: int | None = None) -> None:
+    """Give an open regular file of the agent's own this mode (and group). Anything else is left alone: a
+    path linked to /dev/null or a FIFO, or a file someone else owns."""
     st = os.fstat(fd)
-    if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o600:
-        os.fchmod(fd, 0o600)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        return
+    if gid is not None and st.st_gid != gid:
+        os.fchown(fd, -1, gid)
+    if stat.S_IMODE(st.st_mode) != mode:
+        os.fchmod(fd, mode)
 
 
 def _sync_dir(path: Path) -> None:
