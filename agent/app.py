@@ -51,7 +51,7 @@ from agent.observe.resources import ResourceMonitor
 from agent.reexec import Handover, Trigger, hand_over, reexec_routes
 from agent.reload import Reloader
 from agent.server import HttpServer, build_app
-from agent.statuspage import page_routes, page_url, redact_token
+from agent.statuspage import announce_page, page_routes, page_url
 from agent.supervise.containment import Containment, ContainmentError, choose
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
@@ -311,14 +311,6 @@ class Parts:
                 },
                 "optional_imports": [name for name in OPTIONAL_IMPORTS if name in sys.modules],
                 "components": components}
-
-
-def announce_page(url: str) -> None:
-    """Say where the status page is. The log gets the link with its token redacted: log files are read
-    by others and shipped elsewhere. Only an interactive terminal sees the whole link."""
-    log.info("status page: %s (the link with the token: `agent status --page-url`)", redact_token(url))
-    if sys.stderr.isatty():
-        print(f"status page: {url}", file=sys.stderr, flush=True)
 
 
 def serving_app(parts: Parts, reloader: Reloader, trigger: Trigger) -> Starlette:

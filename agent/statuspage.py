@@ -10,6 +10,8 @@ figures, so sampling runs while a page is open and not otherwise.
 from __future__ import annotations
 
 import html
+import logging
+import sys
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -24,6 +26,8 @@ from agent.act.sessions import COOKIE, cookie_value
 if TYPE_CHECKING:
     from agent.act.credentials import Auth
     from agent.observe.backlog import BacklogMonitor
+
+log = logging.getLogger("agent")
 
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 # Nothing inline, nothing from elsewhere: an injected tag would not run even if escaping failed.
@@ -66,6 +70,14 @@ def redact_token(url: str) -> str:
     """The link with its token replaced by `…`: what may go to a log."""
     base, sep, _ = url.partition("?token=")
     return f"{base}{sep}…" if sep else url
+
+
+def announce_page(url: str) -> None:
+    """Say where the status page is. The log gets the link with its token redacted: log files are read
+    by others and shipped elsewhere. Only an interactive terminal sees the whole link."""
+    log.info("status page: %s (the link with the token: `agent status --page-url`)", redact_token(url))
+    if sys.stderr.isatty():
+        print(f"status page: {url}", file=sys.stderr, flush=True)
 
 
 def asset(name: str) -> str:
