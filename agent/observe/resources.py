@@ -80,11 +80,15 @@ class ResourceMonitor:
         self.interval = interval
         self.mountpoints = mountpoints
         self.procfs = ProcFS(proc_root)
-        self.components: dict[str, Usage] = {name: Usage() for name in supervisor.components}
-        self._done: dict[str, float] = dict.fromkeys(supervisor.components, 0.0)  # CPU of ended replicas
+        # Per component, kept in step with the supervisor's components on every pass (`_follow`): a
+        # reload adds, removes and replaces components while this runs.
+        self.components: dict[str, Usage] = {}
+        self._done: dict[str, float] = {}  # CPU seconds of each component's ended replicas
+        self._owners: dict[str, Runtime] = {}  # the runtime the figures of each name belong to
         self._last_root_cpu: dict[int, float] = {}
         # Each component's root pids at the last sample: a tuple, as small as a set is large (216 bytes).
         self._roots: dict[str, tuple[int, ...]] = {}
+        self._follow()
         self.host = HostUsage()
         # When the figures were last read (a scrape, `agent status`); starts "now" for a first pass.
         self.last_read = time.monotonic()
@@ -108,10 +112,10 @@ class ResourceMonitor:
             await asyncio.sleep(min(WAKE_DELAY, self.interval))  # one pass for a burst of starts
             self._wake.clear()
 
-
     def mark_read(self) -> None:
         """Someone reads the figures now (a scrape, `agent status`): keep sampling."""
         self.last_read = time.monotonic()
+
     def _targets(self) -> dict[str, dict[int, int]]:
         return {name: {r.pid: index for index, r in rt.replicas.items() if r.pid is not None}
                 for name, rt in self.sup.components.items()}
@@ -164,8 +168,41 @@ class ResourceMonitor:
             sample.host = got.host
         return sample
 
-    def apply(self, targets: dict[str, dict[int, int]], sample: Sample) -> None:
-        """Fold a sample into the exported state and feed memory limits to the supervisor (on the loop)."""
+    def _follow(self) -> None:
+        """Follow the supervisor's components as they are now (on the loop): an added one gets fresh
+        figures, a removed one is dropped (its series leave /metrics), a name given a new runtime (removed,
+        then added again) starts afresh. A kept component keeps its figures across a reload, so the CPU
+        counter of one whose replicas a reload replaced never goes backwards."""
+        current = self.sup.components
+        if len(self._owners) == len(current) and all(self._owners.get(n) is rt for n, rt in current.items()):
+            return
+        for name in [n for n, rt in self._owners.items() if current.get(n) is not rt]:
+            del self._owners[name]
+            self.components.pop(name, None)
+            self._done.pop(name, None)
+            for root in self._roots.pop(name, ()):
+                self._last_root_cpu.pop(root, None)
+        for name, rt in current.items():
+            if name not in self._owners:
+                self._owners[name] = rt
+                self.components[name] = Usage()
+                self._done[name] = 0.0
+
+    def apply(self, targets: dict[str, dict[int, int]], sample: Sample,
+              owners: dict[str, Runtime] | None = None) -> None:
+        """Fold a sample into the exported state and feed memory limits to the supervisor (on the loop).
+
+        `owners` are the runtimes the targets were taken from: a component that a reload removed or
+        replaced by a new one of the same name meanwhile is left out of this sample.
+        """
+        self._follow()
+        stale = {name for name in targets if name not in self._owners}
+        if owners is not None:
+            stale.update(name for name, rt in owners.items() if self._owners.get(name) is not rt)
+        if stale:
+            targets = {n: live for n, live in targets.items() if n not in stale}
+            sample = Sample({n: u for n, u in sample.components.items() if n not in stale},
+                            [r for r in sample.replicas if r[0] not in stale], sample.host)
         for name, live in targets.items():
             for root in self._roots.get(name, ()):
                 if root not in live:
@@ -182,8 +219,9 @@ class ResourceMonitor:
 
     def sample_once(self) -> None:
         """One pass, in the calling thread (tests, benchmarks)."""
+        owners = dict(self.sup.components)
         targets = self._targets()
-        self.apply(targets, self.collect(targets))
+        self.apply(targets, self.collect(targets), owners)
 
     def needed(self) -> bool:
         """Sampling serves memory limits and scrapes: skip it while neither wants it."""
@@ -205,5 +243,6 @@ class ResourceMonitor:
 
     async def _pass(self) -> None:
         # A pass's targets and sample (about 0.4 MiB at 1,000 components) go with it, not held over the pause.
+        owners = dict(self.sup.components)
         targets = self._targets()
-        self.apply(targets, await self.collect_in_slices(targets))
+        self.apply(targets, await self.collect_in_slices(targets), owners)

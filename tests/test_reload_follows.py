@@ -1,0 +1,81 @@
+"""Every part that keeps per-component state follows a reload that adds, removes or replaces components.
+
+Real agents: the config file is rewritten and `POST /-/reload` (control token) applies it; the answer
+comes once the plan is applied. Each test names the part it proves; docs/operations.md ("Reloads and
+per-component state") lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.helpers import AgentProcess, running_agent, wait_for
+
+# Waits for a file, then holds ~120 MB resident (every page touched) until killed.
+HOG = ("import os, sys, time\n"
+       "while not os.path.exists(sys.argv[1]): time.sleep(0.02)\n"
+       "x = bytearray(120 * 2**20); x[::4096] = b'x' * len(x[::4096])\n"
+       "time.sleep(1000)\n")
+
+
+def sleeper(**extra: Any) -> dict[str, Any]:
+    return {"command": ["sleep", "1000"], "stop": {"grace": 2}, **extra}
+
+
+def reload(agent: AgentProcess, config: dict[str, Any]) -> dict[str, Any]:
+    """Write `config` as the agent's file and apply it; returns the reload's answer (status applied)."""
+    doc = json.loads(json.dumps(config))
+    doc.setdefault("agent", {}).update(listen=f"127.0.0.1:{agent.port}", state_dir=str(agent.state_dir),
+                                       log_dir=doc.get("agent", {}).get("log_dir", str(agent.log_dir)))
+    tmp = agent.config_path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(doc))
+    os.replace(tmp, agent.config_path)
+    outcome: dict[str, Any] = agent.api("POST", "/-/reload", {}, timeout=60)
+    assert outcome["status"] == "applied", outcome
+    return outcome
+
+
+def series(agent: AgentProcess) -> dict[str, float]:
+    """Every sample of /metrics as {'name{labels}': value}."""
+    out = {}
+    for line in httpx.get(agent.url + "/metrics", timeout=5).text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def failures(agent: AgentProcess, text: str) -> list[str]:
+    return [r["msg"] for r in agent.log_records() if text in r.get("msg", "")]
+
+
+# --- resources and memory limits -----------------------------------------------------------------------
+
+def test_memory_limit_holds_after_a_reload_adds_a_component(tmp_path: Path) -> None:
+    """A 120 MB process over its 60 MiB limit is restarted after a reload added another component, and
+    the added one gets CPU and RSS figures (on 4d6e534 every pass raised KeyError: no limit held)."""
+    go = tmp_path / "allocate"
+    config = {"agent": {"resources": {"interval": 0.3}},
+              "components": {"hog": {"command": ["python", "-c", HOG, str(go)], "limits": {"memory_bytes": "60Mi"},
+                                     "stop": {"grace": 2}, "restart": {"backoff": {"initial": 0.1}}}}}
+    with running_agent(tmp_path, config) as agent:
+        wait_for(lambda: agent.status()["hog"]["pids"], 10, what="the hog to run")
+        added = json.loads(json.dumps(config))
+        added["components"]["added"] = sleeper()
+        reload(agent, added)
+        wait_for(lambda: agent.status()["added"]["pids"], 10, what="the added component to run")
+        hog = agent.status()["hog"]["pids"][0]
+        go.touch()
+        wait_for(lambda: agent.status()["hog"]["last_reason"] == "resource", 20,
+                 what=lambda: f"the hog restarted for its memory limit: {agent.status()['hog']}")
+        assert hog not in agent.status()["hog"]["pids"]
+        assert series(agent)['orchestrator_component_restarts_total{component="hog",reason="resource"}'] >= 1
+        wait_for(lambda: (agent.status()["added"]["rss_bytes"] or 0) > 0, 10, what="the added component's RSS")
+        assert 'orchestrator_component_resident_memory_bytes{component="added"}' in series(agent)
+        assert not failures(agent, "resource sampling failed")
