@@ -58,6 +58,7 @@ from agent.supervise.leftovers import Ledger
 from agent.supervise.process import Reaper, raise_fd_limit, set_child_subreaper
 from agent.supervise.rotation import rotate_logs_forever
 from agent.supervise.state import StateStore
+from agent.supervise.statelock import StateDirOwned, StateLock
 from agent.supervise.supervisor import Supervisor
 from agent.websecurity import INSECURE_ADVICE, WebGate, WebSecurity
 
@@ -67,6 +68,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
+EXIT_OWNED = 4  # the state dir is owned by another running agent (agent/supervise/statelock.py)
 
 # Modules imported only when the config uses them (bench/memory.py says what each costs); the status
 # document lists those loaded.
@@ -92,14 +94,22 @@ def bind_listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _bind_and_mkdir(settings: AgentSettings) -> socket.socket:
-    sock = bind_listen_socket(settings.listen_host, settings.listen_port)
+def _own_and_bind(settings: AgentSettings, inherited: StateLock | None) -> tuple[socket.socket, StateLock]:
+    """Create and lock the state dir (StateDirOwned when another agent holds it), then bind the HTTP socket."""
     try:
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        sock.close()
         raise StartupError(f"cannot create state dir {settings.state_dir}: {exc.strerror or exc}") from None
-    return sock
+    try:
+        lock = StateLock.take(settings.state_dir, inherited)
+    except OSError as exc:
+        raise StartupError(f"cannot lock state dir {settings.state_dir}: {exc.strerror or exc}") from None
+    try:
+        return bind_listen_socket(settings.listen_host, settings.listen_port), lock
+    except StartupError:
+        if lock is not inherited:
+            lock.release()
+        raise
 
 
 def create_missing_stores(config: Config) -> None:
@@ -332,6 +342,7 @@ class Agent:
         self.held = held  # the stop signals sent during that reexec, handled once the handlers are in place
         self.stop_event = asyncio.Event()
         self.reexec_requested = False
+        self.lock: StateLock | None = None  # the state dir's, taken (or adopted after a reexec) by _listen
         self._signal_tasks: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
@@ -348,17 +359,21 @@ class Agent:
             self.stop_event.set()
 
     def _listen(self) -> socket.socket:
-        """Bind the HTTP socket and create the state dir; after a reexec whose new config cannot have
-        them, the previous image's config is used instead (the components are not left unsupervised)."""
+        """Create and lock the state dir and bind the HTTP socket, before anything starts; after a reexec
+        whose new config cannot have them (its state dir owned by another agent too), the previous image's
+        config is used instead (the components are not left unsupervised). The lock the previous image
+        held is kept for its state dir (Handover.adopt lets it go once a new one is in use)."""
+        inherited = self.handover.lock if self.handover is not None else None
         try:
-            return _bind_and_mkdir(self.config.agent)
-        except StartupError as exc:
+            sock, self.lock = _own_and_bind(self.config.agent, inherited)
+        except (StartupError, StateDirOwned) as exc:
             previous = self.handover.config if self.handover is not None else None
             if previous is None or previous.agent == self.config.agent:
                 raise
             log.error("%s; running on the previous image's config instead", exc)
             self.config = previous
-            return _bind_and_mkdir(previous.agent)
+            sock, self.lock = _own_and_bind(previous.agent, inherited)
+        return sock
 
     async def _give_up(self, code: int) -> int:
         """Nothing could be built: stop what a previous image handed over, if anything, then exit."""
@@ -371,6 +386,9 @@ class Agent:
         loop = asyncio.get_running_loop()
         try:
             sock = self._listen()
+        except StateDirOwned as exc:  # another agent's: start nothing, touch nothing there
+            log.error("%s; nothing started", exc)
+            return await self._give_up(EXIT_OWNED)
         except StartupError as exc:
             log.error("%s; nothing started", exc)
             return await self._give_up(EXIT_UNAVAILABLE)
@@ -404,8 +422,8 @@ class Agent:
         create_missing_stores(self.config)
         reloader = Reloader(parts, self.config_paths or config_paths())
         loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
-        trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec,
-                          lambda: parts.modes.closing)
+        trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec, parts.modes,
+                          parts.remediator)
         loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2, trigger)
         if self.held is not None:  # after every handler is in place: those held across the exec
             handlers = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop,
@@ -461,7 +479,7 @@ class Agent:
             # A SIGTERM handled during those awaits wins: it was taken here, so the new image would never
             # see it (the agent ran on, deaf to the stop it had been sent).
             if self.reexec_requested:
-                why = hand_over(parts, self.autonomy)  # returns only when the exec failed
+                why = hand_over(parts, self.autonomy, self.lock)  # returns only when the exec failed
                 log.error("reexec failed (%s); stopping the components and exiting", why)
                 code = EXIT_FAILURE
             else:
@@ -471,6 +489,8 @@ class Agent:
         except TimeoutError:
             log.error("components did not stop within %.0fs", parts.config.agent.shutdown_timeout)
         await parts.aclose()
+        if self.lock is not None:
+            self.lock.release()  # after the last state file was written
         if served:
             await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
@@ -493,6 +513,11 @@ class Agent:
 
     async def _start_components(self, parts: Parts) -> None:
         if parts.modes.emergency:
+            if any(rt.running_count for rt in parts.supervisor.components.values()):
+                # Adopted after a re-exec during which an emergency stop was asked for (api.py: it waits
+                # for no lock the re-exec holds): this image carries it out.
+                log.warning("emergency stop in force: stopping the replicas handed over by the previous image")
+                await parts.supervisor.emergency_stop()
             return
         sup = parts.supervisor
         await sup.start_all()

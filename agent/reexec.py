@@ -49,8 +49,12 @@ from agent.supervise.containment import CgroupContainment, Containment, restore
 from agent.supervise.leftovers import Ledger
 from agent.supervise.process import ExitStatus, Reaper, signal_group
 from agent.supervise.state import atomic_write_json
+from agent.supervise.statelock import ENV_FD as ENV_LOCK_FD
+from agent.supervise.statelock import LOCK_FILE, StateLock
 
 if TYPE_CHECKING:
+    from agent.act.modes import Modes
+    from agent.act.remediation import Remediator
     from agent.app import Parts
     from agent.supervise.supervisor import Supervisor
 
@@ -142,17 +146,24 @@ async def quiesce(sup: Supervisor, timeout: float = LOCK_TIMEOUT) -> list[str]:
 
 
 class Trigger:
-    """Checks a reexec request (preflight, quiesce) and, once accepted, tells the agent to hand over."""
+    """Checks a reexec request (preflight, settle, quiesce) and, once accepted, tells the agent to hand over.
+
+    Alerts accepted before the request are acted on by this image: after the preflight the agent stops
+    accepting work (the webhook, the control API and /-/reload answer 503 with Retry-After, recording
+    nothing), waits for the accepted actions to finish, and only then takes the components' locks. A
+    refused reexec accepts work again; nothing answered 200 is left waiting on a lock the exec ends.
+    """
 
     def __init__(self, sup: Supervisor, reaper: Reaper, paths: list[Path] | None, go: Callable[[], None],
-                 closing: Callable[[], bool]) -> None:
-        self.sup, self.reaper, self.paths, self.go, self.closing = sup, reaper, paths, go, closing
+                 modes: Modes, remediator: Remediator) -> None:
+        self.sup, self.reaper, self.paths, self.go = sup, reaper, paths, go
+        self.modes, self.remediator = modes, remediator
         self.accepted = False
         self._busy = False
 
     async def request(self) -> Refusal | None:
         """None when the reexec may go ahead (the caller then calls `go`); else why not, nothing changed."""
-        if self.closing():
+        if self.modes.closing:
             return Refusal(503, "the agent is shutting down")
         if self._busy or self.accepted:
             return Refusal(409, "a reexec is already in progress")
@@ -160,13 +171,29 @@ class Trigger:
         try:
             refusal = await preflight(self.reaper, self.paths)
             if refusal is None:
-                busy = await quiesce(self.sup)
-                if busy:
-                    refusal = Refusal(409, f"component {busy[0]} stayed busy (a restart, scale or reload) for "
-                                           f"{LOCK_TIMEOUT:.0f}s; try again")
+                refusal = await self._settle_and_quiesce()
         finally:
             self._busy = False
         self.accepted = refusal is None
+        if self.accepted:
+            self.modes.commit()
+        return refusal
+
+    async def _settle_and_quiesce(self) -> Refusal | None:
+        self.modes.pause("re-executing")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOCK_TIMEOUT
+        left = await self.remediator.settle(LOCK_TIMEOUT)
+        refusal: Refusal | None
+        if left:
+            refusal = Refusal(409, f"{left} accepted alert action(s) still in flight after {LOCK_TIMEOUT:.0f}s "
+                                   "(a slow restart or scale); try again")
+        else:
+            busy = await quiesce(self.sup, max(1.0, deadline - loop.time()))
+            refusal = None if not busy else Refusal(
+                409, f"component {busy[0]} stayed busy (a restart, scale or reload) for {LOCK_TIMEOUT:.0f}s; try again")
+        if refusal is not None or self.modes.closing:
+            self.modes.resume()
         return refusal
 
     def next_settings(self, current: AgentSettings) -> AgentSettings:
@@ -207,10 +234,13 @@ def reexec_routes(auth: Auth, trigger: Trigger, started_wall: float) -> list[Rou
     return [Route("/-/reexec", reexec, methods=["POST"])]
 
 
-def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
+def hand_over(parts: Parts, autonomy: Autonomy | None, lock: StateLock | None = None) -> str:
     """Write the handover and exec this process's command line again; returns only when the exec
     failed (why), after undoing what would leak. Call from the main thread with nothing awaited
     between here and the exec: no exit can be reaped after the replicas were written down.
+
+    The state dir's `lock` descriptor is kept open across the exec (the lock is its open file
+    description's), so the dir is never unlocked while the new image starts.
     """
     if threading.current_thread() is not threading.main_thread():
         return "not on the main thread: the components' parent-death signal would fire"
@@ -236,6 +266,7 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
                   "override": autonomy.value if autonomy else None},
         "orphans_reaped": parts.reaper.orphans_reaped,
         "components": components,
+        "state_lock": lock.record() if lock is not None else None,
     }
     path = (parts.config.agent.state_dir / HANDOVER_FILE).resolve()
     try:
@@ -248,7 +279,10 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
         hold = SignalHold()
     except OSError as exc:
         return f"cannot hold the stop signals across the exec: {exc.strerror or exc}"
-    env = dict(os.environ, **{ENV: str(path), ENV_GUARDIAN_FD: str(guardian_fd)}, **hold.env())
+    if lock is not None:
+        lock.keep_across_exec()
+    env = dict(os.environ, **{ENV: str(path), ENV_GUARDIAN_FD: str(guardian_fd),
+                              ENV_LOCK_FD: str(lock.fd if lock is not None else -1)}, **hold.env())
     log.info("re-executing %s (pid %d): %d replica(s) handed over",
              " ".join(argv), os.getpid(), sum(1 for c in components.values() for r in c["replicas"] if r["pid"]))
     for handler in logging.getLogger().handlers:
@@ -263,6 +297,9 @@ def hand_over(parts: Parts, autonomy: Autonomy | None) -> str:
         if guardian_fd >= 0:
             with contextlib.suppress(OSError):
                 os.set_inheritable(guardian_fd, False)
+        if lock is not None:
+            with contextlib.suppress(OSError):
+                lock.keep_across_exec(False)
         return f"cannot exec {sys.executable}: {exc.strerror or exc}"
     raise AssertionError("unreachable")
 
@@ -276,6 +313,7 @@ class Handover:
 
     `config` is the previous image's config, None when this code's model no longer accepts it (a field
     removed by the upgrade): the replicas are still adopted; only the fallbacks that need it are lost.
+    `lock` is the state dir lock it held, adopted (None from an agent that held none).
     """
 
     path: Path
@@ -289,6 +327,7 @@ class Handover:
     orphans_reaped: int
     components: dict[str, Any]
     tasks: set[asyncio.Task[None]]
+    lock: StateLock | None = None
 
     @classmethod
     def parse(cls, path: Path, document: Any) -> Handover:
@@ -303,12 +342,14 @@ class Handover:
                 print(f"warning: agent reexec: the previous image's config does not validate with this version "
                       f"({exc.error_count()} error(s)); it cannot be fallen back to", file=sys.stderr)
                 config = None
-            return cls(path=path, version=str(document["version"]), config=config,
-                       state_dir=Path(document["state_dir"]),
-                       child_nofile=(int(nofile[0]), int(nofile[1])) if nofile else None,
-                       containment_record=dict(document["containment"]), guardian=dict(document["guardian"]),
-                       modes=dict(document["modes"]), orphans_reaped=int(document["orphans_reaped"]),
-                       components=dict(document["components"]), tasks=set())
+            handover = cls(path=path, version=str(document["version"]), config=config,
+                           state_dir=Path(document["state_dir"]),
+                           child_nofile=(int(nofile[0]), int(nofile[1])) if nofile else None,
+                           containment_record=dict(document["containment"]), guardian=dict(document["guardian"]),
+                           modes=dict(document["modes"]), orphans_reaped=int(document["orphans_reaped"]),
+                           components=dict(document["components"]), tasks=set())
+            handover.lock = StateLock.adopt(document.get("state_lock"))  # last: nothing can fail after it
+            return handover
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
             raise HandoverError(f"{path}: {type(exc).__name__}: {exc}") from None
 
@@ -323,6 +364,8 @@ class Handover:
         """
         if self.state_dir != parts.config.agent.state_dir.resolve():
             Ledger(self.state_dir).clear()  # the new state dir's ledger covers the same processes
+            if self.lock is not None and not self.lock.covers(parts.config.agent.state_dir / LOCK_FILE):
+                self.lock.release()  # after its ledger went: the old dir is free for another agent
             log.info("state dir moved from %s to %s", self.state_dir, parts.config.agent.state_dir.resolve())
         parts.reaper.orphans_reaped = self.orphans_reaped
         modes = parts.modes
@@ -431,6 +474,7 @@ def take_handover() -> Handover | None:
     """
     name = os.environ.pop(ENV, None)
     fd = os.environ.pop(ENV_GUARDIAN_FD, None)
+    lock_fd = os.environ.pop(ENV_LOCK_FD, None)
     if name is None:
         return None
     path = Path(name)
@@ -440,9 +484,10 @@ def take_handover() -> Handover | None:
     except (OSError, ValueError, HandoverError) as exc:
         print(f"error: agent reexec: cannot read the handover {path} ({exc}); the previous image's components "
               "are ended by the guardian and everything starts afresh", file=sys.stderr)
-        if fd is not None and fd.lstrip("-").isdigit() and int(fd) >= 0:
-            with contextlib.suppress(OSError):
-                os.close(int(fd))
+        for inherited in (fd, lock_fd):  # the guardian's pipe; the state dir lock, taken again at start
+            if inherited is not None and inherited.lstrip("-").isdigit() and int(inherited) >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(int(inherited))
         return None
     finally:
         with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.act.api import TooLarge, parse_json, read_limited
+from agent.act.api import TooLarge, parse_json, read_limited, retry_later
 from agent.act.credentials import Auth, Need, SecretFileError, SecretWriteError, requires
 from agent.config.changes import ReloadPlan, plan_reload
 from agent.config.loader import ConfigError, load_config
@@ -138,8 +138,8 @@ class Reloader:
         """POST /-/reload (control token; body {"dry_run": true} optional), as Prometheus' lifecycle API."""
         @requires(self.parts.auth, Need.CONTROL)
         async def reload(request: Request) -> Response:
-            if self.parts.modes.closing:
-                return JSONResponse({"error": "the agent is shutting down"}, status_code=503)
+            if self.parts.modes.refusing:
+                return retry_later(self.parts.modes.refusing)
             try:
                 raw = await read_limited(request, 4096)
                 body = parse_json(raw) if raw.strip() else {}

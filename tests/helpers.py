@@ -237,7 +237,7 @@ def app_routes(config: Any) -> list[Any]:
     async def build() -> list[Any]:
         parts = Parts.build(config, None, asyncio.get_running_loop())
         try:
-            trigger = Trigger(parts.supervisor, parts.reaper, None, lambda: None, lambda: parts.modes.closing)
+            trigger = Trigger(parts.supervisor, parts.reaper, None, lambda: None, parts.modes, parts.remediator)
             return list(serving_app(parts, Reloader(parts, []), trigger).routes)
         finally:
             await parts.aclose()

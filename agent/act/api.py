@@ -28,6 +28,8 @@ if TYPE_CHECKING:  # types only: none of them imports this module
 
 log = logging.getLogger("agent.api")
 
+REEXEC_SETTLE = 35.0  # an emergency stop waits this long for a pending re-exec to go ahead or be refused
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -53,6 +55,11 @@ class Json(JSONResponse):
 
 
 _JSON_TYPE = (b"content-type", b"application/json")
+
+
+def retry_later(why: str) -> JSONResponse:
+    """503 with Retry-After: nothing was done and nothing recorded (no dedupe key), so a retry acts."""
+    return Json({"error": f"{why}; retry"}, status_code=503, headers={"Retry-After": "5"})
 
 
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:
@@ -173,8 +180,8 @@ class WebhookEndpoint:
         await response(scope, receive, send)
 
     async def answer(self, scope: Scope, receive: Receive) -> Response:
-        if self.modes.closing:
-            return Json({"error": "shutting down; retry"}, status_code=503, headers={"Retry-After": "5"})
+        if self.modes.refusing:
+            return retry_later(self.modes.refusing)
         auth = self.auth
         denied = await auth.authorize(Need.WEBHOOK, scope)
         if denied is not None:
@@ -190,6 +197,10 @@ class WebhookEndpoint:
             return _error(422, "not an Alertmanager version 4 payload", details=_validation_message(exc))
         except ValueError as exc:
             return _error(400, str(exc))
+        # Checked again with nothing awaited until the actions are started: a re-exec or a shutdown that
+        # began while the body was read must not have an alert answered 200 that it will not act on.
+        if self.modes.refusing:
+            return retry_later(self.modes.refusing)
         with self.tracing.span("webhook.alertmanager", alerts=len(payload.alerts),
                                receiver=payload.receiver[:64]) as (_, trace_id, ctx):
             results = self.remediator.handle(payload, trace_id, ctx)
@@ -226,8 +237,8 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
 
     @control_token
     async def control(request: Request) -> Response:
-        if modes.closing:
-            return _error(503, "the agent is shutting down")
+        if modes.refusing:
+            return retry_later(modes.refusing)
         verb = request.path_params["verb"]
         name = request.path_params.get("name", "")
         try:
@@ -319,7 +330,13 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
     @control_token
     async def emergency(request: Request) -> Response:
         started = time.perf_counter()
-        await modes.hold_emergency()
+        await modes.hold_emergency()  # durable first: a new image (after a re-exec) starts stopped
+        if modes.paused and not await modes.settled(REEXEC_SETTLE):
+            # A re-exec holds every component's lock: its new image stops every component at start.
+            audit_manual("", "emergency_stop", Result.EXECUTED, "autonomy off; every component is stopped by "
+                         "the re-executed agent as it starts")
+            return JSONResponse({"emergency_stop": True, "deferred": modes.paused,
+                                 "seconds": round(time.perf_counter() - started, 3)}, status_code=202)
         await sup.emergency_stop()
         audit_manual("", "emergency_stop", Result.EXECUTED, "every component stopped; autonomy off")
         return JSONResponse({"emergency_stop": True, "seconds": round(time.perf_counter() - started, 3)})

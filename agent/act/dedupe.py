@@ -74,6 +74,7 @@ class DedupeStore:
         self._journal_bytes = 0  # the journal's size as last written (compaction is decided on the loop)
         self._legacy = False  # the journal held keys in the old `a|b|c` form
         self._failing = False  # the last write failed (log once per streak)
+        self._forgotten = False  # keys were forgotten: the next flush rewrites the journal without them
         self._pending: list[tuple[str, float, bool]] = []  # key, time, keep in memory if the write fails
         self._next: asyncio.Future[OSError | None] | None = None  # resolves when the pending batch is written
         self._inflight: asyncio.Future[OSError | None] | None = None
@@ -183,9 +184,26 @@ class DedupeStore:
         done.set_result(None)
         return done
 
+    def forget(self, key: str) -> None:
+        """Drop the key of an action that was never carried out (the agent stopped first); the journal is
+        rewritten without it at the next `flush`, so the next delivery of its alert acts, after a restart too."""
+        if self.keys.pop(key, None) is not None:
+            self._forgotten = True
+
     async def flush(self) -> OSError | None:
-        """Write every key added so far; None when done, else the error (also logged and counted)."""
-        return await asyncio.shield(self.durable())
+        """Write every key added so far (and drop forgotten ones from the file); None when done, else the
+        error (also logged and counted)."""
+        error = await asyncio.shield(self.durable())
+        if error is None and self._forgotten:
+            self._forgotten = False
+            try:
+                self._journal_bytes = await asyncio.to_thread(self._compact, list(self.keys.items()))
+            except OSError as exc:
+                self.write_errors += 1
+                log.error("cannot rewrite dedupe journal %s without the keys of actions not carried out (%s): "
+                          "their alerts stay duplicates until dedupe_ttl", self.path, exc)
+                return exc
+        return error
 
     # --- the writer --------------------------------------------------------------------------------
 

@@ -376,10 +376,18 @@ class Remediator:
         started = time.perf_counter()
         attrs = {"component": p.component, "action": p.action, "alertname": p.alertname}
         with self.tracing.span("remediation.action", parent, **attrs) as (span, _, _ctx):
-            error = await asyncio.shield(journal)  # durable before acting
-            if error is None:
-                outcome, reason = await self._act(p)
-            else:
+            try:
+                error = await asyncio.shield(journal)  # durable before acting
+                if error is None:
+                    outcome, reason = await self._act(p)
+            except asyncio.CancelledError:
+                # Only `drain` cancels, at shutdown: answered 200 but not done. Said so, counted, and the key is
+                # forgotten (on disk at the drain's flush), so Alertmanager's next delivery acts after the restart.
+                self.dedupe.forget(p.key)
+                self.record(alert, p, Result.FAILED, "not acted: the agent stopped before the action finished; "
+                            "the next delivery of the alert acts", trace_id)
+                raise
+            if error is not None:
                 # Not on disk, so not done: the store dropped the key and the next delivery acts.
                 outcome, reason = Result.FAILED, f"not acted: the dedupe journal could not be written ({error})"
                 if stamp is not None and self.last_alert_restart.get(p.component) == stamp:
@@ -439,12 +447,24 @@ class Remediator:
         plan = Plan("rollout_halted", component, "restart", "", Result.FAILED, why)
         self.record(None, plan, Result.FAILED, why, "", source="supervisor")
 
-    async def drain(self, timeout: float) -> None:
-        """Wait (bounded) for background actions at shutdown."""
+    async def settle(self, timeout: float) -> int:
+        """Wait (bounded) for the accepted actions still in flight; returns how many have not finished."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)
+        return sum(not task.done() for task in self._tasks)
+
+    async def drain(self, timeout: float) -> None:
+        """At shutdown: wait (bounded) for the actions in flight; those left are cancelled, recorded as not
+        acted and their keys forgotten; then the journal is written (resolved markers too)."""
+        if await self.settle(timeout):
+            left = [task for task in self._tasks if not task.done()]
+            log.error("%d accepted action(s) still waiting at shutdown after %.0fs: not acted, their alerts act "
+                      "at their next delivery", len(left), timeout)
+            for task in left:
+                task.cancel()
+            await asyncio.wait(left, timeout=timeout)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.dedupe.flush(), timeout)  # resolved markers too
+            await asyncio.wait_for(self.dedupe.flush(), timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write the timestamps and the history queued so far (blocking: at shutdown, or before a reexec)."""

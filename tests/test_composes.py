@@ -1,0 +1,128 @@
+"""Operations interleaved on a real agent: what one of them accepted, another must not lose in silence.
+
+Issue 27: each of these failed on the main it started from (4d6e534).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import AgentProcess, wait_for
+from tests.webhookutil import alert, payload
+
+# Stops 3 s after SIGTERM: a restart of it holds its component's lock that long.
+SLOW_STOP = ("import signal, sys, time\n"
+             "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(3), sys.exit(0)))\n"
+             "while True: time.sleep(1)\n")
+
+
+def start_time(url: str) -> float | None:
+    try:
+        text = httpx.get(url + "/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(r"^orchestrator_agent_start_time_seconds (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def history(agent: AgentProcess) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = agent.api("GET", "/api/v1/history?limit=10000")["history"]
+    return entries
+
+
+def journal_fingerprints(agent: AgentProcess) -> set[str]:
+    path = agent.state_dir / "dedupe.jsonl"
+    found = set()
+    for line in path.read_text().splitlines() if path.exists() else []:
+        key = json.loads(line)["k"]
+        if isinstance(key, list):
+            found.add(key[0])
+    return found
+
+
+@pytest.mark.parametrize("how", ["POST /-/reexec", "SIGUSR2"])
+def test_every_alert_answered_200_during_a_reexec_is_acted_on_and_503s_leave_no_key(tmp_path: Path, how: str) -> None:
+    """A re-exec waiting on a busy component (a restart whose process takes 3 s to stop) used to take the
+    other components' locks first while the webhook went on answering 200: those actions never ran (47 of
+    126 in the issue), and their redelivery was a duplicate."""
+    remediation = {"cooldown": "0s"}
+    restart = {"max_restarts": 10_000}
+    config = {"components": {
+        "fast": {"command": ["sleep", "1000"], "remediation": remediation, "restart": restart},
+        "slow": {"command": ["python3", "-c", SLOW_STOP], "stop": {"grace": "10s"}, "remediation": remediation,
+                 "restart": restart},
+    }}
+    agent = AgentProcess(tmp_path, config).start()
+    try:
+        wait_for(lambda: all(c["replicas"] == 1 for c in agent.status().values()), 15, 0.05, "both running")
+        hook_token = (agent.state_dir / "webhook.token").read_text().strip()
+        control = (agent.state_dir / "control.token").read_text().strip()
+        first = start_time(agent.url)
+        client = httpx.Client(timeout=10, headers={"Authorization": f"Bearer {hook_token}"})
+
+        def send(labels: dict[str, str]) -> tuple[str, int, str]:
+            a = alert({"action": "restart", **labels})
+            r = client.post(agent.url + "/webhook/alertmanager", json=payload(a))
+            result = r.json()["results"][0]["result"] if r.status_code == 200 else ""
+            return a["fingerprint"], r.status_code, result
+
+        assert send({"component": "slow"})[2] == "accepted"  # slow's lock is held for ~3 s from here
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            if how == "SIGUSR2":
+                assert agent.proc is not None
+                os.kill(agent.proc.pid, signal.SIGUSR2)
+                reexec = None
+            else:
+                reexec = pool.submit(httpx.post, agent.url + "/-/reexec", timeout=60,
+                                     headers={"Authorization": f"Bearer {control}"})
+            answers: list[tuple[str, int, str]] = []
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline and start_time(agent.url) in (first, None):
+                try:
+                    answers.append(send({"component": "fast"}))
+                except httpx.HTTPError:
+                    pass  # the old image closed its server for the exec
+                time.sleep(0.05)  # a stream of ~20 alerts/s, not a wait on a condition
+            if reexec is not None:
+                assert reexec.result().status_code == 202, reexec.result().text
+        wait_for(lambda: start_time(agent.url) not in (first, None), 30, 0.05, "the new image serving")
+
+        accepted = [fp for fp, code, result in answers if code == 200 and result == "accepted"]
+        refused = [fp for fp, code, _ in answers if code == 503]
+        assert accepted and refused, answers  # the stream spanned the wait for the busy component
+        assert {code for _, code, _ in answers} <= {200, 503}, answers
+
+        # Every alert answered "accepted" was acted on, once, by the old image or the new one.
+        def acted() -> dict[str, list[str]]:
+            by_fp: dict[str, list[str]] = {}
+            for e in history(agent):
+                by_fp.setdefault(e["fingerprint"], []).append(e["result"])
+            return by_fp
+
+        done = wait_for(lambda: (h := acted()) and all(fp in h for fp in accepted) and h, 30, 0.1,
+                        "a history entry for every accepted alert")
+        assert all(done[fp] == ["executed"] for fp in accepted), {fp: done.get(fp) for fp in accepted}
+
+        # A 503 recorded nothing: no dedupe key, and its redelivery acts.
+        assert not set(refused) & journal_fingerprints(agent)
+        client.close()
+        client = httpx.Client(timeout=10, headers={"Authorization": f"Bearer {hook_token}"})
+        retried = refused[0]
+        again = alert({"action": "restart", "component": "fast"}, fingerprint=retried)
+        r = client.post(agent.url + "/webhook/alertmanager", json=payload(again))
+        assert r.status_code == 200 and r.json()["results"][0]["result"] == "accepted", r.text
+        client.close()
+        wait_for(lambda: acted().get(retried) == ["executed"], 15, 0.1, "the redelivered alert acted")
+        assert "stayed busy" not in agent.log_text()
+    finally:
+        assert agent.stop() == 0
