@@ -126,3 +126,52 @@ def test_every_alert_answered_200_during_a_reexec_is_acted_on_and_503s_leave_no_
         assert "stayed busy" not in agent.log_text()
     finally:
         assert agent.stop() == 0
+
+
+def counters(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every counter and histogram count sample of /metrics (orchestrator_*), by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
+        if family.type in ("counter", "histogram") and family.name.startswith("orchestrator_"):
+            for s in family.samples:
+                if s.name.endswith(("_total", "_count", "_bucket")):
+                    out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_counters_go_on_across_a_reexec(tmp_path: Path) -> None:
+    """orchestrator_remediation_actions_total and orchestrator_webhook_requests_total started again at 0
+    after a re-exec, while the restart counters carried over."""
+    config = {"components": {"w": {"command": ["sleep", "1000"], "remediation": {"cooldown": "0s"},
+                                   "restart": {"max_restarts": 100}}}}
+    agent = AgentProcess(tmp_path, config).start()
+    try:
+        wait_for(lambda: agent.status()["w"]["replicas"] == 1, 15, 0.05, "w running")
+        token = (agent.state_dir / "webhook.token").read_text().strip()
+        hook = agent.url + "/webhook/alertmanager"
+        for _ in range(3):
+            r = httpx.post(hook, json=payload(alert({"action": "restart", "component": "w"})),
+                           headers={"Authorization": f"Bearer {token}"}, timeout=10)
+            assert r.json()["results"][0]["result"] == "accepted"
+        assert httpx.post(hook, json={}, timeout=10).status_code == 401
+        wait_for(lambda: sum(1 for e in history(agent) if e["result"] == "executed") == 3, 20, 0.05,
+                 "three restarts done")
+        before = counters(agent.url)
+        key = ("orchestrator_remediation_actions_total",
+               (("action", "restart"), ("component", "w"), ("result", "executed")))
+        assert before[key] == 3
+        assert before[("orchestrator_webhook_requests_total", (("code", "200"),))] == 3
+        assert before[("orchestrator_webhook_requests_total", (("code", "401"),))] == 1
+        first = start_time(agent.url)
+        control = (agent.state_dir / "control.token").read_text().strip()
+        r = httpx.post(agent.url + "/-/reexec", headers={"Authorization": f"Bearer {control}"}, timeout=60)
+        assert r.status_code == 202, r.text
+        wait_for(lambda: start_time(agent.url) not in (first, None), 30, 0.05, "the new image serving")
+        after = counters(agent.url)
+        went_back = {k: (v, after.get(k)) for k, v in before.items() if after.get(k, -1) < v}
+        assert not went_back, went_back
+        assert after[key] == 3
+    finally:
+        assert agent.stop() == 0

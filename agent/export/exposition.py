@@ -15,7 +15,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 Key = tuple[str, ...]
 
@@ -78,6 +78,17 @@ class CounterStore:
         self.values = {k: v for k, v in self.values.items() if keep(k)}
         self.exemplars = {k: v for k, v in self.exemplars.items() if keep(k)}
 
+    def dump(self) -> list[list[Any]]:
+        """The series as JSON (`[[label values...], value]`): handed to the next image by `agent reexec`."""
+        return [[list(key), value] for key, value in self.values.items()]
+
+    def load(self, rows: Any) -> None:
+        """Add the series `dump` wrote (the previous image's counts); rows of another shape are skipped."""
+        for row in rows if isinstance(rows, list) else ():
+            if _row_ok(row, len(self.labels)) and isinstance(row[1], int | float):
+                key = tuple(row[0])
+                self.values[key] = self.values.get(key, 0.0) + float(row[1])
+
     def inc(self, *key: str, trace_id: str = "") -> None:
         self.values[key] = self.values.get(key, 0.0) + 1.0
         if trace_id:
@@ -107,6 +118,20 @@ class HistogramStore:
     def retain(self, keep: Callable[[Key], bool]) -> None:
         """Drop the series `keep` refuses (a component a reload removed)."""
         self.series = {k: v for k, v in self.series.items() if keep(k)}
+
+    def dump(self) -> list[list[Any]]:
+        """The series as JSON (`[[label values...], [bucket counts..., +Inf count, sum]]`), for `agent reexec`."""
+        return [[list(key), list(row)] for key, row in self.series.items()]
+
+    def load(self, rows: Any) -> None:
+        """Add the series `dump` wrote; rows of another shape (other buckets) are skipped."""
+        width = len(self.buckets) + 2
+        for row in rows if isinstance(rows, list) else ():
+            if (_row_ok(row, len(self.labels)) and isinstance(row[1], list) and len(row[1]) == width
+                    and all(isinstance(v, int | float) for v in row[1])):
+                mine = self.series.setdefault(tuple(row[0]), [0.0] * width)
+                for i, v in enumerate(row[1]):
+                    mine[i] += float(v)
 
     def observe(self, *key: str, value: float) -> None:
         row = self.series.get(key)
@@ -355,3 +380,8 @@ def content_type(accept: str) -> str:
                 return f"{OPENMETRICS}; version={version}; charset=utf-8; escaping={escaping}"
             return f"text/plain; version=1.0.0; charset=utf-8; escaping={escaping}"
     return TEXT_0_0_4
+
+
+def _row_ok(row: Any, labels: int) -> bool:
+    return (isinstance(row, list) and len(row) == 2 and isinstance(row[0], list) and len(row[0]) == labels
+            and all(isinstance(v, str) for v in row[0]))

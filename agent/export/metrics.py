@@ -10,7 +10,7 @@ from __future__ import annotations
 import gzip
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -35,6 +35,7 @@ from agent.export.exposition import (
 from agent.export.process import ProcessFamilies
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.observe.todorow import PRIORITIES, STATUSES
+from agent.supervise.logs import log_write_errors
 from agent.supervise.replica import REASONS
 from agent.supervise.state import STATE_FILE
 
@@ -87,22 +88,40 @@ class EventMetrics:
         """Each probe's histogram exists from the first scrape. Remediation decisions and rollout halts
         appear when they first happen (the rules count a series born at 1, docs/metrics.md "Counters that
         appear at their first increment"). After a reload, the series of removed components go (alerts
-        naming no component keep `_unknown`)."""
+        naming no component keep `_unknown`), and so do those of a probe a reload removed or changed
+        in kind; a probe of those still under way when the reload came is not recorded."""
         names = set(config.components)
-        self.probe_duration.retain(lambda key: key[0] in names)
+        self._probes = {(name, comp.probe.kind) for name, comp in config.components.items() if comp.probe}
+        self.probe_duration.retain(lambda key: key in self._probes)
         self.rollout_halted.retain(lambda key: key[0] in names)
         self.remediation_actions.retain(lambda key: key[0] in names or key[0] == UNKNOWN_COMPONENT)
         for name, comp in config.components.items():
             if comp.probe is not None:
                 self.probe_duration.precreate(name, comp.probe.kind)
 
+    def dump(self) -> dict[str, list[list[Any]]]:
+        """Every counter and histogram, for the next image (`agent reexec`): they go on from these counts."""
+        return {store.name: store.dump() for store in self._stores()}
+
+    def load(self, document: Any, config: Config) -> None:
+        """Add the previous image's counts (`dump`); the series of components no longer configured go."""
+        if isinstance(document, dict):
+            for store in self._stores():
+                store.load(document.get(store.name))
+        self.configure(config)
+
+    def _stores(self) -> tuple[CounterStore | HistogramStore, ...]:
+        return (self.probe_duration, self.webhook_requests, self.remediation_actions, self.remediation_duration,
+                self.rollout_halted)
+
     def rollout_halt(self, component: str) -> None:
         """Count one halted rolling restart (a supervisor roll listener)."""
         self.rollout_halted.inc(component)
 
     def observe_probe(self, component: str, probe: str, seconds: float) -> None:
-        """Record one probe's duration."""
-        self.probe_duration.observe(component, probe, value=seconds)
+        """Record one probe's duration (of a probe the config in force has)."""
+        if (component, probe) in self._probes:
+            self.probe_duration.observe(component, probe, value=seconds)
 
     def families(self) -> Iterator[Samples]:
         yield self.probe_duration.family()
@@ -154,15 +173,24 @@ class WriteCounted(Protocol):
     write_errors: int
 
 
+class Dropping(Protocol):
+    """The history: lines that never reached its file."""
+
+    dropped: int
+
+
 class AgentCollector:
-    """The agent itself: build, start time, modes, containment, guardian, reaper, state dir writes."""
+    """The agent itself: build, start time, modes, containment, guardian, reaper, state dir and log writes."""
 
     def __init__(self, version: str, started_wall: float, modes: Modes, containment: Containment,
                  guardian: Guardian, reaper: Reaper, store: StateStore, dedupe: DedupeStore,
-                 reload: ReloadStatus, memory: Sequence[tuple[str, WriteCounted]] = ()) -> None:
+                 reload: ReloadStatus, memory: Sequence[tuple[str, WriteCounted]] = (),
+                 history: Dropping | None = None,
+                 log_errors: Callable[[], dict[str, int]] = log_write_errors) -> None:
         self.version, self.started_wall, self.reload = version, started_wall, reload
         self.modes, self.containment, self.guardian, self.reaper = modes, containment, guardian, reaper
         self.store, self.dedupe, self.memory = store, dedupe, list(memory)
+        self.history, self.log_errors = history, log_errors
         # The agent's own CPU, memory and descriptors (`process_open_fds`, `process_max_fds`), read
         # from /proc at scrape time; not registered anywhere, so nothing process-global.
         self.process = ProcessFamilies()
@@ -207,6 +235,14 @@ class AgentCollector:
         for name, writer in self.memory:  # remediation.json, history.jsonl
             errors.add_metric([name], writer.write_errors)
         yield errors
+        yield Family("orchestrator_history_entries_dropped", "History lines that never reached history.jsonl: "
+                     "beyond the history's size while its writes failed, or left at shutdown.",
+                     value=self.history.dropped if self.history is not None else 0, typ="counter")
+        log_errors = Family("orchestrator_log_write_errors", "Failed writes of the agent's own log lines "
+                            "(each line lost): disk full, or stderr closed.", labels=["file"], typ="counter")
+        for name, count in self.log_errors().items():
+            log_errors.add_metric([name], count)
+        yield log_errors
         yield Family("orchestrator_dedupe_keys", "Alert keys held by the dedupe journal, at most "
                      "dedupe_max_entries.", value=len(self.dedupe.keys))
         yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "

@@ -1,0 +1,60 @@
+"""The agent's counters across `agent reexec`: the old image writes them into the handover, the new one
+goes on from them, so a re-exec does not read as a counter reset (`rate()` and `increase()` stay right).
+
+The components' restart counters and the reaper's and guardian's counts travel with the state they
+belong to (reexec.py); these are the rest: webhook answers, remediation decisions and durations, probe
+durations, halted rollouts, failed state dir writes, dedupe evictions, connections closed by the agent,
+TLS handshake failures and refused client certificates. `agent/export/process.py`'s CPU seconds need
+nothing: the process, and so its CPU time, is the same.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from agent.act.dedupe import JOURNAL_FILE
+from agent.act.memory import HISTORY_FILE, STAMPS_FILE
+from agent.supervise.state import STATE_FILE
+
+if TYPE_CHECKING:
+    from agent.app import Parts
+
+
+def _writers(parts: Parts) -> dict[str, Any]:
+    """Each state dir file's writer, which counts its failed writes."""
+    remediator = parts.remediator
+    return {STATE_FILE: parts.store, JOURNAL_FILE: remediator.dedupe, STAMPS_FILE: remediator.stamps.store,
+            HISTORY_FILE: remediator.history}
+
+
+def counters(parts: Parts) -> dict[str, Any]:
+    """The counts to hand over, as JSON."""
+    return {
+        "events": parts.events.dump(),
+        "state_write_errors": {name: writer.write_errors for name, writer in _writers(parts).items()},
+        "dedupe_evictions": parts.remediator.dedupe.evicted,
+        "connections_closed": dict(parts.guard.closed),
+        "tls_handshake_failures": parts.web.handshake_failures,
+        "tls_rejected_sans": parts.web.rejected_sans,
+    }
+
+
+def resume(parts: Parts, document: Any) -> None:
+    """Go on from the previous image's counts (anything of another shape is ignored: a new image may come
+    from an older agent, which handed over fewer)."""
+    if not isinstance(document, dict):
+        return
+    parts.events.load(document.get("events"), parts.config)
+    errors = document.get("state_write_errors")
+    for name, writer in _writers(parts).items():
+        writer.write_errors += _count(errors.get(name) if isinstance(errors, dict) else None)
+    parts.remediator.dedupe.evicted += _count(document.get("dedupe_evictions"))
+    closed = document.get("connections_closed")
+    for reason in parts.guard.closed:
+        parts.guard.closed[reason] += _count(closed.get(reason) if isinstance(closed, dict) else None)
+    parts.web.handshake_failures += _count(document.get("tls_handshake_failures"))
+    parts.web.rejected_sans += _count(document.get("tls_rejected_sans"))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
