@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import __version__
+from agent import __version__, carry
 from agent.act.credentials import Auth, Need, control_token_path, requires
 from agent.config.loader import ConfigError, load_config
 from agent.config.models import AgentSettings, Autonomy, Config, StopSettings
@@ -265,6 +265,7 @@ def hand_over(parts: Parts, autonomy: Autonomy | None, lock: StateLock | None = 
         "modes": {"autonomy": parts.modes.autonomy.value, "emergency": parts.modes.emergency,
                   "override": autonomy.value if autonomy else None},
         "orphans_reaped": parts.reaper.orphans_reaped,
+        "counters": carry.counters(parts),
         "components": components,
         "state_lock": lock.record() if lock is not None else None,
     }
@@ -328,6 +329,7 @@ class Handover:
     components: dict[str, Any]
     tasks: set[asyncio.Task[None]]
     lock: StateLock | None = None
+    counters: Any = None  # carry.py: the previous image's counters, which this one goes on from
 
     @classmethod
     def parse(cls, path: Path, document: Any) -> Handover:
@@ -347,7 +349,7 @@ class Handover:
                            child_nofile=(int(nofile[0]), int(nofile[1])) if nofile else None,
                            containment_record=dict(document["containment"]), guardian=dict(document["guardian"]),
                            modes=dict(document["modes"]), orphans_reaped=int(document["orphans_reaped"]),
-                           components=dict(document["components"]), tasks=set())
+                           components=dict(document["components"]), tasks=set(), counters=document.get("counters"))
             handover.lock = StateLock.adopt(document.get("state_lock"))  # last: nothing can fail after it
             return handover
         except (KeyError, TypeError, ValueError, ValidationError) as exc:
@@ -368,6 +370,7 @@ class Handover:
                 self.lock.release()  # after its ledger went: the old dir is free for another agent
             log.info("state dir moved from %s to %s", self.state_dir, parts.config.agent.state_dir.resolve())
         parts.reaper.orphans_reaped = self.orphans_reaped
+        carry.resume(parts, self.counters)
         modes = parts.modes
         if self.modes.get("emergency") and not modes.emergency:
             modes.emergency = True
