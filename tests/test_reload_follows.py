@@ -79,3 +79,45 @@ def test_memory_limit_holds_after_a_reload_adds_a_component(tmp_path: Path) -> N
         wait_for(lambda: (agent.status()["added"]["rss_bytes"] or 0) > 0, 10, what="the added component's RSS")
         assert 'orchestrator_component_resident_memory_bytes{component="added"}' in series(agent)
         assert not failures(agent, "resource sampling failed")
+
+
+# --- probes --------------------------------------------------------------------------------------------
+
+def probed(command: str) -> dict[str, Any]:
+    return sleeper(probe={"exec": {"command": [command]}, "interval": 0.2, "failure_threshold": 1,
+                          "restart": False})
+
+
+def test_a_component_added_again_has_no_probe_error_of_the_removed_one(tmp_path: Path) -> None:
+    """The probe runner forgets a removed component: added again under its name, `agent status` shows no
+    last probe error of the old one (on 4d6e534 the removed one's error stayed, shown as the new one's)."""
+    config = {"components": {"keep": sleeper(), "flaky": probed("false")}}
+    with running_agent(tmp_path, config) as agent:
+        wait_for(lambda: agent.status()["flaky"]["last_probe_error"], 10, what="the failing probe recorded")
+        reload(agent, {"components": {"keep": sleeper()}})
+        assert "flaky" not in agent.status()
+        reload(agent, {"components": {"keep": sleeper(), "flaky": probed("true")}})
+        wait_for(lambda: agent.status()["flaky"]["healthy"] == 1, 10, what="the added component's probe to pass")
+        assert agent.status()["flaky"]["last_probe_error"] is None
+        assert series(agent)['orchestrator_component_probe_error{component="flaky",reason="none"}'] == 1
+
+
+# --- metrics -------------------------------------------------------------------------------------------
+
+def test_probe_histogram_follows_a_changed_or_removed_probe(tmp_path: Path) -> None:
+    """A reload that changes a component's probe kind or removes its probe takes the old probe's
+    duration histogram off /metrics (on 4d6e534 only a removed component's went: the old kind stayed)."""
+    config = {"components": {"kind": probed("true"), "dropped": probed("true")}}
+    with running_agent(tmp_path, config) as agent:
+        exec_count = 'orchestrator_probe_duration_seconds_count{component="%s",probe="exec"}'
+        wait_for(lambda: all(series(agent).get(exec_count % n, 0) >= 1 for n in ("kind", "dropped")), 10,
+                 what="both probes timed")
+        reload(agent, {"components": {  # a tcp probe of the agent's own port
+            "kind": sleeper(probe={"tcp": {"host": "127.0.0.1", "port": agent.port}, "interval": 0.2}),
+            "dropped": sleeper()}})
+        tcp_count = 'orchestrator_probe_duration_seconds_count{component="kind",probe="tcp"}'
+        wait_for(lambda: series(agent).get(tcp_count, 0) >= 1, 10, what="the tcp probe timed")
+        names = series(agent)
+        assert exec_count % "kind" not in names and exec_count % "dropped" not in names
+        assert not [k for k in names if k.startswith("orchestrator_probe_duration_seconds")
+                    and 'component="dropped"' in k]

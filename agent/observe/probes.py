@@ -184,6 +184,20 @@ class ProbeRunner:
         supervisor.spawn_listeners.append(self.replica_started)
         supervisor.spec_listeners.append(self.spec_changed)
         supervisor.watch_listeners.append(self.watch)
+        supervisor.layout_listeners.append(self._forget_removed)
+
+    def _forget_removed(self) -> None:
+        """Supervisor hook (a component or replica came or went): what was kept of a component a reload
+        removed goes with it, so one added again under its name starts with no last error of the old."""
+        names = self.sup.components.keys()
+        gone = (self.last_reason.keys() | self.last_error.keys()) - names
+        if not gone:
+            return
+        for name in gone:
+            self.last_reason.pop(name, None)
+            self.last_error.pop(name, None)
+        for key in [k for k in self._tasks if k[0] in gone]:
+            self._cancel(key)
 
     def watch_externals(self) -> None:
         """Start probing every external component (once, when the agent starts serving)."""
@@ -262,7 +276,7 @@ class ProbeRunner:
         await asyncio.sleep(min(settings.interval, 0.2))
         while rt.observed is observed and not rt.retired and not self.sup.shutting_down:
             result = await run_probe(spec, 0, self.client, self.sup.reaper, env)
-            if rt.observed is not observed:
+            if rt.observed is not observed or rt.retired:
                 return
             if self.observe is not None:
                 self.observe(rt.name, settings.kind, result.duration)
