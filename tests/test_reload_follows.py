@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,46 @@ def test_probe_histogram_follows_a_changed_or_removed_probe(tmp_path: Path) -> N
         assert exec_count % "kind" not in names and exec_count % "dropped" not in names
         assert not [k for k in names if k.startswith("orchestrator_probe_duration_seconds")
                     and 'component="dropped"' in k]
+
+
+# --- log rotation --------------------------------------------------------------------------------------
+
+# Writes about 200 KB/s to stdout (and stderr), until killed.
+WRITER = ("import sys, time\n"
+          "while True:\n"
+          "    sys.stdout.write('o' * 1000 + '\\n'); sys.stdout.flush()\n"
+          "    sys.stderr.write('e' * 1000 + '\\n'); sys.stderr.flush()\n"
+          "    time.sleep(0.005)\n")
+
+
+def test_logs_a_replica_still_writes_are_rotated_after_a_reload_moves_log_dir(tmp_path: Path) -> None:
+    """After a reload changes `log_dir`, the log and stderr file a running replica still writes (in the
+    old dir, until its next start) stay rotated, and a replica started since is rotated in the new dir
+    (on 4d6e534 rotation looked only in the new dir: the old files grew without bound)."""
+    old_dir, new_dir = tmp_path / "logs", tmp_path / "logs2"
+    limit = 64 * 1024
+
+    def config(log_dir: Path) -> dict[str, Any]:
+        return {"agent": {"log_dir": str(log_dir), "log_max_bytes": limit, "log_backups": 1},
+                "components": {"writer": {"command": ["python", "-c", WRITER], "stderr": "file",
+                                          "stop": {"grace": 2}},
+                               "other": sleeper()}}
+
+    def rotated_since(path: Path, when: float) -> bool:
+        backup = path.with_name(path.name + ".1")
+        return backup.exists() and backup.stat().st_mtime > when
+
+    with running_agent(tmp_path, config(old_dir)) as agent:
+        out, err = old_dir / "writer.log", old_dir / "writer.err.log"
+        wait_for(lambda: rotated_since(out, 0) and rotated_since(err, 0), 15, what="the first rotations")
+        writer = agent.status()["writer"]["pids"]
+        reload(agent, config(new_dir))
+        applied = time.time()
+        assert agent.status()["writer"]["pids"] == writer  # log_dir is applied live: same process, old dir
+        wait_for(lambda: rotated_since(out, applied) and rotated_since(err, applied), 15,
+                 what=lambda: f"the old dir's logs rotated after the reload: {os.stat(out).st_size} bytes")
+        assert out.stat().st_size < 8 * limit and err.stat().st_size < 8 * limit
+        agent.api("POST", "/api/v1/components/writer/restart", {})  # its next start writes in the new dir
+        moved = new_dir / "writer.log"
+        wait_for(lambda: rotated_since(moved, 0) and rotated_since(new_dir / "writer.err.log", 0), 15,
+                 what="the new dir's logs rotated")
