@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.helpers import AgentProcess, running_agent, wait_for
+from agent.supervise.containment import CgroupContainment, choose
+from tests.helpers import AgentProcess, pid_alive, running_agent, wait_for
 
 # Waits for a file, then holds ~120 MB resident (every page touched) until killed.
 HOG = ("import os, sys, time\n"
@@ -165,3 +167,29 @@ def test_logs_a_replica_still_writes_are_rotated_after_a_reload_moves_log_dir(tm
         moved = new_dir / "writer.log"
         wait_for(lambda: rotated_since(moved, 0) and rotated_since(new_dir / "writer.err.log", 0), 15,
                  what="the new dir's logs rotated")
+
+
+# --- containment ---------------------------------------------------------------------------------------
+
+def test_a_released_slot_is_forgotten(containment: str) -> None:
+    """A replica slot that a reload (or a scale-down) ended leaves its containment: the next slot of that
+    name is a fresh one (on 4d6e534 every slot ever made was kept, for the agent's life)."""
+    mechanism = choose(containment, set)
+    try:
+        scope = mechanism.scope("gone", 0)
+        with scope.spawning() as env:
+            proc = subprocess.Popen(["sleep", "1000"], env={**os.environ, **env})
+        scope.adopt(proc.pid)
+        if isinstance(mechanism, CgroupContainment):
+            mechanism.flush()
+            assert (mechanism.base / "gone.0" / "cgroup.procs").read_text().split() == [str(proc.pid)]
+        assert scope.members(proc.pid) == [proc.pid]
+        scope.kill(proc.pid)
+        proc.wait(10)
+        scope.release()
+        assert mechanism.scope("gone", 0) is not scope
+        if isinstance(mechanism, CgroupContainment):
+            assert not (mechanism.base / "gone.0").exists()
+    finally:
+        mechanism.close()
+    assert not pid_alive(proc.pid)

@@ -203,6 +203,11 @@ class CgroupScope(Scope):
 
     def release(self) -> None:
         rmdir_when_empty(self.path)
+        if self.owner is None or self.marked is None or self.path.exists():
+            return  # still busy (its members are ended at close): kept
+        key = self.marked.forget()
+        if self.owner._scopes.get(key) is self:
+            del self.owner._scopes[key]
 
 
 class CgroupContainment(Containment):
@@ -289,9 +294,12 @@ class CgroupContainment(Containment):
         if self._mover is not None:
             self._mover.shutdown(wait=True)
             self._mover = None
-        for scope in self._scopes.values():
+        for scope in list(self._scopes.values()):  # a released slot leaves the map
             scope.kill(None)
             scope.release()
+        with contextlib.suppress(OSError):  # a slot released before its last move re-made it: empty
+            for leftover in [d for d in self.base.iterdir() if d.is_dir()]:
+                rmdir_when_empty(leftover)
         rmdir_when_empty(self.base)
 
 
@@ -369,6 +377,19 @@ class TrackingScope(Scope):
             killed.update(pids)
         log.error("scope %s: processes still appearing after %d rounds of SIGKILL", self.marker, KILL_ROUNDS)
         return killed
+
+    def forget(self) -> tuple[str, int]:
+        """Drop this slot from its containment (which made it on demand); returns its (component, index)."""
+        head, _, index = self.marker.rpartition("/")
+        key = (head[len(self.owner.instance) + 1:], int(index))
+        if self.owner._scopes.get(key) is self:
+            del self.owner._scopes[key]
+        return key
+
+    def release(self) -> None:
+        # A slot a scale-down or a reload ended: an agent whose reloads add and remove components
+        # would otherwise keep one for every replica it ever ran.
+        self.forget()
 
 
 class TrackingContainment(Containment):
