@@ -256,7 +256,8 @@ class Parts:
         collectors: list[Collector] = [
             AgentCollector(__version__, self.started_wall, self.modes, self.containment, self.guardian,
                            self.reaper, self.store, self.remediator.dedupe, self.reload_status,
-                           [(STAMPS_FILE, self.remediator.stamps.store), (HISTORY_FILE, self.remediator.history)]),
+                           [(STAMPS_FILE, self.remediator.stamps.store), (HISTORY_FILE, self.remediator.history)],
+                           history=self.remediator.history),
             ConnectionCollector(self.guard),
             self.events,
             ComponentCollector(sup, self.resources, self.probes),

@@ -9,6 +9,12 @@ aside and the readable entries written back.
 `remediation.json` is small and saved whole by the StateStore writer thread. The history is
 appended by a writer thread of its own, in batches of the lines of up to 50 ms (never an fsync, never a
 disk wait on the event loop), and compacted to the last `max_entries` entries when it holds twice as many.
+
+When a write fails (disk full, read-only) its lines stay queued, in order, and the writer tries again every
+RETRY_SECONDS: what is decided meanwhile reaches the file once space returns. The queue then holds at most
+`max_entries` lines (no more than the history shows); older unwritten lines are dropped, counted
+(`dropped`, on /metrics) and logged once per streak, as are the lines still queued when the agent stops
+or re-executes on a broken disk. A half-written append is cut off again, so no torn line is left behind.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +40,7 @@ STAMPS_FILE = "remediation.json"
 HISTORY_FILE = "history.jsonl"
 MAX_LINE_BYTES = 64 * 1024
 BATCH_SECONDS = 0.05  # the writer thread gathers lines this long before it writes them
+RETRY_SECONDS = 1.0  # after a failed write, the writer tries its queued lines again this much later
 
 Stamp = Annotated[FiniteFloat, Field(ge=0)]
 
@@ -102,10 +110,15 @@ class History:
         # so a compaction joins the lines it has instead of encoding a thousand entries again.
         self._encoded: collections.deque[bytes | None] = collections.deque(maxlen=max_entries)
         self.write_errors = 0
+        self.dropped = 0  # lines that never reached the file (exported as a counter)
         self._lines = 0  # lines in the file as written (compaction when it holds 2 x max_entries)
         self._failing = False
+        self._dropping = False  # lines were dropped since the last good write (logged once per streak)
+        self._torn = False  # an append could not be cut off again: the next write replaces the file
+        self._held = False  # the last write failed: the queue holds lines for the retry, bounded by max_entries
+        self._retry_at = 0.0  # while writes fail: when the writer tries its queued lines again (monotonic)
         self._cond = threading.Condition()
-        self._queue: list[bytes] = []
+        self._queue: collections.deque[bytes] = collections.deque()  # lines not yet written, oldest first
         self._closed = False
         self._thread: threading.Thread | None = None
         if path is not None:
@@ -165,6 +178,8 @@ class History:
             if line is None or self._closed or len(line) > MAX_LINE_BYTES:
                 return
             self._queue.append(line + b"\n")
+            if self._held and len(self._queue) > self.max_entries:
+                self._drop(len(self._queue) - self.max_entries)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="history-writer", daemon=True)
                 self._thread.start()
@@ -172,7 +187,8 @@ class History:
                 self._cond.notify_all()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued and stop the writer thread (at shutdown and before a reexec)."""
+        """Write what is queued and stop the writer thread (at shutdown and before a reexec); lines the disk
+        still refuses then are dropped and counted."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -180,42 +196,103 @@ class History:
         if thread is not None:
             thread.join(timeout)
 
+    def _drop(self, n: int) -> None:
+        """Under the lock: forget the `n` oldest unwritten lines, counted, and logged once per streak."""
+        for _ in range(n):
+            self._queue.popleft()
+        self.dropped += n
+        if not self._dropping:
+            log.error("history %s: more than %d lines wait for the disk; the oldest are dropped (counted in "
+                      "orchestrator_history_entries_dropped_total)", self.path, self.max_entries)
+        self._dropping = True
+
+    def _wait_for_work(self) -> None:
+        """Under the lock: until the history closes, or lines are queued and no failed write holds them back."""
+        while not self._closed:
+            if self._queue:
+                wait = self._retry_at - time.monotonic()
+                if wait <= 0:
+                    return
+                self._cond.wait(wait)
+            else:
+                self._cond.wait()
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
+                self._wait_for_work()
                 # Lines that come within BATCH_SECONDS go out in one write: a webhook under load decides
                 # thousands of times a second, and a wake-up and a write for each cost it a quarter of its time.
                 self._cond.wait_for(lambda: self._closed, BATCH_SECONDS)
-                batch, self._queue = self._queue, []
+                batch = list(self._queue)
+                self._queue.clear()
                 if not batch and self._closed:
                     return
                 # Taken with the batch: the snapshot holds exactly the lines queued so far.
                 snapshot = list(zip(self.entries, self._encoded, strict=True)) \
-                    if self._lines + len(batch) >= 2 * self.max_entries else None
-            self._write(batch, snapshot)
+                    if self._torn or self._lines + len(batch) >= 2 * self.max_entries else None
+            error = self._write(batch, snapshot)
+            with self._cond:
+                self._held = error is not None
+                if error is None:
+                    continue
+                self.write_errors += 1
+                # Kept, in order, before what came meanwhile, and tried again: the file catches up once
+                # space returns. Bounded as the history is: the oldest go beyond max_entries.
+                self._queue.extendleft(reversed(batch))
+                if len(self._queue) > self.max_entries:
+                    self._drop(len(self._queue) - self.max_entries)
+                self._retry_at = time.monotonic() + RETRY_SECONDS
+                if self._closed:  # the last try at shutdown: what is left is lost
+                    left = len(self._queue)
+                    self._queue.clear()
+                    self.dropped += left
+                    log.error("history %s: %d line(s) not written at shutdown (%s); they are lost", self.path,
+                              left, error)
+                    return
 
-    def _write(self, batch: list[bytes], snapshot: list[tuple[Any, bytes | None]] | None) -> None:
+    def _write(self, batch: list[bytes], snapshot: list[tuple[Any, bytes | None]] | None) -> OSError | None:
+        """Write a batch (or the snapshot, replacing the file); the error when it failed."""
         assert self.path is not None
         try:
             if snapshot is not None:
                 self._rewrite(snapshot)
+                self._torn = False
             else:
-                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-                private(fd)
-                with open(fd, "ab") as f:
-                    f.write(b"".join(batch))
+                self._append(b"".join(batch))
                 self._lines += len(batch)
         except OSError as exc:
-            self.write_errors += 1
             if not self._failing:
-                log.error("cannot write the history %s (%s); it is kept in memory", self.path, exc)
+                log.error("cannot write the history %s (%s); it is kept in memory, its lines queued and tried "
+                          "again every %g s", self.path, exc, RETRY_SECONDS)
             self._failing = True
-            return
+            return exc
         if self._failing:
             log.warning("history %s writable again", self.path)
-        self._failing = False
+        self._failing = self._dropping = False
+        return None
+
+    def _append(self, blob: bytes) -> None:
+        """Append whole lines: a write cut short (a full disk) is cut off again, so no torn line stays."""
+        assert self.path is not None
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        try:
+            private(fd)
+            size = os.fstat(fd).st_size
+            view = memoryview(blob)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                if len(view) < len(blob):
+                    try:
+                        os.ftruncate(fd, size)
+                    except OSError:
+                        self._torn = True
+                raise
+        finally:
+            os.close(fd)
 
     def _rewrite(self, entries: list[tuple[Any, bytes | None]]) -> None:
         """Replace the file with these entries, each as its line if it has one (atomic: the old file or the new one)."""

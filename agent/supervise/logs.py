@@ -1,7 +1,12 @@
-"""The agent's own log (JSON lines, or readable lines on a terminal), and size rotation of the component logs."""
+"""The agent's own log (JSON lines, or readable lines on a terminal), and size rotation of the component logs.
+
+A write of the agent's own log that fails (a full disk, a closed stderr) is counted and reported at most
+once a minute (agent/supervise/logfailures.py), never as the logging module's traceback per line.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import json
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.models import group_id
+from agent.supervise.logfailures import FailedWrites
 from agent.supervise.state import settle_mode
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -121,23 +127,86 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+# The `file` label values of orchestrator_log_write_errors_total: one per handler the agent sets up.
+LOG_FILES = ("agent.log", "stderr")
+REPORTER = "agent.logs"  # the logger name of the reports of failed writes
+
+
 class _LineWriter(logging.Handler):
-    """A handler that formats a record once and hands the line to `write_line` (which log_direct calls too)."""
+    """A handler that formats a record once and hands the line to `write` (which log_direct calls too).
+
+    A failed write is counted in `failures` and reported at most once a minute, to the agent's other log
+    handlers; never a traceback per record. A record that cannot be formatted (a bad format string) is
+    still the stdlib's `handleError`: a bug to see.
+    """
+
+    label = ""  # the `file` label of orchestrator_log_write_errors_total (one of LOG_FILES)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = FailedWrites(self.label)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.write_line(self.format(record))
+            line = self.format(record)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+            return
+        self.write(line)
+
+    def write(self, line: str) -> None:
+        """Write a line (under the handler's lock); a failure is counted and reported, never raised."""
+        try:
+            self.write_line(line)
+        except RecursionError:
+            raise
+        except Exception as exc:
+            report = self.failures.failed(exc)
+        else:
+            if not self.failures.unreported:
+                return
+            report = self.failures.recovered()
+        if report is not None:
+            self._report(*report)
+
+    def _report(self, level: int, msg: str) -> None:
+        """Hand a report to the agent's other log handlers (and to this one once it writes again).
+
+        Locks: a handler reporting to stderr waits for its lock; stderr reporting to another handler only
+        takes its lock when free, so two handlers failing at once in two threads never wait on each other.
+        A report that fails in turn is counted; the next one is not due for a minute, so this ends.
+        """
+        record = logging.LogRecord(REPORTER, level, __file__, 0, msg, (), None)
+        for handler in logging.getLogger().handlers:
+            if not isinstance(handler, _LineWriter) or (handler is self and level >= logging.ERROR):
+                continue
+            lock = handler.lock
+            if lock is None or not lock.acquire(blocking=isinstance(handler, _Stderr) or handler is self):
+                continue
+            try:
+                handler.write(handler.format(record))
+            finally:
+                lock.release()
 
     def write_line(self, line: str) -> None:
         raise NotImplementedError
 
 
+def log_write_errors() -> dict[str, int]:
+    """Failed writes of the agent's own log handlers (on the root logger), by `file` label, each at 0 first."""
+    counts = dict.fromkeys(LOG_FILES, 0)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _LineWriter):
+            counts[handler.label] += handler.failures.total
+    return counts
+
+
 class _Stderr(_LineWriter, logging.StreamHandler):
     """StreamHandler whose emit writes and flushes the line itself (the stdlib's goes through three calls)."""
+
+    label = "stderr"
 
     def write_line(self, line: str) -> None:
         stream = self.stream
@@ -151,9 +220,12 @@ class _RotatingFile(_LineWriter, RotatingFileHandler):
     never rotate a FIFO or a device), formats it twice and goes through five calls to write it.
 
     Here the open file's type is checked (fstat) once per file, at start and after each rotation, and its size
-    with one fstat per line; each line is formatted once, and rotated, written and flushed as the stdlib does.
+    with one fstat per line; each line is formatted once, rotated as the stdlib does, and written with one
+    system call on the file's descriptor (no buffer: a line is in the file or its write failed). A line cut
+    short (a full disk) is cut off again, so the next one does not start mid-line.
     """
 
+    label = "agent.log"
     _regular: bool | None = None
 
     def __init__(self, filename: Path, files: LogFiles, **kwargs: Any) -> None:
@@ -166,17 +238,29 @@ class _RotatingFile(_LineWriter, RotatingFileHandler):
         return stream
 
     def write_line(self, text: str) -> None:
-        line = text + "\n"
-        if self.stream is None:  # delay was set, or a rotation failed to reopen
+        data = (text + "\n").encode(self.encoding or "utf-8", self.errors or "strict")
+        # None: delay was set, or a rotation failed to reopen; closed: a rotation's close failed (a full disk).
+        if self.stream is None or self.stream.closed:
             self.stream = self._open()
+        fd = self.stream.fileno()
         # The file's size now (also after someone truncated it): one fstat, where seeking to the end and
         # asking the text stream where it is took two system calls and four Python-level calls.
-        if self._regular and self.maxBytes > 0 and os.fstat(self.stream.fileno()).st_size + len(line) >= self.maxBytes:
+        size = os.fstat(fd).st_size if self._regular else 0
+        if self._regular and self.maxBytes > 0 and size + len(data) >= self.maxBytes:
             self.doRollover()
-            if self.stream is None:
+            if self.stream is None or self.stream.closed:
                 self.stream = self._open()
-        self.stream.write(line)
-        self.stream.flush()
+            fd = self.stream.fileno()
+            size = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError:
+            if written and self._regular:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+            raise
 
 
 _DIRECT = (_Stderr, _RotatingFile)
@@ -226,12 +310,7 @@ def log_direct(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None
     for handler in handlers:
         handler.acquire()
         try:
-            handler.write_line(line)
-        except RecursionError:
-            raise
-        except Exception:
-            handler.handleError(logger.makeRecord(logger.name, logging.INFO, "(direct)", 0, msg, (), None,
-                                                  extra=fields))
+            handler.write(line)
         finally:
             handler.release()
 
