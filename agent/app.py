@@ -233,6 +233,14 @@ class Parts:
                 self.modes.set_autonomy(settings.autonomy)
         create_missing_stores(config)
         await self.supervisor.reconfigure(config, plan, hold_new=self.modes.emergency)
+        # Once the removed components are gone: their remediation timestamps go too (one added again under
+        # the name starts with no cooldown), in memory and in remediation.json.
+        stamps = self.remediator.stamps
+        if any(n not in config.components for n in (*stamps.last_scale_up, *stamps.last_alert_restart)):
+            for kept in (stamps.last_scale_up, stamps.last_alert_restart):
+                for name in [n for n in kept if n not in config.components]:
+                    del kept[name]
+            stamps.save()
 
     async def aclose(self) -> None:
         """After the components stopped: containment, state, clients, guardian, reaper, tracing."""
@@ -469,6 +477,8 @@ class Agent:
             await starting
         for task in tasks:
             task.cancel()
+        if not self.reexec_requested:
+            parts.supervisor.begin_shutdown()  # rolls in flight end now; a re-exec settled its actions already
         await parts.remediator.drain(5.0)
         code = EXIT_OK
         served = True

@@ -51,6 +51,8 @@ def _status_of(args: argparse.Namespace, doc: dict[str, Any]) -> int:
 
 def _restarted(doc: dict[str, Any]) -> str:
     said = f"{doc['component']}: restarted {doc['restarted']} replica(s)"
+    if doc.get("ready", doc["restarted"]) != doc["restarted"]:
+        said += f" ({doc['ready']} ready)"
     if doc.get("halted") or doc.get("reason"):
         said += f", then {'halted' if doc.get('halted') else 'stopped'}: {doc.get('reason', '')}"
         if doc.get("not_restarted"):

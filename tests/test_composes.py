@@ -175,3 +175,27 @@ def test_counters_go_on_across_a_reexec(tmp_path: Path) -> None:
         assert after[key] == 3
     finally:
         assert agent.stop() == 0
+
+
+def test_a_restart_cut_short_by_sigterm_says_how_many_replicas_it_started(tmp_path: Path) -> None:
+    """A rolling restart stopped by the agent's shutdown reported "restarted 1 replica(s)" though it had
+    started 2 replacement processes (the second not ready yet)."""
+    config = {"components": {"w": {"command": ["sleep", "1000"], "replicas": {"min": 3, "max": 3},
+                                   "ready_after": "3s", "remediation": {"cooldown": "0s"}}}}
+    agent = AgentProcess(tmp_path, config).start()
+    try:
+        wait_for(lambda: agent.status()["w"]["healthy"] == 3, 20, 0.05, "three ready replicas")
+        before = set(agent.status()["w"]["pids"])
+        token = (agent.state_dir / "webhook.token").read_text().strip()
+        body = payload(alert({"action": "restart", "component": "w"}))
+        r = httpx.post(agent.url + "/webhook/alertmanager", json=body, headers={"Authorization": f"Bearer {token}"},
+                       timeout=10)
+        assert r.json()["results"][0]["result"] == "accepted"
+        # The second successor started; it is ready 3 s later, the SIGTERM comes first.
+        wait_for(lambda: len(before - set(agent.status()["w"]["pids"])) == 2, 20, 0.02, "two successors started")
+    finally:
+        assert agent.stop() == 0
+    entries = [json.loads(line) for line in (agent.state_dir / "history.jsonl").read_text().splitlines()]
+    restart = [e for e in entries if e["action"] == "restart" and e["source"] == "webhook"]
+    assert len(restart) == 1, entries
+    assert restart[0]["reason"] == "restarted 2 replica(s) (1 ready), then stopped: stopped", restart[0]

@@ -118,7 +118,7 @@ def test_rolling_restart_keeps_two_of_three_ready_and_replaces_in_index_order(tm
             for sampler in samplers:
                 sampler.done.set()
                 sampler.join(10)
-        assert answer == {"component": "web", "restarted": 3, "halted": False}
+        assert answer == {"component": "web", "restarted": 3, "ready": 3, "halted": False}
         assert min(healthy.samples) >= 2, f"fewer than 2 ready during the roll: {healthy.samples}"
         assert min(map(sum, passing.samples)) >= 2, f"fewer than 2 passing during the roll: {passing.samples}"
         assert min(serving.samples) >= 2, f"fewer than 2 ports answering during the roll: {serving.samples}"
@@ -149,7 +149,8 @@ def test_a_successor_that_never_gets_ready_halts_the_roll(tmp_path: Path) -> Non
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert out.returncode == 1, out.stdout + out.stderr
         answer = json.loads(out.stdout)
-        assert answer["halted"] is True and answer["restarted"] == 0
+        # Replica 0's successor was started (and stays under its restart policy), never ready.
+        assert answer["halted"] is True and answer["restarted"] == 1 and answer["ready"] == 0
         assert answer["not_restarted"] == [1, 2]
         assert "replica 0 not ready 2s after its restart" in answer["reason"]
         # The two old replicas keep running and serving; the successor is up but not ready.
@@ -183,7 +184,7 @@ def test_all_at_once_and_single_replica_restarts_keep_their_behaviour(tmp_path: 
         wait_for(lambda: all_ready(agent, "w"), 10, 0.02, "three ready replicas")
         before = pids(agent, "w")
         assert agent.api("POST", "/api/v1/components/w/restart", {"replica": 1}) == \
-            {"component": "w", "restarted": 1, "halted": False}
+            {"component": "w", "restarted": 1, "ready": 1, "halted": False}
         one = pids(agent, "w")
         assert one[0] == before[0] and one[2] == before[2] and one[1] != before[1]
 
@@ -193,7 +194,7 @@ def test_all_at_once_and_single_replica_restarts_keep_their_behaviour(tmp_path: 
                               "--config", str(agent.config_path)],
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert out.returncode == 0, out.stdout + out.stderr
-        assert json.loads(out.stdout) == {"component": "w", "restarted": 3, "halted": False}
+        assert json.loads(out.stdout) == {"component": "w", "restarted": 3, "ready": 3, "halted": False}
         after = pids(agent, "w")
         assert len(after) == 3 and not set(after) & set(one)
         seen = events(agent.log_text()[mark:], "w")

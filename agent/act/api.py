@@ -260,12 +260,11 @@ def api_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remediator
                     audit_manual(name, "restart", Result.REJECTED, held)
                     return _error(409, held, component=name)
                 done = await sup.restart(name, "manual", replica=replica, all_at_once=all_at_once)
-                answer: dict[str, Any] = {"component": name, "restarted": done.replaced, "halted": done.halted}
-                said = f"restarted {done.replaced} replica(s)"
+                answer: dict[str, Any] = {"component": name, "restarted": done.started, "ready": done.replaced,
+                                          "halted": done.halted}
                 if done.halted or done.interrupted:
                     answer.update(reason=done.reason, not_restarted=[r.index for r in done.remaining])
-                    said += f", then {'halted' if done.halted else 'stopped'}: {done.reason}"
-                audit_manual(name, "restart", Result.FAILED if done.halted else Result.EXECUTED, said)
+                audit_manual(name, "restart", Result.FAILED if done.halted else Result.EXECUTED, done.describe())
                 return JSONResponse(answer)
             if verb == "scale":
                 replicas = body.get("replicas")

@@ -402,12 +402,9 @@ class Remediator:
         try:
             if p.action == "restart":
                 done = await sup.restart(p.component, "alert", replica=p.replica)
-                if done.halted:
-                    return Result.FAILED, f"restarted {done.replaced} replica(s), then halted: {done.reason}"
-                if done.interrupted:
-                    return Result.EXECUTED, f"restarted {done.replaced} replica(s), then stopped: {done.reason}"
-                return (Result.EXECUTED, f"restarted {done.replaced} replica(s)") if done.replaced else \
-                    (Result.FAILED, "nothing running to restart")
+                if not done.started and not done.halted and not done.interrupted:
+                    return Result.FAILED, "nothing running to restart"
+                return (Result.FAILED if done.halted else Result.EXECUTED), done.describe()
             if p.action == "start":
                 await sup.start(p.component, "alert")
                 return Result.EXECUTED, f"started ({sup.components[p.component].desired} replicas)"

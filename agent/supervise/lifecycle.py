@@ -244,15 +244,22 @@ class Lifecycle:
         scope.adopt(pid)
         return pid
 
-    def _respawn(self, rt: Runtime, rep: Replica, reason: str) -> None:
-        """Count a commanded restart of a stopped replica and start it again (not while shutting down)."""
+    def _respawn(self, rt: Runtime, rep: Replica, reason: str) -> bool:
+        """Count a commanded restart of a stopped replica and start it again (not while shutting down);
+        True when a successor was started.
+
+        Restarts ordered by alerts count toward `max_restarts` like exits do: a component that alerts keep
+        restarting opens its circuit, so a human looks (docs/remediation.md). Manual and reload ones do not.
+        """
         rt.restarts[reason] += 1
         if reason not in ("manual", "reload"):  # commanded by a person: not a failure for the circuit breaker
             rt.history.append(self.clock())
         rt.last_reason = reason
         rt.last_restart_wall = time.time()
-        if not self.shutting_down:
-            self._spawn(rt, rep)
+        if self.shutting_down:
+            return False
+        self._spawn(rt, rep)
+        return True
 
     def _spawn_failed(self, rt: Runtime, rep: Replica, generation: int) -> None:
         """No process was created: count it under its own reason and retry through backoff."""

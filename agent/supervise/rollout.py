@@ -34,7 +34,8 @@ DEFAULT_READY_TIMEOUT = 60.0
 
 @dataclass
 class RollResult:
-    """What a restart or roll did: `replaced` successors started (in a roll: started and ready)."""
+    """What a restart or roll did: `replaced` successors started (in a roll: started and ready);
+    `started` successors started, ready or not (a roll cut short or halted leaves one not ready)."""
 
     replaced: int
     halted: bool = False
@@ -42,6 +43,20 @@ class RollResult:
     reason: str = ""
     # Old replicas not replaced (after a halt, an interruption or an abort), in index order.
     remaining: list[Replica] = field(default_factory=list)
+    started: int = -1
+
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.replaced
+
+    def describe(self) -> str:
+        """`restarted 2 replica(s) (1 ready), then stopped: stopped` and the like, for the audit."""
+        said = f"restarted {self.started} replica(s)"
+        if self.started != self.replaced:
+            said += f" ({self.replaced} ready)"
+        if self.halted or self.interrupted:
+            said += f", then {'halted' if self.halted else 'stopped'}: {self.reason}"
+        return said
 
 
 def ready_timeout(spec: Component) -> float:
@@ -61,28 +76,29 @@ async def roll(lc: Lifecycle, rt: Runtime, replicas: list[Replica], reason: str)
     """
     todo = sorted(replicas, key=lambda r: r.index)
     timeout = ready_timeout(rt.spec)
-    replaced = 0
+    replaced = started = 0
     for i, rep in enumerate(todo):
         if lc.shutting_down or rt.roll_abort.is_set():
-            return RollResult(replaced, interrupted=True, reason="stopped", remaining=todo[i:])
+            return RollResult(replaced, interrupted=True, reason="stopped", remaining=todo[i:], started=started)
         if i and rt.roll_interrupt.is_set():
             log.info("component %s: rolling restart handed over after %d of %d replica(s)",
                      rt.name, replaced, len(todo))
-            return RollResult(replaced, interrupted=True, reason="taken over", remaining=todo[i:])
+            return RollResult(replaced, interrupted=True, reason="taken over", remaining=todo[i:], started=started)
         await lc._stop_replica(rt, rep)
-        lc._respawn(rt, rep, reason)
+        if lc._respawn(rt, rep, reason):
+            started += 1
         if await _ready(rt, rep, timeout):
             replaced += 1
             continue
         if lc.shutting_down or rt.roll_abort.is_set():
-            return RollResult(replaced, interrupted=True, reason="stopped", remaining=todo[i + 1:])
+            return RollResult(replaced, interrupted=True, reason="stopped", remaining=todo[i + 1:], started=started)
         why = (f"replica {rep.index} not ready {timeout:g}s after its restart; halted after {replaced} of "
                f"{len(todo)} replaced, {len(todo) - i - 1} old replica(s) keep running")
         log.warning("component %s: rolling restart halted: %s", rt.name, why)
         for listener in lc.roll_listeners:
             listener(rt.name, why)
-        return RollResult(replaced, halted=True, reason=why, remaining=todo[i + 1:])
-    return RollResult(replaced)
+        return RollResult(replaced, halted=True, reason=why, remaining=todo[i + 1:], started=started)
+    return RollResult(replaced, started=started)
 
 
 async def _ready(rt: Runtime, rep: Replica, timeout: float) -> bool:

@@ -188,13 +188,18 @@ class Supervisor(Lifecycle):
         await asyncio.gather(*(self._stop_one(name, "manual") for name, rt in self.components.items()
                                if not rt.external))
 
-    async def shutdown(self) -> None:
-        """Stop all components in reverse dependency order (not remembered as manual stops)."""
+    def begin_shutdown(self) -> None:
+        """No restart, trial or roll goes on from here: a roll in flight returns after the replica in hand,
+        saying what it started (so an action in flight finishes, and its audit tells the truth)."""
         self.shutting_down = True
         self.stalls.stop()
         for rt in self.components.values():
             self.circuits.cancel(rt)
             rt.roll_abort.set()  # a rolling restart stops waiting for its successor
+
+    async def shutdown(self) -> None:
+        """Stop all components in reverse dependency order (not remembered as manual stops)."""
+        self.begin_shutdown()
         for name in reversed(self.order):
             rt = self.components[name]
             await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
