@@ -192,3 +192,24 @@ def test_failed_writes_are_reported_at_most_once_a_minute() -> None:
     assert summary is not None and "99 write(s) failed" in summary[1]
     assert failures.total == 100 and failures.unreported == 0
     assert failures.recovered() is None
+
+
+# --- component logs ---------------------------------------------------------------------------------
+
+
+def test_a_rotation_that_fails_on_a_full_disk_leaves_no_partial_copy(tmp_path: Path) -> None:
+    from agent.supervise.logs import LogRotator
+
+    with small_disk(tmp_path / "disk", size="256k") as disk:
+        log = disk.path / "w.log"
+        log.write_bytes(b"line\n" * 20_000)  # 100 kB, over max_bytes
+        disk.fill()
+        try:
+            LogRotator(50_000, 2, slowest=1.0).check([str(log)])
+            # The copy failed: the log is as it was, and no half copy holds the space that is left.
+            assert log.stat().st_size == 100_000
+            assert sorted(p.name for p in disk.path.iterdir()) == ["filler", "w.log"]
+        finally:
+            disk.free()
+        LogRotator(50_000, 2, slowest=1.0).check([str(log)])
+        assert log.stat().st_size == 0 and (disk.path / "w.log.1").stat().st_size == 50_000

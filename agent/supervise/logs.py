@@ -400,7 +400,13 @@ def _rotate(path: Path, max_bytes: int, backups: int) -> None:
         return
     # The copy is made aside and renamed in: a reader never finds `.1` empty or half written.
     fresh = path.with_name(f".{path.name}.1.new")
-    _copy_tail(path, fresh, max_bytes)
+    try:
+        _copy_tail(path, fresh, max_bytes)
+    except OSError:
+        # A copy cut short (a full disk) would hold the little space left until the next try: remove it.
+        with contextlib.suppress(OSError):
+            fresh.unlink()
+        raise
     for n in range(backups - 1, 0, -1):
         older = path.with_name(f"{path.name}.{n}")
         if older.exists():
