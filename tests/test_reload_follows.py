@@ -19,6 +19,7 @@ import yaml
 
 from agent.supervise.containment import CgroupContainment, choose
 from tests.helpers import AgentProcess, pid_alive, running_agent, wait_for
+from tests.webhookutil import alert, payload
 
 # Waits for a file, then holds ~120 MB resident (every page touched) until killed.
 HOG = ("import os, sys, time\n"
@@ -193,3 +194,35 @@ def test_a_released_slot_is_forgotten(containment: str) -> None:
     finally:
         mechanism.close()
     assert not pid_alive(proc.pid)
+
+
+# --- remediation ---------------------------------------------------------------------------------------
+
+def send(agent: AgentProcess, labels: dict[str, str]) -> dict[str, Any]:
+    token = (agent.state_dir / "webhook.token").read_text().strip()
+    r = httpx.post(agent.url + "/webhook/alertmanager", json=payload(alert(labels)), timeout=10,
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()["results"][0]
+    return result
+
+
+def test_a_component_added_again_is_not_held_by_the_removed_ones_cooldown(tmp_path: Path) -> None:
+    """The remediation's timestamps of a component a reload removed go (from memory and remediation.json):
+    one added again under its name is restarted by its first alert (on 4d6e534 the removed one's
+    cooldown held it, and remediation.json kept every name ever acted on)."""
+    svc = sleeper(remediation={"cooldown": 300})
+    with running_agent(tmp_path, {"components": {"keep": sleeper(), "svc": svc}}) as agent:
+        first = agent.status()["svc"]["pids"]
+        assert send(agent, {"component": "svc", "action": "restart"})["result"] == "accepted"
+        wait_for(lambda: agent.status()["svc"]["pids"] not in ([], first), 10, what="the alert's restart")
+        stamps = agent.state_dir / "remediation.json"
+        wait_for(lambda: "svc" in json.loads(stamps.read_text())["last_alert_restart"], 10)
+        reload(agent, {"components": {"keep": sleeper()}})
+        wait_for(lambda: "svc" not in json.loads(stamps.read_text())["last_alert_restart"], 10,
+                 what="the removed component's timestamp gone from remediation.json")
+        reload(agent, {"components": {"keep": sleeper(), "svc": svc}})
+        added = wait_for(lambda: agent.status()["svc"]["pids"], 10, what="svc added again")
+        result = send(agent, {"component": "svc", "action": "restart"})
+        assert result["result"] == "accepted", result
+        wait_for(lambda: agent.status()["svc"]["pids"] not in ([], added), 10, what="the new alert's restart")
