@@ -4,8 +4,8 @@ goes on from them, so a re-exec does not read as a counter reset (`rate()` and `
 The components' restart counters and the reaper's and guardian's counts travel with the state they
 belong to (reexec.py); these are the rest: webhook answers, remediation decisions and durations, probe
 durations, halted rollouts, failed state dir writes, dedupe evictions, connections closed by the agent,
-TLS handshake failures and refused client certificates. `agent/export/process.py`'s CPU seconds need
-nothing: the process, and so its CPU time, is the same.
+TLS handshake failures, refused client certificates, history lines dropped and failed log writes.
+`agent/export/process.py`'s CPU seconds need nothing: the process, and so its CPU time, is the same.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.act.dedupe import JOURNAL_FILE
 from agent.act.memory import HISTORY_FILE, STAMPS_FILE
+from agent.supervise.logs import log_write_errors, resume_log_write_errors
 from agent.supervise.state import STATE_FILE
 
 if TYPE_CHECKING:
@@ -36,6 +37,8 @@ def counters(parts: Parts) -> dict[str, Any]:
         "connections_closed": dict(parts.guard.closed),
         "tls_handshake_failures": parts.web.handshake_failures,
         "tls_rejected_sans": parts.web.rejected_sans,
+        "history_dropped": parts.remediator.history.dropped,
+        "log_write_errors": log_write_errors(),
     }
 
 
@@ -54,6 +57,8 @@ def resume(parts: Parts, document: Any) -> None:
         parts.guard.closed[reason] += _count(closed.get(reason) if isinstance(closed, dict) else None)
     parts.web.handshake_failures += _count(document.get("tls_handshake_failures"))
     parts.web.rejected_sans += _count(document.get("tls_rejected_sans"))
+    parts.remediator.history.dropped += _count(document.get("history_dropped"))
+    resume_log_write_errors(document.get("log_write_errors"))
 
 
 def _count(value: Any) -> int:

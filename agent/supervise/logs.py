@@ -144,7 +144,7 @@ class _LineWriter(logging.Handler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.failures = FailedWrites(self.label)
+        self.failures = FailedWrites(getattr(self, "baseFilename", self.label))  # the file's path, or stderr
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -201,6 +201,17 @@ def log_write_errors() -> dict[str, int]:
         if isinstance(handler, _LineWriter):
             counts[handler.label] += handler.failures.total
     return counts
+
+
+def resume_log_write_errors(counts: object) -> None:
+    """Go on from the counts `log_write_errors` gave the previous image (`agent reexec`, carry.py)."""
+    if not isinstance(counts, dict):
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _LineWriter):
+            value = counts.pop(handler.label, 0)  # once per label: two handlers of one label share it
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                handler.failures.total += value
 
 
 class _Stderr(_LineWriter, logging.StreamHandler):
