@@ -399,8 +399,9 @@ class Handover:
         scope = parts.containment.scope(name, index)
 
         async def stop_it() -> None:
-            if not scope.signal(stop.signum, pid):
-                signal_group(pid, stop.signum)
+            for signum in (stop.signum, signal.SIGCONT):  # a stopped process acts on it (lifecycle.py)
+                if not scope.signal(signum, pid):
+                    signal_group(pid, signum)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(exited.wait(), stop.grace)
             scope.kill(pid)
@@ -433,6 +434,7 @@ class Handover:
                 pid = record["pid"]
                 if pid:
                     signal_group(pid, stop.signum)
+                    signal_group(pid, signal.SIGCONT)
                     pending[pid] = loop.time() + stop.grace
         while pending:
             for pid, deadline in list(pending.items()):

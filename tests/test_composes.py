@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import AgentProcess, wait_for
+from tests.helpers import AgentProcess, pid_alive, wait_for
 from tests.webhookutil import alert, payload
 
 # Stops 3 s after SIGTERM: a restart of it holds its component's lock that long.
@@ -199,3 +199,21 @@ def test_a_restart_cut_short_by_sigterm_says_how_many_replicas_it_started(tmp_pa
     restart = [e for e in entries if e["action"] == "restart" and e["source"] == "webhook"]
     assert len(restart) == 1, entries
     assert restart[0]["reason"] == "restarted 2 replica(s) (1 ready), then stopped: stopped", restart[0]
+
+
+def test_a_stopped_replica_is_continued_after_its_stop_signal(tmp_path: Path) -> None:
+    """Stopping a replica that was SIGSTOPped sent SIGTERM, waited out the whole grace and logged that it
+    "ignored SIGTERM" before a SIGKILL; systemd sends SIGCONT after the stop signal, and so does the agent."""
+    config = {"components": {"w": {"command": ["sleep", "1000"], "stop": {"grace": "30s"}}}}
+    agent = AgentProcess(tmp_path, config).start()
+    try:
+        pid = wait_for(lambda: agent.status()["w"]["pids"], 15, 0.05, "w running")[0]
+        os.kill(pid, signal.SIGSTOP)
+        wait_for(lambda: Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T", 5, 0.01,
+                 "the replica stopped")
+        agent.api("POST", "/api/v1/components/w/stop", {}, timeout=20)  # well within the 30 s grace
+        assert not pid_alive(pid)
+        assert "ignored SIGTERM" not in agent.log_text()
+        assert agent.status()["w"]["last_exit"] == "killed by SIGTERM", agent.status()["w"]
+    finally:
+        assert agent.stop() == 0

@@ -412,10 +412,13 @@ class Lifecycle:
         rep.state = ReplicaState.STOPPING
         stop = rt.spec.stop
         scope = self._scope(rt, rep)
-        # Every process of the replica gets the stop signal, as systemd's KillMode=control-group does.
-        if not scope.signal(stop.signum, pid) and not signal_group(pid, stop.signum):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, stop.signum)
+        # Every process of the replica gets the stop signal, as systemd's KillMode=control-group does, then
+        # SIGCONT as systemd sends it: a stopped (SIGSTOP, SIGTSTP) process acts on the signal instead of
+        # waiting out the grace for its SIGKILL.
+        for signum in (stop.signum, signal.SIGCONT):
+            if not scope.signal(signum, pid) and not signal_group(pid, signum):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
         try:
             await asyncio.wait_for(rep.exited.wait(), stop.grace)
         except TimeoutError:
