@@ -226,3 +226,55 @@ def test_a_component_added_again_is_not_held_by_the_removed_ones_cooldown(tmp_pa
         result = send(agent, {"component": "svc", "action": "restart"})
         assert result["result"] == "accepted", result
         wait_for(lambda: agent.status()["svc"]["pids"] not in ([], added), 10, what="the new alert's restart")
+
+
+# --- the parts already right, in one agent ---------------------------------------------------------------
+
+# About a fifth of a core, until killed: a CPU counter that moves.
+BURNER = ("import sys, time\n"
+          "while True:\n"
+          "    t = time.monotonic()\n"
+          "    while time.monotonic() - t < 0.01: pass\n"
+          "    time.sleep(0.04)\n")
+
+
+def test_a_reload_that_adds_removes_and_replaces_composes(tmp_path: Path) -> None:
+    """One reload adds, removes and replaces components: /metrics, the backlog's capability map, the
+    status API and page, and containment all follow it; a replaced component's counters go on."""
+    def config(burn_arg: str, components: dict[str, Any], grafana: str) -> dict[str, Any]:
+        return {"agent": {"resources": {"interval": 0.2}, "containment": "cgroup",
+                          "status_page": {"grafana_url": grafana}},
+                "components": {"burn": {"command": ["python", "-c", BURNER, burn_arg], "stop": {"grace": 2}},
+                               **components}}
+
+    before = config("v1", {"gone": sleeper(capabilities=["oldcap"])}, "https://grafana.example/d/before")
+    after = config("v2", {"added": sleeper(capabilities=["newcap"])}, "https://grafana.example/d/after")
+    cpu = 'orchestrator_component_cpu_seconds_total{component="burn"}'
+    with running_agent(tmp_path, before) as agent:
+        wait_for(lambda: series(agent).get(cpu, 0) > 0.05, 15, what="the burner's CPU counted")
+        gone = agent.status()["gone"]["pids"]
+        base = Path(agent.api("GET", "/api/v1/status")["containment"]["detail"])
+        wait_for(lambda: (base / "gone.0" / "cgroup.procs").exists(), 10, what="gone's cgroup slot")
+        burner = agent.status()["burn"]["pids"]
+        reload(agent, after)
+        readings = []
+
+        def replaced_and_counted() -> bool:
+            readings.append(series(agent)[cpu])
+            pids = agent.status()["burn"]["pids"]
+            return bool(pids) and pids != burner and readings[-1] > readings[0] + 0.05
+        wait_for(replaced_and_counted, 20, what="the burner replaced and its CPU counted on")
+        assert readings == sorted(readings), readings  # the counter never went back across the roll
+        names = series(agent)
+        assert names['orchestrator_component_restarts_total{component="burn",reason="reload"}'] == 1
+        assert not [k for k in names if 'component="gone"' in k or 'capability="oldcap"' in k]
+        wait_for(lambda: 'orchestrator_component_resident_memory_bytes{component="added"}' in series(agent)
+                 and series(agent)['orchestrator_component_resident_memory_bytes{component="added"}'] > 0, 10)
+        assert 'orchestrator_todo_backlog{status="pending",priority="high",capability="newcap"}' in names
+        assert names['orchestrator_component_capability{component="added",capability="newcap"}'] == 1
+        assert set(agent.status()) == {"burn", "added"}
+        assert not any(pid_alive(p) for p in gone) and not (base / "gone.0").exists()
+        token = (agent.state_dir / "control.token").read_text().strip()
+        with httpx.Client(base_url=agent.url, follow_redirects=True, timeout=10) as browser:
+            page = browser.get("/", params={"token": token})
+            assert page.status_code == 200 and "https://grafana.example/d/after" in page.text
