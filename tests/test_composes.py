@@ -217,3 +217,36 @@ def test_a_stopped_replica_is_continued_after_its_stop_signal(tmp_path: Path) ->
         assert agent.status()["w"]["last_exit"] == "killed by SIGTERM", agent.status()["w"]
     finally:
         assert agent.stop() == 0
+
+
+def test_an_action_cut_off_by_shutdown_is_recorded_and_its_redelivery_acts(tmp_path: Path) -> None:
+    """An accepted action still running when the agent stops (its 5 s drain ran out) vanished: no history
+    entry, no counter, and its dedupe key on disk made the redelivery after the restart a duplicate."""
+    very_slow = SLOW_STOP.replace("time.sleep(3)", "time.sleep(9)")
+    config = {"components": {"slow": {"command": ["python3", "-c", very_slow], "stop": {"grace": "30s"}}}}
+    agent = AgentProcess(tmp_path, config).start()
+    token = (agent.state_dir / "webhook.token").read_text().strip()
+    cut = alert({"action": "restart", "component": "slow"})
+    try:
+        wait_for(lambda: agent.status()["slow"]["replicas"] == 1, 15, 0.05, "slow running")
+        r = httpx.post(agent.url + "/webhook/alertmanager", json=payload(cut), timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.json()["results"][0]["result"] == "accepted"
+        wait_for(lambda: agent.status()["slow"]["instances"][0]["state"] == "stopping", 10, 0.02, "restart under way")
+    finally:
+        assert agent.stop(timeout=60) == 0
+    entries = [json.loads(line) for line in (agent.state_dir / "history.jsonl").read_text().splitlines()]
+    mine = [e for e in entries if e["fingerprint"] == cut["fingerprint"]]
+    assert [e["result"] for e in mine] == ["failed"], entries
+    assert "stopped before the action finished" in mine[0]["reason"]
+    assert cut["fingerprint"] not in journal_fingerprints(agent)
+    assert "still waiting at shutdown" in agent.log_text()
+
+    agent.start()
+    try:
+        wait_for(lambda: agent.status()["slow"]["replicas"] == 1, 15, 0.05, "slow running again")
+        r = httpx.post(agent.url + "/webhook/alertmanager", json=payload(cut), timeout=10,
+                       headers={"Authorization": f"Bearer {token}"})
+        assert r.json()["results"][0]["result"] == "accepted", r.text  # not a duplicate
+    finally:
+        agent.stop(timeout=60)

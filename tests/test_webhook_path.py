@@ -258,7 +258,9 @@ def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process(tmp_pa
 
     from agent.act.api import WebhookEndpoint
     from agent.act.credentials import Auth
-    from agent.config.models import AgentSettings
+    from agent.act.modes import Modes
+    from agent.config.models import AgentSettings, Autonomy
+    from agent.supervise.state import StateStore
 
     counted: Counter[str] = Counter()
     handled: list[Any] = []
@@ -272,7 +274,7 @@ def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process(tmp_pa
     (tmp_path / "webhook.token").write_text("t" * 16)
     (tmp_path / "webhook.token").chmod(0o600)
     auth = Auth(AgentSettings(state_dir=tmp_path, webhook={"max_body_bytes": len(GOOD) + 10}))
-    modes = SimpleNamespace(closing=False)
+    modes = Modes(StateStore(tmp_path / "state"), Autonomy.ON)
     endpoint = WebhookEndpoint(auth, modes, SimpleNamespace(handle=handle), Tracing("n", "0", env={}),  # type: ignore[arg-type]
                                SimpleNamespace(inc=lambda code: counted.update([code])))  # type: ignore[arg-type]
     ok = {"Authorization": "Bearer " + "t" * 16}
@@ -295,8 +297,12 @@ def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process(tmp_pa
     boom["receiver"] = "boom"
     failed = client.post("/", content=json.dumps(boom).encode(), headers=ok)
     assert failed.status_code == 500 and failed.json() == {"error": "internal error; see the agent log"}
+    modes.pause("re-executing")  # a re-exec settling what it accepted: nothing handled, retry
+    paused = client.post("/", content=GOOD, headers=ok)
+    assert paused.status_code == 503 and paused.headers["retry-after"] == "5" and len(handled) == 1
+    modes.resume()
     modes.closing = True
     closing = client.post("/", content=GOOD, headers=ok)
     assert closing.status_code == 503 and closing.headers["retry-after"] == "5"
-    assert counted == {"200": 1, "401": 1, "413": 2, "400": 1, "422": 1, "500": 1, "503": 1}
+    assert counted == {"200": 1, "401": 1, "413": 2, "400": 1, "422": 1, "500": 1, "503": 2}
     assert len(handled) == 1

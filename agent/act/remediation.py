@@ -384,18 +384,23 @@ class Remediator:
                 # Only `drain` cancels, at shutdown: answered 200 but not done. Said so, counted, and the key is
                 # forgotten (on disk at the drain's flush), so Alertmanager's next delivery acts after the restart.
                 self.dedupe.forget(p.key)
+                self._unstamp(p.component, stamp)
                 self.record(alert, p, Result.FAILED, "not acted: the agent stopped before the action finished; "
                             "the next delivery of the alert acts", trace_id)
                 raise
             if error is not None:
                 # Not on disk, so not done: the store dropped the key and the next delivery acts.
                 outcome, reason = Result.FAILED, f"not acted: the dedupe journal could not be written ({error})"
-                if stamp is not None and self.last_alert_restart.get(p.component) == stamp:
-                    del self.last_alert_restart[p.component]  # no restart happened: no cooldown from it
-                    self.stamps.save()
+                self._unstamp(p.component, stamp)
             span.set_attribute("result", outcome.value)
         self.events.remediation_duration.observe(p.action, value=time.perf_counter() - started)
         self.record(alert, p, outcome, reason, trace_id)
+
+    def _unstamp(self, component: str, stamp: float | None) -> None:
+        """No restart happened after all: no cooldown from the one this alert stamped."""
+        if stamp is not None and self.last_alert_restart.get(component) == stamp:
+            del self.last_alert_restart[component]
+            self.stamps.save()
 
     async def _act(self, p: Plan) -> tuple[Result, str]:
         sup = self.sup
