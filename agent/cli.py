@@ -23,7 +23,8 @@ from agent.todo_cli import add_todo_commands
 EPILOG = """\
 exit codes: 0 ok; 1 failure, or refused by the agent with its reason (WARNING for --once); 2 invalid
 config or usage (CRITICAL for --once); 3 cannot start: listen address in use, state dir unwritable, or
-(control verbs) the agent cannot be reached (UNKNOWN for --once); 141 stdout closed early (| head).
+(control verbs) the agent cannot be reached (UNKNOWN for --once); 4 (run) the state dir is owned by
+another running agent; 141 stdout closed early (| head).
 Every verb takes --json after the verb.
 The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/default.yaml.
 """

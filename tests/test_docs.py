@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from agent.app import EXIT_CONFIG
+from agent.app import EXIT_CONFIG, EXIT_OWNED
 from agent.cli import build_parser
 from agent.config.models import AgentSettings, Autonomy, Config
 from agent.export.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
@@ -288,7 +288,7 @@ def test_systemd_unit_matches_the_agent() -> None:
     default_timeout = AgentSettings.model_fields["shutdown_timeout"].default
     assert int(service["TimeoutStopSec"]) >= default_timeout + 15, service["TimeoutStopSec"]
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
-    assert service["RestartPreventExitStatus"] == str(EXIT_CONFIG)
+    assert service["RestartPreventExitStatus"].split() == [str(EXIT_CONFIG), str(EXIT_OWNED)]
     assert service["Delegate"] == "yes"
     argv = shlex.split(service["ExecStart"])
     assert argv[0].endswith("/agent")

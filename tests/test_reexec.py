@@ -260,6 +260,7 @@ def test_a_new_image_that_cannot_serve_stops_the_components_cleanly(tmp_path: Pa
     guardian = agent.api("GET", "/api/v1/status")["containment"]["guardian_pid"]
     with small_disk(tmp_path / "disk") as disk:
         (disk.path / "state").mkdir(mode=0o700)
+        (disk.path / "state" / "lock").touch()  # lockable read-only: the new image gets as far as its tokens
         disk.read_only()
         edit_config(agent, lambda c: c["agent"].update(state_dir=str(disk.path / "state")))
         agent.api("POST", "/-/reexec", timeout=60)

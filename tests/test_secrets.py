@@ -197,7 +197,8 @@ def test_a_start_on_a_full_state_dir_exits_3_and_the_next_one_succeeds(tmp_path:
         agent.stderr.close()
         assert code == 3, agent.log_text()
         assert "cannot create the token file" in agent.log_text() and "nothing started" in agent.log_text()
-        assert not [p.name for p in state.iterdir()], "a token file was left behind"  # none, and no empty one
+        # No token file, and no empty one; the state dir lock's file is there (empty: no room for the pid).
+        assert [p.name for p in state.iterdir()] == ["lock"], "a token file was left behind"
         disk.free()
         agent.start()
         assert len((state / "control.token").read_text().strip()) >= 16
