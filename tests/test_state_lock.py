@@ -209,6 +209,32 @@ def test_a_reexec_onto_a_state_dir_another_agent_owns_keeps_the_previous_config(
         assert other.stop() == 0
 
 
+def test_a_reexec_onto_a_new_state_dir_moves_the_lock(tmp_path: Path) -> None:
+    marker = new_marker()
+    (tmp_path / "a").mkdir()
+    agent = AgentProcess(tmp_path / "a", workers(marker)).start()
+    old, moved = agent.state_dir, tmp_path / "a" / "moved"
+    try:
+        pids = wait_for(lambda: marked(marker), 15, 0.05, "the replica running")
+        old_token = (old / "control.token").read_text().strip()
+        config = yaml.safe_load(agent.config_path.read_text())
+        config["agent"]["state_dir"] = str(moved)
+        agent.config_path.write_text(yaml.safe_dump(config))
+        first = start_time(agent.url)
+        r = httpx.post(agent.url + "/-/reexec", headers={"Authorization": f"Bearer {old_token}"}, timeout=60)
+        assert r.status_code == 202, r.text
+        wait_for(lambda: (s := start_time(agent.url)) is not None and first is not None and s > first, 30, 0.05,
+                 "the new image to serve")
+        agent.state_dir = moved
+        assert "state dir moved from" in agent.log_text() and marked(marker) == pids
+        assert agent.proc is not None
+        assert locked_by_someone(moved / LOCK_FILE)
+        assert (moved / LOCK_FILE).read_text().strip() == str(agent.proc.pid)
+        assert not locked_by_someone(old / LOCK_FILE)  # the old dir is free: another agent may have it
+    finally:
+        assert agent.stop() == 0
+
+
 def test_a_sigkilled_agents_lock_file_does_not_block_the_next_start(tmp_path: Path) -> None:
     marker = new_marker()
     agent = AgentProcess(tmp_path, workers(marker)).start()
