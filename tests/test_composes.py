@@ -250,3 +250,32 @@ def test_an_action_cut_off_by_shutdown_is_recorded_and_its_redelivery_acts(tmp_p
         assert r.json()["results"][0]["result"] == "accepted", r.text  # not a duplicate
     finally:
         agent.stop(timeout=60)
+
+
+def test_cooldowns_of_components_removed_while_the_agent_was_down_are_forgotten_at_start(tmp_path: Path) -> None:
+    """remediation.json kept the timestamps of components dropped from the config while the agent was down
+    until the first reload: one added again under the name was held by the old cooldown."""
+    import asyncio
+
+    from agent.app import Parts
+    from agent.config.models import Config
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    now = time.time()
+    (state / "remediation.json").write_text(json.dumps({"last_scale_up": {"gone": now, "w": now},
+                                                        "last_alert_restart": {"gone": now, "w": now}}))
+    config = Config.model_validate({"agent": {"state_dir": str(state), "log_dir": str(tmp_path / "logs")},
+                                    "components": {"w": {"command": ["sleep", "1"]}}})
+
+    async def build() -> dict[str, Any]:
+        parts = Parts.build(config, None, asyncio.get_running_loop())
+        try:
+            return {"scale": dict(parts.remediator.last_scale_up), "restart": dict(parts.remediator.last_alert_restart)}
+        finally:
+            await parts.aclose()
+
+    kept = asyncio.run(build())
+    assert kept == {"scale": {"w": now}, "restart": {"w": now}}
+    on_disk = json.loads((state / "remediation.json").read_text())
+    assert "gone" not in on_disk["last_scale_up"] and "gone" not in on_disk["last_alert_restart"]

@@ -25,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -60,6 +60,16 @@ class Stamps:
         self.store = JsonStore(state_dir / STAMPS_FILE, StampsFile)
         self.last_scale_up: dict[str, float] = dict(self.store.loaded.last_scale_up)
         self.last_alert_restart: dict[str, float] = dict(self.store.loaded.last_alert_restart)
+
+    def keep_only(self, names: Collection[str]) -> None:
+        """Forget the components no longer configured (one added again under the name starts with no
+        cooldown), in memory and in remediation.json; at start and after every reload."""
+        gone = [n for n in (*self.last_scale_up, *self.last_alert_restart) if n not in names]
+        for name in gone:
+            self.last_scale_up.pop(name, None)
+            self.last_alert_restart.pop(name, None)
+        if gone:
+            self.save()
 
     def save(self) -> None:
         self.store.data["last_scale_up"] = dict(self.last_scale_up)

@@ -300,6 +300,7 @@ class Remediator:
         state_dir = config.agent.state_dir
         self.history = History(state_dir / HISTORY_FILE, history)
         self.stamps = Stamps(state_dir)
+        self.stamps.keep_only(config.components)  # those of components removed while the agent was down
         self.last_scale_up = self.stamps.last_scale_up
         self.last_alert_restart = self.stamps.last_alert_restart
         self._tasks: set[asyncio.Task[None]] = set()

@@ -61,7 +61,8 @@
     const now = Date.now() / 1000;
     if (c.cpu_seconds === null || c.rss_bytes === null) return "";
     let t = opened[c.component];
-    if (!t) t = opened[c.component] = { cpu: c.cpu_seconds, rss: c.rss_bytes, at: now, series: [] };
+    // A component a reload removed and added again starts a new trend (its CPU counter starts again).
+    if (!t || c.cpu_seconds < t.cpu) t = opened[c.component] = { cpu: c.cpu_seconds, rss: c.rss_bytes, at: now, series: [] };
     t.series.push(c.rss_bytes);
     if (t.series.length > 30) t.series.shift();
     const lo = Math.min(...t.series), hi = Math.max(...t.series);
@@ -120,6 +121,8 @@
     "CPU s", "RSS", "trend since opened", "pids", "links", "actions"];
 
   function renderComponents(doc) {
+    const present = new Set(doc.components.map((c) => c.component));
+    for (const name of Object.keys(opened)) if (!present.has(name)) delete opened[name];  // removed by a reload
     const body = document.querySelector("#components tbody");
     const focused = document.activeElement && document.activeElement.closest("tr");
     const keep = focused && focused.dataset.component;
