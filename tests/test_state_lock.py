@@ -165,6 +165,9 @@ def test_the_lock_is_held_across_reexec_without_a_gap(tmp_path: Path) -> None:
         held = [fd for fd in os.listdir(f"/proc/{agent.proc.pid}/fd")
                 if os.readlink(f"/proc/{agent.proc.pid}/fd/{fd}") == str(lock)]
         assert len(held) == 1, held  # adopted, not opened a second time
+        # Held read-only: a disk with a file open for writing cannot be remounted read-only (test_state_files).
+        flags = Path(f"/proc/{agent.proc.pid}/fdinfo/{held[0]}").read_text().split("flags:")[1].split()[0]
+        assert int(flags, 8) & os.O_ACCMODE == os.O_RDONLY, flags
 
         second = second_agent(tmp_path / "b", agent.state_dir, workers(marker))
         assert refused(second, marker) == EXIT_OWNED, second.log_text()

@@ -115,24 +115,24 @@ class StateLock:
             self.fd = -1
 
     def _record_pid(self) -> None:
+        # Through a descriptor of its own, closed at once: closing it leaves the lock alone (flock, unlike
+        # fcntl's POSIX locks, belongs to the one open file description), and the one held stays read-only.
         try:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+            fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
         except OSError as exc:  # a full or read-only disk: the lock holds all the same
             log.warning("cannot record this agent's pid in %s (%s): a refused second agent will not be told "
                         "which pid holds the state dir", self.path, exc.strerror or exc)
 
 
 def _open(path: Path) -> int:
-    """The lock file, created 0600 when absent; never through a symlink. flock needs no write access, so
-    an existing file on a read-only disk is opened read-only (and the pid is not recorded)."""
-    flags = os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, 0o600)
-    except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES):
-            raise
-        fd = os.open(path, os.O_RDONLY | flags)
+    """The lock file, created 0600 when absent, never through a symlink; held read-only (flock needs no
+    write access), so the agent keeps no file open for writing: its disk can still be remounted read-only,
+    and an existing lock file on a read-only disk still locks."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, f"{path} is not a regular file")
