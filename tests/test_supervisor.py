@@ -297,3 +297,25 @@ def test_probe_without_restart_only_marks_unhealthy(tmp_path: Path) -> None:
     supervise(tmp_path, {"ready": {"command": SLEEPER, "probe": {
         "exec": {"command": ["sh", "-c", f"test ! -e {gate}"]}, "interval": 0.05, "failure_threshold": 2,
         "startup_grace": 0, "restart": False}}}, body)
+
+
+def test_alert_restarts_count_toward_max_restarts_and_manual_ones_do_not(tmp_path: Path) -> None:
+    """Kept on purpose (docs/remediation.md): after max_restarts alert restarts, the next crash opens the
+    circuit instead of restarting; the same number of manual restarts leaves a crash restarted."""
+    async def crash_after(sup: Supervisor, name: str, reason: str) -> Circuit:
+        rt = sup.components[name]
+        for _ in range(2):
+            await sup.restart(name, reason)
+        pid = await until(lambda: rt.replicas[0].pid, 5)
+        assert rt.circuit is Circuit.CLOSED  # restarts alone never open it
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: rt.circuit is Circuit.OPEN or rt.replicas[0].pid not in (None, pid), 5)
+        return rt.circuit
+
+    async def body(sup: Supervisor) -> None:
+        assert await crash_after(sup, "by_alerts", "alert") is Circuit.OPEN
+        assert await crash_after(sup, "by_hand", "manual") is Circuit.CLOSED
+
+    restart = {"max_restarts": 2, "window": 300, "backoff": {"initial": 0}}
+    supervise(tmp_path, {"by_alerts": {"command": SLEEPER, "restart": restart},
+                         "by_hand": {"command": SLEEPER, "restart": restart}}, body)
