@@ -93,6 +93,12 @@ class AgentGone(Exception):
     """The agent process exited during a step."""
 
 
+def _last_words(errors: list[str]) -> str:
+    """The error line that says why the agent exited (one that names an exit), else its last error line."""
+    why = [line for line in errors if "exit" in line]
+    return (why or errors or ["nothing at level error"])[-1][:400]
+
+
 def _recover(ctx: Ctx, exc: BaseException) -> None:
     """A step raised: say so; when the agent is gone, start it again (on a freed disk) and follow what it says."""
     if not isinstance(exc, AgentGone):
@@ -107,7 +113,7 @@ def _recover(ctx: Ctx, exc: BaseException) -> None:
         send.settled = True
     ctx.model.counts["alerts_lost_with_the_agent"] += len(pending)
     ctx.model.violation("the agent keeps running", f"exited {code} ({len(pending)} accepted alert(s) had no "
-                        f"history entry yet); its last errors: {' | '.join(agent.error_lines()[-3:])}")
+                        f"history entry yet); it said: {_last_words(agent.error_lines())}")
     agent.disk.free()
     ctx.world.disk_full = False
     agent.start()

@@ -177,6 +177,16 @@ class Agent:
         except FileNotFoundError:
             return ""
 
+    def stderr_since(self, offset: int) -> tuple[str, int]:
+        """What the agent wrote to stderr from byte `offset` on, and the offset after it."""
+        try:
+            with open(self.stderr_path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return "", offset
+        return data.decode(errors="replace"), offset + len(data)
+
     def stderr_tail(self, n: int = 4000) -> str:
         return self.stderr_text()[-n:]
 

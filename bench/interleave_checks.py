@@ -34,6 +34,7 @@ class Ctx:
     counters: dict[Sample, float] = field(default_factory=dict)
     counters_pid: int | None = None
     logging_errors: int = 0
+    stderr_offset: int = 0  # how much of the agent's stderr the checks have read
     reported: set[str] = field(default_factory=set)  # problems that persist, reported once
     ongoing: set[str] = field(default_factory=set)  # replica problems seen at the last check
 
@@ -180,15 +181,16 @@ def check_files(ctx: Ctx) -> None:
         if problem not in ctx.reported:
             ctx.reported.add(problem)
             ctx.model.violation("state files load", problem)
-    errors = ctx.agent.stderr_text().count(LOGGING_ERROR)
-    if errors > ctx.logging_errors:
+    text, ctx.stderr_offset = ctx.agent.stderr_since(ctx.stderr_offset)
+    errors = text.count(LOGGING_ERROR)
+    if errors:
+        ctx.logging_errors += errors
         episode = f"logging error while the disk was full #{ctx.model.counts['disk_full']}"
         if episode not in ctx.reported:  # once per full-disk episode, not once per step
             ctx.reported.add(episode)
             ctx.model.violation("log write failures are counted, not printed",
                                 f"'{LOGGING_ERROR}' tracebacks on the agent's stderr (a Python traceback per "
-                                f"failed write); {errors} so far")
-        ctx.logging_errors = errors
+                                f"failed write); {ctx.logging_errors} so far")
 
 
 def after_step(ctx: Ctx) -> None:

@@ -221,29 +221,41 @@ def step_reexec(ctx: Ctx, step: Step) -> None:
     else:
         agent.send(signal.SIGUSR2)
 
-    def serving_again() -> bool:
+    _, offset = agent.stderr_since(0)
+    said: list[str] = []
+
+    def refused() -> bool:
+        r = answer.get("reexec")
+        if isinstance(r, httpx.Response) and r.status_code != 202:
+            said[:] = [f"POST /-/reexec answered {r.status_code} {r.text[:200]}"]
+            return True
+        said[:] = [line for line in agent.stderr_since(offset)[0].splitlines() if "reexec (SIGUSR2) refused" in line]
+        return bool(said)
+
+    def over() -> bool:
         if agent.exited() is not None:
             return True  # the runner reports an agent that exited
         now = agent.start_time()
-        return now is not None and started is not None and now > started
+        return (now is not None and started is not None and now > started) or refused()
 
-    sends = _stream(ctx, rng, cap, serving_again)
+    sends = _stream(ctx, rng, cap, over)
     try:
-        wait_until(serving_again, REEXEC_SECONDS, "the new image to serve", 0.05)
-        if agent.exited() is not None:
-            return
-        ctx.model.counts["reexecs"] += 1
+        wait_until(over, REEXEC_SECONDS, "the new image to serve", 0.05)
     except Timeout as exc:
-        refused = "reexec" in agent.stderr_tail(20000) and ctx.world.disk_full
-        if refused:
-            ctx.model.counts["reexecs_refused"] += 1
-        else:
-            ctx.model.violation("a re-exec serves again", f"{exc}; POST answered {answer.get('reexec')}")
+        ctx.model.violation("a re-exec serves again", f"{exc}; POST answered {answer.get('reexec')}")
     for thread in threads:
         thread.join(REEXEC_SECONDS)
+    if agent.exited() is not None:
+        return
     r = answer.get("reexec")
-    if trigger == "post" and not (isinstance(r, httpx.Response) and r.status_code in (202, 409, 503)):
+    if refused():
+        ctx.model.counts["reexecs_refused"] += 1
+        if not ctx.world.disk_full:  # nothing else in this run is a reason to refuse one
+            ctx.model.violation("a re-exec serves again", f"refused on a writable disk: {said[0][:300]}")
+    elif trigger == "post" and not isinstance(r, httpx.Response):
         ctx.model.violation("a re-exec serves again", f"POST /-/reexec answered {r}")
+    else:
+        ctx.model.counts["reexecs"] += 1
     # Alertmanager retries what was answered 5xx or not at all.
     for send in sends:
         if not send.ok:
