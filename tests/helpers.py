@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -93,6 +94,16 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return httpx.get(url, timeout=timeout).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def start_time(url: str) -> float | None:
+    """orchestrator_agent_start_time_seconds from /metrics, None while nothing answers (a re-exec under way)."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=2).text
+    except httpx.HTTPError:
+        return None
+    found = re.search(r"^orchestrator_agent_start_time_seconds (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else None
 
 
 def pid_alive(pid: int) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -17,22 +16,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import AgentProcess, pid_alive, wait_for
+from tests.helpers import AgentProcess, pid_alive, start_time, wait_for
 from tests.webhookutil import alert, payload
 
 # Stops 3 s after SIGTERM: a restart of it holds its component's lock that long.
 SLOW_STOP = ("import signal, sys, time\n"
              "signal.signal(signal.SIGTERM, lambda *_: (time.sleep(3), sys.exit(0)))\n"
              "while True: time.sleep(1)\n")
-
-
-def start_time(url: str) -> float | None:
-    try:
-        text = httpx.get(url + "/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(r"^orchestrator_agent_start_time_seconds (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
 
 
 def history(agent: AgentProcess) -> list[dict[str, Any]]:

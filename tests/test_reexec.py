@@ -5,7 +5,6 @@ new image adopts every running component; a refused or failed reexec never loses
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,21 +17,11 @@ import pytest
 import yaml
 
 from tests.diskutil import small_disk
-from tests.helpers import AgentProcess, free_port, pid_alive, wait_for
+from tests.helpers import AgentProcess, free_port, pid_alive, start_time, wait_for
 
 
 def sleepers(n: int) -> dict[str, Any]:
     return {f"c{i:02d}": {"command": ["sleep", "1000"], "stop": {"grace": "5s"}} for i in range(n)}
-
-
-def start_time(url: str) -> float | None:
-    """orchestrator_agent_start_time_seconds from /metrics, None when nothing answers."""
-    try:
-        text = httpx.get(url + "/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(r"^orchestrator_agent_start_time_seconds (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
 
 
 def component_pids(agent: AgentProcess) -> dict[str, list[int]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import yaml
 
 from agent.app import EXIT_OWNED
 from agent.supervise.statelock import LOCK_FILE
-from tests.helpers import AgentProcess, pid_alive, wait_for
+from tests.helpers import AgentProcess, pid_alive, start_time, wait_for
 
 
 def marked(marker: str) -> list[int]:
@@ -41,16 +40,6 @@ def new_marker() -> str:
 
 def workers(marker: str, initial: int = 1) -> dict[str, Any]:
     return {"components": {"w": {"command": ["sleep", marker], "replicas": {"min": 1, "max": 4, "initial": initial}}}}
-
-
-def start_time(url: str) -> float | None:
-    """orchestrator_agent_start_time_seconds, None while nothing answers (the exec under way)."""
-    try:
-        text = httpx.get(url + "/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return None
-    found = re.search(r"^orchestrator_agent_start_time_seconds (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else None
 
 
 def reexec(agent: AgentProcess) -> None:
