@@ -53,7 +53,7 @@ from bench.interleave_checks import (
     snapshot,
 )
 from bench.interleave_model import Model, Violation, entry_id
-from bench.interleave_plan import Step, plan
+from bench.interleave_plan import Step, parse, plan
 from bench.interleave_steps import STEPS
 from bench.interleave_world import World
 
@@ -69,6 +69,7 @@ class Report:
     violations: list[Violation] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: str = ""
+    replayed: bool = False  # the steps were given (--replay), not a seed's plan
 
     def summary(self) -> str:
         main = ", ".join(f"{k} {self.counts.get(k, 0)}" for k in HEADLINE)
@@ -83,7 +84,8 @@ class Report:
         if self.violations:
             lines.append(f"VIOLATIONS ({len(self.violations)}):")
             lines += [f"  {v}" for v in self.violations]
-            lines.append(f"replay: python -m bench.interleave --seed {self.seed} --steps {len(self.steps)}")
+            lines.append("replay: python -m bench.interleave " + (f"--replay '{'; '.join(self.steps)}'" if self.replayed
+                         else f"--seed {self.seed} --steps {len(self.steps)}"))
             lines.append("steps:")
             lines += [f"  {i:4d} {s}" for i, s in enumerate(self.steps[:steps_shown])]
         return "\n".join(lines)
@@ -148,9 +150,11 @@ def finish(ctx: Ctx) -> None:
 
 
 def run(seed: int, steps: int, minutes: float = 0.0, max_minutes: float | None = None,
-        workdir: Path | None = None, progress: Callable[[str], None] | None = None) -> Report:
-    """Run the plan of `seed`: at least `steps` steps and `minutes` minutes, at most `max_minutes`."""
-    report = Report(seed)
+        workdir: Path | None = None, progress: Callable[[str], None] | None = None,
+        given: list[Step] | None = None) -> Report:
+    """Run the plan of `seed` (or the `given` steps): at least `steps` steps and `minutes` minutes, at most
+    `max_minutes`."""
+    report = Report(seed, replayed=given is not None)
     world = World()
     model = Model(uuid.uuid4().hex[:6])
     for name, spec in world.specs.items():
@@ -165,7 +169,9 @@ def run(seed: int, steps: int, minutes: float = 0.0, max_minutes: float | None =
         try:
             agent.start()
             after_step(ctx)
-            steps_of = plan(seed)
+            steps_of = iter(given) if given is not None else plan(seed)
+            if given is not None:
+                steps = len(given)
             reported = began
             while True:
                 elapsed = time.monotonic() - began
@@ -210,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the report here too")
     parser.add_argument("--workdir", type=Path, default=None, help="run in a new directory under this one, kept")
     parser.add_argument("--print-plan", action="store_true", help="print the seed's first --steps steps and exit")
+    parser.add_argument("--replay", default=None, metavar="STEPS",
+                        help="run these steps instead of a seed's plan: lines of a printed step list joined by ';' "
+                             "(say, a failure cut down to the steps that matter)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     if args.print_plan:
@@ -217,10 +226,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.steps):
             print(f"{i:4d} {next(steps)}")
         return 0
-    print(f"interleave: seed {seed}, at least {args.steps} steps and {args.minutes:g} min", file=sys.stderr, flush=True)
+    given = [parse(line) for line in args.replay.split(";") if line.strip()] if args.replay else None
+    print(f"interleave: seed {seed}, at least {args.steps} steps and {args.minutes:g} min"
+          + (f" (the {len(given)} steps given)" if given else ""), file=sys.stderr, flush=True)
     try:
         report = run(seed, args.steps, args.minutes, args.max_minutes, args.workdir,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
+                     progress=lambda line: print(line, file=sys.stderr, flush=True), given=given)
     except (RuntimeError, OSError) as exc:
         print(f"error: the run could not start: {exc}", file=sys.stderr)
         return 2

@@ -112,6 +112,31 @@ def _step(rng: random.Random, world: World) -> Step:
     return Step(kind)
 
 
+def _value(token: str) -> Any:
+    if token == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(token)
+        except ValueError:
+            pass
+    return token
+
+
+def parse(text: str) -> Step:
+    """The step a line of a printed step list names (`str(step)` read back): a failure cut down by hand replays."""
+    kind, _, rest = text.strip().partition(" ")
+    if kind == "alert":
+        alerts = []
+        for part in rest.split(","):
+            action, name, *n = part.split()
+            alerts.append((name, action, int(n[0]) if n else 0))
+        return Step(kind, tuple(alerts))
+    if kind not in WEIGHTS:
+        raise ValueError(f"unknown step {kind!r}: one of {', '.join(WEIGHTS)}")
+    return Step(kind, tuple(_value(t) for t in rest.split()))
+
+
 def plan(seed: int) -> Iterator[Step]:
     """The endless step list of `seed` (take as many as a run needs)."""
     rng = random.Random(seed)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.interleave import run
-from bench.interleave_plan import WEIGHTS, plan
+from bench.interleave_plan import WEIGHTS, parse, plan
 from bench.interleave_world import World
 
 # Its first 60 steps hold every kind of step, two re-execs on a writable disk, a hog while a component
@@ -38,6 +38,8 @@ def test_a_seed_replays_the_same_steps_and_the_plan_keeps_its_world_consistent()
     assert steps == [next(again) for _ in range(500)]
     assert steps != [next(other) for _ in range(500)]
     assert {s.kind for s in steps[:60]} == set(WEIGHTS)  # FIXED_SEED's short run holds every kind
+    # A printed step reads back as the same step (a failure cut down by hand replays with --replay).
+    assert [str(parse(str(s))) for s in steps] == [str(s) for s in steps]
     world = World()
     for step in steps:
         # A step only names what exists when it runs: nothing removed twice, no start on a full disk.
