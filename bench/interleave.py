@@ -197,6 +197,8 @@ def run(seed: int, steps: int, minutes: float = 0.0, max_minutes: float | None =
                              f"{len(model.violations)}; {dict(model.counts)}")
             model.step, model.step_text = len(report.steps), "end"
             finish(ctx)
+        except (KeyboardInterrupt, SystemExit) as exc:
+            report.stopped_early = f"interrupted ({type(exc).__name__}) during step {len(report.steps) - 1}"
         except Exception as exc:
             model.violation("the harness completes", "".join(traceback.format_exception(exc)[-6:]))
         finally:
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.steps):
             print(f"{i:4d} {next(steps)}")
         return 0
+    # A SIGTERM (a CI timeout, say) ends the run through its cleanup: the agent stopped, the disk unmounted.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     given = [parse(line) for line in args.replay.split(";") if line.strip()] if args.replay else None
     print(f"interleave: seed {seed}, at least {args.steps} steps and {args.minutes:g} min"
           + (f" (the {len(given)} steps given)" if given else ""), file=sys.stderr, flush=True)
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         doc: dict[str, Any] = asdict(report)
         doc["command"] = "python -m bench.interleave " + " ".join(sys.argv[1:] if argv is None else argv)
         args.json.write_text(json.dumps(doc, indent=1))
-    return 1 if report.violations else 0
+    return 1 if report.violations or report.stopped_early.startswith("interrupted") else 0
 
 
 if __name__ == "__main__":

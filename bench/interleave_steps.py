@@ -72,7 +72,8 @@ def step_alert(ctx: Ctx, step: Step) -> None:
 
 def step_redeliver(ctx: Ctx, step: Step) -> None:
     """Alertmanager sends an alert again: a restart acted on is a duplicate; one only ever refused 5xx acts."""
-    firing = [s for s in ctx.model.sends if s.status == "firing" and s.component in ctx.world.specs]
+    # Of the recent ones: far inside the dedupe journal's TTL and bound, so a duplicate must be one.
+    firing = [s for s in ctx.model.sends[-200:] if s.status == "firing" and s.component in ctx.world.specs]
     if not firing:
         return
     first = firing[step.args[0] % len(firing)]
