@@ -119,6 +119,9 @@ def _recover(ctx: Ctx, exc: BaseException) -> None:
     agent.disk.free()
     ctx.world.disk_full = False
     agent.start()
+    # What the old process recorded before it went is history now, not news: matched without moving the
+    # model, which then takes what the new process restored (a scale decided on a full disk is gone with it).
+    ctx.model.match(quiet(agent.history) or [])
     comps = quiet(agent.components) or {}
     for name, c in comps.items():
         if name in ctx.model.desired:

@@ -145,6 +145,9 @@ def converge(ctx: Ctx, timeout: float = CONVERGE_SECONDS) -> dict[str, Any] | No
         for name in ctx.world.specs:
             if name in comps:
                 ctx.model.circuit[name] = comps[name]["circuit"]
+                # Reported above; from here on the model follows the agent, so one divergence is one violation.
+                ctx.model.desired[name] = comps[name]["desired"]
+                ctx.model.manual[name] = comps[name]["manual_stop"]
     return comps
 
 
@@ -236,13 +239,16 @@ def history_on_disk(ctx: Ctx, timeout: float = DISK_SECONDS) -> None:
 
 
 def saved_matches(ctx: Ctx) -> None:
-    """state.json holds the model's desired replicas and manual stops (before the agent is killed)."""
+    """state.json holds the model's desired replicas and manual stops, and the circuits as last seen
+    (before the agent is killed; a write that failed on a full disk is tried again every 5 s)."""
     def agrees() -> list[str]:
         saved = ctx.agent.saved_components()
-        return [f"{n}: saved {saved.get(n)}, want desired {ctx.model.desired[n]} manual_stop {ctx.model.manual[n]}"
-                for n in ctx.world.specs
-                if (saved.get(n) or {}).get("desired") != ctx.model.desired[n]
-                or (saved.get(n) or {}).get("manual_stop", False) != ctx.model.manual[n]]
+        model = ctx.model
+        return [f"{n}: saved {saved.get(n)}, want desired {model.desired[n]} manual_stop {model.manual[n]} "
+                f"circuit {model.circuit[n]}" for n in ctx.world.specs
+                if (saved.get(n) or {}).get("desired") != model.desired[n]
+                or (saved.get(n) or {}).get("manual_stop", False) != model.manual[n]
+                or (saved.get(n) or {}).get("circuit", "closed") != model.circuit[n]]
 
     try:
         wait_until(lambda: not agrees(), DISK_SECONDS, "state.json to hold the model", 0.05)
