@@ -4,7 +4,8 @@ goes on from them, so a re-exec does not read as a counter reset (`rate()` and `
 The components' restart counters and the reaper's and guardian's counts travel with the state they
 belong to (reexec.py); these are the rest: webhook answers, remediation decisions and durations, probe
 durations, halted rollouts, failed state dir writes, dedupe evictions, connections closed by the agent,
-TLS handshake failures, refused client certificates, history lines dropped and failed log writes.
+TLS handshake failures, refused client certificates, history lines dropped, failed log writes, and each
+component's CPU seconds (its adopted replicas are the same processes: the counter goes on from theirs).
 `agent/export/process.py`'s CPU seconds need nothing: the process, and so its CPU time, is the same.
 """
 
@@ -39,6 +40,7 @@ def counters(parts: Parts) -> dict[str, Any]:
         "tls_rejected_sans": parts.web.rejected_sans,
         "history_dropped": parts.remediator.history.dropped,
         "log_write_errors": log_write_errors(),
+        "component_cpu": parts.resources.hand_over(),
     }
 
 
@@ -59,6 +61,7 @@ def resume(parts: Parts, document: Any) -> None:
     parts.web.rejected_sans += _count(document.get("tls_rejected_sans"))
     parts.remediator.history.dropped += _count(document.get("history_dropped"))
     resume_log_write_errors(document.get("log_write_errors"))
+    parts.resources.adopt(document.get("component_cpu"))
 
 
 def _count(value: Any) -> int:

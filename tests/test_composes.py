@@ -133,21 +133,29 @@ def counters(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_counters_go_on_across_a_reexec(tmp_path: Path) -> None:
     """orchestrator_remediation_actions_total and orchestrator_webhook_requests_total started again at 0
-    after a re-exec, while the restart counters carried over."""
-    config = {"components": {"w": {"command": ["sleep", "1000"], "remediation": {"cooldown": "0s"},
+    after a re-exec, while the restart counters carried over; so did a component's CPU seconds (found by
+    the interleaving harness), though its replicas are the same processes."""
+    burn = "import time\nt = time.time()\nwhile time.time() - t < 0.3: pass\ntime.sleep(1000)\n"
+    config = {"agent": {"resources": {"interval": "0.2s"}},
+              "components": {"w": {"command": ["python3", "-c", burn], "remediation": {"cooldown": "0s"},
                                    "restart": {"max_restarts": 100}}}}
     agent = AgentProcess(tmp_path, config).start()
     try:
         wait_for(lambda: agent.status()["w"]["replicas"] == 1, 15, 0.05, "w running")
         token = (agent.state_dir / "webhook.token").read_text().strip()
         hook = agent.url + "/webhook/alertmanager"
-        for _ in range(3):
+        # Each replica burns 0.3 s of CPU, sampled before the next restart: the ended ones' CPU seconds
+        # stay in the component's counter.
+        cpu = ("orchestrator_component_cpu_seconds_total", (("component", "w"),))
+        for n in range(1, 4):
+            wait_for(lambda n=n: counters(agent.url).get(cpu, 0) >= 0.25 * n, 30, 0.1, f"replica run {n} sampled")
             r = httpx.post(hook, json=payload(alert({"action": "restart", "component": "w"})),
                            headers={"Authorization": f"Bearer {token}"}, timeout=10)
             assert r.json()["results"][0]["result"] == "accepted"
+            wait_for(lambda n=n: sum(1 for e in history(agent) if e["result"] == "executed") == n, 20, 0.05,
+                     f"restart {n} done")
+        wait_for(lambda: counters(agent.url).get(cpu, 0) >= 1.0, 30, 0.1, "the CPU seconds of four replica runs")
         assert httpx.post(hook, json={}, timeout=10).status_code == 401
-        wait_for(lambda: sum(1 for e in history(agent) if e["result"] == "executed") == 3, 20, 0.05,
-                 "three restarts done")
         before = counters(agent.url)
         key = ("orchestrator_remediation_actions_total",
                (("action", "restart"), ("component", "w"), ("result", "executed")))

@@ -9,7 +9,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -111,6 +111,28 @@ class ResourceMonitor:
         if self._wake.is_set():
             await asyncio.sleep(min(WAKE_DELAY, self.interval))  # one pass for a burst of starts
             self._wake.clear()
+
+    def hand_over(self) -> dict[str, Any]:
+        """Each component's CPU seconds, of its ended replicas and per live root, for the next image
+        (`agent reexec`, agent/carry.py): the replicas it adopts are the same processes, so the counter goes on."""
+        return {name: {"cpu": usage.cpu_seconds, "done": self._done.get(name, 0.0),
+                       "roots": {str(pid): self._last_root_cpu.get(pid, 0.0) for pid in self._roots.get(name, ())}}
+                for name, usage in self.components.items()}
+
+    def adopt(self, document: Any) -> None:
+        """Go on from the previous image's figures (`hand_over`); anything of another shape is skipped."""
+        for name, entry in document.items() if isinstance(document, dict) else ():
+            if name not in self.components or not isinstance(entry, dict):
+                continue
+            cpu, done, roots = entry.get("cpu"), entry.get("done"), entry.get("roots")
+            if not (isinstance(cpu, int | float) and isinstance(done, int | float) and isinstance(roots, dict)):
+                continue
+            self.components[name].cpu_seconds = float(cpu)
+            self._done[name] = float(done)
+            pids = [(int(pid), float(used)) for pid, used in roots.items()
+                    if pid.isdigit() and isinstance(used, int | float)]
+            self._roots[name] = tuple(pid for pid, _ in pids)
+            self._last_root_cpu.update(pids)
 
     def mark_read(self) -> None:
         """Someone reads the figures now (a scrape, `agent status`): keep sampling."""
