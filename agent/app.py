@@ -48,7 +48,7 @@ from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
-from agent.reexec import Handover, Trigger, hand_over, reexec_routes
+from agent.reexec import Handover, Trigger, drop_reserve, hand_over, reexec_routes
 from agent.reload import Reloader
 from agent.server import HttpServer, build_app
 from agent.statuspage import announce_page, page_routes, page_url
@@ -488,6 +488,7 @@ class Agent:
                 code = EXIT_FAILURE
             else:
                 log.info("reexec given up: a stop was requested meanwhile")
+                drop_reserve(parts.supervisor)
         try:
             await asyncio.wait_for(parts.supervisor.shutdown(), parts.config.agent.shutdown_timeout)
         except TimeoutError:

@@ -48,7 +48,7 @@ from agent.held_signals import SignalHold
 from agent.supervise.containment import CgroupContainment, Containment, restore
 from agent.supervise.leftovers import Ledger
 from agent.supervise.process import ExitStatus, Reaper, signal_group
-from agent.supervise.state import atomic_write_json
+from agent.supervise.state import atomic_write_bytes
 from agent.supervise.statelock import ENV_FD as ENV_LOCK_FD
 from agent.supervise.statelock import LOCK_FILE, StateLock
 
@@ -171,7 +171,11 @@ class Trigger:
         try:
             refusal = await preflight(self.reaper, self.paths)
             if refusal is None:
+                refusal = await asyncio.to_thread(reserve_handover, self.sup)
+            if refusal is None:
                 refusal = await self._settle_and_quiesce()
+                if refusal is not None:
+                    drop_reserve(self.sup)
         finally:
             self._busy = False
         self.accepted = refusal is None
@@ -271,7 +275,7 @@ def hand_over(parts: Parts, autonomy: Autonomy | None, lock: StateLock | None = 
     }
     path = (parts.config.agent.state_dir / HANDOVER_FILE).resolve()
     try:
-        atomic_write_json(path, document)
+        _write_handover(path, json.dumps(document, separators=(",", ":")).encode())
     except OSError as exc:
         return f"cannot write {path}: {exc.strerror or exc}"
     argv = [sys.executable, *sys.orig_argv[1:]]  # the interpreter and options the agent was started with
@@ -303,6 +307,61 @@ def hand_over(parts: Parts, autonomy: Autonomy | None, lock: StateLock | None = 
                 lock.keep_across_exec(False)
         return f"cannot exec {sys.executable}: {exc.strerror or exc}"
     raise AssertionError("unreachable")
+
+
+def _reserve_path(state_dir: Path) -> Path:
+    return state_dir / (HANDOVER_FILE + ".reserve")
+
+
+def reserve_handover(sup: Supervisor) -> Refusal | None:
+    """Write, fsynced, more bytes than the hand-over will need into `reexec.json.reserve`, before anything
+    stops: `hand_over` overwrites them, so it needs no space a full disk would refuse. A reexec on a full
+    disk used to stop every component and exit 1 (`cannot write .../reexec.json: No space left on device`)."""
+    config = sup.config
+    replicas = sum(len(rt.replicas) + 1 for rt in sup.components.values())
+    size = 65536 + 2 * len(config.model_dump_json()) + 4096 * replicas
+    path = _reserve_path(config.agent.state_dir)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(b" " * size)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return Refusal(409, f"cannot set aside {size} bytes for the hand-over in {config.agent.state_dir} "
+                            f"({exc.strerror or exc}); nothing changed, free some space and try again")
+    return None
+
+
+def drop_reserve(sup: Supervisor) -> None:
+    with contextlib.suppress(OSError):
+        _reserve_path(sup.config.agent.state_dir).unlink()
+
+
+def _write_handover(path: Path, data: bytes) -> None:
+    """Into the space `reserve_handover` set aside (overwritten in place: no new block), then renamed;
+    without a reserve big enough, a new file (temp, fsync, rename)."""
+    reserve = _reserve_path(path.parent)
+    try:
+        fits = reserve.stat().st_size >= len(data)
+    except FileNotFoundError:
+        fits = False
+    if not fits:
+        atomic_write_bytes(path, data)
+        return
+    fd = os.open(reserve, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(reserve, path)
 
 
 # --- the new image: read the handover, adopt, or stop cleanly ----------------------------------------

@@ -277,3 +277,37 @@ def test_cooldowns_of_components_removed_while_the_agent_was_down_are_forgotten_
     assert kept == {"scale": {"w": now}, "restart": {"w": now}}
     on_disk = json.loads((state / "remediation.json").read_text())
     assert "gone" not in on_disk["last_scale_up"] and "gone" not in on_disk["last_alert_restart"]
+
+
+def test_a_reexec_on_a_full_disk_is_refused_and_everything_runs_on(tmp_path: Path) -> None:
+    """Found by the interleaving harness: a re-exec while the state dir's disk was full got as far as
+    writing reexec.json, failed there (No space left on device), stopped every component and exited 1."""
+    from tests.diskutil import small_disk
+
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        config = {"agent": {"state_dir": str(disk.path / "state")},
+                  "components": {"w": {"command": ["sleep", "1000"], "replicas": {"min": 2, "max": 2}}}}
+        agent = AgentProcess(tmp_path, config).start()
+        try:
+            pids = wait_for(lambda: (p := agent.status()["w"]["pids"]) and len(p) == 2 and p, 15, 0.05, "w running")
+            control = (agent.state_dir / "control.token").read_text().strip()
+            first = start_time(agent.url)
+            disk.fill()
+            r = httpx.post(agent.url + "/-/reexec", headers={"Authorization": f"Bearer {control}"}, timeout=60)
+            assert r.status_code == 409 and "No space left on device" in r.json()["error"], r.text
+            assert agent.proc is not None and agent.proc.poll() is None
+            assert agent.status()["w"]["pids"] == pids and start_time(agent.url) == first
+            assert not (agent.state_dir / "reexec.json.reserve").exists()
+            # The webhook took work again at once: nothing is left paused by the refusal.
+            token = (agent.state_dir / "webhook.token").read_text().strip()
+            hook = httpx.post(agent.url + "/webhook/alertmanager", timeout=10,
+                              json=payload(alert({"action": "restart", "component": "w"})),
+                              headers={"Authorization": f"Bearer {token}"})
+            assert hook.status_code == 200, hook.text
+            disk.free()
+            r = httpx.post(agent.url + "/-/reexec", headers={"Authorization": f"Bearer {control}"}, timeout=60)
+            assert r.status_code == 202, r.text
+            wait_for(lambda: start_time(agent.url) not in (first, None), 30, 0.05, "the new image serving")
+            assert len(agent.status()["w"]["pids"]) == 2
+        finally:
+            agent.stop()
