@@ -319,3 +319,25 @@ def test_alert_restarts_count_toward_max_restarts_and_manual_ones_do_not(tmp_pat
     restart = {"max_restarts": 2, "window": 300, "backoff": {"initial": 0}}
     supervise(tmp_path, {"by_alerts": {"command": SLEEPER, "restart": restart},
                          "by_hand": {"command": SLEEPER, "restart": restart}}, body)
+
+
+def test_a_restart_by_hand_of_a_circuit_restored_open_starts_its_replica(tmp_path: Path) -> None:
+    """Found by the interleaving harness: a circuit restored open at start leaves the component with no
+    replica slot; `agent restart` closed the circuit and started nothing (0 replicas, circuit closed)."""
+    spec = {"fragile": {"command": SLEEPER, "restart": {"max_restarts": 0, "circuit_cooldown": 3600}}}
+
+    async def open_it(sup: Supervisor) -> None:
+        rt = sup.components["fragile"]
+        pid = await until(lambda: rt.replicas[0].pid, 5)
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: rt.circuit is Circuit.OPEN, 5)
+
+    async def restart_it(sup: Supervisor) -> None:
+        rt = sup.components["fragile"]
+        assert rt.circuit is Circuit.OPEN and rt.running_count == 0  # restored from state.json
+        done = await sup.restart("fragile", "manual")
+        assert rt.circuit is Circuit.CLOSED
+        assert done.started == 1 and rt.running_count == 1, (done, rt.replicas)
+
+    supervise(tmp_path, spec, open_it)
+    supervise(tmp_path, spec, restart_it)

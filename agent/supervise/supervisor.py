@@ -73,15 +73,23 @@ class Supervisor(Lifecycle):
                 raise CommandError(f"component {name!r} has no replica {replica}")
             if reason == "manual" and rt.circuit is not Circuit.CLOSED:
                 self.circuits.close(rt, "restarted by hand")
-            targets = [r for r in rt.active() if replica is None or r.index == replica]
             if rt.manual_stop or rt.circuit is Circuit.OPEN:
                 return RollResult(0)
+            # Replicas below the desired count that have no slot yet: a circuit restored open at start,
+            # or a reload that replaced the component while it was open, left none. A restart by hand that
+            # closed the circuit used to start nothing then (found by the interleaving harness).
+            missing = [i for i in range(rt.target) if i not in rt.replicas] if replica is None else []
+            targets = [r for r in rt.active() if replica is None or r.index == replica]
             if replica is None and not all_at_once and len(targets) > 1:
-                return await self.roll(rt, targets, reason)
-            await asyncio.gather(*(self._stop_replica(rt, r) for r in targets))
-            for rep in targets:
-                self._respawn(rt, rep, reason)
-            return RollResult(len(targets))
+                done = await self.roll(rt, targets, reason)
+            else:
+                await asyncio.gather(*(self._stop_replica(rt, r) for r in targets))
+                done = RollResult(len(targets), started=sum(self._respawn(rt, rep, reason) for rep in targets))
+            if missing and not self.shutting_down and rt.circuit is Circuit.CLOSED:
+                self._reconcile(rt)
+                done.started += sum(1 for i in missing if i in rt.replicas and rt.replicas[i].pid is not None)
+                done.replaced += sum(1 for i in missing if i in rt.replicas and rt.replicas[i].pid is not None)
+            return done
 
     async def roll(self, rt: Runtime, replicas: list[Replica], reason: str) -> RollResult:
         """Replace these replicas one at a time, each successor ready first (the caller holds rt.lock)."""
