@@ -276,7 +276,7 @@ class Parts:
         """The `agent status --json` document."""
         now = time.time()
         components = []
-        usage = self.resources.components
+        usage = self.resources.current()
         self.resources.mark_read()
         for name, rt in self.supervisor.components.items():
             running = [r for r in rt.replicas.values() if r.pid is not None]

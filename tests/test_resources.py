@@ -192,3 +192,20 @@ def test_a_pass_in_slices_reads_what_one_pass_reads(tmp_path: Path, monkeypatch:
     assert sliced.components == whole.components
     assert sliced.replicas == whole.replicas
     assert sliced.host.memory_total == whole.host.memory_total > 0
+
+
+def test_a_component_added_again_shows_none_of_its_predecessors_figures_before_a_pass(tmp_path: Path) -> None:
+    """Found by the interleaving harness: removed and added again by two reloads, a component showed its
+    predecessor's CPU seconds on /metrics until the next pass, then its counter went back to its own."""
+    from types import SimpleNamespace
+
+    from agent.observe.resources import ResourceMonitor
+
+    fake_proc(tmp_path, 100, 1, utime=100, stime=50, cutime=0, threads=1, rss_pages=1, children=[], fds=0)
+    sup = _Sup({"x1": [100]})
+    monitor = ResourceMonitor(sup, 5.0, [], proc_root=str(tmp_path))  # type: ignore[arg-type]
+    monitor.sample_once()
+    assert monitor.current()["x1"].cpu_seconds > 0
+    no_limit = SimpleNamespace(limits=SimpleNamespace(memory_bytes=None))
+    sup.components["x1"] = SimpleNamespace(replicas={}, spec=no_limit)  # a new runtime under the old name
+    assert monitor.current()["x1"].cpu_seconds == 0  # what /metrics and `agent status` read, before any pass

@@ -287,7 +287,7 @@ class ComponentCollector:
         leaves resident: docs/benchmarks.md, Memory). Rendering never awaits, so they read one state.
         """
         labelled = self._labelled()  # every component as ((name,), runtime)
-        usage = self.resources.components
+        usage = self.resources.current()
 
         def each(read: Callable[[Runtime], float]) -> Iterator[Row]:
             return ((key, read(rt)) for key, rt in labelled)
