@@ -87,8 +87,9 @@ class Supervisor(Lifecycle):
                 done = RollResult(len(targets), started=sum(self._respawn(rt, rep, reason) for rep in targets))
             if missing and not self.shutting_down and rt.circuit is Circuit.CLOSED:
                 self._reconcile(rt)
-                done.started += sum(1 for i in missing if i in rt.replicas and rt.replicas[i].pid is not None)
-                done.replaced += sum(1 for i in missing if i in rt.replicas and rt.replicas[i].pid is not None)
+                revived = sum(1 for i in missing if i in rt.replicas and rt.replicas[i].pid is not None)
+                done.started += revived
+                done.replaced += revived
             return done
 
     async def roll(self, rt: Runtime, replicas: list[Replica], reason: str) -> RollResult:
