@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         times = []
         with PrometheusServer(tmp / "data", tmp) as prom:
             for _ in range(args.runs):
-                cmd = [sys.executable, "-m", "agent.cli", "backtest", "--prometheus", prom.url, "--start", window[0],
+                cmd = [sys.executable, "-m", "agent", "backtest", "--prometheus", prom.url, "--start", window[0],
                        "--end", window[1], "-c", str(tmp / "agent.yml"), "--evaluation-interval",
                        args.evaluation_interval, "--json"]
                 t0 = time.perf_counter()

@@ -162,7 +162,7 @@ class ChaosAgent:
 
     def start(self) -> None:
         stderr = open(self.workdir / "agent.stderr", "ab")  # noqa: SIM115 - the child holds it
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
                                      cwd=self.workdir, stdout=stderr, stderr=stderr,
                                      preexec_fn=lambda: _libc.prctl(1, signal.SIGTERM, 0, 0, 0))
         stderr.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.loader import build_config
-from agent.loop import run
+from agent.daemon.eventloop import run
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import run_probe
 from agent.observe.resources import ResourceMonitor

@@ -145,7 +145,7 @@ class Agent:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.pop("AUTONOMOUS_LOG_LEVEL", None)
         with open(stderr, "ab") as out:
-            return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
+            return subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(config)],
                                     cwd=self.workdir, env=env, stdout=out, stderr=out,
                                     preexec_fn=lambda: _libc.prctl(1, signal.SIGTERM, 0, 0, 0))
 

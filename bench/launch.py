@@ -34,11 +34,11 @@ def _term_with_parent() -> None:  # between fork and exec: a bench that dies tak
 
 
 def agent_argv(config: Path) -> list[str]:
-    """The agent's console script beside this interpreter, else `python -m agent.cli`."""
+    """The agent's console script beside this interpreter, else `python -m agent`."""
     script = Path(sys.executable).parent / "agent"
     if script.exists():
         return [str(script), "run", "--config", str(config)]
-    return [sys.executable, "-m", "agent.cli", "run", "--config", str(config)]
+    return [sys.executable, "-m", "agent", "run", "--config", str(config)]
 
 
 class Instance:

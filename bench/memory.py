@@ -3,7 +3,7 @@
 1. Import cost: the VmRSS of a fresh interpreter after importing one module, minus a bare interpreter's
    (each row in a process of its own; dependencies they share count in each row, so rows do not add up);
    and for the modules the daemon imports only when a config uses them, what they add over what
-   `agent run` imports anyway (`agent.cli` and `agent.app`): their own share.
+   `agent run` imports anyway (`agent.cli.main` and `agent.daemon.app`): their own share.
 2. The running agent, as bench/configs.py starts it with the settings a user gets by default: N
    components of `sleep`, 1 replica, no probes. Its RSS once every child runs and one resource sample
    has passed (idle), and after `--scrapes` scrapes of /metrics; its thread count; supervisord with the
@@ -33,7 +33,7 @@ from bench.launch import Fleet, Instance, start_and_wait
 MIB = 1024 * 1024
 # One row per module the daemon may import: (label, statements). httpx is imported after `agent`, whose
 # __init__ keeps httpx's command-line client (rich, pygments) out, as in the agent.
-DAEMON = "import agent.cli, agent.app"
+DAEMON = "import agent.cli.main, agent.daemon.app"
 REQUIRED_STACK = "the required stack, no agent code"
 OPTIONAL = ("httpx", "prometheus_client", "opentelemetry SDK", "psutil", "bcrypt", "sqlite3", "mcp client")
 IMPORTS: tuple[tuple[str, str], ...] = (
@@ -47,13 +47,13 @@ IMPORTS: tuple[tuple[str, str], ...] = (
     ("PyYAML", "import yaml"),
     ("bcrypt", "import bcrypt"),
     ("sqlite3", "import sqlite3"),
-    ("mcp client", "import agent.observe.mcp_check"),
+    ("mcp client", "import agent.observe.mcp_probe"),
     # What the required dependency set costs before any agent code: the event loop, the HTTP server stack,
     # pydantic with one model built (its schema machinery loads with the first), PyYAML and psutil.
     (REQUIRED_STACK, "import asyncio, uvloop, starlette.applications, uvicorn, yaml, psutil, pydantic\n"
                      "class M(pydantic.BaseModel):\n    x: int = 0"),
-    ("agent.app (the daemon)", "import agent.app"),
-    ("agent.cli + agent.app (`agent run`)", "import agent.cli, agent.app"),
+    ("agent.daemon.app (the daemon)", "import agent.daemon.app"),
+    ("agent.cli.main + agent.daemon.app (`agent run`)", "import agent.cli.main, agent.daemon.app"),
 )
 _PROBE = """
 import sys, time

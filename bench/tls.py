@@ -53,7 +53,7 @@ def _web_configs(root: Path) -> dict[str, Path | None]:
     """The three web config files (None: plain), from one `agent tls init`."""
     certs = root / "certs"
     agent = Path(sys.executable).parent / "agent"
-    cli = [str(agent)] if agent.exists() else [sys.executable, "-m", "agent.cli"]
+    cli = [str(agent)] if agent.exists() else [sys.executable, "-m", "agent"]
     subprocess.run([*cli, "tls", "init", str(certs)], check=True, capture_output=True)
     full = yaml.safe_load((certs / "web-config.yml").read_text())
     tls_only = {"tls_server_config": full["tls_server_config"]}

@@ -73,7 +73,7 @@ async def never(predicate: Callable[[], Any], during: float, interval: float = 0
 
 def run_async(coro: Awaitable[Any]) -> Any:
     """Run a coroutine on uvloop (the agent's loop)."""
-    from agent.loop import loop_factory
+    from agent.daemon.eventloop import loop_factory
 
     async def main() -> Any:
         return await coro
@@ -165,7 +165,7 @@ class AgentProcess:
         env.pop("AUTONOMOUS_LOG_LEVEL", None)
         self.stderr = open(self.dir / "agent.stderr", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(self.config_path), *self.extra_args],
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config_path), *self.extra_args],
             cwd=self.dir, env=env, stdout=self.stderr, stderr=self.stderr, preexec_fn=preexec_fn,
         )
         if wait:
@@ -241,9 +241,9 @@ def running_agent(tmp: Path, config: dict[str, Any], *args: str) -> Iterator[Age
 def app_routes(config: Any) -> list[Any]:
     """The route table of the app `agent run` serves for this Config: the real parts are built in a
     loop (nothing started, no component spawned), the app is made, and the parts are closed again."""
-    from agent.app import Parts, serving_app
-    from agent.reexec import Trigger
-    from agent.reload import Reloader
+    from agent.daemon.app import Parts, serving_app
+    from agent.daemon.reexec import Trigger
+    from agent.daemon.reload import Reloader
 
     async def build() -> list[Any]:
         parts = Parts.build(config, None, asyncio.get_running_loop())

@@ -113,7 +113,7 @@ def test_scaled_stopped_and_open_circuit_survive_an_agent_restart(tmp_path: Path
     }
 
     def agent_cli(agent: AgentProcess, *args: str) -> None:
-        out = subprocess.run([sys.executable, "-m", "agent.cli", *args, "--config", str(agent.config_path)],
+        out = subprocess.run([sys.executable, "-m", "agent", *args, "--config", str(agent.config_path)],
                              capture_output=True, text=True, timeout=30, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
 
@@ -140,7 +140,7 @@ def test_corrupt_state_does_not_crash_the_agent(tmp_path: Path) -> None:
 
 
 def test_help_explains_the_verbs() -> None:
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-m", "agent", "--help"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0
     for verb in ("run", "check-config", "todo", "--once"):
         assert verb in out.stdout

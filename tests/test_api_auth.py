@@ -19,9 +19,9 @@ import pytest
 import yaml
 from starlette.routing import BaseRoute, Mount, Route
 
-from agent.act.credentials import Need
 from agent.config.loader import build_config
-from agent.websecurity import OWN_CREDENTIALS
+from agent.http.credentials import Need
+from agent.http.websecurity import OWN_CREDENTIALS
 from tests.helpers import AgentProcess, app_routes, running_agent, wait_for
 
 # Health, readiness and metrics answer anyone (documented in docs/operations.md); nothing else may.
@@ -99,7 +99,7 @@ def test_every_non_public_route_answers_401_without_or_with_wrong_credentials(
 
 
 def need_of(route: BaseRoute) -> Need | None:
-    """The credential a route's endpoint declares (agent/act/credentials.py `requires`, `public`)."""
+    """The credential a route's endpoint declares (agent/http/credentials.py `requires`, `public`)."""
     return getattr(getattr(route, "endpoint", None), "need", None)
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from agent.config.loader import ConfigError, build_config
-from agent.observe import todos
+from agent.todos import transactions as todos
 from tests.helpers import running_agent, wait_for
 from tests.metricsutil import Sample, parse, value
 
@@ -153,7 +153,7 @@ def test_once_textfile_output_bounds_capabilities_too(tmp_path: Path) -> None:
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(yaml.safe_dump({"components": {"w": {"command": ["x"], "capabilities": ["gpu"]}},
                                    "backlog": {"sources": [{"kind": "sqlite", "path": str(db)}]}}))
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "--once", "-c", str(cfg), "--format", "prometheus"],
+    out = subprocess.run([sys.executable, "-m", "agent", "--once", "-c", str(cfg), "--format", "prometheus"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     s = parse(out.stdout)
     assert value(s, "orchestrator_todo_backlog", status="pending", priority="critical", capability="gpu") == 1

@@ -143,7 +143,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
 def backtest(url: str, d0: float, tmp: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
     start = datetime.fromtimestamp(d0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     end = datetime.fromtimestamp(d0 + 2 * 24 * HOUR, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "backtest", "--prometheus", url, "--start", start,
+    done = subprocess.run([sys.executable, "-m", "agent", "backtest", "--prometheus", url, "--start", start,
                            "--end", end, "-c", str(tmp / "agent.yml"), "--json", *extra],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     return done.returncode, json.loads(done.stdout) if done.stdout.strip() else {}, done.stderr
@@ -278,11 +278,11 @@ def test_errors_name_the_problem_and_exit_with_the_documented_codes(prometheus: 
     bad.write_text("groups: [")
     code, doc, _ = backtest(url, d0, tmp, "--rules", str(bad))
     assert code == 2 and "cannot read it" in doc["error"]
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "backtest", "--prometheus", url, "--start", "yesterday"],
+    done = subprocess.run([sys.executable, "-m", "agent", "backtest", "--prometheus", url, "--start", "yesterday"],
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2 and "--start: not a time: 'yesterday'" in done.stderr
     # A relative time is a value, not an option, though it starts with "-".
-    done = subprocess.run([sys.executable, "-m", "agent.cli", "backtest", "--prometheus", url, "--start", "-1h30m",
+    done = subprocess.run([sys.executable, "-m", "agent", "backtest", "--prometheus", url, "--start", "-1h30m",
                            "--end", "-2h"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 2 and "must be after --start" in done.stderr
 

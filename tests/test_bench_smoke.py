@@ -108,7 +108,7 @@ def test_memory_bench_reports_imports_the_required_stack_and_both_supervisors(tm
     doc = json.loads(out.read_text())
     costs = {c["label"]: c for c in doc["imports"]}
     assert doc["bare"] > 0
-    stack, daemon = costs["the required stack, no agent code"], costs["agent.cli + agent.app (`agent run`)"]
+    stack, daemon = costs["the required stack, no agent code"], costs["agent.cli.main + agent.daemon.app (`agent run`)"]
     assert 0 < stack["rss"] < daemon["rss"], (stack, daemon)  # the agent's own code comes on top
     assert costs["httpx"]["over_daemon"] is not None and costs["uvloop"]["over_daemon"] is None
     rows = {r["kind"]: r for r in doc["resident"]}

@@ -19,7 +19,7 @@ SEED_JSON = ROOT / "tests" / "data" / "autonomous_config.json"
 
 def check(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "AGENT_CONFIG"}
-    return subprocess.run([sys.executable, "-m", "agent.cli", "check-config", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "agent", "check-config", *args], capture_output=True,
                           text=True, timeout=60, env=env, cwd=cwd)
 
 

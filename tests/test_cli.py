@@ -32,7 +32,7 @@ LONG = "web_server_with_a_name_longer_than_a_table_cell_allows"
 def cli(agent: AgentProcess | None, *args: str, cwd: Path | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
     """`agent ARGS -c <the agent's config>` as a subprocess, stdout and stderr captured (so: not a terminal)."""
     config = ["-c", str(agent.config_path)] if agent is not None else []
-    return subprocess.run([PY, "-m", "agent.cli", *args, *config], capture_output=True, text=True, timeout=60,
+    return subprocess.run([PY, "-m", "agent", *args, *config], capture_output=True, text=True, timeout=60,
                           cwd=cwd or (agent.dir if agent else None), **kw)
 
 
@@ -165,7 +165,7 @@ def into_closed_pipe(agent: AgentProcess, *args: str) -> subprocess.CompletedPro
     read, write = os.pipe()
     os.close(read)
     try:
-        proc = subprocess.run([PY, "-m", "agent.cli", *args, "-c", str(agent.config_path)], stdout=write,
+        proc = subprocess.run([PY, "-m", "agent", *args, "-c", str(agent.config_path)], stdout=write,
                               stderr=subprocess.PIPE, text=True, timeout=60, cwd=agent.dir)
     finally:
         os.close(write)
@@ -181,9 +181,9 @@ def test_no_traceback_into_a_closed_pipe(agent: AgentProcess, args: tuple[str, .
 
 
 def test_head_of_a_piped_status_in_a_shell(agent: AgentProcess) -> None:
-    command = (f"{shlex.quote(PY)} -m agent.cli status --json -c {shlex.quote(str(agent.config_path))} "
+    command = (f"{shlex.quote(PY)} -m agent status --json -c {shlex.quote(str(agent.config_path))} "
                "| head -c 10; echo; for i in 1 2 3; do "
-               f"{shlex.quote(PY)} -m agent.cli history --json --limit 10000 -c {shlex.quote(str(agent.config_path))}"
+               f"{shlex.quote(PY)} -m agent history --json --limit 10000 -c {shlex.quote(str(agent.config_path))}"
                " | head -c 1; done")
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, cwd=agent.dir)
     assert out.stdout.startswith("{\n  \"node\"")
@@ -241,7 +241,7 @@ def complete(tmp_path: Path, *words: str) -> list[str]:
     script = tmp_path / "agent-completion.bash"
     script.write_text(ok(cli(None, "completion", "bash")).stdout)
     program = tmp_path / "agent"  # the program the user typed: the script calls it back for names
-    program.write_text(f"#!/bin/sh\nexec {shlex.quote(PY)} -m agent.cli \"$@\"\n")
+    program.write_text(f"#!/bin/sh\nexec {shlex.quote(PY)} -m agent \"$@\"\n")
     program.chmod(0o755)
     line = " ".join(shlex.quote(w) for w in (str(program), *words))
     harness = (f"source {shlex.quote(str(script))}; COMP_WORDS=({line}); COMP_CWORD={len(words)}; "
@@ -295,7 +295,7 @@ def test_config_show_prints_the_effective_config_and_its_hash(agent: AgentProces
     assert yaml.safe_load(text) == doc["config"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("components: {x: {command: [true], replicas: {min: 5, max: 1}}}\n")
-    assert "invalid config" in ok(subprocess.run([PY, "-m", "agent.cli", "config", "show", "-c", str(bad)],
+    assert "invalid config" in ok(subprocess.run([PY, "-m", "agent", "config", "show", "-c", str(bad)],
                                                  capture_output=True, text=True, timeout=60), 2).stderr
 
 
@@ -303,7 +303,7 @@ def test_config_show_prints_the_effective_config_and_its_hash(agent: AgentProces
 
 
 def test_stop_and_start_lines_name_dependents_and_dependencies() -> None:
-    from agent.control_cli import _started, _stopped
+    from agent.cli.control import _started, _stopped
 
     # The agent's answers with the fields the API gives for dependents (issue 13, the runas part).
     assert _stopped({"component": "db", "stopped": True, "dependents_running": ["web", "api"]}) == (
@@ -354,7 +354,7 @@ def test_a_slow_restart_shows_progress_on_a_terminal_only(tmp_path: Path) -> Non
         wait_for(lambda: agent.status()["slow"]["pids"], 10, 0.02, "slow running")
         master, slave = pty.openpty()
         try:
-            proc = subprocess.Popen([PY, "-m", "agent.cli", "restart", "slow", "-c", str(agent.config_path)],
+            proc = subprocess.Popen([PY, "-m", "agent", "restart", "slow", "-c", str(agent.config_path)],
                                     stdout=subprocess.PIPE, stderr=slave, text=True, cwd=tmp_path)
             os.close(slave)
             terminal = read_pty(master, time.monotonic() + 30)
@@ -380,7 +380,7 @@ def run_on_a_terminal(tmp_path: Path, *extra: str) -> tuple[str, str]:
                                                     "log_dir": str(tmp_path / "logs")}, "components": {}}))
         master, slave = pty.openpty()
         try:
-            proc = subprocess.Popen([PY, "-m", "agent.cli", "run", "-c", str(config), *extra],
+            proc = subprocess.Popen([PY, "-m", "agent", "run", "-c", str(config), *extra],
                                     stdout=subprocess.DEVNULL, stderr=slave, cwd=tmp_path)
             os.close(slave)
             shown = read_pty(master, time.monotonic() + 30).decode(errors="replace")

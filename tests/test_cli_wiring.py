@@ -16,7 +16,7 @@ CONTROL_VERBS = ("status", "restart", "start", "stop", "scale", "autonomy", "eme
 
 
 def agent_help(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "--help"], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "agent", "--help"], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT)
 
 
@@ -39,7 +39,7 @@ def test_a_broken_http_client_fails_the_verb_that_sends_a_request_and_hides_no_v
     assert all(re.search(rf"^ {{4}}{verb}\b", out.stdout, re.MULTILINE) for verb in CONTROL_VERBS), out.stdout
     token = tmp_path / "control.token"
     token.write_text("t\n")
-    status = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--url", "http://127.0.0.1:9",
+    status = subprocess.run([sys.executable, "-m", "agent", "status", "--url", "http://127.0.0.1:9",
                              "--token-file", str(token)], capture_output=True, text=True, timeout=60, env=env,
                             cwd=ROOT)
     assert status.returncode != 0, status.stdout
@@ -58,7 +58,7 @@ def test_a_control_verb_reads_the_config_it_is_given(tmp_path: Path) -> None:
     config = tmp_path / "agent.yaml"
     config.write_text(f"agent: {{listen: 127.0.0.1:9, state_dir: {tmp_path / 'state'}}}\n")
     env = dict(os.environ, AGENT_CONFIG=str(config))
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "status"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "agent", "status"], capture_output=True, text=True,
                          timeout=60, env=env, cwd=tmp_path)
     assert out.returncode != 0
     assert f"cannot read the control token {tmp_path / 'state' / 'control.token'}" in out.stderr, out.stderr

@@ -255,8 +255,8 @@ def test_cooldowns_of_components_removed_while_the_agent_was_down_are_forgotten_
     until the first reload: one added again under the name was held by the old cooldown."""
     import asyncio
 
-    from agent.app import Parts
     from agent.config.models import Config
+    from agent.daemon.app import Parts
 
     state = tmp_path / "state"
     state.mkdir(mode=0o700)

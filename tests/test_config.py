@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from agent.cli.main import main
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, build_config, load_config
 from agent.config.models import Autonomy
 from agent.config.units import parse_duration, parse_size
@@ -175,11 +175,11 @@ def test_check_config_console_script(tmp_path: Path) -> None:
     """The real command line: exit 2 and the path on stderr; exit 0 on the default config."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("components:\n  a: {command: [x], depends_on: [ghost]}\n")
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "agent", "check-config", str(bad)],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "components.a.depends_on: unknown component 'ghost'" in proc.stderr
-    ok = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(DEFAULT_CONFIG)],
+    ok = subprocess.run([sys.executable, "-m", "agent", "check-config", str(DEFAULT_CONFIG)],
                         capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
     assert "start order: mcp_server" in ok.stdout
@@ -188,7 +188,7 @@ def test_check_config_console_script(tmp_path: Path) -> None:
 def test_run_with_invalid_config_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("components: [1, 2]\n")
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "run", "--config", str(bad)],
+    proc = subprocess.run([sys.executable, "-m", "agent", "run", "--config", str(bad)],
                           capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert proc.returncode == 2
     assert "components" in proc.stderr

@@ -120,7 +120,7 @@ def test_a_relative_command_with_a_slash_is_found_in_its_cwd(tmp_path: Path) -> 
 def _cli(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in ("AGENT_CONFIG", "TODO_DB", "AGENT_URL")}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=cwd, env=full, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "agent", *args], cwd=cwd, env=full, capture_output=True,
                           text=True, timeout=60)
 
 

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from agent.connections import MAX_HEAD_BYTES, ConnectionGuard, GuardedHttpToolsProtocol
+from agent.http.connections import MAX_HEAD_BYTES, ConnectionGuard, GuardedHttpToolsProtocol
 from tests.helpers import AgentProcess, run_async, until, wait_for
 from tests.metricsutil import parse, value
 
@@ -47,7 +47,7 @@ def app(release: asyncio.Event) -> Starlette:
 
 @contextlib.asynccontextmanager
 async def serving(guard: ConnectionGuard, release: asyncio.Event) -> AsyncIterator[int]:
-    """uvicorn on a free loopback port with the guarded protocol, as agent/server.py drives it."""
+    """uvicorn on a free loopback port with the guarded protocol, as agent/http/server.py drives it."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)

@@ -85,7 +85,7 @@ def test_stop_start_and_agent_sigterm_end_every_daemon(tmp_path: Path, containme
         assert doc["containment"]["mechanism"] == containment
         metrics = httpx.get(agent.url + "/metrics").text
         assert f'orchestrator_containment_info{{mechanism="{containment}"}} 1.0' in metrics
-        out = subprocess.run([sys.executable, "-m", "agent.cli", "status", "--config", str(agent.config_path)],
+        out = subprocess.run([sys.executable, "-m", "agent", "status", "--config", str(agent.config_path)],
                              capture_output=True, text=True, timeout=30, cwd=tmp_path)
         assert f"containment: {containment}" in out.stdout, out.stdout + out.stderr
         assert agent.stop(signal.SIGTERM) == 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.act.memory import AuditEntry, History
+from agent.act.history import AuditEntry, History
 from tests.diskutil import small_disk
 from tests.helpers import AgentProcess, lines, wait_for
 from tests.metricsutil import scrape, value

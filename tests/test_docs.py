@@ -22,14 +22,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
-from agent.app import EXIT_CONFIG, EXIT_OWNED
-from agent.cli import build_parser
+from agent.cli.main import build_parser
 from agent.config.models import AgentSettings, Autonomy, Config
+from agent.daemon.app import EXIT_CONFIG, EXIT_OWNED
 from agent.export.metrics import ACTIONS, RESULTS, WEBHOOK_CODES
 from agent.observe.probes import PROBE_ERRORS
-from agent.observe.todorow import PRIORITY_ALIASES, STATUS_ALIASES
-from agent.observe.todos import PRIORITIES, STATUSES
 from agent.supervise.replica import REASONS, ComponentState
+from agent.todos.row import PRIORITY_ALIASES, STATUS_ALIASES
+from agent.todos.transactions import PRIORITIES, STATUSES
 from tests.helpers import app_routes, running_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
         scraped = wait_for(lambda: (n := _exposed(httpx.get(agent.url + "/metrics", timeout=5).text))
                            and {"orchestrator_host_load1", "orchestrator_todo_source_up"} <= n.keys() and n,
                            10, 0.05, "host and backlog families on /metrics")
-    once = subprocess.run([sys.executable, "-m", "agent.cli", "--once", "--format", "prometheus",
+    once = subprocess.run([sys.executable, "-m", "agent", "--once", "--format", "prometheus",
                            "--config", str(agent.config_path)], cwd=tmp, capture_output=True, text=True, timeout=60)
     assert once.stdout.strip(), once.stderr
     yield set(scraped) | set(_exposed(once.stdout))

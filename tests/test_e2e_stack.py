@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from agent.observe import todos
+from agent.todos import transactions as todos
 from tests.helpers import http_ok, wait_for
 from tests.metricsutil import scrape, value
 from tests.stack import Stack, start_stack

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from agent.demo.mcp_check import MCPCheckError, mcp_ping
-from agent.observe import todos
+from agent.todos import transactions as todos
 from tests.helpers import ROOT, free_port, http_ok, pid_alive, wait_for
 
 

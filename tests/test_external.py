@@ -185,7 +185,7 @@ def test_an_external_dependency_gates_its_dependents_and_its_health_is_exported(
 def test_check_and_status_name_external_components_from_the_cli(tmp_path: Path) -> None:
     conf = tmp_path / "agent.yaml"
     conf.write_text(yaml.safe_dump({"components": {"db": {"probe": {"tcp": {"port": 1}}}}}))
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(conf)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "agent", "check-config", str(conf)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "external (probed and exported, never started by the agent): db" in out.stdout
 

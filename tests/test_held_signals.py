@@ -14,7 +14,7 @@ from pathlib import Path
 
 SCRIPT = textwrap.dedent('''
     import asyncio, json, os, select, signal, sys, threading
-    from agent.held_signals import ENV_SIGNAL_FD, HeldSignals, SignalHold
+    from agent.daemon.signals import ENV_SIGNAL_FD, HeldSignals, SignalHold
 
     if sys.argv[1] == "new-image":
         held = HeldSignals.take()

@@ -1,7 +1,8 @@
-"""The import graph of agent/ has no cycle outside `if TYPE_CHECKING:` blocks.
+"""The import graph of agent/ has no cycle, and every import points down the layers.
 
-Read from the source with `ast` (every `import agent...` / `from agent... import`, at module level or
-inside a function, except under TYPE_CHECKING), so a cycle hidden in a deferred import counts too.
+Read from the source with `ast`: every `import agent...` / `from agent... import`, at module level, inside
+a function or under `if TYPE_CHECKING:`, so a cycle hidden in a deferred or a typing-only import counts
+too. Where a lower layer needs a type from a higher one, the lower layer owns a small protocol.
 """
 
 from __future__ import annotations
@@ -20,21 +21,11 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def runtime_imports(path: Path, modules: set[str]) -> set[str]:
-    """The agent modules `path` imports when it runs (TYPE_CHECKING blocks left out)."""
+def imports(path: Path, modules: set[str]) -> set[str]:
+    """The agent modules `path` imports, wherever the import stands (TYPE_CHECKING blocks included)."""
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name in modules)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -52,7 +43,7 @@ def graph() -> dict[str, set[str]]:
     paths = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(p) for p in paths}
     # A package's __init__ runs before any of its modules: importing agent.x.y depends on agent.x.
-    return {module_name(p): runtime_imports(p, modules) for p in paths}
+    return {module_name(p): imports(p, modules) for p in paths}
 
 
 def test_the_import_graph_has_no_cycle() -> None:
@@ -62,7 +53,7 @@ def test_the_import_graph_has_no_cycle() -> None:
     try:
         sorter.prepare()
     except graphlib.CycleError as exc:
-        raise AssertionError(f"import cycle outside TYPE_CHECKING: {' -> '.join(exc.args[1])}") from None
+        raise AssertionError(f"import cycle: {' -> '.join(exc.args[1])}") from None
 
 
 def test_the_checker_sees_a_cycle(tmp_path: Path) -> None:
@@ -71,28 +62,54 @@ def test_the_checker_sees_a_cycle(tmp_path: Path) -> None:
     (tmp_path / "b.py").write_text("def f():\n    from agent import a\n")
     (tmp_path / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from agent import a\n")
     modules = {"agent.a", "agent.b", "agent.c"}
-    assert runtime_imports(tmp_path / "a.py", modules) == {"agent.b"}
-    assert runtime_imports(tmp_path / "b.py", modules) == {"agent.a"}
-    assert runtime_imports(tmp_path / "c.py", modules) == set()
+    assert imports(tmp_path / "a.py", modules) == {"agent.b"}
+    assert imports(tmp_path / "b.py", modules) == {"agent.a"}
+    assert imports(tmp_path / "c.py", modules) == {"agent.a"}
 
 
-# The tree shows the jobs (DESIGN.md): each package may use only what is below it. observe and act are
-# peers and never use each other; export reads from both; app, server, cli and the connection guard sit
-# on top. `agent` (the version) and `agent.loop` (uvloop or asyncio) are a foundation anyone may use.
-RANK = {"foundation": 0, "config": 1, "supervise": 2, "observe": 3, "act": 3, "export": 4, "demo": 5, "top": 6}
+# The tree shows the jobs (README.md "Layout", DESIGN.md): each folder may use only what ranks below it, and
+# folders of one rank are peers that never use each other (supervise and todos; observe and act; export,
+# backtest and demo). `agent` (the version) is the foundation; `agent.__main__` is the CLI's.
+RANK = {"foundation": 0, "config": 1, "supervise": 2, "todos": 2, "observe": 3, "act": 3,
+        "export": 4, "backtest": 4, "demo": 4, "http": 5, "daemon": 6, "cli": 7}
+LOOSE = {"agent": "foundation", "agent.__main__": "cli"}
 
 
 def group(module: str) -> str:
-    parts = module.split(".")
-    if module in ("agent", "agent.loop"):
-        return "foundation"
-    return parts[1] if len(parts) >= 2 and parts[1] in RANK else "top"
+    if module in LOOSE:
+        return LOOSE[module]
+    folder = module.split(".")[1]
+    assert folder in RANK, f"{module} is in no ranked folder: give it one (RANK) or move it"
+    return folder
+
+
+def wrong_way(deps: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} ({group(module)}) imports {dep} ({group(dep)})"
+        for module, found in deps.items() for dep in found
+        if group(dep) != group(module) and RANK[group(dep)] >= RANK[group(module)]
+    )
 
 
 def test_every_import_points_down_the_layers() -> None:
-    wrong = sorted(
-        f"{module} ({group(module)}) imports {dep} ({group(dep)})"
-        for module, deps in graph().items() for dep in deps
-        if group(dep) != group(module) and (RANK[group(dep)] >= RANK[group(module)])
-    )
+    wrong = wrong_way(graph())
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+
+
+def test_the_checker_sees_an_upward_import() -> None:
+    # A planted upward import fails the check, a typing-only one too; a peer's import is upward as well.
+    deps = {"agent.supervise.x": {"agent.http.y"}, "agent.observe.z": {"agent.act.w"},
+            "agent.http.y": set(), "agent.act.w": {"agent.config.v"}, "agent.config.v": set()}
+    assert wrong_way(deps) == ["agent.observe.z (observe) imports agent.act.w (act)",
+                               "agent.supervise.x (supervise) imports agent.http.y (http)"]
+
+
+def test_few_modules_sit_loose() -> None:
+    loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert len(loose) <= 3, f"modules loose in agent/ (at most 3; each belongs to a folder by its job): {loose}"
+
+
+def test_no_module_is_over_450_lines() -> None:
+    long = sorted(f"{p.relative_to(ROOT)}: {n}" for p in PACKAGE.rglob("*.py")
+                  if (n := len(p.read_text().splitlines())) > 450)
+    assert not long, "modules over 450 lines (split by job):\n" + "\n".join(long)

@@ -93,7 +93,7 @@ def test_the_first_http_probe_imports_httpx_also_when_a_reload_adds_it(tmp_path:
                                                "probe": {"http": {"url": f"{agent.url}/-/healthy"}, "interval": 0.1}}
         agent.config_path.write_text(yaml.safe_dump(config))
         # A control verb: the command line imports httpx only when it sends its request.
-        done = subprocess.run([sys.executable, "-m", "agent.cli", "reload", "-c", str(agent.config_path)],
+        done = subprocess.run([sys.executable, "-m", "agent", "reload", "-c", str(agent.config_path)],
                               capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert done.returncode == 0, done.stdout + done.stderr
         wait_for(lambda: healthy(agent, "http_probed"), 10, 0.02, "the http probe added by the reload to pass")
@@ -123,7 +123,7 @@ def test_an_agent_started_with_an_http_probe_imports_httpx(tmp_path: Path, liste
 def test_the_command_line_loads_no_http_client_until_a_verb_sends_a_request() -> None:
     """`agent run` builds the whole command line (every verb's parser) before the daemon starts: that
     loads neither an HTTP client nor the backtest's replay."""
-    code = ("import sys, agent.cli, agent.app; agent.cli.build_parser(); "
+    code = ("import sys, agent.cli.main, agent.daemon.app; agent.cli.main.build_parser(); "
             f"print([name for name in {HEAVY + VERBS!r} if name in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"

@@ -1,4 +1,4 @@
-"""agent/loop.py settle_malloc: glibc's mmap threshold stays at 128 KiB after a large block is freed, so a
+"""agent/daemon/eventloop.py settle_malloc: glibc's mmap threshold stays at 128 KiB after a large block is freed, so a
 scrape's large transient buffers are mapped and unmapped instead of pinning the heap (issue 20, Memory)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 PROBE = r"""
 import ctypes, json, sys
-from agent.loop import settle_malloc
+from agent.daemon.eventloop import settle_malloc
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]

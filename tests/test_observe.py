@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.cli import main as cli
+from agent.cli.main import main as cli
 from tests.helpers import free_port, http_ok, running_agent, wait_for
 from tests.metricsutil import parse, scrape, value
 
@@ -177,7 +177,7 @@ def test_todo_counts_are_exact_and_a_broken_json_source_is_down(tmp_path: Path) 
         key = (p, {"": "any", "gpu": "_other"}.get(c, c))  # no component serves gpu
         expected[key] = expected.get(key, 0) + 1
     # The real console script works too.
-    out = subprocess.run([PY, "-m", "agent.cli", "todo", "--db", str(db), "--json", "list", "--status", "pending"],
+    out = subprocess.run([PY, "-m", "agent", "todo", "--db", str(db), "--json", "list", "--status", "pending"],
                          capture_output=True, text=True, timeout=30)
     assert len(json.loads(out.stdout)) == 100
     cfg = {"components": {"w": {"command": ["sleep", "100"], "capabilities": ["todo_processing", "analysis"]}},

@@ -50,7 +50,7 @@ def service(tmp_path: Path) -> Iterator[int]:
 def once(tmp_path: Path, cfg: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return subprocess.run([sys.executable, "-m", "agent.cli", "--once", "--config", str(path), *args],
+    return subprocess.run([sys.executable, "-m", "agent", "--once", "--config", str(path), *args],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
 
@@ -61,7 +61,7 @@ def probe(port: int, essential: bool) -> dict[str, Any]:
 
 def test_ok(tmp_path: Path, service: int) -> None:
     db = tmp_path / "t.db"
-    from agent.observe import todos
+    from agent.todos import transactions as todos
     todos.add(db, "a", "high", ["x"])
     out = once(tmp_path, {"components": {"web": probe(service, True)},
                           "backlog": {"sources": [{"kind": "sqlite", "path": str(db)}]}}, "--json")
@@ -114,7 +114,7 @@ def test_textfile_families_have_the_help_and_type_of_the_live_metrics(tmp_path: 
     """A series means the same in both outputs, so its HELP and TYPE must be the same too."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from agent.observe import todos
+    from agent.todos import transactions as todos
 
     db = tmp_path / "t.db"
     todos.add(db, "a", "high", ["x"])
@@ -131,7 +131,7 @@ def test_textfile_families_have_the_help_and_type_of_the_live_metrics(tmp_path: 
 
         live = {f.name: (f.documentation, f.type)
                 for f in text_string_to_metric_families(httpx.get(agent.url + "/metrics", timeout=5).text)}
-        out = subprocess.run([sys.executable, "-m", "agent.cli", "--once", "--config", str(agent.config_path),
+        out = subprocess.run([sys.executable, "-m", "agent", "--once", "--config", str(agent.config_path),
                               "--format", "prometheus"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     textfile = {f.name: (f.documentation, f.type) for f in text_string_to_metric_families(out.stdout)}

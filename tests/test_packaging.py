@@ -78,7 +78,7 @@ def test_installed_demo_components_and_default_paths_use_the_working_dir(
 
 def test_installed_agent_ships_the_status_page(installed: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     venv, env = installed
-    code = ("import agent; from agent.statuspage import ASSETS, asset; print(agent.__file__); "
+    code = ("import agent; from agent.http.statuspage import ASSETS, asset; print(agent.__file__); "
             "print(all('<' in asset(n) or '{' in asset(n) for n in ('index.html', *ASSETS)))")
     out = _run([str(venv / "bin" / "python"), "-c", code], tmp_path, env)
     assert out.returncode == 0, out.stdout + out.stderr

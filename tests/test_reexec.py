@@ -54,7 +54,7 @@ def bit(sig: int) -> int:
 
 
 def agent_cli(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args, "-c", str(agent.config_path)],
+    return subprocess.run([sys.executable, "-m", "agent", *args, "-c", str(agent.config_path)],
                           capture_output=True, text=True, timeout=120, cwd=agent.dir)
 
 

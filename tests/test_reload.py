@@ -52,7 +52,7 @@ def write(agent: AgentProcess, config: dict[str, Any]) -> None:
 
 
 def cli(agent: AgentProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args, "-c", str(agent.config_path)],
+    return subprocess.run([sys.executable, "-m", "agent", *args, "-c", str(agent.config_path)],
                           cwd=agent.dir, capture_output=True, text=True, timeout=120)
 
 
@@ -198,7 +198,7 @@ def test_listen_change_is_refused_and_points_to_reexec(tmp_path: Path) -> None:
         moved = base_config()
         moved["agent"]["listen"] = "127.0.0.1:1"
         write(agent, moved)
-        out = subprocess.run([sys.executable, "-m", "agent.cli", "reload", "--url", agent.url, "--token-file",
+        out = subprocess.run([sys.executable, "-m", "agent", "reload", "--url", agent.url, "--token-file",
                               str(agent.state_dir / "control.token")], capture_output=True, text=True, timeout=60)
         assert out.returncode == 1, out.stdout + out.stderr
         assert "agent.listen changed" in out.stderr and "agent reexec" in out.stderr

@@ -97,7 +97,7 @@ def test_bad_memory_files_are_set_aside_and_the_agent_starts(tmp_path: Path) -> 
 
 
 def test_the_history_file_stays_bounded_and_reads_back_the_newest(tmp_path: Path) -> None:
-    from agent.act.memory import AuditEntry, History
+    from agent.act.history import AuditEntry, History
 
     path = tmp_path / "history.jsonl"
 

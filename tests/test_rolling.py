@@ -145,7 +145,7 @@ def test_a_successor_that_never_gets_ready_halts_the_roll(tmp_path: Path) -> Non
         assert value(scrape(agent.url), "orchestrator_rollout_halted_total", component="web") is None  # until a halt
         before = pids(agent, "web")
         bad.write_text("new replicas come up listening nowhere")
-        out = subprocess.run([PY, "-m", "agent.cli", "restart", "web", "--json", "--config", str(agent.config_path)],
+        out = subprocess.run([PY, "-m", "agent", "restart", "web", "--json", "--config", str(agent.config_path)],
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert out.returncode == 1, out.stdout + out.stderr
         answer = json.loads(out.stdout)
@@ -190,7 +190,7 @@ def test_all_at_once_and_single_replica_restarts_keep_their_behaviour(tmp_path: 
 
         wait_for(lambda: all_ready(agent, "w"), 10, 0.02, "three ready replicas")
         mark = len(agent.log_text())
-        out = subprocess.run([PY, "-m", "agent.cli", "restart", "w", "--all-at-once", "--json",
+        out = subprocess.run([PY, "-m", "agent", "restart", "w", "--all-at-once", "--json",
                               "--config", str(agent.config_path)],
                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert out.returncode == 0, out.stdout + out.stderr

@@ -89,7 +89,7 @@ def test_an_unknown_user_or_group_and_a_bad_umask_are_config_errors(tmp_path: Pa
                    "  d: {command: [sleep, '1'], umask: '0888'}\n"
                    "  e: {command: [sleep, '1'], stderr: 7}\n"
                    "  f: {command: [sleep, '1'], restart: {success_exit_codes: [256]}}\n")
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(bad)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "agent", "check-config", str(bad)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2, out.stdout + out.stderr
     text = out.stdout + out.stderr

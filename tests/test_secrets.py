@@ -151,7 +151,7 @@ def test_log_group_lets_one_group_read_the_logs_and_nothing_else(tmp_path: Path)
 
 def test_an_unknown_log_group_is_a_config_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "agent.yaml").write_text(yaml.safe_dump({"agent": {"log_group": "no-such-group-x"}}))
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(tmp_path / "agent.yaml"), "check-config"],
+    out = subprocess.run([sys.executable, "-m", "agent", "-c", str(tmp_path / "agent.yaml"), "check-config"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "agent.log_group" in out.stderr and "no-such-group-x" in out.stderr, out.stderr
 
@@ -162,7 +162,7 @@ def test_the_full_status_page_link_goes_only_to_a_terminal(tmp_path: Path) -> No
     agent.state_dir.mkdir(mode=0o700)
     _secret(agent.state_dir / "control.token", token)
     primary, secondary = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(agent.config_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(agent.config_path)],
                             cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary)
     os.close(secondary)
     seen = b""
@@ -207,7 +207,7 @@ def test_a_start_on_a_full_state_dir_exits_3_and_the_next_one_succeeds(tmp_path:
 
 
 def check_config(config: Path) -> tuple[int, dict[str, Any]]:
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(config), "check-config", "--json"],
+    out = subprocess.run([sys.executable, "-m", "agent", "-c", str(config), "check-config", "--json"],
                          capture_output=True, text=True, timeout=60)
     return out.returncode, json.loads(out.stdout)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agent.act.sessions import MAX_SESSIONS, Sessions, cookie_value, host_allowed, host_name
 from agent.config.models import StatusPageSettings
-from agent.statuspage import page_url
+from agent.http.sessions import MAX_SESSIONS, Sessions, cookie_value, host_allowed, host_name
+from agent.http.statuspage import page_url
 
 
 class Clock:

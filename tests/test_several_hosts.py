@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from agent.observe.store import open_store
+from agent.todos.store import open_store
 from tests.helpers import AgentProcess, end_processes, free_port, wait_for
 from tests.metricsutil import parse, value
 from tests.stack import THRESHOLDS, alertmanager_config, prometheus_config
@@ -151,7 +151,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterato
     am_bin = require_binary("prometheus-alertmanager", "alertmanager")
     tmp = tmp_path_factory.mktemp("hosts")
     tls = tmp / "tls"
-    made = subprocess.run([sys.executable, "-m", "agent.cli", "tls", "init", str(tls), "--host", "localhost",
+    made = subprocess.run([sys.executable, "-m", "agent", "tls", "init", str(tls), "--host", "localhost",
                            "--host", "127.0.0.1"], capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     password = (tls / "metrics.password").read_text().strip()
@@ -187,7 +187,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterato
     (tmp / "nodes.yaml").write_text(yaml.safe_dump(nodes))
     deploy = tmp / "deploy"
     generated = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "stack", "generate", "--nodes", str(tmp / "nodes.yaml"), "--out",
+        [sys.executable, "-m", "agent", "stack", "generate", "--nodes", str(tmp / "nodes.yaml"), "--out",
          str(deploy), "--prometheus-config", str(base / "prometheus.yml"), "--alertmanager-config",
          str(base / "alertmanager.yml")], capture_output=True, text=True, timeout=60)
     assert generated.returncode == 0, generated.stderr

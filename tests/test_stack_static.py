@@ -14,8 +14,8 @@ import jsonschema
 import pytest
 import yaml
 
+from agent.cli.stack_nodes import NODE_ORDER
 from agent.config.loader import load_config
-from agent.stack_nodes import NODE_ORDER
 from scripts.stack_source import DEFAULT_RUNBOOK_URL_PATTERN
 from tests.stackbin import require_binary
 

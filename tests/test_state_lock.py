@@ -19,7 +19,7 @@ import httpx
 import psutil
 import yaml
 
-from agent.app import EXIT_OWNED
+from agent.daemon.app import EXIT_OWNED
 from agent.supervise.statelock import LOCK_FILE
 from tests.helpers import AgentProcess, pid_alive, start_time, wait_for
 
@@ -106,7 +106,7 @@ def test_a_second_agent_on_the_same_state_dir_is_refused_and_starts_nothing(tmp_
         assert first.healthy()
 
         # The same config file again (the same listen address too): the state dir is checked first.
-        again = subprocess.run([sys.executable, "-m", "agent.cli", "run", "-c", str(first.config_path)],
+        again = subprocess.run([sys.executable, "-m", "agent", "run", "-c", str(first.config_path)],
                                capture_output=True, text=True, timeout=60, cwd=tmp_path / "a")
         assert again.returncode == EXIT_OWNED, again.stderr
         assert f"(pid {first.proc.pid} holds" in again.stderr
@@ -259,7 +259,7 @@ def test_check_config_and_once_do_not_take_the_lock(tmp_path: Path) -> None:
     fd = os.open(state / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        cli = [sys.executable, "-m", "agent.cli"]
+        cli = [sys.executable, "-m", "agent"]
         check = subprocess.run([*cli, "-c", str(config), "check-config"], capture_output=True, text=True, timeout=60)
         assert check.returncode == 0, check.stdout + check.stderr
         once = subprocess.run([*cli, "-c", str(config), "--once", "--json"], capture_output=True, text=True,

@@ -230,7 +230,7 @@ def test_an_open_page_keeps_resource_sampling_on(browser: Any, tmp_path: Any) ->
 
 def page_url_of(agent: AgentProcess) -> str:
     """What `agent status --page-url` prints for this agent."""
-    argv = [sys.executable, "-m", "agent.cli", "status", "--page-url", "--config", str(agent.config_path)]
+    argv = [sys.executable, "-m", "agent", "status", "--page-url", "--config", str(agent.config_path)]
     return subprocess.run(argv, cwd=agent.dir, capture_output=True, text=True, timeout=30, check=True).stdout.strip()
 
 

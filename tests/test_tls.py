@@ -17,8 +17,8 @@ import httpx
 import pytest
 import yaml
 
+from agent.cli.tls_init import hash_password, init
 from agent.config.webconfig import WebConfigError, load_web_config
-from agent.tls_init import hash_password, init
 from tests.helpers import AgentProcess, free_port, wait_for
 
 # exporter-toolkit's documentation example (docs/web-config.yml), byte for byte apart from this comment.
@@ -40,7 +40,7 @@ PASSWORD = "correct horse battery staple"
 
 
 def agent_cli(*args: str, cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, cwd=cwd,
                           input=stdin, timeout=60)
 
 
@@ -156,7 +156,7 @@ def test_tls_with_basic_auth_guards_metrics_and_health_but_not_the_token_routes(
         assert httpx.get(agent.url + "/-/ready", verify=agent.verify).status_code == 200  # excluded
         # The control API keeps its bearer token (no basic auth asked), now over TLS.
         assert agent.api("GET", "/api/v1/status")["components"][0]["component"] == "a"
-        # So does the webhook, served past Starlette's router (agent/server.py, DirectRoutes): still behind the
+        # So does the webhook, served past Starlette's router (agent/http/server.py, DirectRoutes): still behind the
         # web config's gate, which adds its headers, and still asking for its own token.
         token = (agent.state_dir / "webhook.token").read_text().strip()
         hook = httpx.post(agent.url + "/webhook/alertmanager", verify=agent.verify, content=b"{}",

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from agent.tls_init import init
+from agent.cli.tls_init import init
 from scripts.gen_stack import write_fast_rules
 from tests.helpers import AgentProcess, free_port, wait_for
 from tests.stack import THRESHOLDS, alertmanager_config, prometheus_config

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.observe.store import Todo, open_store
+from agent.todos.store import Todo, open_store
 from tests.helpers import AgentProcess, running_agent, wait_for
 from tests.metricsutil import scrape
 
@@ -125,7 +125,7 @@ def test_a_sigkilled_workers_todo_returns_after_its_lease_and_its_late_completio
             assert row.status == "done" and row.claimed_by == "heir"
 
         # The dead worker's completion, arriving late with its old token, is rejected and counted.
-        late = subprocess.run([sys.executable, "-m", "agent.cli", "todo", "done", str(todo_id), "--token",
+        late = subprocess.run([sys.executable, "-m", "agent", "todo", "done", str(todo_id), "--token",
                                held.claim_token], env=dict(os.environ, TODO_DB=todo_db), capture_output=True,
                               text=True, timeout=60, cwd=tmp_path)
         assert late.returncode == 1 and "completion rejected" in late.stderr

@@ -15,7 +15,7 @@ import pytest
 from agent.config.dsn import dsn_problem
 from agent.observe import backlog
 from agent.observe.httpclient import HttpClient
-from agent.observe.store import Finish, StoreError, open_store
+from agent.todos.store import Finish, StoreError, open_store
 from tests.helpers import wait_for
 
 
@@ -141,19 +141,19 @@ def test_a_dsn_with_a_password_is_refused_everywhere_without_showing_it(tmp_path
         with pytest.raises(StoreError) as err:
             open_store(dsn)
         assert "s3cret" not in str(err.value) and "***" in str(err.value)
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "todo", "--db", "postgresql://u:s3cret@h/d", "list"],
+    out = subprocess.run([sys.executable, "-m", "agent", "todo", "--db", "postgresql://u:s3cret@h/d", "list"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 2 and "must not carry a password" in out.stderr and "s3cret" not in out.stderr
     config = tmp_path / "agent.yaml"
     config.write_text("backlog: {sources: [{kind: postgres, dsn: 'postgresql://u:s3cret@h/d'}]}\n")
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "check-config", str(config)],
+    out = subprocess.run([sys.executable, "-m", "agent", "check-config", str(config)],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 2 and "backlog.sources.0.dsn: must not carry a password" in out.stdout + out.stderr
     assert "s3cret" not in out.stdout + out.stderr
 
 
 def agent_todo(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "todo", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "agent", "todo", *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd, env=env)
 
 

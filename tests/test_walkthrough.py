@@ -125,7 +125,7 @@ def test_see_it_heal_walkthrough(tmp_path: Path) -> None:
     bin_dir = tmp_path / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     shim = bin_dir / "agent"
-    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m agent.cli "$@"\n')
+    shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m agent "$@"\n')
     shim.chmod(0o755)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
@@ -135,7 +135,7 @@ def test_see_it_heal_walkthrough(tmp_path: Path) -> None:
     argv = shlex.split(steps[0].command.split("#")[0])
     configs = [str(ROOT / a) if prev == "-c" else a for prev, a in zip(["", *argv[:-1]], argv, strict=True)]
     log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - closed below
-    agent = subprocess.Popen([sys.executable, "-m", "agent.cli", *configs[1:], "-c", str(layer)], cwd=tmp_path,
+    agent = subprocess.Popen([sys.executable, "-m", "agent", *configs[1:], "-c", str(layer)], cwd=tmp_path,
                              env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def agent_log() -> str:

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from agent.act.api import parse_json, parse_payload
-from agent.act.memory import AuditEntry, History
+from agent.act.history import AuditEntry, History
 from agent.act.remediation import WebhookPayload
 from agent.export.tracing import Tracing
+from agent.http.api import parse_json, parse_payload
 from tests.helpers import wait_for
 from tests.webhookutil import alert, payload
 
@@ -136,7 +136,7 @@ def test_a_dedupe_key_is_the_json_array_of_its_parts(parts: tuple[str, ...]) -> 
 def test_the_webhook_answers_the_bytes_starlette_would(content: dict[str, Any]) -> None:
     from starlette.responses import JSONResponse
 
-    from agent.act.api import Json
+    from agent.http.api import Json
 
     assert Json(content).body == JSONResponse(content).body
     for code, headers in [(200, None), (422, None), (401, {"WWW-Authenticate": 'Bearer realm="agent"'}),
@@ -214,7 +214,7 @@ def test_a_direct_route_is_served_past_the_router_and_the_router_keeps_the_rest(
     from starlette.testclient import TestClient
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from agent.server import build_app
+    from agent.http.server import build_app
 
     seen: list[Scope] = []
 
@@ -256,10 +256,10 @@ def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process(tmp_pa
 
     from starlette.testclient import TestClient
 
-    from agent.act.api import WebhookEndpoint
-    from agent.act.credentials import Auth
     from agent.act.modes import Modes
     from agent.config.models import AgentSettings, Autonomy
+    from agent.http.api import WebhookEndpoint
+    from agent.http.credentials import Auth
     from agent.supervise.state import StateStore
 
     counted: Counter[str] = Counter()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.act.dedupe import DedupeStore, dedupe_key
-from agent.act.memory import HISTORY_FILE, AuditEntry, History, Stamps
+from agent.act.history import HISTORY_FILE, AuditEntry, History, Stamps
 from agent.config.models import ACTIONS, Autonomy, Config
 from agent.supervise import policy
 from agent.supervise.logs import log_direct
@@ -295,7 +295,7 @@ class Remediator:
         self.dedupe = dedupe
         self.events = events
         self.tracing = tracing
-        # Both survive an agent restart (agent/act/memory.py): a scale-down stays held within the
+        # Both survive an agent restart (agent/act/history.py): a scale-down stays held within the
         # stabilisation window of a scale-up before the restart, and `agent history` shows what happened.
         state_dir = config.agent.state_dir
         self.history = History(state_dir / HISTORY_FILE, history)

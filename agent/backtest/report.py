@@ -13,7 +13,7 @@ import yaml
 
 from agent.backtest.rules import BacktestError, Prometheus, parse_duration
 from agent.backtest.run import SHIPPED, Outcome, Policy, initial_replicas, iso, load_policy, parse_time, run_policy
-from agent.cli_output import print_json, print_table
+from agent.cli.output import print_json, print_table
 from agent.config.loader import ConfigError, config_paths, load_config
 from agent.config.models import Config
 from agent.config.yamlfile import load_yaml

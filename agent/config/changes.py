@@ -1,7 +1,7 @@
 """What a config reload changes: a pure diff of two configs into a per-component plan.
 
 The plan is data (printed by `agent reload --dry-run`, returned by `POST /-/reload`, logged): the
-supervisor and the other parts apply it (agent/reload.py). Kinds of component change:
+supervisor and the other parts apply it (agent/daemon/reload.py). Kinds of component change:
 
 - added / removed: started in dependency order / stopped in reverse dependency order (a component
   that becomes external, or stops being external, is both: removed, then added);

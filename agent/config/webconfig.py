@@ -224,7 +224,7 @@ def load_web_config(path: Path) -> WebConfig:
     """Read and validate a web config file; WebConfigError says what is wrong and where.
 
     The files it names are checked to be readable here; whether they hold a usable certificate and
-    key is checked when the TLS context is built (agent/websecurity.py), before anything uses it.
+    key is checked when the TLS context is built (agent/http/websecurity.py), before anything uses it.
     """
     try:
         text = path.read_text(encoding="utf-8")

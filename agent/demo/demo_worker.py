@@ -33,7 +33,7 @@ import time
 from types import FrameType
 
 from agent.demo._log import setup_logging
-from agent.observe.store import DEFAULT_LEASE, Finish, StoreError, TodoStore, open_store
+from agent.todos.store import DEFAULT_LEASE, Finish, StoreError, TodoStore, open_store
 
 log = logging.getLogger("demo_worker")
 

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agent.demo._log import setup_logging
-from agent.observe import todos
+from agent.todos import transactions as todos
 
 log = logging.getLogger("mcp_server")
 

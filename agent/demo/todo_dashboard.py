@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from agent.demo._http import Server, serve
 from agent.demo._log import setup_logging
-from agent.observe import todos
+from agent.todos import transactions as todos
 
 log = logging.getLogger("todo_dashboard")
 

@@ -16,7 +16,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from agent.act.credentials import public
 from agent.act.dedupe import JOURNAL_FILE
 from agent.act.remediation import UNKNOWN_COMPONENT, Result
 from agent.config.changes import ReloadStatus, hash_value
@@ -33,11 +32,12 @@ from agent.export.exposition import (
     render,
 )
 from agent.export.process import ProcessFamilies
+from agent.http.credentials import public
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
-from agent.observe.todorow import PRIORITIES, STATUSES
 from agent.supervise.logs import log_write_errors
 from agent.supervise.replica import REASONS
 from agent.supervise.state import STATE_FILE
+from agent.todos.row import PRIORITIES, STATUSES
 
 if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module
     from agent.act.dedupe import DedupeStore

@@ -197,7 +197,7 @@ def render_table(report: Report) -> None:
 
 def cmd_once(config: Config, fmt: str) -> int:
     """Run the check and print it; the exit code is the status."""
-    from agent.loop import run
+    from agent.daemon.eventloop import run
 
     try:
         report = run(collect(config))

@@ -2,7 +2,7 @@
 
 A broken source marks itself down with one log line naming the source and the error, and keeps its
 last good counts out of the totals; the agent and the other sources carry on. A malformed row is not a
-broken source: it is skipped and counted (agent/observe/todorow.py decides what a row may hold), and each kind
+broken source: it is skipped and counted (agent/todos/row.py decides what a row may hold), and each kind
 of fault is logged once per source while it lasts.
 """
 
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config.models import BacklogSource
 from agent.observe.httpclient import HttpClient
-from agent.observe.todorow import RowError, capabilities_json, validate_row
+from agent.todos.row import RowError, capabilities_json, validate_row
 
 if TYPE_CHECKING:
     import httpx

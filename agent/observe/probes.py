@@ -129,7 +129,7 @@ async def probe_exec(reaper: Reaper, settings: ProbeSettings, replica: int, env:
 
 async def probe_mcp(url: str, timeout: float) -> str:
     """A real MCP handshake over streamable HTTP (`initialize`, then `ping`) with the official SDK."""
-    from agent.observe.mcp_check import MCPCheckError, mcp_ping
+    from agent.observe.mcp_probe import MCPCheckError, mcp_ping
 
     try:
         await mcp_ping(url, timeout)

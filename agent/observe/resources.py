@@ -114,7 +114,8 @@ class ResourceMonitor:
 
     def hand_over(self) -> dict[str, Any]:
         """Each component's CPU seconds, of its ended replicas and per live root, for the next image
-        (`agent reexec`, agent/carry.py): the replicas it adopts are the same processes, so the counter goes on."""
+        (`agent reexec`, agent/daemon/carry.py): the replicas it adopts are the same processes, so the
+        counter goes on."""
         return {name: {"cpu": usage.cpu_seconds, "done": self._done.get(name, 0.0),
                        "roots": {str(pid): self._last_root_cpu.get(pid, 0.0) for pid in self._roots.get(name, ())}}
                 for name, usage in self.components.items()}

@@ -1,6 +1,6 @@
-"""The status page at `/`: one HTML page and its script and style from agent/web/, and what it reads.
+"""The status page at `/`: one HTML page and its script and style from agent/http/web/, and what it reads.
 
-Access works like Jupyter's: `/?token=CONTROL_TOKEN` opens a session (agent/act/sessions.py) in an
+Access works like Jupyter's: `/?token=CONTROL_TOKEN` opens a session (agent/http/sessions.py) in an
 HttpOnly, SameSite=Strict cookie and redirects to `/`; without one, `/` answers 401 with a token prompt and no data.
 The page reads /api/v1/status, /api/v1/history and /api/v1/backlog with the cookie and its CSRF token,
 and acts through the control API the same way. Polling the status counts as a reader of the resource
@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from agent.act.credentials import WRONG_HOST, Need, login_token, requires
-from agent.act.sessions import COOKIE, cookie_value
+from agent.http.credentials import WRONG_HOST, Need, login_token, requires
+from agent.http.sessions import COOKIE, cookie_value
 
 if TYPE_CHECKING:
-    from agent.act.credentials import Auth
+    from agent.http.credentials import Auth
     from agent.observe.backlog import BacklogMonitor
 
 log = logging.getLogger("agent")
@@ -81,8 +81,8 @@ def announce_page(url: str) -> None:
 
 
 def asset(name: str) -> str:
-    """A file of agent/web/ (package data)."""
-    return resources.files("agent").joinpath("web", name).read_text(encoding="utf-8")
+    """A file of agent/http/web/ (package data)."""
+    return resources.files("agent.http").joinpath("web", name).read_text(encoding="utf-8")
 
 
 def backlog_document(backlog: BacklogMonitor) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from agent.act.credentials import Auth, Need, refusal, requires
 from agent.act.remediation import Plan, Result, WebhookPayload
 from agent.config.models import Autonomy
+from agent.http.credentials import Auth, Need, refusal, requires
 from agent.supervise.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
@@ -149,7 +149,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 class WebhookEndpoint:
     """POST /webhook/alertmanager, as an ASGI app.
 
-    `direct`: agent/server.py's DirectRoutes hands it its requests ahead of Starlette's exception middleware,
+    `direct`: agent/http/server.py's DirectRoutes hands it its requests ahead of Starlette's exception middleware,
     router and request objects (about a tenth of a request's time under load, issue 20); the route stays
     in the router too, which answers the other methods (405) as before. The answers are the same: the
     credentials first (401), then the body's size (413), JSON (400) and schema (422), 503 while shutting down.

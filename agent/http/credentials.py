@@ -6,7 +6,7 @@ route at once: `/-/reexec` once kept the token it read at start (issue 26), beca
 
 The credentials: the webhook's bearer token or basic auth, the control token (the CLI, `/-/reload`,
 `/-/reexec`, the status page's login), the status page's session cookie (with its CSRF token on the
-API), and the web config's `basic_auth_users` (agent/websecurity.py checks the bcrypt hashes), which
+API), and the web config's `basic_auth_users` (agent/http/websecurity.py checks the bcrypt hashes), which
 guard every route that has no credential of its own.
 """
 
@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
-from agent.act.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
+from agent.http.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.supervise.state import atomic_create_bytes
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ class Need(enum.Enum):
 
 
 class Passwords(Protocol):
-    """The web config's basic auth (agent/websecurity.py WebSecurity), as the credential check uses it."""
+    """The web config's basic auth (agent/http/websecurity.py WebSecurity), as the credential check uses it."""
 
     def needs_password(self, path: str) -> bool: ...
 

@@ -19,14 +19,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.act.credentials import public
-from agent.connections import ConnectionGuard, GuardedHttpToolsProtocol, PendingHandshake
+from agent.http.connections import ConnectionGuard, GuardedHttpToolsProtocol, PendingHandshake
+from agent.http.credentials import public
 
 if TYPE_CHECKING:
+    from agent.http.websecurity import WebSecurity
     from agent.supervise.supervisor import Supervisor
-    from agent.websecurity import WebSecurity
 
-log = logging.getLogger("agent.server")
+log = logging.getLogger("agent.http.server")
 
 ACCEPT_RETRY_SECONDS = 0.1  # after EMFILE and the like, before accepting again
 
@@ -111,7 +111,7 @@ class HttpServer:
             date_header=False,
             server_header=False,
             timeout_graceful_shutdown=5,
-            # httptools (llhttp, in C), guarded as agent/connections.py says. No WebSocket upgrades: the
+            # httptools (llhttp, in C), guarded as agent/http/connections.py says. No WebSocket upgrades: the
             # agent serves none, and an upgraded connection leaves the guard.
             http=GuardedHttpToolsProtocol.bound_to(guard),
             ws="none",

@@ -1,6 +1,6 @@
 """Check an MCP streamable-HTTP endpoint: ``initialize`` handshake, then ``ping``, within a deadline.
 
-``python -m agent.observe.mcp_check URL [--timeout S]`` prints one line and exits 0 (both succeeded) or 1
+``python -m agent.observe.mcp_probe URL [--timeout S]`` prints one line and exits 0 (both succeeded) or 1
 (with the reason: connection refused, not an MCP endpoint, error answer, no answer in time, ...).
 
 The agent's MCP health probe reuses :func:`mcp_ping`. It uses the official SDK's client
@@ -133,7 +133,7 @@ async def mcp_ping(url: str, timeout: float, http_client: httpx2.AsyncClient | N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m agent.observe.mcp_check",
+        prog="python -m agent.observe.mcp_probe",
         description="Run MCP initialize + ping against a streamable-HTTP endpoint; exit 0 when both "
                     "succeed, 1 otherwise, printing one line with the reason.",
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.cli_output import human_bytes, print_table, seconds
+from agent.cli.output import human_bytes, print_table, seconds
 
 
 def _cpu(value: float | None) -> str:

@@ -17,17 +17,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.act.api import TooLarge, parse_json, read_limited, retry_later
-from agent.act.credentials import Auth, Need, SecretFileError, SecretWriteError, requires
 from agent.config.changes import ReloadPlan, plan_reload
 from agent.config.loader import ConfigError, load_config
 from agent.config.webconfig import WebConfigError
-from agent.websecurity import WebSecurity
+from agent.http.api import TooLarge, parse_json, read_limited, retry_later
+from agent.http.credentials import Auth, Need, SecretFileError, SecretWriteError, requires
+from agent.http.websecurity import WebSecurity
 
 if TYPE_CHECKING:
-    from agent.app import Parts
+    from agent.daemon.app import Parts
 
-log = logging.getLogger("agent.reload")
+log = logging.getLogger("agent.daemon.reload")
 
 
 @dataclass

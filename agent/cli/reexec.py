@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from agent.cli_output import print_json, progress
-from agent.control_client import ControlError, Endpoint, endpoint, listen_url, unreachable
+from agent.cli.client import ControlError, Endpoint, endpoint, listen_url, unreachable
+from agent.cli.output import print_json, progress
 
 _START_TIME = re.compile(r"^orchestrator_agent_start_time_seconds (\S+)$", re.MULTILINE)
 

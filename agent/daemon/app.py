@@ -20,18 +20,19 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from agent import __version__
-from agent.act.api import api_routes
-from agent.act.credentials import Auth, Credentials, SecretFileError, SecretWriteError
 from agent.act.dedupe import DedupeStore
-from agent.act.memory import HISTORY_FILE, STAMPS_FILE
+from agent.act.history import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
-from agent.check_config import readable_dirs
+from agent.cli.check_config import readable_dirs
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
 from agent.config.loader import config_paths
 from agent.config.models import AgentSettings, Autonomy, Config
 from agent.config.webconfig import WebConfigError
-from agent.connections import ConnectionCollector, ConnectionGuard
+from agent.daemon.eventloop import ignore_hangup, settle_gc, settle_malloc
+from agent.daemon.reexec import Handover, Trigger, drop_reserve, hand_over, reexec_routes
+from agent.daemon.reload import Reloader
+from agent.daemon.signals import HeldSignals
 from agent.export.metrics import (
     AgentCollector,
     BacklogCollector,
@@ -42,16 +43,16 @@ from agent.export.metrics import (
     metrics_routes,
 )
 from agent.export.tracing import Tracing
-from agent.held_signals import HeldSignals
-from agent.loop import ignore_hangup, settle_gc, settle_malloc
+from agent.http.api import api_routes
+from agent.http.connections import ConnectionCollector, ConnectionGuard
+from agent.http.credentials import Auth, Credentials, SecretFileError, SecretWriteError
+from agent.http.server import HttpServer, build_app
+from agent.http.statuspage import announce_page, page_routes, page_url
+from agent.http.websecurity import INSECURE_ADVICE, WebGate, WebSecurity
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
-from agent.reexec import Handover, Trigger, drop_reserve, hand_over, reexec_routes
-from agent.reload import Reloader
-from agent.server import HttpServer, build_app
-from agent.statuspage import announce_page, page_routes, page_url
 from agent.supervise.containment import Containment, ContainmentError, choose
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
@@ -60,7 +61,6 @@ from agent.supervise.rotation import rotate_logs_forever
 from agent.supervise.state import StateStore
 from agent.supervise.statelock import StateDirOwned, StateLock
 from agent.supervise.supervisor import Supervisor
-from agent.websecurity import INSECURE_ADVICE, WebGate, WebSecurity
 
 log = logging.getLogger("agent")
 
@@ -113,9 +113,9 @@ def _own_and_bind(settings: AgentSettings, inherited: StateLock | None) -> tuple
 
 
 def create_missing_stores(config: Config) -> None:
-    """Create a missing embedded SQLite todo store (agent/observe/todos.py), loading sqlite3 only for one."""
+    """Create a missing embedded SQLite todo store (agent/todos/transactions.py), loading sqlite3 only for one."""
     if any(source.kind == "sqlite" for source in config.backlog.sources):
-        from agent.observe import todos
+        from agent.todos import transactions as todos
 
         todos.create_missing_stores(config)
 

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
-from agent.cli_output import print_json, suggest
+from agent.cli.control import add_control_commands, common
+from agent.cli.output import print_json, suggest
+from agent.cli.stack import add_stack_commands
+from agent.cli.tls import add_tls_commands
+from agent.cli.todo import add_todo_commands
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
 from agent.config.models import Autonomy
-from agent.control_cli import add_control_commands, common
-from agent.loop import ignore_hangup
-from agent.stack_cli import add_stack_commands
-from agent.tls_cli import add_tls_commands
-from agent.todo_cli import add_todo_commands
+from agent.daemon.eventloop import ignore_hangup
 
 EPILOG = """\
 exit codes: 0 ok; 1 failure, or refused by the agent with its reason (WARNING for --once); 2 invalid
@@ -33,8 +33,8 @@ The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/d
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground (also what `agent reexec` executes again, with a handover)."""
     ignore_hangup()
-    from agent.held_signals import HeldSignals
-    from agent.reexec import take_handover
+    from agent.daemon.reexec import take_handover
+    from agent.daemon.signals import HeldSignals
 
     held = HeldSignals.take()  # the stop signals sent during an `agent reexec`, for the new image
     handover = take_handover()  # None unless this process was just re-executed by `agent reexec`
@@ -46,14 +46,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if handover is None or handover.config is None:
             print(f"error: invalid config\n{exc}", file=sys.stderr)
             if handover is not None:  # nothing to run them with: stop what the previous image handed over
-                from agent.loop import run
+                from agent.daemon.eventloop import run
 
                 run(handover.stop_all())
             raise SystemExit(2) from None
         # The running components must stay supervised: keep the config the previous image had.
         config, broken = handover.config, exc
-    from agent.app import Agent
-    from agent.loop import run
+    from agent.daemon.app import Agent
+    from agent.daemon.eventloop import run
     from agent.supervise.logs import LogFiles, setup_logging
 
     settings = config.agent
@@ -70,8 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config file and explain every error (agent/check_config.py)."""
-    from agent.check_config import cmd_check_config as check
+    """Validate a config file and explain every error (agent/cli/check_config.py)."""
+    from agent.cli.check_config import cmd_check_config as check
 
     paths = [Path(f) for f in args.file] if args.file else config_paths(args.config)
     return check(paths, args.json)
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_commands(sub)
     add_stack_commands(sub)
     add_tls_commands(sub)
-    from agent.backtest.command import add_backtest_command
+    from agent.cli.backtest import add_backtest_command
 
     add_backtest_command(sub)
 
@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="JSON: {files, hash, config}")
     show.set_defaults(func=cmd_config_show)
 
-    from agent.completion import cmd_complete, cmd_completion
+    from agent.cli.completion import cmd_complete, cmd_completion
 
     comp = sub.add_parser("completion", help="print a shell completion script: "
                           "`source <(agent completion bash)` (or zsh)")

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from agent.observe.store.base import (
+from agent.todos.base import (
     CANDIDATES,
     COUNTERS,
     DEFAULT_LEASE,

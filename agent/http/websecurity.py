@@ -26,10 +26,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.act.credentials import Auth, Need
 from agent.config.models import AgentSettings
 from agent.config.webconfig import WebConfig, WebConfigError, read_web_config
 from agent.export.exposition import Family
+from agent.http.credentials import Auth, Need
 
 log = logging.getLogger("agent.web")
 

@@ -36,7 +36,7 @@ def add_tls_commands(sub: Any) -> None:
 
 
 def cmd_tls_init(args: argparse.Namespace) -> int:
-    from agent.tls_init import default_hosts, init
+    from agent.cli.tls_init import default_hosts, init
 
     if not 1 <= args.days <= 3650:
         print("error: --days must be within 1..3650", file=sys.stderr)
@@ -61,7 +61,7 @@ def cmd_tls_init(args: argparse.Namespace) -> int:
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
-    from agent.tls_init import hash_password
+    from agent.cli.tls_init import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")

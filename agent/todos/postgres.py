@@ -16,7 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-from agent.observe.store.base import (
+from agent.todos.base import (
     CANDIDATES,
     COUNTERS,
     DEFAULT_LEASE,

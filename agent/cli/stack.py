@@ -40,7 +40,7 @@ def add_stack_commands(sub: Any) -> None:
 
 
 def cmd_stack_generate(args: argparse.Namespace) -> int:
-    from agent.stack_nodes import NodesError, generate
+    from agent.cli.stack_nodes import NodesError, generate
 
     try:
         written = generate(args.nodes, args.out, args.prometheus_config, args.alertmanager_config)

@@ -1,8 +1,8 @@
 """The todo store as plain functions of a `db` (a SQLite path, or a postgresql:// dsn without password).
 
 Each call opens the store, does one transaction and closes it; a long-lived worker keeps a store from
-agent.observe.store.open_store instead. Semantics (leases, claim tokens, fencing) in
-agent/observe/store/base.py and docs/todos.md.
+agent.todos.store.open_store instead. Semantics (leases, claim tokens, fencing) in
+agent/todos/base.py and docs/todos.md.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.observe.store import DEFAULT_LEASE, Finish, Todo, open_store
-from agent.observe.store.sqlite import SCHEMA as SCHEMA
-from agent.observe.store.sqlite import connect as connect
-from agent.observe.todorow import PRIORITIES as PRIORITIES
-from agent.observe.todorow import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
+from agent.todos.row import PRIORITIES as PRIORITIES
+from agent.todos.row import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
+from agent.todos.sqlite import SCHEMA as SCHEMA
+from agent.todos.sqlite import connect as connect
+from agent.todos.store import DEFAULT_LEASE, Finish, Todo, open_store
 
 if TYPE_CHECKING:
     from agent.config.models import Config

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from agent.act.dedupe import JOURNAL_FILE
-from agent.act.memory import HISTORY_FILE, STAMPS_FILE
+from agent.act.history import HISTORY_FILE, STAMPS_FILE
 from agent.supervise.logs import log_write_errors, resume_log_write_errors
 from agent.supervise.state import STATE_FILE
 
 if TYPE_CHECKING:
-    from agent.app import Parts
+    from agent.daemon.app import Parts
 
 
 def _writers(parts: Parts) -> dict[str, Any]:

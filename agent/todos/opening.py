@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.config.dsn import dsn_problem, is_postgres, redact
-from agent.observe.store.base import StoreError, TodoStore
+from agent.todos.base import StoreError, TodoStore
 
 
 def open_store(db: str, passfile: str | None = None) -> TodoStore:
@@ -12,9 +12,9 @@ def open_store(db: str, passfile: str | None = None) -> TodoStore:
         problem = dsn_problem(db)
         if problem:
             raise StoreError(f"--db {redact(db)} {problem}")
-        from agent.observe.store.postgres import PostgresStore
+        from agent.todos.postgres import PostgresStore
 
         return PostgresStore(db, passfile=passfile)
-    from agent.observe.store.sqlite import SqliteStore
+    from agent.todos.sqlite import SqliteStore
 
     return SqliteStore(db)

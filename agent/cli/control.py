@@ -1,7 +1,7 @@
 """CLI verbs that talk to a running agent through its control API (and `logs`, which reads its files).
 
 Each verb takes `--json` (the agent's answer, or `{"error", "exit_code"}` when it failed) and prints a
-line for people without it; exit codes as in agent/control_client.py.
+line for people without it; exit codes as in agent/cli/client.py.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from agent.cli_output import print_json, progress, suggest
-from agent.control_client import EXIT_USAGE, ControlError, call, endpoint, load
-from agent.reexec_cli import cmd_reexec
-from agent.status_view import print_component, print_history, print_status
+from agent.cli.client import EXIT_USAGE, ControlError, call, endpoint, load
+from agent.cli.output import print_json, progress, suggest
+from agent.cli.reexec import cmd_reexec
+from agent.cli.status_view import print_component, print_history, print_status
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.act.credentials import SecretFileError, read_secret, secret_files
 from agent.config.loader import ConfigError, build_config, component_entries, load_document
 from agent.config.models import Config, group_id, substitute
 from agent.config.webconfig import WebConfigError
+from agent.http.credentials import SecretFileError, read_secret, secret_files
+from agent.http.websecurity import INSECURE_ADVICE, WebSecurity
 from agent.supervise.process import resolve_command
-from agent.websecurity import INSECURE_ADVICE, WebSecurity
 
 
 @dataclass

@@ -40,11 +40,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent import __version__, carry
-from agent.act.credentials import Auth, Need, control_token_path, requires
+from agent import __version__
 from agent.config.loader import ConfigError, load_config
 from agent.config.models import AgentSettings, Autonomy, Config, StopSettings
-from agent.held_signals import SignalHold
+from agent.daemon import carry
+from agent.daemon.signals import SignalHold
+from agent.http.credentials import Auth, Need, control_token_path, requires
 from agent.supervise.containment import CgroupContainment, Containment, restore
 from agent.supervise.leftovers import Ledger
 from agent.supervise.process import ExitStatus, Reaper, signal_group
@@ -55,10 +56,10 @@ from agent.supervise.statelock import LOCK_FILE, StateLock
 if TYPE_CHECKING:
     from agent.act.modes import Modes
     from agent.act.remediation import Remediator
-    from agent.app import Parts
+    from agent.daemon.app import Parts
     from agent.supervise.supervisor import Supervisor
 
-log = logging.getLogger("agent.reexec")
+log = logging.getLogger("agent.daemon.reexec")
 
 ENV = "AGENT_REEXEC_HANDOVER"  # the handover file, for the new image
 ENV_GUARDIAN_FD = "AGENT_REEXEC_GUARDIAN_FD"  # closed by the new image when the file cannot be read
@@ -68,8 +69,8 @@ PREFLIGHT_TIMEOUT = 60.0
 LOCK_TIMEOUT = 30.0
 
 # The new code, run as it would run after the exec: it must import the whole agent and accept the files.
-_PREFLIGHT = ("import sys, agent.app, agent.reexec\n"
-              "from agent.cli import main\n"
+_PREFLIGHT = ("import sys, agent.daemon.app, agent.daemon.reexec\n"
+              "from agent.cli.main import main\n"
               "sys.exit(main(['check-config', *sys.argv[1:]]))\n")
 
 

@@ -119,7 +119,7 @@ compdef _agent agent
 
 def component_names(args: argparse.Namespace) -> list[str]:
     """The running agent's component names, else the config's, else none; never raises."""
-    from agent.control_client import ControlError, call, load
+    from agent.cli.client import ControlError, call, load
 
     args.timeout = 1.0
     try:

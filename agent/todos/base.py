@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agent.observe.todorow import PRIORITIES, STATUSES, RowError, capabilities_json, parse_capabilities
+from agent.todos.row import PRIORITIES, STATUSES, RowError, capabilities_json, parse_capabilities
 
 DEFAULT_LEASE = 300.0  # seconds; the config's `lease` of a backlog source overrides it
 MAX_LEASE = 7 * 86400.0

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from agent.cli_output import suggest
+from agent.cli.output import suggest
 from agent.config.loader import ConfigError, config_paths, load_config, load_document
 from agent.config.models import AgentSettings, Config, parse_listen
 from agent.config.yamlfile import load_yaml

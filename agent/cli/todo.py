@@ -9,10 +9,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from agent.cli_output import print_table
+from agent.cli.output import print_table
 from agent.config.loader import ConfigError, config_paths, load_config
-from agent.observe.store import DEFAULT_LEASE, Finish, StoreError, open_store, redact
-from agent.observe.todorow import PRIORITIES, STATUSES
+from agent.todos.row import PRIORITIES, STATUSES
+from agent.todos.store import DEFAULT_LEASE, Finish, StoreError, open_store, redact
 
 
 @dataclass(frozen=True)
