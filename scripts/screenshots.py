@@ -60,7 +60,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d, running_agent(Path(d), config(Path(d))) as agent:
         for title, priority, cap in TODOS:
-            subprocess.run([sys.executable, "-m", "agent.cli", "todo", "--db", str(Path(d) / "todos.db"), "add",
+            subprocess.run([sys.executable, "-m", "agent", "todo", "--db", str(Path(d) / "todos.db"), "add",
                             title, "-p", priority, "--capability", cap], check=True, capture_output=True)
         wait_for(lambda: agent.status()["flaky"]["restarts"] >= 1, 30, what="flaky to have crashed once")
         hook = (agent.state_dir / "webhook.token").read_text().strip()
