@@ -23,7 +23,7 @@ from tests.webhookutil import alert, payload
 
 HEAVY = ("httpx", "opentelemetry.sdk", "mcp", "sqlite3", "bcrypt")
 # Verbs whose parser every invocation builds, but whose code only their own invocation needs.
-VERBS = ("agent.backtest.report", "agent.backtest.run", "agent.backtest.rules", "agent.backtest.alertmanager")
+VERBS = ("agent.cli.backtest_report", "agent.backtest.run", "agent.backtest.rules", "agent.backtest.alertmanager")
 
 
 @pytest.fixture(autouse=True)

@@ -50,6 +50,6 @@ def add_backtest_command(sub: Any) -> None:
 
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
-    from agent.backtest.report import cmd_backtest
+    from agent.cli.backtest_report import cmd_backtest
 
     return cmd_backtest(args)

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config.dirs import readable_dirs
 from agent.config.loader import ConfigError, build_config, component_entries, load_document
-from agent.config.models import Config, group_id, substitute
+from agent.config.models import Config, substitute
 from agent.config.webconfig import WebConfigError
 from agent.http.credentials import SecretFileError, read_secret, secret_files
 from agent.http.websecurity import INSECURE_ADVICE, WebSecurity
@@ -164,32 +164,6 @@ def secret_file_errors(config: Config) -> list[tuple[str, str]]:
         except OSError as exc:
             errors.append((where, f"cannot read {path}: {exc.strerror or exc}"))
     return errors
-
-
-def readable_dirs(config: Config) -> list[tuple[str, str]]:
-    """An existing state or log dir others may read (the agent creates them 0700, or the log dir 2750 for
-    agent.log_group, and never changes an existing one's mode; docs/operations.md, "Secrets")."""
-    settings = config.agent
-    shared = group_id(settings.log_group) if settings.log_group is not None else None
-    warnings = []
-    for where, path in (("agent.state_dir", settings.state_dir), ("agent.log_dir", settings.log_dir)):
-        try:
-            st = path.stat()
-        except OSError:
-            continue  # not there yet: the agent creates it private
-        mode, quoted = st.st_mode & 0o777, shlex.quote(str(path))
-        grouped = where == "agent.log_dir" and shared is not None
-        allowed = 0o750 if grouped else 0o700
-        if mode & ~allowed:
-            fix = f"chmod {allowed:o} {quoted}"
-            if where == "agent.log_dir" and shared is None:
-                fix += " (agent.log_group lets one group read the logs)"
-            warnings.append((where, f"others may read the directory {path} (mode {mode:04o}); run: {fix}"))
-        if grouped and (st.st_gid != shared or mode & 0o050 != 0o050):
-            warnings.append((where, f"agent.log_group {settings.log_group!r} cannot read the logs in {path} (mode "
-                                    f"{mode:04o}, group {st.st_gid}); run: chgrp "
-                                    f"{shlex.quote(str(settings.log_group))} {quoted} && chmod 2750 {quoted}"))
-    return warnings
 
 
 def cmd_check_config(paths: Sequence[Path], as_json: bool) -> int:

@@ -191,7 +191,8 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.once:
-        from agent.export.once import Status, cmd_once
+        from agent.cli.once import cmd_once
+        from agent.export.once import Status
 
         fmt = args.format or ("json" if args.json else "table")
         try:

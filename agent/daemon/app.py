@@ -24,8 +24,8 @@ from agent.act.dedupe import DedupeStore
 from agent.act.history import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
-from agent.cli.check_config import readable_dirs
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
+from agent.config.dirs import readable_dirs
 from agent.config.loader import config_paths
 from agent.config.models import AgentSettings, Autonomy, Config
 from agent.config.webconfig import WebConfigError

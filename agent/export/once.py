@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +21,7 @@ import psutil
 
 from agent import __version__
 from agent.config.models import Config
-from agent.export.exposition import Family, render
+from agent.export.exposition import Family
 from agent.export.metrics import (
     disk_free_family,
     memory_available_family,
@@ -179,37 +177,3 @@ def report_families(report: Report, served: frozenset[str]) -> list[Family]:
     for label, source in report.backlog.sources.items():
         up.add_metric([label], 1 if source.up else 0)
     return [status, when, probe, mem, free, backlog, up]
-
-
-def render_table(report: Report) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    colours = {Status.OK: "green", Status.WARNING: "yellow", Status.CRITICAL: "red", Status.UNKNOWN: "magenta"}
-    table = Table("check", "status", "detail", title=f"agent --once: {report.status.name}")
-    for check in report.checks:
-        table.add_row(check.name, f"[{colours[check.status]}]{check.status.name}[/]", check.detail)
-    for name, result in report.components.items():
-        if result is None:
-            table.add_row(f"component {name}", "-", "no probe configured")
-    Console().print(table)
-
-
-def cmd_once(config: Config, fmt: str) -> int:
-    """Run the check and print it; the exit code is the status."""
-    from agent.daemon.eventloop import run
-
-    try:
-        report = run(collect(config))
-    except Exception as exc:  # a check that cannot run is UNKNOWN, never a traceback
-        print(f"UNKNOWN: the check failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return int(Status.UNKNOWN)
-    if fmt == "json":
-        print(json.dumps(report.to_json(), indent=2))
-    elif fmt == "prometheus":
-        served = frozenset(c for comp in config.components.values() for c in comp.capabilities)
-        # The renderer /metrics uses, so both outputs escape and format alike.
-        sys.stdout.write(render(report_families(report, served), openmetrics=False).decode())
-    else:
-        render_table(report)
-    return int(report.status)
