@@ -9,7 +9,7 @@ import sys
 
 PROBE = r"""
 import ctypes, json, sys
-from agent.daemon.eventloop import settle_malloc
+from agent.daemon.settle import settle_malloc
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]

@@ -18,7 +18,7 @@ from agent.cli.tls import add_tls_commands
 from agent.cli.todo import add_todo_commands
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
 from agent.config.models import Autonomy
-from agent.daemon.eventloop import ignore_hangup
+from agent.daemon.signals import ignore_hangup
 
 EPILOG = """\
 exit codes: 0 ok; 1 failure, or refused by the agent with its reason (WARNING for --once); 2 invalid

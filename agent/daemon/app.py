@@ -29,10 +29,10 @@ from agent.config.dirs import readable_dirs
 from agent.config.loader import config_paths
 from agent.config.models import AgentSettings, Autonomy, Config
 from agent.config.webconfig import WebConfigError
-from agent.daemon.eventloop import ignore_hangup, settle_gc, settle_malloc
 from agent.daemon.reexec import Handover, Trigger, drop_reserve, hand_over, reexec_routes
 from agent.daemon.reload import Reloader
-from agent.daemon.signals import HeldSignals
+from agent.daemon.settle import settle_gc, settle_malloc
+from agent.daemon.signals import HeldSignals, ignore_hangup
 from agent.export.metrics import (
     AgentCollector,
     BacklogCollector,

@@ -12,6 +12,7 @@ what no thread took stays pending (blocked) across the exec. The new image takes
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 
@@ -97,3 +98,10 @@ class HeldSignals:
             taken.append(got.si_signo)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
         return taken
+
+
+def ignore_hangup() -> None:
+    """SIGHUP must never end the agent (a closed terminal, systemd's ExecReload): log it while no loop
+    handles it as a reload. A Python handler, not SIG_IGN, which children would inherit across exec."""
+    signal.signal(signal.SIGHUP, lambda signum, frame: logging.getLogger("agent").warning(
+        "SIGHUP ignored: the agent is starting or stopping, not reloading"))
