@@ -8,7 +8,6 @@ reaps component processes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -37,6 +36,7 @@ from agent.supervise.replica import (
 )
 from agent.supervise.stall import StallWatch
 from agent.supervise.state import StateStore
+from agent.supervise.stopping import stop_process
 
 log = logging.getLogger("agent.supervisor")
 
@@ -410,26 +410,11 @@ class Lifecycle:
         pid = rep.pid
         rep.stopping = True
         rep.state = ReplicaState.STOPPING
-        stop = rt.spec.stop
-        scope = self._scope(rt, rep)
-        # Every process of the replica gets the stop signal, as systemd's KillMode=control-group does, then
-        # SIGCONT as systemd sends it: a stopped (SIGSTOP, SIGTSTP) process acts on the signal instead of
-        # waiting out the grace for its SIGKILL.
-        for signum in (stop.signum, signal.SIGCONT):
-            if not scope.signal(signum, pid) and not signal_group(pid, signum):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signum)
-        try:
-            await asyncio.wait_for(rep.exited.wait(), stop.grace)
-        except TimeoutError:
-            log.warning("component %s replica %d (pid %d) ignored %s for %.1fs; sending SIGKILL",
-                        rt.name, rep.index, pid, stop.signal, stop.grace)
-            scope.kill(pid)
-            signal_group(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        who = f"component {rt.name} replica {rep.index}"
+        await stop_process(pid, rt.spec.stop, rep.exited, self._scope(rt, rep), who)
+        if not rep.exited.is_set():  # beyond SIGKILL for now (uninterruptible sleep): the slot waits for its exit
             await rep.exited.wait()
-        log.info("component %s replica %d (pid %d) stopped", rt.name, rep.index, pid)
+            log.info("%s (pid %d) stopped", who, pid)
 
     async def _stop_replicas(self, rt: Runtime, replicas: list[Replica]) -> None:
         await asyncio.gather(*(self._stop_replica(rt, r) for r in replicas))
