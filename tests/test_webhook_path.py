@@ -20,9 +20,10 @@ import pytest
 from pydantic import ValidationError
 
 from agent.act.history import AuditEntry, History
-from agent.act.remediation import WebhookPayload
+from agent.act.payload import WebhookPayload
 from agent.export.tracing import Tracing
-from agent.http.api import parse_json, parse_payload
+from agent.http.body import parse_json
+from agent.http.webhook import parse_payload
 from tests.helpers import wait_for
 from tests.webhookutil import alert, payload
 
@@ -136,7 +137,7 @@ def test_a_dedupe_key_is_the_json_array_of_its_parts(parts: tuple[str, ...]) -> 
 def test_the_webhook_answers_the_bytes_starlette_would(content: dict[str, Any]) -> None:
     from starlette.responses import JSONResponse
 
-    from agent.http.api import Json
+    from agent.http.body import Json
 
     assert Json(content).body == JSONResponse(content).body
     for code, headers in [(200, None), (422, None), (401, {"WWW-Authenticate": 'Bearer realm="agent"'}),
@@ -258,8 +259,8 @@ def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process(tmp_pa
 
     from agent.act.modes import Modes
     from agent.config.models import AgentSettings, Autonomy
-    from agent.http.api import WebhookEndpoint
     from agent.http.credentials import Auth
+    from agent.http.webhook import WebhookEndpoint
     from agent.supervise.state import StateStore
 
     counted: Counter[str] = Counter()

@@ -43,11 +43,12 @@ from agent.export.metrics import (
     metrics_routes,
 )
 from agent.export.tracing import Tracing
-from agent.http.api import api_routes
 from agent.http.connections import ConnectionCollector, ConnectionGuard
+from agent.http.control import control_routes
 from agent.http.credentials import Auth, Credentials, SecretFileError, SecretWriteError
 from agent.http.server import HttpServer, build_app
 from agent.http.statuspage import announce_page, page_routes, page_url
+from agent.http.webhook import webhook_routes
 from agent.http.websecurity import INSECURE_ADVICE, WebGate, WebSecurity
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient
@@ -267,8 +268,8 @@ class Parts:
             self.web,
         ]
         routes = metrics_routes(collectors, self.resources.mark_read)
-        routes += api_routes(self.auth, sup, self.modes, self.remediator, self.tracing,
-                             self.events.webhook_requests, self.status)
+        routes += webhook_routes(self.auth, self.modes, self.remediator, self.tracing, self.events.webhook_requests)
+        routes += control_routes(self.auth, sup, self.modes, self.remediator, self.status)
         routes += page_routes(self.auth, self.backlog, lambda: self.web.context is not None)
         return build_app(sup, [*routes, *extra_routes], [Middleware(WebGate, self.web, self.auth)])
 

@@ -11,21 +11,28 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-
-from agent.config.changes import ReloadPlan, plan_reload
+from agent.act.modes import Modes
+from agent.config.changes import ReloadPlan, ReloadStatus, plan_reload
 from agent.config.loader import ConfigError, load_config
+from agent.config.models import Config
 from agent.config.webconfig import WebConfigError
-from agent.http.api import TooLarge, parse_json, read_limited, retry_later
-from agent.http.credentials import Auth, Need, SecretFileError, SecretWriteError, requires
+from agent.http.credentials import Auth, Credentials, SecretFileError, SecretWriteError
 from agent.http.websecurity import WebSecurity
 
-if TYPE_CHECKING:
-    from agent.daemon.app import Parts
+
+class Reloadable(Protocol):
+    """What a reload reads and applies to: the running config and credentials, and `reconfigure`."""
+
+    config: Config
+    auth: Auth
+    web: WebSecurity
+    modes: Modes
+    reload_status: ReloadStatus
+
+    async def reconfigure(self, config: Config, plan: ReloadPlan,
+                          credentials: tuple[Credentials, Credentials]) -> None: ...
 
 log = logging.getLogger("agent.daemon.reload")
 
@@ -55,7 +62,7 @@ class Outcome:
 class Reloader:
     """Loads, checks, plans and applies config reloads, one at a time."""
 
-    def __init__(self, parts: Parts, paths: list[Path]) -> None:
+    def __init__(self, parts: Reloadable, paths: list[Path]) -> None:
         self.parts = parts
         self.paths = paths
         self._lock = asyncio.Lock()
@@ -133,24 +140,3 @@ class Reloader:
             log.error("config reload (%s) %s, nothing changed; %s:\n%s", source, what, origin,
                       "\n".join(f"  {e}" for e in errors))
         return Outcome(status, plan, errors)
-
-    def routes(self) -> list[Route]:
-        """POST /-/reload (control token; body {"dry_run": true} optional), as Prometheus' lifecycle API."""
-        @requires(self.parts.auth, Need.CONTROL)
-        async def reload(request: Request) -> Response:
-            if self.parts.modes.refusing:
-                return retry_later(self.parts.modes.refusing)
-            try:
-                raw = await read_limited(request, 4096)
-                body = parse_json(raw) if raw.strip() else {}
-            except TooLarge:
-                return JSONResponse({"error": "body too large"}, status_code=413)
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            dry_run = body.get("dry_run", False) if isinstance(body, dict) else None
-            if not isinstance(dry_run, bool):
-                return JSONResponse({"error": "the body must be {} or {\"dry_run\": true|false}"}, status_code=422)
-            outcome = await self.reload(dry_run=dry_run, source="POST /-/reload")
-            return JSONResponse(outcome.to_json(), status_code=outcome.http_status)
-
-        return [Route("/-/reload", reload, methods=["POST"])]
