@@ -16,13 +16,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 _tick = threading.Event()  # never set: wait(interval) paces a deadline loop
+
+
+def missing(what: str) -> NoReturn:
+    """A test cannot run here for want of `what` (a binary, root, a mount): it fails under CI=true, else skips."""
+    __tracebackhide__ = True  # the skip is reported at the caller's line
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(what, pytrace=False)
+    pytest.skip(what)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005,
@@ -241,7 +250,8 @@ def running_agent(tmp: Path, config: dict[str, Any], *args: str) -> Iterator[Age
 def app_routes(config: Any) -> list[Any]:
     """The route table of the app `agent run` serves for this Config: the real parts are built in a
     loop (nothing started, no component spawned), the app is made, and the parts are closed again."""
-    from agent.daemon.app import Parts, serving_app
+    from agent.daemon.app import serving_app
+    from agent.daemon.parts import Parts
     from agent.daemon.reexec import Trigger
     from agent.daemon.reload import Reloader
 

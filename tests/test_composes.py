@@ -256,7 +256,7 @@ def test_cooldowns_of_components_removed_while_the_agent_was_down_are_forgotten_
     import asyncio
 
     from agent.config.models import Config
-    from agent.daemon.app import Parts
+    from agent.daemon.parts import Parts
 
     state = tmp_path / "state"
     state.mkdir(mode=0o700)

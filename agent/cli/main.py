@@ -33,7 +33,7 @@ The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/d
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground (also what `agent reexec` executes again, with a handover)."""
     ignore_hangup()
-    from agent.daemon.reexec import take_handover
+    from agent.daemon.handover import take_handover
     from agent.daemon.signals import HeldSignals
 
     held = HeldSignals.take()  # the stop signals sent during an `agent reexec`, for the new image

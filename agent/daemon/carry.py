@@ -2,7 +2,7 @@
 goes on from them, so a re-exec does not read as a counter reset (`rate()` and `increase()` stay right).
 
 The components' restart counters and the reaper's and guardian's counts travel with the state they
-belong to (reexec.py); these are the rest: webhook answers, remediation decisions and durations, probe
+belong to (handover.py); these are the rest: webhook answers, remediation decisions and durations, probe
 durations, halted rollouts, failed state dir writes, dedupe evictions, connections closed by the agent,
 TLS handshake failures, refused client certificates, history lines dropped, failed log writes, and each
 component's CPU seconds (its adopted replicas are the same processes: the counter goes on from theirs).
@@ -11,25 +11,40 @@ component's CPU seconds (its adopted replicas are the same processes: the counte
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agent.act.dedupe import JOURNAL_FILE
 from agent.act.history import HISTORY_FILE, STAMPS_FILE
+from agent.act.remediation import Remediator
+from agent.config.models import Config
+from agent.export.metrics import EventMetrics
+from agent.http.connections import ConnectionGuard
+from agent.http.websecurity import WebSecurity
+from agent.observe.resources import ResourceMonitor
 from agent.supervise.logs import log_write_errors, resume_log_write_errors
-from agent.supervise.state import STATE_FILE
-
-if TYPE_CHECKING:
-    from agent.daemon.app import Parts
+from agent.supervise.state import STATE_FILE, StateStore
 
 
-def _writers(parts: Parts) -> dict[str, Any]:
+class Counted(Protocol):
+    """The parts whose counters travel across the exec."""
+
+    config: Config
+    store: StateStore
+    events: EventMetrics
+    remediator: Remediator
+    guard: ConnectionGuard
+    web: WebSecurity
+    resources: ResourceMonitor
+
+
+def _writers(parts: Counted) -> dict[str, Any]:
     """Each state dir file's writer, which counts its failed writes."""
     remediator = parts.remediator
     return {STATE_FILE: parts.store, JOURNAL_FILE: remediator.dedupe, STAMPS_FILE: remediator.stamps.store,
             HISTORY_FILE: remediator.history}
 
 
-def counters(parts: Parts) -> dict[str, Any]:
+def counters(parts: Counted) -> dict[str, Any]:
     """The counts to hand over, as JSON."""
     return {
         "events": parts.events.dump(),
@@ -44,7 +59,7 @@ def counters(parts: Parts) -> dict[str, Any]:
     }
 
 
-def resume(parts: Parts, document: Any) -> None:
+def resume(parts: Counted, document: Any) -> None:
     """Go on from the previous image's counts (anything of another shape is ignored: a new image may come
     from an older agent, which handed over fewer)."""
     if not isinstance(document, dict):
