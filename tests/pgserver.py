@@ -17,18 +17,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import free_port, pid_alive, wait_for
+from tests.helpers import free_port, missing, pid_alive, wait_for
 
 INSTALL = "install Debian's 'postgresql' (apt-get install --no-install-recommends postgresql; ./dev.sh test does " \
           "this when run as root)"
-
-
-def _missing(message: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 def pg_bin(name: str) -> str:
@@ -39,8 +31,7 @@ def pg_bin(name: str) -> str:
     found = shutil.which(name)
     if found:
         return found
-    _missing(f"PostgreSQL's {name} not found in /usr/lib/postgresql/*/bin nor on PATH: {INSTALL}")
-    raise AssertionError("unreachable")
+    missing(f"PostgreSQL's {name} not found in /usr/lib/postgresql/*/bin nor on PATH: {INSTALL}")
 
 
 class PgServer:
@@ -51,10 +42,9 @@ class PgServer:
         try:
             pw = pwd.getpwnam("postgres")
         except KeyError:
-            _missing(f"no 'postgres' user to run the server as: {INSTALL}")
-            raise
+            missing(f"no 'postgres' user to run the server as: {INSTALL}")
         if os.geteuid() != 0:
-            _missing("a private PostgreSQL needs root here (initdb and the server run as user 'postgres')")
+            missing("a private PostgreSQL needs root here (initdb and the server run as user 'postgres')")
         self.base = Path(tempfile.mkdtemp(prefix="agent-pg-"))
         self.data, self.sock = self.base / "data", self.base / "sock"
         self.sock.mkdir()

@@ -3,10 +3,9 @@ them in CI). The short-clock rules come from the generator: scripts.gen_stack.wr
 
 from __future__ import annotations
 
-import os
 import shutil
 
-import pytest
+from tests.helpers import missing
 
 # Debian package that ships each binary (upstream names the Alertmanager binary `alertmanager`).
 PACKAGES = {
@@ -26,11 +25,6 @@ def require_binary(*names: str) -> str:
         if path:
             return path
     packages = sorted({PACKAGES.get(name, name) for name in names})
-    message = (
-        f"none of {', '.join(names)} is on PATH: install the Debian package(s) {' '.join(packages)} "
-        f"(apt-get install {' '.join(packages)}; ./dev.sh test does this when run as root)"
-    )
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    missing(f"none of {', '.join(names)} is on PATH: install the Debian package(s) {' '.join(packages)} "
+            f"(apt-get install {' '.join(packages)}; ./dev.sh test does this when run as root)")
 

@@ -23,7 +23,7 @@ from agent.supervise import policy
 from agent.supervise.launch import read_env_file
 from agent.supervise.policy import Circuit, ExitAction
 from agent.supervise.process import SettingError, resolve_identity
-from tests.helpers import AgentProcess, lines, running_agent, wait_for
+from tests.helpers import AgentProcess, lines, missing, running_agent, wait_for
 
 SLEEP = "exec sleep 1000"
 
@@ -43,10 +43,7 @@ def test_user() -> Iterator[str]:
     """A temporary system user (and its group), removed afterwards; needs root and useradd."""
     useradd, userdel = shutil.which("useradd"), shutil.which("userdel")
     if os.geteuid() != 0 or useradd is None or userdel is None:
-        message = "run-as-user needs root and useradd/userdel to create a test user"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("run-as-user needs root and useradd/userdel to create a test user")
     name = f"agt{uuid.uuid4().hex[:8]}"
     subprocess.run([useradd, "--system", "--no-create-home", "--user-group", "--home-dir", f"/nonexistent/{name}",
                     "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
@@ -266,7 +263,7 @@ def test_the_reaper_switches_ids_and_umask_with_and_without_setpriv(
     from tests.helpers import run_async
 
     if with_setpriv and process._SETPRIV is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+        missing("setpriv (util-linux) is not installed")
     if not with_setpriv:
         monkeypatch.setattr(process, "_SETPRIV", None)
     import tempfile
