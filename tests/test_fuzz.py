@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from agent.act.dedupe import dedupe_key
-from agent.act.remediation import ComponentView, Plan, WebhookPayload, plan_alert
+from agent.act.payload import WebhookPayload
+from agent.act.plan import ComponentView, Plan, plan_alert
 from agent.config.models import ACTIONS, Autonomy
 from tests.helpers import AgentProcess, wait_for
 from tests.metricsutil import scrape

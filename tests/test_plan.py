@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent.act.remediation import Alert, ComponentView, Result, plan_alert
+from agent.act.payload import Alert
+from agent.act.plan import ComponentView, Result, plan_alert
 from agent.config.models import Autonomy
 
 NOW = 1_000_000.0
@@ -118,7 +119,7 @@ def test_disallowed_action() -> None:
 
 
 def test_payload_alerts_see_the_effect_of_earlier_ones() -> None:
-    from agent.act.remediation import plan_payload
+    from agent.act.plan import plan_payload
 
     views = {"c": view(desired=2)}
     keys: dict[str, bool] = {}

@@ -206,7 +206,7 @@ def test_dedupe_store_stays_within_its_size_on_disk_and_in_memory(tmp_path: Path
 
 
 def test_rfc3339_edge_cases() -> None:
-    from agent.act.remediation import rfc3339
+    from agent.act.payload import rfc3339
 
     for ok in (STARTS_AT, "0001-01-01T00:00:00Z", "2023-01-01T00:00:00.123456789+02:00"):
         assert rfc3339(ok) == ok

@@ -1,32 +1,25 @@
-"""Alertmanager webhook -> actions: payload models, the pure plan, audit, execution (dedupe keys in dedupe.py).
+"""Carrying out the plans of alerts: the Remediator judges a delivery against the live state
+(agent/act/plan.py), acts in the background, and records every decision (audit line, history, counter).
 
-Rules of the road (docs/remediation.md): only firing alerts with an `action` label act; each alert is
-judged on its own status; another node's alert, an unknown component or a disallowed action is
-rejected; the same alert (fingerprint + startsAt + action; for scale_to also the step, from -> to) acts
-once, also after an agent restart and after a `resolved` for it arrived first; actions stay within
-min/max, max_step, cooldown and stabilisation.
-Alert content only selects among configured commands: it never reaches a shell or a command line.
+An accepted action waits until its dedupe key is on disk (agent/act/dedupe.py), so the same alert acts
+once, also after an agent restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
-import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from agent.act.dedupe import DedupeStore, dedupe_key
+from agent.act.dedupe import DedupeStore
 from agent.act.history import HISTORY_FILE, AuditEntry, History, Stamps
-from agent.config.models import ACTIONS, Autonomy, Config
-from agent.supervise import policy
+from agent.act.payload import Alert, WebhookPayload
+from agent.act.plan import ComponentView, Plan, Result, plan_payload
+from agent.config.models import Config
 from agent.supervise.logs import log_direct
 from agent.supervise.replica import CommandError
 
@@ -34,261 +27,35 @@ UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no config
 
 if TYPE_CHECKING:  # types only: neither imports this module
     from agent.act.modes import Modes
-    from agent.export.metrics import EventMetrics
-    from agent.export.tracing import Tracing
     from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.remediation")
 audit_log = logging.getLogger("agent.audit")
 
-_INT = re.compile(r"^\d{1,6}$")
-# RFC 3339 date-time, as Alertmanager writes it (Go's time.RFC3339Nano): `2023-01-01T00:00:00.000Z`,
-# `0001-01-01T00:00:00Z` for "no end". fromisoformat alone would also take `2023-01-01` or `20230101`.
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+class DecisionMetrics(Protocol):
+    """Where decisions and action times are counted (the event metrics /metrics serves)."""
+
+    def decided(self, component: str, action: str, result: str, trace_id: str) -> None:
+        """Count one remediation decision."""
+
+    def action_took(self, action: str, seconds: float) -> None:
+        """Record how long one action took to carry out."""
 
 
-def rfc3339(value: str) -> str:
-    """The value if it is an RFC 3339 date-time (kept as sent: it is part of the dedupe key), else ValueError."""
-    if not _RFC3339.match(value):
-        raise ValueError("must be an RFC 3339 date-time such as 2023-01-01T00:00:00.000Z")
-    try:
-        datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"not a valid date-time ({exc})") from None
-    return value
+class Tracer(Protocol):
+    """Spans for the actions: `with span(...) as (span, trace_id, parent)`; span has set_attribute."""
 
-
-# --- payload --------------------------------------------------------------------------------------
-
-
-class Alert(BaseModel):
-    """One alert of Alertmanager's webhook payload (version 4); extra fields are tolerated."""
-
-    model_config = ConfigDict(extra="allow")
-    status: Literal["firing", "resolved"]
-    labels: dict[str, str]
-    annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: str = Field(min_length=1, max_length=64)
-    endsAt: str = ""
-    generatorURL: str = ""
-    fingerprint: str = Field(min_length=1, max_length=64)
-
-    @field_validator("startsAt", "endsAt")
-    @classmethod
-    def _rfc3339(cls, value: str) -> str:
-        return rfc3339(value)
-
-
-class WebhookPayload(BaseModel):
-    """Alertmanager's webhook body, version 4."""
-
-    model_config = ConfigDict(extra="allow")
-    version: Literal["4"]
-    status: Literal["firing", "resolved"]
-    receiver: str = ""
-    groupKey: str = ""
-    truncatedAlerts: int = 0
-    groupLabels: dict[str, str] = Field(default_factory=dict)
-    commonLabels: dict[str, str] = Field(default_factory=dict)
-    commonAnnotations: dict[str, str] = Field(default_factory=dict)
-    externalURL: str = ""
-    alerts: list[Alert] = Field(max_length=1000)
-
-
-# --- the pure plan ----------------------------------------------------------------------------------
-
-
-class Result(enum.StrEnum):
-    EXECUTED = "executed"
-    DUPLICATE = "duplicate"
-    COOLDOWN = "cooldown"
-    REJECTED = "rejected"
-    DRY_RUN = "dry_run"
-    FAILED = "failed"
-    IGNORED = "ignored"
-
-
-@dataclass(frozen=True)
-class ComponentView:
-    """What the plan needs to know of a component (a snapshot; no live objects)."""
-
-    desired: int
-    minimum: int
-    maximum: int
-    allowed: tuple[str, ...]
-    cooldown: float
-    stabilization: float
-    max_step: int
-    last_restart: float
-    last_scale_up: float
-    manual_stop: bool
-    circuit_open: bool
-    external: bool = False  # no command: never acted on
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The decision for one alert: act (result None) or not (result says why)."""
-
-    alertname: str
-    component: str
-    action: str
-    key: str
-    result: Result | None = None
-    reason: str = ""
-    target: int | None = None
-    replica: int | None = None
-
-    @property
-    def acts(self) -> bool:
-        return self.result is None
-
-
-def _label_int(value: str | None, name: str) -> int | None:
-    if value is None:
-        return None
-    if not _INT.match(value.strip()):
-        raise ValueError(f"{name} must be a non-negative integer, got {value[:40]!r}")
-    return int(value)
-
-
-def plan_alert(
-    alert: Alert,
-    *,
-    node: str,
-    components: dict[str, ComponentView],
-    autonomy: Autonomy,
-    emergency: bool,
-    seen: Callable[[str], bool],
-    now: float,
-) -> Plan:
-    """Decide what one alert asks for, given a snapshot; pure apart from the `seen` lookup."""
-    labels = alert.labels
-    alertname = labels.get("alertname", "")[:128]
-    action = labels.get("action", "")
-    name = labels.get("component", "")
-    comp = components.get(name)
-    shown = name if comp is not None else ""
-    base = (alert.fingerprint, alert.startsAt)
-    base_key = dedupe_key(*base)
-
-    def no(result: Result, reason: str, act: str = action) -> Plan:
-        return Plan(alertname, shown, act if act in ACTIONS else "", base_key, result, reason)
-
-    if not action:
-        return no(Result.IGNORED, "no action label: not for the agent")
-    if labels.get("node") and labels["node"] != node:
-        return no(Result.IGNORED, "alert for another node")
-    if alert.status == "resolved":
-        return no(Result.IGNORED, "resolved: recorded, never acted on")
-    if action not in ACTIONS:
-        return no(Result.REJECTED, "unknown action")
-    if comp is None:
-        return no(Result.REJECTED, "unknown component")
-    if comp.external:
-        return no(Result.REJECTED, "external: the agent has no command for this component and never starts, "
-                                   "stops, restarts or scales it")
-    if action not in comp.allowed:
-        return no(Result.REJECTED, f"action {action} is not allowed for this component")
-    try:
-        replica = _label_int(labels.get("replica"), "label replica")
-        step = _label_int(labels.get("step"), "label step")
-        wanted = _label_int(alert.annotations.get("desired_replicas"), "annotation desired_replicas")
-    except ValueError as exc:
-        return no(Result.REJECTED, str(exc))
-    if action == "scale_to" and wanted is None:
-        return no(Result.REJECTED, "scale_to needs annotation desired_replicas")
-    if replica is not None and (action != "restart" or replica >= max(comp.desired, 1)):
-        return no(Result.REJECTED, f"no replica {replica} to {action}")
-
-    target: int | None = None
-    if action in ("scale_up", "scale_down"):
-        size = min(step if step is not None else 1, comp.max_step)
-        target = comp.desired + size if action == "scale_up" else comp.desired - size
-    elif action == "scale_to":
-        assert wanted is not None
-        # At most max_step per delivery: a still-firing alert converges step by step as it is re-sent.
-        goal = policy.clamp_replicas(wanted, comp.minimum, comp.maximum)
-        target = max(comp.desired - comp.max_step, min(goal, comp.desired + comp.max_step))
-    elif action == "start":
-        target = max(comp.minimum, 1, comp.desired)
-    if target is not None:
-        target = policy.clamp_replicas(target, comp.minimum, comp.maximum)
-    # The dedupe key: scale_to's key carries its step (from -> to), so each step acts once and only once,
-    # and a re-sent alert keeps converging even if someone changed the count in between.
-    key = dedupe_key(*base, action, *((f"{comp.desired}->{target}",) if action == "scale_to" else ()))
-    resolved_key = dedupe_key(*base, "resolved")
-
-    plan = Plan(alertname, name, action, key, None, "", target, replica)
-
-    def hold(result: Result, reason: str) -> Plan:
-        return Plan(alertname, name, action, key, result, reason, target, replica)
-
-    if seen(key) or seen(resolved_key):
-        return hold(Result.DUPLICATE, "already handled" if seen(key) else "stale: resolved already arrived")
-    if emergency:
-        return hold(Result.REJECTED, "emergency stop in force until `agent autonomy on`")
-    if autonomy is Autonomy.OFF:
-        return hold(Result.IGNORED, "autonomy off")
-    if comp.manual_stop:
-        return hold(Result.REJECTED, "stopped by hand: only `agent start` starts it")
-    if comp.circuit_open and action in ("restart", "scale_up", "scale_to", "start"):
-        return hold(Result.REJECTED, "circuit open: a human must look first")
-    if action == "restart" and now - comp.last_restart < comp.cooldown:
-        return hold(Result.COOLDOWN, f"restarted {now - comp.last_restart:.0f}s ago (cooldown {comp.cooldown:g}s)")
-    if target is not None and target < comp.desired and now - comp.last_scale_up < comp.stabilization:
-        return hold(Result.COOLDOWN, f"scaled up {now - comp.last_scale_up:.0f}s ago "
-                                     f"(scale-down stabilisation {comp.stabilization:g}s)")
-    if target is not None and target == comp.desired and action != "start":
-        return hold(Result.IGNORED, f"already at {target} replicas (bounds [{comp.minimum}, {comp.maximum}])")
-    if autonomy is Autonomy.DRY_RUN:
-        return hold(Result.DRY_RUN, "dry-run: would act")
-    return plan
-
-
-def plan_payload(
-    alerts: Sequence[Alert],
-    views: dict[str, ComponentView],
-    *,
-    node: str,
-    autonomy: Autonomy,
-    emergency: bool,
-    seen: Callable[[str], bool],
-    now: float,
-    remember: Callable[[str, bool], None] | None = None,
-) -> list[Plan]:
-    """Plans for the alerts of one delivery, in order, at time `now` (the live webhook and `agent backtest`).
-
-    `views` is updated in place: an acting alert's effect (desired count, scale-up and restart times) is
-    seen by the alerts after it. `remember(key, marker)`, when given, records the key of each acting
-    plan (marker False) and the `resolved` marker of each resolved alert with an action (marker True),
-    so a later alert of the same delivery sees them too.
-    """
-    plans = []
-    for alert in alerts:
-        p = plan_alert(alert, node=node, components=views, autonomy=autonomy, emergency=emergency,
-                       seen=seen, now=now)
-        if remember is not None and alert.status == "resolved" and alert.labels.get("action"):
-            remember(dedupe_key(alert.fingerprint, alert.startsAt, "resolved"), True)
-        if p.acts:
-            if p.component in views:
-                view = views[p.component]
-                views[p.component] = _with_desired(view, view.desired if p.target is None else p.target, now,
-                                                   p.action)
-            if remember is not None:
-                remember(p.key, False)
-        plans.append(p)
-    return plans
-
-
-# --- audit ------------------------------------------------------------------------------------------
+    def span(self, name: str, parent: Any = None, **attributes: Any) -> AbstractContextManager[tuple[Any, str, Any]]:
+        """A span; yields it, its trace id (hex) and a parent for child spans started later."""
+        ...
 
 
 class Remediator:
     """Judges webhook payloads against the live state and carries out the plans in the background."""
 
     def __init__(self, config: Config, supervisor: Supervisor, modes: Modes, dedupe: DedupeStore,
-                 events: EventMetrics, tracing: Tracing, history: int = 1000) -> None:
+                 events: DecisionMetrics, tracing: Tracer, history: int = 1000) -> None:
         self.config = config
         self.sup = supervisor
         self.modes = modes
@@ -394,7 +161,7 @@ class Remediator:
                 outcome, reason = Result.FAILED, f"not acted: the dedupe journal could not be written ({error})"
                 self._unstamp(p.component, stamp)
             span.set_attribute("result", outcome.value)
-        self.events.remediation_duration.observe(p.action, value=time.perf_counter() - started)
+        self.events.action_took(p.action, time.perf_counter() - started)
         self.record(alert, p, outcome, reason, trace_id)
 
     def _unstamp(self, component: str, stamp: float | None) -> None:
@@ -443,7 +210,7 @@ class Remediator:
             "audit": True, **{k: v for k, v in vars(entry).items() if k not in ("extra", "ts")}})
         if source != "webhook":
             return  # manual commands are audited, not counted as remediation
-        self.events.remediation_actions.inc(component, action, result.value, trace_id=trace_id)
+        self.events.decided(component, action, result.value, trace_id)
 
     def rollout_halted(self, component: str, why: str) -> None:
         """History entry for a halted rolling restart (a supervisor roll listener)."""
@@ -478,11 +245,3 @@ class Remediator:
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background remediation task failed", exc_info=task.exception())
-
-
-def _with_desired(view: ComponentView, desired: int, now: float, action: str) -> ComponentView:
-    from dataclasses import replace
-
-    return replace(view, desired=desired,
-                   last_scale_up=now if desired > view.desired else view.last_scale_up,
-                   last_restart=now if action == "restart" else view.last_restart)

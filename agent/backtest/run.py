@@ -1,6 +1,6 @@
 """One backtest: evaluate the rules, simulate Alertmanager, and run every delivery through the agent's plan.
 
-The plan is the live one (agent.act.remediation.plan_payload: plan_alert, the dedupe keys, cooldown,
+The plan is the live one (agent.act.plan.plan_payload: plan_alert, the dedupe keys, cooldown,
 stabilisation, max_step, bounds), given the simulated time of each delivery as its clock. The
 replica counts it decides are kept here and never fed back into the series the rules read: the
 backtest is open loop (docs/backtest.md).
@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.act.remediation import Alert, ComponentView, Result, plan_payload
+from agent.act.payload import Alert
+from agent.act.plan import ComponentView, Result, plan_payload
 from agent.backtest.alertmanager import AlertmanagerConfig, Delivery, fingerprint, load_alertmanager, simulate
 from agent.backtest.rules import (
     AlertInstance,

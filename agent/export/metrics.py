@@ -17,7 +17,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent.act.dedupe import JOURNAL_FILE
-from agent.act.remediation import UNKNOWN_COMPONENT, Result
+from agent.act.plan import Result
+from agent.act.remediation import UNKNOWN_COMPONENT
 from agent.config.changes import ReloadStatus, hash_value
 from agent.config.models import ACTIONS, Autonomy, Config
 from agent.export.exposition import (
@@ -117,6 +118,14 @@ class EventMetrics:
     def rollout_halt(self, component: str) -> None:
         """Count one halted rolling restart (a supervisor roll listener)."""
         self.rollout_halted.inc(component)
+
+    def decided(self, component: str, action: str, result: str, trace_id: str) -> None:
+        """Count one remediation decision, the trace id as its exemplar."""
+        self.remediation_actions.inc(component, action, result, trace_id=trace_id)
+
+    def action_took(self, action: str, seconds: float) -> None:
+        """Record how long one remediation action took to carry out."""
+        self.remediation_duration.observe(action, value=seconds)
 
     def observe_probe(self, component: str, probe: str, seconds: float) -> None:
         """Record one probe's duration (of a probe the config in force has)."""
