@@ -221,8 +221,8 @@ def test_flow_counters_are_exported_per_source_from_the_first_good_read(todo_db:
     import asyncio
 
     from agent.config.models import BacklogSource
+    from agent.export.collectors import BacklogCollector
     from agent.export.exposition import render
-    from agent.export.metrics import BacklogCollector
     from tests.metricsutil import parse
 
     with open_store(todo_db) as store:

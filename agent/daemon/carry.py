@@ -17,7 +17,7 @@ from agent.act.dedupe import JOURNAL_FILE
 from agent.act.history import HISTORY_FILE, STAMPS_FILE
 from agent.act.remediation import Remediator
 from agent.config.models import Config
-from agent.export.metrics import EventMetrics
+from agent.export.events import EventMetrics
 from agent.http.connections import ConnectionGuard
 from agent.http.websecurity import WebSecurity
 from agent.observe.resources import ResourceMonitor

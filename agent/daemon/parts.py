@@ -25,19 +25,13 @@ from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
 from agent.config.models import Autonomy, Config
 from agent.daemon import carry
 from agent.daemon.handover import Handover
-from agent.export.metrics import (
-    AgentCollector,
-    BacklogCollector,
-    Collector,
-    ComponentCollector,
-    EventMetrics,
-    HostCollector,
-    metrics_routes,
-)
+from agent.export.collectors import AgentCollector, BacklogCollector, Collector, ComponentCollector, HostCollector
+from agent.export.events import EventMetrics
 from agent.export.tracing import Tracing
 from agent.http.connections import ConnectionCollector, ConnectionGuard
 from agent.http.control import control_routes
 from agent.http.credentials import Auth, Credentials
+from agent.http.metrics import metrics_routes
 from agent.http.server import build_app
 from agent.http.statuspage import page_routes
 from agent.http.webhook import webhook_routes

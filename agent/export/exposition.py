@@ -162,7 +162,7 @@ class Family:
     """A gauge or counter family as rows of label values: cheap to build and to render every scrape.
 
     Rows come from add_metric, or from `source`, read once as the family is rendered (so a family of
-    thousands of rows is never held whole: agent/export/metrics.py ComponentCollector)."""
+    thousands of rows is never held whole: agent/export/collectors.py ComponentCollector)."""
 
     def __init__(self, name: str, doc: str, value: float | None = None, labels: list[str] | None = None,
                  typ: str = "gauge", source: Iterable[Row] = ()) -> None:

@@ -22,7 +22,7 @@ import psutil
 from agent import __version__
 from agent.config.models import Config
 from agent.export.exposition import Family
-from agent.export.metrics import (
+from agent.export.families import (
     disk_free_family,
     memory_available_family,
     probe_success_family,

@@ -1,5 +1,4 @@
-"""What /metrics says: event metrics, collectors that read each part's state at scrape time, and the
-route that renders them (agent/export/exposition.py writes the text; `agent --once` shares its families).
+"""The collectors /metrics renders: each reads one part's state at scrape time and yields fresh families.
 
 Names follow the contract in docs/metrics.md. The collectors never probe or sample: they only read
 what the supervisor, probe runner, resource monitor and backlog monitor last recorded.
@@ -7,33 +6,22 @@ what the supervisor, probe runner, resource monitor and backlog monitor last rec
 
 from __future__ import annotations
 
-import gzip
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
-
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from typing import TYPE_CHECKING, Protocol
 
 from agent.act.dedupe import JOURNAL_FILE
-from agent.act.plan import Result
-from agent.act.remediation import UNKNOWN_COMPONENT
 from agent.config.changes import ReloadStatus, hash_value
-from agent.config.models import ACTIONS, Autonomy, Config
-from agent.export.exposition import (
-    CounterStore,
-    Family,
-    HistogramStore,
-    LineCache,
-    Row,
-    Samples,
-    content_type,
-    gauge,
-    render,
+from agent.config.models import Autonomy
+from agent.export.exposition import Family, Row, Samples, gauge
+from agent.export.families import (
+    disk_free_family,
+    memory_available_family,
+    probe_success_family,
+    source_up_family,
+    todo_backlog_family,
 )
 from agent.export.process import ProcessFamilies
-from agent.http.credentials import public
 from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
 from agent.supervise.logs import log_write_errors
 from agent.supervise.replica import REASONS
@@ -53,121 +41,6 @@ if TYPE_CHECKING:  # types of the sources the collectors read; none of them impo
     from agent.supervise.replica import Runtime
     from agent.supervise.state import StateStore
     from agent.supervise.supervisor import Supervisor
-
-# Bounded values of the `result` label of orchestrator_remediation_actions_total.
-RESULTS = tuple(r.value for r in Result)
-WEBHOOK_CODES = ("200", "400", "401", "413", "422", "499", "500", "503")
-# Five bounds, a factor 4 to 5 apart, so a probed component costs 8 histogram series (5 + `+Inf`, `_sum`,
-# `_count`), not 13: enough for a median and a tail, and the default 2 s timeout falls below the last bound.
-PROBE_BUCKETS = (0.005, 0.025, 0.1, 0.5, 2.5)
-
-
-class EventMetrics:
-    """Counters and histograms fed by events (probes, webhook requests, remediation decisions)."""
-
-    def __init__(self, config: Config) -> None:
-        self.probe_duration = HistogramStore("orchestrator_probe_duration_seconds", "Duration of health probes.",
-                                             ("component", "probe"), PROBE_BUCKETS)
-        self.webhook_requests = CounterStore("orchestrator_webhook_requests",
-                                             "Alertmanager webhook requests by HTTP status code.", ("code",))
-        self.remediation_actions = CounterStore("orchestrator_remediation_actions",
-                                                "Remediation decisions by component, action and result.",
-                                                ("component", "action", "result"))
-        self.remediation_duration = HistogramStore(
-            "orchestrator_remediation_duration_seconds", "Time to carry out a remediation action.", ("action",),
-            (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
-        self.rollout_halted = CounterStore("orchestrator_rollout_halted",
-                                           "Rolling restarts halted because a successor was not ready in time.",
-                                           ("component",))
-        self.configure(config)
-        for code in WEBHOOK_CODES:
-            self.webhook_requests.precreate(code)
-        for kind in ACTIONS:
-            self.remediation_duration.precreate(kind)
-
-    def configure(self, config: Config) -> None:
-        """Each probe's histogram exists from the first scrape. Remediation decisions and rollout halts
-        appear when they first happen (the rules count a series born at 1, docs/metrics.md "Counters that
-        appear at their first increment"). After a reload, the series of removed components go (alerts
-        naming no component keep `_unknown`), and so do those of a probe a reload removed or changed
-        in kind; a probe of those still under way when the reload came is not recorded."""
-        names = set(config.components)
-        self._probes = {(name, comp.probe.kind) for name, comp in config.components.items() if comp.probe}
-        self.probe_duration.retain(lambda key: key in self._probes)
-        self.rollout_halted.retain(lambda key: key[0] in names)
-        self.remediation_actions.retain(lambda key: key[0] in names or key[0] == UNKNOWN_COMPONENT)
-        for name, comp in config.components.items():
-            if comp.probe is not None:
-                self.probe_duration.precreate(name, comp.probe.kind)
-
-    def dump(self) -> dict[str, list[list[Any]]]:
-        """Every counter and histogram, for the next image (`agent reexec`): they go on from these counts."""
-        return {store.name: store.dump() for store in self._stores()}
-
-    def load(self, document: Any, config: Config) -> None:
-        """Add the previous image's counts (`dump`); the series of components no longer configured go."""
-        if isinstance(document, dict):
-            for store in self._stores():
-                store.load(document.get(store.name))
-        self.configure(config)
-
-    def _stores(self) -> tuple[CounterStore | HistogramStore, ...]:
-        return (self.probe_duration, self.webhook_requests, self.remediation_actions, self.remediation_duration,
-                self.rollout_halted)
-
-    def rollout_halt(self, component: str) -> None:
-        """Count one halted rolling restart (a supervisor roll listener)."""
-        self.rollout_halted.inc(component)
-
-    def decided(self, component: str, action: str, result: str, trace_id: str) -> None:
-        """Count one remediation decision, the trace id as its exemplar."""
-        self.remediation_actions.inc(component, action, result, trace_id=trace_id)
-
-    def action_took(self, action: str, seconds: float) -> None:
-        """Record how long one remediation action took to carry out."""
-        self.remediation_duration.observe(action, value=seconds)
-
-    def observe_probe(self, component: str, probe: str, seconds: float) -> None:
-        """Record one probe's duration (of a probe the config in force has)."""
-        if (component, probe) in self._probes:
-            self.probe_duration.observe(component, probe, value=seconds)
-
-    def families(self) -> Iterator[Samples]:
-        yield self.probe_duration.family()
-        yield self.webhook_requests.family()
-        yield self.remediation_actions.family()
-        yield self.remediation_duration.family()
-        yield self.rollout_halted.family()
-
-
-# The families `agent --once --format prometheus` writes too (agent/export/once.py): one definition each, so a
-# series has the same HELP, type and labels in both outputs.
-
-def probe_success_family(source: Iterable[Row] = ()) -> Family:
-    """orchestrator_component_probe_success, empty or with rows read as it is rendered."""
-    return Family("orchestrator_component_probe_success", "Last probe result per replica.",
-                  labels=["component", "replica"], source=source)
-
-
-def memory_available_family(value: float) -> Family:
-    """orchestrator_host_memory_available_bytes."""
-    return Family("orchestrator_host_memory_available_bytes", "Host memory available.", value=value)
-
-
-def disk_free_family() -> Family:
-    """orchestrator_host_disk_free_bytes, empty."""
-    return gauge("orchestrator_host_disk_free_bytes", "Free bytes per configured mountpoint.", ["mountpoint"])
-
-
-def todo_backlog_family() -> Family:
-    """orchestrator_todo_backlog, empty."""
-    return gauge("orchestrator_todo_backlog", "Todos by status, priority and required capability ('any' when "
-                  "none is required; a todo needing two counts under both).", ["status", "priority", "capability"])
-
-
-def source_up_family() -> Family:
-    """orchestrator_todo_source_up, empty."""
-    return gauge("orchestrator_todo_source_up", "1 when the last read of the source succeeded.", ["source"])
 
 
 class Collector(Protocol):
@@ -487,43 +360,3 @@ class BacklogCollector:
                 expired.add_metric([label], source.counters["leases_expired"])
                 rejected.add_metric([label], source.counters["completions_rejected"])
         yield from (backlog, expired, rejected, *flows.values())
-
-
-def accepts_gzip(header: str) -> bool:
-    """Whether an Accept-Encoding header takes gzip (as Prometheus sends it), `q=0` meaning no."""
-    for item in header.split(","):
-        coding, _, params = item.strip().partition(";")
-        if coding.strip().lower() in ("gzip", "x-gzip"):
-            quality = params.strip().lower()
-            return not (quality.startswith("q=") and _zero_quality(quality[2:]))
-    return False
-
-
-def _zero_quality(text: str) -> bool:
-    try:
-        return float(text) == 0
-    except ValueError:
-        return False
-
-
-def metrics_routes(collectors: list[Collector], on_read: Callable[[], None]) -> list[Route]:
-    """GET /metrics with OpenMetrics content negotiation; `on_read` tells the sampler someone reads."""
-    cache = LineCache()  # each series' last line (exposition.render)
-
-    def families() -> Iterator[Family | Samples]:
-        for collector in collectors:
-            yield from collector.families()
-
-    @public
-    async def metrics(request: Request) -> Response:
-        negotiated = content_type(request.headers.get("accept", ""))
-        on_read()
-        body = render(families(), negotiated.startswith("application/openmetrics-text"), cache)
-        headers = {"Content-Type": negotiated, "Vary": "Accept-Encoding"}
-        if accepts_gzip(request.headers.get("accept-encoding", "")):
-            # Level 1: most of the saving for a fraction of the default level's CPU (docs/benchmarks.md).
-            body = gzip.compress(body, compresslevel=1, mtime=0)
-            headers["Content-Encoding"] = "gzip"
-        return Response(body, media_type=None, headers=headers)
-
-    return [Route("/metrics", metrics, methods=["GET"])]
