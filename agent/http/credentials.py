@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from agent.http.body import header
 from agent.http.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.supervise.state import atomic_create_bytes
 
@@ -154,15 +155,8 @@ WRONG_HOST = Denied(403, "the Host header does not name this agent (agent.status
 WRONG_CSRF = Denied(403, "missing or wrong X-CSRF-Token header for the session cookie")
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 def _cookie(scope: Scope) -> str:
-    return cookie_value({"cookie": _header(scope, b"cookie") or ""})
+    return cookie_value({"cookie": header(scope, b"cookie") or ""})
 
 
 def login_token(scope: Scope) -> str | None:
@@ -186,18 +180,18 @@ class Auth:
     async def authorize(self, need: Need, scope: Scope) -> Denied | None:
         """None when the request carries the credential `need` names, as in force now; else why not."""
         if need is Need.WEBHOOK:
-            return None if self.webhook.check(_header(scope, b"authorization")) else WRONG_WEBHOOK
+            return None if self.webhook.check(header(scope, b"authorization")) else WRONG_WEBHOOK
         if need is Need.CONTROL:
-            if self.control.check(_header(scope, b"authorization")):
+            if self.control.check(header(scope, b"authorization")):
                 return None
             sid = _cookie(scope)  # the cookie is an alternative only with its CSRF token and a Host of ours
             if not sid or self.sessions.csrf(sid) is None:
                 return WRONG_CONTROL
-            if not self.host_allowed(_header(scope, b"host")):
+            if not self.host_allowed(header(scope, b"host")):
                 return WRONG_HOST
-            return None if self.sessions.check(sid, _header(scope, CSRF_HEADER.encode())) else WRONG_CSRF
+            return None if self.sessions.check(sid, header(scope, CSRF_HEADER.encode())) else WRONG_CSRF
         if need is Need.SESSION or need is Need.LOGIN:
-            if not self.host_allowed(_header(scope, b"host")):
+            if not self.host_allowed(header(scope, b"host")):
                 return WRONG_HOST
             if need is Need.LOGIN:
                 token = login_token(scope)
@@ -207,7 +201,7 @@ class Auth:
             passwords = self.passwords
             if passwords is None or not passwords.needs_password(scope["path"]):
                 return None
-            return None if await passwords.check_password(_header(scope, b"authorization")) else WRONG_PASSWORD
+            return None if await passwords.check_password(header(scope, b"authorization")) else WRONG_PASSWORD
         return None  # Need.PUBLIC
 
     def host_allowed(self, header: str | None) -> bool:
