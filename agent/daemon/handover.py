@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -23,17 +22,20 @@ from pydantic import ValidationError
 
 from agent import __version__
 from agent.act.modes import Modes
-from agent.config.models import Autonomy, Config, StopSettings
+from agent.config.component import StopSettings
+from agent.config.models import Config
+from agent.config.settings import Autonomy
 from agent.daemon import carry
 from agent.daemon.signals import SignalHold
 from agent.export.tracing import Tracing
 from agent.supervise.containment import CgroupContainment, Containment, restore
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
-from agent.supervise.process import Reaper, signal_group
+from agent.supervise.process import Reaper
 from agent.supervise.state import StateStore, atomic_write_bytes
 from agent.supervise.statelock import ENV_FD as ENV_LOCK_FD
 from agent.supervise.statelock import LOCK_FILE, StateLock
+from agent.supervise.stopping import reaped, stop_process, stop_unreaped
 from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.daemon.reexec")
@@ -294,20 +296,9 @@ class Handover:
         scope = parts.containment.scope(name, index)
 
         async def stop_it() -> None:
-            for signum in (stop.signum, signal.SIGCONT):  # a stopped process acts on it (lifecycle.py)
-                if not scope.signal(signum, pid):
-                    signal_group(pid, signum)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(exited.wait(), stop.grace)
-            scope.kill(pid)
-            signal_group(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(exited.wait(), 10.0)
+            await stop_process(pid, stop, exited, scope, f"component {name} (no longer configured) replica {index}")
             scope.release()
             parts.guardian.remove(pid)
-            log.info("component %s (no longer configured) replica %d (pid %d) stopped", name, index, pid)
 
         task = asyncio.ensure_future(stop_it())
         self.tasks.add(task)
@@ -321,48 +312,19 @@ class Handover:
     async def stop_all(self) -> None:
         """The new image cannot run: stop every handed-over replica (stop signal, grace, SIGKILL of its
         group), then close the guardian's pipe so it ends what is left (cgroup subtree, marker)."""
-        pending: dict[int, float] = {}
         loop = asyncio.get_running_loop()
-        for name, entry in self.components.items():
-            stop = self.stop_settings(name)
-            for record in entry["replicas"]:
-                pid = record["pid"]
-                if pid:
-                    signal_group(pid, stop.signum)
-                    signal_group(pid, signal.SIGCONT)
-                    pending[pid] = loop.time() + stop.grace
-        while pending:
-            for pid, deadline in list(pending.items()):
-                if _reaped(pid):
-                    del pending[pid]
-                elif loop.time() >= deadline:
-                    signal_group(pid, signal.SIGKILL)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    pending[pid] = loop.time() + 10.0  # SIGKILLed: reaped within moments; bounded anyway
-                    if _reaped(pid):
-                        del pending[pid]
-            if pending:
-                await asyncio.sleep(0.02)
+        await stop_unreaped({record["pid"]: self.stop_settings(name) for name, entry in self.components.items()
+                             for record in entry["replicas"] if record["pid"]})
         fd, guardian = self.guardian.get("fd", -1), self.guardian.get("pid", 0)
         if isinstance(fd, int) and fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)
         if isinstance(guardian, int) and guardian > 0:
             deadline = loop.time() + 10.0
-            while not _reaped(guardian) and loop.time() < deadline:
+            while not reaped(guardian) and loop.time() < deadline:
                 await asyncio.sleep(0.02)
         log.warning("stopped the %d component process(es) the previous image handed over",
                     sum(1 for e in self.components.values() for r in e["replicas"] if r["pid"]))
-
-
-def _reaped(pid: int) -> bool:
-    """Reap pid if it exited; True when it is gone (or was reaped by someone else)."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return done == pid
 
 
 def take_handover() -> Handover | None:

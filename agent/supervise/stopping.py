@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 
-from agent.config.models import StopSettings
+from agent.config.component import StopSettings
 from agent.supervise.containment import Scope
 from agent.supervise.flag import Flag
 from agent.supervise.process import signal_group
@@ -81,7 +81,7 @@ async def stop_unreaped(pids: dict[int, StopSettings]) -> None:
         pending[pid] = loop.time() + stop.grace
     while pending:
         for pid, deadline in list(pending.items()):
-            if _reaped(pid):
+            if reaped(pid):
                 del pending[pid]
             elif loop.time() < deadline:
                 continue
@@ -94,13 +94,13 @@ async def stop_unreaped(pids: dict[int, StopSettings]) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 pending[pid] = loop.time() + KILL_WAIT_SECONDS
-                if _reaped(pid):
+                if reaped(pid):
                     del pending[pid]
         if pending:
             await asyncio.sleep(_POLL_SECONDS)
 
 
-def _reaped(pid: int) -> bool:
+def reaped(pid: int) -> bool:
     """Reap pid if it exited; True when it is gone (or was reaped by someone else)."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
