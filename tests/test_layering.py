@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import re
 from pathlib import Path
 
 from tests.helpers import ROOT
@@ -113,3 +114,16 @@ def test_no_module_is_over_450_lines() -> None:
     long = sorted(f"{p.relative_to(ROOT)}: {n}" for p in PACKAGE.rglob("*.py")
                   if (n := len(p.read_text().splitlines())) > 450)
     assert not long, "modules over 450 lines (split by job):\n" + "\n".join(long)
+
+
+def test_readme_layout_lists_every_folder_top_to_bottom() -> None:
+    # README's "Layout" table: one row per folder of the package, none missing or stale, in rank order.
+    section = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `agent/(\w+)/` \| (.+) \|$", section, re.MULTILINE)
+    folders = [folder for folder, _ in rows]
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert sorted(folders) == sorted(packages), f"README rows {folders} vs the tree's folders {sorted(packages)}"
+    assert set(folders) == set(RANK) - {"foundation"}, "a folder without a rank, or a rank without a folder"
+    ranks = [RANK[folder] for folder in folders]
+    assert ranks == sorted(ranks, reverse=True), f"README's rows are not top to bottom: {list(zip(folders, ranks, strict=True))}"
+    assert all(len(owns) > 20 for _, owns in rows), "each row says what its folder owns"
