@@ -125,5 +125,6 @@ def test_readme_layout_lists_every_folder_top_to_bottom() -> None:
     assert sorted(folders) == sorted(packages), f"README rows {folders} vs the tree's folders {sorted(packages)}"
     assert set(folders) == set(RANK) - {"foundation"}, "a folder without a rank, or a rank without a folder"
     ranks = [RANK[folder] for folder in folders]
-    assert ranks == sorted(ranks, reverse=True), f"README's rows are not top to bottom: {list(zip(folders, ranks, strict=True))}"
+    ordered = list(zip(folders, ranks, strict=True))
+    assert ranks == sorted(ranks, reverse=True), f"README's rows are not top to bottom: {ordered}"
     assert all(len(owns) > 20 for _, owns in rows), "each row says what its folder owns"
