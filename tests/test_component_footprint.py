@@ -10,7 +10,8 @@ import dataclasses
 import tracemalloc
 from pathlib import Path
 
-from agent.config.models import Component, Config
+from agent.config.component import Component
+from agent.config.models import Config
 from agent.supervise.containment import CgroupScope, TrackingContainment
 from agent.supervise.lifecycle import new_runtime
 from agent.supervise.replica import Replica

@@ -11,7 +11,7 @@ import pytest
 
 from agent.cli.main import main
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, build_config, load_config
-from agent.config.models import Autonomy
+from agent.config.settings import Autonomy
 from agent.config.units import parse_duration, parse_size
 
 

@@ -14,7 +14,7 @@ from starlette.testclient import TestClient
 
 from agent.act.manual import Manual
 from agent.act.modes import Modes
-from agent.config.models import AgentSettings, Autonomy
+from agent.config.settings import AgentSettings, Autonomy
 from agent.http.control import control_routes
 from agent.http.credentials import Auth
 from agent.supervise.replica import CommandError

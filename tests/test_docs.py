@@ -23,7 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
 from agent.cli.main import build_parser
-from agent.config.models import ACTIONS, AgentSettings, Autonomy, Config
+from agent.config.component import ACTIONS
+from agent.config.models import Config
+from agent.config.settings import AgentSettings, Autonomy
 from agent.daemon.app import EXIT_CONFIG, EXIT_OWNED
 from agent.export.events import RESULTS, WEBHOOK_CODES
 from agent.observe.probes import PROBE_ERRORS

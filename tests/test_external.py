@@ -23,7 +23,7 @@ from agent.act.payload import Alert
 from agent.act.plan import ComponentView, Result, plan_alert
 from agent.config.changes import plan_reload
 from agent.config.loader import build_config
-from agent.config.models import Autonomy
+from agent.config.settings import Autonomy
 from tests.helpers import ROOT, AgentProcess, free_port, missing, wait_for
 from tests.metricsutil import scrape, value
 from tests.webhookutil import alert, payload

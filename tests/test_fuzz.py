@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from agent.act.dedupe import dedupe_key
 from agent.act.payload import WebhookPayload
 from agent.act.plan import ComponentView, Plan, plan_alert
-from agent.config.models import ACTIONS, Autonomy
+from agent.config.component import ACTIONS
+from agent.config.settings import Autonomy
 from tests.helpers import AgentProcess, wait_for
 from tests.metricsutil import scrape
 

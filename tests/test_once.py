@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from agent.config.loader import build_config
-from agent.config.models import BacklogSource
+from agent.config.sources import BacklogSource
 from agent.export.once import Status, judge, overall
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient

@@ -8,7 +8,7 @@ import pytest
 
 from agent.act.payload import Alert
 from agent.act.plan import ComponentView, Result, plan_alert
-from agent.config.models import Autonomy
+from agent.config.settings import Autonomy
 
 NOW = 1_000_000.0
 

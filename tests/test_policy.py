@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config.models import Backoff, RestartPolicyKind, RestartSettings
+from agent.config.component import Backoff, RestartPolicyKind, RestartSettings
 from agent.supervise.policy import (
     Circuit,
     ExitAction,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from agent.config.models import ProbeSettings
+from agent.config.component import ProbeSettings
 from agent.observe.probes import probe_exec
 from agent.supervise.process import Reaper
 from tests.helpers import run_async

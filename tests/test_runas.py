@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from agent.config.changes import launch_key, plan_reload
-from agent.config.models import Component, Config, RestartSettings
+from agent.config.component import Component, RestartSettings
+from agent.config.models import Config
 from agent.supervise import policy
 from agent.supervise.launch import read_env_file
 from agent.supervise.policy import Circuit, ExitAction

@@ -261,7 +261,7 @@ def test_log_files_change_only_regular_files_of_the_agents_own(tmp_path: Path) -
 def test_a_log_group_the_agents_user_is_not_in_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import ValidationError
 
-    from agent.config.models import AgentSettings
+    from agent.config.settings import AgentSettings
 
     other = next(g for g in grp.getgrall() if g.gr_gid != 0)
     monkeypatch.setattr(os, "geteuid", lambda: 4242)  # not root, and in no group but its own

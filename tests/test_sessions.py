@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agent.config.models import StatusPageSettings
+from agent.config.settings import StatusPageSettings
 from agent.http.sessions import MAX_SESSIONS, Sessions, cookie_value, host_allowed, host_name
 from agent.http.statuspage import page_url
 

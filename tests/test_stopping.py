@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from agent.config.models import StopSettings
+from agent.config.component import StopSettings
 from agent.supervise.stopping import stop_process, stop_unreaped
 
 IGNORES_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); time.sleep(60)"

@@ -220,7 +220,7 @@ def test_flow_counters_are_exported_per_source_from_the_first_good_read(todo_db:
     from 0, one no component serves under `_other`."""
     import asyncio
 
-    from agent.config.models import BacklogSource
+    from agent.config.sources import BacklogSource
     from agent.export.collectors import BacklogCollector
     from agent.export.exposition import render
     from tests.metricsutil import parse

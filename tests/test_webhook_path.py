@@ -258,7 +258,7 @@ def test_the_webhook_endpoint_answers_and_counts_every_outcome_in_process(tmp_pa
     from starlette.testclient import TestClient
 
     from agent.act.modes import Modes
-    from agent.config.models import AgentSettings, Autonomy
+    from agent.config.settings import AgentSettings, Autonomy
     from agent.http.credentials import Auth
     from agent.http.webhook import WebhookEndpoint
     from agent.supervise.state import StateStore

@@ -15,7 +15,7 @@ from agent.act.plan import Plan, Result
 if TYPE_CHECKING:  # types only: none of them imports this module
     from agent.act.modes import Modes
     from agent.act.remediation import Remediator
-    from agent.config.models import Autonomy
+    from agent.config.settings import Autonomy
     from agent.supervise.supervisor import Supervisor
 
 REEXEC_SETTLE = 35.0  # an emergency stop waits this long for a pending re-exec to go ahead or be refused

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 
-from agent.config.models import Autonomy
+from agent.config.settings import Autonomy
 from agent.supervise.state import StateStore
 
 log = logging.getLogger("agent")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, replace
 
 from agent.act.dedupe import dedupe_key
 from agent.act.payload import Alert
-from agent.config.models import ACTIONS, Autonomy
+from agent.config.component import ACTIONS
+from agent.config.settings import Autonomy
 from agent.supervise import policy
 
 _INT = re.compile(r"^\d{1,6}$")

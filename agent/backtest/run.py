@@ -29,7 +29,8 @@ from agent.backtest.rules import (
     load_rules,
     parse_duration,
 )
-from agent.config.models import Autonomy, Config
+from agent.config.models import Config
+from agent.config.settings import Autonomy
 
 SHIPPED = Path(__file__).resolve().parent.parent.parent  # the repository (rules/, prometheus/)
 _RELATIVE = re.compile(r"^-\s*(\S+)$")

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.config.component import substitute
 from agent.config.dirs import readable_dirs
 from agent.config.loader import ConfigError, build_config, component_entries, load_document
-from agent.config.models import Config, substitute
+from agent.config.models import Config
 from agent.config.webconfig import WebConfigError
 from agent.http.credentials import SecretFileError, read_secret, secret_files
 from agent.http.websecurity import INSECURE_ADVICE, WebSecurity

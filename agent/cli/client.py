@@ -18,7 +18,8 @@ import yaml
 
 from agent.cli.output import suggest
 from agent.config.loader import ConfigError, config_paths, load_config, load_document
-from agent.config.models import AgentSettings, Config, parse_listen
+from agent.config.models import Config
+from agent.config.settings import AgentSettings, parse_listen
 from agent.config.yamlfile import load_yaml
 
 if TYPE_CHECKING:

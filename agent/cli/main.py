@@ -17,7 +17,7 @@ from agent.cli.stack import add_stack_commands
 from agent.cli.tls import add_tls_commands
 from agent.cli.todo import add_todo_commands
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
-from agent.config.models import Autonomy
+from agent.config.settings import Autonomy
 from agent.daemon.signals import ignore_hangup
 
 EPILOG = """\

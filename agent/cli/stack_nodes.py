@@ -27,8 +27,9 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from agent.config.base import Strict
 from agent.config.loader import validation_problems
-from agent.config.models import ClientTLS, Strict
+from agent.config.settings import ClientTLS
 from agent.config.yamlfile import load_yaml
 
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

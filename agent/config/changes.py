@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config.models import Component, Config
+from agent.config.component import Component
+from agent.config.models import Config
 
 # Component fields that decide how its processes are launched: a change replaces them.
 LAUNCH_FIELDS = ("command", "shell", "env", "cwd", "user", "group", "umask", "env_file", "stderr")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import shlex
 
-from agent.config.models import Config, group_id
+from agent.config.accounts import group_id
+from agent.config.models import Config
 
 
 def readable_dirs(config: Config) -> list[tuple[str, str]]:

@@ -17,8 +17,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from agent.config.models import AgentSettings, Config, dependency_problems
+from agent.config.models import Config, dependency_problems
 from agent.config.seed import is_seed_shape, map_seed
+from agent.config.settings import AgentSettings
 from agent.config.webconfig import WebConfigError, read_web_config
 from agent.config.yamlfile import load_yaml
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from agent.config.models import Strict
+from agent.config.base import Strict
 from agent.config.units import Duration
 from agent.config.yamlfile import load_yaml
 

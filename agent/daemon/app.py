@@ -15,7 +15,8 @@ from starlette.applications import Starlette
 from agent import __version__
 from agent.config.dirs import readable_dirs
 from agent.config.loader import config_paths
-from agent.config.models import AgentSettings, Autonomy, Config
+from agent.config.models import Config
+from agent.config.settings import AgentSettings, Autonomy
 from agent.config.webconfig import WebConfigError
 from agent.daemon.handover import Handover, drop_reserve, hand_over
 from agent.daemon.parts import Parts, create_missing_stores

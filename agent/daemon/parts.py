@@ -22,7 +22,8 @@ from agent.act.history import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
-from agent.config.models import Autonomy, Config
+from agent.config.models import Config
+from agent.config.settings import Autonomy
 from agent.daemon import carry
 from agent.daemon.handover import Handover
 from agent.export.collectors import AgentCollector, BacklogCollector, Collector, ComponentCollector, HostCollector

@@ -35,7 +35,7 @@ from pathlib import Path
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
 from agent.config.loader import ConfigError, load_config
-from agent.config.models import AgentSettings
+from agent.config.settings import AgentSettings
 from agent.daemon.handover import drop_reserve, reserve_handover
 from agent.supervise.process import ExitStatus, Reaper
 from agent.supervise.supervisor import Supervisor

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from agent.act.dedupe import JOURNAL_FILE
 from agent.config.changes import ReloadStatus, hash_value
-from agent.config.models import Autonomy
+from agent.config.settings import Autonomy
 from agent.export.exposition import Family, Row, Samples, gauge
 from agent.export.families import (
     disk_free_family,

@@ -11,7 +11,8 @@ from typing import Any
 
 from agent.act.plan import Result
 from agent.act.remediation import UNKNOWN_COMPONENT
-from agent.config.models import ACTIONS, Config
+from agent.config.component import ACTIONS
+from agent.config.models import Config
 from agent.export.exposition import CounterStore, HistogramStore, Samples
 
 # Bounded values of the `result` label of orchestrator_remediation_actions_total.

@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.act.modes import Modes
-from agent.config.models import AgentSettings
+from agent.config.settings import AgentSettings
 from agent.http.body import TooLarge, parse_json, read_limited, retry_later
 from agent.http.credentials import Auth, Need, control_token_path, requires
 

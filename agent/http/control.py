@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from agent.act.manual import Manual
 from agent.act.payload import WebhookPayload
-from agent.config.models import Autonomy
+from agent.config.settings import Autonomy
 from agent.http.body import TooLarge, error, parse_json, read_limited, retry_later, validation_message
 from agent.http.credentials import Auth, Need, requires
 from agent.supervise.replica import CommandError

@@ -36,7 +36,7 @@ from agent.http.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowe
 from agent.supervise.state import atomic_create_bytes
 
 if TYPE_CHECKING:
-    from agent.config.models import AgentSettings
+    from agent.config.settings import AgentSettings
 
 log = logging.getLogger("agent.api")
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agent.config.models import AgentSettings
+from agent.config.settings import AgentSettings
 from agent.config.webconfig import WebConfig, WebConfigError, read_web_config
 from agent.export.exposition import Family
 from agent.http.credentials import Auth, Need

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.config.models import BacklogSource
+from agent.config.sources import BacklogSource
 from agent.observe.httpclient import HttpClient
 from agent.todos.row import RowError, capabilities_json, validate_row
 

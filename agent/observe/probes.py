@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from agent.config.models import Component, ProbeSettings, substitute
+from agent.config.component import Component, ProbeSettings, substitute
 from agent.observe.httpclient import HttpClient
 from agent.supervise.process import ExitStatus, Reaper, signal_group
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.config.models import Component, substitute
+from agent.config.component import Component, substitute
 from agent.supervise.logs import LogFiles
 from agent.supervise.process import Identity, SettingError, resolve_identity
 from agent.supervise.replica import replica_err_path

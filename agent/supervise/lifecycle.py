@@ -17,7 +17,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from agent.config.changes import launch_key
-from agent.config.models import Component, Config, substitute
+from agent.config.component import Component, substitute
+from agent.config.models import Config
 from agent.supervise import launch, policy
 from agent.supervise.circuit import CircuitBreaker
 from agent.supervise.containment import Containment, Scope, TrackingContainment

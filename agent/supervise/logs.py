@@ -18,7 +18,7 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
-from agent.config.models import group_id
+from agent.config.accounts import group_id
 from agent.supervise.logfailures import FailedWrites
 from agent.supervise.logrotate import FASTEST_CHECK as FASTEST_CHECK
 from agent.supervise.logrotate import LogPath as LogPath

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agent.config.models import Backoff, RestartPolicyKind, RestartSettings
+from agent.config.component import Backoff, RestartPolicyKind, RestartSettings
 
 
 class Circuit(enum.StrEnum):

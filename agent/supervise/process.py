@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config.models import group_id
+from agent.config.accounts import group_id
 
 log = logging.getLogger("agent.process")
 

@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.config.models import Component, substitute
+from agent.config.component import Component, substitute
 from agent.supervise.containment import Scope
 from agent.supervise.flag import Flag
 from agent.supervise.policy import Circuit

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from agent.config.models import Component
+from agent.config.component import Component
 from agent.supervise.replica import Replica, Runtime
 
 if TYPE_CHECKING:

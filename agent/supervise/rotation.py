@@ -14,7 +14,9 @@ from agent.supervise.replica import replica_err_path, replica_log_path
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from agent.config.models import AgentSettings, Component, Config
+    from agent.config.component import Component
+    from agent.config.models import Config
+    from agent.config.settings import AgentSettings
     from agent.supervise.replica import Replica, Runtime
     from agent.supervise.supervisor import Supervisor
 

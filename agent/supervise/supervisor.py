@@ -11,7 +11,8 @@ import logging
 import time
 
 from agent.config.changes import ReloadPlan, launch_key
-from agent.config.models import Component, Config
+from agent.config.component import Component
+from agent.config.models import Config
 from agent.supervise import policy, rollout
 from agent.supervise.lifecycle import Lifecycle, new_runtime, watch_external
 from agent.supervise.logs import LogFiles
