@@ -70,9 +70,9 @@ class DirectRoutes:
     endpoint; the rest to the router.
 
     Starlette's exception middleware, router (a pattern match per route until one fits), request and
-    response wrappers took about a tenth of a webhook request's time under load (issue 20); the webhook
-    endpoint needs none of them (it reads the scope, and catches its own errors). Only the exact path
-    matches: `/webhook/alertmanager/` and other methods get the router's answers (redirect, 405) as before.
+    response wrappers cost a share of every webhook request; the webhook endpoint needs none of them (it
+    reads the scope, and catches its own errors). Only the exact path matches: `/webhook/alertmanager/`
+    and other methods get the router's answers (redirect, 405).
     """
 
     def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], ASGIApp]) -> None:

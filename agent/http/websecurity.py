@@ -27,7 +27,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.config.settings import AgentSettings
-from agent.config.webconfig import WebConfig, WebConfigError, read_web_config
+from agent.config.webconfig import WebConfig, read_web_config
 from agent.export.exposition import Family
 from agent.http.credentials import Auth, Need
 
@@ -40,7 +40,7 @@ INSECURE_ADVICE = ("anyone who can reach it reads /metrics and the health routes
                    "bind 127.0.0.1, or set agent.acknowledge_insecure_listener: true when a proxy or the "
                    "network already covers it")
 CACHE_SIZE = 256  # verified (user, password) pairs kept, so bcrypt runs once per client, not per scrape
-BCRYPT_AT_ONCE = 2  # concurrent bcrypt checks (each ~50 ms of CPU at cost 10): guessing cannot starve the agent
+BCRYPT_AT_ONCE = 2  # concurrent bcrypt checks (each costs CPU by design): guessing cannot starve the agent
 
 
 def is_loopback(host: str) -> bool:
@@ -252,10 +252,3 @@ async def _plain(send: Send, status: int, body: bytes, headers: list[tuple[bytes
                             (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body})
 
-
-def loaded_or_none(settings: AgentSettings) -> tuple[Loaded | None, str | None]:
-    """For `check-config`: the web config read as the agent would, or the error text."""
-    try:
-        return WebSecurity.read(settings), None
-    except WebConfigError as exc:
-        return None, str(exc)
