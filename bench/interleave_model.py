@@ -9,9 +9,8 @@ target. A delivery answered 5xx must leave no dedupe key, so its redelivery acts
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 RESOLVED_ENDS = "2026-11-24T03:40:05.205Z"
@@ -48,7 +47,6 @@ class Send:
     trace_id: str = ""
     entry: dict[str, Any] | None = None
     settled: bool = False  # matched, or reported as never answered in history
-    sent_at: float = field(default_factory=time.monotonic)
 
     @property
     def ok(self) -> bool:

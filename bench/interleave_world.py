@@ -53,7 +53,6 @@ class Spec:
     hog: int = 0  # bytes a replica allocates
     memory_limit: int | None = None
     fragile: bool = False  # any unplanned restart opens its circuit (for an hour)
-    dynamic: bool = False  # added and removed by reloads
 
     def to_config(self, python: str, script: Path, run: str) -> dict[str, Any]:
         marker = f"il{run}:{self.name}:v{self.version}"
@@ -94,7 +93,7 @@ class World:
         return World(dict(self.specs), self.disk_full)
 
     def add(self, name: str) -> None:
-        self.specs[name] = Spec(name, 0, 2, 1, dynamic=True)
+        self.specs[name] = Spec(name, 0, 2, 1)
 
     def remove(self, name: str) -> None:
         del self.specs[name]

@@ -91,12 +91,6 @@ class Instance:
             tail = (self.workdir / "stdout.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{self.setup.label} exited with {self.proc.returncode}:\n{tail}")
 
-    def output_tail(self, chars: int = 2000) -> str:
-        try:
-            return (self.workdir / "stdout.log").read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
     def stop(self, timeout: float = 2.0) -> None:
         """SIGTERM, a short wait, then SIGKILL; then SIGKILL any child of ours that is left (by pid).
 

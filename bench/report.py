@@ -10,7 +10,6 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-PEERS = ("supervisord", "circus")
 OK = "ok"
 NOT_AVAILABLE = "not available"
 ERROR = "error"

@@ -9,15 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 from agent.cli.client import ControlError, Endpoint, endpoint, listen_url, unreachable
 from agent.cli.output import print_json, progress
-
-_START_TIME = re.compile(r"^orchestrator_agent_start_time_seconds (\S+)$", re.MULTILINE)
 
 
 def _start_time(where: Endpoint, url: str, token_file: str | None) -> float | None:
