@@ -94,7 +94,7 @@ class Instance:
     def stop(self, timeout: float = 2.0) -> None:
         """SIGTERM, a short wait, then SIGKILL; then SIGKILL any child of ours that is left (by pid).
 
-        Stopping is not measured, so the wait is short: supervisord takes ~6 s to stop gracefully
+        Stopping is not measured, so the wait is short: supervisord takes seconds to stop gracefully
         (its 1 s main loop), the agent and circus a fraction of a second.
         """
         if self.proc is None:

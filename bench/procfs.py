@@ -117,7 +117,7 @@ class ProcScanner:
             if any(under(pid, root) for root in self.roots):
                 found.append(Found(pid, instance, slot))
         # Forget pids that are gone: the kernel reuses them (pid_max is 32768 on small machines), and a
-        # new child given one seen earlier must be seen as new (a start-up once waited 120 s for it).
+        # new child given one seen earlier must be seen as new (else a start-up waits for it until its timeout).
         self.known &= live
         return found
 
@@ -142,9 +142,9 @@ class ChildScanner:
     """Sees new bench children of chosen supervisors: what `ProcScanner` does, for a fraction of the cost.
 
     Reads only the kernel's list of each supervisor's direct children (every supervisor here forks its
-    children itself) instead of every pid in /proc: about 0.3 ms at 1,000 children where a full pass over
-    3,000 processes takes 1.5 ms or more, time the bench took from the supervisors it measures on a
-    small machine and added to every latency. A child that has not exec'd `sleep` yet (the agent's
+    children itself) instead of every pid in /proc: a full pass over every process costs several times
+    more, time the bench would take from the supervisors it measures on a small machine and add to every
+    latency. A child that has not exec'd `sleep` yet (the agent's
     setpriv/prlimit chain, a fork before exec) is looked at again on the next call; the known set is the
     last list seen, so a pid the kernel reuses for a new child is seen as new.
     """

@@ -2,8 +2,8 @@
 
 Restart: the agent, supervisord and circus run one at a time with N children each, each alone on the
 machine. Side by side (`together`, `--restart-together`) the agent was measured next to circus, whose
-10 ms check loop over 1,000 watchers took 16 s of CPU in a 21 s group: most of one of the 2 cores the
-agent restarts on. Each supervisor has its own kill plan; one poll loop (~1 ms) SIGKILLs a child and
+10 ms check loop over 1,000 watchers takes most of one core of a small machine, a core the agent
+needs to restart on. Each supervisor has its own kill plan; one poll loop (~1 ms) SIGKILLs a child and
 watches the supervisor's children (the kernel's children files, not a /proc scan: procfs.ChildScanner)
 until a new pid of that slot has exec'd under it. A supervisor has at most one kill in flight. Side by
 side, a new kill is issued only while no other kill is in its first `PARK` seconds, so fast restarts

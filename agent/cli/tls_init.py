@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 FILES = ("ca.crt", "ca.key", "server.crt", "server.key", "client.crt", "client.key", "web-config.yml",
          "metrics.password")
-BCRYPT_COST = 10  # exporter-toolkit's documented example cost: about 50 ms a check here, cached after
+BCRYPT_COST = 10  # exporter-toolkit's documented example cost; the agent caches a checked credential
 
 
 @dataclass

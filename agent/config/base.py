@@ -21,7 +21,7 @@ _SHARED_PATHS: dict[str, Path] = {}
 
 def _shared_path(path: Path) -> Path:
     """One Path object for equal paths: every component of a file has its directory as `cwd`, and a
-    Path each cost 0.3 MiB at 1,000 components (docs/benchmarks.md, Memory)."""
+    Path of its own for each adds up at many components (docs/benchmarks.md, Memory)."""
     if len(_SHARED_PATHS) > 4096:  # a backstop for a config that gives every component a directory of its own
         _SHARED_PATHS.clear()
     return _SHARED_PATHS.setdefault(str(path), path)

@@ -150,7 +150,7 @@ def read_sqlite(path: Path, timeout: float) -> Counts:
     """Aggregate the todos table in SQL (read-only: the agent never writes the backlog)."""
     if not path.exists():
         raise SourceError(f"sqlite {path}: file not found")
-    import sqlite3  # here: an agent with no sqlite source never loads it (1 MiB, docs/benchmarks.md "Memory")
+    import sqlite3  # here: an agent with no sqlite source never loads it (docs/benchmarks.md "Memory")
 
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout)

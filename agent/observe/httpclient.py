@@ -23,7 +23,7 @@ class HttpClient:
     def get(self) -> httpx.AsyncClient:
         """The client, created now if this is the first use."""
         if self._client is None:
-            import httpx  # with httpcore, anyio, certifi and idna: about 6 MiB of RSS (bench/memory.py)
+            import httpx  # here: it brings httpcore, anyio, certifi and idna (their RSS: bench/memory.py)
 
             self._client = httpx.AsyncClient(follow_redirects=False,
                                              limits=httpx.Limits(max_keepalive_connections=64))

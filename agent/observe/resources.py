@@ -86,7 +86,7 @@ class ResourceMonitor:
         self._done: dict[str, float] = {}  # CPU seconds of each component's ended replicas
         self._owners: dict[str, Runtime] = {}  # the runtime the figures of each name belong to
         self._last_root_cpu: dict[int, float] = {}
-        # Each component's root pids at the last sample: a tuple, as small as a set is large (216 bytes).
+        # Each component's root pids at the last sample: a tuple, smaller than a set.
         self._roots: dict[str, tuple[int, ...]] = {}
         self._follow()
         self.host = HostUsage()
@@ -272,7 +272,7 @@ class ResourceMonitor:
             await self._pause()
 
     async def _pass(self) -> None:
-        # A pass's targets and sample (about 0.4 MiB at 1,000 components) go with it, not held over the pause.
+        # A pass's targets and sample go with it, not held over the pause (they grow with the components).
         owners = dict(self.sup.components)
         targets = self._targets()
         self.apply(targets, await self.collect_in_slices(targets), owners)
