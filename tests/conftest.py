@@ -28,7 +28,8 @@ def _end_leftover_agents() -> Iterator[None]:
 def containment(request: pytest.FixtureRequest) -> str:
     """Each containment mechanism in turn; cgroup needs a writable cgroup v2 tree (required under CI)."""
     if request.param == "cgroup":
-        from agent.supervise.containment import ContainmentError, choose
+        from agent.supervise.choice import choose
+        from agent.supervise.containment import ContainmentError
 
         try:
             choose("cgroup", set).close()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from agent.config.component import Component
 from agent.config.models import Config
-from agent.supervise.containment import CgroupScope, TrackingContainment
-from agent.supervise.lifecycle import new_runtime
-from agent.supervise.replica import Replica
+from agent.supervise.cgroup import CgroupScope
+from agent.supervise.replica import Replica, new_runtime
+from agent.supervise.tracking import TrackingContainment
 
 
 def _config(n: int) -> Config:

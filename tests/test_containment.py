@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import psutil
 
-from agent.supervise.containment import cgroup2_mount, own_cgroup
+from agent.supervise.cgroup import cgroup2_mount, own_cgroup
 from bench.chaos import marked, proc_state
 from tests.helpers import AgentProcess, running_agent, wait_for
 

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import yaml
 
-from agent.supervise.containment import CgroupContainment, choose
+from agent.supervise.cgroup import CgroupContainment
+from agent.supervise.choice import choose
 from tests.helpers import AgentProcess, pid_alive, running_agent, wait_for
 from tests.webhookutil import alert, payload
 

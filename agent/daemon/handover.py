@@ -28,7 +28,9 @@ from agent.config.settings import Autonomy
 from agent.daemon import carry
 from agent.daemon.signals import SignalHold
 from agent.export.tracing import Tracing
-from agent.supervise.containment import CgroupContainment, Containment, restore
+from agent.supervise.cgroup import CgroupContainment
+from agent.supervise.choice import restore
+from agent.supervise.containment import Containment
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
 from agent.supervise.process import Reaper

@@ -41,7 +41,8 @@ from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeRunner
 from agent.observe.resources import ResourceMonitor
-from agent.supervise.containment import Containment, ContainmentError, choose
+from agent.supervise.choice import choose
+from agent.supervise.containment import Containment, ContainmentError
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
 from agent.supervise.process import Reaper, raise_fd_limit

@@ -1,18 +1,23 @@
-"""What a replica is launched with besides its command: the environment (with `env_file`), whom it runs
-as, and where its stderr goes. Read at every spawn, so an edited env_file or a changed account applies
-at the next start without a reload; a setting that cannot be applied is a spawn error (SettingError),
+"""Launching a replica: its environment (with `env_file`), whom it runs as, where its output goes, and
+the fork into its scope. Read at every spawn, so an edited env_file or a changed account applies at
+the next start without a reload; a setting that cannot be applied is a spawn error (SettingError),
 retried through backoff like a missing command.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.config.component import Component, substitute
+from agent.supervise.containment import Scope
 from agent.supervise.logs import LogFiles
-from agent.supervise.process import Identity, SettingError, resolve_identity
-from agent.supervise.replica import replica_err_path
+from agent.supervise.process import ExitStatus, Identity, Reaper, SettingError, resolve_identity
+from agent.supervise.replica import replica_err_path, replica_log_path
+
+log = logging.getLogger("agent.supervisor")
 
 MAX_ENV_FILE_BYTES = 1 << 20
 _ESCAPES = {"n": "\n", '"': '"', "\\": "\\"}
@@ -102,3 +107,41 @@ def open_stderr(log_dir: Path, name: str, spec: Component, index: int, files: Lo
         return files.open(path)
     except OSError as exc:
         raise SettingError(f"cannot open the stderr file ({exc.strerror or exc})", str(path)) from None
+
+
+def start(reaper: Reaper, name: str, spec: Component, index: int, *, log_dir: Path, files: LogFiles,
+          scope: Callable[[], Scope], on_exit: Callable[[ExitStatus], None]) -> int:
+    """Open the replica's log (and stderr file) and fork it into its scope; returns its pid and raises
+    whatever stops that. `on_exit` is called with its exit status once the reaper collects it."""
+    who = identity(spec)  # before anything is opened: an unknown user fails here
+    env = environment(spec, index, who)
+    env["AGENT_COMPONENT"] = name
+    env["AGENT_REPLICA"] = str(index)
+    path = replica_log_path(log_dir, name, index)
+    try:
+        files.make_dir(log_dir)
+        fd = files.open(path)
+    except OSError as exc:
+        log.error("component %s: cannot open log %s (%s); output goes to /dev/null", name, path, exc)
+        fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    err_fd = None
+    try:
+        err_fd = open_stderr(log_dir, name, spec, index, files)
+        into = scope()
+        with into.spawning() as extra:
+            pid = reaper.spawn(
+                [substitute(arg, index) for arg in spec.argv],
+                on_exit,
+                env={**env, **extra},
+                cwd=spec.cwd,
+                stdout=fd,
+                stderr=err_fd,
+                identity=who,
+                umask=spec.umask_bits,
+            )
+    finally:
+        os.close(fd)
+        if err_fd is not None:
+            os.close(err_fd)
+    into.adopt(pid)
+    return pid

@@ -12,7 +12,8 @@ import os
 import signal
 from pathlib import Path
 
-from agent.supervise.containment import KILL_ROUNDS, MARKER, CgroupScope, Containment, rmdir_when_empty, send_signal
+from agent.supervise.cgroup import CgroupScope, rmdir_when_empty
+from agent.supervise.containment import KILL_ROUNDS, MARKER, Containment, send_signal
 from agent.supervise.procfs import ProcFS
 from agent.supervise.state import atomic_write_json
 

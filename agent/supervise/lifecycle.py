@@ -1,29 +1,27 @@
 """The replica lifecycle engine: spawn into the replica's scope, notice exits at once, restart with
-backoff and circuit breaker, reconcile replicas with the target, stop with escalation.
+backoff and circuit breaker, reconcile replicas with the target, stop with escalation, watch the
+replicas a previous image handed over.
 
-With agent/supervise/supervisor.py (the commands on top of it) this is the only code that starts, signals or
-reaps component processes.
+The supervisor (agent/supervise/supervisor.py) drives it through its public methods; with
+agent/supervise/stopping.py it is the only code that starts, signals or reaps component processes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import signal
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from agent.config.changes import launch_key
-from agent.config.component import Component, substitute
 from agent.config.models import Config
+from agent.config.settings import AgentSettings
 from agent.supervise import launch, policy
 from agent.supervise.circuit import CircuitBreaker
-from agent.supervise.containment import Containment, Scope, TrackingContainment
+from agent.supervise.containment import Containment, Scope
 from agent.supervise.guardian import Guardian
-from agent.supervise.handover import restore_runtime, runtime_record
 from agent.supervise.logs import LogFiles
 from agent.supervise.policy import Circuit, ExitAction
 from agent.supervise.process import ExitStatus, Reaper, signal_group
@@ -33,11 +31,12 @@ from agent.supervise.replica import (
     ReplicaState,
     Runtime,
     external_refusal,
-    replica_log_path,
+    new_runtime,
 )
 from agent.supervise.stall import StallWatch
 from agent.supervise.state import StateStore
 from agent.supervise.stopping import stop_process
+from agent.supervise.tracking import TrackingContainment
 
 log = logging.getLogger("agent.supervisor")
 
@@ -46,7 +45,8 @@ DURABLE_WAIT_SECONDS = 2.0  # how long an action that stops processes waits for 
 class Lifecycle:
     """Spawns, reaps, restarts with backoff and reconciles the replicas of one agent's components.
 
-    The engine under `Supervisor`, which adds the commands and the observations that drive it.
+    Owns the runtimes (`components`), the circuit breaker and the state dir record. The `Supervisor`
+    holds one and turns commands and observations into calls to its public methods.
     """
 
     def __init__(
@@ -65,26 +65,17 @@ class Lifecycle:
         self.guardian = guardian
         self.containment = containment or TrackingContainment(lambda: set(reaper.running()))
         self.stalls = StallWatch(clock)
-        self.circuits = CircuitBreaker(spawn=self._spawn, new_replica=self._new_replica, reconcile=self._reconcile,
+        self.circuits = CircuitBreaker(spawn=self.spawn, new_replica=self.new_replica, reconcile=self.reconcile,
                                        persist=self.persist, closing=lambda: self.shutting_down)
         self.store = store
         self.clock = clock
         self.rand = rand
         self.log_dir = config.agent.log_dir
         self.log_files = LogFiles.of(config.agent.log_group)
-        self.order = config.start_order()
         self.shutting_down = False
         self._tasks: set[asyncio.Task[None]] = set()
         # Called with (runtime, replica) after every successful spawn (the probe runner listens).
         self.spawn_listeners: list[Callable[[Runtime, Replica], None]] = []
-        # Called with (runtime, previous spec) after a reload gave a component a new spec.
-        self.spec_listeners: list[Callable[[Runtime, Component], None]] = []
-        # Called with (component, why) when a rolling restart halts (the app records it in the history
-        # and counts orchestrator_rollout_halted_total).
-        self.roll_listeners: list[Callable[[str, str], None]] = []
-        # Called with the runtime of an external component whose watch (re)starts: added by a reload or
-        # given a new spec (the probe runner listens; at start it watches every external itself).
-        self.watch_listeners: list[Callable[[Runtime], None]] = []
         # Called when a replica or a component is added or removed (the log rotator rebuilds its list
         # of logs then, instead of every round).
         self.layout_listeners: list[Callable[[], None]] = []
@@ -131,6 +122,11 @@ class Lifecycle:
         self.persist()
         await asyncio.to_thread(self.store.flush, DURABLE_WAIT_SECONDS)
 
+    def use_logs(self, settings: AgentSettings) -> None:
+        """Where and how replicas started from now on write their logs (a reload's `log_dir`, `log_group`)."""
+        self.log_dir = settings.log_dir
+        self.log_files = LogFiles.of(settings.log_group)
+
     # --- helpers ---------------------------------------------------------------------------
 
     def get(self, name: str) -> Runtime:
@@ -147,11 +143,17 @@ class Lifecycle:
             raise CommandError(external_refusal(name))
         return rt
 
-    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+    def background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` as a task of this lifecycle (logged if it fails, cancelled by `cancel_background`)."""
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_task_failure)
+
+    def cancel_background(self) -> None:
+        """Cancel the tasks `background` started (the agent is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
 
     def _scope(self, rt: Runtime, rep: Replica) -> Scope:
         if rep.scope is None:
@@ -160,7 +162,7 @@ class Lifecycle:
 
     # --- spawning and exits -------------------------------------------------------------------
 
-    def _spawn(self, rt: Runtime, rep: Replica) -> bool:
+    def spawn(self, rt: Runtime, rep: Replica) -> bool:
         """Start one replica; a spawn that fails for any reason goes down the backoff path."""
         if rt.retired or rt.external:  # removed by a reload while this waited; or not ours to run
             rep.state = ReplicaState.STOPPED
@@ -177,7 +179,9 @@ class Lifecycle:
         rep.exited.clear()
         generation = rep.generation
         try:
-            pid = self._start_process(rt, rep, generation)
+            pid = launch.start(self.reaper, rt.name, rt.spec, rep.index, log_dir=self.log_dir,
+                               files=self.log_files, scope=lambda: self._scope(rt, rep),
+                               on_exit=lambda status: self._on_exit(rt, rep, generation, status))
         except Exception as exc:
             if isinstance(exc, OSError):
                 why = exc.strerror or str(exc)
@@ -204,48 +208,12 @@ class Lifecycle:
         if rt.spec.probe is None:
             if rt.spec.ready_after > 0:
                 rep.timer = asyncio.get_running_loop().call_later(
-                    rt.spec.ready_after, self._mark_ready, rt, rep, generation)
+                    rt.spec.ready_after, self.mark_ready, rt, rep, generation)
             else:
-                self._mark_ready(rt, rep, generation)
+                self.mark_ready(rt, rep, generation)
         return True
 
-    def _start_process(self, rt: Runtime, rep: Replica, generation: int) -> int:
-        """Open the replica's log (and stderr file) and fork it into its scope; raises whatever stops that."""
-        spec = rt.spec
-        who = launch.identity(spec)  # before anything is opened: an unknown user fails here
-        env = launch.environment(spec, rep.index, who)
-        env["AGENT_COMPONENT"] = rt.name
-        env["AGENT_REPLICA"] = str(rep.index)
-        path = replica_log_path(self.log_dir, rt.name, rep.index)
-        try:
-            self.log_files.make_dir(self.log_dir)
-            fd = self.log_files.open(path)
-        except OSError as exc:
-            log.error("component %s: cannot open log %s (%s); output goes to /dev/null", rt.name, path, exc)
-            fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
-        err_fd = None
-        try:
-            err_fd = launch.open_stderr(self.log_dir, rt.name, spec, rep.index, self.log_files)
-            scope = self._scope(rt, rep)
-            with scope.spawning() as extra:
-                pid = self.reaper.spawn(
-                    [substitute(arg, rep.index) for arg in spec.argv],
-                    lambda status: self._on_exit(rt, rep, generation, status),
-                    env={**env, **extra},
-                    cwd=spec.cwd,
-                    stdout=fd,
-                    stderr=err_fd,
-                    identity=who,
-                    umask=spec.umask_bits,
-                )
-        finally:
-            os.close(fd)
-            if err_fd is not None:
-                os.close(err_fd)
-        scope.adopt(pid)
-        return pid
-
-    def _respawn(self, rt: Runtime, rep: Replica, reason: str) -> bool:
+    def respawn(self, rt: Runtime, rep: Replica, reason: str) -> bool:
         """Count a commanded restart of a stopped replica and start it again (not while shutting down);
         True when a successor was started.
 
@@ -259,7 +227,7 @@ class Lifecycle:
         rt.last_restart_wall = time.time()
         if self.shutting_down:
             return False
-        self._spawn(rt, rep)
+        self.spawn(rt, rep)
         return True
 
     def _spawn_failed(self, rt: Runtime, rep: Replica, generation: int) -> None:
@@ -267,23 +235,25 @@ class Lifecycle:
         if rep.generation != generation or rep.pid is not None:
             return
         rep.exited.set()
-        self._check_ready(rt)
+        self.check_ready(rt)
         if rep.stopping or self.shutting_down or rt.manual_stop or rep.index >= rt.desired:
             rep.state = ReplicaState.STOPPED
             rep.stopping = False
             return
         self._after_failure(rt, rep, None, 0.0, "spawn")
 
-    def _mark_ready(self, rt: Runtime, rep: Replica, generation: int) -> None:
+    def mark_ready(self, rt: Runtime, rep: Replica, generation: int) -> None:
+        """The replica's run `generation` is ready (unless it has ended or is stopping since)."""
         if rep.generation != generation or rep.pid is None or rep.stopping:
             return
         rep.timer = None
         rep.ready = True
         rep.became_ready.set()
         rep.state = ReplicaState.RUNNING
-        self._check_ready(rt)
+        self.check_ready(rt)
 
-    def _check_ready(self, rt: Runtime) -> None:
+    def check_ready(self, rt: Runtime) -> None:
+        """Set or clear the component's readiness: every active replica up to the target is ready."""
         active = rt.active()
         if rt.target > 0 and len(active) >= rt.target and all(r.ready for r in active):
             rt.ready_event.set()
@@ -314,7 +284,7 @@ class Lifecycle:
             rep.timer.cancel()
             rep.timer = None
         rt.last_exit = status
-        self._check_ready(rt)
+        self.check_ready(rt)
         if rep.stopping or self.shutting_down:
             rep.state = ReplicaState.STOPPED
             rep.stopping = False
@@ -356,7 +326,7 @@ class Lifecycle:
         rt.last_reason = reason
         rt.last_restart_wall = time.time()
         if decision.delay <= 0:
-            self._spawn(rt, rep)
+            self.spawn(rt, rep)
             return
         rep.state = ReplicaState.BACKOFF
         log.info("component %s replica %d restarts in %.3fs (failure %d in a row)",
@@ -373,35 +343,38 @@ class Lifecycle:
         if rt.manual_stop or self.shutting_down or rep.index >= rt.desired or rt.circuit is Circuit.OPEN:
             rep.state = ReplicaState.STOPPED
             return
-        self._spawn(rt, rep)
+        self.spawn(rt, rep)
 
     # --- reconciling replicas -----------------------------------------------------------------
 
-    def _new_replica(self, rt: Runtime, index: int) -> Replica:
+    def new_replica(self, rt: Runtime, index: int) -> Replica:
+        """A stopped replica in slot `index` of the component."""
         rep = Replica(index=index)
         rep.exited.set()
         rt.replicas[index] = rep
-        self._layout_changed()
+        self.layout_changed()
         return rep
 
-    def _layout_changed(self) -> None:
+    def layout_changed(self) -> None:
+        """Tell the layout listeners that a replica or a component came or went."""
         for listener in self.layout_listeners:
             listener()
 
-    def _reconcile(self, rt: Runtime, revive_exited: bool = False) -> list[Replica]:
+    def reconcile(self, rt: Runtime, revive_exited: bool = False) -> list[Replica]:
         """Start missing replicas below the target; return those above it (for the caller to stop)."""
         if rt.external:  # never spawned
             return []
         if not self.shutting_down and rt.circuit is Circuit.CLOSED:
             for index in range(rt.target):
-                rep = rt.replicas.get(index) or self._new_replica(rt, index)
+                rep = rt.replicas.get(index) or self.new_replica(rt, index)
                 revive = revive_exited and rep.state is ReplicaState.EXITED
                 if rep.state is ReplicaState.STOPPED or revive:
-                    self._spawn(rt, rep)
-        self._check_ready(rt)
+                    self.spawn(rt, rep)
+        self.check_ready(rt)
         return [r for i, r in sorted(rt.replicas.items()) if i >= rt.target and r.state is not ReplicaState.STOPPED]
 
-    async def _stop_replica(self, rt: Runtime, rep: Replica) -> None:
+    async def stop_replica(self, rt: Runtime, rep: Replica) -> None:
+        """Stop one replica with its component's stop settings; it stays stopped (no restart)."""
         if rep.timer is not None:
             rep.timer.cancel()
             rep.timer = None
@@ -417,55 +390,37 @@ class Lifecycle:
             await rep.exited.wait()
             log.info("%s (pid %d) stopped", who, pid)
 
-    async def _stop_replicas(self, rt: Runtime, replicas: list[Replica]) -> None:
-        await asyncio.gather(*(self._stop_replica(rt, r) for r in replicas))
+    async def stop_replicas(self, rt: Runtime, replicas: list[Replica]) -> None:
+        """Stop these replicas at once; those above the desired count are dropped with their scope."""
+        await asyncio.gather(*(self.stop_replica(rt, r) for r in replicas))
         for rep in replicas:
             if rep.index >= rt.desired and rep.state is ReplicaState.STOPPED:
                 rt.replicas.pop(rep.index, None)
-                self._layout_changed()
+                self.layout_changed()
                 if rep.scope is not None:
                     rep.scope.release()
 
-    # --- agent reexec: handing the running replicas to a new image of this process -------------
+    async def stop_every(self, rt: Runtime) -> None:
+        """Stop every replica of the component at once (their slots are kept)."""
+        await asyncio.gather(*(self.stop_replica(rt, r) for r in rt.replicas.values()))
 
-    def hand_over(self) -> dict[str, Any]:
-        """Every component's run-time state and live replicas, as JSON, for `agent reexec`.
+    async def restart_failed(self, rt: Runtime, rep: Replica, generation: int, reason: str) -> None:
+        """Stop a replica found failing (its run `generation`) and restart it as its restart policy
+        says, as if it had exited; the caller holds the component's lock."""
+        if rep.generation != generation or rep.pid is None:
+            return
+        ran_for = self.stalls.ran_for(rep.started_at, self.clock())
+        await self.stop_replica(rt, rep)
+        if not self.shutting_down and not rt.manual_stop:
+            self._after_failure(rt, rep, None, ran_for, reason)
 
-        Monotonic times are per boot, so they mean the same to the new image (same process, same boot).
-        """
-        return {rt.name: runtime_record(rt) for rt in self.components.values()}
+    # --- agent reexec: replicas a previous image of this process started ------------------------
 
-    def adopt(self, components: dict[str, Any]) -> list[tuple[str, int, int]]:
-        """Take over the replicas the previous image ran (`hand_over()`): same pids, nothing restarted.
-
-        Call before the loop runs anything else: a replica that died during the exec is a zombie that
-        the reaper collects next, and it is then restarted like any exit. Returns (component, index,
-        pid) of live replicas whose component is no longer configured, for the caller to stop.
-        """
-        leftovers: list[tuple[str, int, int]] = []
-        for name, entry in components.items():
-            rt = self.components.get(name)
-            if rt is None or rt.external:  # gone, or external now: its old processes are not ours to keep
-                leftovers += [(name, r["index"], r["pid"]) for r in entry["replicas"] if r["pid"]]
-                continue
-            restore_runtime(rt, entry)
-            for record in entry["replicas"]:
-                rep = rt.replicas.get(record["index"]) or self._new_replica(rt, record["index"])
-                rep.failures = record["failures"]
-                if record["pid"]:
-                    self._adopt_replica(rt, rep, record)
-            self._check_ready(rt)
-        self.persist()  # into this image's state dir, which may be a new one
-        return leftovers
-
-    def _adopt_replica(self, rt: Runtime, rep: Replica, record: dict[str, Any]) -> None:
-        rep.pid = pid = record["pid"]
-        rep.generation = generation = record["generation"]
-        rep.started_at, rep.started_wall = record["started_at"], record["started_wall"]
-        # What it was launched with: when the file changed that since, the next reload replaces it.
-        rep.launch = record.get("launch", rt.launch)
-        rep.ready = rep.probe_ever_ok = record["ready"]
-        rep.state = ReplicaState.RUNNING if rep.ready else ReplicaState.STARTING
+    def watch_adopted(self, rt: Runtime, rep: Replica) -> None:
+        """Take over a live replica the previous image ran (its pid, generation and times are restored):
+        its exit is noticed and handled like any other, its readiness timer runs on."""
+        pid, generation = rep.pid, rep.generation
+        assert pid is not None
         rep.exited.clear()
         self._scope(rt, rep)
         self.reaper.adopt(pid, lambda status: self._on_exit(rt, rep, generation, status))
@@ -476,25 +431,7 @@ class Lifecycle:
             listener(rt, rep)
         if not rep.ready and rt.spec.probe is None:
             remaining = max(0.0, rt.spec.ready_after - (self.clock() - rep.started_at))
-            rep.timer = asyncio.get_running_loop().call_later(remaining, self._mark_ready, rt, rep, generation)
-
-
-def new_runtime(name: str, spec: Component) -> Runtime:
-    """A component's runtime before anything ran: its start count, no restart counted (a Counter reads
-    0 for a reason never counted; none is stored until counted: 0.2 KB a component)."""
-    rt = Runtime(name=name, spec=spec, desired=spec.replicas.start_count, launch=launch_key(spec))
-    if spec.external:
-        watch_external(rt)
-    return rt
-
-
-def watch_external(rt: Runtime) -> None:
-    """An external component is desired once while it has a probe and `replicas` allows one (the seed's
-    `enabled: false` gives 0): then `observed` holds its probe state, fresh, until the first result."""
-    spec = rt.spec
-    rt.desired = 1 if spec.probe is not None and spec.replicas.start_count > 0 else 0
-    rt.observed = Replica(0, state=ReplicaState.STARTING) if rt.desired else None
-    rt.ready_event.clear()
+            rep.timer = asyncio.get_running_loop().call_later(remaining, self.mark_ready, rt, rep, generation)
 
 
 def _log_task_failure(task: asyncio.Task[None]) -> None:

@@ -1,7 +1,7 @@
 """The replica and component model: states, what the supervisor knows about each, where logs go.
 
-Plain data with derived properties; the supervisor (agent/supervise/supervisor.py) is the only code that changes
-it, and the collectors and the status document read it.
+Plain data with derived properties; the supervisor and its lifecycle (agent/supervise/supervisor.py,
+lifecycle.py) are the only code that changes it, and the collectors and the status document read it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.config.changes import launch_key
 from agent.config.component import Component, substitute
 from agent.supervise.containment import Scope
 from agent.supervise.flag import Flag
@@ -162,6 +163,25 @@ class Runtime:
         if ReplicaState.EXITED in states:
             return ComponentState.EXITED
         return ComponentState.STOPPED
+
+
+def new_runtime(name: str, spec: Component) -> Runtime:
+    """A component's runtime before anything ran: its start count, no restart counted (a Counter reads
+    0 for a reason never counted, so none is stored until counted)."""
+    rt = Runtime(name=name, spec=spec, desired=spec.replicas.start_count, launch=launch_key(spec))
+    if spec.external:
+        watch_external(rt)
+    return rt
+
+
+def watch_external(rt: Runtime) -> None:
+    """An external component is desired once while it has a probe and `replicas` allows one (the seed's
+    `enabled: false` gives 0): then `observed` holds its probe state, fresh, until the first result."""
+    spec = rt.spec
+    rt.desired = 1 if spec.probe is not None and spec.replicas.start_count > 0 else 0
+    rt.observed = Replica(0, state=ReplicaState.STARTING) if rt.desired else None
+    rt.ready_event.clear()
+
 
 
 def replica_log_path(log_dir: Path, component: str, index: int) -> Path:

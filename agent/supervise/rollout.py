@@ -70,7 +70,7 @@ async def roll(lc: Lifecycle, rt: Runtime, replicas: list[Replica], reason: str)
     """Replace `replicas` in index order, each successor ready before the next stops; the lock is held.
 
     A successor not ready within `ready_timeout` halts the roll: the old replicas not yet reached keep
-    running, the successor stays under its restart policy, and `lc.roll_listeners` hear why.
+    running, the successor stays under its restart policy, and the result says why.
     `rt.roll_interrupt` (set between two replicas) ends the roll after the replica in hand;
     `rt.roll_abort` (a stop, the shutdown) ends it at once.
     """
@@ -84,8 +84,8 @@ async def roll(lc: Lifecycle, rt: Runtime, replicas: list[Replica], reason: str)
             log.info("component %s: rolling restart handed over after %d of %d replica(s)",
                      rt.name, replaced, len(todo))
             return RollResult(replaced, interrupted=True, reason="taken over", remaining=todo[i:], started=started)
-        await lc._stop_replica(rt, rep)
-        if lc._respawn(rt, rep, reason):
+        await lc.stop_replica(rt, rep)
+        if lc.respawn(rt, rep, reason):
             started += 1
         if await _ready(rt, rep, timeout):
             replaced += 1
@@ -95,8 +95,6 @@ async def roll(lc: Lifecycle, rt: Runtime, replicas: list[Replica], reason: str)
         why = (f"replica {rep.index} not ready {timeout:g}s after its restart; halted after {replaced} of "
                f"{len(todo)} replaced, {len(todo) - i - 1} old replica(s) keep running")
         log.warning("component %s: rolling restart halted: %s", rt.name, why)
-        for listener in lc.roll_listeners:
-            listener(rt.name, why)
         return RollResult(replaced, halted=True, reason=why, remaining=todo[i + 1:], started=started)
     return RollResult(replaced, started=started)
 

@@ -1,36 +1,99 @@
 """The supervisor: the commands everything else uses (`restart`, `scale`, `start`, `stop`,
-`emergency_stop`, `shutdown`), each with a reason, and the observations that drive restarts (probe
-results, memory samples). The lifecycle engine underneath is agent/supervise/lifecycle.py, rolling
-restarts are in agent/supervise/rollout.py.
+`emergency_stop`, `shutdown`, `reconfigure`), each with a reason, and the observations that drive
+restarts (probe results, memory samples). It holds the lifecycle engine (agent/supervise/lifecycle.py)
+and calls it through its public methods; rolling restarts are in agent/supervise/rollout.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from agent.config.changes import ReloadPlan, launch_key
 from agent.config.component import Component
 from agent.config.models import Config
-from agent.supervise import policy, rollout
-from agent.supervise.lifecycle import Lifecycle, new_runtime, watch_external
-from agent.supervise.logs import LogFiles
+from agent.supervise import handover, policy, rollout
+from agent.supervise.containment import Containment
+from agent.supervise.guardian import Guardian
+from agent.supervise.health import Health
+from agent.supervise.lifecycle import Lifecycle
 from agent.supervise.policy import Circuit
-from agent.supervise.replica import CommandError, Replica, ReplicaState, Runtime
+from agent.supervise.process import Reaper
+from agent.supervise.replica import CommandError, Replica, ReplicaState, Runtime, new_runtime, watch_external
 from agent.supervise.rollout import RollResult
+from agent.supervise.state import StateStore
 
 log = logging.getLogger("agent.supervisor")
 
 
-class Supervisor(Lifecycle):
-    """Owns the component processes of one agent."""
+class Supervisor:
+    """Owns the component processes of one agent: the commands on them, carried out by its lifecycle."""
+
+    def __init__(
+        self,
+        config: Config,
+        reaper: Reaper,
+        store: StateStore,
+        *,
+        guardian: Guardian | None = None,
+        containment: Containment | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.order = config.start_order()
+        self.lifecycle = lc = Lifecycle(config, reaper, store, guardian=guardian, containment=containment,
+                                        clock=clock, rand=rand)
+        self.reaper = reaper
+        self.store = store
+        self.components = lc.components  # the lifecycle's runtimes, in start order
+        # Called with (runtime, replica) after every successful spawn (the probe runner listens).
+        self.spawn_listeners = lc.spawn_listeners
+        # Called when a replica or a component is added or removed (the log rotator rebuilds its list
+        # of logs then, instead of every round).
+        self.layout_listeners = lc.layout_listeners
+        # Called with (runtime, previous spec) after a reload gave a component a new spec.
+        self.spec_listeners: list[Callable[[Runtime, Component], None]] = []
+        # Called with (component, why) when a rolling restart halts (the app records it in the history
+        # and counts orchestrator_rollout_halted_total).
+        self.roll_listeners: list[Callable[[str, str], None]] = []
+        # Called with the runtime of an external component whose watch (re)starts: added by a reload or
+        # given a new spec (the probe runner listens; at start it watches every external itself).
+        self.watch_listeners: list[Callable[[Runtime], None]] = []
+        self.health = Health(lc, restart=lambda name, index: self.restart(name, "resource", replica=index))
+
+    @property
+    def shutting_down(self) -> bool:
+        """True from `begin_shutdown` on: nothing restarts any more."""
+        return self.lifecycle.shutting_down
+
+    @property
+    def log_dir(self) -> Path:
+        """Where replicas started from now on write their logs."""
+        return self.lifecycle.log_dir
+
+    def persist(self) -> None:
+        """Save desired replicas, manual stops and circuits to the state dir."""
+        self.lifecycle.persist()
+
+    def hand_over(self) -> dict[str, Any]:
+        """Every component's run-time state and live replicas, as JSON, for `agent reexec`."""
+        return handover.hand_over(self.components)
+
+    def adopt(self, components: dict[str, Any]) -> list[tuple[str, int, int]]:
+        """Take over the replicas the previous image ran; returns those of components no longer run here."""
+        return handover.adopt(self.lifecycle, components)
 
     # --- commands ----------------------------------------------------------------------------
 
     async def start_all(self, ready_timeout: float | None = None) -> None:
         """Start every component in dependency order; a dependent waits until its dependencies are ready."""
-        self.stalls.start()
+        self.lifecycle.stalls.start()
         for name in self.order:
             rt = self.components.get(name)
             if rt is None or rt.retired or rt.external:  # removed by a reload meanwhile; or not ours to run
@@ -42,18 +105,18 @@ class Supervisor(Lifecycle):
                 delay = policy.circuit_trial_due(rt.circuit_opened_wall, time.time(),
                                                  rt.spec.restart.circuit_cooldown)
                 log.warning("component %s: circuit open (restored); trial in %.1fs", name, delay)
-                self.circuits.schedule_trial(rt, delay)
+                self.lifecycle.circuits.schedule_trial(rt, delay)
                 continue
             if rt.circuit is Circuit.HALF_OPEN:
                 rt.circuit = Circuit.OPEN
-                self.circuits.schedule_trial(rt, 0.0)
+                self.lifecycle.circuits.schedule_trial(rt, 0.0)
                 continue
             if rt.manual_stop:
                 log.info("component %s stays stopped (stopped by hand; `agent start %s` starts it)", name, name)
                 continue
             async with rt.lock:
                 # Replicas above the target exist only when adopted after `agent reexec` (bounds changed).
-                await self._stop_replicas(rt, self._reconcile(rt))
+                await self.lifecycle.stop_replicas(rt, self.lifecycle.reconcile(rt))
 
     async def _wait_ready(self, rt: Runtime, timeout: float | None) -> None:
         if rt.target == 0 or rt.circuit is not Circuit.CLOSED:
@@ -68,12 +131,12 @@ class Supervisor(Lifecycle):
     async def restart(self, name: str, reason: str, replica: int | None = None,
                       all_at_once: bool = False) -> RollResult:
         """Restart running replicas: one (`replica`), all at once, or, with several, rolling one at a time."""
-        rt = self.get_run(name)
+        rt = self.lifecycle.get_run(name)
         async with rt.lock:
             if replica is not None and replica not in rt.replicas:
                 raise CommandError(f"component {name!r} has no replica {replica}")
             if reason == "manual" and rt.circuit is not Circuit.CLOSED:
-                self.circuits.close(rt, "restarted by hand")
+                self.lifecycle.circuits.close(rt, "restarted by hand")
             if rt.manual_stop or rt.circuit is Circuit.OPEN:
                 return RollResult(0)
             # Replicas below the desired count that have no slot yet: a circuit restored open at start,
@@ -84,32 +147,37 @@ class Supervisor(Lifecycle):
             if replica is None and not all_at_once and len(targets) > 1:
                 done = await self.roll(rt, targets, reason)
             else:
-                await asyncio.gather(*(self._stop_replica(rt, r) for r in targets))
-                done = RollResult(len(targets), started=sum(self._respawn(rt, rep, reason) for rep in targets))
+                await asyncio.gather(*(self.lifecycle.stop_replica(rt, r) for r in targets))
+                done = RollResult(len(targets), started=sum(self.lifecycle.respawn(rt, rep, reason) for rep in targets))
             if missing and not self.shutting_down and rt.circuit is Circuit.CLOSED:
-                self._reconcile(rt)
+                self.lifecycle.reconcile(rt)
                 revived = sum(1 for i in missing if i in rt.replicas and rt.replicas[i].pid is not None)
                 done.started += revived
                 done.replaced += revived
             return done
 
     async def roll(self, rt: Runtime, replicas: list[Replica], reason: str) -> RollResult:
-        """Replace these replicas one at a time, each successor ready first (the caller holds rt.lock)."""
-        return await rollout.roll(self, rt, replicas, reason)
+        """Replace these replicas one at a time, each successor ready first (the caller holds rt.lock);
+        the roll listeners hear why when it halts."""
+        done = await rollout.roll(self.lifecycle, rt, replicas, reason)
+        if done.halted:
+            for listener in self.roll_listeners:
+                listener(rt.name, done.reason)
+        return done
 
     async def scale(self, name: str, replicas: int, reason: str) -> int:
         """Set desired replicas (within min/max); starts or stops only the difference."""
-        rt = self.get_run(name)
+        rt = self.lifecycle.get_run(name)
         bounds = rt.spec.replicas
         if not bounds.min <= replicas <= bounds.max:
             raise CommandError(f"component {name!r}: {replicas} replicas is outside [{bounds.min}, {bounds.max}]")
         async with rt.lock:
             before = rt.desired
             rt.desired = replicas
-            await self.persist_durably()
+            await self.lifecycle.persist_durably()
             if before != replicas:
                 log.info("component %s scaled %d -> %d (%s)", name, before, replicas, reason)
-            await self._stop_replicas(rt, self._reconcile(rt))
+            await self.lifecycle.stop_replicas(rt, self.lifecycle.reconcile(rt))
             return before
 
     async def start(self, name: str, reason: str, *, with_dependencies: bool = False,
@@ -119,11 +187,11 @@ class Supervisor(Lifecycle):
         `with_dependencies` first starts, in dependency order, every dependency (direct or not) that
         is not running, each waited ready (bounded as at start-up) before the next; returns their names.
         """
-        self.get_run(name)  # an unknown or external component is refused before anything starts
+        self.lifecycle.get_run(name)  # an unknown or external component is refused before anything starts
         started: list[str] = []
         if with_dependencies:
             for dep in self.dependencies(name):
-                rt = self.get(dep)
+                rt = self.lifecycle.get(dep)
                 if not rt.external and (rt.target == 0 or rt.running_count == 0):
                     await self._start_one(dep, reason)
                     started.append(dep)
@@ -132,17 +200,17 @@ class Supervisor(Lifecycle):
         return started
 
     async def _start_one(self, name: str, reason: str) -> None:
-        rt = self.get_run(name)
+        rt = self.lifecycle.get_run(name)
         async with rt.lock:
             if reason == "manual":
                 rt.manual_stop = False
-                self.circuits.close(rt, "started by hand")
+                self.lifecycle.circuits.close(rt, "started by hand")
             elif rt.manual_stop:
                 raise CommandError(f"component {name!r} was stopped by hand; only `agent start` starts it")
             if rt.desired == 0:
                 rt.desired = max(rt.spec.replicas.min, 1)
             self.persist()
-            self._reconcile(rt, revive_exited=True)
+            self.lifecycle.reconcile(rt, revive_exited=True)
 
     async def stop(self, name: str, reason: str, *, with_dependents: bool = False) -> list[str]:
         """Stop every replica; a manual stop holds until a manual start.
@@ -151,7 +219,7 @@ class Supervisor(Lifecycle):
         first, in reverse dependency order, the same way. Returns the running dependents: those
         stopped first, or (without the flag) those left running on a stopped dependency.
         """
-        self.get_run(name)  # an unknown or external component is refused before anything stops
+        self.lifecycle.get_run(name)  # an unknown or external component is refused before anything stops
         dependents = [d for d in self.dependents(name)
                       if self.components[d].running_count and not self.components[d].external]
         if with_dependents:
@@ -161,21 +229,21 @@ class Supervisor(Lifecycle):
         return dependents
 
     async def _stop_one(self, name: str, reason: str) -> None:
-        rt = self.get_run(name)
+        rt = self.lifecycle.get_run(name)
         async with rollout.taking_over(rt, abort=True):  # a rolling restart in progress gives way at once
             if reason == "manual":
                 # Stopped by hand: no trial start later; `agent start` begins afresh.
                 rt.manual_stop = True
-                self.circuits.cancel(rt)
+                self.lifecycle.circuits.cancel(rt)
                 rt.circuit = Circuit.CLOSED
-            await self.persist_durably()
-            await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
-            self._check_ready(rt)
+            await self.lifecycle.persist_durably()
+            await self.lifecycle.stop_every(rt)
+            self.lifecycle.check_ready(rt)
 
     def dependencies(self, name: str) -> list[str]:
         """What `name` depends on, directly or not, in start order (dependencies first)."""
         needed: set[str] = set()
-        pending = list(self.get(name).spec.depends_on)
+        pending = list(self.lifecycle.get(name).spec.depends_on)
         while pending:
             dep = pending.pop()
             if dep not in needed and dep in self.components:
@@ -185,7 +253,7 @@ class Supervisor(Lifecycle):
 
     def dependents(self, name: str) -> list[str]:
         """What depends on `name`, directly or not, in stop order (reverse start order)."""
-        self.get(name)
+        self.lifecycle.get(name)
         found = {name}
         for other in self.order:  # start order: a dependency is met before whatever depends on it
             rt = self.components.get(other)
@@ -201,10 +269,10 @@ class Supervisor(Lifecycle):
     def begin_shutdown(self) -> None:
         """No restart, trial or roll goes on from here: a roll in flight returns after the replica in hand,
         saying what it started (so an action in flight finishes, and its audit tells the truth)."""
-        self.shutting_down = True
-        self.stalls.stop()
+        self.lifecycle.shutting_down = True
+        self.lifecycle.stalls.stop()
         for rt in self.components.values():
-            self.circuits.cancel(rt)
+            self.lifecycle.circuits.cancel(rt)
             rt.roll_abort.set()  # a rolling restart stops waiting for its successor
 
     async def shutdown(self) -> None:
@@ -212,9 +280,8 @@ class Supervisor(Lifecycle):
         self.begin_shutdown()
         for name in reversed(self.order):
             rt = self.components[name]
-            await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
-        for task in list(self._tasks):
-            task.cancel()
+            await self.lifecycle.stop_every(rt)
+        self.lifecycle.cancel_background()
 
     # --- config reload ------------------------------------------------------------------------
 
@@ -231,8 +298,7 @@ class Supervisor(Lifecycle):
             await self._retire(self.components[name])
         self.config = config
         self.order = config.start_order()
-        self.log_dir = config.agent.log_dir
-        self.log_files = LogFiles.of(config.agent.log_group)
+        self.lifecycle.use_logs(config.agent)
         rolls = []
         for name in self.order:
             rt = self.components.get(name)
@@ -240,7 +306,7 @@ class Supervisor(Lifecycle):
                 added = new_runtime(name, config.components[name])
                 added.manual_stop = hold_new
                 self.components[name] = added
-                self._layout_changed()
+                self.lifecycle.layout_changed()
                 continue
             if name not in plan.replaced and name not in plan.updated:
                 rt.spec = config.components[name]  # an equal spec: nothing to apply, a roll goes on
@@ -248,7 +314,7 @@ class Supervisor(Lifecycle):
             # A rolling restart in progress finishes the replica in hand, then this plan takes over.
             async with rollout.taking_over(rt):
                 self._respec(rt, config.components[name])
-                await self._stop_replicas(rt, self._reconcile(rt))
+                await self.lifecycle.stop_replicas(rt, self.lifecycle.reconcile(rt))
             if name in plan.replaced:
                 rolls.append(self.replace_stale(rt))
         # Kept in start order: the status table and the metrics list components as the config does.
@@ -266,7 +332,7 @@ class Supervisor(Lifecycle):
             for dep in rt.spec.depends_on:
                 await self._wait_ready(self.components[dep], None)
             async with rt.lock:
-                self._reconcile(rt)
+                self.lifecycle.reconcile(rt)
 
     def _respec(self, rt: Runtime, spec: Component) -> None:
         """Give a kept component its new spec; what the agent enforces reads the spec, so this applies it."""
@@ -293,7 +359,7 @@ class Supervisor(Lifecycle):
                 rep.probe_ok = None
                 rep.probe_failures = rep.probe_successes = 0
                 if rep.pid is not None and not rep.stopping and not rep.ready:
-                    self._mark_ready(rt, rep, rep.generation)
+                    self.lifecycle.mark_ready(rt, rep, rep.generation)
         for listener in self.spec_listeners:
             listener(rt, previous)
 
@@ -310,95 +376,26 @@ class Supervisor(Lifecycle):
         """Stop a component a reload removed (its stop settings) and forget it."""
         rt.retired = True
         async with rollout.taking_over(rt, abort=True):
-            self.circuits.cancel(rt)
-            await asyncio.gather(*(self._stop_replica(rt, r) for r in rt.replicas.values()))
+            self.lifecycle.circuits.cancel(rt)
+            await self.lifecycle.stop_every(rt)
             for rep in rt.replicas.values():
                 rep.state = ReplicaState.STOPPED
                 if rep.scope is not None:
                     rep.scope.release()
         self.components.pop(rt.name, None)
-        self._layout_changed()
+        self.lifecycle.layout_changed()
         log.info("component %s removed from the config: stopped", rt.name)
 
     # --- observations from probes and resource sampling ---------------------------------------
 
     def report_probe(self, name: str, index: int, generation: int, ok: bool, error: str = "") -> None:
         """Record one probe result; after failure_threshold failures past the startup grace, restart."""
-        rt = self.components[name]
-        rep = rt.replicas.get(index)
-        probe = rt.spec.probe
-        if rep is None or probe is None or rep.generation != generation or rep.pid is None or rep.stopping:
-            return
-        if ok:
-            rep.probe_failures = 0
-            rep.probe_successes += 1
-            rep.probe_error = ""
-            if rep.probe_successes >= probe.success_threshold:
-                rep.probe_ok = True
-                rep.probe_ever_ok = True
-                if not rep.ready:
-                    self._mark_ready(rt, rep, generation)
-            return
-        rep.probe_successes = 0
-        rep.probe_failures += 1
-        rep.probe_error = error
-        if rep.probe_failures < probe.failure_threshold:
-            return
-        rep.probe_ok = False
-        in_grace = not rep.probe_ever_ok and self.clock() - rep.started_at < probe.startup_grace
-        if not probe.restart or in_grace or self.shutting_down or rt.circuit is Circuit.OPEN:
-            return
-        log.warning("component %s replica %d failed %d probes in a row (%s); restarting",
-                    name, index, rep.probe_failures, error)
-        rep.probe_failures = 0
-        self._background(self._probe_restart(rt, rep, generation))
-
-    async def _probe_restart(self, rt: Runtime, rep: Replica, generation: int) -> None:
-        async with rt.lock:
-            if rep.generation != generation or rep.pid is None:
-                return
-            ran_for = self.stalls.ran_for(rep.started_at, self.clock())
-            await self._stop_replica(rt, rep)
-            if not self.shutting_down and not rt.manual_stop:
-                self._after_failure(rt, rep, None, ran_for, "probe")
+        self.health.report_probe(name, index, generation, ok, error)
 
     def report_external(self, name: str, observed: Replica, ok: bool, error: str = "") -> None:
         """Record one probe result of an external component: its health, never an action (not ours)."""
-        rt = self.components.get(name)
-        probe = rt.spec.probe if rt is not None else None
-        if rt is None or probe is None or rt.observed is not observed:
-            return
-        if ok:
-            observed.probe_failures = 0
-            observed.probe_successes += 1
-            observed.probe_error = ""
-            if observed.probe_successes >= probe.success_threshold:
-                if observed.probe_ok is not True:
-                    log.info("external component %s is up (%s probe passes)", name, probe.kind)
-                observed.probe_ok = observed.probe_ever_ok = observed.ready = True
-                observed.state = ReplicaState.RUNNING
-                rt.ready_event.set()  # its dependents may start
-            return
-        observed.probe_successes = 0
-        observed.probe_failures += 1
-        observed.probe_error = error
-        if observed.probe_failures >= probe.failure_threshold:
-            if observed.probe_ok is not False:
-                log.warning("external component %s is down: %d %s probes failed in a row (%s)",
-                            name, observed.probe_failures, probe.kind, error)
-            observed.probe_ok = observed.ready = False
-            rt.ready_event.clear()
+        self.health.report_external(name, observed, ok, error)
 
     def report_memory(self, name: str, index: int, pid: int, rss: int) -> None:
         """Record one RSS sample of a replica's process tree; two over the limit in a row restart it."""
-        rt = self.components[name]
-        rep = rt.replicas.get(index)
-        limit = rt.spec.limits.memory_bytes
-        if rep is None or rep.pid != pid or limit is None or rep.stopping:
-            return
-        rep.rss_samples = [*rep.rss_samples[-3:], rss]
-        if policy.over_memory_limit(rep.rss_samples, limit):
-            log.warning("component %s replica %d uses %d bytes, over its limit %d for two samples; restarting",
-                        name, index, rss, limit)
-            rep.rss_samples = []
-            self._background(self.restart(name, "resource", replica=index))
+        self.health.report_memory(name, index, pid, rss)
