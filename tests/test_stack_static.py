@@ -31,7 +31,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 
 # The metric contract: what the agent exports and all that rules and dashboards may use.
-# It must match docs/metrics.md (and agent/export/metrics.py).
+# It must match docs/metrics.md (and agent/export/collectors.py and events.py).
 CONTRACT_METRICS = frozenset({
     # components
     "orchestrator_component_info",

@@ -142,7 +142,7 @@ def precreated_reasons(probe: bool, memory_limit: bool) -> tuple[str, ...]:
 class ComponentCollector:
     """Every configured component: state, replicas, restarts, probes, resource use.
 
-    Lean at 1,000 components: a series is written only when it says something a query cannot derive.
+    Lean with many components: a series is written only when it says something a query cannot derive.
     One-hot families carry only their current value (state, probe error); `manual_stop` only while 1;
     `last_exit_code` once a replica has exited; restart reasons only those the rules alert on (`exit`,
     `probe` with a probe, `resource` with a memory limit) before they are first counted. The budget per
@@ -152,7 +152,7 @@ class ComponentCollector:
     def __init__(self, supervisor: Supervisor, resources: ResourceMonitor, probes: ProbeRunner) -> None:
         self.sup, self.resources, self.probes = supervisor, resources, probes
         # Each component's `(name,)`, the same tuple every scrape: the renderer's line cache keeps the
-        # label values of every row, and eight families share this one (0.4 MiB at 1,000 components).
+        # label values of every row, and eight families share this one.
         self._keys: dict[str, tuple[str]] = {}
 
     def _labelled(self) -> list[tuple[tuple[str], Runtime]]:
@@ -165,8 +165,8 @@ class ComponentCollector:
         """One set of series per component, all components in each family.
 
         Each family reads its rows as it is rendered, one family after the other: a scrape never holds
-        the rows of every family at once (35,000 at 1,000 components; what a scrape holds at once, it
-        leaves resident: docs/benchmarks.md, Memory). Rendering never awaits, so they read one state.
+        the rows of every family at once (what a scrape holds at once, it leaves resident:
+        docs/benchmarks.md, Memory). Rendering never awaits, so they read one state.
         """
         labelled = self._labelled()  # every component as ((name,), runtime)
         usage = self.resources.current()

@@ -3,8 +3,7 @@ Prometheus text format 0.0.4 or OpenMetrics 1.0, as prometheus_client would (tes
 checks that against its own writer and parsers), fast enough for tens of thousands of series.
 
 The agent does not import prometheus_client: its package loads its HTTP servers, push gateway client,
-default registry and collectors, none of which the agent uses (12 MiB over a bare interpreter, 0.4 MiB
-over the rest of `agent run`: bench/memory.py).
+default registry and collectors, none of which the agent uses (their memory: docs/benchmarks.md, Memory).
 """
 
 from __future__ import annotations
@@ -177,10 +176,6 @@ class Family:
         self.rows.append((tuple(labels), value))
 
 
-def _gauge(name: str, doc: str, labels: list[str]) -> Family:
-    return Family(name, doc, labels=labels)
-
-
 def gauge(name: str, doc: str, labels: list[str]) -> Family:
     """An empty gauge family with these labels."""
     return Family(name, doc, labels=labels)
@@ -213,8 +208,8 @@ class _Block:
     """One family's rows as last written: their label values, values, and lines as one piece of text.
 
     `text` is the rows' lines joined by newlines, `ends[i]` where row i's line ends in it. Kept as one
-    bytes object rather than a line each: at 11,000 series that is half the memory, and a family whose
-    rows and values did not change is written again as it is.
+    bytes object rather than a line each: it takes far less memory, and a family whose rows and values
+    did not change is written again as it is.
     """
 
     __slots__ = ("ends", "index", "keys", "text", "values")

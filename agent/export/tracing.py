@@ -25,8 +25,8 @@ log = logging.getLogger("agent.tracing")
 class LocalSpan:
     """A span that is never exported: its trace id, and the attributes it is given are dropped.
 
-    It is its own context manager (`with` yields it, its trace id and itself as the parent of later spans):
-    a generator-based one cost about as much again as the span, once per webhook request and per action.
+    It is its own context manager (`with` yields it, its trace id and itself as the parent of later spans),
+    cheaper than a generator-based one: one is made per webhook request and per action.
     """
 
     __slots__ = ("trace_id",)
@@ -91,7 +91,7 @@ class Tracing:
 def _exporting_provider(node: str, version: str) -> TracerProvider | None:
     """A tracer provider that exports over OTLP/HTTP, None (and a warning) without the exporter."""
     try:
-        # The SDK alone adds about 7 MiB of RSS (bench/memory.py), the exporter and protobuf more: only to export.
+        # The SDK, the exporter and protobuf add to the RSS (docs/benchmarks.md, Memory): only to export.
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
