@@ -38,7 +38,7 @@ def test_a_thousand_default_components_validate_into_little_memory() -> None:
     finally:
         tracemalloc.stop()
     assert len(config.components) == 1000
-    # 2.6 MiB before the defaults were shared (RestartSettings and RemediationSettings held lists)
+    # The defaults are shared between components (RestartSettings and RemediationSettings hold no lists)
     assert held < 1.5 * 2**20, f"{held / 2**20:.2f} MiB for 1,000 components"
 
 

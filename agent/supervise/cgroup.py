@@ -64,7 +64,7 @@ class CgroupScope(Scope):
     def __init__(self, owner: CgroupContainment | None, path: Path, has_kill: bool,
                  marked: TrackingScope | None = None) -> None:
         self.owner = owner  # None for a dead agent's slot being swept: nothing is spawned into it
-        self._path = str(path)  # a string kept, a Path made when used: a Path is 0.3 KB a replica
+        self._path = str(path)  # a string kept, a Path made when used: a Path costs more per replica
         self.has_kill = has_kill
         # The same slot tracked by environment marker: covers what forked before the move (below).
         self.marked = marked
@@ -130,10 +130,10 @@ class CgroupContainment(Containment):
     """Replica slots as cgroup v2 directories under `<agent's cgroup>/orchestrator-agent.<pid>`.
 
     A child is moved into its slot's cgroup right after the fork, by a worker thread: a cgroup
-    migration waits for an RCU grace period (about 12 ms here, unless the cgroup2 mount has
-    `favordynmods`), which must not block the event loop or the restart. What the child forks in
-    that window is still found by the environment marker every child carries, so each slot is
-    also a tracking scope, and kill() ends both.
+    migration waits for an RCU grace period (unless the cgroup2 mount has `favordynmods`), which
+    must not block the event loop or the restart. What the child forks in that window is still
+    found by the environment marker every child carries, so each slot is also a tracking scope,
+    and kill() ends both.
     """
 
     mechanism = Mechanism.CGROUP

@@ -3,8 +3,8 @@
 Two mechanisms, chosen once at start:
 
 - `cgroup`: each replica slot gets a cgroup v2 directory under a subtree of the agent's own cgroup;
-  the child is moved into it right after the fork (by a worker thread: a migration can wait ~12 ms
-  for an RCU grace period), so no later `setsid` or double fork leaves it, and `cgroup.kill` ends
+  the child is moved into it right after the fork (by a worker thread: a migration can wait for an
+  RCU grace period), so no later `setsid` or double fork leaves it, and `cgroup.kill` ends
   the whole slot: systemd's `KillMode=control-group`, without needing systemd. The child also
   carries the environment marker below, which covers what it forks before the move lands.
 - `tracking`: where no writable cgroup v2 tree exists. Every child gets an environment marker naming

@@ -1,10 +1,10 @@
 """`Flag`: asyncio.Event's set/clear/wait for the five per component, without its eager deque.
 
-Every asyncio.Event allocates an empty `collections.deque` for its waiters when it is made: about
-0.7 KB. A component's runtime and its replica hold five events that are almost never waited on (a
-rolling restart, a dependency's readiness, a stop), so at 1,000 components they were 3.6 MiB of the
-agent's resident memory (tracemalloc, docs/benchmarks.md "Memory"). A Flag makes its list of waiters
-on the first wait and drops it when the flag is set.
+Every asyncio.Event allocates an empty `collections.deque` for its waiters when it is made. A
+component's runtime and its replica hold five events that are almost never waited on (a rolling
+restart, a dependency's readiness, a stop), so at many components those deques were a visible part of
+the agent's resident memory (docs/benchmarks.md "Memory"). A Flag makes its list of waiters on the
+first wait and drops it when the flag is set.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The agent holds the write end of a pipe to it. At EOF, which the kernel delivers even when the agent
 is SIGKILLed, the guardian kills every process group still listed, the agent's cgroup subtree and every
-process carrying the agent's environment marker. It is a POSIX shell script, not Python: about 1 MB of
-RSS against 10 MB.
+process carrying the agent's environment marker. It is a POSIX shell script, not Python: a fraction of
+a Python helper's resident memory.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class Guardian:
         """Send a change once the event loop's current callback returns.
 
         A write wakes the guardian, which on a busy machine can take the CPU from the agent in the
-        middle of a restart (p90 0.7-1.6 ms, p99 5 ms per write at 1,000 components on 2 busy cores);
+        middle of a restart (a delay per write that grows with the number of components);
         the remove and the add of a restart now go together, after the new child is started. The
         groups are a backstop (the cgroup, the environment marker and each child's parent-death
         signal cover the same processes), so this moment of delay leaves nothing uncovered that an
@@ -168,14 +168,14 @@ class Guardian:
             self._write_fd = -1
 
 
-# A POSIX shell script (about 1 MB of RSS, against 10 MB for a Python helper), in its own session.
+# A POSIX shell script (far less resident memory than a Python helper), in its own session.
 # Reads "+pgid" / "-pgid" lines, "c<dir>" (the agent's cgroup subtree) and "e<VAR=prefix>" (the
 # environment marker). At EOF (the agent is gone) it SIGKILLs every group still listed, kills every
 # cgroup under the subtree and removes it, and SIGKILLs every process whose environment carries the
 # marker (repeated while new ones appear, at most 20 rounds).
 # The groups are one shell variable each (`agent_pg_<pgid>`, set and unset: a hash lookup), listed at
-# EOF with `set`. A list in one string cost dash O(length^2) per removal: 10-50 ms of CPU per
-# restart at 1,000 components, taken from the agent and the child it was starting on a small machine. `set`
+# EOF with `set`. A list in one string cost dash O(length^2) per removal, CPU taken from the agent
+# and the child it was starting on a small machine at every restart. `set`
 # prints a value with a newline over several lines, but a line of its own `agent_pg_<digits>='1'`
 # can only come from one of ours (a quote inside a value is printed escaped).
 _GUARDIAN_SOURCE = """

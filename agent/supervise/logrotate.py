@@ -78,12 +78,12 @@ def _rotate(path: Path, max_bytes: int, backups: int) -> None:
     os.truncate(path, 0)
 
 
-# The most logs one `check` looks at: at 1,000 components every idle log comes due in the same few
-# milliseconds, and one pass over all of them held the interpreter lock long enough to delay the event
-# loop (a restart) by several milliseconds. The caller calls again at once when more are due.
+# The most logs one `check` looks at: with many components every idle log comes due at about the same
+# moment, and one pass over all of them held the interpreter lock long enough to delay the event loop
+# (a restart). The caller calls again at once when more are due.
 BATCH = 64
-# A log as the rotator keys it. The agent passes strings: at 1,000 replicas a Path each costs about
-# 0.3 MiB more (docs/benchmarks.md, Memory).
+# A log as the rotator keys it. The agent passes strings: a Path each costs more memory at many
+# replicas (docs/benchmarks.md, Memory).
 LogPath = str | Path
 
 

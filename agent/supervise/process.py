@@ -239,9 +239,9 @@ class Reaper:
         preexec = None
         ids: dict[str, Any] = {}
         # util-linux's setpriv and prlimit apply the parent-death signal, the ids and the fd limits,
-        # each then execs the next: the fork stays a vfork (about 1 ms) instead of a full fork running
-        # Python code in the child (4-5 ms). setpriv changes the ids before it sets the parent-death
-        # signal, which a change of ids clears.
+        # each then execs the next: the fork stays a vfork instead of a full fork running Python code
+        # in the child, which takes several times longer. setpriv changes the ids before it sets the
+        # parent-death signal, which a change of ids clears.
         wrap: list[str] = []
         if die_with_parent and _SETPRIV is not None:
             wrap += [_SETPRIV, "--pdeathsig", "KILL", *_setpriv_ids(identity), "--"]
@@ -277,9 +277,9 @@ class Reaper:
         )
         self._callbacks[popen.pid] = on_exit
         # Popen only starts the child: its exit status is the reaper's. Marked as collected, the Popen
-        # object can go now rather than live as long as the child (0.4 KB a replica with its argv and
-        # lock); one dropped unmarked would waitpid the child in __del__, or queue it in subprocess's
-        # own list of children to reap, and take the exit status from the reaper.
+        # object can go now rather than live as long as the child (with its argv and lock); one
+        # dropped unmarked would waitpid the child in __del__, or queue it in subprocess's own list of
+        # children to reap, and take the exit status from the reaper.
         popen.returncode = 0
         # The child may already have exited before its callback was registered.
         self._loop.call_soon(self.reap)

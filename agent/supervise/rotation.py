@@ -113,8 +113,8 @@ async def rotate_logs_forever(sup: Supervisor) -> None:
 
     The settings are the supervisor's config in force, so a reload changes them on the next round; the
     files that replicas started before it still write stay in the list (`LogPlaces`). The list of logs
-    is rebuilt only when a replica or a component comes or goes, or a reload moves the files (at 1,000
-    components, rebuilding it each round cost the loop 2-3 ms), and such a change wakes the loop at once
+    is rebuilt only when a replica or a component comes or goes, or a reload moves the files (rebuilding
+    it each round cost the loop time in proportion to the components), and such a change wakes the loop at once
     (after `LAYOUT_SETTLE`, so a burst of starts is one rebuild): a new log is looked at within that.
     """
     settings: AgentSettings | None = None

@@ -121,11 +121,6 @@ def _encode(data: Any) -> bytes:
 M = TypeVar("M", bound=BaseModel)
 
 
-def load_state(path: Path) -> StateFile:
-    """Read state.json (see load_document)."""
-    return load_document(path, StateFile)
-
-
 def load_document(path: Path, model: type[M]) -> M:
     """Read a state file; a missing file is the default, an unreadable one is set aside (`.corrupt`) and logged.
 
