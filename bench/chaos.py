@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,13 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.ports import free_port
+from bench.waiting import Timeout, wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
 MARK_VAR = "CHAOS_MARK"
 SLEEPERS, WEBS, FORKERS = 12, 4, 4
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chaos_components(mark: str) -> dict[str, dict[str, Any]]:
@@ -132,17 +128,6 @@ def zombie_children(pid: int) -> list[int]:
     return [c for c in children(pid) if proc_state(c) == "Z"]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
-
-
 class ChaosAgent:
     """`agent run` on the chaos config, in a work dir, ended by its pid."""
 
@@ -166,9 +151,9 @@ class ChaosAgent:
                                      cwd=self.workdir, stdout=stderr, stderr=stderr,
                                      preexec_fn=lambda: _libc.prctl(1, signal.SIGTERM, 0, 0, 0))
         stderr.close()
-        wait_until(self._healthy, 20, "the agent to answer")
+        wait_for(self._healthy, 20, 0.02, "the agent to answer")
         self.token = (self.workdir / "state" / "control.token").read_text().strip()
-        wait_until(self.all_running, 30, "every component to run")
+        wait_for(self.all_running, 30, 0.02, "every component to run")
 
     def _healthy(self) -> bool:
         assert self.proc is not None
@@ -279,8 +264,8 @@ def settle(agent: ChaosAgent, tally: Tally, mark: str, timeout: float = 30) -> d
             restarts[f"{n}/exit"] == tally.exits_by_component[n] for n in names)
 
     try:
-        wait_until(healed, timeout, "every component at its desired replicas with one restart per kill")
-    except AssertionError as exc:
+        wait_for(healed, timeout, 0.02, "every component at its desired replicas with one restart per kill")
+    except Timeout as exc:
         restarts = agent.exit_restarts()
         status = agent.status()
         off = {n: {"kills": tally.exits_by_component[n], **{k.split("/")[1]: v for k, v in restarts.items()
@@ -301,9 +286,9 @@ def settle(agent: ChaosAgent, tally: Tally, mark: str, timeout: float = 30) -> d
         leaders = {p for c in agent.status().values() for p in c["pids"]}
         return marked(mark) - descendants(leaders)
 
-    wait_until(lambda: not strays(), 10, "no process with the marker outside a live replica")
+    wait_for(lambda: not strays(), 10, 0.02, "no process with the marker outside a live replica")
     assert agent.proc is not None
-    wait_until(lambda: not zombie_children(agent.proc.pid), 5, "no zombie child of the agent")  # type: ignore[union-attr]
+    wait_for(lambda: not zombie_children(agent.proc.pid), 5, 0.02, "no zombie child of the agent")  # type: ignore[union-attr]
     return {"signals": dict(tally.sent), "kills": tally.kills,
             "exit_restarts_of_targets": int(sum(restarts[f"{n}/exit"] for n in names)),
             "probe_restarts": int(probe_restarts), "forker_exits": int(forker_exits),

@@ -11,12 +11,8 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,41 +22,15 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.interleave_world import REPLICA_SCRIPT, World
+from bench.ports import free_port
+from bench.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "data" / "alertmanager" / "alertmanager-0.25-webhook-firing.json"
 DISK_SIZE = "8m"
 _libc = ctypes.CDLL(None, use_errno=True)
-_tick = threading.Event()  # never set: wait(interval) paces a deadline loop
 
 Sample = tuple[str, frozenset[tuple[str, str]]]
-
-
-class Timeout(Exception):
-    """A bounded wait ran out."""
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll until `predicate` returns a truthy value; Timeout naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise Timeout(f"timed out after {timeout:g}s waiting for {what}")
-        _tick.wait(interval)
-
-
-def hold(seconds: float) -> None:
-    """Keep a fault in place for `seconds` (a SIGSTOP held): the fault's length, not a wait for a condition."""
-    _tick.wait(seconds)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_metrics(text: str) -> dict[Sample, float]:
@@ -151,7 +121,7 @@ class Agent:
 
     def start(self) -> None:
         self.proc = self.spawn(self.config_path, self.stderr_path)
-        wait_until(self.healthy, 30, "the agent to answer /-/healthy")
+        wait_for(self.healthy, 30, 0.02, "the agent to answer /-/healthy")
         self.control = (self.state_dir / "control.token").read_text().strip()
         self.webhook_token = (self.state_dir / "webhook.token").read_text().strip()
 

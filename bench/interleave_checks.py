@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.interleave_agent import Agent, Sample, Timeout, wait_until
+from bench.interleave_agent import Agent, Sample
 from bench.interleave_model import Model, entry_id
 from bench.interleave_world import World
+from bench.waiting import Timeout, wait_for
 
 SETTLE_SECONDS = 20.0  # an accepted alert's action (a rolling restart of a slow replica) is done by then
 CONVERGE_SECONDS = 20.0  # replicas back at the desired count (backoff, a slow stop, a rolling replacement)
@@ -59,7 +60,7 @@ def settle_alerts(ctx: Ctx, timeout: float = SETTLE_SECONDS) -> None:
         return not model.pending()
 
     try:
-        wait_until(done, timeout, "a history entry for every alert answered 2xx", 0.05)
+        wait_for(done, timeout, 0.05, "a history entry for every alert answered 2xx")
     except Timeout:
         model.unanswered_in_history()
     model.apply_scales(moved)
@@ -131,7 +132,7 @@ def converge(ctx: Ctx, timeout: float = CONVERGE_SECONDS) -> dict[str, Any] | No
         return all(re.sub(r"\d+", "#", problem) in ctx.ongoing for problem in last[0])
 
     try:
-        wait_until(agreed, timeout, "the replicas to match the model", 0.05)
+        wait_for(agreed, timeout, 0.05, "the replicas to match the model")
     except Timeout:
         pass
     # A problem that lasts is one violation, reported when it starts (not again after every step).
@@ -230,7 +231,7 @@ def history_on_disk(ctx: Ctx, timeout: float = DISK_SECONDS) -> None:
     # A writer may wait for its next line to try again: one manual command gives it one.
     quiet(lambda: ctx.agent.api("POST", "/api/v1/autonomy", {"mode": "on"}))
     try:
-        wait_until(written, timeout, "history.jsonl to hold every decision", 0.1)
+        wait_for(written, timeout, 0.1, "history.jsonl to hold every decision")
     except Timeout:
         first = missing[0]
         ctx.model.violation("history reaches the disk", f"{len(missing)} decision(s) in memory never reached "
@@ -251,7 +252,7 @@ def saved_matches(ctx: Ctx) -> None:
                 or (saved.get(n) or {}).get("circuit", "closed") != model.circuit[n]]
 
     try:
-        wait_until(lambda: not agrees(), DISK_SECONDS, "state.json to hold the model", 0.05)
+        wait_for(lambda: not agrees(), DISK_SECONDS, 0.05, "state.json to hold the model")
     except Timeout:
         for problem in agrees():
             ctx.model.violation("state persisted", problem, problem.split(":")[0])
@@ -285,7 +286,7 @@ def restored(ctx: Ctx, before: dict[str, tuple[int, bool, str]], history_before:
 def gone(ctx: Ctx, timeout: float = 15.0) -> None:
     """No process of the run outlives the agent."""
     try:
-        wait_until(lambda: not ctx.agent.marked(), timeout, "every replica to end with the agent", 0.05)
+        wait_for(lambda: not ctx.agent.marked(), timeout, 0.05, "every replica to end with the agent")
     except Timeout:
         left = ctx.agent.marked()
         ctx.model.violation("nothing outlives the agent", f"{len(left)} left: {sorted(left.items())[:6]}")

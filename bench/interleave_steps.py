@@ -18,7 +18,6 @@ from typing import Any
 import httpx
 import psutil
 
-from bench.interleave_agent import Timeout, free_port, hold, wait_until
 from bench.interleave_checks import (
     Ctx,
     converge,
@@ -31,6 +30,8 @@ from bench.interleave_checks import (
 from bench.interleave_model import Send, entry_id
 from bench.interleave_plan import Step
 from bench.interleave_world import HOG_LIMIT
+from bench.ports import free_port
+from bench.waiting import Timeout, hold, wait_for
 
 RELOAD_SECONDS = 30.0
 REEXEC_SECONDS = 45.0
@@ -158,8 +159,8 @@ def step_reload(ctx: Ctx, step: Step) -> None:
     if trigger == "sighup":
         ctx.agent.send(signal.SIGHUP)
         try:
-            wait_until(lambda: (h := _config_hash(ctx)) is not None and h != before_hash, RELOAD_SECONDS,
-                       "the SIGHUP reload to apply", 0.05)
+            wait_for(lambda: (h := _config_hash(ctx)) is not None and h != before_hash, RELOAD_SECONDS, 0.05,
+                     "the SIGHUP reload to apply")
         except Timeout as exc:
             ctx.model.violation("a reload applies", f"{step}: {exc}")
     else:
@@ -214,8 +215,8 @@ def step_reexec(ctx: Ctx, step: Step) -> None:
     threads = [threading.Thread(target=slow_restart, daemon=True)]
     threads[0].start()
     if not ctx.model.manual.get("slow"):
-        quiet(lambda: wait_until(lambda: any(i["state"] == "stopping" for i in
-                                              agent.components()["slow"]["instances"]), 3, "slow stopping"))
+        quiet(lambda: wait_for(lambda: any(i["state"] == "stopping" for i in
+                                            agent.components()["slow"]["instances"]), 3, 0.02, "slow stopping"))
     if trigger == "post":
         threads.append(threading.Thread(target=reexec, daemon=True))
         threads[-1].start()
@@ -241,7 +242,7 @@ def step_reexec(ctx: Ctx, step: Step) -> None:
 
     sends = _stream(ctx, rng, cap, over)
     try:
-        wait_until(over, REEXEC_SECONDS, "the new image to serve", 0.05)
+        wait_for(over, REEXEC_SECONDS, 0.05, "the new image to serve")
     except Timeout as exc:
         ctx.model.violation("a re-exec serves again", f"{exc}; POST answered {answer.get('reexec')}")
     for thread in threads:
@@ -320,15 +321,15 @@ def step_hog(ctx: Ctx, step: Step) -> None:
     ctx.model.desired["hog"] = 1
     ctx.model.counts["hogs"] += 1
     try:
-        first = wait_until(lambda: (quiet(agent.components) or {}).get("hog", {}).get("pids"), 10,
-                           "the hog to run", 0.05)[0]
+        first = wait_for(lambda: (quiet(agent.components) or {}).get("hog", {}).get("pids"), 10, 0.05,
+                         "the hog to run")[0]
 
         def restarted() -> bool:
             hog = (quiet(agent.components) or {}).get("hog") or {}
             alive = psutil.pid_exists(first) and psutil.Process(first).status() != psutil.STATUS_ZOMBIE
             return not alive and hog.get("last_reason") == "resource"
 
-        wait_until(restarted, 20, f"the hog (pid {first}, limit {HOG_LIMIT >> 20} MiB) to be restarted", 0.05)
+        wait_for(restarted, 20, 0.05, f"the hog (pid {first}, limit {HOG_LIMIT >> 20} MiB) to be restarted")
     except (Timeout, psutil.Error) as exc:
         ctx.model.violation("memory limits hold", str(exc))
     if _expect(ctx, _control(ctx, "hog", "scale", {"replicas": 0}), 200, "scale hog 0"):
@@ -356,7 +357,7 @@ def step_rival(ctx: Ctx, step: Step) -> None:
         return rival.poll() is not None
 
     try:
-        wait_until(ended, 15, "the second agent to give up", 0.1)
+        wait_for(ended, 15, 0.1, "the second agent to give up")
         if rival.returncode == 0:
             ctx.model.violation("a state dir has one owner", "the second agent exited 0 (not a refusal)")
     except Timeout:

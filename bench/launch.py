@@ -7,7 +7,6 @@ import ctypes
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,17 +15,12 @@ from pathlib import Path
 
 from bench.configs import Setup, write_config
 from bench.peers import peer_bin
+from bench.ports import free_port
 from bench.procfs import ProcScanner, all_pids, child_marker, descendants, marker
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
 _instance_ids = itertools.count()  # markers stay unique over a whole bench run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _term_with_parent() -> None:  # between fork and exec: a bench that dies takes its supervisors along

@@ -28,7 +28,8 @@ import httpx
 import psutil
 
 from bench.configs import Setup
-from bench.launch import Fleet, Instance, free_port, start_and_wait
+from bench.launch import Fleet, Instance, start_and_wait
+from bench.ports import free_port
 from bench.procfs import child_marker
 
 SCRAPE_EVERY = 5.0

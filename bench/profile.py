@@ -26,9 +26,10 @@ from pathlib import Path
 import httpx
 
 from bench.configs import Setup
-from bench.launch import Fleet, Instance, free_port, start_and_wait
+from bench.launch import Fleet, Instance, start_and_wait
 from bench.overhead import _start_listener
 from bench.peers import VENV
+from bench.ports import free_port
 from bench.procfs import ChildScanner
 
 RESULTS = Path(__file__).resolve().parent / "results"

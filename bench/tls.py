@@ -27,7 +27,8 @@ import httpx
 import psutil
 import yaml
 
-from bench.launch import agent_argv, free_port
+from bench.launch import agent_argv
+from bench.ports import free_port
 
 MODES = ("plain", "tls", "tls+basic")
 

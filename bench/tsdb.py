@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+
+from bench.ports import free_port
 
 AGENT = {"job": "orchestrator-agent", "instance": "127.0.0.1:9469"}
 Samples = Iterable[tuple[float, float]]
@@ -63,12 +64,6 @@ def backfill(openmetrics: Path, data: Path) -> None:
                           capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         raise RuntimeError(f"promtool failed ({done.returncode}): {done.stderr[-2000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PrometheusServer:

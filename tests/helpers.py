@@ -1,4 +1,4 @@
-"""Shared test helpers: waiting on conditions with deadlines, free ports, an agent subprocess."""
+"""Shared test helpers: bounded waits (wait_for, from bench/waiting.py), the skip-or-fail rule, an agent subprocess."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import json
 import os
 import re
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,8 +20,10 @@ import httpx
 import pytest
 import yaml
 
+from bench.ports import free_port
+from bench.waiting import wait_for
+
 ROOT = Path(__file__).resolve().parent.parent
-_tick = threading.Event()  # never set: wait(interval) paces a deadline loop
 
 
 def missing(what: str) -> NoReturn:
@@ -32,23 +32,6 @@ def missing(what: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(what, pytrace=False)
     pytest.skip(what)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.005,
-             what: str | Callable[[], str] = "") -> Any:
-    """Poll `predicate` until it returns a truthy value or the deadline passes (then fail).
-
-    `what` names the condition in the failure; a callable is asked at that moment (to show the state).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            said = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {said or predicate}")
-        _tick.wait(interval)
 
 
 async def _polls(seconds: float, interval: float) -> AsyncIterator[bool]:
@@ -89,12 +72,6 @@ def run_async(coro: Awaitable[Any]) -> Any:
 
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:
