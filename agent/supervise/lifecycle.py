@@ -60,7 +60,6 @@ class Lifecycle:
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
     ) -> None:
-        self.config = config
         self.reaper = reaper
         self.guardian = guardian
         self.containment = containment or TrackingContainment(lambda: set(reaper.running()))
@@ -149,6 +148,11 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(_log_task_failure)
+
+    def begin_shutdown(self) -> None:
+        """Nothing restarts or spawns from here on; the stall watch stops."""
+        self.shutting_down = True
+        self.stalls.stop()
 
     def cancel_background(self) -> None:
         """Cancel the tasks `background` started (the agent is stopping)."""

@@ -269,8 +269,7 @@ class Supervisor:
     def begin_shutdown(self) -> None:
         """No restart, trial or roll goes on from here: a roll in flight returns after the replica in hand,
         saying what it started (so an action in flight finishes, and its audit tells the truth)."""
-        self.lifecycle.shutting_down = True
-        self.lifecycle.stalls.stop()
+        self.lifecycle.begin_shutdown()
         for rt in self.components.values():
             self.lifecycle.circuits.cancel(rt)
             rt.roll_abort.set()  # a rolling restart stops waiting for its successor
