@@ -299,6 +299,7 @@ class Handover:
 
         async def stop_it() -> None:
             await stop_process(pid, stop, exited, scope, f"component {name} (no longer configured) replica {index}")
+            scope.kill(pid)  # what the replica left in its slot: the slot goes with the component
             scope.release()
             parts.guardian.remove(pid)
 
