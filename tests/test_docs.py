@@ -342,3 +342,28 @@ def test_helpers_parse_what_they_claim() -> None:
     assert _commands("./dev.sh run  # x\n# comment\n\n./dev.sh test\n") == ["./dev.sh run", "./dev.sh test"]
     assert documented_names("| `a` | x |\n| b | y |\n|`c`|z|\n") == {"a", "c"}
     assert _models_in(types.NoneType | Config) == [Config]
+
+
+def _named_code(text: str) -> Iterator[tuple[str, str | None]]:
+    """(path, name) for each `agent/....py` a text points at, with the name in backticks beside it, if any:
+    after it (agent/x.py `f`, agent/x.py:f) or before it (`f()` in agent/x.py, `NAME`, agent/x.py)."""
+    for m in re.finditer(r"(agent/[\w/]+\.py)(?::(\w[\w.]*)|`?,? `(\w[\w.]*)(?:\(\))?`)?", text):
+        yield m.group(1), m.group(2) or m.group(3)
+    for m in re.finditer(r"(?<!\.py )`(\w[\w.]*)(?:\(\))?`,? (?:in )?\[?`?(agent/[\w/]+\.py)", text):
+        yield m.group(2), m.group(1)
+
+
+def test_every_module_and_name_the_docs_point_at_exists() -> None:
+    # The layout moves; a pointer into the code that no longer leads anywhere is a claim the code contradicts.
+    texts = [ROOT / "README.md", *sorted(DOCS.glob("*.md")), ROOT / "pyproject.toml",
+             *sorted((ROOT / "agent").rglob("*.py"))]
+    wrong = []
+    for text in texts:
+        for path, name in _named_code(text.read_text()):
+            where = f"{text.relative_to(ROOT)}: {path}"
+            if not (ROOT / path).is_file():
+                wrong.append(f"{where} does not exist")
+            elif name and not re.search(rf"\b(def|class) {re.escape(name.split('.')[-1])}\b|^{re.escape(name)}\s*[:=]",
+                                        (ROOT / path).read_text(), re.MULTILINE):
+                wrong.append(f"{where} has no {name}")
+    assert not wrong, "\n".join(sorted(set(wrong)))

@@ -274,7 +274,7 @@ class Agent:
     async def _start_components(self, parts: Parts) -> None:
         if parts.modes.emergency:
             if any(rt.running_count for rt in parts.supervisor.components.values()):
-                # Adopted after a re-exec during which an emergency stop was asked for (api.py: it waits
+                # Adopted after a re-exec during which an emergency stop was asked for (act/manual.py: it waits
                 # for no lock the re-exec holds): this image carries it out.
                 log.warning("emergency stop in force: stopping the replicas handed over by the previous image")
                 await parts.supervisor.emergency_stop()
