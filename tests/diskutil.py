@@ -2,7 +2,7 @@
 
 A real tmpfs mount: chmod does not stop root (the tests run as root here and in CI), so a read-only
 or full state dir needs a file system that really is read-only or full. Where mount is not permitted
-(no CAP_SYS_ADMIN) the tests that need it skip and say so.
+(no CAP_SYS_ADMIN) the tests that need it skip and say so; under CI=true they fail (helpers.missing).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _run(*cmd: str) -> None:
 
 @contextlib.contextmanager
 def small_disk(where: Path, size: str = "1m") -> Iterator[SmallDisk]:
-    """Mount a tmpfs at `where`, unmounted again at the end; skip the test where mount is not permitted."""
+    """Mount a tmpfs at `where`, unmounted again at the end; `missing` where mount is not permitted."""
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0:
         missing("mounting a tmpfs needs root")

@@ -19,7 +19,7 @@ PACKAGES = {
 
 
 def require_binary(*names: str) -> str:
-    """Path of the first of `names` on PATH; otherwise pytest.fail when CI=true, else pytest.skip."""
+    """Path of the first of `names` on PATH; otherwise `missing` (a failure under CI=true, else a skip)."""
     for name in names:
         path = shutil.which(name)
         if path:
