@@ -31,7 +31,7 @@ def add_tls_commands(sub: Any) -> None:
     hashpw = tsub.add_parser("hash-password", help="print the bcrypt hash of a password (read from stdin, or "
                              "asked for on a terminal) for basic_auth_users")
     hashpw.add_argument("--cost", type=int, default=10, choices=range(10, 16), metavar="10-15",
-                        help="bcrypt cost (default 10: about 50 ms a check, cached by the agent)")
+                        help="bcrypt cost (default 10; each step doubles the CPU of a check, which the agent caches)")
     hashpw.set_defaults(func=cmd_hash_password)
 
 
