@@ -141,9 +141,9 @@ class ProcFS:
         """Usage summed over a process and its descendants, and their pids."""
         usage = Usage()
         pids: list[int] = []
-        stack = [root]
-        while stack:
-            pid = stack.pop()
+        unvisited = [root]
+        while unvisited:
+            pid = unvisited.pop()
             st = self.stat(pid)
             if st is None:
                 continue
@@ -152,5 +152,5 @@ class ProcFS:
             usage.threads += st[2]
             usage.rss_bytes += st[3]
             usage.open_fds += self.fds(pid)
-            stack.extend(self.children(pid, st[2]))
+            unvisited.extend(self.children(pid, st[2]))
         return usage, pids
