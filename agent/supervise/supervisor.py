@@ -17,7 +17,7 @@ from typing import Any
 from agent.config.changes import ReloadPlan, launch_key
 from agent.config.component import Component
 from agent.config.models import Config
-from agent.supervise import handover, policy, rollout
+from agent.supervise import adoption, policy, rollout
 from agent.supervise.containment import Containment
 from agent.supervise.guardian import Guardian
 from agent.supervise.health import Health
@@ -83,11 +83,11 @@ class Supervisor:
 
     def hand_over(self) -> dict[str, Any]:
         """Every component's run-time state and live replicas, as JSON, for `agent reexec`."""
-        return handover.hand_over(self.components)
+        return adoption.hand_over(self.components)
 
     def adopt(self, components: dict[str, Any]) -> list[tuple[str, int, int]]:
         """Take over the replicas the previous image ran; returns those of components no longer run here."""
-        return handover.adopt(self.lifecycle, components)
+        return adoption.adopt(self.lifecycle, components)
 
     # --- commands ----------------------------------------------------------------------------
 
