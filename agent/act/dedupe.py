@@ -28,6 +28,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
+from agent.config.settings import WebhookAuth
 from agent.supervise.state import private
 
 log = logging.getLogger("agent.dedupe")
@@ -83,6 +84,11 @@ class DedupeStore:
 
     # --- start-up ---------------------------------------------------------------------------------
 
+
+    def configure(self, settings: WebhookAuth) -> None:
+        """A reload's `agent.webhook`: the TTL and the bound apply from the next key on."""
+        self.ttl = settings.dedupe_ttl
+        self.max_entries = settings.dedupe_max_entries
     def _load(self) -> None:
         try:
             raw = self.path.read_bytes()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -72,6 +72,15 @@ class Remediator:
         self.last_alert_restart = self.stamps.last_alert_restart
         self._tasks: set[asyncio.Task[None]] = set()
 
+
+    def configure(self, config: Config) -> None:
+        """A reload's config: the plan reads it from the next alert on; the dedupe bounds apply too."""
+        self.config = config
+        self.dedupe.configure(config.agent.webhook)
+
+    def forget_removed(self, components: Collection[str]) -> None:
+        """Once a reload's removed components are gone: their cooldown and stabilisation timestamps go."""
+        self.stamps.keep_only(components)
     def views(self, names: Iterable[str] | None = None) -> dict[str, ComponentView]:
         """A snapshot for the pure plan: of the components named (those that exist), else of every one.
 

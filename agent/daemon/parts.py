@@ -160,16 +160,12 @@ class Parts:
         settings = config.agent
         self.config = config
         self.auth.use(settings, credentials)
-        self.remediator.config = config
+        self.remediator.configure(config)
         self.events.configure(config)
         self.backlog.configure(config.backlog.sources)
         self.backlog_view.serve(served_capabilities(config))
-        self.resources.interval = settings.resources.interval
-        self.resources.mountpoints = settings.resources.mountpoints
-        self.guard.max_connections = settings.http.max_connections
-        self.guard.request_timeout = settings.http.request_timeout
-        self.remediator.dedupe.ttl = settings.webhook.dedupe_ttl
-        self.remediator.dedupe.max_entries = settings.webhook.dedupe_max_entries
+        self.resources.configure(settings.resources)
+        self.guard.configure(settings.http)
         if settings.log_level != old.agent.log_level:
             logging.getLogger().setLevel(settings.log_level)
         if settings.autonomy != old.agent.autonomy:
@@ -180,7 +176,7 @@ class Parts:
                 self.modes.set_autonomy(settings.autonomy)
         create_missing_stores(config)
         await self.supervisor.reconfigure(config, plan, hold_new=self.modes.emergency)
-        self.remediator.stamps.keep_only(config.components)  # once the removed components are gone
+        self.remediator.forget_removed(config.components)
 
     async def aclose(self) -> None:
         """After the components stopped: containment, state, clients, guardian, reaper, tracing."""

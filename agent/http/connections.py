@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from agent.config.settings import HttpSettings
 from agent.export.exposition import Family
 
 # Bounded values of the `reason` label of orchestrator_http_connections_closed_total.
@@ -49,6 +50,11 @@ class ConnectionGuard:
         self.request_timeout = request_timeout
         self.open: dict[Admitted, None] = {}  # insertion order: oldest first
         self.closed = dict.fromkeys(CLOSE_REASONS, 0)
+
+    def configure(self, settings: HttpSettings) -> None:
+        """A reload's `agent.http`: the cap and the timeout apply to the next connection."""
+        self.max_connections = settings.max_connections
+        self.request_timeout = settings.request_timeout
 
     @property
     def limit(self) -> int:
