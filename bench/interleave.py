@@ -178,8 +178,8 @@ def run(seed: int, steps: int, minutes: float = 0.0, max_minutes: float | None =
             reported = began
             while True:
                 elapsed = time.monotonic() - began
-                if len(report.steps) >= steps and elapsed >= minutes * 60:
-                    break
+                if len(report.steps) >= steps and (elapsed >= minutes * 60 or given is not None):
+                    break  # a replay ends with its steps
                 if max_minutes is not None and elapsed >= max_minutes * 60:
                     report.stopped_early = f"--max-minutes {max_minutes:g} reached after {len(report.steps)} steps"
                     break

@@ -243,7 +243,10 @@ def saved_matches(ctx: Ctx) -> None:
     """state.json holds the model's desired replicas and manual stops, and the circuits as last seen
     (before the agent is killed; a write that failed on a full disk is tried again every 5 s)."""
     def agrees() -> list[str]:
-        saved = ctx.agent.saved_components()
+        # A component state.json does not name (nothing changed it since the agent started) starts again
+        # from its config after a kill, as it first did: that is what it holds.
+        fresh = {n: {"desired": spec.initial} for n, spec in ctx.world.specs.items()}
+        saved = fresh | ctx.agent.saved_components()
         model = ctx.model
         return [f"{n}: saved {saved.get(n)}, want desired {model.desired[n]} manual_stop {model.manual[n]} "
                 f"circuit {model.circuit[n]}" for n in ctx.world.specs

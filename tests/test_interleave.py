@@ -76,3 +76,16 @@ def test_a_random_seed_interleaved_keeps_every_guarantee(tmp_path: Path) -> None
     print(report.text())
     assert not report.violations, report.text()
     assert not report.stopped_early, report.text()
+
+
+@pytest.mark.timeout(120)
+def test_an_agent_killed_before_anything_changed_restarts_as_it_started(tmp_path: Path) -> None:
+    # A random seed's first step was an agent kill: state.json named no component yet (nothing had changed
+    # one), which the check took for lost state, though a restart starts each from its config as before.
+    # A replay also ends with its steps, whatever --minutes says.
+    _require_root()
+    steps = [parse(text) for text in ("agent_kill", "scale pool 2", "agent_kill")]
+    report = run(FIXED_SEED, len(steps), minutes=5.0, max_minutes=1.5, workdir=tmp_path, given=steps)
+    assert not report.violations, report.text()
+    assert not report.stopped_early, report.text()
+    assert report.counts["agent_kills"] == 2 and report.counts["scales"] == 1, report.counts
