@@ -60,7 +60,9 @@ case "$cmd" in
         ensure_stack
         "$VENV/bin/ruff" check .
         "$VENV/bin/mypy"
-        exec "$VENV/bin/pytest" "$@"
+        # One worker per core, each test file on one worker (its servers and fixtures are started once);
+        # `./dev.sh test -n 0` runs everything in this process.
+        exec "$VENV/bin/pytest" -n auto --dist loadfile "$@"
         ;;
     *)
         echo "usage: ./dev.sh run [agent run options] | ./dev.sh test [pytest options]" >&2
