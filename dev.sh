@@ -21,7 +21,7 @@ ensure_venv() {
 have_stack() {
     command -v promtool >/dev/null && command -v prometheus >/dev/null && \
         { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } && \
-        command -v amtool >/dev/null && have_postgres && [ -x /usr/bin/chromium ]
+        command -v amtool >/dev/null && have_postgres && [ -x /usr/bin/chromium ] && command -v systemd-analyze >/dev/null
 }
 
 # Debian keeps the server binaries (initdb, postgres) in /usr/lib/postgresql/<version>/bin, off PATH;
@@ -39,12 +39,13 @@ ensure_stack() {
         apt-get update -qq
         # postgresql: the shared todo queue's tests start a private server from its binaries.
         # chromium: tests/test_status_page.py drives the status page in it (Playwright, no browser download).
+        # systemd: tests/test_docs.py checks the shipped unit with systemd-analyze verify (no init runs here).
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            prometheus prometheus-alertmanager postgresql chromium >/dev/null
+            prometheus prometheus-alertmanager postgresql chromium systemd >/dev/null
     else
-        echo "note: promtool/prometheus/alertmanager/postgresql/chromium not found and not root: stack, PostgreSQL" \
-             "and status page tests will skip (install Debian's 'prometheus', 'prometheus-alertmanager'," \
-             "'postgresql' and 'chromium')" >&2
+        echo "note: promtool/prometheus/alertmanager/postgresql/chromium/systemd-analyze not found and not root:" \
+             "the stack, PostgreSQL, status page and systemd unit tests will skip (CI=true: fail); install" \
+             "Debian's 'prometheus', 'prometheus-alertmanager', 'postgresql', 'chromium' and 'systemd'" >&2
     fi
 }
 
