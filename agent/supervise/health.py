@@ -33,19 +33,14 @@ class Health:
         probe = rt.spec.probe
         if rep is None or probe is None or rep.generation != generation or rep.pid is None or rep.stopping:
             return
+        rep.count_probe(ok, error)
         if ok:
-            rep.probe_failures = 0
-            rep.probe_successes += 1
-            rep.probe_error = ""
             if rep.probe_successes >= probe.success_threshold:
                 rep.probe_ok = True
                 rep.probe_ever_ok = True
                 if not rep.ready:
                     self.lifecycle.mark_ready(rt, rep, generation)
             return
-        rep.probe_successes = 0
-        rep.probe_failures += 1
-        rep.probe_error = error
         if rep.probe_failures < probe.failure_threshold:
             return
         rep.probe_ok = False
@@ -67,10 +62,8 @@ class Health:
         probe = rt.spec.probe if rt is not None else None
         if rt is None or probe is None or rt.observed is not observed:
             return
+        observed.count_probe(ok, error)
         if ok:
-            observed.probe_failures = 0
-            observed.probe_successes += 1
-            observed.probe_error = ""
             if observed.probe_successes >= probe.success_threshold:
                 if observed.probe_ok is not True:
                     log.info("external component %s is up (%s probe passes)", name, probe.kind)
@@ -78,9 +71,6 @@ class Health:
                 observed.state = ReplicaState.RUNNING
                 rt.ready_event.set()  # its dependents may start
             return
-        observed.probe_successes = 0
-        observed.probe_failures += 1
-        observed.probe_error = error
         if observed.probe_failures >= probe.failure_threshold:
             if observed.probe_ok is not False:
                 log.warning("external component %s is down: %d %s probes failed in a row (%s)",

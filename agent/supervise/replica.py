@@ -86,6 +86,13 @@ class Replica:
     def healthy(self) -> bool:
         return self.state is ReplicaState.RUNNING and self.probe_ok is not False
 
+    def count_probe(self, ok: bool, error: str = "") -> None:
+        """One probe result into its run of passes or of failures (the other run starts again at 0)."""
+        if ok:
+            self.probe_failures, self.probe_successes, self.probe_error = 0, self.probe_successes + 1, ""
+        else:
+            self.probe_successes, self.probe_failures, self.probe_error = 0, self.probe_failures + 1, error
+
 
 @dataclass(eq=False)
 class Runtime:
