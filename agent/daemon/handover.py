@@ -40,7 +40,7 @@ from agent.supervise.statelock import LOCK_FILE, StateLock
 from agent.supervise.stopping import reaped, stop_process, stop_unreaped
 from agent.supervise.supervisor import Supervisor
 
-log = logging.getLogger("agent.daemon.reexec")
+log = logging.getLogger("agent.reexec")
 
 ENV = "AGENT_REEXEC_HANDOVER"  # the handover file, for the new image
 ENV_GUARDIAN_FD = "AGENT_REEXEC_GUARDIAN_FD"  # closed by the new image when the file cannot be read

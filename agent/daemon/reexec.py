@@ -40,7 +40,7 @@ from agent.daemon.handover import drop_reserve, reserve_handover
 from agent.supervise.process import ExitStatus, Reaper
 from agent.supervise.supervisor import Supervisor
 
-log = logging.getLogger("agent.daemon.reexec")
+log = logging.getLogger("agent.reexec")
 
 PREFLIGHT_TIMEOUT = 60.0
 LOCK_TIMEOUT = 30.0

@@ -34,7 +34,7 @@ class Reloadable(Protocol):
     async def reconfigure(self, config: Config, plan: ReloadPlan,
                           credentials: tuple[Credentials, Credentials]) -> None: ...
 
-log = logging.getLogger("agent.daemon.reload")
+log = logging.getLogger("agent.reload")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from agent.config.settings import AgentSettings
 from agent.http.body import TooLarge, parse_json, read_limited, retry_later
 from agent.http.credentials import Auth, Need, control_token_path, requires
 
-log = logging.getLogger("agent.http.admin")
+log = logging.getLogger("agent.reexec")
 
 
 class ReloadOutcome(Protocol):

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from agent.http.websecurity import WebSecurity
     from agent.supervise.supervisor import Supervisor
 
-log = logging.getLogger("agent.http.server")
+log = logging.getLogger("agent.server")
 
 ACCEPT_RETRY_SECONDS = 0.1  # after EMFILE and the like, before accepting again
 
