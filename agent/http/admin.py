@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from agent.act.modes import Modes
 from agent.config.settings import AgentSettings
-from agent.http.body import TooLarge, parse_json, read_limited, retry_later
+from agent.http.body import TooLarge, error, optional_json, retry_later
 from agent.http.credentials import Auth, Need, control_token_path, requires
 
 log = logging.getLogger("agent.reexec")
@@ -59,15 +59,14 @@ def reload_routes(auth: Auth, modes: Modes, reloader: Reloads) -> list[Route]:
         if modes.refusing:
             return retry_later(modes.refusing)
         try:
-            raw = await read_limited(request, 4096)
-            body = parse_json(raw) if raw.strip() else {}
+            body = await optional_json(request, 4096)
         except TooLarge:
-            return JSONResponse({"error": "body too large"}, status_code=413)
+            return error(413, "body too large")
         except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return error(400, str(exc))
         dry_run = body.get("dry_run", False) if isinstance(body, dict) else None
         if not isinstance(dry_run, bool):
-            return JSONResponse({"error": "the body must be {} or {\"dry_run\": true|false}"}, status_code=422)
+            return error(422, "the body must be {} or {\"dry_run\": true|false}")
         outcome = await reloader.reload(dry_run=dry_run, source="POST /-/reload")
         return JSONResponse(outcome.to_json(), status_code=outcome.http_status)
 
@@ -81,7 +80,7 @@ def reexec_routes(auth: Auth, trigger: Reexecs, started_wall: float) -> list[Rou
     async def reexec(request: Request) -> Response:
         refusal = await trigger.request()
         if refusal is not None:
-            return JSONResponse({"error": refusal.error, "errors": list(refusal.errors)}, status_code=refusal.status)
+            return error(refusal.status, refusal.error, errors=list(refusal.errors))
         log.info("reexec requested by POST /-/reexec")
         # Not a background task, which a client that hangs up would skip (the locks stay taken): the
         # agent stops its server before the exec, and that lets this answer go out first.

@@ -82,6 +82,12 @@ async def receive_limited(content_length: str | None, receive: Receive, limit: i
             raise ClientDisconnect
 
 
+async def optional_json(request: Request, limit: int) -> Any:
+    """The JSON body, `{}` when there is none; TooLarge past `limit`, ValueError when it is not JSON."""
+    raw = await read_limited(request, limit)
+    return parse_json(raw) if raw.strip() else {}
+
+
 def header(scope: Scope, name: bytes) -> str | None:
     """The first header of that (lower-case) name, as Starlette's `request.headers.get` reads it."""
     for key, value in scope["headers"]:

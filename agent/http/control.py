@@ -17,10 +17,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.act.manual import Manual
-from agent.act.payload import WebhookPayload
 from agent.config.settings import Autonomy
-from agent.http.body import TooLarge, error, parse_json, read_limited, retry_later, validation_message
+from agent.http.body import TooLarge, error, optional_json, read_limited, retry_later, validation_message
 from agent.http.credentials import Auth, Need, requires
+from agent.http.webhook import parse_payload
 from agent.supervise.replica import CommandError
 
 if TYPE_CHECKING:  # types only: none of them imports this module
@@ -93,8 +93,7 @@ def control_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remedi
     verbs = component_verbs(manual)
 
     async def body_json(request: Request) -> Any:
-        raw = await read_limited(request, BODY_LIMIT)
-        return parse_json(raw) if raw.strip() else {}
+        return await optional_json(request, BODY_LIMIT)
 
     @control_token
     async def component(request: Request) -> Response:
@@ -158,8 +157,7 @@ def control_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remedi
     @control_token
     async def simulate(request: Request) -> Response:
         try:
-            document = parse_json(await read_limited(request, auth.settings.webhook.max_body_bytes))
-            payload = WebhookPayload.model_validate(document)
+            payload = parse_payload(await read_limited(request, auth.settings.webhook.max_body_bytes))
         except TooLarge:
             return error(413, "body too large")
         except ValueError as exc:

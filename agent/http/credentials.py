@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
-from agent.http.body import header
+from agent.http.body import error, header
 from agent.http.sessions import CSRF_HEADER, Sessions, cookie_value, host_allowed
 from agent.supervise.state import atomic_create_bytes
 
@@ -260,8 +260,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def refusal(denied: Denied) -> JSONResponse:
     """The JSON answer to a refused request (401 with WWW-Authenticate)."""
-    headers = {"WWW-Authenticate": 'Bearer realm="agent"'} if denied.status == 401 else None
-    return JSONResponse({"error": denied.reason}, status_code=denied.status, headers=headers)
+    return error(denied.status, denied.reason)
 
 
 def requires(auth: Auth, need: Need) -> Callable[[Handler], Handler]:
