@@ -24,12 +24,14 @@ import os
 import time
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, ValidationError
 
-from agent.config.settings import WebhookAuth
 from agent.supervise.state import private
+
+if TYPE_CHECKING:
+    from agent.config.settings import WebhookAuth
 
 log = logging.getLogger("agent.dedupe")
 

@@ -15,18 +15,18 @@ from collections.abc import Collection, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.act.dedupe import DedupeStore
 from agent.act.history import HISTORY_FILE, AuditEntry, History, Stamps
-from agent.act.payload import Alert, WebhookPayload
 from agent.act.plan import ComponentView, Plan, Result, plan_payload
-from agent.config.models import Config
 from agent.supervise.logs import log_direct
 from agent.supervise.replica import CommandError
 
 UNKNOWN_COMPONENT = "_unknown"  # the component label of alerts naming no configured component
 
 if TYPE_CHECKING:  # types only: neither imports this module
+    from agent.act.dedupe import DedupeStore
     from agent.act.modes import Modes
+    from agent.act.payload import Alert, WebhookPayload
+    from agent.config.models import Config
     from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.remediation")

@@ -11,18 +11,20 @@ component's CPU seconds (its adopted replicas are the same processes: the counte
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.act.dedupe import JOURNAL_FILE
 from agent.act.history import HISTORY_FILE, STAMPS_FILE
-from agent.act.remediation import Remediator
-from agent.config.models import Config
-from agent.export.events import EventMetrics
-from agent.http.connections import ConnectionGuard
-from agent.http.websecurity import WebSecurity
-from agent.observe.resources import ResourceMonitor
 from agent.supervise.logs import log_write_errors, resume_log_write_errors
 from agent.supervise.state import STATE_FILE, StateStore
+
+if TYPE_CHECKING:
+    from agent.act.remediation import Remediator
+    from agent.config.models import Config
+    from agent.export.events import EventMetrics
+    from agent.http.connections import ConnectionGuard
+    from agent.http.websecurity import WebSecurity
+    from agent.observe.resources import ResourceMonitor
 
 
 class Counted(Protocol):

@@ -16,29 +16,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
 from agent import __version__
-from agent.act.modes import Modes
 from agent.config.component import StopSettings
 from agent.config.models import Config
 from agent.config.settings import Autonomy
 from agent.daemon import carry
 from agent.daemon.signals import SignalHold
-from agent.export.tracing import Tracing
 from agent.supervise.cgroup import CgroupContainment
 from agent.supervise.choice import restore
-from agent.supervise.containment import Containment
-from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
-from agent.supervise.process import Reaper
 from agent.supervise.state import StateStore, atomic_write_bytes
 from agent.supervise.statelock import ENV_FD as ENV_LOCK_FD
 from agent.supervise.statelock import LOCK_FILE, StateLock
 from agent.supervise.stopping import reaped, stop_process, stop_unreaped
-from agent.supervise.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from agent.act.modes import Modes
+    from agent.export.tracing import Tracing
+    from agent.supervise.containment import Containment
+    from agent.supervise.guardian import Guardian
+    from agent.supervise.process import Reaper
+    from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.reexec")
 

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -22,10 +22,7 @@ from agent.act.history import HISTORY_FILE, STAMPS_FILE
 from agent.act.modes import Modes
 from agent.act.remediation import Remediator
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
-from agent.config.models import Config
-from agent.config.settings import Autonomy
 from agent.daemon import carry
-from agent.daemon.handover import Handover
 from agent.export.collectors import AgentCollector, BacklogCollector, Collector, ComponentCollector, HostCollector
 from agent.export.events import EventMetrics
 from agent.export.tracing import Tracing
@@ -48,6 +45,11 @@ from agent.supervise.leftovers import Ledger
 from agent.supervise.process import Reaper, raise_fd_limit
 from agent.supervise.state import StateStore
 from agent.supervise.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from agent.config.models import Config
+    from agent.config.settings import Autonomy
+    from agent.daemon.handover import Handover
 
 log = logging.getLogger("agent")
 

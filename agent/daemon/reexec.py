@@ -31,14 +31,17 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.act.modes import Modes
-from agent.act.remediation import Remediator
 from agent.config.loader import ConfigError, load_config
-from agent.config.settings import AgentSettings
 from agent.daemon.handover import drop_reserve, reserve_handover
-from agent.supervise.process import ExitStatus, Reaper
-from agent.supervise.supervisor import Supervisor
+
+if TYPE_CHECKING:
+    from agent.act.modes import Modes
+    from agent.act.remediation import Remediator
+    from agent.config.settings import AgentSettings
+    from agent.supervise.process import ExitStatus, Reaper
+    from agent.supervise.supervisor import Supervisor
 
 log = logging.getLogger("agent.reexec")
 

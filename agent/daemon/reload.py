@@ -11,15 +11,17 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.act.modes import Modes
 from agent.config.changes import ReloadPlan, ReloadStatus, plan_reload
 from agent.config.loader import ConfigError, load_config
-from agent.config.models import Config
 from agent.config.webconfig import WebConfigError
 from agent.http.credentials import Auth, Credentials, SecretFileError, SecretWriteError
 from agent.http.websecurity import WebSecurity
+
+if TYPE_CHECKING:
+    from agent.act.modes import Modes
+    from agent.config.models import Config
 
 
 class Reloadable(Protocol):

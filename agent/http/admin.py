@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.act.modes import Modes
-from agent.config.settings import AgentSettings
 from agent.http.body import TooLarge, error, optional_json, retry_later
 from agent.http.credentials import Auth, Need, control_token_path, requires
+
+if TYPE_CHECKING:
+    from agent.act.modes import Modes
+    from agent.config.settings import AgentSettings
 
 log = logging.getLogger("agent.reexec")
 

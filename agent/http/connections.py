@@ -16,12 +16,14 @@ import contextlib
 import resource
 import socket
 from collections.abc import Iterator
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from agent.config.settings import HttpSettings
 from agent.export.exposition import Family
+
+if TYPE_CHECKING:
+    from agent.config.settings import HttpSettings
 
 # Bounded values of the `reason` label of orchestrator_http_connections_closed_total.
 CLOSE_REASONS = ("timeout", "evicted", "refused")

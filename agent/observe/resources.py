@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from agent.config.settings import ResourceSettings
 from agent.supervise.procfs import ProcFS, Usage
 
 if TYPE_CHECKING:
+    from agent.config.settings import ResourceSettings
     from agent.supervise.replica import Replica, Runtime
     from agent.supervise.supervisor import Supervisor
 
