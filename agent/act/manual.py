@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # types only: none of them imports this module
     from agent.act.modes import Modes
     from agent.act.remediation import Remediator
     from agent.config.settings import Autonomy
+    from agent.supervise.rollout import RollResult
     from agent.supervise.supervisor import Supervisor
 
 REEXEC_SETTLE = 35.0  # an emergency stop waits this long for a pending re-exec to go ahead or be refused
@@ -23,15 +24,10 @@ REEXEC_SETTLE = 35.0  # an emergency stop waits this long for a pending re-exec 
 
 @dataclass(frozen=True)
 class Restarted:
-    """What a restart by hand did; `held` says why it restarted nothing ("" when it acted)."""
+    """What a restart by hand did (`roll`), or why it restarted nothing (`held`, "" when it acted)."""
 
     held: str = ""
-    started: int = 0  # successors started, ready or not
-    ready: int = 0  # successors started and ready
-    halted: bool = False
-    cut_short: bool = False  # halted or interrupted: `reason` says why, `not_restarted` which replicas were left
-    reason: str = ""
-    not_restarted: tuple[int, ...] = ()
+    roll: RollResult | None = None
 
 
 @dataclass(frozen=True)
@@ -76,9 +72,7 @@ class Manual:
             return Restarted(held=held)
         done = await self.sup.restart(name, "manual", replica=replica, all_at_once=all_at_once)
         self._audit(name, "restart", Result.FAILED if done.halted else Result.EXECUTED, done.describe())
-        return Restarted(started=done.started, ready=done.replaced, halted=done.halted,
-                         cut_short=done.halted or done.interrupted, reason=done.reason,
-                         not_restarted=tuple(r.index for r in done.remaining))
+        return Restarted(roll=done)
 
     async def scale(self, name: str, replicas: int) -> int:
         """Set the desired replicas; returns those desired before."""

@@ -224,6 +224,3 @@ def stdout_closed() -> int:
     os.close(devnull)
     return EXIT_PIPE
 
-
-if __name__ == "__main__":
-    sys.exit(main())

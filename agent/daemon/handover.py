@@ -26,7 +26,6 @@ from agent.config.models import Config
 from agent.config.settings import Autonomy
 from agent.daemon import carry
 from agent.daemon.signals import SignalHold
-from agent.supervise.cgroup import CgroupContainment
 from agent.supervise.choice import restore
 from agent.supervise.leftovers import Ledger
 from agent.supervise.state import StateStore, atomic_write_bytes
@@ -90,8 +89,7 @@ def hand_over(parts: Handing, autonomy: Autonomy | None, lock: StateLock | None 
     """
     if threading.current_thread() is not threading.main_thread():
         return "not on the main thread: the components' parent-death signal would fire"
-    if isinstance(parts.containment, CgroupContainment):
-        parts.containment.flush()  # every child is in its slot before the slots are handed over
+    parts.containment.flush()  # every child is in its slot before the slots are handed over
     parts.store.close()
     parts.remediator.close()  # the new image reads the timestamps and the history back
     parts.tracing.shutdown()

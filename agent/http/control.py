@@ -49,12 +49,13 @@ def component_verbs(manual: Manual) -> dict[str, Verb]:
         if not isinstance(all_at_once, bool):
             return error(422, "all_at_once must be true or false")
         done = await manual.restart(name, replica, all_at_once)
-        if done.held:
+        if done.roll is None:
             return error(409, done.held, component=name)
-        answer: dict[str, Any] = {"component": name, "restarted": done.started, "ready": done.ready,
-                                  "halted": done.halted}
-        if done.cut_short:
-            answer.update(reason=done.reason, not_restarted=list(done.not_restarted))
+        roll = done.roll
+        answer: dict[str, Any] = {"component": name, "restarted": roll.started, "ready": roll.replaced,
+                                  "halted": roll.halted}
+        if roll.halted or roll.interrupted:
+            answer.update(reason=roll.reason, not_restarted=[r.index for r in roll.remaining])
         return JSONResponse(answer)
 
     async def scale(name: str, body: dict[str, Any]) -> Response:

@@ -100,5 +100,8 @@ class Containment:
         """What a later agent needs to sweep this one's leftovers (kept in the state dir)."""
         return {"mechanism": self.mechanism.value}
 
+    def flush(self) -> None:
+        """Wait for the work in flight to be done (a cgroup's moves of new children into their slots)."""
+
     def close(self) -> None:
         """The agent stops: every slot has been stopped; remove what is left."""

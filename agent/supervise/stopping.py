@@ -76,8 +76,8 @@ async def stop_unreaped(pids: dict[int, StopSettings]) -> None:
     pending: dict[int, float] = {}
     killed: set[int] = set()
     for pid, stop in pids.items():
-        signal_group(pid, stop.signum)
-        signal_group(pid, signal.SIGCONT)
+        for signum in (stop.signum, signal.SIGCONT):
+            _send(pid, signum, None)
         pending[pid] = loop.time() + stop.grace
     while pending:
         for pid, deadline in list(pending.items()):
@@ -90,9 +90,7 @@ async def stop_unreaped(pids: dict[int, StopSettings]) -> None:
                 del pending[pid]
             else:
                 killed.add(pid)
-                signal_group(pid, signal.SIGKILL)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                _kill(pid, None)
                 pending[pid] = loop.time() + KILL_WAIT_SECONDS
                 if reaped(pid):
                     del pending[pid]
