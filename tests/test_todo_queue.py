@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.todos.store import Todo, open_store
+from agent.todos.base import Todo
+from agent.todos.store import open_store
 from tests.helpers import AgentProcess, running_agent, wait_for
 from tests.metricsutil import scrape
 

@@ -15,7 +15,8 @@ import pytest
 from agent.config.dsn import dsn_problem
 from agent.observe import backlog
 from agent.observe.httpclient import HttpClient
-from agent.todos.store import Finish, StoreError, open_store
+from agent.todos.base import Finish, StoreError
+from agent.todos.store import open_store
 from tests.helpers import wait_for
 
 

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.cli.output import print_table
+from agent.config.dsn import redact
 from agent.config.loader import ConfigError, config_paths, load_config
+from agent.todos.base import DEFAULT_LEASE, Finish, StoreError
 from agent.todos.row import PRIORITIES, STATUSES
-from agent.todos.store import DEFAULT_LEASE, Finish, StoreError, open_store, redact
+from agent.todos.store import open_store
 
 
 @dataclass(frozen=True)

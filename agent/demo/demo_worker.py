@@ -33,7 +33,8 @@ import time
 from types import FrameType
 
 from agent.demo._log import setup_logging
-from agent.todos.store import DEFAULT_LEASE, Finish, StoreError, TodoStore, open_store
+from agent.todos.base import DEFAULT_LEASE, Finish, StoreError, TodoStore
+from agent.todos.store import open_store
 
 log = logging.getLogger("demo_worker")
 

@@ -13,11 +13,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent.todos.base import DEFAULT_LEASE, Finish, Todo
 from agent.todos.row import PRIORITIES as PRIORITIES
 from agent.todos.row import STATUSES as STATUSES  # re-exported: the store's statuses are the backlog's
 from agent.todos.sqlite import SCHEMA as SCHEMA
 from agent.todos.sqlite import connect as connect
-from agent.todos.store import DEFAULT_LEASE, Finish, Todo, open_store
+from agent.todos.store import open_store
 
 if TYPE_CHECKING:
     from agent.config.models import Config
