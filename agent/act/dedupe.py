@@ -84,13 +84,13 @@ class DedupeStore:
         self._writer: asyncio.Task[None] | None = None
         self._load()
 
-    # --- start-up ---------------------------------------------------------------------------------
-
-
     def configure(self, settings: WebhookAuth) -> None:
         """A reload's `agent.webhook`: the TTL and the bound apply from the next key on."""
         self.ttl = settings.dedupe_ttl
         self.max_entries = settings.dedupe_max_entries
+
+    # --- start-up ---------------------------------------------------------------------------------
+
     def _load(self) -> None:
         try:
             raw = self.path.read_bytes()

@@ -72,7 +72,6 @@ class Remediator:
         self.last_alert_restart = self.stamps.last_alert_restart
         self._tasks: set[asyncio.Task[None]] = set()
 
-
     def configure(self, config: Config) -> None:
         """A reload's config: the plan reads it from the next alert on; the dedupe bounds apply too."""
         self.config = config
@@ -81,6 +80,7 @@ class Remediator:
     def forget_removed(self, components: Collection[str]) -> None:
         """Once a reload's removed components are gone: their cooldown and stabilisation timestamps go."""
         self.stamps.keep_only(components)
+
     def views(self, names: Iterable[str] | None = None) -> dict[str, ComponentView]:
         """A snapshot for the pure plan: of the components named (those that exist), else of every one.
 

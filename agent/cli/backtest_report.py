@@ -20,6 +20,7 @@ from agent.config.yamlfile import load_yaml
 
 RESULTS = ("executed", "cooldown", "duplicate", "ignored", "rejected", "dry_run", "failed")
 
+
 def _default_interval() -> float:
     try:
         doc = load_yaml((SHIPPED / "prometheus" / "prometheus.yml").read_text())

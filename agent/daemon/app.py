@@ -42,6 +42,7 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 EXIT_OWNED = 4  # the state dir is owned by another running agent (agent/supervise/statelock.py)
 
+
 class StartupError(Exception):
     """The agent cannot start (port in use, state dir unwritable); nothing was started."""
 

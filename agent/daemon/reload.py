@@ -36,6 +36,7 @@ class Reloadable(Protocol):
     async def reconfigure(self, config: Config, plan: ReloadPlan,
                           credentials: tuple[Credentials, Credentials]) -> None: ...
 
+
 log = logging.getLogger("agent.reload")
 
 

@@ -181,7 +181,6 @@ class ComponentCollector:
             for (name,), rt in labelled:
                 yield (name, rt.spec.kind, "true" if rt.spec.essential else "false"), 1
 
-
         def up(rt: Runtime) -> float:
             target = rt.target
             return min(1.0, rt.healthy_count / target) if target else 1.0
@@ -244,6 +243,7 @@ class ComponentCollector:
                      source=((key, rt.spec.limits.memory_bytes) for key, rt in labelled
                              if rt.spec.limits.memory_bytes is not None))
 
+
 class HostCollector:
     """The host's CPU, memory, disks and load, as the resource monitor last sampled them."""
 
@@ -271,6 +271,7 @@ class HostCollector:
         # Sampling pauses while nothing reads the figures, so a scrape may serve an old sample.
         yield Family("orchestrator_resources_sampled_timestamp_seconds", "When the component and host "
                      "resource figures were last sampled (epoch s; 0: not yet).", value=host.sampled_at)
+
 
 FLOW_HELP = {
     "created": "Todos added to the store, under each capability they need (a todo store's own counter).",

@@ -259,7 +259,6 @@ class ConnectionCollector:
         yield closed
 
 
-
 class PendingHandshake:
     """An accepted connection in its TLS handshake, counted by the guard like an HTTP connection.
 

@@ -100,11 +100,11 @@ class ResourceMonitor:
         self._wake = asyncio.Event()
         supervisor.spawn_listeners.append(self._replica_started)
 
-
     def configure(self, settings: ResourceSettings) -> None:
         """A reload's `agent.resources`: from the next pass on."""
         self.interval = settings.interval
         self.mountpoints = settings.mountpoints
+
     def _replica_started(self, rt: Runtime, rep: Replica) -> None:
         usage = self.components.get(rt.name)
         if usage is None or usage.rss_bytes == 0:

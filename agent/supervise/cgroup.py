@@ -57,7 +57,6 @@ def _write(path: Path, text: str) -> None:
         f.write(text)
 
 
-
 class CgroupScope(Scope):
     __slots__ = ("_path", "has_kill", "marked", "owner")
 

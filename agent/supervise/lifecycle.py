@@ -42,6 +42,7 @@ log = logging.getLogger("agent.supervisor")
 
 DURABLE_WAIT_SECONDS = 2.0  # how long an action that stops processes waits for its state to be on disk
 
+
 class Lifecycle:
     """Spawns, reaps, restarts with backoff and reconciles the replicas of one agent's components.
 

@@ -190,7 +190,6 @@ def watch_external(rt: Runtime) -> None:
     rt.ready_event.clear()
 
 
-
 def replica_log_path(log_dir: Path, component: str, index: int) -> Path:
     """`log_dir/<component>.log` for replica 0, `log_dir/<component>.<n>.log` for the others."""
     return log_dir / (f"{component}.log" if index == 0 else f"{component}.{index}.log")
