@@ -11,8 +11,7 @@ from agent.config.models import Config
 
 
 def readable_dirs(config: Config) -> list[tuple[str, str]]:
-    """An existing state or log dir others may read (the agent creates them 0700, or the log dir 2750 for
-    agent.log_group, and never changes an existing one's mode; docs/operations.md, "Secrets")."""
+    """Each existing state or log dir others may read, as (its setting, the warning with the fix)."""
     settings = config.agent
     shared = group_id(settings.log_group) if settings.log_group is not None else None
     warnings = []

@@ -1,7 +1,7 @@
 """Health probes: http, tcp, exec and mcp, one task per live replica (and per watched external
 component, which has no process), bounded by their timeout.
 
-Every probe result goes to the supervisor (`report_probe`), which owns the restart decision. One
+Every probe result goes to the supervisor (`report_probe`); supervise/health.py decides on a restart. One
 shared httpx.AsyncClient serves every HTTP probe (made by the first one: agent/observe/httpclient.py);
 each replica has its own task, so a slow probe never delays another.
 """

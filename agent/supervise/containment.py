@@ -12,7 +12,7 @@ Two mechanisms, chosen once at start:
   and their inherited marker (read from /proc/PID/environ) says whose they are. A process that clears
   its environment and is orphaned escapes this (documented in docs/operations.md).
 
-The guardian (agent.supervise.process.Guardian) is told the cgroup subtree or the marker, so it can end the
+The guardian (agent/supervise/guardian.py) is told the cgroup subtree or the marker, so it can end the
 same processes when the agent itself dies.
 
 This module holds what every mechanism provides (`Containment`, its `Scope`s); agent/supervise/cgroup.py

@@ -1,7 +1,8 @@
 """The replica and component model: states, what the supervisor knows about each, where logs go.
 
-Plain data with derived properties; the supervisor and its lifecycle (agent/supervise/supervisor.py,
-lifecycle.py) are the only code that changes it, and the collectors and the status document read it.
+Plain data with derived properties; only supervise/ changes it (the supervisor, its lifecycle, the
+health observations in health.py and a re-exec's adoption in adoption.py), and the collectors and the
+status document read it.
 """
 
 from __future__ import annotations
