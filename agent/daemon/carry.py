@@ -5,8 +5,8 @@ The components' restart counters and the reaper's and guardian's counts travel w
 belong to (agent/supervise/adoption.py, daemon/handover.py); these are the rest: webhook answers,
 remediation decisions and durations, probe durations, halted rollouts, failed state dir writes, dedupe
 evictions, connections closed by the agent, TLS handshake failures, refused client certificates, history
-lines dropped, failed log writes, and each
-component's CPU seconds (its adopted replicas are the same processes: the counter goes on from theirs).
+lines dropped, failed log writes, and each component's CPU seconds (its adopted replicas are the same
+processes: the counter goes on from theirs).
 `agent/export/process.py`'s CPU seconds need nothing: the process, and so its CPU time, is the same.
 """
 
