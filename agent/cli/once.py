@@ -36,7 +36,7 @@ def cmd_once(config: Config, fmt: str) -> int:
     if fmt == "json":
         print(json.dumps(report.to_json(), indent=2))
     elif fmt == "prometheus":
-        served = frozenset(c for comp in config.components.values() for c in comp.capabilities)
+        served = frozenset(config.served_capabilities())
         # The renderer /metrics uses, so both outputs escape and format alike.
         sys.stdout.write(render(report_families(report, served), openmetrics=False).decode())
     else:

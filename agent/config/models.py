@@ -44,6 +44,10 @@ class Config(Strict):
             raise ValueError(f"{path}: {message}")
         return self
 
+    def served_capabilities(self) -> list[str]:
+        """Every capability a configured component serves (bounds the backlog's `capability` label)."""
+        return [cap for comp in self.components.values() for cap in comp.capabilities]
+
     def start_order(self) -> list[str]:
         """Component names, dependencies first (stable: config order among peers)."""
         order: list[str] = []

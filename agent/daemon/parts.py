@@ -66,11 +66,6 @@ def create_missing_stores(config: Config) -> None:
         todos.create_missing_stores(config)
 
 
-def served_capabilities(config: Config) -> list[str]:
-    """Every capability a configured component serves (bounds the backlog's `capability` label)."""
-    return [cap for comp in config.components.values() for cap in comp.capabilities]
-
-
 @dataclass(eq=False)
 class Parts:
     """Everything a running agent is made of, built before its server starts: nothing is filled in later.
@@ -147,7 +142,7 @@ class Parts:
             reaper=reaper, containment=containment, ledger=ledger, guardian=guardian, supervisor=supervisor,
             resources=ResourceMonitor(supervisor, settings.resources.interval, settings.resources.mountpoints),
             client=client, probes=ProbeRunner(supervisor, client, observe=events.observe_probe),
-            backlog=backlog, backlog_view=BacklogCollector(backlog, served_capabilities(config)),
+            backlog=backlog, backlog_view=BacklogCollector(backlog, config.served_capabilities()),
             remediator=remediator,
             auth=auth, web=web, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
         )
@@ -165,7 +160,7 @@ class Parts:
         self.remediator.configure(config)
         self.events.configure(config)
         self.backlog.configure(config.backlog.sources)
-        self.backlog_view.serve(served_capabilities(config))
+        self.backlog_view.serve(config.served_capabilities())
         self.resources.configure(settings.resources)
         self.guard.configure(settings.http)
         if settings.log_level != old.agent.log_level:
