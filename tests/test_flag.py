@@ -8,13 +8,14 @@ import sys
 import pytest
 
 from agent.supervise.flag import Flag
+from tests.helpers import until
 
 
 def test_set_wakes_every_waiter_and_a_later_clear_does_not_take_it_back() -> None:
     async def main() -> list[bool]:
         flag = Flag()
         waiters = [asyncio.ensure_future(flag.wait()) for _ in range(3)]
-        await asyncio.sleep(0)  # let them start waiting
+        await until(lambda: len(flag._waiters or ()) == 3, what="three waiters")
         assert not any(w.done() for w in waiters)
         flag.set()
         flag.clear()  # as the lifecycle does at the next spawn: the woken waiters still see True
@@ -41,7 +42,7 @@ def test_a_cancelled_or_timed_out_wait_leaves_no_waiter_behind() -> None:
     async def main() -> None:
         flag = Flag()
         task = asyncio.ensure_future(flag.wait())
-        await asyncio.sleep(0)
+        await until(lambda: flag._waiters, what="the task waiting")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -49,7 +50,7 @@ def test_a_cancelled_or_timed_out_wait_leaves_no_waiter_behind() -> None:
             await asyncio.wait_for(flag.wait(), 0.01)
         assert flag._waiters is None  # nothing kept for a flag nobody waits on
         survivor = asyncio.ensure_future(flag.wait())
-        await asyncio.sleep(0)
+        await until(lambda: flag._waiters, what="the survivor waiting")
         flag.set()
         assert await survivor is True
 

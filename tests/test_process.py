@@ -55,10 +55,10 @@ def test_guardian_kills_registered_groups_only_at_eof() -> None:
 def test_guardian_kills_a_group_registered_again_after_its_removal() -> None:
     # Group ids are pids, which the kernel reuses: a removed one may come back as a new replica's.
     async def body(guardian: Guardian, groups: list[subprocess.Popen[bytes]]) -> None:
-        await asyncio.sleep(0)  # the changes queued so far go out (a write of their own)
+        await until(lambda: not guardian._pending)  # the changes queued so far go out (a write of their own)
         guardian.remove(groups[0].pid)
         guardian.remove(groups[1].pid)
-        await asyncio.sleep(0)
+        await until(lambda: not guardian._pending)
         guardian.add(groups[0].pid)
         guardian.close()
         await until(lambda: not guardian.alive, 5)
@@ -82,7 +82,7 @@ def test_guardian_bookkeeping_stays_cheap_with_many_groups() -> None:
         for n in range(300):
             guardian.remove(ids[(n * 337) % len(ids)])
             guardian.add(6_000_000 + n)
-            await asyncio.sleep(0)
+            await until(lambda: not guardian._pending)
         guardian.close()
         await until(lambda: not guardian.alive, 20, what="the guardian to exit")
         reaper.close()
