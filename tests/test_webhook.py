@@ -366,9 +366,14 @@ def test_hostile_alert_content_never_reaches_a_shell_or_a_command_line(tmp_path:
 
 
 def test_shutting_down_answers_503(tmp_path: Path) -> None:
+    # The shutdown lasts the stop grace only once the component ignores SIGTERM: a shell that has not
+    # run `trap` yet dies at once, the agent exits, and the request finds no server.
+    trapped = tmp_path / "trapped"
     agent = AgentProcess(tmp_path, {"components": {"slow": {
-        "command": "trap '' TERM; while :; do sleep 0.1; done", "shell": True, "stop": {"grace": 2}}}})
+        "command": f"trap '' TERM; touch {trapped}; while :; do sleep 0.1; done", "shell": True,
+        "stop": {"grace": 2}}}})
     agent.start()
+    wait_for(trapped.exists, 15, 0.02, "the component to ignore SIGTERM")
     token = (agent.state_dir / "webhook.token").read_text().strip()
     agent.proc.send_signal(15)  # type: ignore[union-attr]
     body = payload(alert({"action": "restart", "component": "slow"}))
