@@ -7,12 +7,12 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from agent.cli.output import print_table
 from agent.config.dsn import redact
 from agent.config.loader import ConfigError, config_paths, load_config
-from agent.todos.base import DEFAULT_LEASE, Finish, StoreError
+from agent.todos.base import DEFAULT_LEASE, MAX_TITLE, Finish, StoreError
 from agent.todos.row import PRIORITIES, STATUSES
 from agent.todos.store import open_store
 
@@ -55,10 +55,41 @@ def _lease(text: str) -> float:
         raise argparse.ArgumentTypeError(f"a duration such as 30s, 5m or 90 (seconds): {exc}") from None
 
 
+def add_titles(arguments: list[str], stdin: TextIO) -> list[str]:
+    """The titles of `agent todo add` in order, `-` replaced by stdin's lines (blank ones skipped);
+    ValueError naming the argument or stdin line of the first title that is empty or too long."""
+    if arguments.count("-") > 1:
+        raise ValueError("`-` (titles from stdin) may be given once")
+    titles: list[str] = []
+    for position, argument in enumerate(arguments, 1):
+        if argument != "-":
+            _check_title(argument, f"title argument {position}")
+            titles.append(argument)
+            continue
+        for number, line in enumerate(stdin, 1):
+            title = line.rstrip("\r\n")
+            if title.strip():
+                _check_title(title, f"stdin line {number}")
+                titles.append(title)
+    if not titles:
+        raise ValueError("no titles to add (stdin was empty or only blank lines); nothing added")
+    return titles
+
+
+def _check_title(title: str, where: str) -> None:
+    if not title.strip():
+        raise ValueError(f"{where}: the title is empty; nothing added")
+    if len(title) > MAX_TITLE:
+        raise ValueError(f"{where}: the title is {len(title)} characters long, more than {MAX_TITLE}; nothing added")
+
+
 def cmd_todo(args: argparse.Namespace) -> int:
-    """Run one todo verb; exit 1 when nothing suits or a completion is refused, 2 when the store is unusable."""
+    """Run one todo verb; exit 1 when nothing suits or a completion is refused, 2 when the store is unusable
+    or the input is refused."""
     target = todo_target(args)
     try:
+        if args.todo_cmd == "add":
+            args.titles = add_titles(args.title, sys.stdin)
         with open_store(target.db, target.passfile) as store:
             return _verb(args, store, target)
     except (StoreError, ValueError) as exc:
@@ -69,8 +100,11 @@ def cmd_todo(args: argparse.Namespace) -> int:
 def _verb(args: argparse.Namespace, store: Any, target: Target) -> int:
     where = redact(target.db)
     if args.todo_cmd == "add":
-        todo_id = store.add(args.title, args.priority, _caps(args.capability))
-        print(json.dumps({"id": todo_id}) if args.json else todo_id)
+        ids = store.add_many(args.titles, args.priority, _caps(args.capability))
+        if args.json:
+            print(json.dumps({"id": ids[0]} if len(ids) == 1 else ids))
+        else:
+            print("\n".join(map(str, ids)))
     elif args.todo_cmd == "list":
         items = store.list(args.status, args.limit)
         if args.json:
@@ -129,8 +163,14 @@ def add_todo_commands(sub: Any) -> None:
         return p
 
     lease_help = "lease duration (30s, 5m, 90; default: the source's `lease` in the config, else 5m)"
-    add = todo_json(tsub.add_parser("add", help="add a pending todo; prints its id"))
-    add.add_argument("title")
+    add = todo_json(tsub.add_parser(
+        "add", help="add pending todos, all in one transaction; prints their ids, one a line",
+        description="Add pending todos, all or none in one transaction, with the same priority and capabilities. "
+        "Prints their ids in order, one a line; with --json a JSON list of ids, except {\"id\": N} for exactly one "
+        "title (so scripts that add one title at a time keep working). Exit 2, nothing added: no title, or one empty "
+        f"or longer than {MAX_TITLE} characters (the message names its argument or stdin line)."))
+    add.add_argument("title", nargs="+", metavar="TITLE",
+                     help="a todo's title; `-` (once) reads titles from stdin, one a line, blank lines skipped")
     add.add_argument("-p", "--priority", default="normal", choices=list(PRIORITIES))
     add.add_argument("--capability", action="append", default=[],
                      help="a capability the todo needs (repeat, or comma-separated)")

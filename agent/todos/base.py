@@ -24,6 +24,7 @@ from agent.todos.row import PRIORITIES, STATUSES, RowError, capabilities_json, p
 DEFAULT_LEASE = 300.0  # seconds; the config's `lease` of a backlog source overrides it
 MAX_LEASE = 7 * 86400.0
 CANDIDATES = 200  # pending todos looked at per claim, most urgent first
+MAX_TITLE = 1000  # characters
 URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 COUNTERS = ("leases_expired", "completions_rejected")
 # Flow counters (table `todo_flow`, one row per kind and capability): todos added (`created`) and
@@ -93,6 +94,21 @@ def check_status(status: str | None) -> None:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
 
 
+def check_titles(titles: Iterable[str]) -> list[str]:
+    """The titles as a list; ValueError naming the first (1-based) that is not text, is blank or too long."""
+    out = list(titles)
+    if not out:
+        raise ValueError("no titles to add")
+    for number, title in enumerate(out, 1):
+        if not isinstance(title, str):
+            raise ValueError(f"title {number} must be text, got {type(title).__name__}")
+        if not title.strip():
+            raise ValueError(f"title {number} is empty")
+        if len(title) > MAX_TITLE:
+            raise ValueError(f"title {number} is {len(title)} characters long, more than {MAX_TITLE}")
+    return out
+
+
 def check_lease(lease: float) -> float:
     if not (isinstance(lease, int | float) and 0 < lease <= MAX_LEASE):
         raise ValueError(f"lease must be more than 0 and at most {MAX_LEASE:.0f} seconds, got {lease!r}")
@@ -131,9 +147,15 @@ class TodoStore(ABC):
 
     name: str  # what error messages call it (a path, or a dsn without secrets)
 
-    @abstractmethod
     def add(self, title: str, priority: str = "normal", capabilities: Iterable[str] | str = ()) -> int:
         """Insert a pending todo and return its id."""
+        return self.add_many([title], priority, capabilities)[0]
+
+    @abstractmethod
+    def add_many(self, titles: Iterable[str], priority: str = "normal",
+                 capabilities: Iterable[str] | str = ()) -> list[int]:
+        """Insert pending todos, all or none in one transaction, each counted `created`; their ids in order.
+        ValueError (nothing added) when the list is empty or a title is blank or too long (check_titles)."""
 
     @abstractmethod
     def list(self, status: str | None = None, limit: int = 1000) -> list[Todo]:

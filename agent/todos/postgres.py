@@ -30,6 +30,7 @@ from agent.todos.base import (
     check_lease,
     check_priority,
     check_status,
+    check_titles,
     flow_capabilities,
     new_token,
     normal_capabilities,
@@ -62,8 +63,8 @@ SCHEMA = (
     """CREATE TABLE IF NOT EXISTS todo_flow (kind TEXT NOT NULL, capability TEXT NOT NULL,
         value BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (kind, capability))""",
 )
-_FLOW = ("INSERT INTO todo_flow (kind, capability, value) VALUES (%s, %s, 1)"
-         " ON CONFLICT (kind, capability) DO UPDATE SET value = todo_flow.value + 1")
+_FLOW = ("INSERT INTO todo_flow (kind, capability, value) VALUES (%s, %s, %s)"
+         " ON CONFLICT (kind, capability) DO UPDATE SET value = todo_flow.value + EXCLUDED.value")
 MIGRATION_LOCK = 0x746F646F  # "todo": pg_advisory_xact_lock key of the schema migration
 
 _SWEEP = f"""
@@ -121,17 +122,22 @@ class PostgresStore(TodoStore):
         with self._tx() as conn:
             yield conn
 
-    def add(self, title: str, priority: str = "normal", capabilities: Iterable[str] | str = ()) -> int:
+    def add_many(self, titles: Iterable[str], priority: str = "normal",
+                 capabilities: Iterable[str] | str = ()) -> list[int]:
+        titles = check_titles(titles)
         check_priority(priority)
         caps = normal_capabilities(capabilities)
         with self._use() as conn:
-            row = conn.execute(
+            # One statement: the sequence numbers the rows in the order of the SELECT, so sorted ids are
+            # the titles' order.
+            rows = conn.execute(
                 f"INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
-                f" VALUES (%s, 'pending', %s, %s, {NOW}, {NOW}) RETURNING id", (title, priority, caps)).fetchone()
+                f" SELECT t.title, 'pending', %s, %s, {NOW}, {NOW}"
+                f" FROM unnest(%s::text[]) WITH ORDINALITY AS t(title, n) ORDER BY t.n RETURNING id",
+                (priority, caps, titles)).fetchall()
             for cap in flow_capabilities(caps):
-                conn.execute(_FLOW, ("created", cap))
-        assert row is not None
-        return int(row["id"])
+                conn.execute(_FLOW, ("created", cap, len(rows)))
+        return sorted(int(row["id"]) for row in rows)
 
     def list(self, status: str | None = None, limit: int = 1000) -> list[Todo]:
         check_status(status)
@@ -198,7 +204,7 @@ class PostgresStore(TodoStore):
                 (status, status, todo_id))
             if status in FINISHED and row["status"] not in FINISHED:
                 for cap in flow_capabilities(row["capabilities"]):
-                    conn.execute(_FLOW, ("completed", cap))
+                    conn.execute(_FLOW, ("completed", cap, 1))
             return Finish.OK
 
     def counters(self) -> dict[str, int]:

@@ -27,6 +27,7 @@ from agent.todos.base import (
     check_lease,
     check_priority,
     check_status,
+    check_titles,
     flow_capabilities,
     new_token,
     normal_capabilities,
@@ -108,11 +109,11 @@ def _count(conn: sqlite3.Connection, name: str, n: int = 1) -> None:
     conn.execute("UPDATE todo_counters SET value = value + ? WHERE name = ?", (n, name))
 
 
-def _flow(conn: sqlite3.Connection, kind: str, capabilities: list[str]) -> None:
-    """Count one todo under each of its capabilities (inside the caller's transaction)."""
+def _flow(conn: sqlite3.Connection, kind: str, capabilities: list[str], n: int = 1) -> None:
+    """Add `n` under each of the capabilities (inside the caller's transaction)."""
     for cap in capabilities:
-        conn.execute("INSERT INTO todo_flow (kind, capability, value) VALUES (?, ?, 1)"
-                     " ON CONFLICT (kind, capability) DO UPDATE SET value = value + 1", (kind, cap))
+        conn.execute("INSERT INTO todo_flow (kind, capability, value) VALUES (?, ?, ?)"
+                     " ON CONFLICT (kind, capability) DO UPDATE SET value = value + excluded.value", (kind, cap, n))
 
 
 class SqliteStore(TodoStore):
@@ -141,16 +142,18 @@ class SqliteStore(TodoStore):
                 conn.execute("ROLLBACK")
                 raise
 
-    def add(self, title: str, priority: str = "normal", capabilities: Iterable[str] | str = ()) -> int:
+    def add_many(self, titles: Iterable[str], priority: str = "normal",
+                 capabilities: Iterable[str] | str = ()) -> list[int]:
+        titles = check_titles(titles)
         check_priority(priority)
         caps = normal_capabilities(capabilities)
         now = time.time()
         with self._write() as conn:
-            cur = conn.execute(
-                "INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
-                " VALUES (?, 'pending', ?, ?, ?, ?)", (title, priority, caps, now, now))
-            _flow(conn, "created", flow_capabilities(caps))
-            return int(cur.lastrowid or 0)
+            ids = [int(conn.execute("INSERT INTO todos (title, status, priority, capabilities, created_at, updated_at)"
+                                    " VALUES (?, 'pending', ?, ?, ?, ?)",
+                                    (title, priority, caps, now, now)).lastrowid or 0) for title in titles]
+            _flow(conn, "created", flow_capabilities(caps), len(ids))
+            return ids
 
     def list(self, status: str | None = None, limit: int = 1000) -> list[Todo]:
         check_status(status)
