@@ -170,7 +170,7 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
             "capabilities": ["todo_processing"],
             "replicas": {"min": 1, "max": 4, "initial": 1},
             "stop": {"grace": 3},
-            "remediation": {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 2},
+            "remediation": {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 2, "max_step_percent": 0},
         },
     }
 

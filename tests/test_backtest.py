@@ -116,7 +116,7 @@ AGENT_CONFIG = {
     "components": {
         "web": {"command": [sys.executable, "-c", "pass"], "remediation": {"cooldown": "1h"}},
         "todo_worker": {"command": [sys.executable, "-c", "pass"], "capabilities": ["todo_processing"],
-                        "replicas": {"min": 1, "max": 8}, "remediation": {"max_step": 2}},
+                        "replicas": {"min": 1, "max": 8}, "remediation": {"max_step": 2, "max_step_percent": 0}},
         "ollama": {"command": [sys.executable, "-c", "pass"]},
         "indexer": {"command": [sys.executable, "-c", "pass"], "capabilities": ["indexing"],
                     "replicas": {"min": 1, "max": 4}, "remediation": {"scale_down_stabilization": "1h"}},
@@ -180,7 +180,8 @@ def test_timeline_matches_the_rules_and_guardrails(prometheus: tuple[str, float,
     assert web[2]["reason"] == "restarted 2400s ago (cooldown 3600s)"
     assert web[2]["repeats"] == 3  # 10:45:05, 10:47:05, 10:49:05: still within the cooldown
 
-    # The backlog: scale_to 3 fires at 14:05, then 7 from 14:30; each delivery moves at most max_step (2).
+    # The backlog: scale_to 3 fires at 14:05, then 7 from 14:30; each delivery moves at most max_step (2;
+    # max_step_percent 0).
     worker = [r for r in rows(doc, "todo_worker") if r["result"] == "executed"]
     assert decided(worker) == [
         (at(d0, 0, 14, 5, 5), "scale_to", "executed", 1, 3),
@@ -204,7 +205,7 @@ def test_timeline_matches_the_rules_and_guardrails(prometheus: tuple[str, float,
     assert at(d0, 0, 20, 0) <= ollama[0]["time"] < at(d0, 0, 20, 0, 30)
 
     # Idle since before the window: one step down after the 5m `for:` (the repeats are duplicates: one
-    # step per alert). The burst at 09:00 scales up (2 -> 4, max_step 2); idle again from 09:19, the
+    # step per alert). The burst at 09:00 scales up (2 -> 4, its max); idle again from 09:19, the
     # scale-down waits for the 1 h stabilisation after the 09:05:05 scale-up: the first repeat at or after
     # 10:05:05 is 10:06:05.
     indexer = rows(doc, "indexer")

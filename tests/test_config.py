@@ -137,6 +137,9 @@ INVALID: dict[str, tuple[str, str, str]] = {
                  "components.a.limits.memory_bytes: invalid size '12Zi'"),
     "bad signal": ("a.yaml", "components:\n  a: {command: [x], stop: {signal: SIGNOPE}}\n",
                    "components.a.stop.signal: unknown signal 'SIGNOPE'"),
+    "negative max_step_percent": (
+        "a.yaml", "components:\n  a: {command: [x], remediation: {max_step_percent: -5}}\n",
+        "components.a.remediation.max_step_percent: Input should be greater than or equal to 0 (got -5)"),
     "bad listen": ("a.yaml", "agent: {listen: 'localhost'}\n", "agent.listen"),
     "unset env var": ("a.yaml", "agent: {node: '${SURELY_NOT_SET_X}'}\n",
                       "agent.node: environment variable ${SURELY_NOT_SET_X} is not set"),

@@ -189,8 +189,8 @@ def test_check_and_status_name_external_components_from_the_cli(tmp_path: Path) 
 
 def view(**overrides: Any) -> ComponentView:
     base: dict[str, Any] = dict(desired=1, minimum=0, maximum=1, allowed=("restart", "start", "scale_up"),
-                                cooldown=0.0, stabilization=0.0, max_step=1, last_restart=0.0, last_scale_up=0.0,
-                                manual_stop=False, circuit_open=False, external=True)
+                                cooldown=0.0, stabilization=0.0, max_step=1, max_step_percent=0, last_restart=0.0,
+                                last_scale_up=0.0, manual_stop=False, circuit_open=False, external=True)
     base.update(overrides)
     return ComponentView(**base)
 

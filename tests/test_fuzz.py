@@ -154,7 +154,8 @@ def views(agent: AgentProcess) -> dict[str, ComponentView]:
         out[name] = ComponentView(
             desired=c["desired"], minimum=c["min"], maximum=c["max"],
             allowed=tuple(spec.get("allowed_actions", ACTIONS)), cooldown=0, stabilization=0, max_step=2,
-            last_restart=0.0, last_scale_up=0.0, manual_stop=c["manual_stop"], circuit_open=c["circuit"] != "closed")
+            max_step_percent=100, last_restart=0.0, last_scale_up=0.0, manual_stop=c["manual_stop"],
+            circuit_open=c["circuit"] != "closed")
     return out
 
 

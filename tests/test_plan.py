@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from agent.act.payload import Alert
-from agent.act.plan import ComponentView, Result, plan_alert
+from agent.act.plan import ComponentView, Result, plan_alert, step_bound
 from agent.config.settings import Autonomy
 
 NOW = 1_000_000.0
@@ -16,7 +16,8 @@ NOW = 1_000_000.0
 def view(**kw: Any) -> ComponentView:
     base: dict[str, Any] = {"desired": 2, "minimum": 1, "maximum": 6, "allowed": ("restart", "scale_up", "scale_down",
                                                                                  "scale_to", "start"),
-                            "cooldown": 60.0, "stabilization": 300.0, "max_step": 2, "last_restart": 0.0,
+                            "cooldown": 60.0, "stabilization": 300.0, "max_step": 2, "max_step_percent": 0,
+                            "last_restart": 0.0,
                             "last_scale_up": 0.0, "manual_stop": False, "circuit_open": False}
     base.update(kw)
     return ComponentView(**base)
@@ -89,13 +90,66 @@ def test_cooldown_and_stabilisation() -> None:
 
 
 def test_scaling_is_clamped_and_stepped() -> None:
-    assert plan(make({"action": "scale_up", "component": "c", "step": "9"})).target == 4  # max_step 2
+    assert plan(make({"action": "scale_up", "component": "c", "step": "9"})).target == 4  # max_step 2, no percent
     assert plan(make({"action": "scale_up", "component": "c"}), desired=6).result is Result.IGNORED  # at max
     up = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"))
     assert up.target == 4 and up.key.endswith(',"scale_to","2->4"]')
     assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="50"), desired=5).target == 6
     assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="0")).target == 1  # min 1
     assert plan(make({"action": "scale_to", "component": "c"})).result is Result.REJECTED  # no annotation
+
+
+# --- the step bound: max(max_step, ceil(desired * max_step_percent / 100)), the HPA's "4 pods or 100 %" ---
+
+HPA: dict[str, Any] = {"max_step": 4, "max_step_percent": 100, "minimum": 0, "maximum": 8}
+
+
+def test_step_bound_is_the_larger_of_the_count_and_the_percentage_rounded_up() -> None:
+    assert step_bound(view(desired=1, **HPA)) == 4
+    assert step_bound(view(desired=6, **HPA)) == 6
+    assert step_bound(view(desired=3, max_step=1, max_step_percent=50)) == 2  # 1.5 rounds up
+    assert step_bound(view(desired=7, max_step=3, max_step_percent=0)) == 3
+
+
+def test_scale_to_doubles_from_one_to_eight_in_two_deliveries() -> None:
+    to8 = make({"action": "scale_to", "component": "c"}, desired_replicas="8")
+    first = plan(to8, desired=1, **HPA)
+    assert first.acts and first.target == 5 and first.key.endswith(',"scale_to","1->5"]')
+    second = plan(to8, seen=frozenset({first.key}), desired=5, **HPA)
+    assert second.acts and second.target == 8  # 5 + max(4, 5) reaches the goal
+
+
+def test_scale_to_from_zero_moves_max_step() -> None:
+    p = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="8"), desired=0, **HPA)
+    assert p.acts and p.target == 4
+
+
+def test_scale_to_down_moves_the_whole_count_with_percent_100() -> None:
+    p = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="0"), desired=8, **HPA)
+    assert p.acts and p.target == 0  # max(4, 8): all the way in one delivery, stabilisation permitting
+    held = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="0"), desired=8,
+                last_scale_up=NOW - 10, **HPA)
+    assert held.result is Result.COOLDOWN
+
+
+def test_percent_zero_keeps_a_fixed_step() -> None:
+    fixed = {**HPA, "max_step_percent": 0, "maximum": 20}
+    to20 = make({"action": "scale_to", "component": "c"}, desired_replicas="20")
+    assert plan(to20, desired=8, **fixed).target == 12
+    assert plan(to20, desired=12, **fixed).target == 16
+    assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="0"), desired=12,
+                **fixed).target == 8
+
+
+def test_the_step_label_is_bounded_by_the_step_bound() -> None:
+    up = make({"action": "scale_up", "component": "c", "step": "9"})
+    assert plan(up, desired=6, **{**HPA, "maximum": 20}).target == 12  # max(4, 6)
+    assert plan(up, desired=6, **{**HPA, "maximum": 20, "max_step_percent": 0}).target == 10  # max_step 4
+    assert plan(make({"action": "scale_up", "component": "c", "step": "2"}), desired=6,
+                **{**HPA, "maximum": 20}).target == 8  # the label asks for less than the bound
+    down = make({"action": "scale_down", "component": "c", "step": "9"})
+    assert plan(down, desired=6, **{**HPA, "max_step_percent": 50}).target == 2  # max(4, 3)
+    assert plan(down, desired=6, **HPA).target == 0
 
 
 def test_start_goes_to_min_at_least_one() -> None:

@@ -124,7 +124,7 @@ def node_config(node: str, tmp: Path, dsn: str, demo_port: int) -> dict[str, Any
                 # Node a has no room for another worker: its headroom for this component is the smallest.
                 "replicas": {"min": 1, "max": 1 if node == "a" else 3, "initial": 1},
                 "stop": {"grace": 3},
-                "remediation": {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 1},
+                "remediation": {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 1, "max_step_percent": 0},
             },
         },
         "backlog": {"sources": [{"kind": "postgres", "name": "jobs", "dsn": dsn, "interval": 0.5}]},

@@ -22,7 +22,7 @@ SLEEP = ["sleep", "1000"]
 
 
 def components() -> dict[str, Any]:
-    fast = {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 2}
+    fast = {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 2, "max_step_percent": 0}
     return {
         "web": {"command": SLEEP, "replicas": {"min": 1, "max": 3, "initial": 2}, "remediation": fast},
         "pool": {"command": SLEEP, "replicas": {"min": 1, "max": 4, "initial": 1}, "remediation": fast},

@@ -5,7 +5,7 @@ Rules of the road (docs/remediation.md): only firing alerts with an `action` lab
 judged on its own status; another node's alert, an unknown component or a disallowed action is
 rejected; the same alert (fingerprint + startsAt + action; for scale_to also the step, from -> to) acts
 once, also after an agent restart and after a `resolved` for it arrived first; actions stay within
-min/max, max_step, cooldown and stabilisation.
+min/max, the step bound (max_step, max_step_percent), cooldown and stabilisation.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class ComponentView:
     cooldown: float
     stabilization: float
     max_step: int
+    max_step_percent: int
     last_restart: float
     last_scale_up: float
     manual_stop: bool
@@ -76,6 +77,12 @@ def _label_int(value: str | None, name: str) -> int | None:
     if not _INT.match(value.strip()):
         raise ValueError(f"{name} must be a non-negative integer, got {value[:40]!r}")
     return int(value)
+
+
+def step_bound(comp: ComponentView) -> int:
+    """The largest change of desired replicas one delivery makes: max_step replicas or max_step_percent % of
+    the desired count, whichever is larger (the HPA's default scale-up policy, "4 pods or 100 %")."""
+    return max(comp.max_step, -(-comp.desired * comp.max_step_percent // 100))
 
 
 def plan_alert(
@@ -129,13 +136,15 @@ def plan_alert(
 
     target: int | None = None
     if action in ("scale_up", "scale_down"):
-        size = min(step if step is not None else 1, comp.max_step)
+        size = min(step if step is not None else 1, step_bound(comp))
         target = comp.desired + size if action == "scale_up" else comp.desired - size
     elif action == "scale_to":
         assert wanted is not None
-        # At most max_step per delivery: a still-firing alert converges step by step as it is re-sent.
+        # At most one step bound per delivery: a still-firing alert converges step by step as it is re-sent;
+        # with the percentage, a step grows with the count, so doubling reaches any goal in a few deliveries.
         goal = policy.clamp_replicas(wanted, comp.minimum, comp.maximum)
-        target = max(comp.desired - comp.max_step, min(goal, comp.desired + comp.max_step))
+        bound = step_bound(comp)
+        target = max(comp.desired - bound, min(goal, comp.desired + bound))
     elif action == "start":
         target = max(comp.minimum, 1, comp.desired)
     if target is not None:

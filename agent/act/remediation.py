@@ -98,6 +98,7 @@ class Remediator:
                 desired=rt.desired, minimum=spec.replicas.min, maximum=spec.replicas.max,
                 allowed=tuple(spec.remediation.allowed_actions), cooldown=spec.remediation.cooldown,
                 stabilization=spec.remediation.scale_down_stabilization, max_step=spec.remediation.max_step,
+                max_step_percent=spec.remediation.max_step_percent,
                 last_restart=max(rt.last_restart_wall, self.last_alert_restart.get(name, 0.0)),
                 last_scale_up=self.last_scale_up.get(name, 0.0),
                 manual_stop=rt.manual_stop, circuit_open=rt.circuit.value != "closed", external=rt.external,

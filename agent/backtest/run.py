@@ -129,8 +129,8 @@ def _views(config: Config, initial: dict[str, int]) -> dict[str, ComponentView]:
         views[name] = ComponentView(
             desired=desired, minimum=spec.replicas.min, maximum=spec.replicas.max,
             allowed=tuple(r.allowed_actions), cooldown=r.cooldown, stabilization=r.scale_down_stabilization,
-            max_step=r.max_step, last_restart=0.0, last_scale_up=0.0, manual_stop=False, circuit_open=False,
-            external=spec.external)
+            max_step=r.max_step, max_step_percent=r.max_step_percent, last_restart=0.0, last_scale_up=0.0,
+            manual_stop=False, circuit_open=False, external=spec.external)
     return views
 
 

@@ -147,7 +147,10 @@ class RemediationSettings(Strict):
     allowed_actions: tuple[Action, ...] = tuple(ACTIONS)
     cooldown: Duration = 60.0
     scale_down_stabilization: Duration = 300.0
-    max_step: int = Field(2, ge=1)
+    # The largest step per delivery is max(max_step, ceil(desired * max_step_percent / 100)): the HPA's
+    # default scale-up policy ("4 pods or 100 %"); max_step_percent 0 keeps a fixed step of max_step.
+    max_step: int = Field(4, ge=1)
+    max_step_percent: int = Field(100, ge=0)
 
 
 class Rollout(Strict):
