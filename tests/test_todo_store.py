@@ -195,7 +195,7 @@ def test_flow_counters_count_arrivals_and_completions_once_per_capability(todo_d
     """`created` on add, `completed` on the first done/failed (not a put-back, not a second finish);
     the same figures in the store and in what the agent's reader sees."""
     with open_store(todo_db) as store:
-        assert store.flow() == {"created": {}, "completed": {}}
+        assert store.flow() == {"created": {}, "completed": {}, "work_ms": {}}
         plain = store.add("plain")
         gpu = store.add("gpu", "high", ["gpu"])
         both = store.add("both", "normal", ["gpu", "cpu"])
@@ -211,9 +211,14 @@ def test_flow_counters_count_arrivals_and_completions_once_per_capability(todo_d
         assert store.finish(both, "done") is Finish.OK  # failed -> done: already counted
         assert store.finish(plain, "done") is Finish.OK
         expected = {"created": {"any": 1, "gpu": 2, "cpu": 2}, "completed": {"any": 1, "gpu": 2, "cpu": 1}}
-        assert store.flow() == expected
-    flow = read_counts(todo_db).flow
-    assert flow == {(kind, cap): n for kind, caps in expected.items() for cap, n in caps.items()}
+        flow = store.flow()
+        # Work time only from the claim that finished gpu (the tokenless finishes had no claim).
+        assert set(flow.pop("work_ms")) == {"gpu"}
+        assert flow == expected
+    read = read_counts(todo_db).flow
+    assert read is not None and {key for key in read if key[0] == "work_seconds"} == {("work_seconds", "gpu")}
+    assert {key: n for key, n in read.items() if key[0] != "work_seconds"} == \
+        {(kind, cap): n for kind, caps in expected.items() for cap, n in caps.items()}
 
 
 def test_flow_counters_are_exported_per_source_from_the_first_good_read(todo_db: str) -> None:

@@ -277,6 +277,8 @@ FLOW_HELP = {
     "created": "Todos added to the store, under each capability they need (a todo store's own counter).",
     "completed": "Todos that left the store as done or failed, under each capability they need (a todo "
                  "store's own counter).",
+    "work_seconds": "Seconds between claim and finish of the todos counted in "
+                    "orchestrator_todo_source_completed_total (a todo store's own counter).",
 }
 
 
@@ -345,7 +347,7 @@ class BacklogCollector:
         for label, source in self.monitor.sources.items():
             if source.flow is not None:  # from the first good read on, every capability from 0
                 for kind, family in flows.items():
-                    folded = dict.fromkeys(self.capabilities, 0)
+                    folded = dict.fromkeys(self.capabilities, 0.0)
                     for (k, cap), n in source.flow.items():
                         if k == kind:
                             folded[cap if cap in self.served or cap == ANY_CAPABILITY else OTHER_CAPABILITY] += n

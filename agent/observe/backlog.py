@@ -50,8 +50,9 @@ class Counts:
     problems: dict[str, str] = field(default_factory=dict)  # fault kind -> first row with it, as a message
     # A store's own counters (leases_expired, completions_rejected); None for sources without them (json, http).
     counters: dict[str, int] | None = None
-    # A store's flow counters, (kind, capability) -> n (kind: created, completed); None without a store.
-    flow: dict[tuple[str, str], int] | None = None
+    # A store's flow counters, (kind, capability) -> n (kind: created, completed, work_seconds); None
+    # without a store.
+    flow: dict[tuple[str, str], float] | None = None
 
     def add(self, status: str, priority: str, capabilities: Iterable[str], created_at: float | None,
             n: int = 1) -> None:
@@ -163,7 +164,7 @@ def read_sqlite(path: Path, timeout: float) -> Counts:
         status = _STATUS.format(now=now) if leases else "status"
         groups = conn.execute(_SQLITE_GROUPS.format(status=status)).fetchall()
         counters: dict[str, int] | None = None
-        flow: dict[tuple[str, str], int] | None = None
+        flow: dict[tuple[str, str], float] | None = None
         if leases:
             has_counters = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'todo_counters'").fetchone()
@@ -183,8 +184,15 @@ def read_sqlite(path: Path, timeout: float) -> Counts:
     return counts
 
 
-def _flow(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[str, str], int]:
-    return {(str(kind), str(cap)): int(value) for kind, cap, value in rows}
+def _flow(rows: Iterable[tuple[Any, ...]]) -> dict[tuple[str, str], float]:
+    """The todo_flow rows as counts; the store's `work_ms` as `work_seconds`, in seconds (base units)."""
+    out: dict[tuple[str, str], float] = {}
+    for kind, cap, value in rows:
+        if kind == "work_ms":
+            out[("work_seconds", str(cap))] = int(value) / 1000
+        else:
+            out[(str(kind), str(cap))] = int(value)
+    return out
 
 
 def _counters(stored: dict[str, Any], unswept: int) -> dict[str, int]:
@@ -267,7 +275,7 @@ class SourceStatus:
     error: str = ""
     counts: Counts = field(default_factory=Counts)
     counters: dict[str, int] | None = None  # the store's counters as last read (kept while the source is down)
-    flow: dict[tuple[str, str], int] | None = None  # the store's flow counters as last read (likewise)
+    flow: dict[tuple[str, str], float] | None = None  # the store's flow counters as last read (likewise)
     logged: set[str] = field(default_factory=set)  # kinds of row fault already logged, while they last
 
 

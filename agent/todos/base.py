@@ -30,8 +30,11 @@ COUNTERS = ("leases_expired", "completions_rejected")
 # Flow counters (table `todo_flow`, one row per kind and capability): todos added (`created`) and
 # todos that left the queue as done or failed (`completed`), each counted once under every capability it
 # needs (`any` when it needs none), like the backlog. Their rates are the arrival and completion rates
-# of the cluster placement rules (rules/orchestrator-placement.yml).
-FLOWS = ("created", "completed")
+# of the cluster placement rules (rules/orchestrator-placement.yml). `work_ms` adds, with `completed`,
+# the milliseconds from the finishing claim to the finish, so rate(work) / rate(completed) is the time
+# one replica spends per todo, measured from the first completions (a todo claimed by a version that
+# recorded no claimed_at adds none).
+FLOWS = ("created", "completed", "work_ms")
 FINISHED = ("done", "failed")
 
 
@@ -69,6 +72,7 @@ class Todo:
     claimed_by: str | None
     claim_token: str | None = None
     lease_expires_at: float | None = None
+    claimed_at: float | None = None  # when the current (or the finishing) claim took it
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +85,8 @@ def todo_from(row: dict[str, Any] | Any) -> Todo:
     return Todo(int(row["id"]), row["title"], row["status"], row["priority"], list(caps),
                 float(row["created_at"]), float(row["updated_at"]), row["claimed_by"],
                 row["claim_token"] if "claim_token" in keys else None,
-                row["lease_expires_at"] if "lease_expires_at" in keys else None)
+                row["lease_expires_at"] if "lease_expires_at" in keys else None,
+                row["claimed_at"] if "claimed_at" in keys else None)
 
 
 def check_priority(priority: str) -> None:
@@ -135,6 +140,11 @@ def suitable(rows: Iterable[Any], capabilities: Iterable[str] | None) -> list[To
         if caps is None or set(todo.capabilities) <= caps:
             out.append(todo)
     return out
+
+
+def work_ms(worked: float | None) -> int | None:
+    """Whole milliseconds of work from seconds since the claim (None: no claim time recorded); never < 0."""
+    return None if worked is None else max(0, round(worked * 1000))
 
 
 def new_token() -> str:

@@ -36,6 +36,7 @@ from agent.todos.base import (
     normal_capabilities,
     suitable,
     todo_from,
+    work_ms,
 )
 
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
@@ -56,6 +57,7 @@ SCHEMA = (
     )""",
     "ALTER TABLE todos ADD COLUMN IF NOT EXISTS claim_token TEXT",
     "ALTER TABLE todos ADD COLUMN IF NOT EXISTS lease_expires_at DOUBLE PRECISION",
+    "ALTER TABLE todos ADD COLUMN IF NOT EXISTS claimed_at DOUBLE PRECISION",
     "CREATE INDEX IF NOT EXISTS todos_status ON todos (status, priority)",
     "CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL DEFAULT 0)",
     "INSERT INTO todo_counters (name, value) VALUES ('leases_expired', 0), ('completions_rejected', 0)"
@@ -70,7 +72,7 @@ MIGRATION_LOCK = 0x746F646F  # "todo": pg_advisory_xact_lock key of the schema m
 _SWEEP = f"""
 WITH expired AS (
     UPDATE todos SET status = 'pending', claimed_by = NULL, claim_token = NULL, lease_expires_at = NULL,
-        updated_at = {NOW}
+        claimed_at = NULL, updated_at = {NOW}
     WHERE id IN (SELECT id FROM todos WHERE status = 'in_progress' AND lease_expires_at <= {NOW}
                  FOR UPDATE SKIP LOCKED)
     RETURNING 1
@@ -166,7 +168,7 @@ class PostgresStore(TodoStore):
                 # The most urgent candidate nobody else holds right now; the row lock lasts to COMMIT.
                 taken = conn.execute(
                     f"""UPDATE todos SET status = 'in_progress', claimed_by = %s, claim_token = %s,
-                            lease_expires_at = {NOW} + %s, updated_at = {NOW}
+                            lease_expires_at = {NOW} + %s, claimed_at = {NOW}, updated_at = {NOW}
                         WHERE id = (SELECT id FROM todos WHERE id = ANY(%s) AND status = 'pending'
                                     ORDER BY {URGENCY}, id LIMIT 1 FOR UPDATE SKIP LOCKED)
                         RETURNING *""", (worker, new_token(), lease, ids)).fetchone()
@@ -188,8 +190,8 @@ class PostgresStore(TodoStore):
             raise ValueError(f"status must be done, failed or pending, got {status!r}")
         with self._use() as conn:
             row = conn.execute(
-                f"SELECT status, claim_token, lease_expires_at, lease_expires_at > {NOW} AS unexpired, capabilities"
-                " FROM todos WHERE id = %s FOR UPDATE", (todo_id,)).fetchone()
+                f"SELECT status, claim_token, lease_expires_at, lease_expires_at > {NOW} AS unexpired, capabilities,"
+                f" {NOW} - claimed_at AS worked FROM todos WHERE id = %s FOR UPDATE", (todo_id,)).fetchone()
             if row is None:
                 return Finish.MISSING
             live = row["status"] == "in_progress" and (row["lease_expires_at"] is None or row["unexpired"])
@@ -200,11 +202,16 @@ class PostgresStore(TodoStore):
                 return Finish.CLAIMED
             conn.execute(
                 f"UPDATE todos SET status = %s, updated_at = {NOW}, claim_token = NULL, lease_expires_at = NULL,"
-                " claimed_by = CASE WHEN %s = 'pending' THEN NULL ELSE claimed_by END WHERE id = %s",
-                (status, status, todo_id))
+                " claimed_by = CASE WHEN %s = 'pending' THEN NULL ELSE claimed_by END,"
+                " claimed_at = CASE WHEN %s = 'pending' THEN NULL ELSE claimed_at END WHERE id = %s",
+                (status, status, status, todo_id))
             if status in FINISHED and row["status"] not in FINISHED:
+                # Only the live claim that finishes worked on it (an expired one's time is not work done).
+                worked = work_ms(row["worked"] if live else None)
                 for cap in flow_capabilities(row["capabilities"]):
                     conn.execute(_FLOW, ("completed", cap, 1))
+                    if worked is not None:
+                        conn.execute(_FLOW, ("work_ms", cap, worked))
             return Finish.OK
 
     def counters(self) -> dict[str, int]:

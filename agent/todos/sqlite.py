@@ -2,7 +2,7 @@
 
 `claim` is atomic (sweep, SELECT and UPDATE inside one BEGIN IMMEDIATE transaction, which holds
 SQLite's write lock), so many workers can poll the same file without taking the same todo twice.
-Files written before leases existed are migrated in place (two columns and a counters table added).
+Older files are migrated in place (the columns of ADDED_COLUMNS and the counter tables added).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from agent.todos.base import (
     normal_capabilities,
     suitable,
     todo_from,
+    work_ms,
 )
 
 SCHEMA = """
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS todos (
     updated_at REAL NOT NULL,
     claimed_by TEXT,
     claim_token TEXT,
-    lease_expires_at REAL
+    lease_expires_at REAL,
+    claimed_at REAL
 );
 CREATE INDEX IF NOT EXISTS todos_status ON todos (status, priority);
 CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
@@ -57,7 +59,7 @@ CREATE TABLE IF NOT EXISTS todo_flow (kind TEXT NOT NULL, capability TEXT NOT NU
     value INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, capability));
 """
 # Columns added since the first schema: (name, type). ALTER TABLE ADD COLUMN is idempotent only by checking.
-ADDED_COLUMNS = (("claim_token", "TEXT"), ("lease_expires_at", "REAL"))
+ADDED_COLUMNS = (("claim_token", "TEXT"), ("lease_expires_at", "REAL"), ("claimed_at", "REAL"))
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -99,7 +101,8 @@ def _sweep(conn: sqlite3.Connection, now: float) -> None:
     """Put every todo whose lease ran out back to pending, and count them (inside the caller's transaction)."""
     cur = conn.execute(
         "UPDATE todos SET status = 'pending', claimed_by = NULL, claim_token = NULL, lease_expires_at = NULL,"
-        " updated_at = ? WHERE status = 'in_progress' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?",
+        " claimed_at = NULL, updated_at = ?"
+        " WHERE status = 'in_progress' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?",
         (now, now))
     if cur.rowcount > 0:
         _count(conn, "leases_expired", cur.rowcount)
@@ -177,9 +180,10 @@ class SqliteStore(TodoStore):
                 token, expires = new_token(), now + lease
                 conn.execute(
                     "UPDATE todos SET status = 'in_progress', claimed_by = ?, claim_token = ?,"
-                    " lease_expires_at = ?, updated_at = ? WHERE id = ?", (worker, token, expires, now, todo.id))
+                    " lease_expires_at = ?, claimed_at = ?, updated_at = ? WHERE id = ?",
+                    (worker, token, expires, now, now, todo.id))
                 return Todo(todo.id, todo.title, "in_progress", todo.priority, todo.capabilities,
-                            todo.created_at, now, worker, token, expires)
+                            todo.created_at, now, worker, token, expires, now)
             return None
 
     def renew(self, todo_id: int, token: str, lease: float = DEFAULT_LEASE) -> float | None:
@@ -196,8 +200,8 @@ class SqliteStore(TodoStore):
             raise ValueError(f"status must be done, failed or pending, got {status!r}")
         with self._write() as conn:
             now = time.time()
-            row: Any = conn.execute("SELECT status, claim_token, lease_expires_at, capabilities FROM todos"
-                                    " WHERE id = ?", (todo_id,)).fetchone()
+            row: Any = conn.execute("SELECT status, claim_token, lease_expires_at, claimed_at, capabilities"
+                                    " FROM todos WHERE id = ?", (todo_id,)).fetchone()
             if row is None:
                 return Finish.MISSING
             live = row["status"] == "in_progress" and (row["lease_expires_at"] is None
@@ -210,10 +214,16 @@ class SqliteStore(TodoStore):
             # A todo that is finished or put back is nobody's any more: its lease ends here.
             conn.execute(
                 "UPDATE todos SET status = ?, updated_at = ?, claim_token = NULL, lease_expires_at = NULL,"
-                " claimed_by = CASE WHEN ? = 'pending' THEN NULL ELSE claimed_by END WHERE id = ?",
-                (status, now, status, todo_id))
+                " claimed_by = CASE WHEN ? = 'pending' THEN NULL ELSE claimed_by END,"
+                " claimed_at = CASE WHEN ? = 'pending' THEN NULL ELSE claimed_at END WHERE id = ?",
+                (status, now, status, status, todo_id))
             if status in FINISHED and row["status"] not in FINISHED:
-                _flow(conn, "completed", flow_capabilities(row["capabilities"]))
+                caps = flow_capabilities(row["capabilities"])
+                _flow(conn, "completed", caps)
+                # Only the live claim that finishes worked on it (an expired one's time is not work done).
+                worked = work_ms(now - row["claimed_at"] if live and row["claimed_at"] is not None else None)
+                if worked is not None:
+                    _flow(conn, "work_ms", caps, worked)
             return Finish.OK
 
     def counters(self) -> dict[str, int]:
