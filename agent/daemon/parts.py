@@ -201,7 +201,7 @@ class Parts:
                            history=self.remediator.history),
             ConnectionCollector(self.guard),
             self.events,
-            ComponentCollector(sup, self.resources, self.probes),
+            ComponentCollector(sup, self.resources, self.probes, self.remediator.last_scale_up),
             HostCollector(self.resources),
             self.backlog_view,
             self.web,

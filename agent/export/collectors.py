@@ -7,7 +7,7 @@ what the supervisor, probe runner, resource monitor and backlog monitor last rec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from agent.act.dedupe import JOURNAL_FILE
@@ -139,6 +139,14 @@ def precreated_reasons(probe: bool, memory_limit: bool) -> tuple[str, ...]:
     return ("exit", *(("probe",) if probe else ()), *(("resource",) if memory_limit else ()))
 
 
+def alert_scales_down(rt: Runtime) -> bool:
+    """Whether an alert can lower the component's desired count: it has a command, room between its
+    bounds, and `scale_down` or `scale_to` among its allowed actions."""
+    spec = rt.spec
+    return (not rt.external and spec.replicas.min < spec.replicas.max
+            and not {"scale_down", "scale_to"}.isdisjoint(spec.remediation.allowed_actions))
+
+
 class ComponentCollector:
     """Every configured component: state, replicas, restarts, probes, resource use.
 
@@ -149,8 +157,12 @@ class ComponentCollector:
     component is in docs/metrics.md ("Series per component").
     """
 
-    def __init__(self, supervisor: Supervisor, resources: ResourceMonitor, probes: ProbeRunner) -> None:
+    def __init__(self, supervisor: Supervisor, resources: ResourceMonitor, probes: ProbeRunner,
+                 last_scale_up: Mapping[str, float] | None = None) -> None:
         self.sup, self.resources, self.probes = supervisor, resources, probes
+        # When an alert last scaled each component up (epoch s; the remediator's, persisted in
+        # remediation.json): the start of its scale-down stabilisation window.
+        self.last_scale_up: Mapping[str, float] = {} if last_scale_up is None else last_scale_up
         # Each component's `(name,)`, the same tuple every scrape: the renderer's line cache keeps the
         # label values of every row, and eight families share this one.
         self._keys: dict[str, tuple[str]] = {}
@@ -217,6 +229,12 @@ class ComponentCollector:
                      source=each(lambda rt: rt.running_count))
         yield Family("orchestrator_component_desired_replicas", "Desired replicas.", labels=component,
                      source=each(lambda rt: rt.desired))
+        yield Family("orchestrator_component_scale_down_not_before_timestamp_seconds", "When an alert may next "
+                     "lower the desired replicas (epoch s): the last scale-up by an alert (0: none) plus "
+                     "remediation.scale_down_stabilization. Only for components an alert can scale down.",
+                     labels=component, source=((key, self.last_scale_up.get(key[0], 0.0)
+                                                + rt.spec.remediation.scale_down_stabilization)
+                                               for key, rt in labelled if alert_scales_down(rt)))
         yield Family("orchestrator_component_min_replicas", "Configured minimum replicas.", labels=component,
                      source=each(lambda rt: rt.spec.replicas.min))
         yield Family("orchestrator_component_max_replicas", "Configured maximum replicas.", labels=component,
