@@ -36,8 +36,9 @@ RUNBOOK_PANELS: dict[str, tuple[str, ...]] = {
     "Memory: RSS, 1h forecast, headroom, limit": ("OrchestratorComponentMemoryGrowth",),
     "Oldest pending todo vs threshold": ("OrchestratorTodoBacklogStale",),
     "Backlog sources": ("OrchestratorTodoSourceDown",),
-    "Pending per replica vs target": ("OrchestratorBacklogHigh", "OrchestratorBacklogSaturated"),
-    "Idle time vs idle window": ("OrchestratorComponentIdle",),
+    "Replicas: running vs desired vs desired by backlog": ("OrchestratorBacklogHigh", "OrchestratorBacklogLow",
+                                                           "OrchestratorBacklogSaturated"),
+    "Scale-down not before": ("OrchestratorBacklogLow",),
     "Actions by result": ("OrchestratorRemediationFailing",),
     "Webhook requests by status code": ("OrchestratorWebhookRequestsRejected",),
     "Memory available vs pressure threshold": ("OrchestratorHostMemoryPressure", "OrchestratorHostMemoryLow"),
@@ -389,10 +390,14 @@ def backlog() -> Json:
         "may run twice. Rejected: a late completion from an expired claim (docs/todos.md)."), 8, 8)
 
     lay.row("Scaling ($component)")
-    lay.add(timeseries("Pending per replica vs target", targets(
-        (f"component:orchestrator_todo_pending_per_replica:ratio{{{COMP}}}", "{{component}}"),
-        (f"orchestrator:backlog_target_per_replica{{{COMP}}}", "target {{component}}")),
-        minimum=0, description="OrchestratorBacklogHigh fires above the target (scale_to)."), 12, 8)
+    lay.add(timeseries("Demand: arrivals and waiting work, in replicas", targets(
+        (f"component:orchestrator_todo_arrival_replicas:sum{{{COMP}}}", "arrivals {{component}}"),
+        (f"component:orchestrator_todo_pending_work_seconds:sum{{{COMP}}}"
+         f" / on (job, instance, component) orchestrator:backlog_drain_target_seconds{{{COMP}}}",
+         "backlog {{component}}")), stack=True, minimum=0,
+        description="Little's law: arrivals = seconds per todo x todos per second (the replicas that keep up); "
+        "backlog = seconds per todo x pending / drain target (the replicas that work off what waits in time). "
+        "Their sum, rounded up and clamped to max, is the desired count by backlog."), 12, 8)
     lay.add(timeseries("Replicas: running vs desired vs desired by backlog", targets(
         (f"orchestrator_component_replicas{{{COMP}}}", "running {{component}}"),
         (f"orchestrator_component_desired_replicas{{{COMP}}}", "desired {{component}}"),
@@ -400,14 +405,20 @@ def backlog() -> Json:
         (f"component:orchestrator_component_desired_replicas:backlog_raw{{{COMP}}}", "unclamped {{component}}"),
         (f"orchestrator_component_min_replicas{{{COMP}}}", "min {{component}}"),
         (f"orchestrator_component_max_replicas{{{COMP}}}", "max {{component}}")), minimum=0,
-        description="by backlog = ceil(pending / target) clamped to max, the annotation that scale_to uses."),
+        description="by backlog = ceil(arrivals + backlog) clamped to max, the annotation of scale_to: "
+        "OrchestratorBacklogHigh above desired, OrchestratorBacklogLow below it once the stabilisation passed."),
         12, 8)
     lay.add(timeseries("Pending todos the component can serve", targets(
         (f"component:orchestrator_todo_pending:sum{{{COMP}}}", "{{component}}")), minimum=0), 12, 8)
-    lay.add(timeseries("Idle time vs idle window", targets(
-        (f"component:orchestrator_todo_pending:idle_seconds{{{COMP}}}", "{{component}}"),
-        (f"orchestrator:idle_window_seconds{{{COMP}}}", "window {{component}}")), unit="s", minimum=0,
-        description="OrchestratorComponentIdle (scale_down) fires once idle time passes the window."), 12, 8)
+    lay.add(timeseries("Seconds per todo", targets(
+        (f"capability:orchestrator_todo_local_seconds_per_todo:ratio{{{INST}}}", "{{capability}}")), unit="s",
+        minimum=0, description="One replica's work time per todo (claim to finish, per completion over 5m; the "
+        "last measure while nothing completes; 6 s before any)."), 12, 8)
+    lay.add(timeseries("Scale-down not before", targets(
+        (f"(orchestrator_component_scale_down_not_before_timestamp_seconds{{{COMP}}} - time()) > 0",
+         "{{component}}")), unit="s", minimum=0,
+        description="Seconds until the agent's scale-down stabilisation since its last scale-up has passed; "
+        "OrchestratorBacklogLow waits for it."), 12, 8)
     for panel in lay.panels:
         if panel["type"] != "timeseries":
             continue

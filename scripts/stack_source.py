@@ -12,7 +12,8 @@ generator's output). The templates keep the rules' expressions and comments; wha
   GitHub's anchor for the `## AlertName` heading).
 - In rules/tests/*_test.yml: each expected alert's static labels (severity, action) and static
   annotations (summary, runbook_url) from its rule, so a test states only what depends on its data.
-- The fast clock (`Settings.fast`): every minute of `for:`, range windows and offsets becomes a second, and
+- The fast clock (`Settings.fast`): every minute of `for:`, range windows and offsets becomes a second
+  (and a second of `for:` a sixtieth of one: 15s -> 250ms), and
   threshold rules may be given other defaults, for the end-to-end tests (tests/stack.py).
 """
 
@@ -65,13 +66,23 @@ def _select(line: str, selector: str) -> str:
     return line.replace("{$SEL}", "").replace("{$SEL,", "{")
 
 
+def _fast_duration(value: str) -> str:
+    """A `for:` on the fast clock: minutes become seconds, seconds milliseconds (15s -> 250ms)."""
+    if match := re.fullmatch(r"(\d+)m", value):
+        return f"{match.group(1)}s"
+    if match := re.fullmatch(r"(\d+)s", value):
+        return f"{int(match.group(1)) * 1000 // 60}ms" if match.group(1) != "0" else "0s"
+    raise ValueError(f"for: {value!r} is neither whole minutes nor whole seconds")
+
+
 def _fast(text: str, name: str, thresholds: dict[str, float]) -> str:
-    """Every minute a second (hour windows and predict_linear horizons stay); threshold defaults replaced."""
+    """Every minute a second, every second of `for:` 1/60 s (hour windows and predict_linear horizons stay);
+    threshold defaults replaced."""
     doc = yaml.safe_load(text)
     for group in doc["groups"]:
         for rule in group["rules"]:
             if "for" in rule:
-                rule["for"] = re.sub(r"^(\d+)m$", r"\1s", str(rule["for"]))
+                rule["for"] = _fast_duration(str(rule["for"]))
             rule["expr"] = _OFFSET.sub(r"offset \1s", _WINDOW.sub(r"[\1s]", rule["expr"]))
             record = rule.get("record")
             if record in thresholds:

@@ -19,7 +19,9 @@ from scripts.gen_stack import write_fast_rules
 from tests.helpers import ROOT, AgentProcess, free_port, wait_for
 from tests.stackbin import require_binary
 
-THRESHOLDS = {"orchestrator:backlog_target_per_replica": 10, "orchestrator:idle_window_seconds": 10}
+# The drain target on the fast clock: a surge of 400 todos at 0.25 s a todo wants 0.25 x 400 / 10 = 10
+# replicas (before W is measured: 6 x 400 / 10), more than todo_worker's max 8.
+THRESHOLDS = {"orchestrator:backlog_drain_target_seconds": 10}
 
 
 def uncomment_tls(text: str, tls: Path, default_dir: str = "../tls") -> str:
@@ -168,9 +170,10 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
             "command": [py, "-m", "agent.demo.demo_worker", "--db", str(db), "--work-seconds", "0.25",
                         "--idle-poll", "0.2"],
             "capabilities": ["todo_processing"],
-            "replicas": {"min": 1, "max": 4, "initial": 1},
+            "replicas": {"min": 1, "max": 8, "initial": 1},
             "stop": {"grace": 3},
-            "remediation": {"cooldown": 0, "scale_down_stabilization": 0, "max_step": 2, "max_step_percent": 0},
+            # The demo's step policy; its 5 min stabilisation is 5 s on the fast clock.
+            "remediation": {"cooldown": 0, "scale_down_stabilization": 5, "max_step": 4, "max_step_percent": 100},
         },
     }
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from agent.todos import transactions as todos
+from agent.todos.store import open_store
 from tests.helpers import http_ok, wait_for
 from tests.metricsutil import scrape, value
 from tests.stack import Stack, start_stack
@@ -78,44 +79,52 @@ def test_crash_loop_opens_the_circuit_and_pages_a_human(stack: Stack) -> None:
                  state="circuit_open") == 1
 
 
-def test_backlog_scales_up_in_bounded_steps_drains_and_scales_down(stack: Stack) -> None:
-    def desired() -> float:
-        return value(scrape(stack.agent.url), "orchestrator_component_desired_replicas", component="todo_worker") or 0
+def test_a_surge_reaches_capacity_in_two_deliveries_and_scales_down_after_the_stabilisation(stack: Stack) -> None:
+    """400 todos in one transaction: the rules ask for more than max at once, the agent goes 1 -> 5 -> 8
+    (max(max_step 4, 100 %) per delivery), and capacity stands while most of the surge still waits. After
+    the drain, one scale_to goes straight back to min, no sooner than the stabilisation after the last
+    scale-up, and the direction changes once."""
+    def desired() -> int:
+        return int(value(scrape(stack.agent.url), "orchestrator_component_desired_replicas", component="todo_worker") or 0)
 
     def pending() -> int:
         return len(todos.list_todos(stack.db, "pending", 10_000))
 
-    seen: list[int] = []
+    seen: list[tuple[int, float, int]] = []  # (desired, monotonic time, pending) at each change
 
-    def track() -> None:
-        d, p = int(desired()), pending()
-        if not seen or seen[-1] != d:
-            seen.append(d)
+    def track() -> int:
+        d = desired()
+        if not seen or seen[-1][0] != d:
+            p = pending()
+            seen.append((d, time.monotonic(), p))
             stack.note(f"todo_worker desired={d} pending={p}")
+        return d
 
-    for i in range(200):
-        todos.add(stack.db, f"job {i}", ("normal", "high")[i % 2], ["todo_processing"])
-    stack.note("200 todos added")
-    def drained() -> bool:
+    assert track() == 1
+    store = open_store(str(stack.db))
+    try:
+        store.add_many([f"job {i}" for i in range(400)], "normal", ["todo_processing"])
+    finally:
+        store.close()
+    stack.note("400 todos added")
+    wait_for(lambda: track() == 8, 120, 0.1, "the worker to reach its max")
+    at_capacity = seen[-1][2]
+    def drained_now() -> bool:
         track()
         return pending() == 0
 
-    def back_at_min() -> bool:
-        track()
-        return desired() == 1
-
-    wait_for(drained, 240, 0.2, "the workers to drain the backlog")
+    wait_for(drained_now, 240, 0.2, "the workers to drain the backlog")
+    drained = time.monotonic()
     stack.note("backlog drained")
-    wait_for(back_at_min, 240, 0.2, "scale-down to min after the idle window")
-    track()
-    assert max(seen) == 4, f"reached max: {seen}"
-    ups = [b - a for a, b in itertools.pairwise(seen) if b > a]
-    downs = [a - b for a, b in itertools.pairwise(seen) if b < a]
-    assert ups and all(step <= 2 for step in ups), f"scale-up steps bounded by max_step: {seen}"
-    assert downs and all(step == 1 for step in downs), f"scale-down one step at a time: {seen}"
-    assert seen[-1] == 1
-    assert counter(stack, "todo_worker", "scale_to", "executed") >= 2
-    assert counter(stack, "todo_worker", "scale_down", "executed") == 3
+    wait_for(lambda: track() == 1, 120, 0.2, "the scale-down to min")
+    counts = [d for d, _, _ in seen]
+    assert counts == [1, 5, 8, 1], f"1 -> 5 -> 8 in two deliveries, then one step down to min: {seen}"
+    assert at_capacity >= 100, f"capacity while a quarter of the surge still waits: {at_capacity} pending"
+    up_at, down_at = seen[2][1], seen[3][1]
+    assert down_at >= drained, "no scale-down while todos wait"
+    assert down_at - up_at >= 5, "not before the scale-down stabilisation (5 s) after the last scale-up"
+    assert counter(stack, "todo_worker", "scale_to", "executed") == 3
+    assert counter(stack, "todo_worker", "scale_down", "executed") == 0
 
 
 def test_every_dashboard_and_rule_query_runs_on_the_live_prometheus(stack: Stack) -> None:

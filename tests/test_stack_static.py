@@ -72,10 +72,12 @@ CONTRACT_METRICS = frozenset({
     "orchestrator_todo_completions_rejected_total",
     "orchestrator_todo_source_created_total",
     "orchestrator_todo_source_completed_total",
+    "orchestrator_todo_source_work_seconds_total",
     # remediation and the agent
     "orchestrator_webhook_requests_total",
     "orchestrator_remediation_actions_total",
     "orchestrator_remediation_duration_seconds",
+    "orchestrator_component_scale_down_not_before_timestamp_seconds",
     "orchestrator_autonomy_mode",
     "orchestrator_emergency_stop",
     "orchestrator_build_info",
@@ -192,8 +194,9 @@ def test_amtool_check_config(config: str) -> None:
 @pytest.mark.parametrize(("labels", "receiver"), [
     (["alertname=OrchestratorComponentDown", "action=restart", "component=web", "severity=warning"],
      "agent-webhook"),
-    (["alertname=OrchestratorComponentIdle", "action=scale_down", "component=w", "severity=info"],
+    (["alertname=OrchestratorBacklogLow", "action=scale_to", "direction=down", "component=w", "severity=info"],
      "agent-webhook"),
+    (["alertname=OrchestratorBacklogHigh", "action=scale_to", "component=w", "severity=info"], "agent-webhook"),
     (["alertname=OrchestratorComponentMemoryGrowth", "action=restart", "defer=off_peak", "component=w"],
      "agent-webhook"),
     (["alertname=OrchestratorComponentCircuitOpen", "component=web", "severity=critical"], "human"),
@@ -214,8 +217,9 @@ def test_alertmanager_routes_actions_to_the_agent_and_the_rest_to_humans(labels:
 def test_alert_follows_the_conventions(rule: dict[str, Any]) -> None:
     name = rule["alert"]
     assert re.fullmatch(r"Orchestrator[A-Z][A-Za-z0-9]+", name), name
-    # Whole minutes only, so an end-to-end test can shorten every `for:` with one substitution.
-    assert re.fullmatch(r"[1-9][0-9]*m", str(rule.get("for", ""))), f"{name}: for: {rule.get('for')!r}"
+    # Whole minutes, or whole seconds where a target needs them (scaling): the fast clock of the
+    # end-to-end tests makes a minute a second and a second 1/60 s (scripts/stack_source.py).
+    assert re.fullmatch(r"[1-9][0-9]*m|[0-9]+s", str(rule.get("for", ""))), f"{name}: for: {rule.get('for')!r}"
     labels = rule.get("labels", {})
     annotations = rule.get("annotations", {})
     assert labels.get("severity") in SEVERITIES, f"{name}: severity {labels.get('severity')!r}"
@@ -348,9 +352,20 @@ def test_alertmanager_sends_actions_to_the_agent_webhook_with_credentials() -> N
     names = {t["name"] for t in config["time_intervals"]}
     assert {"peak-hours", "maintenance"} <= names
     # Deferred restarts and scale-downs are muted in the windows, everything else acts at once.
-    muted = {tuple(r["matchers"]): r["mute_time_intervals"] for r in agent_route["routes"]}
+    muted = {tuple(r["matchers"]): r["mute_time_intervals"] for r in agent_route["routes"] if "mute_time_intervals" in r}
     assert muted[('defer="off_peak"',)] == ["peak-hours", "maintenance"]
     assert muted[('action="scale_down"',)] == ["maintenance"]
+    assert muted[('action="scale_to"', 'direction="down"')] == ["maintenance"]
+    assert ('action="scale_to"',) not in muted
+    # Every scale-down carries `direction: down`, so the maintenance mute holds it; no scale-up does.
+    for rule in ALERTS:
+        if rule["labels"].get("action") == "scale_to":
+            assert (rule["labels"].get("direction") == "down") == (rule["alert"] == "OrchestratorBacklogLow"), rule["alert"]
+    # scale_to converges over deliveries, and Alertmanager does not resend when only its
+    # `desired_replicas` annotation changes: its repeat comes every 30 s, not every 2 minutes.
+    for child in agent_route["routes"]:
+        if 'action="scale_to"' in child["matchers"]:
+            assert (child["group_interval"], child["repeat_interval"]) == ("15s", "30s"), child
     deferred = [a["alert"] for a in ALERTS if a["labels"].get("defer") == "off_peak"]
     assert deferred == ["OrchestratorComponentMemoryGrowth"]
 
@@ -503,7 +518,7 @@ def test_fast_rules_make_every_minute_a_second(tmp_path: Path) -> None:
     from scripts.gen_stack import write_fast_rules as fast_rules
 
     promtool = require_binary("promtool")
-    files = fast_rules(tmp_path, {"orchestrator:idle_window_seconds": 10})
+    files = fast_rules(tmp_path, {"orchestrator:backlog_drain_target_seconds": 10})
     assert sorted(p.name for p in files) == [p.name for p in RULES]
     text = "\n".join(p.read_text() for p in files)
     assert not re.search(r"for: \d+m\b", text) and not re.search(r"\[\d+m\]", text)
@@ -515,6 +530,10 @@ def test_fast_rules_make_every_minute_a_second(tmp_path: Path) -> None:
     assert reload["expr"].strip() == (
         'max_over_time(orchestrator_config_last_reload_successful{job="orchestrator-agent"}[5s]) == 0')
     assert reload["for"] == "5s"
+    # Seconds of `for:` become sixtieths: the scale-up's 15 s is 250 ms, the scale-down's 0 s stays.
+    fast = {r["alert"]: r for p in files for g in yaml.safe_load(p.read_text())["groups"] for r in g["rules"]
+            if "alert" in r}
+    assert (fast["OrchestratorBacklogHigh"]["for"], fast["OrchestratorBacklogLow"]["for"]) == ("250ms", "0s")
     result = run(promtool, "check", "rules", *map(str, files))
     assert result.returncode == 0, result.stdout + result.stderr
     with pytest.raises(KeyError):
