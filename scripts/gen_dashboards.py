@@ -415,10 +415,10 @@ def backlog() -> Json:
         minimum=0, description="One replica's work time per todo (claim to finish, per completion over 5m; the "
         "last measure while nothing completes; 6 s before any)."), 12, 8)
     lay.add(timeseries("Scale-down not before", targets(
-        (f"(orchestrator_component_scale_down_not_before_timestamp_seconds{{{COMP}}} - time()) > 0",
+        (f"clamp_min(orchestrator_component_scale_down_not_before_timestamp_seconds{{{COMP}}} - time(), 0)",
          "{{component}}")), unit="s", minimum=0,
-        description="Seconds until the agent's scale-down stabilisation since its last scale-up has passed; "
-        "OrchestratorBacklogLow waits for it."), 12, 8)
+        description="Seconds until the agent's scale-down stabilisation since its last scale-up has passed "
+        "(0: passed); OrchestratorBacklogLow waits for it."), 12, 8)
     for panel in lay.panels:
         if panel["type"] != "timeseries":
             continue

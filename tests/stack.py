@@ -172,8 +172,8 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
             "capabilities": ["todo_processing"],
             "replicas": {"min": 1, "max": 8, "initial": 1},
             "stop": {"grace": 3},
-            # The demo's step policy; its 5 min stabilisation is 5 s on the fast clock.
-            "remediation": {"cooldown": 0, "scale_down_stabilization": 5, "max_step": 4, "max_step_percent": 100},
+            # The demo's step policy. Its stabilisation (5 min) is 5 drain targets (60 s): 5 x 10 s here.
+            "remediation": {"cooldown": 0, "scale_down_stabilization": 50, "max_step": 4, "max_step_percent": 100},
         },
     }
 

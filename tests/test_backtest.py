@@ -6,7 +6,8 @@ backlog rises (30 pending from 14:00, 70 from 14:30) and drains at 16:00; ollama
 10:00 towards its limit, forecast past the headroom around 12:30, during peak hours. Day 2: web is
 down 10:00-10:10 and again 10:40-10:50, closer than its 1 h cooldown.
 Expected times follow from the shipped rules (15 s evaluations), the shipped Alertmanager routing
-(group_wait 5s, group_interval 30s, repeat_interval 2m; off-peak restarts muted 08:00-20:00 Mon-Fri)
+(group_wait 5s, group_interval 30s, repeat_interval 2m, scale_to every 30 s; off-peak restarts muted
+08:00-20:00 Mon-Fri)
 and the components' guardrails below.
 """
 
@@ -69,11 +70,10 @@ def history(out: Path, d0: float) -> None:
     def indexing(t: float) -> float:
         return 40 if d0 + 9 * HOUR <= t < d0 + 9 * HOUR + 10 * MIN else 0
 
-    def last_busy(t: float) -> float:
-        # What the live Prometheus recorded for this self-referencing rule (the backtest reads it, as stored).
-        if t < d0 + 9 * HOUR:
-            return d0 - HOUR
-        return min(t, d0 + 9 * HOUR + 9 * MIN)
+    def not_before(t: float) -> float:
+        # What the live agent exported for indexer: its last scale-up (at 09:00:20, for the burst) plus its
+        # 1 h scale-down stabilisation; before, a scale-up long ago.
+        return d0 if t < d0 + 9 * HOUR + 20 else d0 + 10 * HOUR + 20
 
     comps = {"web": (1, 1), "todo_worker": (1, 8), "ollama": (1, 1), "indexer": (1, 4)}
     recorded = {"indexer": 3}
@@ -105,8 +105,8 @@ def history(out: Path, d0: float) -> None:
                   every(d0, end, MIN, pending))
         om.series("orchestrator_todo_backlog", {"status": "pending", "priority": "normal", "capability": "indexing"},
                   every(d0, end, MIN, indexing))
-        om.series("component:orchestrator_todo_pending:last_busy_timestamp_seconds", {"component": "indexer"},
-                  every(d0, end, MIN, last_busy))
+        om.series("orchestrator_component_scale_down_not_before_timestamp_seconds", {"component": "indexer"},
+                  every(d0, end, MIN, not_before))
         om.series("orchestrator_todo_source_up", {"source": "todos"}, every(d0, end, MIN, const(1)))
         om.close()
 
@@ -180,13 +180,14 @@ def test_timeline_matches_the_rules_and_guardrails(prometheus: tuple[str, float,
     assert web[2]["reason"] == "restarted 2400s ago (cooldown 3600s)"
     assert web[2]["repeats"] == 3  # 10:45:05, 10:47:05, 10:49:05: still within the cooldown
 
-    # The backlog: scale_to 3 fires at 14:05, then 7 from 14:30; each delivery moves at most max_step (2;
-    # max_step_percent 0).
+    # The backlog (no store counters: 6 s a todo, a 60 s drain target): scale_to 3 fires at 14:00:15 (two
+    # evaluations), then 7 from 14:30; each delivery moves at most max_step (2; max_step_percent 0), and the
+    # scale_to route repeats every 30 s.
     worker = [r for r in rows(doc, "todo_worker") if r["result"] == "executed"]
     assert decided(worker) == [
-        (at(d0, 0, 14, 5, 5), "scale_to", "executed", 1, 3),
-        (at(d0, 0, 14, 31, 5), "scale_to", "executed", 3, 5),
-        (at(d0, 0, 14, 33, 5), "scale_to", "executed", 5, 7),
+        (at(d0, 0, 14, 0, 20), "scale_to", "executed", 1, 3),
+        (at(d0, 0, 14, 30, 20), "scale_to", "executed", 3, 5),
+        (at(d0, 0, 14, 30, 50), "scale_to", "executed", 5, 7),
     ]
     assert all(abs(r["replicas_after"] - r["replicas_before"]) <= 2 for r in worker)
     held = [r for r in rows(doc, "todo_worker") if r["result"] == "ignored"]
@@ -204,61 +205,57 @@ def test_timeline_matches_the_rules_and_guardrails(prometheus: tuple[str, float,
     assert at(d0, 0, 12, 0) < ollama[0]["starts_at"] < at(d0, 0, 13, 0)
     assert at(d0, 0, 20, 0) <= ollama[0]["time"] < at(d0, 0, 20, 0, 30)
 
-    # Idle since before the window: one step down after the 5m `for:` (the repeats are duplicates: one
-    # step per alert). The burst at 09:00 scales up (2 -> 4, its max); idle again from 09:19, the
-    # scale-down waits for the 1 h stabilisation after the 09:05:05 scale-up: the first repeat at or after
-    # 10:05:05 is 10:06:05.
+    # Nothing pending from the start and the stabilisation long past: straight to min at the first
+    # evaluation (for: 0s, group_wait 5s; the repeats find it there). The burst at 09:00 scales up (1 -> 4,
+    # its max); drained again from 09:10, the scale-down waits for the exported stabilisation after the
+    # 09:00:20 scale-up (10:00:20): the evaluation at 10:00:30, delivered at 10:00:35. No delivery is
+    # answered "cooldown": the rule waited for the agent.
     indexer = rows(doc, "indexer")
     assert [(r["time"], r["alert"], r["result"], r["replicas_before"], r["replicas_after"]) for r in indexer] == [
-        (at(d0, 0, 0, 5, 5), "OrchestratorComponentIdle", "executed", 3, 2),
-        (at(d0, 0, 0, 7, 5), "OrchestratorComponentIdle", "duplicate", 2, 2),
-        (at(d0, 0, 9, 5, 5), "OrchestratorBacklogHigh", "executed", 2, 4),
-        (at(d0, 0, 9, 7, 5), "OrchestratorBacklogHigh", "ignored", 4, 4),
-        (at(d0, 0, 9, 24, 5), "OrchestratorComponentIdle", "cooldown", 4, 4),
-        (at(d0, 0, 10, 6, 5), "OrchestratorComponentIdle", "executed", 4, 3),
-        (at(d0, 0, 10, 8, 5), "OrchestratorComponentIdle", "duplicate", 3, 3),
-        # Open loop: the recorded replicas stay at 3, so the alert fires on; 24 h later its dedupe key has
-        # expired (agent.webhook.dedupe_ttl), and the same alert acts again, as it would live.
-        (at(d0, 1, 10, 6, 5), "OrchestratorComponentIdle", "executed", 3, 2),
-        (at(d0, 1, 10, 8, 5), "OrchestratorComponentIdle", "duplicate", 2, 2),
+        (at(d0, 0, 0, 0, 5), "OrchestratorBacklogLow", "executed", 3, 1),
+        (at(d0, 0, 0, 0, 35), "OrchestratorBacklogLow", "ignored", 1, 1),
+        (at(d0, 0, 9, 0, 20), "OrchestratorBacklogHigh", "executed", 1, 4),
+        (at(d0, 0, 9, 0, 50), "OrchestratorBacklogHigh", "ignored", 4, 4),
+        (at(d0, 0, 10, 0, 35), "OrchestratorBacklogLow", "executed", 4, 1),
+        # Open loop: the recorded replicas stay at 3, so the alert fires on to the end of the history.
+        (at(d0, 0, 10, 1, 5), "OrchestratorBacklogLow", "ignored", 1, 1),
     ], indexer
-    assert indexer[4]["reason"] == "scaled up 1140s ago (scale-down stabilisation 3600s)"
-    assert indexer[4]["repeats"] == 21 and indexer[4]["last"] == at(d0, 0, 10, 4, 5)
+    assert indexer[-1]["last"] == at(d0, 1, 23, 59, 35)
     # A rule that reads its own past values cannot be recomputed from the files: the note names it.
     stored = doc["policies"][0]["notes"][0].rsplit(": ", 1)[-1].split(", ")
-    assert "component:orchestrator_todo_pending:last_busy_timestamp_seconds" in stored, doc["policies"][0]["notes"]
+    assert "capability:orchestrator_todo_seconds_per_todo:ratio" in stored, doc["policies"][0]["notes"]
 
     assert {r["component"] for r in timeline} == {"web", "todo_worker", "ollama", "indexer"}
     summary = {(s["component"], s["action"]): s for s in doc["policies"][0]["summary"]}
     assert summary[("web", "restart")]["results"] == {"executed": 1, "cooldown": 3, "duplicate": 2}
     assert summary[("todo_worker", "scale_to")]["results"]["executed"] == 3
     assert summary[("todo_worker", "scale_to")]["replicas_end"] == 7
-    # 1 replica until 14:05:05, 3 until 14:31:05, 5 until 14:33:05, then 7 to the end of day 2.
-    hours = (14 * HOUR + 5 * MIN + 5 + 3 * 26 * MIN + 5 * 2 * MIN + 7 * (48 * HOUR - 14 * HOUR - 33 * MIN - 5)) / HOUR
+    # 1 replica until 14:00:20, 3 until 14:30:20, 5 until 14:30:50, then 7 to the end of day 2.
+    hours = (14 * HOUR + 20 + 3 * 30 * MIN + 5 * 30 + 7 * (48 * HOUR - 14 * HOUR - 30 * MIN - 50)) / HOUR
     assert doc["policies"][0]["replica_hours"]["todo_worker"] == pytest.approx(hours, abs=0.01)
 
 
-def test_compare_a_lower_backlog_threshold_scales_up_more(prometheus: tuple[str, float, Path]) -> None:
+def test_compare_a_shorter_drain_target_scales_up_more(prometheus: tuple[str, float, Path]) -> None:
     url, d0, tmp = prometheus
-    lower = tmp / "lower-rules"
-    shutil.rmtree(lower, ignore_errors=True)
-    shutil.copytree(ROOT / "rules", lower, ignore=shutil.ignore_patterns("tests"))
-    backlog = lower / "orchestrator-backlog.yml"
+    shorter = tmp / "shorter-rules"
+    shutil.rmtree(shorter, ignore_errors=True)
+    shutil.copytree(ROOT / "rules", shorter, ignore=shutil.ignore_patterns("tests"))
+    backlog = shorter / "orchestrator-backlog.yml"
     text = backlog.read_text()
-    threshold = 'orchestrator_component_max_replicas{job="orchestrator-agent"} + 10'
+    threshold = 'orchestrator_component_max_replicas{job="orchestrator-agent"} + 60'
     assert threshold in text
-    backlog.write_text(text.replace(threshold, threshold[:-2] + "5"))
+    backlog.write_text(text.replace(threshold, threshold[:-2] + "30"))
 
-    code, doc, err = backtest(url, d0, tmp, "--compare", str(lower))
+    code, doc, err = backtest(url, d0, tmp, "--compare", str(shorter))
     assert code == 0, err
     totals = doc["compare"]["totals"]["scale_up"]
-    assert totals == {"a": 4, "b": 5}  # indexer's 2 -> 4 in both
-    # With 5 per replica: 30 pending wants 6 (1->3->5->6), 70 wants 14, clamped to max 8 (6->8).
+    assert totals == {"a": 4, "b": 5}  # indexer's 1 -> 4 in both
+    # Drained within 30 s: 30 pending wants 6 (1->3->5->6), 70 wants 14, clamped to max 8 (6->8).
     assert decided([r for r in rows(doc, "todo_worker", 1) if r["result"] == "executed"]) == [
-        (at(d0, 0, 14, 5, 5), "scale_to", "executed", 1, 3),
-        (at(d0, 0, 14, 7, 5), "scale_to", "executed", 3, 5),
-        (at(d0, 0, 14, 9, 5), "scale_to", "executed", 5, 6),
-        (at(d0, 0, 14, 31, 5), "scale_to", "executed", 6, 8),
+        (at(d0, 0, 14, 0, 20), "scale_to", "executed", 1, 3),
+        (at(d0, 0, 14, 0, 50), "scale_to", "executed", 3, 5),
+        (at(d0, 0, 14, 1, 20), "scale_to", "executed", 5, 6),
+        (at(d0, 0, 14, 30, 20), "scale_to", "executed", 6, 8),
     ]
     (diff,) = [r for r in doc["compare"]["executed"] if r["component"] == "todo_worker"]
     assert diff == {"component": "todo_worker", "kind": "scale_up", "a": 3, "b": 4, "difference": 1}

@@ -117,7 +117,8 @@ def test_test_expectations_take_labels_and_fixed_annotations_from_the_rules() ->
 
 
 def test_fast_clock_keeps_the_selector_and_checks_its_thresholds(tmp_path: Path) -> None:
-    fast = render_rules(Settings(fast=True, selector='job="e2e"', thresholds={"orchestrator:backlog_drain_target_seconds": 7}))
+    fast = render_rules(Settings(fast=True, selector='job="e2e"',
+                                 thresholds={"orchestrator:backlog_drain_target_seconds": 7}))
     text = "".join(fast.values())
     assert not re.search(r"for: \d+m\b", text) and not re.search(r"\[\d+m\]", text)
     assert 'orchestrator_component_max_replicas{job="e2e"} + 7' in text

@@ -352,7 +352,8 @@ def test_alertmanager_sends_actions_to_the_agent_webhook_with_credentials() -> N
     names = {t["name"] for t in config["time_intervals"]}
     assert {"peak-hours", "maintenance"} <= names
     # Deferred restarts and scale-downs are muted in the windows, everything else acts at once.
-    muted = {tuple(r["matchers"]): r["mute_time_intervals"] for r in agent_route["routes"] if "mute_time_intervals" in r}
+    muted = {tuple(r["matchers"]): r["mute_time_intervals"] for r in agent_route["routes"]
+             if "mute_time_intervals" in r}
     assert muted[('defer="off_peak"',)] == ["peak-hours", "maintenance"]
     assert muted[('action="scale_down"',)] == ["maintenance"]
     assert muted[('action="scale_to"', 'direction="down"')] == ["maintenance"]
@@ -360,7 +361,8 @@ def test_alertmanager_sends_actions_to_the_agent_webhook_with_credentials() -> N
     # Every scale-down carries `direction: down`, so the maintenance mute holds it; no scale-up does.
     for rule in ALERTS:
         if rule["labels"].get("action") == "scale_to":
-            assert (rule["labels"].get("direction") == "down") == (rule["alert"] == "OrchestratorBacklogLow"), rule["alert"]
+            down = rule["labels"].get("direction") == "down"
+            assert down == (rule["alert"] == "OrchestratorBacklogLow"), rule["alert"]
     # scale_to converges over deliveries, and Alertmanager does not resend when only its
     # `desired_replicas` annotation changes: its repeat comes every 30 s, not every 2 minutes.
     for child in agent_route["routes"]:
