@@ -72,7 +72,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def scale_events(history: list[dict[str, Any]], samples: list[Sample], t0: float) -> list[tuple[float, int]]:
-    """Executed scale actions as (t, +1 up / -1 down), oldest first.
+    """Executed scale actions from t=0 on as (t, +1 up / -1 down), oldest first (the settling before t=0
+    left out).
 
     A scale_to goes up or down by its target against the desired count sampled just before it.
     """
@@ -81,6 +82,8 @@ def scale_events(history: list[dict[str, Any]], samples: list[Sample], t0: float
         if entry.get("result") != "executed" or entry.get("action") not in SCALE_ACTIONS:
             continue
         t = entry["ts"] - t0
+        if t < 0:
+            continue
         if entry["action"] in ("scale_up", "start"):
             sign = 1
         elif entry["action"] == "scale_down":
