@@ -118,3 +118,31 @@ def test_memory_bench_reports_imports_the_required_stack_and_both_supervisors(tm
     assert agent["threads"] >= 1 and agent["scrape_ms"] > 0
     assert rows["supervisord"]["idle"] > 0 and rows["supervisord"]["scraped"] is None
     assert "the required stack, no agent code" in done.stdout and "supervisord" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_scale_bench_runs_a_surge_on_the_real_stack_and_reports_every_measure(tmp_path: Path) -> None:
+    from bench.scale import ROWS
+    from tests.stackbin import require_binary
+
+    require_binary("prometheus")
+    require_binary("prometheus-alertmanager", "alertmanager")
+    out = tmp_path / "scale.json"
+    done = subprocess.run([sys.executable, "-m", "bench.scale", "--only", "surge-new", "--horizon", "1",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=580)
+    assert done.returncode == 0, f"bench.scale failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    lines = done.stdout.splitlines()
+    (head,) = [line for line in lines if line.startswith("measure ")]
+    assert head.split() == ["measure", "surge-new"]
+    for label, _ in ROWS:
+        assert any(line.startswith(label + " ") for line in lines), (label, done.stdout)
+    doc = json.loads(out.read_text())
+    (scenario,) = doc["scenarios"]
+    assert scenario["status"] == "ok" and scenario["rules"] == "new", scenario.get("error", scenario["status"])
+    # Every todo of the surge reached the store and has a wait (claimed, or waiting at the horizon).
+    assert scenario["arrivals"] == scenario["wait"]["todos"] == 600
+    assert _number(scenario["wait"]["p50"]) and scenario["wait"]["p95"] >= scenario["wait"]["p50"]
+    assert scenario["need_at"] is not None and scenario["need_at"] < 5  # 600 todos are 300 s of work for one
+    assert _number(scenario["replica_minutes"]) and scenario["timeline"][0][0] < 5
+    assert scenario["at_t0"]["desired"] is not None
