@@ -172,7 +172,7 @@ def header(horizon: float, results: list[dict[str, Any]]) -> str:
         f"First scale-up counts from the first sample whose backlog the running replicas could not work off "
         f"within {DRAIN_TARGET:.0f} s (t=0 if never; negative: scaled ahead of the backlog).",
         *(f"todo_worker remediation ({label}): {value}" for label, value in remediation.items()),
-        *(f"todo wait: {source}" for source in sources),
+        *(f"todo wait: {source}; a todo never claimed counts until the horizon (a lower bound)" for source in sources),
     ])
 
 
