@@ -194,3 +194,25 @@ def test_payload_alerts_see_the_effect_of_earlier_ones() -> None:
     again = plan_payload([first], views, node="n1", autonomy=Autonomy.ON, emergency=False,
                          seen=lambda k: k in keys, now=NOW + 3600)
     assert again[0].result is Result.DUPLICATE
+
+
+def test_a_scale_down_decided_before_a_surge_is_not_acted_on() -> None:
+    # OrchestratorBacklogLow carries the pending count its scale_to was computed for; when more wait by the
+    # time it arrives (todos landed between the evaluation and the delivery), its count no longer holds.
+    down = make({"action": "scale_to", "component": "c"}, desired_replicas="1", pending_todos="0")
+    stale = plan(down, desired=4, max_step=4, pending=600)
+    assert stale.result is Result.IGNORED and not stale.acts
+    assert stale.reason == "stale: 600 todos pending now, 0 when the rule decided; the next evaluation decides again"
+    assert plan(down, desired=4, max_step=4, pending=0).target == 1  # nothing new: acts
+    assert plan(down, desired=4, max_step=4, pending=None).acts  # the agent reads no backlog: the rule decides
+    assert plan(make({"action": "scale_to", "component": "c"}, desired_replicas="1"),
+                desired=4, max_step=4, pending=600).acts  # no count in the alert (an older rule file)
+    # Fewer pending than the rule saw (work went on): still acts.
+    fewer = make({"action": "scale_to", "component": "c"}, desired_replicas="2", pending_todos="90")
+    assert plan(fewer, desired=4, max_step=4, pending=40).target == 2
+    # Only scale-downs: a scale-up with more pending than decided is all the more right.
+    up = make({"action": "scale_to", "component": "c"}, desired_replicas="5", pending_todos="10")
+    assert plan(up, desired=2, max_step=4, pending=600).target == 5
+    bad = plan(make({"action": "scale_to", "component": "c"}, desired_replicas="1", pending_todos="many"),
+               desired=4, max_step=4, pending=3)
+    assert bad.result is Result.REJECTED and "annotation pending_todos must be a non-negative integer" in bad.reason

@@ -103,3 +103,33 @@ def test_scale_down_not_before_follows_scale_ups_reloads_and_restarts(tmp_path: 
         assert not_before(again) == {"worker": pytest.approx(scaled - 300 + 60, abs=1e-3)}
     finally:
         again.stop()
+
+
+def test_a_scale_down_that_a_surge_overtook_is_not_acted_on(tmp_path: Path) -> None:
+    """OrchestratorBacklogLow computed its count for 0 pending todos; 30 landed before it arrived: the agent
+    keeps its replicas, says why, and acts on a delivery whose count was computed for what waits."""
+    from agent.todos import transactions as todos
+
+    db = tmp_path / "todos.db"
+    config = {"agent": {"node": "node-a"},
+              "backlog": {"sources": [{"kind": "sqlite", "path": str(db), "interval": 0.2, "name": "todos"}]},
+              "components": {"worker": {"command": SLEEP, "capabilities": ["todo_processing"],
+                                        "replicas": {"min": 1, "max": 8, "initial": 4}}}}
+    with running_agent(tmp_path, config) as agent:
+        wait_for(lambda: (agent.state_dir / "webhook.token").exists() and running(agent, "worker") == (4, 4), 10)
+        for i in range(30):
+            todos.add(db, f"t{i}", "normal", ["todo_processing"] if i % 2 else [])  # half need none: "any"
+        wait_for(lambda: sum(v for (name, labels), v in scrape(agent.url).items()
+                             if name == "orchestrator_todo_backlog" and dict(labels)["status"] == "pending") == 30,
+                 10, what="the agent to read 30 pending todos")
+        low = {"alertname": "OrchestratorBacklogLow", "action": "scale_to", "direction": "down", "component": "worker"}
+        stale = send(agent, alert(low, annotations={"desired_replicas": "1", "pending_todos": "0"}))[0]
+        assert stale["result"] == "ignored", stale
+        assert stale["reason"] == ("stale: 30 todos pending now, 0 when the rule decided; "
+                                   "the next evaluation decides again")
+        assert running(agent, "worker") == (4, 4)
+        assert value(scrape(agent.url), "orchestrator_remediation_actions_total", component="worker",
+                     action="scale_to", result="ignored") == 1
+        fresh = send(agent, alert(low, annotations={"desired_replicas": "1", "pending_todos": "30"}))[0]
+        assert (fresh["result"], fresh["target"]) == ("accepted", 1), fresh
+        wait_for(lambda: running(agent, "worker") == (1, 1), 15, what="the scale-down the fresh count allows")

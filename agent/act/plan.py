@@ -51,6 +51,7 @@ class ComponentView:
     manual_stop: bool
     circuit_open: bool
     external: bool = False  # no command: never acted on
+    pending: int | None = None  # pending todos it serves, as the agent read them last (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,16 @@ def plan_alert(
     if target is not None and target < comp.desired and now - comp.last_scale_up < comp.stabilization:
         return hold(Result.COOLDOWN, f"scaled up {now - comp.last_scale_up:.0f}s ago "
                                      f"(scale-down stabilisation {comp.stabilization:g}s)")
+    if target is not None and target < comp.desired and comp.pending is not None:
+        # A scale-down decided on data older than the delivery: the rule saw `pending_todos`; if more wait
+        # now (a surge landed between the evaluation and this delivery), its count no longer holds.
+        try:
+            decided = _label_int(alert.annotations.get("pending_todos"), "annotation pending_todos")
+        except ValueError as exc:
+            return hold(Result.REJECTED, str(exc))
+        if decided is not None and comp.pending > decided:
+            return hold(Result.IGNORED, f"stale: {comp.pending} todos pending now, {decided} when the rule "
+                                        "decided; the next evaluation decides again")
     if target is not None and target == comp.desired and action != "start":
         return hold(Result.IGNORED, f"already at {target} replicas (bounds [{comp.minimum}, {comp.maximum}])")
     if autonomy is Autonomy.DRY_RUN:

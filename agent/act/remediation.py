@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,6 +71,9 @@ class Remediator:
         self.last_scale_up = self.stamps.last_scale_up
         self.last_alert_restart = self.stamps.last_alert_restart
         self._tasks: set[asyncio.Task[None]] = set()
+        # Pending todos that need any of the given capabilities, as the backlog last read them (None:
+        # unknown); the daemon hands in the backlog monitor's. A scale-down checks it against the rule's.
+        self.pending_todos: Callable[[Iterable[str]], int | None] = lambda capabilities: None
 
     def configure(self, config: Config) -> None:
         """A reload's config: the plan reads it from the next alert on; the dedupe bounds apply too."""
@@ -102,6 +105,7 @@ class Remediator:
                 last_restart=max(rt.last_restart_wall, self.last_alert_restart.get(name, 0.0)),
                 last_scale_up=self.last_scale_up.get(name, 0.0),
                 manual_stop=rt.manual_stop, circuit_open=rt.circuit.value != "closed", external=rt.external,
+                pending=self.pending_todos(spec.served_capabilities) if spec.served_capabilities else None,
             )
         return views
 

@@ -250,3 +250,10 @@ class Component(Strict):
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         return argv
+
+    @property
+    def served_capabilities(self) -> frozenset[str]:
+        """The backlog capabilities it works on: those it declares, and `any` (todos that need none) when
+        it declares todo_processing; the rules' component_capability:orchestrator_component_capability:served."""
+        caps = frozenset(self.capabilities)
+        return caps | {"any"} if "todo_processing" in caps else caps

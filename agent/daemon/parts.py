@@ -135,6 +135,7 @@ class Parts:
         dedupe = DedupeStore(settings.state_dir / "dedupe.jsonl", hook.dedupe_ttl, hook.dedupe_max_entries)
         backlog = BacklogMonitor(config.backlog.sources, client)
         remediator = Remediator(config, supervisor, modes, dedupe, events, tracing)
+        remediator.pending_todos = backlog.pending
         supervisor.roll_listeners += [lambda name, why: events.rollout_halt(name), remediator.rollout_halted]
         parts = cls(
             config=config, store=store, modes=modes, events=events, tracing=tracing,

@@ -341,6 +341,14 @@ class BacklogMonitor:
                             "orchestrator_todo_invalid_rows)", status.spec.label, example, counts.invalid)
         status.logged = set(counts.problems)
 
+    def pending(self, capabilities: Iterable[str]) -> int | None:
+        """Pending todos that need any of `capabilities`, summed per capability as the rules do; None
+        unless every source was read at its last try (unknown, never 0)."""
+        if not self.sources or not all(s.up for s in self.sources.values()):
+            return None
+        wanted = set(capabilities)
+        return sum(n for (status, _, cap), n in self.totals.by_key.items() if status == "pending" and cap in wanted)
+
     def _total(self) -> None:
         totals = Counts()
         for status in self.sources.values():
