@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.scale_arrivals import arrivals, feed
-from bench.scale_measure import CAPACITY, DRAIN_TARGET, Sample, measure, store_counts, todo_waits
+from bench.scale_measure import CAPACITY, DRAIN_TARGET, STABILISATION, Sample, measure, store_counts, todo_waits
 from bench.scale_stack import Files, Stack, new_files, old_files, work_seconds
 
 POLL_SECONDS = 0.5
@@ -139,6 +139,8 @@ ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
     ("scale-ups / -downs executed", lambda r: f"{_s(r.get('scale_ups'))} / {_s(r.get('scale_downs'))}"),
     ("direction changes", lambda r: _s(r.get("direction_changes"))),
     ("shortest up -> down (s)", lambda r: _s(r.get("shortest_up_to_down"), 1)),
+    (f"most direction changes in {STABILISATION / 60:.0f} min", lambda r: _s(r.get("most_turns_per_window"))),
+    (f"scale-downs leaving > {DRAIN_TARGET:.0f} s of work", lambda r: _s(r.get("early_scale_downs"))),
     ("todo wait p50 (s)", lambda r: _s((r.get("wait") or {}).get("p50"), 1)),
     ("todo wait p95 (s)", lambda r: _s((r.get("wait") or {}).get("p95"), 1)),
     ("todos never claimed", lambda r: _s((r.get("wait") or {}).get("unclaimed"))),

@@ -18,6 +18,7 @@ from bench import stats
 
 DRAIN_TARGET = 60.0  # seconds: a backlog the running replicas cannot work off within it needs more of them
 CAPACITY = 4  # replicas desired: the issue's target for the surge
+STABILISATION = 300.0  # seconds: the demo todo_worker's scale_down_stabilization, the flapping window
 SCALE_ACTIONS = ("scale_up", "scale_down", "scale_to", "start")
 
 
@@ -127,6 +128,25 @@ def shortest_up_to_down(changes: list[tuple[float, int]]) -> float | None:
     return min(gaps) if gaps else None
 
 
+def most_turns_in_window(changes: list[tuple[float, int]], window: float) -> int:
+    """The most direction turns within any `window` seconds (a turn is a change against the previous one)."""
+    turns = [b[0] for a, b in itertools.pairwise(changes) if a[1] != b[1]]
+    return max((sum(1 for u in turns if t <= u < t + window) for t in turns), default=0)
+
+
+def early_downs(samples: list[Sample], per_replica: float) -> int:
+    """Decreases of the desired count that left more pending todos than the remaining replicas work off
+    within the drain target (`per_replica` todos each)."""
+    count, last = 0, None
+    for s in samples:
+        if s.desired is None:
+            continue
+        if last is not None and s.desired < last and s.pending > s.desired * per_replica:
+            count += 1
+        last = s.desired
+    return count
+
+
 def replica_minutes(samples: list[Sample], horizon: float) -> float:
     """The integral of running replicas over [0, horizon], each sample's count held until the next."""
     known = [s for s in samples if s.running is not None and s.t <= horizon]
@@ -163,6 +183,8 @@ def measure(samples: list[Sample], history: list[dict[str, Any]], t0: float, hor
         "scale_ups": sum(1 for _, sign in events if sign > 0),
         "scale_downs": sum(1 for _, sign in events if sign < 0),
         "direction_changes": flips(changes),
+        "most_turns_per_window": most_turns_in_window(changes, STABILISATION),
+        "early_scale_downs": early_downs(samples, per_replica),
         "shortest_up_to_down": shortest_up_to_down(changes),
         "replica_minutes": replica_minutes(samples, horizon),
         "drained_at": drained,
