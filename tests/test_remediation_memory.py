@@ -7,24 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from tests.helpers import AgentProcess, wait_for
-from tests.webhookutil import alert, payload
+from tests.webhookutil import alert
+from tests.webhookutil import deliver as send
 
 CONFIG: dict[str, Any] = {"components": {"w": {
     "command": ["sleep", "1000"], "replicas": {"min": 1, "max": 3, "initial": 1},
     "remediation": {"cooldown": 300, "scale_down_stabilization": 300},
 }}}
-
-
-def send(agent: AgentProcess, *alerts: dict[str, Any]) -> list[dict[str, Any]]:
-    token = (agent.state_dir / "webhook.token").read_text().strip()
-    r = httpx.post(agent.url + "/webhook/alertmanager", json=payload(*alerts), timeout=10,
-                   headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200, r.text
-    results: list[dict[str, Any]] = r.json()["results"]
-    return results
 
 
 def history(agent: AgentProcess) -> list[dict[str, Any]]:

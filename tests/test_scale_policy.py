@@ -13,20 +13,12 @@ import yaml
 
 from tests.helpers import AgentProcess, running_agent, wait_for
 from tests.metricsutil import scrape, value
-from tests.webhookutil import alert, payload
+from tests.webhookutil import alert
+from tests.webhookutil import deliver as send
 
 NOT_BEFORE = "orchestrator_component_scale_down_not_before_timestamp_seconds"
 
 SLEEP = ["sleep", "1000"]
-
-
-def send(agent: AgentProcess, *alerts: dict[str, Any]) -> list[dict[str, Any]]:
-    token = (agent.state_dir / "webhook.token").read_text().strip()
-    r = httpx.post(agent.url + "/webhook/alertmanager", json=payload(*alerts), timeout=10,
-                   headers={"Authorization": f"Bearer {token}"})
-    assert r.status_code == 200, r.text
-    results: list[dict[str, Any]] = r.json()["results"]
-    return results
 
 
 def running(agent: AgentProcess, name: str) -> tuple[int, int]:

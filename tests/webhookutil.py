@@ -6,7 +6,12 @@ import copy
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    from tests.helpers import AgentProcess
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "alertmanager"
 
@@ -37,3 +42,13 @@ def payload(*alerts: dict[str, Any], status: str | None = None) -> dict[str, Any
     body["commonLabels"] = common
     body["groupLabels"] = {"alertname": common.get("alertname", "")}
     return body
+
+
+def deliver(agent: AgentProcess, *alerts: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST one payload of `alerts` to a running agent's webhook with its token; the per-alert results."""
+    token = (agent.state_dir / "webhook.token").read_text().strip()
+    r = httpx.post(agent.url + "/webhook/alertmanager", json=payload(*alerts), timeout=10,
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    results: list[dict[str, Any]] = r.json()["results"]
+    return results
