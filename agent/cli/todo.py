@@ -12,7 +12,7 @@ from typing import Any, TextIO
 from agent.cli.output import print_table
 from agent.config.dsn import redact
 from agent.config.loader import ConfigError, config_paths, load_config
-from agent.todos.base import DEFAULT_LEASE, MAX_TITLE, Finish, StoreError
+from agent.todos.base import DEFAULT_LEASE, MAX_TITLE, Finish, StoreError, title_problem
 from agent.todos.row import PRIORITIES, STATUSES
 from agent.todos.store import open_store
 
@@ -77,10 +77,8 @@ def add_titles(arguments: list[str], stdin: TextIO) -> list[str]:
 
 
 def _check_title(title: str, where: str) -> None:
-    if not title.strip():
-        raise ValueError(f"{where}: the title is empty; nothing added")
-    if len(title) > MAX_TITLE:
-        raise ValueError(f"{where}: the title is {len(title)} characters long, more than {MAX_TITLE}; nothing added")
+    if problem := title_problem(title):
+        raise ValueError(f"{where}: the title {problem}; nothing added")
 
 
 def cmd_todo(args: argparse.Namespace) -> int:

@@ -99,6 +99,15 @@ def check_status(status: str | None) -> None:
         raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
 
 
+def title_problem(title: str) -> str | None:
+    """What is wrong with a todo's title (blank, or longer than MAX_TITLE), or None."""
+    if not title.strip():
+        return "is empty"
+    if len(title) > MAX_TITLE:
+        return f"is {len(title)} characters long, more than {MAX_TITLE}"
+    return None
+
+
 def check_titles(titles: Iterable[str]) -> list[str]:
     """The titles as a list; ValueError naming the first (1-based) that is not text, is blank or too long."""
     out = list(titles)
@@ -107,10 +116,8 @@ def check_titles(titles: Iterable[str]) -> list[str]:
     for number, title in enumerate(out, 1):
         if not isinstance(title, str):
             raise ValueError(f"title {number} must be text, got {type(title).__name__}")
-        if not title.strip():
-            raise ValueError(f"title {number} is empty")
-        if len(title) > MAX_TITLE:
-            raise ValueError(f"title {number} is {len(title)} characters long, more than {MAX_TITLE}")
+        if problem := title_problem(title):
+            raise ValueError(f"title {number} {problem}")
     return out
 
 
