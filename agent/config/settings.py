@@ -62,6 +62,8 @@ class StatusPageSettings(Strict):
     # Each component links to `grafana_url?var-component=NAME` and `runbook_url#NAME` when set.
     grafana_url: str | None = None
     runbook_url: str | None = None
+    # Base URL of the Prometheus whose pending and firing alerts with an `action` label the page shows.
+    prometheus_url: str | None = None
     session_ttl: Duration = Field(12 * 3600.0, gt=0)
 
     @field_validator("allowed_hosts")
@@ -73,7 +75,7 @@ class StatusPageSettings(Strict):
                                  "agent.example.org)")
         return [name.lower().rstrip(".") for name in value]
 
-    @field_validator("grafana_url", "runbook_url")
+    @field_validator("grafana_url", "runbook_url", "prometheus_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^https?://[^\s\"'<>]+$", value):
