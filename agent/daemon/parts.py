@@ -210,7 +210,7 @@ class Parts:
         routes = metrics_routes(collectors, self.resources.mark_read)
         routes += webhook_routes(self.auth, self.modes, self.remediator, self.tracing, self.events.webhook_requests)
         routes += control_routes(self.auth, sup, self.modes, self.remediator, self.status)
-        routes += page_routes(self.auth, self.backlog, lambda: self.web.context is not None)
+        routes += page_routes(self.auth, self.backlog, lambda: self.web.context is not None, self.client)
         return build_app(sup, [*routes, *extra_routes], [Middleware(WebGate, self.web, self.auth)])
 
     def status(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from agent.http.sessions import COOKIE, cookie_value
 if TYPE_CHECKING:
     from agent.http.credentials import Auth
     from agent.observe.backlog import BacklogMonitor
+    from agent.observe.httpclient import HttpClient
 
 log = logging.getLogger("agent")
 
@@ -110,7 +111,7 @@ def _prompt(message: str, status: int = 401) -> Response:
                     media_type="text/html; charset=utf-8", headers=headers)
 
 
-def page_routes(auth: Auth, backlog: BacklogMonitor, tls: Any) -> list[Route]:
+def page_routes(auth: Auth, backlog: BacklogMonitor, tls: Any, client: HttpClient) -> list[Route]:
     """GET / (the page or the token prompt), GET /ui/{file} (its script and style), GET /api/v1/backlog.
 
     `tls()` says whether the listener serves TLS now (the cookie is then marked Secure).
