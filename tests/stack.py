@@ -178,7 +178,9 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
     }
 
 
-def start_stack(tmp: Path) -> Stack:
+def start_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] | None = None) -> Stack:
+    """The stack, started; `agent` is merged into the agent's settings, `only` keeps those components
+    besides prometheus, alertmanager and alert_receiver (default: every one above)."""
     prom_bin = require_binary("prometheus")
     am_bin = require_binary("prometheus-alertmanager", "alertmanager")
     agent_port, prom_port, am_port, demo_port, receiver_port = (free_port() for _ in range(5))
@@ -189,21 +191,26 @@ def start_stack(tmp: Path) -> Stack:
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(rules, agent_port, prom_port, am_port)))
     am_config = alertmanager_config(agent_port, state / "webhook.token", receiver_port)
     (tmp / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
+    comps = components(prom_bin, am_bin, tmp, prom_port, am_port, demo_port, db, receiver_port)
+    if only is not None:
+        keep = only | {"prometheus", "alertmanager", "alert_receiver"}
+        comps = {name: spec for name, spec in comps.items() if name in keep}
     cfg = {
-        "agent": {"listen": f"127.0.0.1:{agent_port}", "node": "e2e", "resources": {"interval": 1}},
-        "components": components(prom_bin, am_bin, tmp, prom_port, am_port, demo_port, db, receiver_port),
+        "agent": {"listen": f"127.0.0.1:{agent_port}", "node": "e2e", "resources": {"interval": 1},
+                  **(agent or {})},
+        "components": comps,
         "backlog": {"sources": [{"kind": "sqlite", "path": str(db), "interval": 0.5, "name": "todos"}]},
     }
-    agent = AgentProcess(tmp, cfg).start()
-    stack = Stack(tmp, agent, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", demo_port, db,
+    process = AgentProcess(tmp, cfg).start()
+    stack = Stack(tmp, process, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", demo_port, db,
                   f"http://127.0.0.1:{receiver_port}")
     try:
-        wait_for(lambda: httpx.get(agent.url + "/-/ready").status_code == 200, 60, 0.2, "the stack to be ready")
+        wait_for(lambda: httpx.get(process.url + "/-/ready").status_code == 200, 60, 0.2, "the stack to be ready")
         wait_for(lambda: stack.scalar('up{job="orchestrator-agent"}') == 1, 30, 0.2, "Prometheus to scrape the agent")
         # One rule evaluation done before any fault is injected.
         wait_for(lambda: stack.query("component:orchestrator_component_automation_allowed:bool"), 30, 0.2,
                  "a rule evaluation")
     except BaseException:
-        agent.stop()
+        process.stop()
         raise
     return stack
