@@ -2,8 +2,9 @@
 
 Access works like Jupyter's: `/?token=CONTROL_TOKEN` opens a session (agent/http/sessions.py) in an
 HttpOnly, SameSite=Strict cookie and redirects to `/`; without one, `/` answers 401 with a token prompt and no data.
-The page reads /api/v1/status, /api/v1/history and /api/v1/backlog with the cookie and its CSRF token,
-and acts through the control API the same way. Polling the status counts as a reader of the resource
+The page reads /api/v1/status, /api/v1/history, /api/v1/backlog and /api/v1/alerts (the pending and firing
+alerts with an `action` label, from Prometheus: agent/observe/prometheus_alerts.py) with the cookie and its
+CSRF token, and acts through the control API the same way. Polling the status counts as a reader of the resource
 figures, so sampling runs while a page is open and not otherwise.
 """
 
@@ -22,6 +23,7 @@ from starlette.routing import Route
 
 from agent.http.credentials import WRONG_HOST, Need, login_token, requires
 from agent.http.sessions import COOKIE, cookie_value
+from agent.observe.prometheus_alerts import PrometheusAlerts
 
 if TYPE_CHECKING:
     from agent.http.credentials import Auth
@@ -112,10 +114,12 @@ def _prompt(message: str, status: int = 401) -> Response:
 
 
 def page_routes(auth: Auth, backlog: BacklogMonitor, tls: Any, client: HttpClient) -> list[Route]:
-    """GET / (the page or the token prompt), GET /ui/{file} (its script and style), GET /api/v1/backlog.
+    """GET / (the page or the token prompt), GET /ui/{file} (its script and style), GET /api/v1/backlog,
+    GET /api/v1/alerts (what is about to act, from `agent.status_page.prometheus_url`).
 
     `tls()` says whether the listener serves TLS now (the cookie is then marked Secure).
     """
+    alerts = PrometheusAlerts(client)
 
     async def index(request: Request) -> Response:
         if login_token(request.scope) is not None:
@@ -148,5 +152,12 @@ def page_routes(auth: Auth, backlog: BacklogMonitor, tls: Any, client: HttpClien
     async def backlog_counts(request: Request) -> Response:
         return JSONResponse(backlog_document(backlog))
 
+    @requires(auth, Need.CONTROL)
+    async def alerts_ahead(request: Request) -> Response:
+        # Read at each request: a reload that sets, changes or removes the URL applies at once.
+        settings = auth.settings
+        return JSONResponse(await alerts.document(settings.status_page.prometheus_url, settings.node))
+
     return [Route("/", index, methods=["GET"]), Route("/ui/{file}", ui, methods=["GET"]),
-            Route("/api/v1/backlog", backlog_counts, methods=["GET"])]
+            Route("/api/v1/backlog", backlog_counts, methods=["GET"]),
+            Route("/api/v1/alerts", alerts_ahead, methods=["GET"])]
