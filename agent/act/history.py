@@ -46,20 +46,24 @@ Stamp = Annotated[FiniteFloat, Field(ge=0)]
 
 
 class StampsFile(BaseModel):
-    """remediation.json: per component, when an alert last restarted it and last scaled it up (epoch s)."""
+    """remediation.json: per component, when an alert last restarted it and last scaled it up (epoch s);
+    and when the alert pipeline's last heartbeat came (agent/act/pipeline.py)."""
 
     model_config = ConfigDict(strict=True, extra="allow")
     last_scale_up: dict[str, Stamp] = Field(default_factory=dict)
     last_alert_restart: dict[str, Stamp] = Field(default_factory=dict)
+    last_heartbeat: Stamp | None = None
 
 
 class Stamps:
-    """The cooldown and stabilisation timestamps, kept in dicts and saved whole on every change."""
+    """The cooldown and stabilisation timestamps and the last heartbeat, kept in memory and saved whole on
+    every change."""
 
     def __init__(self, state_dir: Path) -> None:
         self.store = JsonStore(state_dir / STAMPS_FILE, StampsFile)
         self.last_scale_up: dict[str, float] = dict(self.store.loaded.last_scale_up)
         self.last_alert_restart: dict[str, float] = dict(self.store.loaded.last_alert_restart)
+        self.last_heartbeat: float | None = self.store.loaded.last_heartbeat
 
     def keep_only(self, names: Collection[str]) -> None:
         """Forget the components no longer configured (one added again under the name starts with no
@@ -74,7 +78,13 @@ class Stamps:
     def save(self) -> None:
         self.store.data["last_scale_up"] = dict(self.last_scale_up)
         self.store.data["last_alert_restart"] = dict(self.last_alert_restart)
+        self.store.data["last_heartbeat"] = self.last_heartbeat
         self.store.save()
+
+    def save_heartbeat(self, ts: float) -> None:
+        """Remember the last heartbeat (queued for the writer thread: a failed write is counted, never raised)."""
+        self.last_heartbeat = ts
+        self.save()
 
     def close(self, timeout: float = 10.0) -> bool:
         return self.store.close(timeout)

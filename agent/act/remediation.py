@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.act.history import HISTORY_FILE, AuditEntry, History, Stamps
+from agent.act.pipeline import AlertPipeline, is_heartbeat
 from agent.act.plan import ComponentView, Plan, Result, plan_payload
 from agent.supervise.logs import log_direct
 from agent.supervise.replica import CommandError
@@ -70,6 +71,9 @@ class Remediator:
         self.stamps.keep_only(config.components)  # those of components removed while the agent was down
         self.last_scale_up = self.stamps.last_scale_up
         self.last_alert_restart = self.stamps.last_alert_restart
+        # The alert pipeline's heartbeat (agent/act/pipeline.py); its last one is kept in remediation.json.
+        self.pipeline = AlertPipeline(config.agent.webhook.heartbeat_timeout, last=self.stamps.last_heartbeat,
+                                      save=self.stamps.save_heartbeat)
         self._tasks: set[asyncio.Task[None]] = set()
         # Pending todos that need any of the given capabilities, as the backlog last read them (None:
         # unknown); the daemon hands in the backlog monitor's. A scale-down checks it against the rule's.
@@ -79,6 +83,7 @@ class Remediator:
         """A reload's config: the plan reads it from the next alert on; the dedupe bounds apply too."""
         self.config = config
         self.dedupe.configure(config.agent.webhook)
+        self.pipeline.configure(config.agent.webhook.heartbeat_timeout)
 
     def forget_removed(self, components: Collection[str]) -> None:
         """Once a reload's removed components are gone: their cooldown and stabilisation timestamps go."""
@@ -127,7 +132,18 @@ class Remediator:
         return plans
 
     def handle(self, payload: WebhookPayload, trace_id: str, parent: Any = None) -> list[dict[str, Any]]:
-        """Judge a payload, start the actions in the background, and return per-alert results."""
+        """Judge a payload, start the actions in the background, and return per-alert results.
+
+        Heartbeats (agent/act/pipeline.py) are taken out first: recorded and counted, never planned, acted on,
+        keyed or written to the history, whatever the autonomy mode. The rest of the delivery goes on as ever.
+        """
+        beats = [is_heartbeat(alert) for alert in payload.alerts]
+        if any(beats):
+            alerts = [alert for alert, beat in zip(payload.alerts, beats, strict=True) if not beat]
+            answers = iter(self.handle(payload.model_copy(update={"alerts": alerts}), trace_id, parent)
+                           if alerts else [])
+            return [self._heartbeat(alert) if beat else next(answers)
+                    for alert, beat in zip(payload.alerts, beats, strict=True)]
         plans = self.plan(payload, record=True)
         # Keys are recorded in memory; the journal writes them in the background (no fsync here) and
         # each action waits for that write before it runs.
@@ -146,6 +162,17 @@ class Remediator:
                 self.record(alert, p, p.result, p.reason, trace_id)
             results.append(body)
         return results
+
+    def _heartbeat(self, alert: Alert) -> dict[str, Any]:
+        """One heartbeat of a delivery: recorded and counted by the pipeline, its answer."""
+        body: dict[str, Any] = {"fingerprint": alert.fingerprint, "alertname": alert.labels.get("alertname", "")[:128],
+                                "status": alert.status, "component": "", "action": ""}
+        if alert.status == "firing":
+            self.pipeline.heartbeat()
+            return {**body, "result": "heartbeat", "reason": "the alert pipeline's heartbeat: recorded, never acted on"}
+        self.pipeline.heartbeat_resolved()
+        return {**body, "result": "heartbeat_resolved",
+                "reason": "the heartbeat alert resolved: counted, not a heartbeat; never acted on"}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -208,14 +235,14 @@ class Remediator:
             return Result.FAILED, f"{type(exc).__name__}: {exc}"
 
     def record(self, alert: Alert | None, p: Plan, result: Result, reason: str, trace_id: str,
-               source: str = "webhook") -> None:
-        """Audit line, history ring and counter for one decision."""
+               source: str = "webhook", extra: dict[str, Any] | None = None) -> None:
+        """Audit line, history ring and counter for one decision (webhook decisions only are counted)."""
         component = p.component or UNKNOWN_COMPONENT
         action = p.action or "none"
         entry = AuditEntry(
             ts=time.time(), alertname=p.alertname, component=component, action=action, result=result.value,
             reason=reason, fingerprint=alert.fingerprint if alert else "", status=alert.status if alert else "",
-            trace_id=trace_id, source=source, target=p.target,
+            trace_id=trace_id, source=source, target=p.target, extra=extra or {},
         )
         self.history.append(entry)
         # vars, not asdict: the fields logged are plain values, and asdict deep-copies every one. The line goes
@@ -230,6 +257,19 @@ class Remediator:
         """History entry for a halted rolling restart (a supervisor roll listener)."""
         plan = Plan("rollout_halted", component, "restart", "", Result.FAILED, why)
         self.record(None, plan, Result.FAILED, why, "", source="supervisor")
+
+    def restarted(self, component: str, reason: str, detail: str) -> None:
+        """History entry for a restart the supervisor decided itself (a supervisor restart listener):
+        `reason` exit, probe, resource or spawn; `detail` what happened (exit status, probe error, limit)."""
+        plan = Plan("restart", component, "restart", "", Result.EXECUTED, detail)
+        self.record(None, plan, Result.EXECUTED, f"{reason}: {detail}", "", source="supervisor",
+                    extra={"reason": reason})
+
+    def circuit_changed(self, component: str, opened: bool, why: str) -> None:
+        """History entry for a circuit that opened (no more restarts) or closed (a supervisor circuit listener)."""
+        name, result = ("circuit_open", Result.FAILED) if opened else ("circuit_closed", Result.EXECUTED)
+        plan = Plan(name, component, "", "", result, why)
+        self.record(None, plan, result, why, "", source="supervisor")
 
     async def settle(self, timeout: float) -> int:
         """Wait (bounded) for the accepted actions still in flight; returns how many have not finished."""
@@ -252,6 +292,7 @@ class Remediator:
 
     def close(self, timeout: float = 10.0) -> None:
         """Write the timestamps and the history queued so far (blocking: at shutdown, or before a reexec)."""
+        self.pipeline.close()
         self.stamps.close(timeout)
         self.history.close(timeout)
 

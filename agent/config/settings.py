@@ -39,6 +39,9 @@ class WebhookAuth(Strict):
     max_body_bytes: Size = 256 * 1024
     dedupe_ttl: Duration = 24 * 3600.0
     dedupe_max_entries: int = Field(10_000, ge=10)
+    # Alertmanager's heartbeat (OrchestratorWatchdog, label heartbeat="true") must arrive within this
+    # long, else orchestrator_alert_pipeline_up goes to 0 (docs/config.md, "heartbeat_timeout"). Off when unset.
+    heartbeat_timeout: Duration | None = Field(None, gt=0)
 
 
 class ResourceSettings(Strict):

@@ -42,6 +42,7 @@ from agent.supervise.choice import choose
 from agent.supervise.containment import Containment, ContainmentError
 from agent.supervise.guardian import Guardian
 from agent.supervise.leftovers import Ledger
+from agent.supervise.policy import Circuit
 from agent.supervise.process import Reaper, raise_fd_limit
 from agent.supervise.state import StateStore
 from agent.supervise.supervisor import Supervisor
@@ -150,6 +151,7 @@ class Parts:
         if handover is not None:
             handover.adopt(parts)
             carry.resume(parts, handover.counters)
+        remediator.pipeline.start()
         return parts
 
     async def reconfigure(self, config: Config, plan: ReloadPlan, credentials: tuple[Credentials, Credentials]) -> None:
@@ -235,6 +237,9 @@ class Parts:
                 "healthy": rt.healthy_count,
                 "manual_stop": rt.manual_stop,
                 "circuit": rt.circuit.value,
+                # When the open circuit's cooldown ends and its trial start is due (null while closed).
+                "circuit_until": None if rt.circuit is Circuit.CLOSED
+                else rt.circuit_opened_wall + rt.spec.restart.circuit_cooldown,
                 "restarts": sum(rt.restarts.values()),
                 "last_reason": rt.last_reason,
                 "last_exit": rt.last_exit.describe if rt.last_exit else "",
@@ -263,4 +268,6 @@ class Parts:
                     "guardian_restarts": guardian.restarts,
                 },
                 "optional_imports": [name for name in OPTIONAL_IMPORTS if name in sys.modules],
+                # null while agent.webhook.heartbeat_timeout is unset (agent/act/pipeline.py)
+                "alert_pipeline": self.remediator.pipeline.document(now),
                 "components": components}
