@@ -41,11 +41,12 @@ def _status_of(args: argparse.Namespace, doc: dict[str, Any]) -> int:
     if args.name not in found:
         raise ControlError(f"unknown component {args.name!r}{suggest(args.name, found)}; known: "
                            f"{', '.join(sorted(found)) or '(none)'}", EXIT_USAGE)
-    history = call(args, "GET", f"/api/v1/history?limit={args.limit}&component={args.name}")["history"]
+    answer = call(args, "GET", f"/api/v1/history?limit={args.limit}&component={args.name}")
+    history = answer["history"]
     if args.json:
         print_json({**found[args.name], "history": history})
     else:
-        print_component(found[args.name], history)
+        print_component(found[args.name], history, answer.get("hidden_resolved", 0))
     return 0
 
 
@@ -135,9 +136,10 @@ def cmd_emergency(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    query = f"?limit={args.limit}" + (f"&component={args.component}" if args.component else "")
+    query = f"?limit={args.limit}" + (f"&component={args.component}" if args.component else "") \
+        + ("&all=1" if args.all else "")
     doc = call(args, "GET", "/api/v1/history" + query)
-    print_json(doc) if args.json else print_history(doc["history"])
+    print_json(doc) if args.json else print_history(doc["history"], doc.get("hidden_resolved", 0))
     return 0
 
 
@@ -277,9 +279,12 @@ def add_control_commands(sub: Any) -> None:
                                                      "until `agent autonomy on` (never reachable from a webhook)"))
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(func=guard(cmd_emergency))
-    p = common(sub.add_parser("history", help="recent remediation decisions and manual commands"))
+    p = common(sub.add_parser("history", help="recent remediation decisions, manual commands and the agent's own "
+                                              "restarts and circuit changes"))
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--component", help="only this component's entries")
+    p.add_argument("--all", action="store_true",
+                   help="also the resolved deliveries (by default counted, not listed)")
     p.set_defaults(func=guard(cmd_history))
     p = common(sub.add_parser("simulate", help="what the webhook would do with this Alertmanager payload, "
                                                "against the running agent's state, doing nothing"))

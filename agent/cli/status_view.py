@@ -33,14 +33,38 @@ def print_status(doc: dict[str, Any]) -> None:
     print(f"containment: {contained.get('mechanism') or '?'} ({contained.get('detail', '')}); guardian "
           + (f"pid {guardian}" if guardian else "NOT RUNNING")
           + f", restarted {contained.get('guardian_restarts', 0)} time(s)")
+    pipeline = pipeline_line(doc.get("alert_pipeline"))
+    if pipeline:
+        print(pipeline)
 
 
-def print_component(c: dict[str, Any], history: list[dict[str, Any]]) -> None:
+def clock(ts: float) -> str:
+    """A time as the CLI prints it (local, to the second)."""
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def pipeline_line(pipeline: dict[str, Any] | None, now: float | None = None) -> str:
+    """The alert pipeline's line of `agent status` ("" while no heartbeat_timeout is set)."""
+    if not pipeline:
+        return ""
+    now = time.time() if now is None else now
+    timeout = f"heartbeat_timeout {seconds(pipeline['timeout_seconds'])}"
+    last = pipeline.get("last_heartbeat")
+    if pipeline["up"]:
+        said = f"last heartbeat {seconds(max(0.0, now - last))} ago" if last else "no heartbeat yet"
+        return f"alert pipeline: OK ({said}; {timeout})"
+    since = pipeline["silent_since"]
+    return (f"alert pipeline: SILENT since {clock(since)} ({seconds(max(0.0, now - since))} ago; {timeout}): "
+            "alerts may not reach this agent; see docs/operations.md, \"When the alert pipeline goes silent\"")
+
+
+def print_component(c: dict[str, Any], history: list[dict[str, Any]], hidden_resolved: int = 0) -> None:
     """One component: its state, replicas, last exit, last probe error and recent history."""
     state = c["state"] + (" (stopped by hand: `agent start " + c["component"] + "` starts it)" if c["manual_stop"]
                           else "")
     print(f"{c['component']}: {state}; replicas {c['replicas']}/{c['desired']} [{c['min']}..{c['max']}], "
-          f"healthy {c['healthy']}, restarts {c['restarts']}, circuit {c['circuit']}")
+          f"healthy {c['healthy']}, restarts {c['restarts']}, circuit {c['circuit']}"
+          + (f" (trial start due {clock(c['circuit_until'])})" if c.get("circuit_until") else ""))
     usage = [f"up {seconds(c['uptime_seconds'])}" if c["uptime_seconds"] is not None else "",
              f"CPU {_cpu(c['cpu_seconds'])} s" if c["cpu_seconds"] is not None else "",
              f"RSS {human_bytes(c['rss_bytes'])}" if c["rss_bytes"] is not None else ""]
@@ -49,8 +73,7 @@ def print_component(c: dict[str, Any], history: list[dict[str, Any]]) -> None:
     print(f"  last exit: {c['last_exit'] or '-'}" + (f" ({c['last_reason']})" if c["last_reason"] else ""))
     probe = c.get("last_probe_error")
     if probe:
-        when = time.strftime("%H:%M:%S", time.localtime(probe["ts"]))
-        print(f"  last probe error: {probe['message']} (at {when})")
+        print(f"  last probe error: {probe['message']} (at {clock(probe['ts'])})")
     else:
         print("  last probe error: -")
     print()
@@ -58,13 +81,16 @@ def print_component(c: dict[str, Any], history: list[dict[str, Any]]) -> None:
                 [[r["replica"], r["pid"], r["state"], "yes" if r["ready"] else "no", "yes" if r["healthy"] else "no",
                   seconds(r["uptime_seconds"]), r["probe_error"]] for r in c.get("instances", [])])
     print()
-    if history:
-        print_history(history)
+    if history or hidden_resolved:
+        print_history(history, hidden_resolved)
     else:
         print("no history for it yet")
 
 
-def print_history(entries: list[dict[str, Any]]) -> None:
+def print_history(entries: list[dict[str, Any]], hidden_resolved: int = 0) -> None:
+    """The history table; then how many resolved deliveries it leaves out (`agent history --all` lists them)."""
     print_table(["time", "source", "alert", "component", "action", "result", "reason"],
-                [[time.strftime("%H:%M:%S", time.localtime(e["ts"])), e["source"], e["alertname"], e["component"],
+                [[clock(e["ts"]), e["source"], e["alertname"], e["component"],
                   e["action"], e["result"], e["reason"]] for e in entries])
+    if hidden_resolved:
+        print(f"{hidden_resolved} resolved deliveries not shown (agent history --all)")

@@ -5,8 +5,10 @@ The components' restart counters and the reaper's and guardian's counts travel w
 belong to (agent/supervise/adoption.py, daemon/handover.py); these are the rest: webhook answers,
 remediation decisions and durations, probe durations, halted rollouts, failed state dir writes, dedupe
 evictions, connections closed by the agent, TLS handshake failures, refused client certificates, history
-lines dropped, failed log writes, and each component's CPU seconds (its adopted replicas are the same
-processes: the counter goes on from theirs).
+lines dropped, failed log writes, each component's CPU seconds (its adopted replicas are the same
+processes: the counter goes on from theirs), and the alert pipeline's heartbeat counts and the start of its
+watch (agent/act/pipeline.py; its last heartbeat is in remediation.json), so a re-exec gives a silent pipeline
+no fresh grace.
 `agent/export/process.py`'s CPU seconds need nothing: the process, and so its CPU time, is the same.
 """
 
@@ -59,6 +61,7 @@ def counters(parts: Counted) -> dict[str, Any]:
         "history_dropped": parts.remediator.history.dropped,
         "log_write_errors": log_write_errors(),
         "component_cpu": parts.resources.hand_over(),
+        "alert_pipeline": parts.remediator.pipeline.hand_over(),
     }
 
 
@@ -80,6 +83,7 @@ def resume(parts: Counted, document: Any) -> None:
     parts.remediator.history.dropped += _count(document.get("history_dropped"))
     resume_log_write_errors(document.get("log_write_errors"))
     parts.resources.adopt(document.get("component_cpu"))
+    parts.remediator.pipeline.resume(document.get("alert_pipeline"))
 
 
 def _count(value: Any) -> int:

@@ -23,7 +23,14 @@ from agent.act.modes import Modes
 from agent.act.remediation import Remediator
 from agent.config.changes import ReloadPlan, ReloadStatus, config_hash
 from agent.daemon import carry
-from agent.export.collectors import AgentCollector, BacklogCollector, Collector, ComponentCollector, HostCollector
+from agent.export.collectors import (
+    AgentCollector,
+    BacklogCollector,
+    Collector,
+    ComponentCollector,
+    HostCollector,
+    PipelineCollector,
+)
 from agent.export.events import EventMetrics
 from agent.export.tracing import Tracing
 from agent.http.connections import ConnectionCollector, ConnectionGuard
@@ -138,6 +145,8 @@ class Parts:
         remediator = Remediator(config, supervisor, modes, dedupe, events, tracing)
         remediator.pending_todos = backlog.pending
         supervisor.roll_listeners += [lambda name, why: events.rollout_halt(name), remediator.rollout_halted]
+        supervisor.restart_listeners.append(remediator.restarted)
+        supervisor.circuit_listeners.append(remediator.circuit_changed)
         parts = cls(
             config=config, store=store, modes=modes, events=events, tracing=tracing,
             guard=ConnectionGuard(settings.http.max_connections, settings.http.request_timeout),
@@ -204,6 +213,7 @@ class Parts:
                            history=self.remediator.history),
             ConnectionCollector(self.guard),
             self.events,
+            PipelineCollector(self.remediator.pipeline),
             ComponentCollector(sup, self.resources, self.probes, self.remediator.last_scale_up),
             HostCollector(self.resources),
             self.backlog_view,

@@ -31,6 +31,7 @@ from agent.todos.row import PRIORITIES, STATUSES
 if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module
     from agent.act.dedupe import DedupeStore
     from agent.act.modes import Modes
+    from agent.act.pipeline import AlertPipeline
     from agent.observe.backlog import BacklogMonitor
     from agent.observe.probes import ProbeRunner
     from agent.observe.resources import ResourceMonitor
@@ -130,6 +131,33 @@ class AgentCollector:
         yield Family("orchestrator_dedupe_evictions", "Dedupe keys dropped for dedupe_max_entries before "
                      "their TTL.", value=self.dedupe.evicted, typ="counter")
         yield from self.process.families()
+
+
+class PipelineCollector:
+    """The alert pipeline's heartbeat (agent/act/pipeline.py): the counts always; whether it is up and when
+    the last heartbeat came only while `agent.webhook.heartbeat_timeout` is set. Computed from the
+    timestamps when read."""
+
+    def __init__(self, pipeline: AlertPipeline) -> None:
+        self.pipeline = pipeline
+
+    def families(self) -> Iterator[Family]:
+        """The heartbeat counters, then the two gauges while a timeout is set."""
+        pipeline = self.pipeline
+        yield Family("orchestrator_alert_pipeline_heartbeats", "Heartbeats (firing alerts with label "
+                     "heartbeat=\"true\") delivered by Alertmanager; never acted on.", value=pipeline.heartbeats,
+                     typ="counter")
+        yield Family("orchestrator_alert_pipeline_heartbeats_resolved", "Heartbeat alerts delivered as resolved "
+                     "(the heartbeat rule stopped firing); not heartbeats.", value=pipeline.resolved, typ="counter")
+        yield Family("orchestrator_alert_pipeline_silences", "Times no heartbeat came within "
+                     "agent.webhook.heartbeat_timeout.", value=pipeline.silences, typ="counter")
+        if pipeline.timeout is None:
+            return
+        yield Family("orchestrator_alert_pipeline_up", "1 while the last heartbeat came within "
+                     "agent.webhook.heartbeat_timeout (counted from the agent's start before the first), 0 after.",
+                     value=1 if pipeline.up() else 0)
+        yield Family("orchestrator_alert_pipeline_last_heartbeat_timestamp_seconds", "When the last heartbeat "
+                     "came (epoch s; 0: none yet).", value=pipeline.last or 0.0)
 
 
 def precreated_reasons(probe: bool, memory_limit: bool) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.act.manual import Manual
+from agent.act.pipeline import is_heartbeat
 from agent.config.settings import Autonomy
 from agent.http.body import TooLarge, error, optional_json, read_limited, retry_later, validation_message
 from agent.http.credentials import Auth, Need, requires
@@ -152,8 +153,11 @@ def control_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remedi
         limit = request.query_params.get("limit", "100")
         n = max(1, min(int(limit), 10_000)) if limit.isdigit() else 100
         component = request.query_params.get("component")
-        entries = [e for e in remediator.history if component is None or e.component == component][-n:]
-        return JSONResponse({"history": [asdict(e) for e in entries]})
+        every = request.query_params.get("all", "") in ("1", "true", "yes")
+        entries = [e for e in remediator.history if component is None or e.component == component]
+        # Resolved deliveries are many and say nothing the firing ones did not: counted, shown on request.
+        shown = entries if every else [e for e in entries if e.status != "resolved"]
+        return JSONResponse({"history": [asdict(e) for e in shown[-n:]], "hidden_resolved": len(entries) - len(shown)})
 
     @control_token
     async def simulate(request: Request) -> Response:
@@ -167,6 +171,9 @@ def control_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remedi
             return error(400, str(exc))
         plans = remediator.plan(payload, record=False)
         return JSONResponse({"results": [
+            {"fingerprint": a.fingerprint, "alertname": p.alertname, "status": a.status, "component": "",
+             "action": "", "would": "heartbeat", "reason": "the alert pipeline's heartbeat: recorded, never acted on",
+             "target": None} if is_heartbeat(a) else
             {"fingerprint": a.fingerprint, "alertname": p.alertname, "status": a.status, "component": p.component,
              "action": p.action, "would": "act" if p.acts else p.result.value if p.result else "",
              "reason": p.reason or "would act", "target": p.target}

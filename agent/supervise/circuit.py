@@ -24,8 +24,10 @@ class CircuitBreaker:
 
     def __init__(self, *, spawn: Callable[[Runtime, Replica], bool], new_replica: Callable[[Runtime, int], Replica],
                  reconcile: Callable[[Runtime], object], persist: Callable[[], None],
-                 closing: Callable[[], bool]) -> None:
+                 closing: Callable[[], bool], changed: Callable[[Runtime, bool, str], None] = lambda rt, o, w: None,
+                 ) -> None:
         self._spawn = spawn
+        self._changed = changed  # (runtime, opened, why): the circuit opened, or closed after being open
         self._new_replica = new_replica
         self._reconcile = reconcile
         self._persist = persist
@@ -46,6 +48,7 @@ class CircuitBreaker:
                   rt.name, reason, delay)
         self.schedule_trial(rt, delay)
         self._persist()
+        self._changed(rt, True, f"{reason}; no restarts for {delay:.0f}s, then one trial start")
 
     def schedule_trial(self, rt: Runtime, delay: float) -> None:
         """The trial start, `delay` seconds from now (a restored open circuit keeps its cooldown)."""
@@ -84,10 +87,13 @@ class CircuitBreaker:
     def close(self, rt: Runtime, why: str) -> None:
         """Restarts allowed again, with a fresh failure count."""
         self.cancel(rt)
-        if rt.circuit is not Circuit.CLOSED:
+        was_open = rt.circuit is not Circuit.CLOSED
+        if was_open:
             log.info("component %s: circuit closed (%s)", rt.name, why)
         rt.circuit = Circuit.CLOSED
         rt.history.clear()
         for rep in rt.replicas.values():
             rep.failures = 0
         self._persist()
+        if was_open:
+            self._changed(rt, False, why)

@@ -15,6 +15,7 @@ from agent.supervise import policy
 from agent.supervise.lifecycle import Lifecycle
 from agent.supervise.policy import Circuit
 from agent.supervise.replica import Replica, ReplicaState, Runtime
+from agent.supervise.rollout import RollResult
 
 log = logging.getLogger("agent.supervisor")
 
@@ -22,7 +23,7 @@ log = logging.getLogger("agent.supervisor")
 class Health:
     """Records what probes and resource sampling observe of the replicas, and restarts those that fail."""
 
-    def __init__(self, lifecycle: Lifecycle, *, restart: Callable[[str, int], Coroutine[Any, Any, Any]]) -> None:
+    def __init__(self, lifecycle: Lifecycle, *, restart: Callable[[str, int], Coroutine[Any, Any, RollResult]]) -> None:
         self.lifecycle = lifecycle
         self.restart = restart  # (component, replica index): the supervisor's restart for a resource reason
 
@@ -49,12 +50,13 @@ class Health:
             return
         log.warning("component %s replica %d failed %d probes in a row (%s); restarting",
                     name, index, rep.probe_failures, error)
+        detail = f"replica {index} failed {rep.probe_failures} {probe.kind} probes in a row ({error})"
         rep.probe_failures = 0
-        self.lifecycle.background(self._probe_restart(rt, rep, generation))
+        self.lifecycle.background(self._probe_restart(rt, rep, generation, detail))
 
-    async def _probe_restart(self, rt: Runtime, rep: Replica, generation: int) -> None:
+    async def _probe_restart(self, rt: Runtime, rep: Replica, generation: int, detail: str) -> None:
         async with rt.lock:
-            await self.lifecycle.restart_failed(rt, rep, generation, "probe")
+            await self.lifecycle.restart_failed(rt, rep, generation, "probe", detail)
 
     def report_external(self, name: str, observed: Replica, ok: bool, error: str = "") -> None:
         """Record one probe result of an external component: its health, never an action (not ours)."""
@@ -90,4 +92,10 @@ class Health:
             log.warning("component %s replica %d uses %d bytes, over its limit %d for two samples; restarting",
                         name, index, rss, limit)
             rep.rss_samples = []
-            self.lifecycle.background(self.restart(name, index))
+            detail = f"replica {index} used {rss} bytes, over its memory limit {limit}, in two samples"
+            self.lifecycle.background(self._resource_restart(name, index, detail))
+
+    async def _resource_restart(self, name: str, index: int, detail: str) -> None:
+        done = await self.restart(name, index)
+        if done.started:  # restarted (not held by a manual stop or an open circuit)
+            self.lifecycle.restarted(name, "resource", f"{detail}; started again")
