@@ -157,6 +157,7 @@ class Parts:
             remediator=remediator,
             auth=auth, web=web, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
         )
+        remediator.pipeline.watch_since = parts.started_wall  # before a heartbeat, silence counts from the start
         if handover is not None:
             handover.adopt(parts)
             carry.resume(parts, handover.counters)
