@@ -126,20 +126,28 @@ def test_textfile_families_have_the_help_and_type_of_the_live_metrics(tmp_path: 
                                 "probe": {"tcp": {"port": port}}}},
         "backlog": {"sources": [{"kind": "sqlite", "path": str(db)}]},
     }
+    once = [sys.executable, "-m", "agent", "--once", "--format", "prometheus"]
     with running_agent(tmp_path, cfg) as agent:
         import httpx
 
         live = {f.name: (f.documentation, f.type)
                 for f in text_string_to_metric_families(httpx.get(agent.url + "/metrics", timeout=5).text)}
-        out = subprocess.run([sys.executable, "-m", "agent", "--once", "--config", str(agent.config_path),
-                              "--format", "prometheus"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        out = subprocess.run([*once, "--config", str(agent.config_path)], capture_output=True, text=True, timeout=60,
+                             cwd=tmp_path)
+    # The agent answered: the report is its view, and --once probed nothing.
     assert out.returncode == 0, out.stdout + out.stderr
     textfile = {f.name: (f.documentation, f.type) for f in text_string_to_metric_families(out.stdout)}
-    shared = set(textfile) - {"orchestrator_check_status", "orchestrator_check_timestamp_seconds"}
-    assert shared == {"orchestrator_component_probe_success", "orchestrator_host_memory_available_bytes",
-                      "orchestrator_host_disk_free_bytes", "orchestrator_todo_backlog",
-                      "orchestrator_todo_source_up"}
+    own = {"orchestrator_check_status", "orchestrator_check_timestamp_seconds", "orchestrator_check_source"}
+    shared = set(textfile) - own
+    assert shared == {"orchestrator_host_memory_available_bytes", "orchestrator_host_disk_free_bytes",
+                      "orchestrator_todo_backlog", "orchestrator_todo_source_up"}
     assert {n: textfile[n] for n in shared} == {n: live.get(n) for n in shared}
+    # Stopped cleanly: --once probes the component itself (it fails now), in the live family's terms.
+    out = subprocess.run([*once, "--config", str(agent.config_path)], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert 'orchestrator_check_source{source="direct"} 1.0' in out.stdout, out.stdout + out.stderr
+    textfile = {f.name: (f.documentation, f.type) for f in text_string_to_metric_families(out.stdout)}
+    assert textfile["orchestrator_component_probe_success"] == live["orchestrator_component_probe_success"]
 
 
 def _monitor(up: bool) -> BacklogMonitor:

@@ -200,7 +200,7 @@ def _main(argv: Sequence[str] | None) -> int:
         except ConfigError as exc:
             print(f"UNKNOWN: invalid config\n{exc}", file=sys.stderr)
             return int(Status.UNKNOWN)
-        return cmd_once(config, fmt)
+        return cmd_once(config, fmt, args.config)
     if not args.command:
         parser.print_help()
         return 2

@@ -76,7 +76,7 @@ def _own_and_bind(settings: AgentSettings, inherited: StateLock | None) -> tuple
         return bind_listen_socket(settings.listen_host, settings.listen_port), lock
     except StartupError:
         if lock is not inherited:
-            lock.release()
+            lock.release(stopped=False)  # a start that failed is no clean stop (`agent --once` says CRITICAL)
         raise
 
 

@@ -1,6 +1,11 @@
 """`agent --once`: one check cycle without starting anything, for cron, CI and monitoring plugins.
 
-Status rule (Nagios/Icinga plugin convention, documented in docs/once.md):
+Three ways (agent/export/once_agent.py decides which; docs/once.md is the reference):
+  agent       the config's agent answers: the components as it sees them, its circuits, its alert pipeline;
+  direct      no agent supervises the state dir (none ever ran there, or it stopped): probe every component;
+  agent-down  one should and none answers: CRITICAL (UNKNOWN when it refused), and probe them too.
+
+Status rule of the direct probes and the host (Nagios/Icinga plugin convention):
   CRITICAL (2)  an essential component fails its probe, or a disk / host memory has < 5 % left;
   WARNING  (1)  a non-essential component fails its probe, a backlog source is down,
                 or a disk / host memory has < 10 % left;
@@ -12,9 +17,9 @@ Status rule (Nagios/Icinga plugin convention, documented in docs/once.md):
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
@@ -29,38 +34,66 @@ from agent.export.families import (
     source_up_family,
     todo_backlog_family,
 )
+from agent.export.once_agent import SEVERITY, Answer, Check, Finding, Found, Source, Status, find, judge_agent, must_ask
 from agent.observe.backlog import BacklogMonitor, bounded
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeResult, run_probe
 from agent.observe.resources import HostUsage, sample_host
 from agent.supervise.process import Reaper
+from agent.supervise.statelock import LockProbe, probe
+
+__all__ = ["Answer", "Check", "Report", "Source", "Status", "check", "collect", "judge", "overall", "report_families"]
 
 CRITICAL_FREE = 0.05
 WARNING_FREE = 0.10
-
-
-class Status(enum.IntEnum):
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    UNKNOWN = 3
-
-
-@dataclass
-class Check:
-    name: str
-    status: Status
-    detail: str
 
 
 @dataclass
 class Report:
     status: Status
     checks: list[Check]
-    components: dict[str, ProbeResult | None]
+    components: dict[str, ProbeResult | None]  # probed by --once (direct, agent-down); empty from the agent
     host: HostUsage
     backlog: BacklogMonitor
     duration: float
+    finding: Finding | None = None  # None: checked without looking for an agent (tests of the direct check)
+    agent: dict[str, Any] = field(default_factory=dict)  # the running agent's status document, when it answered
+
+    @property
+    def source(self) -> Source:
+        return self.finding.source if self.finding is not None else Source.DIRECT
+
+    def headline(self) -> str:
+        """What the check did, in a few words (the table's title)."""
+        if self.finding is None or self.source is Source.DIRECT:
+            return "checked directly"
+        if self.source is Source.AGENT:
+            return f"from the agent at {self.finding.url}"
+        return f"agent {self.finding.found.value}; checked directly"
+
+    def _agent_json(self) -> dict[str, Any] | None:
+        f = self.finding
+        if f is None:
+            return None
+        doc = self.agent
+        return {"state": f.found.value, "detail": f.check.detail, "url": f.url or None, "pid": f.lock.pid,
+                "stopped_at": f.lock.stopped_at, "node": doc.get("node"), "version": doc.get("version"),
+                "autonomy": doc.get("autonomy"), "emergency_stop": doc.get("emergency_stop")}
+
+    def _components_json(self) -> dict[str, Any]:
+        if self.source is Source.AGENT:
+            worst = {c.name: c.status for c in self.checks}
+            return {row["component"]: {
+                "ok": worst.get(f"component {row['component']}") is Status.OK,
+                "state": row.get("state"), "desired": row.get("desired"), "running": row.get("replicas"),
+                "healthy": row.get("healthy"), "manual_stop": bool(row.get("manual_stop")),
+                "circuit": row.get("circuit"), "circuit_until": row.get("circuit_until"),
+                "external": bool(row.get("external")),
+                "last_probe_error": (row.get("last_probe_error") or {}).get("message"),
+            } for row in self.agent.get("components", [])}
+        return {name: None if r is None else {"ok": r.ok, "reason": r.reason, "message": r.message,
+                                              "duration_seconds": round(r.duration, 4)}
+                for name, r in self.components.items()}
 
     def to_json(self) -> dict[str, Any]:
         """The document described by docs/once.schema.json."""
@@ -69,13 +102,12 @@ class Report:
             "version": __version__,
             "status": self.status.name,
             "exit_code": int(self.status),
+            "source": self.source.value,
             "duration_seconds": round(self.duration, 4),
+            "agent": self._agent_json(),
             "checks": [{"name": c.name, "status": c.status.name, "detail": c.detail} for c in self.checks],
-            "components": {
-                name: None if r is None else {"ok": r.ok, "reason": r.reason, "message": r.message,
-                                              "duration_seconds": round(r.duration, 4)}
-                for name, r in self.components.items()
-            },
+            "components": self._components_json(),
+            "alert_pipeline": self.agent.get("alert_pipeline"),
             "host": {
                 "cpu_usage_ratio": self.host.cpu_ratio,
                 "memory_available_bytes": self.host.memory_available,
@@ -95,7 +127,7 @@ class Report:
 
 def judge(config: Config, components: dict[str, ProbeResult | None], host: HostUsage,
           backlog: BacklogMonitor) -> list[Check]:
-    """Apply the documented status rule; pure over its inputs."""
+    """Apply the documented status rule to the direct probes, the backlog sources and the host; pure."""
     checks: list[Check] = []
     for name, result in components.items():
         essential = config.components[name].essential
@@ -124,34 +156,66 @@ def judge(config: Config, components: dict[str, ProbeResult | None], host: HostU
 
 
 def overall(checks: list[Check], checked_anything: bool) -> Status:
-    """Worst status of the checks; UNKNOWN when nothing could be checked."""
-    worst = max((c.status for c in checks), default=Status.OK)
+    """Worst status of the checks (CRITICAL over UNKNOWN over WARNING); UNKNOWN when nothing could be checked."""
+    worst = max((c.status for c in checks), key=SEVERITY.__getitem__, default=Status.OK)
     if not checked_anything and worst is Status.OK:
         return Status.UNKNOWN
     return worst
 
 
+async def _probe_all(config: Config, client: HttpClient, reaper: Reaper) -> dict[str, ProbeResult | None]:
+    """Every component with a probe, once (replica 0's target), concurrently; None for the others."""
+    names = list(config.components)
+    probed = [n for n in names if config.components[n].probe is not None]
+    results = await asyncio.gather(*(run_probe(config.components[n], 0, client, reaper) for n in probed))
+    components: dict[str, ProbeResult | None] = dict.fromkeys(names)
+    components.update(zip(probed, results, strict=True))
+    return components
+
+
+async def _observe(config: Config, backlog: BacklogMonitor) -> HostUsage:
+    """Read every backlog source and sample the host (CPU over at least 0.1 s), concurrently."""
+    psutil.cpu_percent(interval=None)
+    await asyncio.gather(backlog.read_all(), asyncio.sleep(0.1))
+    return sample_host(config.agent.resources.mountpoints)
+
+
 async def collect(config: Config) -> Report:
-    """Probe every component once (replica 0's target), sample the host, read the backlog."""
+    """The direct check alone: probe every component once, sample the host, read the backlog."""
+    return await check(config, None)
+
+
+async def check(config: Config, ask: Callable[[], Awaitable[Answer]] | None) -> Report:
+    """The whole check: look at the state dir's lock; when an agent may run there, `ask` it (concurrently
+    with the backlog and the host) and report from its answer; else, or when it does not answer, probe
+    the components directly. `ask` None: the direct check only, without looking for an agent."""
     started = time.perf_counter()
+    state_dir = config.agent.state_dir
+    lock: LockProbe | None = probe(state_dir) if ask is not None else None
     reaper = Reaper(asyncio.get_running_loop())
     client = HttpClient()
     try:
-        names = list(config.components)
-        probed = [n for n in names if config.components[n].probe is not None]
-        results = await asyncio.gather(*(run_probe(config.components[n], 0, client, reaper) for n in probed))
-        components: dict[str, ProbeResult | None] = dict.fromkeys(names)
-        components.update(zip(probed, results, strict=True))
         backlog = BacklogMonitor(config.backlog.sources, client)
-        psutil.cpu_percent(interval=None)
-        await asyncio.gather(backlog.read_all(), asyncio.sleep(0.1))
-        host = sample_host(config.agent.resources.mountpoints)
+        answer: Answer | None = None
+        if ask is not None and lock is not None and must_ask(lock):
+            answer, host = await asyncio.gather(ask(), _observe(config, backlog))
+        else:
+            host = await _observe(config, backlog)
+        finding = find(state_dir, lock, answer, time.time()) if lock is not None else None
+        components: dict[str, ProbeResult | None] = {}
+        if finding is None or finding.found is not Found.RUNNING:
+            components = await _probe_all(config, client, reaper)
     finally:
         await client.aclose()
         reaper.close()
-    checks = judge(config, components, host, backlog)
-    status = overall(checks, bool(probed or backlog.sources))
-    return Report(status, checks, components, host, backlog, time.perf_counter() - started)
+    doc = answer.status if answer is not None and answer.status is not None else {}
+    checks = [finding.check] if finding is not None else []
+    if doc:
+        checks += judge_agent(config, doc, backlog.totals, time.time())
+    checks += judge(config, components, host, backlog)
+    probed = any(r is not None for r in components.values())
+    status = overall(checks, bool(doc or probed or backlog.sources))
+    return Report(status, checks, components, host, backlog, time.perf_counter() - started, finding, doc)
 
 
 def report_families(report: Report, served: frozenset[str]) -> list[Family]:
@@ -162,10 +226,14 @@ def report_families(report: Report, served: frozenset[str]) -> list[Family]:
     status = Family("orchestrator_check_status", "Result of `agent --once` (0 OK, 1 WARNING, 2 CRITICAL, "
                     "3 UNKNOWN).", value=int(report.status))
     when = Family("orchestrator_check_timestamp_seconds", "When `agent --once` ran.", value=time.time())
-    probe = probe_success_family()
+    how = Family("orchestrator_check_source", "How `agent --once` checked: 1 for the source it used (agent: "
+                    "from the running agent; direct: probed itself; agent-down: none answered where one should).",
+                    labels=["source"])
+    how.add_metric([report.source.value], 1)
+    probes = probe_success_family()
     for name, result in report.components.items():
         if result is not None:
-            probe.add_metric([name, "0"], 1 if result.ok else 0)
+            probes.add_metric([name, "0"], 1 if result.ok else 0)
     mem = memory_available_family(report.host.memory_available)
     free = disk_free_family()
     for mount, value in report.host.disk_free.items():
@@ -176,4 +244,7 @@ def report_families(report: Report, served: frozenset[str]) -> list[Family]:
     up = source_up_family()
     for label, source in report.backlog.sources.items():
         up.add_metric([label], 1 if source.up else 0)
-    return [status, when, probe, mem, free, backlog, up]
+    families = [status, when, how, mem, free, backlog, up]
+    if report.source is not Source.AGENT:  # from the agent, nothing was probed by this check
+        families.insert(3, probes)
+    return families

@@ -10,7 +10,10 @@ keeps the lock: `agent reexec` makes it inheritable, hands its number over, and 
 with no moment at which the dir is unlocked. Otherwise the descriptor is close-on-exec, so no component
 or guardian holds it (a leftover child would keep the dir locked after the agent died).
 
-The owner writes its pid into the file for the refusal message only; nothing trusts it to decide.
+The owner writes its pid into the file for the refusal message, and a clean exit adds a `stopped` line to
+it (while the lock is still held, so no successor's pid is overwritten): `agent --once` reads both, with
+`probe()`, to tell an agent that was stopped from one that died. Nothing in the agent trusts the file to
+decide who owns the dir; the lock does.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import logging
 import os
 import stat
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,26 +111,82 @@ class StateLock:
         """Let the descriptor (and with it the lock) survive the exec; `keep=False` undoes it."""
         os.set_inheritable(self.fd, keep)
 
-    def release(self) -> None:
+    def release(self, stopped: bool = True) -> None:
         """Unlock by closing the descriptor; the file stays (removing it would let two agents lock two
-        different inodes under the same name)."""
+        different inodes under the same name). `stopped` first records the time in it: this agent let the
+        dir go on purpose (it stopped, or moved to another dir), so `agent --once` does not report it dead.
+        A start that failed passes False: nothing supervises the dir, and nobody stopped it."""
         if self.fd >= 0:
+            if stopped:
+                self._write(f"{os.getpid()}\n{STOPPED} {time.time():.3f}\n", "the time it stopped")
             with contextlib.suppress(OSError):
                 os.close(self.fd)
             self.fd = -1
 
     def _record_pid(self) -> None:
+        self._write(f"{os.getpid()}\n", "this agent's pid")
+
+    def _write(self, text: str, what: str) -> None:
         # Through a descriptor of its own, closed at once: closing it leaves the lock alone (flock, unlike
         # fcntl's POSIX locks, belongs to the one open file description), and the one held stays read-only.
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)
             try:
-                os.write(fd, f"{os.getpid()}\n".encode())
+                os.write(fd, text.encode())
             finally:
                 os.close(fd)
         except OSError as exc:  # a full or read-only disk: the lock holds all the same
-            log.warning("cannot record this agent's pid in %s (%s): a refused second agent will not be told "
-                        "which pid holds the state dir", self.path, exc.strerror or exc)
+            log.warning("cannot record %s in %s (%s): a refused second agent is not told which pid holds the "
+                        "state dir, and `agent --once` cannot tell a stop from a crash", what, self.path,
+                        exc.strerror or exc)
+
+
+STOPPED = "stopped"  # the lock file's line `stopped <epoch>`, written by a clean exit
+
+
+@dataclass(frozen=True)
+class LockProbe:
+    """What the lock file of a state dir says, read without taking the lock (`probe`)."""
+
+    exists: bool  # False: no agent ever ran with this state dir (or the dir is gone)
+    held: bool | None  # None: /proc/locks could not tell
+    pid: int | None  # the last holder as it recorded itself, else as /proc/locks lists it
+    alive: bool | None  # whether that pid exists now (None without a pid)
+    stopped_at: float | None  # when that holder released it on purpose; None after a crash or while held
+    error: str = ""  # why the file could not be read (permissions), when it could not
+
+
+def probe(state_dir: Path) -> LockProbe:
+    """Read-only: is `<state_dir>/lock` there, is it held (from /proc/locks, so a check never takes the
+    lock, even for an instant, and never keeps an agent from starting), by whom, and did its last holder
+    stop on purpose."""
+    path = state_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        try:
+            st, text = os.fstat(fd), os.pread(fd, 256, 0).decode(errors="replace")
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        return LockProbe(False, False, None, None, None)
+    except OSError as exc:
+        return LockProbe(True, None, None, None, None, f"cannot read {path}: {exc.strerror or exc}")
+    lines = text.splitlines()
+    pid = _int(lines[0]) if lines else None
+    stopped_at = None
+    for line in lines[1:]:
+        word, _, when = line.partition(" ")
+        if word == STOPPED:
+            with contextlib.suppress(ValueError):
+                stopped_at = float(when)
+    holders = _flock_holders(st)
+    held = None if holders is None else bool(holders)
+    if holders:
+        stopped_at = None  # a new holder that has not recorded its own pid yet
+        if pid not in holders:
+            pid = min(holders)
+    alive = None if pid is None else _alive(pid)
+    return LockProbe(True, held, pid, alive, stopped_at)
 
 
 def _open(path: Path) -> int:
@@ -141,13 +202,53 @@ def _open(path: Path) -> int:
 
 def _holder(fd: int) -> int | None:
     """The pid holding the lock: as the holder recorded it, else as /proc/locks lists the inode's flock."""
-    with contextlib.suppress(OSError, ValueError):
-        return int(os.pread(fd, 32, 0).decode().strip())
     with contextlib.suppress(OSError, ValueError, IndexError):
-        st = os.fstat(fd)
-        where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-        for line in Path("/proc/locks").read_text().splitlines():
-            fields = line.split()
-            if fields[1] == "FLOCK" and fields[5] == where:
-                return int(fields[4])
+        return int(os.pread(fd, 64, 0).decode().splitlines()[0])
+    with contextlib.suppress(OSError):
+        holders = _flock_holders(os.fstat(fd))
+        if holders:
+            return next(iter(holders))
     return None
+
+
+def _flock_holders(st: os.stat_result) -> set[int] | None:
+    """The pids /proc/locks lists with a flock on this inode (an empty set: nobody holds it); None when
+    /proc/locks cannot be read."""
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    found: set[int] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; a blocked waiter's line has "->" after the
+        # number and one field more.
+        if "->" in fields:
+            continue
+        with contextlib.suppress(IndexError, ValueError):
+            if fields[1] == "FLOCK" and fields[5] == where:
+                found.add(int(fields[4]))
+    return found
+
+
+def _int(text: str) -> int | None:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is no zombie (it may be another program: pids are reused)."""
+    with contextlib.suppress(OSError, IndexError):
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+        return stat_line[stat_line.rindex(")") + 2:][:1] != "Z"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
