@@ -124,7 +124,7 @@ def test_a_spawn_failure_restart_is_in_history(tmp_path: Path) -> None:
         wait_for(lambda: agent.status()["ghost"]["circuit"] == "open", 15, 0.05, "the circuit to open")
         first = own(agent, "ghost")[0]
         assert first["extra"] == {"reason": "spawn"}
-        assert first["reason"].startswith(f"spawn: cannot start {tmp_path / 'no-such-binary'}: ")
+        assert first["reason"].startswith(f"spawn: replica 0 cannot start {tmp_path / 'no-such-binary'}: ")
 
 
 def test_resolved_deliveries_are_counted_and_listed_only_with_all(tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ class Health:
             return
         log.warning("component %s replica %d failed %d probes in a row (%s); restarting",
                     name, index, rep.probe_failures, error)
-        detail = f"replica {index} failed {rep.probe_failures} {probe.kind} probes in a row ({error})"
+        detail = f"failed {rep.probe_failures} {probe.kind} probes in a row ({error})"
         rep.probe_failures = 0
         self.lifecycle.background(self._probe_restart(rt, rep, generation, detail))
 
@@ -98,4 +98,4 @@ class Health:
     async def _resource_restart(self, name: str, index: int, detail: str) -> None:
         done = await self.restart(name, index)
         if done.started:  # restarted (not held by a manual stop or an open circuit)
-            self.lifecycle.restarted(name, "resource", f"{detail}; started again")
+            self.lifecycle.notices.restarted(name, "resource", f"{detail}; started again")

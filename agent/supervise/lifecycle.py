@@ -23,6 +23,7 @@ from agent.supervise.circuit import CircuitBreaker
 from agent.supervise.containment import Containment, Scope
 from agent.supervise.guardian import Guardian
 from agent.supervise.logs import LogFiles
+from agent.supervise.notices import Notices
 from agent.supervise.policy import Circuit, ExitAction
 from agent.supervise.process import ExitStatus, Reaper, signal_group
 from agent.supervise.replica import (
@@ -65,9 +66,10 @@ class Lifecycle:
         self.guardian = guardian
         self.containment = containment or TrackingContainment(lambda: set(reaper.running()))
         self.stalls = StallWatch(clock)
+        self.notices = Notices()  # the restarts and circuit changes it decides by itself, for the history
         self.circuits = CircuitBreaker(spawn=self.spawn, new_replica=self.new_replica, reconcile=self.reconcile,
                                        persist=self.persist, closing=lambda: self.shutting_down,
-                                       changed=self._circuit_changed)
+                                       changed=self.notices.circuit_changed)
         self.store = store
         self.clock = clock
         self.rand = rand
@@ -80,12 +82,6 @@ class Lifecycle:
         # Called when a replica or a component is added or removed (the log rotator rebuilds its list
         # of logs then, instead of every round).
         self.layout_listeners: list[Callable[[], None]] = []
-        # Called with (component, reason, detail) for each restart the agent decides by itself (reason exit,
-        # probe, resource or spawn; detail what happened), and with (component, opened, why) when a circuit
-        # opens or closes: the app records them in the history. Bounded by the circuit breaker: at most
-        # max_restarts restarts per window, then one circuit entry per cooldown.
-        self.restart_listeners: list[Callable[[str, str, str], None]] = []
-        self.circuit_listeners: list[Callable[[str, bool, str], None]] = []
         self.components: dict[str, Runtime] = {
             name: new_runtime(name, spec) for name, spec in config.components.items()
         }
@@ -149,15 +145,6 @@ class Lifecycle:
         if rt.external:
             raise CommandError(external_refusal(name))
         return rt
-
-    def restarted(self, name: str, reason: str, detail: str) -> None:
-        """Tell the restart listeners of a restart the agent decided by itself."""
-        for listener in self.restart_listeners:
-            listener(name, reason, detail)
-
-    def _circuit_changed(self, rt: Runtime, opened: bool, why: str) -> None:
-        for listener in self.circuit_listeners:
-            listener(rt.name, opened, why)
 
     def background(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` as a task of this lifecycle (logged if it fails, cancelled by `cancel_background`)."""
@@ -317,18 +304,15 @@ class Lifecycle:
         if rt.manual_stop or rep.index >= rt.desired:
             rep.state = ReplicaState.STOPPED
             return
-        self._after_failure(rt, rep, status.code, ran_for, "exit",
-                            f"replica {rep.index} ended ({status.describe}) after {ran_for:.1f}s")
+        self._after_failure(rt, rep, status.code, ran_for, "exit", f"ended ({status.describe}) after {ran_for:.1f}s")
 
-    def _after_failure(self, rt: Runtime, rep: Replica, exit_code: int | None, ran_for: float, reason: str,
-                       detail: str = "") -> None:
-        """Apply restart policy, backoff and circuit breaker after an unplanned end of a replica; `detail`
-        (what happened) goes to the restart listeners with the restart."""
+    def _after_failure(self, rt: Runtime, rep: Replica, code: int | None, ran: float, reason: str, detail: str) -> None:
+        """Apply restart policy, backoff and circuit breaker after an unplanned end of a replica (`detail`)."""
         now = self.clock()
         rt.history = policy.prune_history(rt.history, now, rt.spec.restart.window)
         decision = policy.decide_exit(
-            exit_code=exit_code,
-            ran_for=ran_for,
+            exit_code=code,
+            ran_for=ran,
             previous_failures=rep.failures,
             history=rt.history,
             circuit=rt.circuit,
@@ -349,9 +333,7 @@ class Lifecycle:
         rt.restarts[reason] += 1
         rt.last_reason = reason
         rt.last_restart_wall = time.time()
-        self.restarted(rt.name, reason, f"{detail}; " + (f"starts again in {decision.delay:.1f}s (failure "
-                                                         f"{decision.failures} in a row)" if decision.delay > 0
-                                                         else "started again"))
+        self.notices.after_failure(rt, rep, reason, detail, decision)
         if decision.delay <= 0:
             self.spawn(rt, rep)
             return
@@ -431,16 +413,15 @@ class Lifecycle:
         """Stop every replica of the component at once (their slots are kept)."""
         await asyncio.gather(*(self.stop_replica(rt, r) for r in rt.replicas.values()))
 
-    async def restart_failed(self, rt: Runtime, rep: Replica, generation: int, reason: str,
-                             detail: str = "") -> None:
-        """Stop a replica found failing (its run `generation`) and restart it as its restart policy
-        says, as if it had exited; the caller holds the component's lock. `detail`: why it failed."""
+    async def restart_failed(self, rt: Runtime, rep: Replica, generation: int, reason: str, detail: str = "") -> None:
+        """Stop a replica found failing (its run `generation`, for `detail`) and restart it as its restart
+        policy says, as if it had exited; the caller holds the component's lock."""
         if rep.generation != generation or rep.pid is None:
             return
         ran_for = self.stalls.ran_for(rep.started_at, self.clock())
         await self.stop_replica(rt, rep)
         if not self.shutting_down and not rt.manual_stop:
-            self._after_failure(rt, rep, None, ran_for, reason, detail or f"replica {rep.index} failing")
+            self._after_failure(rt, rep, None, ran_for, reason, detail)
 
     # --- agent reexec: replicas a previous image of this process started ------------------------
 

@@ -65,8 +65,8 @@ class Supervisor:
         # Called with (component, reason, detail) for each restart the agent decides by itself (exit, probe,
         # resource, spawn), and with (component, opened, why) when a circuit opens or closes (the app records
         # them in the history beside the alert actions).
-        self.restart_listeners = lc.restart_listeners
-        self.circuit_listeners = lc.circuit_listeners
+        self.restart_listeners = lc.notices.restart_listeners
+        self.circuit_listeners = lc.notices.circuit_listeners
         # Called with the runtime of an external component whose watch (re)starts: added by a reload or
         # given a new spec (the probe runner listens; at start it watches every external itself).
         self.watch_listeners: list[Callable[[Runtime], None]] = []
