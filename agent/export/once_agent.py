@@ -174,7 +174,7 @@ def pipeline_check(pipeline: Mapping[str, Any], now: float) -> Check:
     when = f" since {clock(since, now)}" if since else ""
     return Check("alert pipeline", Status.CRITICAL,
                  f"silent{when}: no heartbeat from Alertmanager within {timeout:g}s ({count} received), so no alert "
-                 "reaches the agent; see docs/operations.md, \"When the pipeline goes silent\"")
+                 "reaches the agent; see docs/operations.md, \"When the alert pipeline goes silent\"")
 
 
 def component_check(row: Mapping[str, Any], essential: bool, now: float) -> Check:
