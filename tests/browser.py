@@ -31,3 +31,13 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+def open_menu(tab: Any, component: str) -> list[str]:
+    """Open the actions menu of a component's row on the status page; the actions it offers, in order."""
+    row = tab.locator(f'tr[data-component="{component}"]')
+    row.locator("summary").click()
+    row.locator("details.menu[open] [data-action]").first.wait_for(state="visible", timeout=5000)
+    actions: list[str] = row.locator("details.menu[open] [data-action]").evaluate_all(
+        "items => items.map(b => b.dataset.action)")
+    return actions
