@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import chromium
+from tests.browser import chromium, open_menu
 from tests.helpers import AgentProcess, running_agent, wait_for
 from tests.webhookutil import alert, payload
 
@@ -91,17 +91,22 @@ def test_the_table_follows_a_kill_and_the_restart_without_a_reload(agent: AgentP
     assert page.dialogs == []
 
 
-def test_at_1280_px_every_action_button_is_in_view_without_scrolling(agent: AgentProcess, page: Any) -> None:
+def test_at_1280_px_every_action_is_in_view_without_scrolling(agent: AgentProcess, page: Any) -> None:
     # The components table used to be wider than a 1280 px window: its stop buttons were cut off.
-    page.wait_for_selector('tr[data-component="worker"] [aria-label="stop worker"]')
-    right_edges = page.evaluate(
-        "[...document.querySelectorAll('#components button')].map(b => b.getBoundingClientRect().right)")
+    menus = page.evaluate(
+        "[...document.querySelectorAll('#components summary')].map(b => b.getBoundingClientRect().right)")
+    assert len(menus) == len(COMPONENTS) and max(menus) <= page.evaluate("window.innerWidth"), menus
+    assert open_menu(page, "worker") == ["restart", "stop", "scale"]
+    right_edges = page.evaluate("[...document.querySelectorAll('#components details[open] [data-action]')]"
+                                ".map(b => b.getBoundingClientRect().right)")
     assert right_edges and max(right_edges) <= page.evaluate("window.innerWidth"), right_edges
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     assert page.evaluate("[...document.querySelectorAll('.scroll')].every(s => s.scrollWidth <= s.clientWidth)")
 
 
 def test_a_restart_button_restarts_exactly_that_component(agent: AgentProcess, page: Any) -> None:
     before = {name: c["pids"] for name, c in agent.status().items()}
+    open_menu(page, "worker")
     page.get_by_role("button", name="restart worker", exact=True).click()
     wait_for(lambda: agent.status()["worker"]["pids"] not in ([], before["worker"]), 15,
              what="worker to run with a new pid")
@@ -116,6 +121,7 @@ def test_a_restart_button_restarts_exactly_that_component(agent: AgentProcess, p
 
 def test_stop_asks_first_and_a_dismissed_confirmation_stops_nothing(agent: AgentProcess, page: Any) -> None:
     pids = agent.status()["cache"]["pids"]
+    open_menu(page, "cache")
     page.get_by_role("button", name="stop cache", exact=True).click()
     wait_for(lambda: page.dialogs, 5, what="a confirmation dialog")
     assert page.dialogs[0].startswith("Stop cache?")
@@ -150,6 +156,8 @@ def test_an_alert_name_with_markup_shows_as_text(agent: AgentProcess, page: Any)
     row = page.locator("#history tbody tr", has_text=trace_id)
     wait_for(lambda: row.count() == 1, 10, what="the alert's history row with its trace id")
     assert XSS in row.inner_text()
+    when = row.locator("td").first.inner_text()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", when), f"{when!r}: not the time as `agent history` prints it"
     assert page.locator("#history img").count() == 0 and page.locator("img").count() == 0
     assert page.dialogs == [], "a dialog opened or a script failed"
 
@@ -223,7 +231,9 @@ def test_an_open_page_keeps_resource_sampling_on(browser: Any, tmp_path: Any) ->
             seen: set[str] = set()
             wait_for(lambda: seen.add(cell(tab, "grower", "RSS")) or len(seen) >= 4, 10,
                      what=lambda: f"grower's RSS to keep changing on the page (seen {sorted(seen)})")
-            assert "RSS +" in cell(tab, "grower", "trend since opened")
+            # The trend shows it too: the RSS line over the last minute is not flat.
+            trend = cell(tab, "grower", "trend")
+            assert re.fullmatch(r"\d+\.\d% [▁▂▃▄▅▆▇█]+", trend) and len(set(trend.split()[-1])) >= 2, trend
         finally:
             context.close()
 
@@ -243,7 +253,8 @@ def test_agent_status_page_url_prints_the_link(agent: AgentProcess) -> None:
 
 def test_keyboard_only_at_200_percent_zoom(agent: AgentProcess, browser: Any) -> None:
     """1280 px at 200 % zoom is a 640 px viewport at scale 2: no sideways scrolling of the page, and the
-    restart button of a component is reached with Tab and pressed with Enter (through refreshes)."""
+    actions menu of a component is reached with Tab and opened with Enter, and its restart button reached
+    with Tab and pressed with Enter (through refreshes)."""
     context = browser.new_context(viewport={"width": 640, "height": 450}, device_scale_factor=2)
     tab = context.new_page()
     try:
@@ -251,12 +262,16 @@ def test_keyboard_only_at_200_percent_zoom(agent: AgentProcess, browser: Any) ->
         tab.wait_for_selector('tr[data-component="cache"] [data-field="pids"]')
         assert tab.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         before = {name: c["pids"] for name, c in agent.status().items()}
-        for _ in range(200):
-            tab.keyboard.press("Tab")
-            if tab.evaluate("document.activeElement.getAttribute('aria-label')") == "restart cache":
-                break
-        else:
-            raise AssertionError("Tab never reached the restart button of cache")
+
+        def tab_to(label: str) -> None:
+            for _ in range(200):
+                tab.keyboard.press("Tab")
+                if tab.evaluate("document.activeElement.getAttribute('aria-label')") == label:
+                    return
+            raise AssertionError(f"Tab never reached {label!r}")
+        tab_to("actions for cache")
+        tab.keyboard.press("Enter")
+        tab_to("restart cache")
         tab.keyboard.press("Enter")
         wait_for(lambda: agent.status()["cache"]["pids"] not in ([], before["cache"]), 15,
                  what="cache to run with a new pid")
@@ -268,6 +283,7 @@ def test_keyboard_only_at_200_percent_zoom(agent: AgentProcess, browser: Any) ->
 
 def test_scale_to_zero_and_emergency_stop_ask_first_and_scale_acts(agent: AgentProcess, page: Any) -> None:
     pids = agent.status()["worker"]["pids"]
+    open_menu(page, "worker")
     page.get_by_label("replicas of worker").fill("0")
     page.get_by_role("button", name="scale worker", exact=True).click()
     wait_for(lambda: page.dialogs, 5, what="a confirmation for scale to 0")
@@ -278,12 +294,22 @@ def test_scale_to_zero_and_emergency_stop_ask_first_and_scale_acts(agent: AgentP
     assert agent.status()["worker"]["pids"] == pids
     assert agent.api("GET", "/api/v1/autonomy")["emergency_stop"] is False
     # Dismissed, nothing happened. Over max: the agent's refusal shows on the page, as text.
+    open_menu(page, "worker")
     page.get_by_label("replicas of worker").fill("5")
     page.get_by_role("button", name="scale worker", exact=True).click()
     wait_for(lambda: "scale worker: " in (m := page.locator("#message").inner_text()) and "done" not in m, 10,
              what=lambda: f"the refusal on the page (shows {page.locator('#message').inner_text()!r})")
     # A scale to 2 asks nothing and starts exactly one more replica.
+    open_menu(page, "worker")
     page.get_by_label("replicas of worker").fill("2")
     page.get_by_role("button", name="scale worker", exact=True).click()
     wait_for(lambda: len(agent.status()["worker"]["pids"]) == 2, 15, what="worker to run 2 replicas")
     assert pids[0] in agent.status()["worker"]["pids"] and page.dialogs == []
+
+
+def test_without_a_heartbeat_timeout_or_prometheus_url_no_banner_and_the_panel_says_how(page: Any) -> None:
+    state = page.locator("#ahead-state")
+    wait_for(lambda: state.inner_text().startswith("Off: set agent.status_page.prometheus_url"), 10,
+             what=lambda: f"the panel to say it is off (shows {state.inner_text()!r})")
+    assert page.locator("#ahead li").count() == 0
+    assert page.locator("#pipeline").is_hidden() and page.locator("#pipeline").inner_text() == ""
