@@ -55,9 +55,9 @@ def _exposed(text: str) -> dict[str, str]:
 
 def _everything_config(tmp: Path) -> dict[str, Any]:
     """A config under which every family the agent can export has series: a probe, a memory limit, a
-    capability, host sampling and a backlog source."""
+    capability, host sampling, a backlog source and a heartbeat timeout."""
     return {
-        "agent": {"resources": {"interval": 0.1}},
+        "agent": {"resources": {"interval": 0.1}, "webhook": {"heartbeat_timeout": "3m"}},
         "components": {"web": {"command": ["sleep", "1000"], "capabilities": ["docs"],
                                "probe": {"exec": {"command": ["true"]}, "interval": 0.1, "startup_grace": 0},
                                "limits": {"memory_bytes": 100_000_000}}},
