@@ -92,7 +92,8 @@ def test_work_waiting_with_its_only_worker_at_zero_replicas_is_a_warning(tmp_pat
         assert code == 1, doc
         waiting = checks(doc)["waiting any"]
         assert waiting["status"] == "WARNING"
-        assert waiting["detail"] == "1 pending todo(s) need any, served only by todo_worker, at 0 running replicas"
+        assert waiting["detail"] == ("1 pending todo(s) need no capability (any), served only by todo_worker, "
+                                     "at 0 running replicas")
         assert checks(doc)["component todo_worker"]["status"] == "OK"  # 0 desired is no failure in itself
         agent.api("POST", "/api/v1/components/todo_worker/scale", {"replicas": 1})
         wait_for(lambda: agent.status()["todo_worker"]["replicas"] == 1, 10)
@@ -306,3 +307,11 @@ def test_critical_outranks_unknown_which_outranks_warning() -> None:
     assert worst(Status.WARNING, Status.UNKNOWN) is Status.UNKNOWN
     assert worst(Status.UNKNOWN, Status.CRITICAL) is Status.CRITICAL
     assert worst(Status.OK) is Status.OK
+
+
+def test_the_schema_names_every_source_and_agent_state() -> None:
+    props = SCHEMA["properties"]
+    assert props["source"]["enum"] == [s.value for s in (Source.AGENT, Source.DIRECT, Source.AGENT_DOWN)]
+    assert set(props["agent"]["oneOf"][1]["properties"]["state"]["enum"]) == {f.value for f in Found}
+    once_md = (ROOT / "docs" / "once.md").read_text()
+    assert all(f"`{f.value}`" in once_md for f in Found) and all(f"`{s.value}`" in once_md for s in Source)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config.models import Config
-from agent.observe.backlog import Counts
+from agent.observe.backlog import ANY_CAPABILITY, Counts
 from agent.supervise.statelock import LockProbe
 
 ASK_TIMEOUT = 3.0  # seconds for the agent's answer: a check run by cron or Nagios must stay quick
@@ -230,7 +230,8 @@ def idle_work(config: Config, rows: Iterable[Mapping[str, Any]], pending: Counts
         servers = [name for name, spec in config.components.items()
                    if name in running and cap in spec.served_capabilities]
         if servers and not any(running[s] for s in servers):
+            need = "no capability (any)" if cap == ANY_CAPABILITY else cap
             checks.append(Check(f"waiting {cap}", Status.WARNING,
-                                f"{n} pending todo(s) need {cap}, served only by {', '.join(servers)}, at 0 running "
+                                f"{n} pending todo(s) need {need}, served only by {', '.join(servers)}, at 0 running "
                                 "replicas"))
     return checks
