@@ -123,8 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", action="append",
                         help="config file (YAML or JSON); repeat to merge several, later ones win")
     parser.add_argument("--once", action="store_true",
-                        help="one check cycle without starting anything: probe, sample, read the backlog; "
-                        "exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
+                        help="one check cycle without starting anything: from the running agent when it answers "
+                        "(CRITICAL when its state dir says it should and it does not), else probe the components; "
+                        "sample the host, read the backlog; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN")
     parser.add_argument("--json", action="store_true", help="with --once: print JSON")
     parser.add_argument("--format", choices=["table", "json", "prometheus"], default=None,
                         help="with --once: output format (prometheus = node_exporter textfile format)")
