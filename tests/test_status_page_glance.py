@@ -195,8 +195,9 @@ def test_at_1280x800_the_9_demo_components_the_backlog_and_what_is_about_to_act_
     names = set(demo_components())
     assert names == {"mcp_server", "todo_dashboard", "todo_worker", "ollama", "auto_restart_agents", "prometheus",
                      "alertmanager", "alert_receiver", "web"}
-    page.wait_for_function("document.querySelectorAll('#ahead li').length >= 2"
-                           " && document.querySelectorAll('#backlog li').length >= 2", timeout=20_000)
+    wait_for(lambda: page.evaluate("document.querySelectorAll('#ahead li').length >= 2"
+                                   " && document.querySelectorAll('#backlog li').length >= 2"), 20,
+             what="the about-to-act panel and the backlog summary to fill")
     wait_for(lambda: not page.locator("#pipeline").is_hidden(), 10, what="the silent pipeline banner")
     boxes = page.evaluate("""() => {
         const box = (e) => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
