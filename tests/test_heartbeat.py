@@ -6,6 +6,7 @@ last heartbeat survives a reexec and a restart; a reload sets and unsets the tim
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
-from tests.helpers import AgentProcess, running_agent, wait_for
+from agent.act.pipeline import AlertPipeline
+from agent.export.collectors import PipelineCollector
+from tests.helpers import AgentProcess, never, run_async, running_agent, until, wait_for
 from tests.metricsutil import scrape, value
 from tests.webhookutil import alert, deliver, fixture
 
@@ -175,19 +179,106 @@ def test_without_a_timeout_neither_gauge_is_exported_and_a_reload_sets_and_unset
         assert pipeline(agent) is None
 
 
-def test_the_last_heartbeat_survives_a_reexec_and_a_restart(tmp_path: Path) -> None:
-    agent = AgentProcess(tmp_path, config("1m")).start()
+def test_the_last_heartbeat_and_the_silence_survive_a_reexec_and_the_last_heartbeat_a_restart(
+        tmp_path: Path) -> None:
+    agent = AgentProcess(tmp_path, config("1s")).start()
     try:
         beat(agent)
+        wait_for(lambda: pipeline(agent)["up"] is False, 10, 0.05, "the pipeline to go silent")
         before = pipeline(agent)
         out = cli(agent, "reexec", "--json")
         assert out.returncode == 0, out.stdout + out.stderr
         after = pipeline(agent)
-        assert after["last_heartbeat"] == before["last_heartbeat"] and after["heartbeats"] == 1
-        assert value(scrape(agent.url), LAST) == before["last_heartbeat"]
+        # The same silence, not a fresh grace: same start, counts carried, not logged again.
+        assert after == before
+        samples = scrape(agent.url)
+        assert value(samples, LAST) == before["last_heartbeat"] and value(samples, UP) == 0
+        assert value(samples, BEATS) == 1 and value(samples, "orchestrator_alert_pipeline_silences_total") == 1
+        assert len(warnings(agent, "alert pipeline SILENT")) == 1
     finally:
         agent.stop()
     with running_agent(tmp_path, yaml.safe_load(agent.config_path.read_text())) as again:
         got = pipeline(again)
-        assert got["last_heartbeat"] == before["last_heartbeat"] and got["up"] is True
+        assert got["last_heartbeat"] == before["last_heartbeat"] and got["heartbeats"] == 0
         assert value(scrape(again.url), LAST) == before["last_heartbeat"]
+
+
+def test_simulate_names_a_heartbeat(tmp_path: Path) -> None:
+    with running_agent(tmp_path, config("1m")) as agent:
+        body = {**fixture("alertmanager-0.25-webhook-firing.json"), "alerts": [alert(WATCHDOG)]}
+        [result] = agent.api("POST", "/api/v1/simulate", body)["results"]
+        assert (result["would"], result["component"], result["action"]) == ("heartbeat", "", "")
+        assert pipeline(agent)["heartbeats"] == 0  # simulated: nothing recorded
+
+
+# --- in process: the tracker and its collector ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_tracker_is_up_within_the_timeout_of_the_last_heartbeat_or_of_the_watchs_start() -> None:
+    clock = Clock()
+    saved: list[float] = []
+    tracker = AlertPipeline(10.0, last=900.0, save=saved.append, clock=clock)
+    # A heartbeat remembered from before the start does not make the start silent: the watch starts now.
+    assert tracker.up() and tracker.reference() == 1000.0
+    clock.now = 1010.5
+    assert not tracker.up()
+    assert tracker.document() == {"up": False, "timeout_seconds": 10.0, "last_heartbeat": 900.0,
+                                  "silent_since": 1000.0, "heartbeats": 0}
+    tracker.last = 1010.5  # as a heartbeat leaves it (heartbeat() itself needs a loop for its timer)
+    clock.now = 1020.0
+    doc = tracker.document()
+    assert tracker.up() and doc is not None and doc["silent_since"] is None
+    tracker.configure(None)
+    assert tracker.up() and tracker.document() is None
+
+
+def test_the_tracker_logs_a_silence_once_and_the_recovery_once(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        tracker = AlertPipeline(0.05)
+        tracker.start()
+        await until(lambda: tracker.silent, 5, what="the silence")
+        await never(lambda: tracker.silences > 1, 0.2)
+        tracker.heartbeat()
+        assert not tracker.silent and tracker.up()
+        await until(lambda: tracker.silences == 2, 5, what="the second silence")
+        tracker.close()
+
+    with caplog.at_level(logging.INFO, "agent.pipeline"):
+        run_async(body())
+    said = [r.getMessage() for r in caplog.records if r.name == "agent.pipeline"]
+    assert [m.split(":")[0] for m in said] == ["alert pipeline SILENT", "alert pipeline up again",
+                                             "alert pipeline SILENT"]
+
+
+def test_the_collector_exports_the_gauges_only_while_a_timeout_is_set() -> None:
+    clock = Clock()
+    tracker = AlertPipeline(None, clock=clock)
+    names = {f.name for f in PipelineCollector(tracker).families()}
+    assert names == {"orchestrator_alert_pipeline_heartbeats", "orchestrator_alert_pipeline_heartbeats_resolved",
+                     "orchestrator_alert_pipeline_silences"}
+    tracker.timeout = 5.0
+    families = {f.name: f for f in PipelineCollector(tracker).families()}
+    assert families["orchestrator_alert_pipeline_up"].rows == [((), 1)]
+    assert families["orchestrator_alert_pipeline_last_heartbeat_timestamp_seconds"].rows == [((), 0.0)]
+    clock.now += 6
+    assert {f.name: f for f in PipelineCollector(tracker).families()}["orchestrator_alert_pipeline_up"].rows \
+        == [((), 0)]
+
+
+def test_a_resumed_document_of_another_shape_is_ignored() -> None:
+    clock = Clock()
+    tracker = AlertPipeline(5.0, clock=clock)
+    tracker.resume({"heartbeats": "3", "silences": -1, "resolved": True, "watch_since": 5000.0, "silent": 1})
+    assert (tracker.heartbeats, tracker.silences, tracker.resolved, tracker.watch_since, tracker.silent) == \
+        (0, 0, 0, 1000.0, False)
+    tracker.resume({"heartbeats": 3, "silences": 1, "resolved": 2, "watch_since": 400.0, "silent": True})
+    assert (tracker.heartbeats, tracker.silences, tracker.resolved, tracker.watch_since, tracker.silent) == \
+        (3, 1, 2, 400.0, True)
