@@ -2,9 +2,10 @@
 
 `python scripts/gen_stack.py` regenerates them (commit what it writes); `--check` only reports files that
 differ (tests/test_stack_static.py runs it). The source is stack/rules/ (rule and test templates, see
-scripts/stack_source.py) and scripts/gen_dashboards.py; the settings (selector, runbook URL pattern)
-are scripts/stack_source.py's defaults, or `--selector` / `--runbook-url-pattern` for a copy of the
-files that is not committed here (with `--out DIR`).
+scripts/stack_source.py) and scripts/gen_dashboards.py; the settings (the selectors of the agent's,
+Prometheus' and Alertmanager's series, the runbook URL pattern) are scripts/stack_source.py's defaults,
+or `--selector` / `--prometheus-selector` / `--alertmanager-selector` / `--runbook-url-pattern` for a
+copy of the files that is not committed here (with `--out DIR`).
 """
 
 from __future__ import annotations
@@ -45,13 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="only compare with the files in --out")
     parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: this repository)")
-    parser.add_argument("--selector", default=Settings.selector, help=f"default: {Settings.selector}")
+    parser.add_argument("--selector", default=Settings.selector, help=f"the agent's series (default: {Settings.selector})")
+    parser.add_argument("--prometheus-selector", default=Settings.prometheus_selector,
+                        help=f"Prometheus' own series (default: {Settings.prometheus_selector})")
+    parser.add_argument("--alertmanager-selector", default=Settings.alertmanager_selector,
+                        help=f"Alertmanager's series (default: {Settings.alertmanager_selector})")
     parser.add_argument("--runbook-url-pattern", default=Settings.runbook_url_pattern,
                         help="%%s is the lower-cased alert name (default: %(default)s)")
     args = parser.parse_args(argv)
     if "%s" not in args.runbook_url_pattern:
         parser.error("--runbook-url-pattern needs a %s for the alert's anchor")
-    files = render(Settings(selector=args.selector, runbook_url_pattern=args.runbook_url_pattern))
+    files = render(Settings(selector=args.selector, prometheus_selector=args.prometheus_selector,
+                            alertmanager_selector=args.alertmanager_selector,
+                            runbook_url_pattern=args.runbook_url_pattern))
     stale = []
     for rel, text in files.items():
         path = args.out / rel

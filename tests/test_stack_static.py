@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 import pytest
 import yaml
@@ -17,6 +18,7 @@ import yaml
 from agent.cli.stack_nodes import NODE_ORDER
 from agent.config.loader import load_config
 from scripts.stack_source import DEFAULT_RUNBOOK_URL_PATTERN
+from tests.helpers import end_processes, free_port, wait_for
 from tests.stackbin import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,10 +90,28 @@ CONTRACT_METRICS = frozenset({
     "orchestrator_config_last_reload_success_timestamp_seconds",
     "orchestrator_config_hash",
     "orchestrator_rollout_halted_total",
+    # the alert pipeline's heartbeat (agent.webhook.heartbeat_timeout)
+    "orchestrator_alert_pipeline_up",
+    "orchestrator_alert_pipeline_last_heartbeat_timestamp_seconds",
+    "orchestrator_alert_pipeline_heartbeats_total",
+})
+# Prometheus' and Alertmanager's own series the pipeline rules read (rules/orchestrator-pipeline.yml),
+# checked against the real binaries' /metrics below.
+UPSTREAM_METRICS = frozenset({
+    "prometheus_notifications_errors_total",
+    "prometheus_notifications_sent_total",
+    "prometheus_notifications_dropped_total",
+    "prometheus_notifications_alertmanagers_discovered",
+    "prometheus_rule_evaluation_failures_total",
+    "alertmanager_notifications_total",
+    "alertmanager_notifications_failed_total",
 })
 HISTOGRAMS = frozenset({"orchestrator_probe_duration_seconds", "orchestrator_remediation_duration_seconds"})
 ACTIONS = frozenset({"restart", "scale_up", "scale_down", "scale_to", "start"})
 SEVERITIES = frozenset({"critical", "warning", "info"})
+# The heartbeat (OrchestratorWatchdog) is the one alert with `heartbeat: "true"` and severity `none`: it
+# always fires, pages nobody, and the agent counts it instead of acting on it.
+HEARTBEAT_SEVERITY = "none"
 # What the Docker variants of the configs may change: addresses and the token path, nothing else.
 DOCKER_SUBSTITUTIONS = {
     "prometheus": [("127.0.0.1:9469", "agent:9469"), ("127.0.0.1:9093", "alertmanager:9093"),
@@ -174,6 +194,45 @@ def test_promtool_unit_tests_pass() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_pipeline_rules_read_series_that_prometheus_and_alertmanager_export(tmp_path: Path) -> None:
+    """Every prometheus_* and alertmanager_* series a rule reads is on the real binaries' /metrics (a
+    Prometheus with a rule group and an Alertmanager to send to: the series exist before any failure)."""
+    prom_bin, am_bin = require_binary("prometheus"), require_binary("prometheus-alertmanager", "alertmanager")
+    read = {n for rule in [*ALERTS, *RECORDS] for n in promql_names(rule["expr"])
+            if n.startswith(("prometheus_", "alertmanager_"))}
+    assert read == UPSTREAM_METRICS, sorted(read ^ UPSTREAM_METRICS)
+    am_port, prom_port = free_port(), free_port()
+    (tmp_path / "am.yml").write_text(yaml.safe_dump(
+        {"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"evaluation_interval": "1s"},
+        "rule_files": [str(ROOT / "rules" / "orchestrator-pipeline.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]}}))
+    procs = [
+        subprocess.Popen([am_bin, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
+                          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
+                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([prom_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
+                          f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    ]
+    try:
+        def exported(port: int) -> set[str]:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                return set()
+            return set(re.findall(r"^([a-z_:][a-z0-9_:]*)(?:\{| )", text, flags=re.MULTILINE))
+
+        def missing_names() -> set[str]:
+            return UPSTREAM_METRICS - exported(prom_port) - exported(am_port)
+
+        wait_for(lambda: not missing_names(), 60, 0.2,
+                 "Prometheus and Alertmanager to export the series the pipeline rules read")
+    finally:
+        end_processes(procs)
+
+
 @pytest.mark.parametrize("config", ["prometheus/prometheus.yml", "prometheus/prometheus.docker.yml"])
 def test_promtool_check_config(config: str) -> None:
     promtool = require_binary("promtool")
@@ -203,12 +262,55 @@ def test_amtool_check_config(config: str) -> None:
     (["alertname=OrchestratorAgentDown", "severity=critical"], "human"),
     (["alertname=OrchestratorConfigReloadFailed", "severity=warning"], "human"),
     (["alertname=OrchestratorRolloutHalted", "component=web", "severity=warning"], "human"),
+    # The heartbeat goes to the agent only, also with a node label (a Prometheus's external label).
+    (["alertname=OrchestratorWatchdog", "heartbeat=true", "severity=none"], "agent-webhook"),
+    (["alertname=OrchestratorWatchdog", "heartbeat=true", "severity=none", "node=a"], "agent-webhook"),
+    (["alertname=OrchestratorAlertPipelineSilent", "severity=critical", "instance=h1"], "human"),
+    (["alertname=OrchestratorAlertmanagerNotificationsFailing", "integration=webhook", "severity=warning"],
+     "human"),
 ])
 def test_alertmanager_routes_actions_to_the_agent_and_the_rest_to_humans(labels: list[str], receiver: str) -> None:
     amtool = require_binary("amtool")
     result = run(amtool, "config", "routes", "test", "--config.file=prometheus/alertmanager.yml",
                  f"--verify.receivers={receiver}", *labels)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("config", ["prometheus/alertmanager.yml", "prometheus/alertmanager.docker.yml"])
+def test_every_shipped_alert_reaches_the_agent_or_people_never_both(config: str) -> None:
+    """Each rule's static labels (with a component and a node, as the alerts carry them): an action or the
+    heartbeat goes to the agent's webhook only, everything else to `human` only."""
+    amtool = require_binary("amtool")
+    for rule in ALERTS:
+        labels = {"alertname": rule["alert"], **rule["labels"]}
+        if "heartbeat" not in labels:
+            labels |= {"component": "web", "node": "a"}
+        want = "agent-webhook" if "action" in labels or "heartbeat" in labels else "human"
+        result = run(amtool, "config", "routes", "test", f"--config.file={config}",
+                     *[f"{k}={v}" for k, v in labels.items()])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip() == want, f"{rule['alert']} goes to {result.stdout.strip()!r}, not {want!r}"
+
+
+def test_the_heartbeat_route_comes_first_delivers_within_30s_and_repeats_within_90s() -> None:
+    config = load_yaml(ROOT / "prometheus" / "alertmanager.yml")
+    first = config["route"]["routes"][0]
+    assert first["matchers"] == ['heartbeat="true"']
+    assert first["receiver"] == "agent-webhook" and "routes" not in first and not first.get("continue")
+    # Never held: a muted heartbeat would read as a broken pipeline.
+    assert "mute_time_intervals" not in first and "active_time_intervals" not in first
+
+    def seconds(value: str) -> int:
+        found = re.fullmatch(r"(\d+)([sm])", value)
+        assert found, value
+        return int(found.group(1)) * {"s": 1, "m": 60}[found.group(2)]
+
+    assert seconds(first["group_wait"]) <= 30
+    # An unchanged group is resent at the first group_interval tick after repeat_interval: the gap the
+    # comment above the route states, and what the examples' heartbeat_timeout is chosen against.
+    gap = seconds(first["repeat_interval"]) + seconds(first["group_interval"])
+    assert gap == 90
+    assert "worst-case gap between two deliveries is 90 s" in (ROOT / "prometheus" / "alertmanager.yml").read_text()
 
 
 # --- rules and their tests ------------------------------------------------------------------------
@@ -222,11 +324,17 @@ def test_alert_follows_the_conventions(rule: dict[str, Any]) -> None:
     assert re.fullmatch(r"[1-9][0-9]*m|[0-9]+s", str(rule.get("for", ""))), f"{name}: for: {rule.get('for')!r}"
     labels = rule.get("labels", {})
     annotations = rule.get("annotations", {})
-    assert labels.get("severity") in SEVERITIES, f"{name}: severity {labels.get('severity')!r}"
+    heartbeat = "heartbeat" in labels
+    if heartbeat:
+        # Fixed text: it says the same thing every time, and carries no label a template could use.
+        assert labels == {"heartbeat": "true", "severity": HEARTBEAT_SEVERITY}, f"{name}: {labels}"
+        assert rule["expr"].strip() == "vector(1)", f"{name}: a heartbeat always fires"
+    else:
+        assert labels.get("severity") in SEVERITIES, f"{name}: severity {labels.get('severity')!r}"
     for key in ("summary", "description", "runbook_url"):
         assert annotations.get(key, "").strip(), f"{name}: annotation {key} missing"
     assert "{{" not in annotations["summary"], f"{name}: summary must be fixed text"
-    assert "{{" in annotations["description"], f"{name}: description should be templated"
+    assert heartbeat or "{{" in annotations["description"], f"{name}: description should be templated"
     assert annotations["runbook_url"] == DEFAULT_RUNBOOK_URL_PATTERN % name.lower(), annotations["runbook_url"]
     if "action" in labels:
         assert labels["action"] in ACTIONS, f"{name}: unknown action {labels['action']!r}"
@@ -288,6 +396,8 @@ def test_every_alert_has_named_firing_and_negative_cases() -> None:
                     negative[alert] = negative.get(alert, 0) + 1
     for rule in ALERTS:
         assert firing.get(rule["alert"]), f"{rule['alert']}: no promtool case where it fires"
+        if "heartbeat" in rule["labels"]:
+            continue  # always fires: there is no case where it does not
         assert negative.get(rule["alert"]), f"{rule['alert']}: no promtool case where it does not fire (yet)"
 
 
@@ -340,8 +450,8 @@ def test_prometheus_scrapes_the_agent_and_loads_the_rules() -> None:
 def test_alertmanager_sends_actions_to_the_agent_webhook_with_credentials() -> None:
     config = load_yaml(ROOT / "prometheus" / "alertmanager.yml")
     routes = config["route"]["routes"]
-    agent_route = next(r for r in routes if r["receiver"] == "agent-webhook")
-    assert agent_route["matchers"] == ['action=~".+"']
+    agent_route = next(r for r in routes if r["matchers"] == ['action=~".+"'])
+    assert agent_route["receiver"] == "agent-webhook"
     assert agent_route["group_by"] == ["alertname", "component", "node"]
     receiver = next(r for r in config["receivers"] if r["name"] == "agent-webhook")
     (hook,) = receiver["webhook_configs"]
