@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="only compare with the files in --out")
     parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: this repository)")
-    parser.add_argument("--selector", default=Settings.selector, help=f"the agent's series (default: {Settings.selector})")
+    parser.add_argument("--selector", default=Settings.selector,
+                        help=f"the agent's series (default: {Settings.selector})")
     parser.add_argument("--prometheus-selector", default=Settings.prometheus_selector,
                         help=f"Prometheus' own series (default: {Settings.prometheus_selector})")
     parser.add_argument("--alertmanager-selector", default=Settings.alertmanager_selector,

@@ -74,10 +74,11 @@ def _header(source: str) -> str:
 def _select(line: str, selectors: Mapping[str, str]) -> str:
     """Fill `{$NAME}` and `{$NAME,` of one template line with each placeholder's selector (or nothing)."""
     for name, selector in selectors.items():
+        whole, head = "{$" + name + "}", "{$" + name + ","
         if selector:
-            line = line.replace("{$" + name + "}", "{" + selector + "}").replace("{$" + name + ",", "{" + selector + ",")
+            line = line.replace(whole, "{" + selector + "}").replace(head, "{" + selector + ",")
         else:
-            line = line.replace("{$" + name + "}", "").replace("{$" + name + ",", "{")
+            line = line.replace(whole, "").replace(head, "{")
     return line
 
 

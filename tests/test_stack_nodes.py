@@ -78,6 +78,10 @@ def test_the_generated_configs_pass_promtool_and_amtool_and_route_each_node_to_i
     assert route("alertname=OrchestratorPlacementScaleUp", "action=scale_up", "component=worker", "node=b") == "agent-b"
     assert route("alertname=OrchestratorPlacementScaleDown", "action=scale_down", "component=worker",
                  "node=c") == "agent-c"
+    # The heartbeat has no node: it goes to every agent (never to people), a node label or not.
+    assert route("alertname=OrchestratorWatchdog", "heartbeat=true", "severity=none") == "agent-heartbeat"
+    assert route("alertname=OrchestratorWatchdog", "heartbeat=true", "node=b") == "agent-heartbeat"
+    assert route("alertname=OrchestratorAlertPipelineSilent", "severity=critical", "node=b") == "human"
 
     prom = yaml.safe_load((out / "prometheus.yml").read_text())
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == "orchestrator-agent")
@@ -91,6 +95,12 @@ def test_the_generated_configs_pass_promtool_and_amtool_and_route_each_node_to_i
     assert hook["url"] == "https://127.0.0.1:9472/webhook/alertmanager"
     assert (out / hook["http_config"]["authorization"]["credentials_file"]).resolve() == tmp_path / "tokens/b.token"
     assert (out / hook["http_config"]["tls_config"]["cert_file"]).resolve() == tmp_path / "tls/client.crt"
+    # One heartbeat webhook per node, each exactly that node's own receiver's (address, token, TLS).
+    beats = next(r for r in am["receivers"] if r["name"] == "agent-heartbeat")["webhook_configs"]
+    assert beats == [next(r for r in am["receivers"] if r["name"] == f"agent-{n}")["webhook_configs"][0]
+                     for n in "abc"]
+    assert am["route"]["routes"][0]["matchers"] == ['heartbeat="true"']
+    assert "agent-webhook" not in (out / "alertmanager.yml").read_text()  # the base's receiver is gone
     assert json.loads((out / "orchestrator-agents.json").read_text()) == [
         {"targets": [f"127.0.0.1:{p}"], "labels": {"node": n}} for n, p in (("a", 9471), ("b", 9472), ("c", 9473))]
 
@@ -250,5 +260,16 @@ def test_a_real_alertmanager_delivers_a_nodes_action_to_that_node_only_and_prome
         found = wait_for(discovered, 30, 0.2, "Prometheus to discover the three agents from the file_sd targets")
         assert found == {n: f"127.0.0.1:{p}" for n, p in hooks.ports().items()}
         assert not hooks.got["a"] and not hooks.got["c"], "another node's agent got node b's action"
+
+        # The heartbeat reaches every node's agent, each with its own token (group_wait 5 s).
+        beat = [{"labels": {"alertname": "OrchestratorWatchdog", "heartbeat": "true", "severity": "none"}}]
+        assert httpx.post(am + "/api/v2/alerts", json=beat, timeout=5).status_code == 200
+
+        def heartbeats(name: str) -> list[str]:
+            return [auth for auth, body in hooks.got[name]
+                    if any(a["labels"].get("heartbeat") == "true" for a in body["alerts"])]
+
+        wait_for(lambda: all(heartbeats(n) for n in "abc"), 30, 0.1, "every node's agent to get the heartbeat")
+        assert {n: heartbeats(n)[0] for n in "abc"} == {n: f"Bearer token-of-{n}-0123456789" for n in "abc"}
     finally:
         end_processes(procs)

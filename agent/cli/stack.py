@@ -23,13 +23,16 @@ def add_stack_commands(sub: Any) -> None:
     ssub = stack.add_subparsers(dest="stack_cmd", required=True, metavar="VERB")
     gen = ssub.add_parser(
         "generate", help="write Prometheus file_sd targets (a node label each), a prometheus.yml and an "
-        "alertmanager.yml that routes each node's actions to that node's agent only",
+        "alertmanager.yml that routes each node's actions to that node's agent only, and the heartbeat to "
+        "every agent",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Reads the list of nodes and writes into --out: orchestrator-agents.json (file_sd targets), "
         "orchestrator-nodes.yml (orchestrator:node_order, the placement rules' tie-break), "
         "prometheus.yml and alertmanager.yml, made from the shipped configs (or --prometheus-config / "
-        "--alertmanager-config). Relative paths in the list resolve against its directory and are written "
-        "relative to --out. Re-run it after changing the list.\n\nThe list (YAML):\n\n" + NODES_EXAMPLE)
+        "--alertmanager-config). In alertmanager.yml each node's actions go to its own receiver, "
+        "agent-NAME, and the heartbeat (OrchestratorWatchdog) to agent-heartbeat, one webhook per node. "
+        "Relative paths in the list resolve against its directory and are written relative to --out. "
+        "Re-run it after changing the list.\n\nThe list (YAML):\n\n" + NODES_EXAMPLE)
     gen.add_argument("--nodes", type=Path, required=True, help="the list of nodes (YAML)")
     gen.add_argument("--out", type=Path, required=True, help="directory to write into (created if missing)")
     gen.add_argument("--prometheus-config", type=Path, default=Path("prometheus/prometheus.yml"),

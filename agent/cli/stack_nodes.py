@@ -12,7 +12,10 @@ and address) and writes, from the shipped configs as a base:
   of the list;
 - `alertmanager.yml`: the base with the agent receiver replaced by one receiver per node and the
   self-healing route split by `node`, so each alert with an action goes to its own node's agent only.
-  An action for a node not in the list goes to people (the base's default receiver).
+  An action for a node not in the list goes to people (the base's default receiver). The heartbeat
+  route (`heartbeat="true"`, OrchestratorWatchdog) goes to `agent-heartbeat`, a receiver with one
+  webhook per node (each with that node's address and credentials): every agent gets the heartbeat,
+  and Alertmanager delivers (and retries) each webhook on its own, so one node down delays no other.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from agent.config.yamlfile import load_yaml
 NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
 AGENT_JOB = "orchestrator-agent"
+HEARTBEAT_RECEIVER = "agent-heartbeat"
 TARGETS_FILE = "orchestrator-agents.json"
 NODE_RULES_FILE = "orchestrator-nodes.yml"
 NODE_ORDER = "orchestrator:node_order"
@@ -200,8 +204,18 @@ def _agent_route(route: dict[str, Any]) -> tuple[dict[str, Any], str]:
                      "(matchers: ['action=~\".+\"']) to split by node")
 
 
+def _heartbeat_route(route: dict[str, Any]) -> dict[str, Any] | None:
+    """The route that sends the heartbeat to the agent, if the base has one (a base from before the
+    heartbeat has none: then no agent gets one, and none should have a heartbeat_timeout)."""
+    for child in route.get("routes") or []:
+        if any(m.replace(" ", "") in ('heartbeat="true"', "heartbeat=true") for m in child.get("matchers") or []):
+            return child
+    return None
+
+
 def alertmanager_config(base: dict[str, Any], nodes: NodeList, paths: Paths) -> dict[str, Any]:
     out = copy.deepcopy(base)
+    heartbeat = _heartbeat_route(out.get("route") or {})
     route, receiver_name = _agent_route(out.get("route") or {})
     receivers = out.get("receivers") or []
     template = next((r for r in receivers if r.get("name") == receiver_name), None)
@@ -209,7 +223,8 @@ def alertmanager_config(base: dict[str, Any], nodes: NodeList, paths: Paths) -> 
         raise NodesError(f"the base Alertmanager config has no webhook receiver {receiver_name!r}")
     hook = template["webhook_configs"][0]
     path = "/webhook/alertmanager"
-    new_receivers = [r for r in receivers if r.get("name") != receiver_name]
+    new_receivers = [r for r in receivers if r.get("name") not in (receiver_name, HEARTBEAT_RECEIVER)]
+    webhooks = []
     for node in nodes.nodes:
         webhook = copy.deepcopy(hook)
         webhook["url"] = f"{_scheme(nodes)}://{node.address}{path}"
@@ -220,7 +235,12 @@ def alertmanager_config(base: dict[str, Any], nodes: NodeList, paths: Paths) -> 
         http.pop("tls_config", None)
         if nodes.tls:
             http["tls_config"] = _tls_config(nodes.tls, paths)
+        webhooks.append(webhook)
         new_receivers.append({"name": f"agent-{node.name}", "webhook_configs": [webhook]})
+    if heartbeat is not None:
+        # The heartbeat carries no node: every agent gets it, through its own webhook.
+        heartbeat["receiver"] = HEARTBEAT_RECEIVER
+        new_receivers.append({"name": HEARTBEAT_RECEIVER, "webhook_configs": copy.deepcopy(webhooks)})
     out["receivers"] = new_receivers
     # Dispatch by node first, then the base's own sub-routes (deferrals, mutes) under each node.
     inner = route.pop("routes", None)
