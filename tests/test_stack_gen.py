@@ -72,12 +72,40 @@ def test_every_raw_series_the_rules_read_carries_the_selector() -> None:
     assert down.split() == ['up{job="agents"}', "==", "0", "or", 'absent(up{job="agents"})']
 
 
+def test_prometheus_and_alertmanager_series_carry_their_own_selectors(tmp_path: Path) -> None:
+    """The pipeline rules read Prometheus' and Alertmanager's own series under `job="prometheus"` and
+    `job="alertmanager"` (the scrape jobs of prometheus/prometheus.yml), each from its own setting."""
+    upstream = re.compile(r'(?<![:\w"])((prometheus|alertmanager)_[a-z0-9_]+)(?![:\w(])(\{[^}]*\})?')
+    found = 0
+    for name, expr in exprs(render_rules()):
+        for metric, kind, matchers in upstream.findall(expr):
+            found += 1
+            assert matchers.startswith(f'{{job="{kind}"'), f"{name}: {metric}{matchers}"
+    assert found >= 7
+    prom = load_yaml_jobs()
+    assert {"prometheus", "alertmanager"} <= prom
+    other = render_rules(Settings(prometheus_selector='job="prom",env="prod"', alertmanager_selector='job="am"'))
+    text = "".join(e for _, e in exprs(other))
+    assert 'prometheus_rule_evaluation_failures_total{job="prom",env="prod"}' in text
+    assert 'alertmanager_notifications_failed_total{job="am"}' in text
+    assert 'job="prometheus"' not in text and 'job="alertmanager"' not in text
+    promtool_check(tmp_path / "other", other)
+    assert gen_stack.main(["--check", "--alertmanager-selector", 'job="am"']) == 1
+    assert gen_stack.main(["--check", "--prometheus-selector", 'job="prometheus"']) == 0
+
+
+def load_yaml_jobs() -> set[str]:
+    """The scrape jobs of the shipped prometheus/prometheus.yml."""
+    doc = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    return {job["job_name"] for job in doc["scrape_configs"]}
+
+
 def test_another_selector_or_none_gives_valid_rules(tmp_path: Path) -> None:
     other = render_rules(Settings(selector='job=~"agents|edge",env="prod"'))
     assert "orchestrator-agent" not in "".join(e for _, e in exprs(other))
     assert all(m.startswith('{job=~"agents|edge",env="prod"') for _, e in exprs(other) for _, m in RAW.findall(e))
     promtool_check(tmp_path / "other", other)
-    bare = render_rules(Settings(selector=""))
+    bare = render_rules(Settings(selector="", prometheus_selector="", alertmanager_selector=""))
     assert "{}" not in "".join(e for _, e in exprs(bare)) and "{," not in "".join(e for _, e in exprs(bare))
     promtool_check(tmp_path / "bare", bare)
 
