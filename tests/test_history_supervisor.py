@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,9 @@ def test_a_crash_loop_gives_max_restarts_entries_then_one_circuit_open_and_a_sta
         assert opened["result"] == "failed" and opened["reason"].startswith("3 restarts within 300s; no restarts")
         assert status["circuit_until"] is not None and status["circuit_until"] > opened["ts"] + 590
         assert remediation_count(agent) == 0
+        shown = cli(agent, "status", "crash").stdout
+        due = time.strftime("%H:%M:%S", time.localtime(status["circuit_until"]))
+        assert f"circuit open (trial start due {due})" in shown and "circuit_open" in shown, shown
 
         assert cli(agent, "start", "crash").returncode == 0
         closed = wait_for(lambda: [e for e in own(agent, "crash") if e["alertname"] == "circuit_closed"], 10, 0.05,
