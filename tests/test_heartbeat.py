@@ -249,13 +249,15 @@ def test_the_tracker_logs_a_silence_once_and_the_recovery_once(caplog: pytest.Lo
         tracker.heartbeat()
         assert not tracker.silent and tracker.up()
         await until(lambda: tracker.silences == 2, 5, what="the second silence")
+        tracker.configure(60.0)  # a reload that raises the timeout past the silence ends it
+        assert not tracker.silent and tracker.up()
         tracker.close()
 
     with caplog.at_level(logging.INFO, "agent.pipeline"):
         run_async(body())
     said = [r.getMessage() for r in caplog.records if r.name == "agent.pipeline"]
     assert [m.split(":")[0] for m in said] == ["alert pipeline SILENT", "alert pipeline up again",
-                                             "alert pipeline SILENT"]
+                                             "alert pipeline SILENT", "alert pipeline up again"]
 
 
 def test_the_collector_exports_the_gauges_only_while_a_timeout_is_set() -> None:

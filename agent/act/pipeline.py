@@ -115,6 +115,9 @@ class AlertPipeline:
             return
         if was is None:
             self.watch_since = self.clock()
+        elif self.silent and self.up():  # a longer timeout the last heartbeat is within
+            self.silent = False
+            log.info("alert pipeline up again: the last heartbeat is within the new heartbeat_timeout %gs", timeout)
         self._schedule()
 
     def start(self) -> None:
