@@ -137,7 +137,11 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
         "prometheus": {
             "command": [prom_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'prom'}",
                         f"--web.listen-address=127.0.0.1:{prom_port}",
-                        f"--web.external-url=http://127.0.0.1:{prom_port}/", "--log.level=warn"],
+                        f"--web.external-url=http://127.0.0.1:{prom_port}/", "--log.level=warn",
+                        # The fast clock for sending too: a firing alert goes to Alertmanager again after 1 s,
+                        # not 1 m, so one that fired before Alertmanager was up (OrchestratorWatchdog at
+                        # start) reaches it within a second of it coming up.
+                        "--rules.alert.resend-delay=1s"],
             "probe": {"http": {"url": f"http://127.0.0.1:{prom_port}/-/ready"}, "interval": 1,
                       "startup_grace": 60},
             "remediation": {"allowed_actions": []},
