@@ -292,6 +292,13 @@ def test_prometheus_down_shows_as_an_error_in_the_panel(browser: Any, tmp_path: 
         # Logged once while it lasts, not once per poll.
         warnings = [r for r in agent.log_records() if "cannot read alerts from Prometheus" in r["msg"]]
         assert len(warnings) == 1, warnings
+        # ... and `agent status` says it too.
+        page = agent.api("GET", "/api/v1/status")["status_page"]
+        assert page["alerts_error"].startswith(f"GET http://127.0.0.1:{port}/api/v1/alerts") and page["alerts_failures"] >= 1
+        out = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(agent.config_path)],
+                             capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert "status page: cannot read alerts from Prometheus" in out.stdout and f"127.0.0.1:{port}" in out.stdout
 
 
 def test_a_url_that_is_not_prometheus_is_an_error_not_a_crash(tmp_path: Path) -> None:

@@ -36,6 +36,10 @@ def print_status(doc: dict[str, Any]) -> None:
     pipeline = pipeline_line(doc.get("alert_pipeline"))
     if pipeline:
         print(pipeline)
+    page = doc.get("status_page") or {}
+    if page.get("alerts_error"):
+        print(f"status page: cannot read alerts from Prometheus ({page.get('alerts_failures', 0)} failed read(s)): "
+              f"{page['alerts_error']}")
 
 
 def clock(ts: float) -> str:

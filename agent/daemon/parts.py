@@ -44,6 +44,7 @@ from agent.http.websecurity import WebGate, WebSecurity
 from agent.observe.backlog import BacklogMonitor
 from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeRunner
+from agent.observe.prometheus_alerts import PrometheusAlerts
 from agent.observe.resources import ResourceMonitor
 from agent.supervise.choice import choose
 from agent.supervise.containment import Containment, ContainmentError
@@ -100,6 +101,7 @@ class Parts:
     backlog: BacklogMonitor
     backlog_view: BacklogCollector
     remediator: Remediator
+    page_alerts: PrometheusAlerts
     auth: Auth
     web: WebSecurity
     reload_status: ReloadStatus
@@ -154,7 +156,7 @@ class Parts:
             resources=ResourceMonitor(supervisor, settings.resources.interval, settings.resources.mountpoints),
             client=client, probes=ProbeRunner(supervisor, client, observe=events.observe_probe),
             backlog=backlog, backlog_view=BacklogCollector(backlog, config.served_capabilities()),
-            remediator=remediator,
+            remediator=remediator, page_alerts=PrometheusAlerts(client),
             auth=auth, web=web, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
         )
         remediator.pipeline.watch_since = parts.started_wall  # before a heartbeat, silence counts from the start
@@ -223,7 +225,7 @@ class Parts:
         routes = metrics_routes(collectors, self.resources.mark_read)
         routes += webhook_routes(self.auth, self.modes, self.remediator, self.tracing, self.events.webhook_requests)
         routes += control_routes(self.auth, sup, self.modes, self.remediator, self.status)
-        routes += page_routes(self.auth, self.backlog, lambda: self.web.context is not None, self.client)
+        routes += page_routes(self.auth, self.backlog, lambda: self.web.context is not None, self.page_alerts)
         return build_app(sup, [*routes, *extra_routes], [Middleware(WebGate, self.web, self.auth)])
 
     def status(self) -> dict[str, Any]:
@@ -281,4 +283,8 @@ class Parts:
                 "optional_imports": [name for name in OPTIONAL_IMPORTS if name in sys.modules],
                 # null while agent.webhook.heartbeat_timeout is unset (agent/act/pipeline.py)
                 "alert_pipeline": self.remediator.pipeline.document(now),
+                # The status page's reads of Prometheus's alerts: what failed last (null when fine or off).
+                "status_page": {"prometheus_url": self.config.agent.status_page.prometheus_url,
+                                "alerts_error": self.page_alerts.last_error,
+                                "alerts_failures": self.page_alerts.failures},
                 "components": components}

@@ -23,12 +23,11 @@ from starlette.routing import Route
 
 from agent.http.credentials import WRONG_HOST, Need, login_token, requires
 from agent.http.sessions import COOKIE, cookie_value
-from agent.observe.prometheus_alerts import PrometheusAlerts
 
 if TYPE_CHECKING:
     from agent.http.credentials import Auth
     from agent.observe.backlog import BacklogMonitor
-    from agent.observe.httpclient import HttpClient
+    from agent.observe.prometheus_alerts import PrometheusAlerts
 
 log = logging.getLogger("agent")
 
@@ -113,13 +112,13 @@ def _prompt(message: str, status: int = 401) -> Response:
                     media_type="text/html; charset=utf-8", headers=headers)
 
 
-def page_routes(auth: Auth, backlog: BacklogMonitor, tls: Any, client: HttpClient) -> list[Route]:
+def page_routes(auth: Auth, backlog: BacklogMonitor, tls: Any, alerts: PrometheusAlerts) -> list[Route]:
     """GET / (the page or the token prompt), GET /ui/{file} (its script and style), GET /api/v1/backlog,
     GET /api/v1/alerts (what is about to act, from `agent.status_page.prometheus_url`).
 
-    `tls()` says whether the listener serves TLS now (the cookie is then marked Secure).
+    `tls()` says whether the listener serves TLS now (the cookie is then marked Secure); `alerts` reads
+    Prometheus's alerts for the page (its last failure is in the status document too).
     """
-    alerts = PrometheusAlerts(client)
 
     async def index(request: Request) -> Response:
         if login_token(request.scope) is not None:

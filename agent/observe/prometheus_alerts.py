@@ -135,6 +135,11 @@ class PrometheusAlerts:
         self._last_error: str | None = None
         self.failures = 0
 
+    @property
+    def last_error(self) -> str | None:
+        """What failed at the last read (None when it worked or none was made): `agent status` shows it."""
+        return self._last_error
+
     async def document(self, base_url: str | None, node: str) -> dict[str, Any]:
         """`{"prometheus_url", "alerts": [...], "error": null | "...", "checked_at", "failures"}`;
         without a URL, `prometheus_url` null and no alerts: the panel says it is off."""
