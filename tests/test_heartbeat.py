@@ -278,9 +278,73 @@ def test_the_collector_exports_the_gauges_only_while_a_timeout_is_set() -> None:
 def test_a_resumed_document_of_another_shape_is_ignored() -> None:
     clock = Clock()
     tracker = AlertPipeline(5.0, clock=clock)
-    tracker.resume({"heartbeats": "3", "silences": -1, "resolved": True, "watch_since": 5000.0, "silent": 1})
+    tracker.resume({"heartbeats": "3", "silences": -1, "resolved": True, "timeout": 5.0, "watch_since": 5000.0,
+                    "silent": 1})
     assert (tracker.heartbeats, tracker.silences, tracker.resolved, tracker.watch_since, tracker.silent) == \
         (0, 0, 0, 1000.0, False)
-    tracker.resume({"heartbeats": 3, "silences": 1, "resolved": 2, "watch_since": 400.0, "silent": True})
+    for timeout in (True, "5", 0, -1.0):  # not a timeout: the watch does not go on
+        tracker.resume({"timeout": timeout, "watch_since": 400.0, "silent": True})
+        assert (tracker.watch_since, tracker.silent) == (1000.0, False), timeout
+    tracker.resume({"heartbeats": 3, "silences": 1, "resolved": 2, "timeout": 5.0, "watch_since": 400.0,
+                    "silent": True})
     assert (tracker.heartbeats, tracker.silences, tracker.resolved, tracker.watch_since, tracker.silent) == \
         (3, 1, 2, 400.0, True)
+
+
+def test_a_reexec_that_turns_the_timeout_on_starts_the_watch_at_the_new_images_start() -> None:
+    clock = Clock()
+    old = AlertPipeline(None, clock=clock)  # the old image watched nothing from 1000 on
+    clock.now = 2000.0
+    new = AlertPipeline(10.0, clock=clock)  # the new image's start, as agent/daemon/parts.py sets it
+    new.resume(old.hand_over())
+    # As a reload that turns it on: the silence counts from the start of the watch, not from 1000.
+    assert new.watch_since == 2000.0 and new.up() and not new.silent
+    clock.now = 2010.5
+    assert not new.up() and (new.document() or {})["silent_since"] == 2000.0
+
+
+def test_a_reexec_that_raises_the_timeout_past_a_silence_ends_it(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    old = AlertPipeline(10.0, last=995.0, clock=clock)
+    old.silent, old.silences = True, 1  # as its timer left it at 1011
+    clock.now = 1011.0
+    new = AlertPipeline(60.0, last=995.0, clock=clock)
+    with caplog.at_level(logging.INFO, "agent.pipeline"):
+        new.resume(old.hand_over())
+    assert new.watch_since == 1000.0 and new.up() and not new.silent and new.silences == 1
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["alert pipeline up again"]
+
+
+def test_a_silence_is_not_carried_into_an_image_without_a_timeout_nor_holds_back_the_next_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        old = AlertPipeline(0.05)
+        old.start()
+        await until(lambda: old.silent, 5, what="the old image's silence")
+        old.close()
+        new = AlertPipeline(None)  # a reexec into a config without heartbeat_timeout
+        new.resume(old.hand_over())
+        assert not new.silent and new.silences == 1 and new.watch_since != old.watch_since
+        new.configure(0.05)  # a later reload turns it on again: its silence is warned of and counted
+        await until(lambda: new.silences == 2, 5, what="the new watch's silence to be counted")
+        assert new.silent
+        new.close()
+
+    with caplog.at_level(logging.INFO, "agent.pipeline"):
+        run_async(body())
+    said = [r.getMessage().split(":")[0] for r in caplog.records if r.name == "agent.pipeline"]
+    assert said == ["alert pipeline SILENT", "alert pipeline SILENT"]
+
+
+def test_a_reload_that_turns_the_timeout_on_starts_a_watch_without_an_old_silence() -> None:
+    clock = Clock()
+    tracker = AlertPipeline(None, clock=clock)
+    tracker.silent = True  # however it came there, a watch turned on from off starts without it
+    clock.now = 1500.0
+
+    async def body() -> None:
+        tracker.configure(30.0)
+        tracker.close()
+
+    run_async(body())
+    assert tracker.watch_since == 1500.0 and not tracker.silent

@@ -114,7 +114,9 @@ class AlertPipeline:
             self.silent = False
             return
         if was is None:
+            # A fresh watch: no silence of an earlier one (or of a re-exec'd image's) carries into it.
             self.watch_since = self.clock()
+            self.silent = False
         elif self.silent and self.up():  # a longer timeout the last heartbeat is within
             self.silent = False
             log.info("alert pipeline up again: the last heartbeat is within the new heartbeat_timeout %gs", timeout)
@@ -161,20 +163,36 @@ class AlertPipeline:
     # --- across `agent reexec` (agent/daemon/carry.py) ----------------------------------------------------
 
     def hand_over(self) -> dict[str, Any]:
-        """The counts and the watch, as JSON, for the next image (the last heartbeat is in the state dir)."""
+        """The counts, the watch and its timeout, as JSON, for the next image (the last heartbeat is in the
+        state dir)."""
         return {"heartbeats": self.heartbeats, "resolved": self.resolved, "silences": self.silences,
-                "watch_since": self.watch_since, "silent": self.silent}
+                "timeout": self.timeout, "watch_since": self.watch_since, "silent": self.silent}
 
     def resume(self, document: Any) -> None:
-        """Go on from the previous image's counts and watch (anything of another shape is ignored)."""
+        """Go on from the previous image's counts, and from its watch when both images watch (anything of
+        another shape is ignored).
+
+        The watch goes on only when the previous image had a timeout too: one that turns the timeout on
+        starts the watch at the new image's start, as a reload does, instead of counting the silence from a
+        start nobody watched; and a silence of an image that watched is not carried into one that does not,
+        where it would hold back the next silence's warning and count. A silence the new image's timeout no
+        longer sees ends here, as on a reload.
+        """
         if not isinstance(document, dict):
             return
         for key in ("heartbeats", "resolved", "silences"):
             value = document.get(key)
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 setattr(self, key, getattr(self, key) + value)
+        was = document.get("timeout")
+        if self.timeout is None or not isinstance(was, int | float) or isinstance(was, bool) or was <= 0:
+            return
         since = document.get("watch_since")
         if isinstance(since, int | float) and not isinstance(since, bool) and 0 < since <= self.clock():
             self.watch_since = float(since)
         if document.get("silent") is True:
-            self.silent = True
+            if self.up():
+                log.info("alert pipeline up again: the last heartbeat is within the new heartbeat_timeout %gs",
+                         self.timeout)
+            else:
+                self.silent = True
