@@ -17,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from agent.act.pipeline import AlertPipeline
+from agent.act.pipeline import HEARTBEAT_REASON, AlertPipeline
 from agent.export.collectors import PipelineCollector
 from tests.helpers import AgentProcess, never, run_async, running_agent, until, wait_for
 from tests.metricsutil import scrape, value
@@ -209,6 +209,8 @@ def test_simulate_names_a_heartbeat(tmp_path: Path) -> None:
         [result] = agent.api("POST", "/api/v1/simulate", body)["results"]
         assert (result["would"], result["component"], result["action"]) == ("heartbeat", "", "")
         assert pipeline(agent)["heartbeats"] == 0  # simulated: nothing recorded
+        # The same words as a delivery's answer.
+        assert result["reason"] == beat(agent)["reason"] == HEARTBEAT_REASON
 
 
 # --- in process: the tracker and its collector ---------------------------------------------------------

@@ -29,6 +29,8 @@ log = logging.getLogger("agent.pipeline")
 
 HEARTBEAT_LABEL = "heartbeat"
 WHAT_TO_CHECK = 'docs/operations.md, "When the alert pipeline goes silent"'
+# The answer to a firing heartbeat, in a webhook delivery (agent/act/remediation.py) and a simulation.
+HEARTBEAT_REASON = "the alert pipeline's heartbeat: recorded, never acted on"
 
 
 def is_heartbeat(alert: Alert) -> bool:
