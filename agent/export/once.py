@@ -42,7 +42,7 @@ from agent.observe.resources import HostUsage, sample_host
 from agent.supervise.process import Reaper
 from agent.supervise.statelock import LockProbe, probe
 
-__all__ = ["Answer", "Check", "Report", "Source", "Status", "check", "collect", "judge", "overall", "report_families"]
+__all__ = ["Answer", "Check", "Report", "Source", "Status", "check", "judge", "overall", "report_families"]
 
 CRITICAL_FREE = 0.05
 WARNING_FREE = 0.10
@@ -178,11 +178,6 @@ async def _observe(config: Config, backlog: BacklogMonitor) -> HostUsage:
     psutil.cpu_percent(interval=None)
     await asyncio.gather(backlog.read_all(), asyncio.sleep(0.1))
     return sample_host(config.agent.resources.mountpoints)
-
-
-async def collect(config: Config) -> Report:
-    """The direct check alone: probe every component once, sample the host, read the backlog."""
-    return await check(config, None)
 
 
 async def check(config: Config, ask: Callable[[], Awaitable[Answer]] | None) -> Report:
