@@ -341,3 +341,50 @@ def test_a_restart_by_hand_of_a_circuit_restored_open_starts_its_replica(tmp_pat
 
     supervise(tmp_path, spec, open_it)
     supervise(tmp_path, spec, restart_it)
+
+
+def test_a_listener_that_raises_keeps_no_replica_from_restarting(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The history's listeners are told of each restart and circuit change; one that fails is logged, and
+    the restart (after an exit, or by hand closing an open circuit) happens all the same."""
+    def broken(*_: object) -> None:
+        raise RuntimeError("listener broke")
+
+    async def body(sup: Supervisor) -> None:
+        sup.restart_listeners.append(broken)
+        sup.circuit_listeners.append(broken)
+        rt = sup.components["svc"]
+        pid = await until(lambda: rt.replicas[0].pid, 5)
+        os.kill(pid, signal.SIGKILL)
+        pid = await until(lambda: rt.replicas[0].pid not in (None, pid) and rt.replicas[0].pid, 5,
+                          what="the replica restarted after its exit")
+        os.kill(pid, signal.SIGKILL)  # the second failure within the window opens the circuit
+        await until(lambda: rt.circuit is Circuit.OPEN, 5, what="the circuit to open")
+        done = await sup.restart("svc", "manual")
+        assert rt.circuit is Circuit.CLOSED and done.started == 1 and rt.running_count == 1
+
+    supervise(tmp_path, {"svc": {"command": SLEEPER, "restart": {
+        "max_restarts": 1, "window": 300, "circuit_cooldown": 3600, "backoff": {"initial": 0.01}}}}, body)
+    # Logged each time: the restart, the circuit opening, the circuit closing.
+    failed = [r for r in caplog.records if r.exc_info and str(r.exc_info[1]) == "listener broke"]
+    assert len(failed) == 3, caplog.text
+
+
+def test_a_half_open_trial_over_its_memory_limit_reopens_the_circuit(tmp_path: Path) -> None:
+    """The trial replica goes over its memory limit: the trial failed, the circuit opens again and the replica
+    stays down (it used to be restarted and the circuit stayed half-open, with restarts unbounded)."""
+    async def body(sup: Supervisor) -> None:
+        opened: list[str] = []
+        sup.circuit_listeners.append(lambda name, is_open, why: is_open and opened.append(why))
+        rt = sup.components["svc"]
+        pid = await until(lambda: rt.replicas[0].pid, 5)
+        os.kill(pid, signal.SIGKILL)  # max_restarts 0: the circuit opens, and the trial starts soon after
+        trial = await until(lambda: rt.circuit is Circuit.HALF_OPEN and rt.replicas[0].pid, 5, what="the trial")
+        for _ in range(2):  # two samples over the limit, as the resource monitor reports them
+            sup.report_memory("svc", 0, trial, 2**30)
+        await until(lambda: len(opened) == 2, 5, what="the circuit to open again")
+        assert opened[1].startswith("half-open trial failed; replica 0 used 1073741824 bytes"), opened
+        assert rt.restarts["resource"] == 0 and not pid_alive(trial)
+
+    supervise(tmp_path, {"svc": {"command": SLEEPER, "limits": {"memory_bytes": "50Mi"}, "restart": {
+        "max_restarts": 0, "window": 300, "circuit_cooldown": 0.1, "backoff": {"reset_after": 600}}}}, body)

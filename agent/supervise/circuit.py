@@ -48,7 +48,7 @@ class CircuitBreaker:
                   rt.name, reason, delay)
         self.schedule_trial(rt, delay)
         self._persist()
-        self._changed(rt, True, f"{reason}; no restarts for {delay:.0f}s, then one trial start")
+        self._tell(rt, True, f"{reason}; no restarts for {delay:.0f}s, then one trial start")
 
     def schedule_trial(self, rt: Runtime, delay: float) -> None:
         """The trial start, `delay` seconds from now (a restored open circuit keeps its cooldown)."""
@@ -96,4 +96,12 @@ class CircuitBreaker:
             rep.failures = 0
         self._persist()
         if was_open:
-            self._changed(rt, False, why)
+            self._tell(rt, False, why)
+
+    def _tell(self, rt: Runtime, opened: bool, why: str) -> None:
+        # After the state changed: a listener that fails must not stop what follows (a restart by hand, the
+        # reconcile after a trial that ran).
+        try:
+            self._changed(rt, opened, why)
+        except Exception:
+            log.exception("component %s: telling of the circuit change failed", rt.name)

@@ -1,21 +1,18 @@
 """Observations that drive restarts: probe results and memory samples, counted per replica.
 
 A replica that fails `failure_threshold` probes in a row past its startup grace, or whose process tree
-is over its memory limit for two samples, is restarted; an external component's probe results are its
-health only (it is not ours to restart).
+is over its memory limit for two samples, is restarted, within the circuit breaker's bounds; an external
+component's probe results are its health only (it is not ours to restart).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 from agent.supervise import policy
 from agent.supervise.lifecycle import Lifecycle
-from agent.supervise.policy import Circuit
+from agent.supervise.policy import Circuit, ExitAction
 from agent.supervise.replica import Replica, ReplicaState, Runtime
-from agent.supervise.rollout import RollResult
 
 log = logging.getLogger("agent.supervisor")
 
@@ -23,9 +20,8 @@ log = logging.getLogger("agent.supervisor")
 class Health:
     """Records what probes and resource sampling observe of the replicas, and restarts those that fail."""
 
-    def __init__(self, lifecycle: Lifecycle, *, restart: Callable[[str, int], Coroutine[Any, Any, RollResult]]) -> None:
+    def __init__(self, lifecycle: Lifecycle) -> None:
         self.lifecycle = lifecycle
-        self.restart = restart  # (component, replica index): the supervisor's restart for a resource reason
 
     def report_probe(self, name: str, index: int, generation: int, ok: bool, error: str = "") -> None:
         """Record one probe result; after failure_threshold failures past the startup grace, restart."""
@@ -81,7 +77,8 @@ class Health:
             rt.ready_event.clear()
 
     def report_memory(self, name: str, index: int, pid: int, rss: int) -> None:
-        """Record one RSS sample of a replica's process tree; two over the limit in a row restart it."""
+        """Record one RSS sample of a replica's process tree; two over the limit in a row restart it, or open
+        its circuit when it was restarted `max_restarts` times within the window already."""
         rt = self.lifecycle.components[name]
         rep = rt.replicas.get(index)
         limit = rt.spec.limits.memory_bytes
@@ -89,13 +86,27 @@ class Health:
             return
         rep.rss_samples = [*rep.rss_samples[-3:], rss]
         if policy.over_memory_limit(rep.rss_samples, limit):
-            log.warning("component %s replica %d uses %d bytes, over its limit %d for two samples; restarting",
-                        name, index, rss, limit)
             rep.rss_samples = []
             detail = f"replica {index} used {rss} bytes, over its memory limit {limit}, in two samples"
-            self.lifecycle.background(self._resource_restart(name, index, detail))
+            self.lifecycle.background(self._resource_restart(rt, rep, rep.generation, detail))
 
-    async def _resource_restart(self, name: str, index: int, detail: str) -> None:
-        done = await self.restart(name, index)
-        if done.started:  # restarted (not held by a manual stop or an open circuit)
-            self.lifecycle.notices.restarted(name, "resource", f"{detail}; started again")
+    async def _resource_restart(self, rt: Runtime, rep: Replica, generation: int, detail: str) -> None:
+        # Decided and carried out under the component's lock, so no other restart slips in between: the
+        # count within the window is the one the decision saw.
+        lc = self.lifecycle
+        async with rt.lock:
+            if (rep.generation != generation or rep.pid is None or rep.stopping or rt.manual_stop
+                    or rt.circuit is Circuit.OPEN or rt.retired or lc.shutting_down):
+                return  # ended, stopped or restarted meanwhile; or held by a manual stop or an open circuit
+            now = lc.clock()
+            rt.history = policy.prune_history(rt.history, now, rt.spec.restart.window)
+            decision = policy.decide_resource_restart(history=rt.history, circuit=rt.circuit, now=now,
+                                                      settings=rt.spec.restart)
+            opens = decision.action is ExitAction.OPEN_CIRCUIT
+            log.warning("component %s %s; %s", rt.name, detail, "opening its circuit" if opens else "restarting")
+            await lc.stop_replica(rt, rep)
+            if opens:
+                rep.state = ReplicaState.EXITED  # down, for the trial start after the cooldown
+                lc.circuits.open(rt, f"{decision.reason}; {detail}")
+            elif lc.respawn(rt, rep, "resource"):
+                lc.notices.restarted(rt.name, "resource", f"{detail}; started again")

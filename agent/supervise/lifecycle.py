@@ -333,17 +333,17 @@ class Lifecycle:
         rt.restarts[reason] += 1
         rt.last_reason = reason
         rt.last_restart_wall = time.time()
-        self.notices.after_failure(rt, rep, reason, detail, decision)
         if decision.delay <= 0:
             self.spawn(rt, rep)
-            return
-        rep.state = ReplicaState.BACKOFF
-        log.info("component %s replica %d restarts in %.3fs (failure %d in a row)",
-                 rt.name, rep.index, decision.delay, decision.failures)
-        generation = rep.generation
-        rep.timer = asyncio.get_running_loop().call_later(
-            decision.delay, self._backoff_done, rt, rep, generation
-        )
+        else:
+            rep.state = ReplicaState.BACKOFF
+            log.info("component %s replica %d restarts in %.3fs (failure %d in a row)",
+                     rt.name, rep.index, decision.delay, decision.failures)
+            generation = rep.generation
+            rep.timer = asyncio.get_running_loop().call_later(
+                decision.delay, self._backoff_done, rt, rep, generation
+            )
+        self.notices.after_failure(rt, rep, reason, detail, decision)  # told once the restart is under way
 
     def _backoff_done(self, rt: Runtime, rep: Replica, generation: int) -> None:
         rep.timer = None

@@ -3,15 +3,21 @@ probes, the memory limit or a failed spawn) with what happened, and each circuit
 
 The app records them in `agent history` beside the alert actions (agent/daemon/parts.py wires them, as it
 wires the supervisor's roll listeners): the supervisor never imports act/. They are bounded by the circuit
-breaker: at most `max_restarts` restarts per `window`, then one circuit entry per cooldown.
+breaker: restarts after exits, failed probes, the memory limit and failed spawns all count toward
+`max_restarts` per `window`, then the circuit opens (one entry) and stays open for its cooldown.
+
+A listener that raises is logged and skipped: telling the history must never keep a replica from restarting.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from agent.supervise.policy import ExitDecision
 from agent.supervise.replica import Replica, Runtime
+
+log = logging.getLogger("agent.supervisor")
 
 
 class Notices:
@@ -26,7 +32,10 @@ class Notices:
     def restarted(self, name: str, reason: str, detail: str) -> None:
         """A restart the agent decided by itself."""
         for listener in self.restart_listeners:
-            listener(name, reason, detail)
+            try:
+                listener(name, reason, detail)
+            except Exception:
+                log.exception("component %s: a restart listener failed (the restart goes on)", name)
 
     def after_failure(self, rt: Runtime, rep: Replica, reason: str, detail: str, decision: ExitDecision) -> None:
         """A restart decided after an unplanned end of a replica: now, or after the backoff's delay."""
@@ -37,4 +46,7 @@ class Notices:
     def circuit_changed(self, rt: Runtime, opened: bool, why: str) -> None:
         """The component's circuit opened or closed."""
         for listener in self.circuit_listeners:
-            listener(rt.name, opened, why)
+            try:
+                listener(rt.name, opened, why)
+            except Exception:
+                log.exception("component %s: a circuit listener failed (the circuit changed all the same)", rt.name)

@@ -106,6 +106,22 @@ def decide_exit(
     return ExitDecision(ExitAction.RESTART, delay=backoff_delay(failures, settings.backoff, rand), failures=failures)
 
 
+def decide_resource_restart(*, history: Sequence[float], circuit: Circuit, now: float,
+                            settings: RestartSettings) -> ExitDecision:
+    """Whether a replica over its memory limit is restarted at once or its circuit opens instead.
+
+    It counts like an exit for the circuit breaker: when `max_restarts` restarts already happened within
+    `window`, the circuit opens; a half-open trial over its limit is a failed trial. The restart policy and
+    backoff do not apply (the replica did not end: it is ended and started again).
+    """
+    if circuit is Circuit.HALF_OPEN:
+        return ExitDecision(ExitAction.OPEN_CIRCUIT, reason="half-open trial failed")
+    if restarts_in_window(history, now, settings.window) >= settings.max_restarts:
+        return ExitDecision(ExitAction.OPEN_CIRCUIT,
+                            reason=f"{settings.max_restarts} restarts within {settings.window:g}s")
+    return ExitDecision(ExitAction.RESTART)
+
+
 def circuit_trial_due(opened_at: float, now: float, cooldown: float) -> float:
     """Seconds until the half-open trial (0 when due)."""
     return max(0.0, opened_at + cooldown - now)

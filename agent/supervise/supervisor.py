@@ -70,7 +70,7 @@ class Supervisor:
         # Called with the runtime of an external component whose watch (re)starts: added by a reload or
         # given a new spec (the probe runner listens; at start it watches every external itself).
         self.watch_listeners: list[Callable[[Runtime], None]] = []
-        self.health = Health(lc, restart=lambda name, index: self.restart(name, "resource", replica=index))
+        self.health = Health(lc)
 
     @property
     def shutting_down(self) -> bool:
