@@ -78,6 +78,40 @@ def test_a_memory_limit_restart_is_in_history_with_the_limit(tmp_path: Path) -> 
         assert f"over its memory limit {50 * 2**20}, in two samples; started again" in entry["reason"]
 
 
+def test_memory_limit_restarts_are_bounded_by_the_circuit_breaker(tmp_path: Path) -> None:
+    # Over its limit soon after every start: it used to be restarted every two samples, for ever, each restart
+    # a history entry. A resource restart counts like an exit: after max_restarts of them the circuit opens.
+    hog = "b = bytearray(80 * 2**20)\nimport time\nwhile True: time.sleep(1)"
+    config = {"agent": {"resources": {"interval": 0.1}},
+              "components": {"hog": {"command": [sys.executable, "-c", hog], "limits": {"memory_bytes": "50Mi"},
+                                     "restart": {"max_restarts": 2, "window": 300, "circuit_cooldown": 600}}}}
+    with running_agent(tmp_path, config) as agent:
+        wait_for(lambda: agent.status()["hog"]["circuit"] == "open", 30, 0.1, "the circuit to open")
+        entries = own(agent, "hog")
+        assert [e["alertname"] for e in entries] == ["restart", "restart", "circuit_open"], entries
+        assert all(e["extra"] == {"reason": "resource"} for e in entries[:2])
+        opened = entries[-1]["reason"]
+        assert opened.startswith("2 restarts within 300s; replica 0 used ") and "over its memory limit" in opened
+        # It stays down: stopped, not restarted, and no more entries while the sampling goes on.
+        status = wait_for(lambda: (s := agent.status()["hog"])["pids"] == [] and s, 10, 0.1, "the hog stopped")
+        assert status["replicas"] == 0 and status["circuit"] == "open"
+        assert value(scrape(agent.url), "orchestrator_component_restarts_total", component="hog",
+                     reason="resource") == 2
+        assert len(own(agent, "hog")) == 3
+
+
+def test_circuit_until_is_null_while_the_circuit_is_half_open(tmp_path: Path) -> None:
+    # The trial start is under way: no cooldown end to show (it used to show the past one).
+    config = {"components": {"once": {"command": SLEEP, "restart": {
+        "max_restarts": 0, "circuit_cooldown": 0.2, "backoff": {"reset_after": 600}}}}}
+    with running_agent(tmp_path, config) as agent:
+        [pid] = wait_for(lambda: agent.status()["once"]["pids"], 10, 0.05, "once to run")
+        os.kill(pid, signal.SIGKILL)
+        status = wait_for(lambda: (s := agent.status()["once"])["circuit"] == "half_open" and s, 10, 0.05,
+                          "the trial start")
+        assert status["circuit_until"] is None
+
+
 def test_a_crash_loop_gives_max_restarts_entries_then_one_circuit_open_and_a_start_closes_it(
         tmp_path: Path) -> None:
     config = {"components": {"crash": {"command": ["sh", "-c", "exit 4"], "restart": {

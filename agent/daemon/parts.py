@@ -250,8 +250,9 @@ class Parts:
                 "healthy": rt.healthy_count,
                 "manual_stop": rt.manual_stop,
                 "circuit": rt.circuit.value,
-                # When the open circuit's cooldown ends and its trial start is due (null while closed).
-                "circuit_until": None if rt.circuit is Circuit.CLOSED
+                # When the open circuit's cooldown ends and its trial start is due (null unless open: closed,
+                # or half-open with the trial under way).
+                "circuit_until": None if rt.circuit is not Circuit.OPEN
                 else rt.circuit_opened_wall + rt.spec.restart.circuit_cooldown,
                 "restarts": sum(rt.restarts.values()),
                 "last_reason": rt.last_reason,
