@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from agent.supervise.statelock import probe
 from tests.diskutil import small_disk
 from tests.helpers import AgentProcess, free_port, pid_alive, start_time, wait_for
 
@@ -262,6 +263,23 @@ def test_a_new_image_that_cannot_serve_stops_the_components_cleanly(tmp_path: Pa
     assert not [p for pids in before.values() for p in pids if pid_alive(p)]
     assert not pid_alive(guardian)
     assert f"cannot create the token file {disk.path / 'state' / 'webhook.token'}: Read-only" in agent.log_text()
+
+
+def test_a_failed_exec_leaves_no_clean_stop_mark(tmp_path: Path) -> None:
+    # The hand-over cannot be written (a directory where reexec.json goes): the agent stops its components
+    # and exits 1. That is no clean stop: the lock file must not say one, or `agent --once` reports a
+    # stopped agent (OK) instead of CRITICAL.
+    agent = AgentProcess(tmp_path, {"components": sleepers(1)}).start()
+    wait_for(lambda: all_running(agent, 1), 20, 0.05, "1 component running")
+    (agent.state_dir / "reexec.json" / "in-the-way").mkdir(parents=True)
+    agent.api("POST", "/-/reexec", timeout=60)
+    assert agent.proc is not None
+    code = agent.proc.wait(60)
+    agent.stderr.close()
+    assert code == 1, agent.log_text()
+    assert "reexec failed (cannot write" in agent.log_text()
+    seen = probe(agent.state_dir)
+    assert (seen.held, seen.pid, seen.stopped_at) == (False, agent.proc.pid, None)
 
 
 def test_a_token_file_the_new_image_would_refuse_refuses_the_reexec(tmp_path: Path) -> None:

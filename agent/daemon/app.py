@@ -251,7 +251,9 @@ class Agent:
             log.error("components did not stop within %.0fs", parts.config.agent.shutdown_timeout)
         await parts.aclose()
         if self.lock is not None:
-            self.lock.release()  # after the last state file was written
+            # After the last state file was written. Only a clean stop leaves the stop mark: after a failed
+            # reexec nothing supervises the dir any more, and `agent --once` must say CRITICAL.
+            self.lock.release(stopped=code == EXIT_OK)
         if served:
             await server.stop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
