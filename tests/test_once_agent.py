@@ -109,10 +109,11 @@ def test_a_killed_agent_is_critical_not_running(tmp_path: Path) -> None:
     agent.stop(signal.SIGKILL)
     code, doc = once(agent.config_path)
     assert (code, doc["source"], doc["agent"]["state"], doc["agent"]["pid"]) == (2, "agent-down", "not-running", pid)
-    assert checks(doc)["agent"] == {
-        "name": "agent", "status": "CRITICAL",
-        "detail": f"the agent is not running: state dir {agent.state_dir} was last held by pid {pid}, which is gone; "
-                  "no component is supervised"}
+    said = checks(doc)["agent"]
+    assert said["status"] == "CRITICAL" and said["detail"].startswith(
+        f"the agent is not running: state dir {agent.state_dir} was last held by pid {pid}, which is gone, "
+        f"and cannot reach the agent at {agent.url} ("), said
+    assert said["detail"].endswith("; no component is supervised") and doc["agent"]["url"] == agent.url
     assert doc["components"] == {"w": None}  # probed directly (it has no probe)
 
 
@@ -234,9 +235,11 @@ def lock(**kw: Any) -> LockProbe:
 @pytest.mark.parametrize(("probed", "asked", "found", "source", "status"), [
     (lock(exists=False, held=False, pid=None, alive=None), False, Found.NEVER_RAN, Source.DIRECT, Status.OK),
     (lock(stopped_at=1.0), False, Found.STOPPED, Source.DIRECT, Status.OK),
-    (lock(), False, Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL),
-    (lock(alive=True), False, Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL),  # a reused pid
-    (lock(held=None), False, Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL),
+    # A lock without a stop mark: the agent is asked; when it does not answer, the lock says which.
+    (lock(), True, Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL),
+    (lock(pid=None, alive=None), True, Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL),
+    (lock(held=None), True, Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL),
+    (lock(alive=True), True, Found.NOT_ANSWERING, Source.AGENT_DOWN, Status.CRITICAL),  # or a reused pid
     (lock(held=True, alive=True), True, Found.NOT_ANSWERING, Source.AGENT_DOWN, Status.CRITICAL),
     (lock(held=None, alive=True), True, Found.NOT_ANSWERING, Source.AGENT_DOWN, Status.CRITICAL),
     (lock(held=None, pid=None, alive=None, error="cannot read"), True, Found.UNKNOWN, Source.AGENT_DOWN,
@@ -254,6 +257,15 @@ def test_an_answer_wins_and_a_refusal_is_unknown() -> None:
     assert find(Path("/s"), held, Answer("u", status={"components": []}), 0).found is Found.RUNNING
     refused = find(Path("/s"), held, Answer("u", error="401", refused=True), 0)
     assert (refused.found, refused.check.status) == (Found.REFUSED, Status.UNKNOWN)
+
+
+def test_a_lock_listed_free_does_not_say_the_agent_is_down_without_asking_it() -> None:
+    """/proc/locks lists only the locks of its PID namespace, and its device can differ from st_dev (btrfs,
+    overlayfs): a lock it lists free, or a recorded pid it cannot see, is no proof. The agent is asked."""
+    for probed in (lock(), lock(held=None), lock(alive=True)):
+        assert must_ask(probed)
+        finding = find(Path("/s"), probed, Answer("http://x", status={"components": [], "node": "n1"}), 0)
+        assert (finding.found, finding.source, finding.check.status) == (Found.RUNNING, Source.AGENT, Status.OK)
 
 
 def row(**kw: Any) -> dict[str, Any]:

@@ -84,12 +84,14 @@ class Finding:
 
 
 def must_ask(lock: LockProbe) -> bool:
-    """Whether the state dir says an agent may be running: then its answer decides, else it is not asked."""
-    if not lock.exists or lock.stopped_at is not None:
-        return False
-    if lock.held is not None:
-        return lock.held
-    return lock.pid is None or bool(lock.alive)  # /proc/locks unreadable: the recorded pid says
+    """Whether the state dir says an agent may be running: a lock file without a clean stop mark. Then its
+    answer decides, and the lock probe only says, when it does not answer, whether it is down or hung.
+
+    A lock that /proc/locks lists free is no proof that the agent is down: /proc/locks shows only the locks
+    of the reader's PID namespace, and its device field can differ from the file's st_dev (btrfs,
+    overlayfs); trusted alone, it said CRITICAL of a healthy agent.
+    """
+    return lock.exists and lock.stopped_at is None
 
 
 def clock(ts: float, now: float | None = None) -> str:
@@ -121,21 +123,24 @@ def find(state_dir: Path, lock: LockProbe, answer: Answer | None, now: float) ->
         return made(Found.STOPPED, Source.DIRECT, Status.OK,
                     f"the agent was stopped at {clock(lock.stopped_at, now)} ({who} released state dir {state_dir}); "
                     "the components were probed directly")
-    if answer is None:  # not asked: the lock is free and its last holder did not stop cleanly
-        gone = "which is gone" if lock.alive is False else "which no longer holds it"
-        last = (f"was last held by pid {lock.pid}, {gone}" if lock.pid
-                else "was last held by an agent that did not stop cleanly")
-        return made(Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL,
-                    f"the agent is not running: state dir {state_dir} {last}; no component is supervised")
-    if answer.refused:
+    # It was asked and did not answer: the lock probe says which (see must_ask for what it cannot prove).
+    error = answer.error if answer is not None else "it was not asked"
+    if answer is not None and answer.refused:
         return made(Found.REFUSED, Source.AGENT_DOWN, Status.UNKNOWN,
                     f"the agent's state cannot be read: {answer.error}")
     if lock.held or lock.alive:
         holds = "is locked by" if lock.held else "was last held by"
         return made(Found.NOT_ANSWERING, Source.AGENT_DOWN, Status.CRITICAL,
-                    f"the agent does not answer: state dir {state_dir} {holds} {who}, but {answer.error}")
+                    f"the agent does not answer: state dir {state_dir} {holds} {who}, but {error}")
+    if lock.held is False or lock.alive is False:
+        gone = "which is gone" if lock.alive is False else "which no longer holds it"
+        last = (f"was last held by pid {lock.pid}, {gone}" if lock.pid
+                else "was last held by an agent that did not stop cleanly")
+        return made(Found.NOT_RUNNING, Source.AGENT_DOWN, Status.CRITICAL,
+                    f"the agent is not running: state dir {state_dir} {last}, and {error}; "
+                    "no component is supervised")
     return made(Found.UNKNOWN, Source.AGENT_DOWN, Status.UNKNOWN,
-                f"{lock.error or 'cannot tell whether an agent holds state dir ' + str(state_dir)}, and {answer.error}")
+                f"{lock.error or 'cannot tell whether an agent holds state dir ' + str(state_dir)}, and {error}")
 
 
 def judge_agent(config: Config, doc: Mapping[str, Any], pending: Counts, now: float) -> list[Check]:
