@@ -141,6 +141,18 @@ INVALID: dict[str, tuple[str, str, str]] = {
         "a.yaml", "components:\n  a: {command: [x], remediation: {max_step_percent: -5}}\n",
         "components.a.remediation.max_step_percent: Input should be greater than or equal to 0 (got -5)"),
     "bad listen": ("a.yaml", "agent: {listen: 'localhost'}\n", "agent.listen"),
+    "status page URL with a port past 65535": (
+        "a.yaml", "agent: {status_page: {prometheus_url: 'http://127.0.0.1:99999'}}\n",
+        "agent.status_page.prometheus_url: 'http://127.0.0.1:99999': the port must be a number from 1 to 65535"),
+    "status page URL with port 0": (
+        "a.yaml", "agent: {status_page: {grafana_url: 'http://127.0.0.1:0/'}}\n",
+        "agent.status_page.grafana_url: 'http://127.0.0.1:0/': the port must be a number from 1 to 65535"),
+    "status page URL that does not parse": (
+        "a.yaml", "agent: {status_page: {prometheus_url: 'http://[::1'}}\n",
+        "agent.status_page.prometheus_url: 'http://[::1' is not a usable URL: Invalid IPv6 URL"),
+    "status page URL without a host": (
+        "a.yaml", "agent: {status_page: {runbook_url: 'https://:9090/runbook'}}\n",
+        "agent.status_page.runbook_url: 'https://:9090/runbook' names no host"),
     "unset env var": ("a.yaml", "agent: {node: '${SURELY_NOT_SET_X}'}\n",
                       "agent.node: environment variable ${SURELY_NOT_SET_X} is not set"),
 }

@@ -9,6 +9,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -81,8 +82,24 @@ class StatusPageSettings(Strict):
     @field_validator("grafana_url", "runbook_url", "prometheus_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^\s\"'<>]+$", value):
+        # Checked here, so a URL no client can use is a config error, not a failed read on every poll of the
+        # page (urllib, not httpx: the settings stay free of it, tests/test_lean_imports.py).
+        if value is None:
+            return value
+        if not re.match(r"^https?://[^\s\"'<>]+$", value):
             raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:  # an unclosed [ of an IPv6 address, say
+            raise ValueError(f"{value!r} is not a usable URL: {exc}") from None
+        try:
+            port = parts.port  # ValueError when not a number or past 65535
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+        if not parts.hostname:
+            raise ValueError(f"{value!r} names no host")
         return value
 
 

@@ -284,8 +284,7 @@ class Parts:
                 "optional_imports": [name for name in OPTIONAL_IMPORTS if name in sys.modules],
                 # null while agent.webhook.heartbeat_timeout is unset (agent/act/pipeline.py)
                 "alert_pipeline": self.remediator.pipeline.document(now),
-                # The status page's reads of Prometheus's alerts: what failed last (null when fine or off).
+                # The status page's reads of Prometheus's alerts: what failed last (null when fine or off), when.
                 "status_page": {"prometheus_url": self.config.agent.status_page.prometheus_url,
-                                "alerts_error": self.page_alerts.last_error,
-                                "alerts_failures": self.page_alerts.failures},
+                                **self.page_alerts.status(self.config.agent.status_page.prometheus_url)},
                 "components": components}

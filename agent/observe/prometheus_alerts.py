@@ -94,8 +94,6 @@ def about_to_act(answer: Any, node: str) -> list[dict[str, Any]]:
 
 async def fetch(client: HttpClient, base_url: str, timeout: float = TIMEOUT) -> Any:
     """GET `<base_url>/api/v1/alerts` and parse its JSON; AnswerError naming the URL when that fails."""
-    import httpx  # here, not at import: a config without prometheus_url never loads it (tests/test_lean_imports.py)
-
     url = base_url.rstrip("/") + "/api/v1/alerts"
     try:
         async with asyncio.timeout(timeout):
@@ -107,14 +105,23 @@ async def fetch(client: HttpClient, base_url: str, timeout: float = TIMEOUT) -> 
                     body += chunk
                     if len(body) > MAX_BYTES:
                         raise AnswerError(f"GET {url}: answer larger than {MAX_BYTES // (1024 * 1024)} MiB")
+    except AnswerError:
+        raise
     except TimeoutError:
         raise AnswerError(f"GET {url}: no answer within {timeout:g}s") from None
-    except httpx.HTTPError as exc:
-        raise AnswerError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # whatever fails (a URL httpx cannot use, a bad port) is the panel's error, never a 500
+        raise AnswerError(f"GET {url}: {_said(exc)}") from None
     try:
         return json.loads(body)
     except (ValueError, RecursionError):
         raise AnswerError(f"GET {url}: the answer is not JSON") from None
+
+
+def _said(exc: BaseException) -> str:
+    """What an exception says, its type first; a group (anyio's, around a connection's failure) by its first."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
 
 
 class PrometheusAlerts:
@@ -133,17 +140,25 @@ class PrometheusAlerts:
         self._lock = asyncio.Lock()
         self._cached: tuple[str, str, float, dict[str, Any]] | None = None  # url, node, when, document
         self._last_error: str | None = None
+        self._last_url: str | None = None  # the URL of the last read
+        self.checked_at: float | None = None  # when the last read was made (epoch s; None before any)
         self.failures = 0
 
-    @property
-    def last_error(self) -> str | None:
-        """What failed at the last read (None when it worked or none was made): `agent status` shows it."""
-        return self._last_error
+    def status(self, base_url: str | None) -> dict[str, Any]:
+        """The status document's figures of the reads (`status_page.alerts_*`) for the configured URL: the
+        last read's error and time belong to the URL it read, so after a reload that removed or changed
+        the URL they are null until a page reads the new one; the failures count since the agent started."""
+        current = base_url is not None and base_url == self._last_url
+        return {"alerts_error": self._last_error if current else None,
+                "alerts_checked_at": self.checked_at if current else None, "alerts_failures": self.failures}
 
     async def document(self, base_url: str | None, node: str) -> dict[str, Any]:
         """`{"prometheus_url", "alerts": [...], "error": null | "...", "checked_at", "failures"}`;
         without a URL, `prometheus_url` null and no alerts: the panel says it is off."""
         if base_url is None:
+            # A reload removed the URL: what failed at the old one is over (and is logged again, should the
+            # URL come back still failing).
+            self._last_error = self._last_url = self.checked_at = self._cached = None
             return {"prometheus_url": None, "alerts": [], "error": None, "checked_at": None, "failures": self.failures}
         async with self._lock:  # pages polling together wait for the one request, then share its answer
             cached = self._cached
@@ -167,4 +182,5 @@ class PrometheusAlerts:
             else:
                 log.info("status page: reading alerts from Prometheus at %s again", base_url)
             self._last_error = error
-        return {"prometheus_url": base_url, "alerts": alerts, "error": error, "checked_at": time.time()}
+        self._last_url, self.checked_at = base_url, time.time()
+        return {"prometheus_url": base_url, "alerts": alerts, "error": error, "checked_at": self.checked_at}
