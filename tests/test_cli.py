@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.cli.output import clock
+from agent.cli.status_view import pipeline_line, status_page_line
 from tests.helpers import AgentProcess, free_port, running_agent, wait_for
 
 PY = sys.executable
@@ -412,3 +414,35 @@ def test_agent_run_log_format_json_on_a_terminal_and_console_into_a_file(tmp_pat
         assert " INFO    agent: agent " in text and "listening on http://127.0.0.1:" in text
         assert not text.lstrip().startswith("{")
         assert all(json.loads(line) for line in (agent.log_dir / "agent.log").read_text().splitlines())
+
+
+# --- times and lines as `agent status` prints them (in process) ------------------------------------------
+
+def local(*when: int) -> float:
+    """Epoch seconds of a local time (year, month, day, hour, minute, second)."""
+    return time.mktime((*when, 0, 0, -1))
+
+
+def test_a_clock_time_of_today_is_hh_mm_ss_and_of_another_day_has_its_date() -> None:
+    now = local(2026, 3, 2, 9, 0, 0)
+    assert clock(local(2026, 3, 2, 0, 0, 1), now) == "00:00:01"
+    assert clock(local(2026, 3, 1, 23, 59, 59), now) == "2026-03-01 23:59:59"
+    assert clock(local(2025, 3, 2, 9, 0, 0), now) == "2025-03-02 09:00:00"  # the same day of another year
+    assert clock(local(2026, 3, 3, 8, 0, 0), now) == "2026-03-03 08:00:00"  # a circuit's end tomorrow
+
+
+def test_agent_status_dates_a_silence_that_began_yesterday() -> None:
+    now = local(2026, 3, 2, 9, 0, 0)
+    since = local(2026, 3, 1, 14, 2, 11)
+    line = pipeline_line({"up": False, "timeout_seconds": 180.0, "last_heartbeat": since,
+                          "silent_since": since, "heartbeats": 4}, now)
+    assert line.startswith("alert pipeline: SILENT since 2026-03-01 14:02:11 (68269s ago; heartbeat_timeout 180s)")
+
+
+def test_agent_status_says_how_old_the_failed_read_of_prometheus_is() -> None:
+    page = {"prometheus_url": "http://127.0.0.1:9", "alerts_error": "GET http://127.0.0.1:9/api/v1/alerts: x",
+            "alerts_checked_at": 1000.0, "alerts_failures": 3}
+    assert status_page_line(page, 1012.4) == ("status page: cannot read alerts from Prometheus (3 failed read(s)): "
+                                              "GET http://127.0.0.1:9/api/v1/alerts: x (last read 12s ago)")
+    assert status_page_line({**page, "alerts_checked_at": None}, 1012.4).endswith("/api/v1/alerts: x")
+    assert status_page_line({**page, "alerts_error": None}) == "" and status_page_line(None) == ""

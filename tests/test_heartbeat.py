@@ -5,6 +5,7 @@ last heartbeat survives a reexec and a restart; a reload sets and unsets the tim
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import yaml
 
 from agent.act.pipeline import HEARTBEAT_REASON, AlertPipeline
+from agent.cli.output import clock
 from agent.export.collectors import PipelineCollector
 from tests.helpers import AgentProcess, never, run_async, running_agent, until, wait_for
 from tests.metricsutil import scrape, value
@@ -90,8 +92,7 @@ def test_heartbeats_keep_the_pipeline_up_silence_turns_it_to_zero_and_a_heartbea
         assert value(scrape(agent.url), "orchestrator_alert_pipeline_silences_total") == 1
         wait_for(lambda: warnings(agent, "alert pipeline SILENT"), 5, 0.05, "the silence in the log")
         human = cli(agent, "status")
-        assert "alert pipeline: SILENT since " + time.strftime("%H:%M:%S", time.localtime(silent["silent_since"])) \
-            in human.stdout, human.stdout
+        assert "alert pipeline: SILENT since " + clock(silent["silent_since"]) in human.stdout, human.stdout
         as_json = json.loads(cli(agent, "status", "--json").stdout)
         assert as_json["alert_pipeline"]["silent_since"] == silent["silent_since"]
 
@@ -101,9 +102,11 @@ def test_heartbeats_keep_the_pipeline_up_silence_turns_it_to_zero_and_a_heartbea
         assert value(scrape(agent.url), UP) == 1
         assert "alert pipeline: OK (last heartbeat" in cli(agent, "status").stdout
         wait_for(lambda: warnings(agent, "alert pipeline up again"), 5, 0.05, "the recovery in the log")
-    # Once each: the silence and the recovery, not a line per scrape or per check.
-    assert len(warnings(agent, "alert pipeline SILENT")) == 1
-    assert len(warnings(agent, "alert pipeline up again")) == 1
+    # Once each: the silence and the recovery, not a line per scrape or per check. (On a loaded machine the
+    # `agent status` runs above may outlast the 2 s after the last heartbeat: a later silence, logged too.)
+    said = [r["msg"].split(":")[0] for r in agent.log_records() if r.get("logger") == "agent.pipeline"]
+    assert said[:2] == ["alert pipeline SILENT", "alert pipeline up again"], said
+    assert all(a != b for a, b in itertools.pairwise(said)), said
 
 
 def test_before_any_heartbeat_the_silence_counts_from_the_agents_start(tmp_path: Path) -> None:

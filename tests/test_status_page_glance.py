@@ -13,6 +13,7 @@ replaced by a harmless one (what is measured is the page, not the demo's service
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -25,10 +26,12 @@ import httpx
 import pytest
 import yaml
 
+from agent.cli.output import clock
 from agent.config.loader import DEFAULT_CONFIG, load_document
-from agent.observe.prometheus_alerts import AnswerError, about_to_act
+from agent.observe.httpclient import HttpClient
+from agent.observe.prometheus_alerts import AnswerError, PrometheusAlerts, about_to_act
 from tests.browser import chromium, open_menu
-from tests.helpers import ROOT, AgentProcess, free_port, running_agent, wait_for
+from tests.helpers import ROOT, AgentProcess, free_port, run_async, running_agent, wait_for
 from tests.stackbin import require_binary
 
 NODE = "page-node"
@@ -188,6 +191,25 @@ def test_an_answer_that_is_not_prometheus_alerts_is_an_error_message(answer: Any
     assert says in str(caught.value)
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])  # the agent's loop, and its fallback
+@pytest.mark.parametrize(("url", "says"), [
+    ("http://[::1", "InvalidURL: "),  # httpx refuses the URL before any connection
+    ("http://127.0.0.1:99999", ""),  # plain asyncio: an ExceptionGroup around an OverflowError; uvloop: ConnectError
+])
+def test_a_url_no_request_can_be_made_to_is_a_counted_error_naming_it(url: str, says: str, loop: str) -> None:
+    # Config validation refuses both (tests/test_config.py); the reader does not rely on it.
+    async def read() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with HttpClient() as client:
+            reader = PrometheusAlerts(client)
+            return await reader.document(url, NODE), reader.status(url)
+
+    doc, status = run_async(read()) if loop == "uvloop" else asyncio.run(read())
+    assert doc["alerts"] == [] and doc["error"].startswith(f"GET {url}/api/v1/alerts: {says}"), doc
+    assert "Group" not in doc["error"], "what failed inside, not the group around it"
+    assert status["alerts_error"] == doc["error"] and status["alerts_failures"] == doc["failures"] == 1
+    assert status["alerts_checked_at"] == doc["checked_at"]
+
+
 # --- the page ---------------------------------------------------------------------------------------------
 
 def test_at_1280x800_the_9_demo_components_the_backlog_and_what_is_about_to_act_fit_on_one_screen(
@@ -235,7 +257,7 @@ def test_the_pending_and_the_firing_alert_show_on_their_rows_and_in_the_panel(pa
 def test_the_row_shows_the_last_probe_error_and_when_the_open_circuit_ends(demo: AgentProcess, page: Any) -> None:
     until = demo.status()["ollama"]["circuit_until"]
     assert until > time.time() + 3000
-    wanted = time.strftime("%H:%M:%S", time.localtime(until))
+    wanted = clock(until)
     wait_for(lambda: field(page, "ollama", NOTES) == f"circuit open until {wanted}", 10,
              what=lambda: f"ollama's circuit end {wanted} (shows {field(page, 'ollama', NOTES)!r})")
     message = demo.status()["web"]["last_probe_error"]["message"]
@@ -247,11 +269,28 @@ def test_the_row_shows_the_last_probe_error_and_when_the_open_circuit_ends(demo:
 def test_the_banner_says_since_when_the_pipeline_is_silent(demo: AgentProcess, page: Any) -> None:
     pipeline = demo.api("GET", "/api/v1/status")["alert_pipeline"]
     assert pipeline["up"] is False and pipeline["heartbeats"] == 0
-    since = time.strftime("%H:%M:%S", time.localtime(pipeline["silent_since"]))  # as `agent status` says it
+    since = clock(pipeline["silent_since"])  # as `agent status` says it
     wait_for(lambda: page.locator("#pipeline").is_visible(), 10, what="the banner")
     text = page.locator("#pipeline").inner_text()
     assert text.startswith(f"Alert pipeline silent since {since} — no heartbeat from Alertmanager for "), text
     assert "the agent acts on no alert meanwhile" in text and "When the alert pipeline goes silent" in text
+
+
+def test_a_time_of_another_day_shows_its_date_as_agent_status_prints_it(demo: AgentProcess, browser: Any) -> None:
+    tomorrow = time.time() + 86400  # the browser's clock a day on: today's times are yesterday's to it
+    pipeline = demo.api("GET", "/api/v1/status")["alert_pipeline"]
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    tab = context.new_page()
+    try:
+        tab.clock.set_fixed_time(tomorrow)
+        tab.goto(f"{demo.url}/?token={token(demo)}")
+        wait_for(lambda: tab.locator("#pipeline").is_visible(), 10, what="the banner")
+        since = clock(pipeline["silent_since"], tomorrow)
+        assert since.count("-") == 2 and since.endswith(clock(pipeline["silent_since"])), since
+        text = tab.locator("#pipeline").inner_text()
+        assert text.startswith(f"Alert pipeline silent since {since} — "), text
+    finally:
+        context.close()
 
 
 def test_a_running_component_has_no_start_and_a_stopped_one_no_stop(demo: AgentProcess, page: Any) -> None:
@@ -300,6 +339,33 @@ def test_prometheus_down_shows_as_an_error_in_the_panel(browser: Any, tmp_path: 
                              capture_output=True, text=True, timeout=30, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         assert "status page: cannot read alerts from Prometheus" in out.stdout and f"127.0.0.1:{port}" in out.stdout
+
+
+def test_a_reload_that_removes_the_url_clears_the_error_and_the_status_says_when_it_read(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = f"http://127.0.0.1:{port}"
+    config = {"agent": {"status_page": {"prometheus_url": url}}, "components": {}}
+    with running_agent(tmp_path, config) as agent:
+        before = time.time()
+        doc = agent.api("GET", "/api/v1/alerts")
+        page = agent.api("GET", "/api/v1/status")["status_page"]
+        assert page["alerts_error"] == doc["error"] and page["alerts_failures"] == 1
+        assert page["alerts_checked_at"] == doc["checked_at"] and before <= page["alerts_checked_at"] <= time.time()
+        out = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(agent.config_path)],
+                             capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        line = next(x for x in out.stdout.splitlines() if x.startswith("status page: cannot read alerts"))
+        assert url in line and line.endswith("s ago)") and "(last read " in line, line
+        # The URL removed: the old error is over, though no page has polled since.
+        config["agent"].pop("status_page")
+        agent.config_path.write_text(yaml.safe_dump(config))
+        assert agent.api("POST", "/-/reload", {}, timeout=30)["status"] == "applied"
+        page = agent.api("GET", "/api/v1/status")["status_page"]
+        assert page == {"prometheus_url": None, "alerts_error": None, "alerts_checked_at": None, "alerts_failures": 1}
+        assert agent.api("GET", "/api/v1/alerts")["error"] is None
+        assert agent.api("GET", "/api/v1/status")["status_page"]["alerts_error"] is None
+        out = subprocess.run([sys.executable, "-m", "agent", "status", "-c", str(agent.config_path)],
+                             capture_output=True, text=True, timeout=30, cwd=tmp_path)
+        assert out.returncode == 0 and "cannot read alerts" not in out.stdout, out.stdout
 
 
 def test_a_url_that_is_not_prometheus_is_an_error_not_a_crash(tmp_path: Path) -> None:

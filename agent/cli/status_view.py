@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.cli.output import human_bytes, print_table, seconds
+from agent.cli.output import clock, human_bytes, print_table, seconds
 
 
 def _cpu(value: float | None) -> str:
@@ -36,15 +36,19 @@ def print_status(doc: dict[str, Any]) -> None:
     pipeline = pipeline_line(doc.get("alert_pipeline"))
     if pipeline:
         print(pipeline)
-    page = doc.get("status_page") or {}
-    if page.get("alerts_error"):
-        print(f"status page: cannot read alerts from Prometheus ({page.get('alerts_failures', 0)} failed read(s)): "
-              f"{page['alerts_error']}")
+    page_line = status_page_line(doc.get("status_page"))
+    if page_line:
+        print(page_line)
 
 
-def clock(ts: float) -> str:
-    """A time as the CLI prints it (local, to the second)."""
-    return time.strftime("%H:%M:%S", time.localtime(ts))
+def status_page_line(page: dict[str, Any] | None, now: float | None = None) -> str:
+    """The status page's failed reads of Prometheus's alerts, and how old the last read is ("" when fine)."""
+    if not page or not page.get("alerts_error"):
+        return ""
+    checked = page.get("alerts_checked_at")
+    age = f" (last read {seconds(max(0.0, (time.time() if now is None else now) - checked))} ago)" if checked else ""
+    return (f"status page: cannot read alerts from Prometheus ({page.get('alerts_failures', 0)} failed read(s)): "
+            f"{page['alerts_error']}{age}")
 
 
 def pipeline_line(pipeline: dict[str, Any] | None, now: float | None = None) -> str:
@@ -58,7 +62,7 @@ def pipeline_line(pipeline: dict[str, Any] | None, now: float | None = None) -> 
         said = f"last heartbeat {seconds(max(0.0, now - last))} ago" if last else "no heartbeat yet"
         return f"alert pipeline: OK ({said}; {timeout})"
     since = pipeline["silent_since"]
-    return (f"alert pipeline: SILENT since {clock(since)} ({seconds(max(0.0, now - since))} ago; {timeout}): "
+    return (f"alert pipeline: SILENT since {clock(since, now)} ({seconds(max(0.0, now - since))} ago; {timeout}): "
             "alerts may not reach this agent; see docs/operations.md, \"When the alert pipeline goes silent\"")
 
 

@@ -28,16 +28,20 @@
     return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
   }
 
-  // Times as the CLI prints them (agent/cli/output.py `seconds`, status_view.py): `12s`, and clock
-  // times as local HH:MM:SS.
+  // Times as the CLI prints them (agent/cli/output.py `seconds` and `clock`): `12s`, and clock times
+  // in local time as HH:MM:SS when today's, YYYY-MM-DD HH:MM:SS otherwise.
   function seconds(s) {
     return s === null || s === undefined ? "" : `${Math.max(0, Math.round(s))}s`;
   }
 
   function clock(epoch) {
     if (epoch === null || epoch === undefined) return "";
-    const d = new Date(epoch * 1000);
-    return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+    const d = new Date(epoch * 1000), today = new Date();
+    const two = (n) => String(n).padStart(2, "0");
+    const time = [d.getHours(), d.getMinutes(), d.getSeconds()].map(two).join(":");
+    if (d.getFullYear() === today.getFullYear() && d.getMonth() === today.getMonth() &&
+        d.getDate() === today.getDate()) return time;
+    return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${time}`;
   }
 
   function say(text, bad) {
