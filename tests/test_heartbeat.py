@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from agent.act.pipeline import HEARTBEAT_REASON, AlertPipeline
+from agent.act.pipeline import HEARTBEAT_REASON, RESOLVED_REASON, AlertPipeline
 from agent.cli.output import clock
 from agent.export.collectors import PipelineCollector
 from tests.helpers import AgentProcess, never, run_async, running_agent, until, wait_for
@@ -214,6 +214,12 @@ def test_simulate_names_a_heartbeat(tmp_path: Path) -> None:
         assert pipeline(agent)["heartbeats"] == 0  # simulated: nothing recorded
         # The same words as a delivery's answer.
         assert result["reason"] == beat(agent)["reason"] == HEARTBEAT_REASON
+        # A resolved one: simulate and a delivery say alike that it is not a heartbeat.
+        resolved = {**body, "alerts": [alert(WATCHDOG, status="resolved")]}
+        [result] = agent.api("POST", "/api/v1/simulate", resolved)["results"]
+        delivered = beat(agent, status="resolved")
+        assert result["would"] == delivered["result"] == "heartbeat_resolved"
+        assert result["reason"] == delivered["reason"] == RESOLVED_REASON
 
 
 # --- in process: the tracker and its collector ---------------------------------------------------------

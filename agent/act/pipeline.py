@@ -31,6 +31,14 @@ HEARTBEAT_LABEL = "heartbeat"
 WHAT_TO_CHECK = 'docs/operations.md, "When the alert pipeline goes silent"'
 # The answer to a firing heartbeat, in a webhook delivery (agent/act/remediation.py) and a simulation.
 HEARTBEAT_REASON = "the alert pipeline's heartbeat: recorded, never acted on"
+RESOLVED_REASON = "the heartbeat alert resolved: counted, not a heartbeat; never acted on"
+
+
+def heartbeat_answer(alert: Alert) -> tuple[str, str]:
+    """What a delivery (or `agent simulate`) answers for a heartbeat alert: its result and reason."""
+    if alert.status == "firing":
+        return "heartbeat", HEARTBEAT_REASON
+    return "heartbeat_resolved", RESOLVED_REASON
 
 
 def is_heartbeat(alert: Alert) -> bool:

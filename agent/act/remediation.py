@@ -16,7 +16,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.act.history import HISTORY_FILE, AuditEntry, History, Stamps
-from agent.act.pipeline import HEARTBEAT_REASON, AlertPipeline, is_heartbeat
+from agent.act.pipeline import AlertPipeline, heartbeat_answer, is_heartbeat
 from agent.act.plan import ComponentView, Plan, Result, plan_payload
 from agent.supervise.logs import log_direct
 from agent.supervise.replica import CommandError
@@ -169,10 +169,10 @@ class Remediator:
                                 "status": alert.status, "component": "", "action": ""}
         if alert.status == "firing":
             self.pipeline.heartbeat()
-            return {**body, "result": "heartbeat", "reason": HEARTBEAT_REASON}
-        self.pipeline.heartbeat_resolved()
-        return {**body, "result": "heartbeat_resolved",
-                "reason": "the heartbeat alert resolved: counted, not a heartbeat; never acted on"}
+        else:
+            self.pipeline.heartbeat_resolved()
+        result, reason = heartbeat_answer(alert)
+        return {**body, "result": result, "reason": reason}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

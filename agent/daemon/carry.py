@@ -7,8 +7,8 @@ remediation decisions and durations, probe durations, halted rollouts, failed st
 evictions, connections closed by the agent, TLS handshake failures, refused client certificates, history
 lines dropped, failed log writes, each component's CPU seconds (its adopted replicas are the same
 processes: the counter goes on from theirs), and the alert pipeline's heartbeat counts and the start of its
-watch (agent/act/pipeline.py; its last heartbeat is in remediation.json), so a re-exec gives a silent pipeline
-no fresh grace.
+watch (agent/act/pipeline.py; its last heartbeat is in remediation.json), so a re-exec between two images
+that both watch (a heartbeat_timeout set in both) gives a silent pipeline no fresh grace.
 `agent/export/process.py`'s CPU seconds need nothing: the process, and so its CPU time, is the same.
 """
 

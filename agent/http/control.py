@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.act.manual import Manual
-from agent.act.pipeline import HEARTBEAT_REASON, is_heartbeat
+from agent.act.pipeline import heartbeat_answer, is_heartbeat
 from agent.config.settings import Autonomy
 from agent.http.body import TooLarge, error, optional_json, read_limited, retry_later, validation_message
 from agent.http.credentials import Auth, Need, requires
@@ -172,7 +172,7 @@ def control_routes(auth: Auth, sup: Supervisor, modes: Modes, remediator: Remedi
         plans = remediator.plan(payload, record=False)
         return JSONResponse({"results": [
             {"fingerprint": a.fingerprint, "alertname": p.alertname, "status": a.status, "component": "",
-             "action": "", "would": "heartbeat", "reason": HEARTBEAT_REASON,
+             "action": "", **dict(zip(("would", "reason"), heartbeat_answer(a), strict=True)),
              "target": None} if is_heartbeat(a) else
             {"fingerprint": a.fingerprint, "alertname": p.alertname, "status": a.status, "component": p.component,
              "action": p.action, "would": "act" if p.acts else p.result.value if p.result else "",
