@@ -4,6 +4,8 @@ them in CI). The short-clock rules come from the generator: scripts.gen_stack.wr
 from __future__ import annotations
 
 import shutil
+import subprocess
+from pathlib import Path
 
 from tests.helpers import missing
 
@@ -28,3 +30,19 @@ def require_binary(*names: str) -> str:
     missing(f"none of {', '.join(names)} is on PATH: install the Debian package(s) {' '.join(packages)} "
             f"(apt-get install {' '.join(packages)}; ./dev.sh test does this when run as root)")
 
+
+
+def spawn_alertmanager(config: Path, data: Path, port: int) -> subprocess.Popen[bytes]:
+    """A single Alertmanager (no gossip port) on 127.0.0.1:`port`; the caller ends it by its PID."""
+    binary = require_binary("prometheus-alertmanager", "alertmanager")
+    return subprocess.Popen([binary, f"--config.file={config}", f"--storage.path={data}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def spawn_prometheus(config: Path, data: Path, port: int) -> subprocess.Popen[bytes]:
+    """A Prometheus on 127.0.0.1:`port`; the caller ends it by its PID."""
+    binary = require_binary("prometheus")
+    return subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
+                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.helpers import end_processes, free_port, wait_for
-from tests.stackbin import require_binary
+from tests.stackbin import require_binary, spawn_alertmanager, spawn_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -220,18 +220,10 @@ def hooks() -> Iterator[Hooks]:
 
 def test_a_real_alertmanager_delivers_a_nodes_action_to_that_node_only_and_prometheus_finds_every_node(
         tmp_path: Path, hooks: Hooks) -> None:
-    am_bin = require_binary("prometheus-alertmanager", "alertmanager")
-    prom_bin = require_binary("prometheus")
     out = generate(tmp_path, node_list(tmp_path, hooks.ports()))
     am_port, prom_port = free_port(), free_port()
-    procs = [
-        subprocess.Popen([am_bin, f"--config.file={out / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
-                          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
-                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([prom_bin, f"--config.file={out / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
+    procs = [spawn_alertmanager(out / "alertmanager.yml", tmp_path / "am", am_port),
+             spawn_prometheus(out / "prometheus.yml", tmp_path / "prom", prom_port)]
     try:
         am, prom = f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{prom_port}"
 

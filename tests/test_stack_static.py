@@ -19,7 +19,7 @@ from agent.cli.stack_nodes import NODE_ORDER
 from agent.config.loader import load_config
 from scripts.stack_source import DEFAULT_RUNBOOK_URL_PATTERN
 from tests.helpers import end_processes, free_port, wait_for
-from tests.stackbin import require_binary
+from tests.stackbin import require_binary, spawn_alertmanager, spawn_prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = sorted((ROOT / "rules").glob("*.yml"))
@@ -197,7 +197,6 @@ def test_promtool_unit_tests_pass() -> None:
 def test_the_pipeline_rules_read_series_that_prometheus_and_alertmanager_export(tmp_path: Path) -> None:
     """Every prometheus_* and alertmanager_* series a rule reads is on the real binaries' /metrics (a
     Prometheus with a rule group and an Alertmanager to send to: the series exist before any failure)."""
-    prom_bin, am_bin = require_binary("prometheus"), require_binary("prometheus-alertmanager", "alertmanager")
     read = {n for rule in [*ALERTS, *RECORDS] for n in promql_names(rule["expr"])
             if n.startswith(("prometheus_", "alertmanager_"))}
     assert read == UPSTREAM_METRICS, sorted(read ^ UPSTREAM_METRICS)
@@ -208,14 +207,8 @@ def test_the_pipeline_rules_read_series_that_prometheus_and_alertmanager_export(
         "global": {"evaluation_interval": "1s"},
         "rule_files": [str(ROOT / "rules" / "orchestrator-pipeline.yml")],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]}}))
-    procs = [
-        subprocess.Popen([am_bin, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
-                          f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address=",
-                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([prom_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                          f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-                          "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
+    procs = [spawn_alertmanager(tmp_path / "am.yml", tmp_path / "am", am_port),
+             spawn_prometheus(tmp_path / "prometheus.yml", tmp_path / "prom", prom_port)]
     try:
         def exported(port: int) -> set[str]:
             try:
