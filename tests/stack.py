@@ -6,8 +6,10 @@ minute of the rules made a second (scripts/gen_stack.py's fast clock) and Alertm
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,3 +220,16 @@ def start_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] |
         process.stop()
         raise
     return stack
+
+
+@contextlib.contextmanager
+def running_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] | None = None) -> Iterator[Stack]:
+    """start_stack, then the agent stopped (it stops Prometheus and Alertmanager with it) and the timeline
+    printed; the agent must stop cleanly."""
+    stack = start_stack(tmp, agent, only)
+    try:
+        yield stack
+    finally:
+        code = stack.agent.stop(timeout=60)
+        print("\n".join(["timeline:", *stack.timeline]))
+        assert code == 0

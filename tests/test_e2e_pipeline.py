@@ -15,7 +15,7 @@ import yaml
 
 from tests.helpers import wait_for
 from tests.metricsutil import scrape, value
-from tests.stack import Stack, start_stack
+from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -26,14 +26,9 @@ TIMEOUT = 10.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("pipeline"), agent={"webhook": {"heartbeat_timeout": f"{TIMEOUT:g}s"}},
-                    only=set())
-    try:
+    with running_stack(tmp_path_factory.mktemp("pipeline"), agent={"webhook": {"heartbeat_timeout": f"{TIMEOUT:g}s"}},
+                       only=set()) as s:
         yield s
-    finally:
-        code = s.agent.stop(timeout=60)
-        print("\n".join(["timeline:", *s.timeline]))
-        assert code == 0
 
 
 def metric(stack: Stack, name: str, **labels: str) -> float | None:

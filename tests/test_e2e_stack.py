@@ -13,20 +13,15 @@ from agent.todos import transactions as todos
 from agent.todos.store import open_store
 from tests.helpers import http_ok, wait_for
 from tests.metricsutil import scrape, value
-from tests.stack import Stack, start_stack
+from tests.stack import Stack, running_stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("e2e"))
-    try:
+    with running_stack(tmp_path_factory.mktemp("e2e")) as s:
         yield s
-    finally:
-        code = s.agent.stop(timeout=60)
-        print("\n".join(["timeline:", *s.timeline]))
-        assert code == 0
 
 
 def counter(stack: Stack, component: str, action: str, result: str) -> float:
