@@ -210,7 +210,7 @@ class Agent:
         return {c["component"]: c for c in self.status()["components"]}
 
     def history(self) -> list[dict[str, Any]]:
-        r = self.api("GET", "/api/v1/history?limit=10000")
+        r = self.api("GET", "/api/v1/history?limit=10000&all=1")  # resolved deliveries too
         r.raise_for_status()
         entries: list[dict[str, Any]] = r.json()["history"]
         return entries

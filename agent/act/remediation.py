@@ -235,8 +235,11 @@ class Remediator:
             return Result.FAILED, f"{type(exc).__name__}: {exc}"
 
     def record(self, alert: Alert | None, p: Plan, result: Result, reason: str, trace_id: str,
-               source: str = "webhook", extra: dict[str, Any] | None = None) -> None:
-        """Audit line, history ring and counter for one decision (webhook decisions only are counted)."""
+               source: str = "webhook", extra: dict[str, Any] | None = None, audit: bool = True) -> None:
+        """Audit line, history ring and counter for one decision (webhook decisions only are counted).
+
+        `audit` False: no audit line, for what the supervisor decided and has logged already (a restart after
+        an exit, a circuit opening): the history gets the entry, the log says it once."""
         component = p.component or UNKNOWN_COMPONENT
         action = p.action or "none"
         entry = AuditEntry(
@@ -245,6 +248,8 @@ class Remediator:
             trace_id=trace_id, source=source, target=p.target, extra=extra or {},
         )
         self.history.append(entry)
+        if not audit:
+            return
         # vars, not asdict: the fields logged are plain values, and asdict deep-copies every one. The line goes
         # to the log handlers directly (agent/supervise/logs.py, log_direct), written and flushed to each.
         log_direct(audit_log, f"decision {result.value} {action} on {component}: {reason}", {
@@ -263,13 +268,13 @@ class Remediator:
         `reason` exit, probe, resource or spawn; `detail` what happened (exit status, probe error, limit)."""
         plan = Plan("restart", component, "restart", "", Result.EXECUTED, detail)
         self.record(None, plan, Result.EXECUTED, f"{reason}: {detail}", "", source="supervisor",
-                    extra={"reason": reason})
+                    extra={"reason": reason}, audit=False)
 
     def circuit_changed(self, component: str, opened: bool, why: str) -> None:
         """History entry for a circuit that opened (no more restarts) or closed (a supervisor circuit listener)."""
         name, result = ("circuit_open", Result.FAILED) if opened else ("circuit_closed", Result.EXECUTED)
         plan = Plan(name, component, "", "", result, why)
-        self.record(None, plan, result, why, "", source="supervisor")
+        self.record(None, plan, result, why, "", source="supervisor", audit=False)
 
     async def settle(self, timeout: float) -> int:
         """Wait (bounded) for the accepted actions still in flight; returns how many have not finished."""
