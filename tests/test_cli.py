@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.cli.output import clock
 from agent.cli.status_view import pipeline_line, status_page_line
+from agent.config.units import clock
 from tests.helpers import AgentProcess, free_port, running_agent, wait_for
 
 PY = sys.executable

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from agent.act.pipeline import HEARTBEAT_REASON, RESOLVED_REASON, AlertPipeline
-from agent.cli.output import clock
+from agent.config.units import clock
 from agent.export.collectors import PipelineCollector
 from tests.helpers import AgentProcess, never, run_async, running_agent, until, wait_for
 from tests.metricsutil import scrape, value

@@ -26,8 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from agent.cli.output import clock
 from agent.config.loader import DEFAULT_CONFIG, load_document
+from agent.config.units import clock
 from agent.observe.httpclient import HttpClient
 from agent.observe.prometheus_alerts import AnswerError, PrometheusAlerts, about_to_act
 from tests.browser import chromium, open_menu

@@ -11,7 +11,6 @@ import contextlib
 import difflib
 import json
 import sys
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -86,12 +85,3 @@ def human_bytes(n: int | None) -> str:
 def seconds(value: float | None, digits: int = 0) -> str:
     """`12s`; None is blank."""
     return "" if value is None else f"{value:.{digits}f}s"
-
-
-def clock(ts: float, now: float | None = None) -> str:
-    """A time as the CLI prints it, in local time: `14:02:11` when it is today's (`now`'s day), with the date
-    before it otherwise (`2026-03-01 14:02:11`), so a silence or an error of yesterday does not read as
-    today's. The status page's clock (agent/http/web/app.js) follows the same rule."""
-    local, today = time.localtime(ts), time.localtime(time.time() if now is None else now)
-    same_day = (local.tm_year, local.tm_yday) == (today.tm_year, today.tm_yday)
-    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", local)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.cli.output import clock, human_bytes, print_table, seconds
+from agent.cli.output import human_bytes, print_table, seconds
+from agent.config.units import clock
 
 
 def _cpu(value: float | None) -> str:

@@ -1,8 +1,10 @@
-"""Typed durations and sizes for the config: `500ms`, `5m`, `1h30m`, `512Mi`, `2G`, or plain numbers."""
+"""Typed durations and sizes for the config: `500ms`, `5m`, `1h30m`, `512Mi`, `2G`, or plain numbers; and
+clock times as the agent prints them (`clock`: the CLI, `agent --once`, the status page's rule)."""
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
@@ -66,3 +68,12 @@ def parse_size(value: Any) -> int:
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+def clock(ts: float, now: float | None = None) -> str:
+    """A time as the CLI prints it, in local time: `14:02:11` when it is today's (`now`'s day), with the date
+    before it otherwise (`2026-03-01 14:02:11`), so a silence or an error of yesterday does not read as
+    today's. The status page's clock (agent/http/web/app.js) follows the same rule."""
+    local, today = time.localtime(ts), time.localtime(time.time() if now is None else now)
+    same_day = (local.tm_year, local.tm_yday) == (today.tm_year, today.tm_yday)
+    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", local)

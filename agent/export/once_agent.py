@@ -10,13 +10,13 @@ of external components still passed). docs/once.md is the reference for every ru
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.config.models import Config
+from agent.config.units import clock
 from agent.observe.backlog import ANY_CAPABILITY, Counts
 from agent.supervise.statelock import LockProbe
 
@@ -93,12 +93,6 @@ def must_ask(lock: LockProbe) -> bool:
     """
     return lock.exists and lock.stopped_at is None
 
-
-def clock(ts: float, now: float | None = None) -> str:
-    """A time as the CLI prints it: HH:MM:SS local, with the date when it is not today's."""
-    local, today = time.localtime(ts), time.localtime(time.time() if now is None else now)
-    same_day = (local.tm_year, local.tm_yday) == (today.tm_year, today.tm_yday)
-    return time.strftime("%H:%M:%S" if same_day else "%Y-%m-%d %H:%M:%S", local)
 
 
 def find(state_dir: Path, lock: LockProbe, answer: Answer | None, now: float) -> Finding:

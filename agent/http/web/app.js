@@ -28,7 +28,7 @@
     return `${n.toFixed(i ? 1 : 0)} ${units[i]}`;
   }
 
-  // Times as the CLI prints them (agent/cli/output.py `seconds` and `clock`): `12s`, and clock times
+  // Times as the CLI prints them (agent/cli/output.py `seconds`, agent/config/units.py `clock`): `12s`, and clock times
   // in local time as HH:MM:SS when today's, YYYY-MM-DD HH:MM:SS otherwise.
   function seconds(s) {
     return s === null || s === undefined ? "" : `${Math.max(0, Math.round(s))}s`;
