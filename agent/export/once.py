@@ -40,7 +40,7 @@ from agent.observe.httpclient import HttpClient
 from agent.observe.probes import ProbeResult, run_probe
 from agent.observe.resources import HostUsage, sample_host
 from agent.supervise.process import Reaper
-from agent.supervise.statelock import LockProbe, probe
+from agent.supervise.statelock import probe
 
 __all__ = ["Answer", "Check", "Report", "Source", "Status", "check", "judge", "overall", "report_families"]
 
@@ -56,25 +56,23 @@ class Report:
     host: HostUsage
     backlog: BacklogMonitor
     duration: float
-    finding: Finding | None = None  # None: checked without looking for an agent (tests of the direct check)
+    finding: Finding  # which of the three ways the check went, and why
     agent: dict[str, Any] = field(default_factory=dict)  # the running agent's status document, when it answered
 
     @property
     def source(self) -> Source:
-        return self.finding.source if self.finding is not None else Source.DIRECT
+        return self.finding.source
 
     def headline(self) -> str:
         """What the check did, in a few words (the table's title)."""
-        if self.finding is None or self.source is Source.DIRECT:
+        if self.source is Source.DIRECT:
             return "checked directly"
         if self.source is Source.AGENT:
             return f"from the agent at {self.finding.url}"
         return f"agent {self.finding.found.value}; checked directly"
 
-    def _agent_json(self) -> dict[str, Any] | None:
+    def _agent_json(self) -> dict[str, Any]:
         f = self.finding
-        if f is None:
-            return None
         doc = self.agent
         return {"state": f.found.value, "detail": f.check.detail, "url": f.url or None, "pid": f.lock.pid,
                 "stopped_at": f.lock.stopped_at, "node": doc.get("node"), "version": doc.get("version"),
@@ -180,31 +178,31 @@ async def _observe(config: Config, backlog: BacklogMonitor) -> HostUsage:
     return sample_host(config.agent.resources.mountpoints)
 
 
-async def check(config: Config, ask: Callable[[], Awaitable[Answer]] | None) -> Report:
+async def check(config: Config, ask: Callable[[], Awaitable[Answer]]) -> Report:
     """The whole check: look at the state dir's lock; when an agent may run there, `ask` it (concurrently
     with the backlog and the host) and report from its answer; else, or when it does not answer, probe
-    the components directly. `ask` None: the direct check only, without looking for an agent."""
+    the components directly."""
     started = time.perf_counter()
     state_dir = config.agent.state_dir
-    lock: LockProbe | None = probe(state_dir) if ask is not None else None
+    lock = probe(state_dir)
     reaper = Reaper(asyncio.get_running_loop())
     client = HttpClient()
     try:
         backlog = BacklogMonitor(config.backlog.sources, client)
         answer: Answer | None = None
-        if ask is not None and lock is not None and must_ask(lock):
+        if must_ask(lock):
             answer, host = await asyncio.gather(ask(), _observe(config, backlog))
         else:
             host = await _observe(config, backlog)
-        finding = find(state_dir, lock, answer, time.time()) if lock is not None else None
+        finding = find(state_dir, lock, answer, time.time())
         components: dict[str, ProbeResult | None] = {}
-        if finding is None or finding.found is not Found.RUNNING:
+        if finding.found is not Found.RUNNING:
             components = await _probe_all(config, client, reaper)
     finally:
         await client.aclose()
         reaper.close()
     doc = answer.status if answer is not None and answer.status is not None else {}
-    checks = [finding.check] if finding is not None else []
+    checks = [finding.check]
     if doc:
         checks += judge_agent(config, doc, backlog.totals, time.time())
     checks += judge(config, components, host, backlog)

@@ -94,7 +94,6 @@ def must_ask(lock: LockProbe) -> bool:
     return lock.exists and lock.stopped_at is None
 
 
-
 def find(state_dir: Path, lock: LockProbe, answer: Answer | None, now: float) -> Finding:
     """Which of the three ways the check takes (docs/once.md, "Three sources")."""
 
