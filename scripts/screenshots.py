@@ -13,22 +13,19 @@ figures and writes the pictures. Run from the repository:
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from agent.config.loader import DEFAULT_CONFIG, load_document  # noqa: E402 - needs the repository on sys.path
-from tests.helpers import AgentProcess, free_port, running_agent, wait_for  # noqa: E402
-from tests.stackbin import require_binary  # noqa: E402
+from tests.helpers import AgentProcess, demo_sleepers, end_processes, free_port, running_agent, wait_for  # noqa: E402
+from tests.stackbin import rules_prometheus  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 SIZES = {"desktop": (1280, 800), "phone": (390, 844)}
@@ -52,11 +49,7 @@ READY = ("document.querySelector('#backlog').textContent.includes('todo_processi
 
 def components() -> dict[str, dict[str, object]]:
     """The demo's components with examples/stack.yaml, each running `sleep` (`web`'s probe fails)."""
-    doc = load_document([DEFAULT_CONFIG, ROOT / "examples" / "stack.yaml"], env={**os.environ, "HOSTNAME": "demo-node"})
-    out: dict[str, dict[str, object]] = {}
-    for name, spec in doc["components"].items():
-        kept = {key: spec[key] for key in ("kind", "capabilities", "depends_on", "replicas") if key in spec}
-        out[name] = {**kept, "command": ["sleep", "100000"]}
+    out = demo_sleepers("demo-node")
     out["web"]["probe"] = {"http": {"url": f"http://127.0.0.1:{free_port()}/health"}, "interval": 1,
                            "failure_threshold": 1, "startup_grace": 0, "restart": False}
     out["todo_worker"]["replicas"] = {"min": 0, "max": 8, "initial": 2}
@@ -73,39 +66,18 @@ def config(tmp: Path, prometheus: str) -> dict[str, object]:
     }
 
 
-def start_prometheus(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A Prometheus evaluating RULES every second, once it answers; and its URL."""
-    (tmp / "rules.yml").write_text(yaml.safe_dump(RULES))
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(
-        {"global": {"evaluation_interval": "1s"}, "rule_files": [str(tmp / "rules.yml")]}))
-    port = free_port()
-    proc = subprocess.Popen([require_binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'prom'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(url + "/-/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    wait_for(ready, 60, what="Prometheus to be ready")
-    return proc, url
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
-        prometheus, url = start_prometheus(Path(d))
+        prometheus, url = rules_prometheus(Path(d), RULES)
         try:
             with running_agent(Path(d), config(Path(d), url)) as agent:
                 shoot(agent, Path(d), args.out)
         finally:
-            prometheus.terminate()
-            prometheus.wait(20)
+            end_processes([prometheus])
     return 0
 
 

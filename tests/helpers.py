@@ -255,3 +255,16 @@ def end_processes(procs: list[subprocess.Popen[bytes]], timeout: float = 20) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def demo_sleepers(node: str) -> dict[str, dict[str, Any]]:
+    """The components of the embedded demo with examples/stack.yaml (9), each running `sleep` instead of its
+    command (kind, capabilities, dependencies and replicas kept): the status page's rows without the stack."""
+    from agent.config.loader import DEFAULT_CONFIG, load_document
+
+    doc = load_document([DEFAULT_CONFIG, ROOT / "examples" / "stack.yaml"], env={**os.environ, "HOSTNAME": node})
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in doc["components"].items():
+        kept = {key: spec[key] for key in ("kind", "capabilities", "depends_on", "replicas") if key in spec}
+        out[name] = {**kept, "command": ["sleep", "100000"]}
+    return out

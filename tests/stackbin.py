@@ -6,8 +6,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from tests.helpers import missing
+import httpx
+import yaml
+
+from tests.helpers import end_processes, free_port, missing, wait_for
 
 # Debian package that ships each binary (upstream names the Alertmanager binary `alertmanager`).
 PACKAGES = {
@@ -40,9 +44,38 @@ def spawn_alertmanager(config: Path, data: Path, port: int) -> subprocess.Popen[
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def spawn_prometheus(config: Path, data: Path, port: int) -> subprocess.Popen[bytes]:
-    """A Prometheus on 127.0.0.1:`port`; the caller ends it by its PID."""
+def spawn_prometheus(config: Path, data: Path, port: int, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A Prometheus on 127.0.0.1:`port`, its output to `log` (else dropped); the caller ends it by its PID."""
     binary = require_binary("prometheus")
-    return subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [binary, f"--config.file={config}", f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
+    if log is None:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+
+def rules_prometheus(tmp: Path, rules: dict[str, Any]) -> tuple[subprocess.Popen[bytes], str]:
+    """A Prometheus evaluating `rules` every second (no scrapes, no Alertmanager), once it is ready; the
+    process (ended by the caller, by its PID) and its base URL. Its output is in `tmp`/prometheus.log."""
+    (tmp / "rules.yml").write_text(yaml.safe_dump(rules))
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(
+        {"global": {"evaluation_interval": "1s"}, "rule_files": [str(tmp / "rules.yml")]}))
+    port = free_port()
+    log = tmp / "prometheus.log"
+    proc = spawn_prometheus(tmp / "prometheus.yml", tmp / "data", port, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"prometheus exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            return httpx.get(url + "/-/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+    try:
+        wait_for(ready, 60, 0.1, "Prometheus to be ready")
+    except BaseException:
+        end_processes([proc])
+        raise
+    return proc, url

@@ -14,7 +14,6 @@ replaced by a harmless one (what is measured is the page, not the demo's service
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -26,13 +25,12 @@ import httpx
 import pytest
 import yaml
 
-from agent.config.loader import DEFAULT_CONFIG, load_document
 from agent.config.units import clock
 from agent.observe.httpclient import HttpClient
 from agent.observe.prometheus_alerts import AnswerError, PrometheusAlerts, about_to_act
 from tests.browser import chromium, open_menu
-from tests.helpers import ROOT, AgentProcess, free_port, run_async, running_agent, wait_for
-from tests.stackbin import require_binary
+from tests.helpers import AgentProcess, demo_sleepers, end_processes, free_port, run_async, running_agent, wait_for
+from tests.stackbin import rules_prometheus
 
 NODE = "page-node"
 # Alerts that never resolve (vector(1)): one pending for an hour, one firing at once, and three the page
@@ -58,45 +56,26 @@ TODOS = [("index the wiki", "high", "todo_processing"), ("summarise the inbox", 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus evaluating RULES every second; its base URL once both alerts are in their state."""
-    binary = require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("prom")
-    (tmp / "rules.yml").write_text(yaml.safe_dump(RULES))
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(
-        {"global": {"evaluation_interval": "1s"}, "rule_files": [str(tmp / "rules.yml")]}))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(tmp / "prometheus.log", "wb") as log:
-        argv = [binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            def states() -> dict[str, str]:
-                assert proc.poll() is None, (tmp / "prometheus.log").read_text()
-                try:
-                    alerts = httpx.get(url + "/api/v1/alerts", timeout=2).json()["data"]["alerts"]
-                except (httpx.HTTPError, ValueError):
-                    return {}
-                return {a["labels"]["alertname"]: a["state"] for a in alerts}
-            wait_for(lambda: {"PageRestartSoon": "pending", "PageScaleNow": "firing"}.items() <= states().items(),
-                     60, 0.2, "Prometheus to hold PageRestartSoon pending and PageScaleNow firing")
-            yield url
-        finally:
-            proc.terminate()
+    proc, url = rules_prometheus(tmp, RULES)
+    try:
+        def states() -> dict[str, str]:
+            assert proc.poll() is None, (tmp / "prometheus.log").read_text()
             try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+                alerts = httpx.get(url + "/api/v1/alerts", timeout=2).json()["data"]["alerts"]
+            except (httpx.HTTPError, ValueError):
+                return {}
+            return {a["labels"]["alertname"]: a["state"] for a in alerts}
+        wait_for(lambda: {"PageRestartSoon": "pending", "PageScaleNow": "firing"}.items() <= states().items(),
+                 60, 0.2, "Prometheus to hold PageRestartSoon pending and PageScaleNow firing")
+        yield url
+    finally:
+        end_processes([proc])
 
 
 def demo_components() -> dict[str, dict[str, Any]]:
     """The components of the embedded demo with examples/stack.yaml, each running `sleep` instead."""
-    env = {**os.environ, "HOSTNAME": NODE}
-    doc = load_document([DEFAULT_CONFIG, ROOT / "examples" / "stack.yaml"], env=env)
-    out: dict[str, dict[str, Any]] = {}
-    for name, spec in doc["components"].items():
-        kept = {key: spec[key] for key in ("kind", "capabilities", "depends_on", "replicas") if key in spec}
-        out[name] = {**kept, "command": ["sleep", "100000"]}
+    out = demo_sleepers(NODE)
     # A probe that keeps failing (marks the replica unhealthy, no restart), and a crash loop whose circuit
     # opens at the first exit and stays open for an hour.
     out["web"]["probe"] = {"exec": {"command": ["sh", "-c", "exit 7"]}, "interval": 0.5,
