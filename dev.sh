@@ -13,6 +13,9 @@ ensure_venv() {
         "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
         [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
         "$VENV/bin/python" -m pip install -q --upgrade pip
+        # The distribution was called `agent` (an unrelated project's name on PyPI) before orchestrator-agent:
+        # drop such an install from an older checkout's venv, so one distribution owns bin/agent.
+        "$VENV/bin/python" -m pip uninstall -q -y agent >/dev/null 2>&1 || true
         "$VENV/bin/python" -m pip install -q -e '.[dev]'
         touch "$stamp"
     fi
