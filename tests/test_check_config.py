@@ -14,7 +14,7 @@ import yaml
 
 from tests.helpers import ROOT
 
-SEED_JSON = ROOT / "tests" / "data" / "autonomous_config.json"
+SEED_JSON = ROOT / "examples" / "seed.json"
 
 
 def check(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

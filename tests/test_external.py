@@ -28,7 +28,7 @@ from tests.helpers import ROOT, AgentProcess, free_port, missing, wait_for
 from tests.metricsutil import scrape, value
 from tests.webhookutil import alert, payload
 
-SEED_JSON = ROOT / "tests" / "data" / "autonomous_config.json"
+SEED_JSON = ROOT / "examples" / "seed.json"
 
 
 class Health:
