@@ -26,22 +26,22 @@ def revision() -> str:
     "unknown". Read once, from the files: no `git` process (the agent reaps every child it sees)."""
     global _revision
     if _revision is None:
-        _revision = _read_revision()
+        _revision = read_revision(Path(__file__).resolve().parent)
     return _revision
 
 
-def _read_revision() -> str:
-    package = Path(__file__).resolve().parent
+def read_revision(package: Path) -> str:
+    """`revision` of the package at `package` (a directory holding REVISION, or at the top of a work tree)."""
     try:
         recorded = (package / REVISION_FILE).read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        return _git_head(package.parent) or UNKNOWN
+        return git_head(package.parent) or UNKNOWN
     except (OSError, UnicodeDecodeError):
         return UNKNOWN
     return recorded if _COMMIT.fullmatch(recorded) else UNKNOWN
 
 
-def _git_head(top: Path) -> str | None:
+def git_head(top: Path) -> str | None:
     """The commit HEAD names in the git work tree whose top is `top` (a `.git` directory, or a `.git` file
     pointing at one: a linked worktree), read from its files; None when `top` is no work tree or HEAD names
     nothing readable (an unborn branch)."""

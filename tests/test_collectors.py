@@ -165,13 +165,13 @@ def test_agent_collector_reads_modes_reload_state_files_and_dedupe(tmp_path: Pat
     collector = AgentCollector("1.2.3", 1_600_000_000.0, modes, TrackingContainment(set), guardian,  # type: ignore[arg-type]
                                NoReaper(), store, dedupe, reload,  # type: ignore[arg-type]
                                memory=[(HISTORY_FILE, history)], history=history,
-                               log_errors=lambda: {"agent.log": 4})
+                               log_errors=lambda: {"agent.log": 4}, revision="0123abc", python_version="3.11.9")
     try:
         s = scrape(collector.families())
     finally:
         store.close(1)
         modes.store.close(1)
-    assert get(s, "orchestrator_build_info", version="1.2.3") == 1
+    assert get(s, "orchestrator_build_info", version="1.2.3", revision="0123abc", python_version="3.11.9") == 1
     assert {dict(k)["mode"]: v for k, v in series(s, "orchestrator_autonomy_mode").items()} == \
         {"on": 0, "dry-run": 1, "off": 0}
     assert get(s, "orchestrator_emergency_stop") == 0

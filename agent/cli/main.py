@@ -16,6 +16,7 @@ from agent.cli.output import print_json, suggest
 from agent.cli.stack import add_stack_commands
 from agent.cli.tls import add_tls_commands
 from agent.cli.todo import add_todo_commands
+from agent.cli.version import add_version_command
 from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
 from agent.config.settings import Autonomy
 from agent.daemon.signals import ignore_hangup
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_commands(sub)
     add_stack_commands(sub)
     add_tls_commands(sub)
+    add_version_command(sub)
     from agent.cli.backtest import add_backtest_command
 
     add_backtest_command(sub)

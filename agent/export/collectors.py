@@ -6,10 +6,12 @@ what the supervisor, probe runner, resource monitor and backlog monitor last rec
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from agent import revision as agent_revision
 from agent.act.dedupe import JOURNAL_FILE
 from agent.config.changes import ReloadStatus, hash_value
 from agent.config.settings import Autonomy
@@ -63,14 +65,19 @@ class Dropping(Protocol):
 
 
 class AgentCollector:
-    """The agent itself: build, start time, modes, containment, guardian, reaper, state dir and log writes."""
+    """The agent itself: build (version, revision, Python), start time, modes, containment, guardian, reaper,
+    state dir and log writes."""
 
     def __init__(self, version: str, started_wall: float, modes: Modes, containment: Containment,
                  guardian: Guardian, reaper: Reaper, store: StateStore, dedupe: DedupeStore,
                  reload: ReloadStatus, memory: Sequence[tuple[str, WriteCounted]] = (),
                  history: Dropping | None = None,
-                 log_errors: Callable[[], dict[str, int]] = log_write_errors) -> None:
+                 log_errors: Callable[[], dict[str, int]] = log_write_errors,
+                 revision: str | None = None, python_version: str | None = None) -> None:
         self.version, self.started_wall, self.reload = version, started_wall, reload
+        # The build's labels, as Prometheus exporters carry theirs: read once, at start (agent/__init__.py).
+        self.revision = agent_revision() if revision is None else revision
+        self.python_version = platform.python_version() if python_version is None else python_version
         self.modes, self.containment, self.guardian, self.reaper = modes, containment, guardian, reaper
         self.store, self.dedupe, self.memory = store, dedupe, list(memory)
         self.history, self.log_errors = history, log_errors
@@ -80,8 +87,10 @@ class AgentCollector:
 
     def families(self) -> Iterator[Family | Samples]:
         """The agent's own series, then the process_* set."""
-        build = gauge("orchestrator_build_info", "Agent version.", ["version"])
-        build.add_metric([self.version], 1)
+        build = gauge("orchestrator_build_info", "The agent's version, the git revision it was built from "
+                      "(unknown when not recorded) and the Python that runs it.",
+                      ["version", "revision", "python_version"])
+        build.add_metric([self.version, self.revision, self.python_version], 1)
         yield build
         mode = gauge("orchestrator_autonomy_mode", "Autonomy mode (1 for the current one).", ["mode"])
         for m in Autonomy:
