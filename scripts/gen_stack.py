@@ -1,11 +1,11 @@
-"""Write rules/*.yml, rules/tests/*_test.yml and grafana/dashboards/*.json from one source.
+"""Write the repository's copy of the monitoring stack (rules/, rules/tests/, grafana/, prometheus/, systemd/).
 
-`python scripts/gen_stack.py` regenerates them (commit what it writes); `--check` only reports files that
-differ (tests/test_stack_static.py runs it). The source is stack/rules/ (rule and test templates, see
-scripts/stack_source.py) and scripts/gen_dashboards.py; the settings (the selectors of the agent's,
-Prometheus' and Alertmanager's series, the runbook URL pattern) are scripts/stack_source.py's defaults,
-or `--selector` / `--prometheus-selector` / `--alertmanager-selector` / `--runbook-url-pattern` for a
-copy of the files that is not committed here (with `--out DIR`).
+`python scripts/gen_stack.py` writes the default rendering of agent/stack (the templates under
+agent/stack/templates/ and the dashboards of agent/stack/dashboards.py) into this checkout, for
+docker-compose.yml and the tests; commit what it writes. `--check` only reports files that differ, and
+files in those folders that nothing generates (tests/test_stack_static.py runs it). An operator's copy
+with other settings is `agent stack export DIR` (docs/cli.md); the selector and runbook flags here are
+kept for a quick look (`--out DIR`).
 """
 
 from __future__ import annotations
@@ -17,17 +17,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts import gen_dashboards
-from scripts.stack_source import ROOT, Settings, render_rules, render_tests
+from agent.stack import Settings, StackError, render
+from agent.stack.source import render_rules
 
-
-def render(settings: Settings = Settings()) -> dict[str, str]:
-    """Path relative to the output root -> text, for every generated file."""
-    rules = render_rules(settings)
-    files = {f"rules/{name}": text for name, text in rules.items()}
-    files.update({f"rules/tests/{name}": text for name, text in render_tests(rules).items()})
-    files.update({f"grafana/dashboards/{name}": text for name, text in gen_dashboards.render(settings).items()})
-    return files
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_fast_rules(dst: Path, thresholds: dict[str, float] | None = None, selector: str | None = None) -> list[Path]:
@@ -40,6 +33,18 @@ def write_fast_rules(dst: Path, thresholds: dict[str, float] | None = None, sele
         (dst / name).write_text(text)
         written.append(dst / name)
     return written
+
+
+def stale_files(files: dict[str, str], out: Path) -> list[str]:
+    """Generated files under `out` that differ from `files` or are missing, and files in their folders that
+    nothing generates."""
+    stale = [rel for rel, text in files.items()
+             if not (out / rel).is_file() or (out / rel).read_text() != text]
+    for folder in sorted({str(Path(rel).parent) for rel in files}):
+        extra = sorted(str(p.relative_to(out)) for p in (out / folder).glob("*")
+                       if p.is_file() and str(p.relative_to(out)) not in files)
+        stale += [f"{rel} (not generated: remove it, or add its template)" for rel in extra]
+    return stale
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,26 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runbook-url-pattern", default=Settings.runbook_url_pattern,
                         help="%%s is the lower-cased alert name (default: %(default)s)")
     args = parser.parse_args(argv)
-    if "%s" not in args.runbook_url_pattern:
-        parser.error("--runbook-url-pattern needs a %s for the alert's anchor")
-    files = render(Settings(selector=args.selector, prometheus_selector=args.prometheus_selector,
-                            alertmanager_selector=args.alertmanager_selector,
-                            runbook_url_pattern=args.runbook_url_pattern))
-    stale = []
-    for rel, text in files.items():
-        path = args.out / rel
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(rel)
-        else:
+    try:
+        files = render(Settings(selector=args.selector, prometheus_selector=args.prometheus_selector,
+                                alertmanager_selector=args.alertmanager_selector,
+                                runbook_url_pattern=args.runbook_url_pattern))
+    except StackError as exc:
+        parser.error(str(exc))
+    if not args.check:
+        for rel, text in files.items():
+            path = args.out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-    for kind, pattern in (("rules", "rules/*.yml"), ("rule tests", "rules/tests/*.yml"),
-                          ("dashboards", "grafana/dashboards/*.json")):
-        extra = sorted(str(p.relative_to(args.out)) for p in args.out.glob(pattern)
-                       if str(p.relative_to(args.out)) not in files)
-        stale += [f"{rel} (not generated: remove it, or add its source)" for rel in extra]
-        del kind
+    stale = stale_files(files, args.out)
     if stale:
         print("out of date (run python scripts/gen_stack.py):\n  " + "\n  ".join(stale), file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from scripts.stack_source import DEFAULT_RUNBOOK_URL_PATTERN
+from agent.stack.settings import DEFAULT_RUNBOOK_URL_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "grafana" / "dashboards"

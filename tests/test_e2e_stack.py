@@ -171,7 +171,7 @@ def test_every_panel_link_resolves_and_drill_down_opens_a_populated_component_da
     import json
     import re
 
-    from scripts.gen_dashboards import DRILL_DOWN
+    from agent.stack.dashboards import DRILL_DOWN
     from tests.queries import _substitute
     from tests.stack_links import DASHBOARDS, link_problems, panel_links
 

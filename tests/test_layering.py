@@ -69,9 +69,9 @@ def test_the_checker_sees_a_cycle(tmp_path: Path) -> None:
 
 
 # The tree shows the jobs (README.md "Layout", DESIGN.md): each folder may use only what ranks below it, and
-# folders of one rank are peers that never use each other (supervise and todos; observe and act; export,
-# backtest and demo). `agent` (the version) is the foundation; `agent.__main__` is the CLI's.
-RANK = {"foundation": 0, "config": 1, "supervise": 2, "todos": 2, "observe": 3, "act": 3,
+# folders of one rank are peers that never use each other (config and stack; supervise and todos; observe and
+# act; export, backtest and demo). `agent` (the version) is the foundation; `agent.__main__` is the CLI's.
+RANK = {"foundation": 0, "config": 1, "stack": 1, "supervise": 2, "todos": 2, "observe": 3, "act": 3,
         "export": 4, "backtest": 4, "demo": 4, "http": 5, "daemon": 6, "cli": 7}
 LOOSE = {"agent": "foundation", "agent.__main__": "cli"}
 

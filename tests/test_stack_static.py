@@ -17,7 +17,7 @@ import yaml
 
 from agent.cli.stack_nodes import NODE_ORDER
 from agent.config.loader import load_config
-from scripts.stack_source import DEFAULT_RUNBOOK_URL_PATTERN
+from agent.stack.settings import DEFAULT_RUNBOOK_URL_PATTERN
 from tests.helpers import end_processes, free_port, wait_for
 from tests.stackbin import require_binary, spawn_alertmanager, spawn_prometheus
 
@@ -313,7 +313,7 @@ def test_alert_follows_the_conventions(rule: dict[str, Any]) -> None:
     name = rule["alert"]
     assert re.fullmatch(r"Orchestrator[A-Z][A-Za-z0-9]+", name), name
     # Whole minutes, or whole seconds where a target needs them (scaling): the fast clock of the
-    # end-to-end tests makes a minute a second and a second 1/60 s (scripts/stack_source.py).
+    # end-to-end tests makes a minute a second and a second 1/60 s (agent/stack/source.py).
     assert re.fullmatch(r"[1-9][0-9]*m|[0-9]+s", str(rule.get("for", ""))), f"{name}: for: {rule.get('for')!r}"
     labels = rule.get("labels", {})
     annotations = rule.get("annotations", {})
@@ -478,11 +478,11 @@ def test_alertmanager_sends_actions_to_the_agent_webhook_with_credentials() -> N
 # --- Grafana --------------------------------------------------------------------------------------
 
 def test_dashboards_are_generated_from_the_script() -> None:
-    from scripts.gen_dashboards import DASHBOARDS as GENERATED
+    from agent.stack.dashboards import DASHBOARDS as GENERATED
     from scripts.gen_stack import main as generate
 
     assert sorted(GENERATED) == [p.name for p in DASHBOARDS]
-    assert generate(["--check"]) == 0, "rules/, rules/tests/ or grafana/dashboards/ differ from scripts/gen_stack.py"
+    assert generate(["--check"]) == 0, "rules/, grafana/, prometheus/ or systemd/ differ from scripts/gen_stack.py"
 
 
 def test_dashboards_have_stable_unique_uids_and_the_datasource_variable() -> None:
