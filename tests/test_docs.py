@@ -8,7 +8,6 @@ import configparser
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import types
@@ -19,9 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel
 
+import agent
 from agent.cli.main import build_parser
 from agent.config.component import ACTIONS
 from agent.config.models import Config
@@ -29,10 +30,11 @@ from agent.config.settings import AgentSettings, Autonomy
 from agent.daemon.app import EXIT_CONFIG, EXIT_OWNED
 from agent.export.events import RESULTS, WEBHOOK_CODES
 from agent.observe.probes import PROBE_ERRORS
+from agent.stack import shipped
 from agent.supervise.replica import REASONS, ComponentState
 from agent.todos.row import PRIORITY_ALIASES, STATUS_ALIASES
 from agent.todos.transactions import PRIORITIES, STATUSES
-from tests.helpers import app_routes, missing, running_agent, wait_for
+from tests.helpers import app_routes, running_agent, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -266,11 +268,11 @@ def test_todo_aliases_are_documented() -> None:
 # --- operations: the systemd unit ---------------------------------------------------------------
 
 
-def systemd_unit() -> str:
-    """The ```ini block of the "Running under systemd" section of docs/operations.md."""
-    match = re.search(r"^## Running under systemd\n.*?^```ini\n(.*?)^```", _read(DOCS / "operations.md"),
+def systemd_section() -> str:
+    """The "Running under systemd" section of docs/operations.md."""
+    match = re.search(r"^## Running under systemd\n(.*?)(?=^## )", _read(DOCS / "operations.md"),
                       re.DOTALL | re.MULTILINE)
-    assert match, "docs/operations.md has no ```ini unit under '## Running under systemd'"
+    assert match, "docs/operations.md has no '## Running under systemd' section"
     return match.group(1)
 
 
@@ -282,8 +284,10 @@ def unit_settings(unit: str) -> dict[str, dict[str, str]]:
     return {name: dict(parser[name]) for name in parser.sections()}
 
 
-def test_systemd_unit_matches_the_agent() -> None:
-    service = unit_settings(systemd_unit())["Service"]
+def test_the_shipped_systemd_unit_matches_the_agent() -> None:
+    # What docs/operations.md says of the unit, held against the code. `systemd-analyze verify` of the
+    # unit `agent stack export` writes is in tests/test_stack_export.py.
+    service = unit_settings(shipped("systemd/agent.service"))["Service"]
     # The agent stops its components itself (reverse order, stop.signal, grace) within
     # shutdown_timeout; systemd signals only the agent and must not SIGKILL the unit before that.
     assert service["KillMode"] == "mixed"
@@ -292,6 +296,7 @@ def test_systemd_unit_matches_the_agent() -> None:
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["RestartPreventExitStatus"].split() == [str(EXIT_CONFIG), str(EXIT_OWNED)]
     assert service["Delegate"] == "yes"
+    assert (service["User"], service["Group"]) == ("agent", "agent")
     argv = shlex.split(service["ExecStart"])
     assert argv[0].endswith("/agent")
     args = build_parser().parse_args(argv[1:])
@@ -301,22 +306,38 @@ def test_systemd_unit_matches_the_agent() -> None:
     assert not [p for p in (ROOT / "agent").rglob("*.py") if "NOTIFY_SOCKET" in _read(p)]
 
 
-def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        missing("systemd-analyze is not installed (Debian's 'systemd'; ./dev.sh test installs it as root)")
-    unit = systemd_unit()
-    # verify checks that ExecStart's program exists: point it at this interpreter instead.
-    start = shlex.split(unit_settings(unit)["Service"]["ExecStart"])[0]
-    path = tmp_path / "agent.service"
-    path.write_text(unit.replace(start, sys.executable))
-    result = subprocess.run([analyze, "verify", "--man=no", str(path)], capture_output=True, text=True,
-                            timeout=60)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    problems = [line for line in output.splitlines()
-                if re.search(r"Unknown (key|section)|Failed to parse|[Ii]nvalid|not executable", line)]
-    assert not problems, output
+def test_every_setting_of_the_shipped_unit_is_explained() -> None:
+    section = systemd_section()
+    service = unit_settings(shipped("systemd/agent.service"))["Service"]
+    unexplained = [key for key in service if f"`{key}" not in section]
+    assert not unexplained, f"[Service] settings of the shipped unit with no line in docs/operations.md: {unexplained}"
+
+
+def test_the_systemd_install_steps_use_the_exported_unit() -> None:
+    section = systemd_section()
+    assert "```ini" not in section, "docs/operations.md installs the exported unit; a hand-written copy goes stale"
+    steps = [" ".join(words) for words in shell_commands(section)]
+    venv = "/opt/orchestrator-agent"
+    for step in ("useradd --system", f"python3 -m venv {venv}", f"{venv}/bin/pip install orchestrator-agent",
+                 f"{venv}/bin/agent stack export /etc/agent/stack --agent-binary {venv}/bin/agent",
+                 "install -m 0644 /etc/agent/stack/systemd/agent.service /etc/systemd/system/",
+                 "systemctl daemon-reload", "systemctl enable --now agent", "systemctl reload agent"):
+        assert any(s.startswith(step) for s in steps), f"docs/operations.md's install steps lack `{step}`: {steps}"
+
+
+def test_the_systemd_config_example_is_valid_and_absolute(tmp_path: Path) -> None:
+    match = re.search(r"^```yaml\n# /etc/agent/config.yaml\n(.*?)^```", systemd_section(), re.DOTALL | re.MULTILINE)
+    assert match, "docs/operations.md shows no /etc/agent/config.yaml"
+    example = match.group(1)
+    document = yaml.safe_load(example)
+    assert document["agent"]["state_dir"] == "/var/lib/agent" and document["agent"]["log_dir"] == "/var/log/agent"
+    # The same file with its directories in tmp: agent check-config accepts it.
+    config = tmp_path / "config.yaml"
+    config.write_text(example.replace("/var/lib/agent", str(tmp_path / "state")).replace("/var/log/agent",
+                                                                                         str(tmp_path / "logs")))
+    result = subprocess.run([sys.executable, "-m", "agent", "check-config", str(config)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- README and CI --------------------------------------------------------------------------------
@@ -367,3 +388,270 @@ def test_every_module_and_name_the_docs_point_at_exists() -> None:
                                         (ROOT / path).read_text(), re.MULTILINE):
                 wrong.append(f"{where} has no {name}")
     assert not wrong, "\n".join(sorted(set(wrong)))
+
+
+# --- what an operator reads: install lines, commands, links, the dashboards guide ---------------
+
+_SHELL_OPERATORS = {"|", "||", "&&", ";", "&"}
+_OPERATOR_DOCS = ["README.md", "docs/operations.md", "docs/release.md", "docs/dashboards.md", "CHANGELOG.md"]
+
+
+def shell_blocks(text: str) -> Iterator[str]:
+    """The bodies of the ```sh (or unlabelled) code blocks of a markdown text."""
+    lang: str | None = None
+    body: list[str] = []
+    for line in text.splitlines():
+        if line.strip().startswith("```"):
+            if lang is None:
+                lang, body = line.strip()[3:].strip(), []
+            else:
+                if lang in ("sh", "bash", ""):
+                    yield "\n".join(body) + "\n"
+                lang = None
+        elif lang is not None:
+            body.append(line)
+
+
+def shell_commands(text: str) -> Iterator[list[str]]:
+    """Each simple command (argv, redirections dropped) of the shell blocks of a text, one per `&&`, `|`..."""
+    for block in shell_blocks(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            words: list[str] = []
+            for word in [*shlex.split(line, comments=True), ";"]:
+                if word in _SHELL_OPERATORS:
+                    if words:
+                        yield words
+                    words = []
+                elif not re.match(r"\d?>", word) and word != "<":
+                    words.append(word)
+
+
+def _agent_argv(words: list[str]) -> list[str] | None:
+    """The arguments of an `agent` command (`agent`, `.venv/bin/agent`, `/opt/.../bin/agent`), after any
+    VAR=value; None for another program."""
+    while words and re.match(r"^[A-Z_]+=", words[0]):
+        words = words[1:]
+    if words and (words[0] == "agent" or words[0].endswith("/bin/agent")):
+        return words[1:]
+    return None
+
+
+def test_shell_helpers_read_commands() -> None:
+    text = "```sh\nA=1 agent status web && x | .venv/bin/agent logs -n 3 2>&1  # c\n```\n```yaml\nagent: 1\n```\n"
+    assert list(shell_commands(text)) == [["A=1", "agent", "status", "web"], ["x"],
+                                          [".venv/bin/agent", "logs", "-n", "3"]]
+    assert [_agent_argv(w) for w in shell_commands(text)] == [["status", "web"], None, ["logs", "-n", "3"]]
+
+
+@pytest.mark.parametrize("doc", _OPERATOR_DOCS)
+def test_every_agent_command_an_operator_is_shown_parses(doc: str) -> None:
+    # A flag renamed in the parser and not in the install steps would fail only on an operator's machine.
+    parser = build_parser()
+    wrong = []
+    for words in shell_commands(_read(ROOT / doc)):
+        argv = _agent_argv(words)
+        if argv is None:
+            continue
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            wrong.append(" ".join(words))
+    assert not wrong, f"{doc}: commands the agent's parser refuses: {wrong}"
+
+
+def _install_lines() -> Iterator[tuple[str, str]]:
+    """(where, line) for every line of the docs that installs a Python package."""
+    texts = [ROOT / "README.md", ROOT / "CHANGELOG.md", ROOT / "Dockerfile", *sorted(DOCS.glob("*.md")),
+             *sorted((ROOT / "examples").glob("*.md"))]
+    for path in texts:
+        for number, line in enumerate(_read(path).splitlines(), 1):
+            if re.search(r"\b(pip|pipx|uv tool) (install|upgrade)\b", line):
+                yield f"{path.relative_to(ROOT)}:{number}", line
+
+
+def test_every_install_line_names_the_distribution() -> None:
+    # `agent` on PyPI is an unrelated project: `pip install agent` or 'agent[otlp]' installs someone else's code.
+    wrong = []
+    for where, line in _install_lines():
+        for match in re.finditer(r"\b(?:pip|pipx|uv tool) (?:install|upgrade)((?: +[^ `|;&#]+)*)", line):
+            for word in match.group(1).split():
+                name = word.strip("'\"")
+                if name.startswith(("-", ".", "/", "$", "\\")) or "://" in name:
+                    continue  # options and their URLs, a checkout, a path to a wheel, a continued line
+                if not re.match(r"orchestrator-agent(\[[\w,]+\])?(==[\w.]+)?$", name):
+                    wrong.append(f"{where}: {name!r} in {line.strip()!r}")
+    assert not wrong, "install lines that do not name orchestrator-agent:\n" + "\n".join(wrong)
+    lines = "\n".join(line for _, line in _install_lines())
+    for needed in ("pipx install orchestrator-agent", "uv tool install orchestrator-agent",
+                   "pip install orchestrator-agent", "'orchestrator-agent[otlp]'"):
+        assert needed in lines, f"no doc line says `{needed}`"
+
+
+def test_the_readme_install_section_follows_the_two_commands() -> None:
+    readme = _read(ROOT / "README.md")
+    first_block_end = readme.index("```", readme.index("```") + 3)
+    heading = re.compile(r"^## (.*)$", re.MULTILINE).search(readme, first_block_end)
+    assert heading and heading.group(1) == "Install", f"the first section after the two commands: {heading}"
+    section = readme[heading.end():readme.index("\n## ", heading.end())]
+    commands = [" ".join(words) for words in shell_commands(section)]
+    for needed in ("pipx install orchestrator-agent", "agent version", "agent stack export ./monitoring"):
+        assert any(c.startswith(needed) for c in commands), f"README's Install section lacks `{needed}`: {commands}"
+    assert "uv tool install orchestrator-agent" in section
+    for link in ("docs/dashboards.md", "docs/release.md", "docs/operations.md#running-under-systemd"):
+        assert f"]({link})" in section, f"README's Install section does not link {link}"
+    seed_row = next(line for line in readme.splitlines() if line.startswith("| `config/autonomous_config.json`"))
+    assert "](examples/seed.json)" in seed_row
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(text: str) -> set[str]:
+    found: set[str] = set()
+    counts: dict[str, int] = {}
+    fence = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            fence = not fence
+        elif not fence and (match := re.match(r"#{1,6} (.*)", line)):
+            slug = _slug(match.group(1))
+            counts[slug] = counts.get(slug, 0) + 1
+            found.add(slug if counts[slug] == 1 else f"{slug}-{counts[slug] - 1}")
+    return found
+
+
+def test_slug_and_anchors_follow_github() -> None:
+    assert _slug("Upgrading the agent: `agent reexec`") == "upgrading-the-agent-agent-reexec"
+    assert _anchors("# A\n```\n# not\n```\n## A\n") == {"a", "a-1"}
+
+
+def test_every_relative_link_leads_somewhere() -> None:
+    texts = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted(DOCS.glob("*.md")),
+             *sorted((ROOT / "examples").glob("*.md"))]
+    wrong = []
+    for path in texts:
+        text = re.sub(r"^```.*?^```", "", _read(path), flags=re.DOTALL | re.MULTILINE)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (path.parent / file) if file else path
+            if not linked.exists():
+                wrong.append(f"{path.relative_to(ROOT)}: {target} (no {linked.resolve()})")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(_read(linked)):
+                wrong.append(f"{path.relative_to(ROOT)}: {target} (no heading with that anchor)")
+    assert not wrong, "links that lead nowhere:\n" + "\n".join(wrong)
+
+
+# --- LICENSE and CHANGELOG ------------------------------------------------------------------------
+
+
+def test_the_license_is_the_apache_2_text() -> None:
+    text = _read(ROOT / "LICENSE")
+    assert re.search(r"Apache License\s+Version 2\.0, January 2004", text)
+    sections = re.findall(r"^\s+(\d)\. (Definitions|Grant of Copyright License|Grant of Patent License|Redistribution|"
+                          r"Submission of Contributions|Trademarks|Disclaimer of Warranty|Limitation of Liability|"
+                          r"Accepting Warranty or Additional Liability)\.", text, re.MULTILINE)
+    assert [n for n, _ in sections] == [str(n) for n in range(1, 10)], sections
+    assert "END OF TERMS AND CONDITIONS" in text
+    assert 'license = "Apache-2.0"' in _read(ROOT / "pyproject.toml")
+
+
+def test_the_changelog_keeps_a_changelog_and_the_version() -> None:
+    text = _read(ROOT / "CHANGELOG.md")
+    versions = re.findall(r"^## \[([^\]]+)\](.*)$", text, re.MULTILINE)
+    assert versions[0] == ("Unreleased", ""), versions[0]
+    for name, rest in versions[1:]:
+        assert re.fullmatch(r"\d+\.\d+\.\d+", name) and re.fullmatch(r" - \d{4}-\d{2}-\d{2}", rest), (name, rest)
+    # docs/release.md: the release commit bumps agent/__init__.py and dates the changelog together.
+    newest = versions[1][0]
+    assert newest == agent.__version__, f"CHANGELOG.md's newest: {newest}; agent/__init__.py: {agent.__version__}"
+    kinds = set(re.findall(r"^### (.*)$", text, re.MULTILINE))
+    assert kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds
+
+
+# --- docs/dashboards.md ---------------------------------------------------------------------------
+
+DASHBOARDS = ROOT / "grafana" / "dashboards"
+_SERIES = re.compile(r"\b(ALERTS|[a-z_]*:?orchestrator[_:][a-z0-9_:]*)\b")
+
+
+def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))
+
+
+def _series(expr: str) -> set[str]:
+    """Series and recording rules a query reads (a histogram by its family name)."""
+    return {re.sub(r"_(bucket|sum|count)$", "", name) for name in _SERIES.findall(expr)}
+
+
+def _guide_sections() -> dict[str, str]:
+    """docs/dashboards.md split at its `## ` headings."""
+    parts = re.split(r"^## (.*)$", _read(DOCS / "dashboards.md"), flags=re.MULTILINE)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _rules() -> tuple[set[str], set[str]]:
+    """(recording rule names, alert names) of rules/*.yml."""
+    records: set[str] = set()
+    alerts: set[str] = set()
+    for path in sorted((ROOT / "rules").glob("*.yml")):
+        for group in yaml.safe_load(_read(path))["groups"]:
+            for rule in group["rules"]:
+                (records.add(rule["record"]) if "record" in rule else alerts.add(rule["alert"]))
+    return records, alerts
+
+
+def test_dashboard_helpers_read_queries() -> None:
+    assert _series('sum(rate(orchestrator_probe_duration_seconds_bucket{job=~"$job"}[5m])) / on (job) '
+                   'orchestrator:backlog_drain_target_seconds or count(ALERTS{alertname=~"Orchestrator.*"})') == {
+        "orchestrator_probe_duration_seconds", "orchestrator:backlog_drain_target_seconds", "ALERTS"}
+    nested: list[dict[str, Any]] = [{"title": "r", "panels": [{"title": "a"}]}, {"title": "b"}]
+    assert [p["title"] for p in _panels(nested)] == ["r", "a", "b"]
+
+
+@pytest.mark.parametrize("path", sorted(DASHBOARDS.glob("*.json")), ids=lambda p: p.stem)
+def test_every_dashboard_panel_has_its_line_in_the_guide(path: Path) -> None:
+    dashboard = json.loads(_read(path))
+    sections = _guide_sections()
+    assert dashboard["title"] in sections, f"docs/dashboards.md has no section '## {dashboard['title']}'"
+    section = sections[dashboard["title"]]
+    assert f"`{path.name}`" in _read(DOCS / "dashboards.md"), f"docs/dashboards.md does not name {path.name}"
+    rows = {cells[0]: cells for line in section.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip().strip("|").split("|")]]}
+    wrong = []
+    for panel in _panels(dashboard["panels"]):
+        title = panel["title"]
+        if panel["type"] == "row":
+            if title not in section:
+                wrong.append(f"row {title!r} is not named")
+            continue
+        if title not in rows:
+            wrong.append(f"panel {title!r} has no table row")
+            continue
+        behind = rows[title][-1]
+        read = set().union(*(_series(t.get("expr", "")) for t in panel.get("targets", [])))
+        named = {n.split("{")[0] for n in re.findall(r"`([^`]*)`", behind)} | set(re.findall(r"\bALERTS\b", behind))
+        if not read & named:
+            wrong.append(f"panel {title!r}: its row names none of the series it reads {sorted(read)}")
+        linked = {link["title"].removeprefix("Runbook: ") for link in panel.get("links", [])}
+        if unnamed := sorted(a for a in linked if a not in behind):
+            wrong.append(f"panel {title!r}: its row does not name the alerts it links to {unnamed}")
+    assert not wrong, f"docs/dashboards.md, {dashboard['title']}:\n" + "\n".join(wrong)
+
+
+def test_the_dashboards_guide_names_only_real_series_and_alerts() -> None:
+    text = _read(DOCS / "dashboards.md")
+    records, alerts = _rules()
+    metrics = documented_names(_read(DOCS / "metrics.md"), "orchestrator_")
+    named = {n for n in re.findall(r"`([^`]*)`", text) if _SERIES.fullmatch(n.split("{")[0])}
+    invented = sorted(n for n in named if n.split("{")[0] not in records | metrics | {"ALERTS"})
+    assert not invented, f"docs/dashboards.md names series that are neither recording rules nor metrics: {invented}"
+    unknown = sorted(set(re.findall(r"\bOrchestrator[A-Z]\w+", text)) - alerts)
+    assert not unknown, f"docs/dashboards.md names alerts rules/*.yml does not have: {unknown}"
+    titles = {json.loads(_read(p))["title"] for p in DASHBOARDS.glob("*.json")}
+    assert {s for s in _guide_sections() if s.startswith("Orchestrator /")} == titles
