@@ -41,8 +41,14 @@ def node_list(tmp: Path, ports: dict[str, int], **extra: Any) -> Path:
 
 
 def generate(tmp: Path, nodes: Path) -> Path:
-    out = tmp / "out"
-    done = agent("stack", "generate", "--nodes", str(nodes), "--out", str(out))
+    """The operator's way: the exported stack, then the list's configs into its prometheus/ folder (over the
+    single-agent ones), from the base configs the package ships, run outside any checkout."""
+    stack = tmp / "stack"
+    if not stack.exists():
+        done = agent("stack", "export", str(stack), cwd=tmp)
+        assert done.returncode == 0, done.stderr
+    out = stack / "prometheus"
+    done = agent("stack", "generate", "--nodes", str(nodes), "--out", str(out), cwd=tmp)
     assert done.returncode == 0, done.stderr
     return out
 
@@ -174,8 +180,37 @@ def test_a_node_given_twice_as_a_key_is_refused_as_promtool_would(tmp_path: Path
 
 def test_a_missing_base_config_says_which_option_gives_it(tmp_path: Path) -> None:
     nodes = node_list(tmp_path, {"a": 9471})
-    done = agent("stack", "generate", "--nodes", str(nodes), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    done = agent("stack", "generate", "--nodes", str(nodes), "--out", str(tmp_path / "out"),
+                 "--prometheus-config", "base/prometheus.yml", cwd=tmp_path)
     assert done.returncode == 2 and "--prometheus-config" in done.stderr, done.stderr
+    assert str(tmp_path / "base" / "prometheus.yml") in done.stderr, "the absolute path it tried"
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_a_checkout_the_shipped_configs_are_the_base(tmp_path: Path) -> None:
+    """Outside a checkout (an empty directory, no prometheus/ beside it) the base configs are the package's:
+    the output keeps their relative paths as an exported stack's prometheus/ folder has them."""
+    promtool, amtool = require_binary("promtool"), require_binary("amtool")
+    nodes = node_list(tmp_path, {"a": 9471, "b": 9472})
+    out = tmp_path / "out"
+    done = agent("stack", "generate", "--nodes", "nodes.yaml", "--out", "out", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [f"wrote out/{name}" for name in (
+        "prometheus.yml", "alertmanager.yml", "orchestrator-agents.json", "orchestrator-nodes.yml")]
+    prom_text = (out / "prometheus.yml").read_text()
+    assert "from the prometheus/prometheus.yml this package ships" in prom_text.splitlines()[0]
+    prom = yaml.safe_load(prom_text)
+    assert prom["rule_files"] == ["../rules/*.yml", "orchestrator-nodes.yml"]
+    assert prom["global"]["evaluation_interval"] == "15s"
+    am = yaml.safe_load((out / "alertmanager.yml").read_text())
+    hook = next(r for r in am["receivers"] if r["name"] == "agent-b")["webhook_configs"][0]
+    assert (out / hook["http_config"]["authorization"]["credentials_file"]).resolve() == nodes.parent / "tokens/b.token"
+    check = subprocess.run([amtool, "check-config", str(out / "alertmanager.yml")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # With the rules beside it, as `agent stack export` puts them, Prometheus accepts it.
+    assert agent("stack", "export", str(tmp_path), cwd=tmp_path).returncode == 0
+    check = subprocess.run([promtool, "check", "config", "prometheus.yml"], capture_output=True, text=True, cwd=out)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def _recorder(got: list[tuple[str, dict[str, Any]]]) -> type[BaseHTTPRequestHandler]:

@@ -124,15 +124,21 @@ def load_nodes(path: Path) -> NodeList:
             from None
 
 
-def _load_base(path: Path, what: str) -> dict[str, Any]:
+def _load_base(path: Path | None, shipped_as: str, what: str) -> tuple[dict[str, Any], str]:
+    """The base config and how to name it: the file given, or the one this package ships (`shipped_as`, a path
+    of the exported stack, agent.stack.shipped)."""
+    if path is None:
+        from agent.stack import shipped
+
+        return load_yaml(shipped(shipped_as)), f"the {shipped_as} this package ships"
     try:
         doc = load_yaml(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise NodesError(f"cannot read the base {what} {path}: {getattr(exc, 'strerror', None) or exc} "
-                         f"(give it with --{what.replace(' ', '-')})") from None
+        raise NodesError(f"cannot read the base {what} {path.absolute()}: "
+                         f"{getattr(exc, 'strerror', None) or exc} (give it with --{what.replace(' ', '-')})") from None
     if not isinstance(doc, dict):
-        raise NodesError(f"the base {what} {path} is not a mapping")
-    return doc
+        raise NodesError(f"the base {what} {path.absolute()} is not a mapping")
+    return doc, str(path)
 
 
 class Paths:
@@ -250,17 +256,21 @@ def alertmanager_config(base: dict[str, Any], nodes: NodeList, paths: Paths) -> 
     return out
 
 
-def generate(nodes_file: Path, out: Path, prometheus_base: Path, alertmanager_base: Path) -> list[Path]:
-    """Write the three files into `out`; returns their paths."""
+def generate(nodes_file: Path, out: Path, prometheus_base: Path | None = None,
+             alertmanager_base: Path | None = None) -> list[Path]:
+    """Write the four files into `out`; returns their paths. Without a base config, the shipped one: its
+    relative paths (../rules/*.yml, the webhook token) stay as they are, relative to `out`, as they would be
+    in the prometheus/ folder of an exported stack."""
     nodes = load_nodes(nodes_file)
-    prom = _load_base(prometheus_base, "prometheus config")
-    am = _load_base(alertmanager_base, "alertmanager config")
-    prom_out = prometheus_config(prom, nodes, Paths(nodes_file, prometheus_base.parent, out))
-    am_out = alertmanager_config(am, nodes, Paths(nodes_file, alertmanager_base.parent, out))
+    prom, prom_name = _load_base(prometheus_base, "prometheus/prometheus.yml", "prometheus config")
+    am, am_name = _load_base(alertmanager_base, "prometheus/alertmanager.yml", "alertmanager config")
+    prom_dir = prometheus_base.parent if prometheus_base is not None else out
+    am_dir = alertmanager_base.parent if alertmanager_base is not None else out
+    prom_out = prometheus_config(prom, nodes, Paths(nodes_file, prom_dir, out))
+    am_out = alertmanager_config(am, nodes, Paths(nodes_file, am_dir, out))
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, doc, base in (("prometheus.yml", prom_out, prometheus_base), ("alertmanager.yml", am_out,
-                                                                             alertmanager_base)):
+    for name, doc, base in (("prometheus.yml", prom_out, prom_name), ("alertmanager.yml", am_out, am_name)):
         target = out / name
         target.write_text(HEADER.format(nodes=nodes_file, base=base) + yaml.safe_dump(doc, sort_keys=False))
         written.append(target)

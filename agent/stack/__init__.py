@@ -3,9 +3,26 @@ Alertmanager configs (native and Docker), Grafana dashboards and provisioning, a
 rendered from the templates under agent/stack/templates/ with an operator's settings (`agent stack export`).
 Imports only the standard library and PyYAML (README.md, "Layout"); agent/stack/README.md says how to
 edit the templates.
+
+Settings are cheap to import (every `agent` invocation builds the export's parser from their defaults);
+the renderer (render, shipped, shipped_names) is imported on first use.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from agent.stack.settings import Settings, StackError
-from agent.stack.tree import render, shipped, shipped_names
+
+if TYPE_CHECKING:
+    from agent.stack.tree import render, shipped, shipped_names
 
 __all__ = ["Settings", "StackError", "render", "shipped", "shipped_names"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("render", "shipped", "shipped_names"):
+        from agent.stack import tree
+
+        return getattr(tree, name)
+    raise AttributeError(f"module 'agent.stack' has no attribute {name!r}")

@@ -2,8 +2,9 @@
 systemd unit, from the templates under agent/stack/templates/ with the settings filled in.
 
 A template marks what the settings change with `@NAME@` (a word no YAML, PromQL or unit file uses):
-`@AGENT_ADDRESS@`, `@AGENT_JOB@`, `@WEBHOOK_TOKEN_FILE@` in the native configs (the Docker ones keep
-their service names and volume paths), `@AGENT_BINARY@` and `@AGENT_CONFIG@` in the unit.
+`@AGENT_ADDRESS@` and `@WEBHOOK_TOKEN_FILE@` in the native configs (the Docker ones keep their service
+names and volume paths), the scrape jobs `@AGENT_JOB@`, `@PROMETHEUS_JOB@` and `@ALERTMANAGER_JOB@` in
+both, `@AGENT_BINARY@` and `@AGENT_CONFIG@` in the unit.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ def _unit_word(path: str) -> str:
 
 def values(settings: Settings) -> dict[str, str]:
     """Placeholder -> the text it stands for (quoted as its place needs)."""
+    jobs = settings.scrape_jobs()
     return {
         "@AGENT_ADDRESS@": settings.agent_address,
-        "@AGENT_JOB@": scalar(settings.agent_job()),
+        "@AGENT_JOB@": scalar(jobs["--selector"][1]),
+        "@PROMETHEUS_JOB@": scalar(jobs["--prometheus-selector"][1]),
+        "@ALERTMANAGER_JOB@": scalar(jobs["--alertmanager-selector"][1]),
         "@WEBHOOK_TOKEN_FILE@": scalar(settings.webhook_token_file),
         "@AGENT_BINARY@": _unit_word(settings.agent_binary),
         "@AGENT_CONFIG@": _unit_word(settings.config_path),

@@ -61,25 +61,31 @@ class Settings:
         """Placeholder name -> selector: `{$SEL}` the agent's, `{$PROMSEL}` Prometheus', `{$AMSEL}` Alertmanager's."""
         return {"SEL": self.selector, "PROMSEL": self.prometheus_selector, "AMSEL": self.alertmanager_selector}
 
-    def agent_job(self) -> str:
-        """The scrape job of the agent in prometheus.yml: NAME of a selector `job="NAME"`, else the default
-        (then the operator's scrape config must give the series what the selector matches)."""
-        found = _JOB.match(self.selector)
-        return found.group(1) if found else DEFAULT_AGENT_JOB
+    def scrape_jobs(self) -> dict[str, tuple[str, str, bool]]:
+        """Flag -> (selector, its scrape job in prometheus.yml, whether the selector names it). A selector
+        `job="NAME"` names NAME; any other keeps the default job, and then the operator's scrape config must
+        give the series what the selector matches."""
+        out = {}
+        for flag, selector, default in (("--selector", self.selector, DEFAULT_AGENT_JOB),
+                                        ("--prometheus-selector", self.prometheus_selector, "prometheus"),
+                                        ("--alertmanager-selector", self.alertmanager_selector, "alertmanager")):
+            found = _JOB.match(selector)
+            out[flag] = (selector, found.group(1) if found else default, found is not None)
+        return out
 
     def link_prefix(self) -> str:
         return self.grafana_link_prefix.rstrip("/")
 
     def check(self) -> None:
         """StackError for a value the files cannot carry (each message names its flag)."""
+        if "%s" not in self.runbook_url_pattern:
+            raise StackError(f"--runbook-url-pattern {self.runbook_url_pattern!r}: needs a %s for the alert's "
+                             "anchor (the lower-cased alert name)")
         try:
             self.runbook_url_pattern % "x"
         except (TypeError, ValueError):
             raise StackError(f"--runbook-url-pattern {self.runbook_url_pattern!r}: needs exactly one %s (the "
                              "lower-cased alert name) and no other % (write %% for a literal one)") from None
-        if "%s" not in self.runbook_url_pattern:
-            raise StackError(f"--runbook-url-pattern {self.runbook_url_pattern!r}: needs a %s for the alert's "
-                             "anchor (the lower-cased alert name)")
         found = _ADDRESS.match(self.agent_address)
         if not found or not 0 < int(found.group(2)) < 65536:
             raise StackError(f"--agent-address {self.agent_address!r}: not HOST:PORT (an IPv6 address in "

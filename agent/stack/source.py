@@ -34,7 +34,12 @@ from typing import Any
 
 import yaml
 
-from agent.stack.settings import Settings
+from agent.stack.settings import (
+    DEFAULT_ALERTMANAGER_SELECTOR,
+    DEFAULT_PROMETHEUS_SELECTOR,
+    DEFAULT_SELECTOR,
+    Settings,
+)
 
 TEMPLATES = resources.files("agent.stack") / "templates"
 SOURCE = TEMPLATES / "rules"
@@ -44,6 +49,8 @@ _OFFSET = re.compile(r"\boffset (\d+)m\b")
 _CONSTANT = re.compile(r"\+\s*[0-9.]+\s*$")
 _ALERT = re.compile(r"^\s*- alert: (\w+)\s*$")
 _TEST_ALERT = re.compile(r"^\s*- alertname: (\w+)\s*$")
+# A selector the rule tests can be written for: one job, named in characters a plain YAML scalar keeps.
+_TEST_JOB = re.compile(r'^job="([A-Za-z0-9_.:/-]+)"$')
 
 
 def header(source: str) -> str:
@@ -139,15 +146,40 @@ def scalar(value: str) -> str:
     return json.dumps(value)
 
 
-def render_tests(rules: Mapping[str, str]) -> dict[str, str]:
-    """File name -> text of every rules/tests/*_test.yml, with expectations completed from `rules`."""
+def test_jobs(settings: Settings) -> dict[str, str] | None:
+    """Default job -> the settings' job, for the rule tests (their series carry `job="orchestrator-agent"`,
+    `job="prometheus"`, `job="alertmanager"`); None when a selector is other than the default or `job="NAME"`
+    (a regex or further labels): no series can be written for it, and the tests are left out."""
+    jobs = {}
+    for default, selector in ((DEFAULT_SELECTOR, settings.selector),
+                              (DEFAULT_PROMETHEUS_SELECTOR, settings.prometheus_selector),
+                              (DEFAULT_ALERTMANAGER_SELECTOR, settings.alertmanager_selector)):
+        found = _TEST_JOB.match(selector)
+        if not found:
+            return None
+        if selector != default:
+            jobs[default.split('"')[1]] = found.group(1)
+    return jobs
+
+
+def _rename_jobs(line: str, jobs: Mapping[str, str]) -> str:
+    """`job="OLD"` in a series and `job: OLD` in expected labels, for every OLD -> NEW of `jobs` at once."""
+    if not jobs:
+        return line
+    pattern = r'\bjob(="|: )(' + "|".join(map(re.escape, jobs)) + r')(?=["\s,}]|$)'
+    return re.sub(pattern, lambda m: f"job{m.group(1)}{jobs[m.group(2)]}", line)
+
+
+def render_tests(rules: Mapping[str, str], jobs: Mapping[str, str] | None = None) -> dict[str, str]:
+    """File name -> text of every rules/tests/*_test.yml, with expectations completed from `rules` and the
+    series' jobs renamed by `jobs` (test_jobs)."""
     by_name = alerts(rules)
     out = {}
     for src in templates("rules/tests"):
         lines = []
         alert = ""
         for line in src.read_text().splitlines():
-            lines.append(line)
+            lines.append(_rename_jobs(line, jobs or {}))
             if match := _TEST_ALERT.match(line):
                 alert = match.group(1)
                 if alert not in by_name:

@@ -8,16 +8,19 @@ import functools
 from agent.stack.configs import render_configs
 from agent.stack.dashboards import render as render_dashboards
 from agent.stack.settings import Settings
-from agent.stack.source import render_rules, render_tests
+from agent.stack.source import render_rules, render_tests, test_jobs
 
 
 def render(settings: Settings = Settings()) -> dict[str, str]:
-    """Path relative to the output root -> text: rules/*.yml, rules/tests/*_test.yml,
-    grafana/dashboards/*.json, then the configs (prometheus/, grafana/provisioning/, systemd/)."""
+    """Path relative to the output root -> text: rules/*.yml, rules/tests/*_test.yml (unless a selector is
+    neither the default nor `job="NAME"`, source.test_jobs), grafana/dashboards/*.json, then the configs
+    (prometheus/, grafana/provisioning/, systemd/). StackError for a setting the files cannot carry."""
     settings.check()
     rules = render_rules(settings)
     files = {f"rules/{name}": text for name, text in rules.items()}
-    files.update({f"rules/tests/{name}": text for name, text in render_tests(rules).items()})
+    jobs = test_jobs(settings)
+    if jobs is not None:  # else no series can match the selector: see test_jobs
+        files.update({f"rules/tests/{name}": text for name, text in render_tests(rules, jobs).items()})
     files.update({f"grafana/dashboards/{name}": text for name, text in render_dashboards(settings).items()})
     files.update(render_configs(settings))
     return files
