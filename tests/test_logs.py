@@ -296,3 +296,76 @@ def test_the_log_of_a_replica_started_later_is_looked_at_at_once(tmp_path: Path)
             reaper.close()
 
     run_async(main())
+
+
+# --- reading the logs back (agent/supervise/logread.py: `agent logs`, `agent status NAME`) -------------------
+
+
+def test_tail_reads_the_last_lines_and_goes_on_into_the_rotated_backups(tmp_path: Path) -> None:
+    from agent.supervise.logread import tail
+
+    log = tmp_path / "web.log"
+    (tmp_path / "web.log.2").write_text("".join(f"old {i}\n" for i in range(3)))
+    (tmp_path / "web.log.1").write_text("".join(f"mid {i}\n" for i in range(3)))
+    log.write_text("new 0\nnew 1\nhalf a line")
+    assert tail(log, 2) == ["new 1", "half a line"]
+    assert tail(log, 5) == ["mid 1", "mid 2", "new 0", "new 1", "half a line"]
+    assert tail(log, 100) == [*(f"old {i}" for i in range(3)), *(f"mid {i}" for i in range(3)),
+                              "new 0", "new 1", "half a line"]
+    assert tail(log, 0) == []
+    # A file of many blocks is read from its end; a line across a block's edge comes out whole.
+    big = tmp_path / "big.log"
+    big.write_text("".join(f"{i:07d} " + "x" * 992 + "\n" for i in range(300)))  # 1,001 bytes a line
+    assert [line[:7] for line in tail(big, 150)] == [f"{i:07d}" for i in range(150, 300)]
+    assert all(len(line) == 1000 for line in tail(big, 150))
+
+
+def test_line_time_reads_the_times_loggers_write() -> None:
+    from datetime import UTC, datetime
+
+    from agent.supervise.logread import line_time
+
+    utc = datetime(2026, 3, 1, 14, 2, 11, tzinfo=UTC).timestamp()
+    local = datetime(2026, 3, 1, 14, 2, 11).timestamp()
+    cases = {
+        "2026-03-01T14:02:11Z up": utc,
+        "2026-03-01T14:02:11.250Z up": utc + 0.25,
+        "2026-03-01T16:02:11+02:00 up": utc,
+        "2026-03-01 14:02:11,500 INFO python logging": local + 0.5,
+        "2026/03/01 14:02:11 go's log package": local,
+        "[2026-03-01T14:02:11Z] bracketed": utc,
+        '{"ts": "2026-03-01T14:02:11.123Z", "msg": "agent"}': utc + 0.123,
+        '{"time": 1772373731.5, "msg": "epoch seconds"}': 1772373731.5,
+        '{"timestamp": 1772373731500, "msg": "epoch milliseconds"}': 1772373731.5,
+    }
+    for line, expected in cases.items():
+        assert line_time(line) == pytest.approx(expected), line
+    for line in ("no time here", "2026-13-01T14:02:11Z not a month", '{"msg": "no time"}', "{not json", "  at x.py"):
+        assert line_time(line) is None, line
+
+
+def test_newest_merges_by_time_and_keeps_a_traceback_with_its_line(tmp_path: Path) -> None:
+    from agent.supervise.logread import Stream, newest
+
+    a, b = Stream("web", tmp_path / "web.log", 0), Stream("web.1", tmp_path / "web.1.log", 1)
+    first = ["2026-03-01T14:00:01Z a1", "2026-03-01T14:00:03Z a3 failed", "Traceback:", "  boom",
+             "2026-03-01T14:00:05Z a5"]
+    second = ["2026-03-01T14:00:02Z b2", "2026-03-01T14:00:04Z b4", "2026-03-01T14:00:06Z b6"]
+    merged = newest([(a, first), (b, second)], 6)
+    assert [line for _, line in merged] == ["2026-03-01T14:00:03Z a3 failed", "Traceback:", "  boom",
+                                            "2026-03-01T14:00:04Z b4", "2026-03-01T14:00:05Z a5",
+                                            "2026-03-01T14:00:06Z b6"]
+    assert [s.label for s, _ in merged] == ["web", "web", "web", "web.1", "web", "web.1"]
+    assert newest([(a, first), (b, [])], 2) == [(a, "  boom"), (a, "2026-03-01T14:00:05Z a5")]
+    assert newest([(a, first)], 0) == []
+
+
+def test_streams_are_a_components_files_by_replica_and_no_other(tmp_path: Path) -> None:
+    from agent.supervise.logread import streams
+
+    for name in ("web.log", "web.1.log", "web.2.err.log", "web.err.log", "web.10.log", "web.log.1",
+                 "webhook.log", "web.x.log", "agent.log"):
+        (tmp_path / name).write_text("")
+    assert [(s.label, s.replica) for s in streams(tmp_path, "web")] == [
+        ("web", 0), ("web.err", 0), ("web.1", 1), ("web.2.err", 2), ("web.10", 10)]
+    assert [s.path.name for s in streams(tmp_path, "agent")] == ["agent.log"]

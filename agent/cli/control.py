@@ -1,4 +1,5 @@
-"""CLI verbs that talk to a running agent through its control API (and `logs`, which reads its files).
+"""CLI verbs that talk to a running agent through its control API (and `logs`, which reads its files:
+agent/cli/logview.py).
 
 Each verb takes `--json` (the agent's answer, or `{"error", "exit_code"}` when it failed) and prints a
 line for people without it; exit codes as in agent/cli/client.py.
@@ -9,12 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from agent.cli.client import EXIT_USAGE, ControlError, call, endpoint, load
+from agent.cli.client import EXIT_USAGE, ControlError, call, endpoint
+from agent.cli.logview import add_logs_command, status_log
 from agent.cli.output import print_json, progress, suggest
 from agent.cli.reexec import cmd_reexec
 from agent.cli.status_view import print_component, print_history, print_status
@@ -47,6 +48,7 @@ def _status_of(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         print_json({**found[args.name], "history": history})
     else:
         print_component(found[args.name], history, answer.get("hidden_resolved", 0))
+        status_log(args, found[args.name])  # as `systemctl status` ends with the unit's last log lines
     return 0
 
 
@@ -191,43 +193,6 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return {"invalid": 2, "refused": 1, "failed": 1}.get(status, 0)
 
 
-def cmd_logs(args: argparse.Namespace) -> int:
-    config = load(args)
-    log_dir = config.agent.log_dir
-    if args.name != "agent" and args.name not in config.components:
-        raise ControlError(f"unknown component {args.name!r}{suggest(args.name, config.components)}; known: agent, "
-                           f"{', '.join(config.components)}", EXIT_USAGE)
-    files = [log_dir / f"{args.name}.log"]
-    files += sorted(log_dir.glob(f"{args.name}.[0-9]*.log"))
-    files = [f for f in files if f.exists()]
-    if not files:
-        raise ControlError(f"no log file for {args.name} in {log_dir}")
-    for f in files:
-        prefix = f"[{f.stem}] " if len(files) > 1 else ""
-        for line in f.read_text(errors="replace").splitlines()[-args.lines:]:
-            print(prefix + line)
-    if args.follow:
-        positions = {f: f.stat().st_size for f in files}
-        try:
-            while True:
-                for f in files:
-                    size = f.stat().st_size if f.exists() else 0
-                    if size < positions[f]:  # rotated (copy + truncate)
-                        positions[f] = 0
-                    if size > positions[f]:
-                        with open(f, "rb") as fh:
-                            fh.seek(positions[f])
-                            data = fh.read()
-                        positions[f] = size
-                        prefix = f"[{f.stem}] " if len(files) > 1 else ""
-                        for line in data.decode(errors="replace").splitlines():
-                            print(prefix + line, flush=True)
-                time.sleep(0.25)
-        except KeyboardInterrupt:
-            return 0
-    return 0
-
-
 def common(p: argparse.ArgumentParser, json_flag: bool = True) -> argparse.ArgumentParser:
     """The options every control verb takes: where the agent is, how long to wait, and --json."""
     p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
@@ -297,11 +262,7 @@ def add_control_commands(sub: Any) -> None:
     p = common(sub.add_parser("reexec", help="re-execute the agent in place (same pid) to load new code or a new "
                                              "listen/state_dir; every component keeps running"))
     p.set_defaults(func=guard(cmd_reexec))
-    p = common(sub.add_parser("logs", help="show a component's log (or `agent` for the agent's own)"), json_flag=False)
-    p.add_argument("name")
-    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
-    p.add_argument("-n", "--lines", type=int, default=50, help="lines to show first (default 50)")
-    p.set_defaults(func=guard(cmd_logs))
+    add_logs_command(sub, common, guard)
 
 
 def guard(func: Any) -> Any:
