@@ -26,13 +26,13 @@ PY = sys.executable
 TALK_LINES = 40  # each replica of `talk` prints this many time-stamped lines, then idles
 PLAIN_LINES = 8  # each replica of `plain` prints this many lines without a time
 
-# Each replica prints lines that begin with the time (as a Python or Go logger would), a little apart, so
-# the three replicas' lines interleave in time.
+# Each replica prints lines that begin with a time (as a Python or Go logger would): replica r's line i at
+# 14:00:00 + 3i + r seconds, so the three replicas' lines interleave in time, whenever each one started.
 TALK = ("import datetime, os, time\n"
+        "r = int(os.environ['AGENT_REPLICA'])\n"
+        "start = datetime.datetime(2026, 3, 1, 14, 0, tzinfo=datetime.UTC)\n"
         f"for i in range({TALK_LINES}):\n"
-        "    now = datetime.datetime.now(datetime.UTC).isoformat(timespec='microseconds')\n"
-        "    print(now, 'replica', os.environ['AGENT_REPLICA'], 'line', i, flush=True)\n"
-        "    time.sleep(0.003)\n"
+        "    print((start + datetime.timedelta(seconds=3 * i + r)).isoformat(), 'replica', r, 'line', i, flush=True)\n"
         "time.sleep(100000)\n")
 PLAIN = f"for i in $(seq {PLAIN_LINES}); do echo replica $AGENT_REPLICA line $i; done; exec sleep 100000"
 
@@ -75,8 +75,10 @@ def talk_lines(agent: AgentProcess) -> list[str]:
 def test_n_counts_the_newest_lines_across_replicas_not_per_file(agent: AgentProcess) -> None:
     shown = ok(cli(agent, "logs", "talk", "-n", "7"))
     assert shown == talk_lines(agent)[-7:], shown
-    # The newest seven come from more than one replica: the merge is by time, not a file at a time.
-    assert len({line.split()[0] for line in shown}) > 1, shown
+    # The newest seven, by the times the lines carry, from the three files in turn.
+    assert [line.split(" ", 2)[0] + " " + line.rsplit(" ", 3)[1] for line in shown] == [
+        "[talk.2] 2", "[talk] 0", "[talk.1] 1", "[talk.2] 2", "[talk] 0", "[talk.1] 1", "[talk.2] 2"], shown
+    assert [line.rsplit(" ", 1)[1] for line in shown] == ["37", "38", "38", "38", "39", "39", "39"], shown
 
 
 def test_json_prints_the_lines_as_written_and_replica_picks_one(agent: AgentProcess) -> None:
