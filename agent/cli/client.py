@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from agent.cli.output import suggest
-from agent.config.loader import ConfigError, config_paths, load_config, load_document
+from agent.config.loader import DEFAULT_CONFIG, ConfigError, load_config, load_document
 from agent.config.models import Config
+from agent.config.search import FoundConfig, find_config
 from agent.config.settings import AgentSettings, parse_listen
 from agent.config.yamlfile import load_yaml
 
@@ -41,10 +43,28 @@ class ControlError(Exception):
         self.document = document  # the agent's answer, when there was one
 
 
+_announced: set[str] = set()  # the config lines this process printed (one each, however often it loads)
+
+
+def announce(found: FoundConfig) -> None:
+    """Say on stderr which config file is used and why, once per process; nothing for -c files."""
+    line = found.line()
+    if line and line not in _announced:
+        _announced.add(line)
+        print(line, file=sys.stderr)
+
+
+def chosen(config_args: list[str] | None) -> list[Path]:
+    """The config files of -c, else of the search (agent/config/search.py), announced."""
+    found = find_config(config_args)
+    announce(found)
+    return found.paths
+
+
 def load(args: argparse.Namespace) -> Config:
     """The config the CLI was given; ControlError (exit 2) when it does not load."""
     try:
-        return load_config(config_paths(args.config))
+        return load_config(chosen(args.config))
     except ConfigError as exc:
         raise ControlError(f"invalid config\n{exc}", EXIT_USAGE) from None
 
@@ -52,7 +72,7 @@ def load(args: argparse.Namespace) -> Config:
 def _where(args: argparse.Namespace) -> AgentSettings:
     """The agent's address and token settings from its config. A config that fails validation elsewhere
     (being edited, say) still names them, so `agent reload` can ask the agent and report its errors."""
-    paths = config_paths(args.config)
+    paths = chosen(args.config)
     try:
         return load_config(paths).agent
     except ConfigError as exc:
@@ -131,7 +151,8 @@ def endpoint(args: argparse.Namespace) -> Endpoint:
     try:
         token = token_path.read_text().strip()
     except OSError as exc:
-        raise ControlError(f"cannot read the control token {token_path}: {exc.strerror or exc} "
+        shown = token_path if token_path.is_absolute() else f"{token_path} ({token_path.absolute()})"
+        raise ControlError(f"cannot read the control token {shown}: {exc.strerror or exc} "
                            "(the agent creates it on its first run; if the config's state_dir or control_token_file "
                            "changed since the agent started, --token-file names the one it uses)") from None
     return Endpoint(url.rstrip("/"), token, _tls_context(args, settings))
@@ -185,3 +206,72 @@ def call(args: argparse.Namespace, method: str, path: str, body: Any = None, *, 
     if response.status_code >= 400 and response.status_code not in accept:
         raise refusal(response.status_code, document)
     return document
+
+
+ASK_TIMEOUT = 2.0  # seconds a verb waits for the running agent to say which config it uses
+
+
+def config_in_use(args: argparse.Namespace) -> list[Path]:
+    """The config a verb that reads one should use: -c, else $AGENT_CONFIG, else the files the running agent
+    reports in /api/v1/status (when one answers at the searched config's address, or $AGENT_URL), else the
+    searched file. One stderr line says which and why. ControlError (exit 2) when the agent runs on files
+    this process cannot read: using another config then would answer for a different agent."""
+    found = find_config(getattr(args, "config", None))
+    if not found.searched:
+        announce(found)
+        return found.paths
+    reported = _reported_files(found)
+    if reported is None:
+        announce(found)
+        return found.paths
+    return reported
+
+
+def _reported_files(found: FoundConfig) -> list[Path] | None:
+    """The files the running agent reports, announced; None when no agent says (a line tells why, when
+    one answered or its token could not be read)."""
+    import httpx  # here, not at the top: `agent run` imports this module and needs no HTTP client
+
+    asking = argparse.Namespace(config=[str(p) for p in found.paths], url=None, token_file=None,
+                                cacert=None, cert=None, key=None)
+    try:
+        settings = _where(asking)
+    except ControlError:
+        return None  # the searched config does not load: loading it again says why
+    token = settings.control_token_file or settings.state_dir / "control.token"
+    if not os.path.lexists(token):
+        return None  # no agent ever ran with this config's state dir
+    try:
+        where = endpoint(asking)
+        response = where.request("GET", "/api/v1/status", timeout=ASK_TIMEOUT)
+    except ControlError as exc:
+        print(f"agent: cannot ask the running agent which config it uses: {exc}", file=sys.stderr)
+        return None
+    except httpx.HTTPError:
+        return None  # nobody answers: no agent runs there
+    try:
+        document = response.json()
+    except ValueError:
+        document = None
+    config = document.get("config") if isinstance(document, dict) else None
+    if response.status_code != 200 or not isinstance(config, dict) or "files" not in config:
+        why = (f"answered {response.status_code}" if response.status_code != 200
+               else "does not report its config files (an agent older than this CLI)")
+        print(f"agent: the agent at {where.url} {why}; not using its config", file=sys.stderr)
+        return None
+    if config.get("embedded"):
+        print(f"agent: config the embedded demo {DEFAULT_CONFIG} (the running agent's, at {where.url}; "
+              "-c FILE or $AGENT_CONFIG to choose another)", file=sys.stderr)
+        return [DEFAULT_CONFIG]
+    files = [Path(str(f)) for f in config["files"]]
+    for f in files:
+        try:
+            with f.open("rb"):
+                pass
+        except OSError as exc:
+            raise ControlError(f"the running agent at {where.url} uses the config {' + '.join(map(str, files))}, "
+                               f"and this process cannot read {f}: {exc.strerror or exc} (run as a user who may "
+                               "read it, or name the files with -c)", EXIT_USAGE) from None
+    print(f"agent: config {' + '.join(map(str, files))} (the running agent's, at {where.url}; -c FILE or "
+          "$AGENT_CONFIG to choose another)", file=sys.stderr)
+    return files

@@ -11,13 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from agent.cli.client import ControlError, announce, chosen, config_in_use
 from agent.cli.control import add_control_commands, common
 from agent.cli.output import print_json, suggest
 from agent.cli.stack import add_stack_commands
 from agent.cli.tls import add_tls_commands
 from agent.cli.todo import add_todo_commands
 from agent.cli.version import add_version_command
-from agent.config.loader import DEFAULT_CONFIG, ConfigError, config_paths, load_config
+from agent.config.loader import ConfigError, load_config
+from agent.config.search import DEFAULT_CONFIG, find_config
 from agent.config.settings import Autonomy
 from agent.daemon.signals import ignore_hangup
 
@@ -27,7 +29,10 @@ config or usage (CRITICAL for --once); 3 cannot start: listen address in use, st
 (control verbs) the agent cannot be reached (UNKNOWN for --once); 4 (run) the state dir is owned by
 another running agent; 141 stdout closed early (| head).
 Every verb takes --json after the verb.
-The config defaults to $AGENT_CONFIG, else the embedded demo config agent/demo/default.yaml.
+Without -c, the config is $AGENT_CONFIG, else the first of ./agent.yaml, ./agent.yml, ./agent.json,
+$XDG_CONFIG_HOME/agent/config.yaml (~/.config/...), /etc/agent/config.yaml, else the embedded demo
+(agent/demo/default.yaml); one line on stderr names the file used. `agent backtest` and `agent config
+show` use the files the running agent reports, when one answers.
 """
 
 
@@ -39,12 +44,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     held = HeldSignals.take()  # the stop signals sent during an `agent reexec`, for the new image
     handover = take_handover()  # None unless this process was just re-executed by `agent reexec`
-    paths = config_paths(args.config)
+    found = find_config(args.config)
+    paths = found.paths
     broken: ConfigError | None = None
     try:
         config = load_config(paths)
     except ConfigError as exc:
         if handover is None or handover.config is None:
+            announce(found)  # which file, and why that one, before its errors
             print(f"error: invalid config\n{exc}", file=sys.stderr)
             if handover is not None:  # nothing to run them with: stop what the previous image handed over
                 from agent.daemon.eventloop import run
@@ -64,7 +71,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = logging.getLogger("agent")
     if broken is not None:
         log.error("agent reexec: the config no longer loads; running on the previous image's config. %s", broken)
-    log.info("config %s: %d component(s)", " + ".join(map(str, paths)), len(config.components))
+    # The search's choice goes in the log (stderr too, in the log's format), not as a bare line.
+    why = f" ({found.why})" if found.why else ""
+    log.info("config %s%s: %d component(s)", " + ".join(map(str, paths)), why, len(config.components))
     autonomy = Autonomy(args.autonomy) if args.autonomy else None
     return run(Agent(config, autonomy=autonomy, config_paths=None if paths == [DEFAULT_CONFIG] else paths,
                      handover=handover, held=held).run())
@@ -74,15 +83,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file and explain every error (agent/cli/check_config.py)."""
     from agent.cli.check_config import cmd_check_config as check
 
-    paths = [Path(f) for f in args.file] if args.file else config_paths(args.config)
+    paths = [Path(f) for f in args.file] if args.file else chosen(args.config)
     return check(paths, args.json)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    """The effective config (every file merged, defaults filled in) and its hash, as the agent computes it."""
+    """The effective config (every file merged, defaults filled in) and its hash, as the agent computes it:
+    the files of -c, $AGENT_CONFIG, the running agent's when one answers, else the search's."""
     from agent.config.changes import config_hash
 
-    paths = config_paths(args.config)
+    try:
+        paths = config_in_use(args)
+    except ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
         config = load_config(paths)
     except ConfigError as exc:
@@ -122,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"agent {__version__}")
     parser.add_argument("-c", "--config", action="append",
-                        help="config file (YAML or JSON); repeat to merge several, later ones win")
+                        help="config file (YAML or JSON); repeat to merge several, later ones win (default: "
+                        "the search below)")
     parser.add_argument("--once", action="store_true",
                         help="one check cycle without starting anything: from the running agent when it answers "
                         "(CRITICAL when its state dir says it should and it does not), else probe the components; "
@@ -144,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file: fields, dependencies, commands "
                            "(found and executable); exit 2 with every error when invalid")
-    check.add_argument("file", nargs="*", help="the file(s), merged in order (default: --config, "
-                       "$AGENT_CONFIG or the demo)")
+    check.add_argument("file", nargs="*", help="the file(s), merged in order (default: --config, else the "
+                       "file every verb finds: $AGENT_CONFIG, ./agent.yaml, the user's, the system's, the demo)")
     check.add_argument("--json", action="store_true", help='print {"ok", "errors": [{"path", "message"}], '
                        '"components", "start_order"}')
     check.set_defaults(func=cmd_check_config)
@@ -162,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="the effective config: `agent config show [--json]`")
     csub = cfg.add_subparsers(dest="config_cmd", required=True, metavar="VERB")
     show = csub.add_parser("show", help="print the merged config with every default filled in (YAML, or "
-                           "--json) and its hash (as orchestrator_config_hash and `agent status` show it)")
+                           "--json) and its hash (as orchestrator_config_hash and `agent status` show it); "
+                           "without -c or $AGENT_CONFIG, the files the running agent reports when one answers")
     show.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
                       help="config file (YAML or JSON); repeat to merge several, later ones win")
     show.add_argument("--json", action="store_true", help="JSON: {files, hash, config}")
@@ -199,7 +215,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
         fmt = args.format or ("json" if args.json else "table")
         try:
-            config = load_config(config_paths(args.config))
+            config = load_config(chosen(args.config))
         except ConfigError as exc:
             print(f"UNKNOWN: invalid config\n{exc}", file=sys.stderr)
             return int(Status.UNKNOWN)

@@ -9,9 +9,11 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from agent.cli.client import announce
 from agent.cli.output import print_table
 from agent.config.dsn import redact
-from agent.config.loader import ConfigError, config_paths, load_config
+from agent.config.loader import ConfigError, load_config
+from agent.config.search import find_config
 from agent.todos.base import DEFAULT_LEASE, MAX_TITLE, Finish, StoreError, title_problem
 from agent.todos.row import PRIORITIES, STATUSES
 from agent.todos.store import open_store
@@ -30,14 +32,18 @@ def todo_target(args: argparse.Namespace) -> Target:
     """--db, else $TODO_DB, else the config's first sqlite or postgres source, else todos.db; lease and
     passfile from the config's source of that store (when there is one)."""
     explicit = args.db or os.environ.get("TODO_DB") or None
+    found = find_config(args.config)
     try:
-        config = load_config(config_paths(args.config))
-    except ConfigError:
+        config = load_config(found.paths)
+    except ConfigError as exc:
         config = None
+        print(f"agent: not using the config {exc.source} for the todo store: it does not load "
+              "(`agent check-config` says why)", file=sys.stderr)
     sources = [s for s in config.backlog.sources if s.store is not None] if config else []
     for source in sources:
         if explicit is None or source.store == explicit:
             assert source.store is not None
+            announce(found)  # the store (or its lease and passfile) comes from this file
             return Target(source.store, source.lease, str(source.passfile) if source.passfile else None)
     return Target(explicit or "todos.db")
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agent.config.models import Config, dependency_problems
+from agent.config.search import DEFAULT_CONFIG, find_config
 from agent.config.seed import is_seed_shape, map_seed
 from agent.config.settings import AgentSettings
 from agent.config.webconfig import WebConfigError, read_web_config
@@ -241,11 +242,10 @@ def merge_documents(base: Any, extra: Any) -> Any:
 
 
 def config_paths(given: Sequence[str | Path] | None = None, env: Mapping[str, str] | None = None) -> list[Path]:
-    """The config file(s) to load: those given (merged in order), else $AGENT_CONFIG, else the demo."""
-    if given:
-        return [Path(p) for p in given]
-    value = (os.environ if env is None else env).get("AGENT_CONFIG")
-    return [Path(p) for p in value.split(os.pathsep)] if value else [DEFAULT_CONFIG]
+    """The config file(s) to load: those given (merged in order), else $AGENT_CONFIG, else the first of
+    ./agent.yaml, ./agent.yml, ./agent.json, the user's and the system's config, else the embedded demo
+    (agent/config/search.py; `find_config` also says why)."""
+    return find_config(given, env).paths
 
 
 def _expanded(data: Any, env: Mapping[str, str], source: str) -> Any:
@@ -273,7 +273,8 @@ def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError(str(p), [("", f"cannot read the file: {exc.strerror or exc}")]) from None
+            tried = "" if p.is_absolute() else f" {p.absolute()}"
+            raise ConfigError(str(p), [("", f"cannot read the file{tried}: {exc.strerror or exc}")]) from None
         part = parse_document(text, str(p))
         if part is not None and not isinstance(part, dict):
             raise ConfigError(str(p), [("", f"the top level must be a mapping, got {type(part).__name__}")])
@@ -362,8 +363,3 @@ def _is_embedded(path: Path) -> bool:
     except OSError:
         return False
 
-
-# Package data (pyproject.toml), so an installed agent has it too. Its relative paths (state_dir,
-# log_dir, todos.db) are kept relative: they resolve against the working directory, not this one
-# (`load_document` makes the paths of every other file absolute against its own directory).
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "demo" / "default.yaml"

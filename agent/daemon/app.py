@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 
 from agent import __version__
 from agent.config.dirs import readable_dirs
-from agent.config.loader import config_paths
+from agent.config.loader import DEFAULT_CONFIG
 from agent.config.models import Config
 from agent.config.settings import AgentSettings, Autonomy
 from agent.config.webconfig import WebConfigError
@@ -156,7 +156,7 @@ class Agent:
         if not set_child_subreaper():
             log.warning("could not become a child subreaper; orphaned grandchildren are reaped by init")
         try:
-            parts = Parts.build(self.config, self.autonomy, loop, self.handover)
+            parts = Parts.build(self.config, self.autonomy, loop, self.handover, config_files=self.config_paths)
         except ContainmentError as exc:
             log.error("%s (agent.containment: %s); nothing started", exc, settings.containment)
             return await self._give_up(EXIT_UNAVAILABLE)
@@ -178,7 +178,8 @@ class Agent:
             log.exception("cannot take over the previous image's components")
             return await self._give_up(EXIT_FAILURE)
         create_missing_stores(self.config)
-        reloader = Reloader(parts, self.config_paths or config_paths())
+        # The files it started with: searching again could find a file that appeared since.
+        reloader = Reloader(parts, self.config_paths or [DEFAULT_CONFIG])
         loop.add_signal_handler(signal.SIGHUP, reloader.trigger)
         trigger = Trigger(parts.supervisor, parts.reaper, self.config_paths, self.request_reexec, parts.modes,
                           parts.remediator)

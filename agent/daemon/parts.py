@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -106,10 +107,12 @@ class Parts:
     web: WebSecurity
     reload_status: ReloadStatus
     started_wall: float
+    # The absolute paths of the files the config is read from; empty: the embedded default.
+    config_files: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, config: Config, autonomy: Autonomy | None, loop: asyncio.AbstractEventLoop,
-              handover: Handover | None = None) -> Parts:
+              handover: Handover | None = None, config_files: Sequence[Path] | None = None) -> Parts:
         """Build every part in the running loop; ContainmentError when `agent.containment` cannot be had,
         SecretFileError (or OSError) when a credentials file is refused, SecretWriteError when one cannot be
         created, and then nothing was started.
@@ -158,6 +161,7 @@ class Parts:
             backlog=backlog, backlog_view=BacklogCollector(backlog, config.served_capabilities()),
             remediator=remediator, page_alerts=PrometheusAlerts(client),
             auth=auth, web=web, reload_status=ReloadStatus(config_hash(config)), started_wall=time.time(),
+            config_files=tuple(str(p.absolute()) for p in config_files or ()),
         )
         remediator.pipeline.watch_since = parts.started_wall  # before a heartbeat, silence counts from the start
         if handover is not None:
@@ -274,7 +278,9 @@ class Parts:
                 "emergency_stop": self.modes.emergency, "uptime_seconds": round(now - self.started_wall, 1),
                 "start_time": self.started_wall,
                 "config": {"hash": self.reload_status.hash, "last_reload_successful": self.reload_status.successful,
-                           "loaded_at": self.reload_status.success_wall},
+                           "loaded_at": self.reload_status.success_wall,
+                           # What `agent backtest` and `agent config show` read when they ask this agent.
+                           "files": list(self.config_files), "embedded": not self.config_files},
                 "containment": {
                     "mechanism": self.containment.mechanism.value,
                     "detail": self.containment.detail,

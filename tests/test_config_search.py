@@ -1,0 +1,277 @@
+"""Which config a verb uses without `-c` (agent/config/search.py, docs/config.md "Where the config is
+found"): $AGENT_CONFIG, ./agent.yaml, ./agent.yml, ./agent.json, the user's, the system's, the embedded
+demo, in that order; one stderr line naming the file; relative paths against the found file; and the
+files the running agent reports, for the verbs that read a config (`agent config show`, `agent backtest`).
+
+Every case runs `agent` as a real subprocess from its own empty working directory, with HOME,
+XDG_CONFIG_HOME and AGENT_SYSTEM_CONFIG pointed into the test's tmp directory (nothing under /etc).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.config.search import DEFAULT_CONFIG
+from tests.helpers import AgentProcess, run_async
+
+HINT = "-c FILE or $AGENT_CONFIG to choose another"
+
+
+class Host:
+    """A tmp "machine": a home, an XDG config home, a system config location, and an empty cwd."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.home = root / "home"
+        self.xdg = root / "xdg"
+        self.system = root / "etc" / "agent" / "config.yaml"
+        self.cwd = root / "cwd"
+        for d in (self.home, self.xdg, self.cwd):
+            d.mkdir(parents=True, exist_ok=True)
+        self.user = self.xdg / "agent" / "config.yaml"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("AGENT_CONFIG", "AGENT_URL", "TODO_DB", "XDG_CONFIG_HOME")}
+        env.update(HOME=str(self.home), XDG_CONFIG_HOME=str(self.xdg), AGENT_SYSTEM_CONFIG=str(self.system))
+        env.update(extra)
+        return env
+
+    def agent(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "agent", *args], cwd=cwd or self.cwd,
+                              env=self.env() if env is None else env, capture_output=True, text=True, timeout=60)
+
+
+def write(path: Path, document: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(document) if path.suffix == ".json" else yaml.safe_dump(document)
+    path.write_text(text)
+    return path
+
+
+def node_config(node: str) -> dict[str, Any]:
+    return {"agent": {"node": node}, "components": {}}
+
+
+def shown(done: subprocess.CompletedProcess[str]) -> tuple[list[str], str]:
+    """The files and node `agent config show --json` reports."""
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    return doc["files"], doc["config"]["agent"]["node"]
+
+
+def test_each_location_in_turn_and_which_wins(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    env_file = write(tmp_path / "elsewhere" / "env.yaml", node_config("from-env"))
+    ladder = [  # highest first: each one, while it exists, wins over all below it
+        (host.cwd / "agent.yaml", "from-cwd-yaml", "./agent.yaml in the working directory"),
+        (host.cwd / "agent.yml", "from-cwd-yml", "./agent.yml in the working directory"),
+        (host.cwd / "agent.json", "from-cwd-json", "./agent.json in the working directory"),
+        (host.user, "from-user", "the user config, $XDG_CONFIG_HOME/agent/config.yaml"),
+        (host.system, "from-system", "the system config, from $AGENT_SYSTEM_CONFIG"),
+    ]
+    for path, node, _ in ladder:
+        write(path, node_config(node))
+
+    by_env = host.agent("config", "show", "--json", env=host.env(AGENT_CONFIG=str(env_file)))
+    assert shown(by_env) == ([str(env_file)], "from-env")
+    assert by_env.stderr == f"agent: config {env_file} (from $AGENT_CONFIG; -c FILE to choose another)\n"
+
+    for path, node, why in ladder:
+        done = host.agent("config", "show", "--json")
+        assert shown(done) == ([str(path)], node), why
+        assert done.stderr == f"agent: config {path} ({why}; {HINT})\n"
+        checked = host.agent("check-config", "--json")  # with no file: the same file, the same line
+        assert checked.returncode == 0 and json.loads(checked.stdout)["source"] == str(path), checked.stdout
+        assert checked.stderr == done.stderr
+        path.unlink()
+
+    demo = host.agent("config", "show", "--json")
+    assert shown(demo)[0] == [str(DEFAULT_CONFIG)]
+    assert demo.stderr.startswith(f"agent: config the embedded demo {DEFAULT_CONFIG} (none of ./agent.yaml, "
+                                  f"./agent.yml, ./agent.json, {host.user}, {host.system} exists; {HINT})")
+
+    given = host.agent("-c", str(env_file), "config", "show", "--json")  # -c: no line at all
+    assert shown(given) == ([str(env_file)], "from-env") and given.stderr == ""
+    assert host.agent("check-config", str(env_file)).stderr == ""
+
+
+def test_the_user_config_defaults_to_home_dot_config(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    user = write(host.home / ".config" / "agent" / "config.yaml", node_config("from-home"))
+    env = host.env()
+    del env["XDG_CONFIG_HOME"]
+    done = host.agent("config", "show", "--json", env=env)
+    assert shown(done) == ([str(user)], "from-home")
+    assert done.stderr == f"agent: config {user} (the user config, ~/.config/agent/config.yaml; {HINT})\n"
+    # A relative XDG_CONFIG_HOME is ignored, as the XDG spec says.
+    relative = host.agent("config", "show", "--json", env={**env, "XDG_CONFIG_HOME": "xdg"})
+    assert shown(relative) == ([str(user)], "from-home")
+
+
+def test_relative_paths_resolve_against_the_found_file(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    write(host.system, {"agent": {"state_dir": "state", "control_token_file": "secrets/token"},
+                        "components": {"w": {"command": ["python", "-c", "pass"], "cwd": "work"}}})
+    done = host.agent("config", "show", "--json")
+    files, _ = shown(done)
+    settings = json.loads(done.stdout)["config"]["agent"]
+    etc = host.system.parent
+    assert files == [str(host.system)]
+    assert settings["state_dir"] == str(etc / "state") and settings["log_dir"] == str(etc / "logs")
+    assert settings["control_token_file"] == str(etc / "secrets" / "token")
+    assert json.loads(done.stdout)["config"]["components"]["w"]["cwd"] == str(etc / "work")
+    assert not any(host.cwd.iterdir())  # nothing resolved against, or written into, the working directory
+
+
+def test_errors_that_name_a_relative_path_show_the_absolute_path_tried(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    done = host.agent("check-config", env=host.env(AGENT_CONFIG="missing.yaml"))
+    assert done.returncode == 2
+    assert f"cannot read the file {host.cwd / 'missing.yaml'}: No such file or directory" in done.stdout + done.stderr
+    token = host.agent("status", "--url", "http://127.0.0.1:9", "--token-file", "secrets/token")
+    assert token.returncode == 1
+    assert f"cannot read the control token secrets/token ({host.cwd / 'secrets' / 'token'})" in token.stderr
+
+
+def test_a_config_that_exists_but_cannot_be_read_is_chosen_and_says_why() -> None:
+    # Under a directory this user may not enter, the file cannot even be looked at: the search still takes
+    # it (an operator's /etc/agent, 0750) and the error says why, rather than quietly running the demo.
+    root = Path(tempfile.mkdtemp(prefix="config-search-"))  # not under pytest's 0700 tmp: nobody needs in
+    try:
+        root.chmod(0o755)
+        host = Host(root)
+        for d in (host.home, host.xdg, host.cwd):
+            d.chmod(0o777)
+        write(host.system, node_config("from-system"))
+        host.system.parent.chmod(0o700)
+        as_other = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+        if not as_other:
+            host.system.parent.chmod(0o000)
+        done = subprocess.run([*as_other, sys.executable, "-m", "agent", "config", "show", "--json"],
+                              cwd=host.cwd, env=host.env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stdout
+        assert done.stderr.startswith(f"agent: config {host.system} (the system config")
+        assert "cannot read the file: Permission denied" in done.stderr
+    finally:
+        (root / "etc" / "agent").chmod(0o755)
+        shutil.rmtree(root)
+
+
+def system_agent(host: Host) -> AgentProcess:
+    """An agent as a host configured under /etc runs it (`agent run -c /etc/agent/config.yaml` from `/`):
+    the config sets no state_dir, so the state dir is `.agent` beside the file."""
+    started_in = host.root / "started_in"
+    started_in.mkdir()
+    host.system.parent.mkdir(parents=True)
+    agent = AgentProcess(host.system.parent, {"agent": {"state_dir": ".agent", "log_dir": "logs"},
+                                              "components": {"w": {"command": ["python", "-c",
+                                                                               "import time; time.sleep(600)"]}}})
+    agent.config_path.rename(host.system)
+    agent.config_path = host.system
+    agent.dir = started_in
+    agent.state_dir = host.system.parent / ".agent"
+    return agent.start()
+
+
+def test_status_without_c_finds_the_system_config_and_its_control_token(tmp_path: Path) -> None:
+    # The issue: on a host configured under /etc, `agent status` read the demo's `.agent/control.token`
+    # relative to the working directory and exited 1.
+    host = Host(tmp_path)
+    agent = system_agent(host)
+    try:
+        done = host.agent("status", "--json")
+        assert done.returncode == 0, done.stderr
+        assert [c["component"] for c in json.loads(done.stdout)["components"]] == ["w"]
+        assert done.stderr == (f"agent: config {host.system} (the system config, from $AGENT_SYSTEM_CONFIG; "
+                               f"{HINT})\n")
+        assert not (host.cwd / ".agent").exists()
+    finally:
+        agent.stop()
+
+
+def test_config_show_uses_the_files_the_running_agent_reports(tmp_path: Path) -> None:
+    host = Host(tmp_path)
+    site = write(tmp_path / "site" / "site.yaml", {"agent": {"node": "site-node"}})
+    host.user.parent.mkdir(parents=True)
+    agent = AgentProcess(host.user.parent, {"agent": {"node": "base-node", "state_dir": "state"},
+                                            "components": {"w": {"command": ["python", "-c",
+                                                                             "import time; time.sleep(600)"]}}},
+                         ("-c", str(site)))
+    agent.config_path.rename(host.user)
+    agent.config_path = host.user
+    agent.state_dir = host.user.parent / "state"
+    agent.start()
+    try:
+        status = agent.api("GET", "/api/v1/status")["config"]
+        assert status["files"] == [str(host.user), str(site)] and status["embedded"] is False
+
+        done = host.agent("config", "show", "--json")
+        files, node = shown(done)
+        assert files == [str(host.user), str(site)] and node == "site-node"  # both layers, as the agent runs
+        assert json.loads(done.stdout)["hash"] == status["hash"]
+        assert done.stderr == (f"agent: config {host.user} + {site} (the running agent's, at {agent.url}; "
+                               f"{HINT})\n")
+
+        # $AGENT_CONFIG (or -c) still wins over the agent's files.
+        other = write(tmp_path / "other.yaml", node_config("other"))
+        assert shown(host.agent("config", "show", "--json", env=host.env(AGENT_CONFIG=str(other))))[1] == "other"
+
+        # Files the agent runs on that this process cannot read: exit 2 naming them, no silent fall-back.
+        site.rename(site.with_suffix(".moved"))
+        gone = host.agent("config", "show", "--json")
+        assert gone.returncode == 2 and gone.stdout == ""
+        assert f"the running agent at {agent.url} uses the config {host.user} + {site}" in gone.stderr
+        assert f"cannot read {site}: No such file or directory" in gone.stderr
+        backtest = host.agent("backtest", "--prometheus", "http://127.0.0.1:9", "--start", "-1h")
+        assert backtest.returncode == 2 and f"cannot read {site}" in backtest.stderr
+    finally:
+        agent.stop()
+    # Nobody answers any more: the searched file, and its line.
+    after = host.agent("config", "show", "--json")
+    assert shown(after) == ([str(host.user)], "base-node")
+    assert "the user config" in after.stderr
+
+
+def test_the_status_document_reports_its_files_and_the_embedded_default_as_such(tmp_path: Path) -> None:
+    import asyncio
+
+    from agent.config.loader import load_config
+    from agent.daemon.parts import Parts
+
+    config = load_config(write(tmp_path / "agent.yaml", {"components": {}}), env={})
+
+    async def documents() -> list[dict[str, Any]]:
+        out = []
+        for files in (None, [Path("relative.yaml")]):
+            parts = Parts.build(config, None, asyncio.get_running_loop(), config_files=files)
+            try:
+                out.append(parts.status()["config"])
+            finally:
+                await parts.aclose()
+        return out
+
+    embedded, given = run_async(documents())
+    assert embedded["files"] == [] and embedded["embedded"] is True
+    assert given["files"] == [str(Path.cwd() / "relative.yaml")] and given["embedded"] is False
+
+
+@pytest.mark.parametrize("name", ["agent.yaml", "agent.yml", "agent.json"])
+def test_a_broken_found_config_is_named_with_the_reason_it_was_chosen(tmp_path: Path, name: str) -> None:
+    host = Host(tmp_path)
+    (host.cwd / name).write_text("{not: [valid" if name != "agent.json" else "{")
+    done = host.agent("check-config")
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"agent: config {host.cwd / name} (./{name} in the working directory; {HINT})\n")
+    assert str(host.cwd / name) in done.stdout + done.stderr
