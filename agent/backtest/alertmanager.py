@@ -15,13 +15,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
-from agent.backtest.rules import AlertInstance, BacktestError, parse_duration
+from agent.backtest.rules import AlertInstance, BacktestError, Source, parse_duration
 from agent.config.yamlfile import load_yaml
 
 AGENT_PATH = "/webhook/alertmanager"  # a receiver whose webhook URL ends so is the agent
@@ -213,7 +212,7 @@ class AlertmanagerConfig:
     intervals: dict[str, list[TimeInterval]]
 
 
-def load_alertmanager(path: Path) -> AlertmanagerConfig:
+def load_alertmanager(path: Source) -> AlertmanagerConfig:
     """Read an Alertmanager config file (the parts that decide timing)."""
     try:
         doc = load_yaml(path.read_text())

@@ -62,6 +62,30 @@ class AlertRule:
     source: str  # file: group
 
 
+@dataclass(frozen=True)
+class Shipped:
+    """A file of the monitoring stack this package ships (agent.stack: "rules/NAME.yml",
+    "prometheus/alertmanager.yml"), read where a rule or Alertmanager file is read, without a copy on disk."""
+
+    relpath: str
+
+    @property
+    def name(self) -> str:
+        return self.relpath.rsplit("/", 1)[-1]
+
+    def read_text(self) -> str:
+        from agent.stack import shipped
+
+        return shipped(self.relpath)
+
+    def __str__(self) -> str:
+        return f"{self.relpath} (shipped with the agent; `agent stack export` writes it out)"
+
+
+# A rule or Alertmanager file: on disk, or shipped in the package.
+Source = Path | Shipped
+
+
 @dataclass
 class RuleSet:
     alerts: list[AlertRule]
@@ -69,11 +93,13 @@ class RuleSet:
     files: list[str] = field(default_factory=list)
 
 
-def rule_files(paths: Sequence[Path]) -> list[Path]:
+def rule_files(paths: Sequence[Source]) -> list[Source]:
     """The files named, a directory standing for its *.yml and *.yaml files (not its subdirectories)."""
-    found: list[Path] = []
+    found: list[Source] = []
     for path in paths:
-        if path.is_dir():
+        if isinstance(path, Shipped):
+            found.append(path)
+        elif path.is_dir():
             inside = sorted([*path.glob("*.yml"), *path.glob("*.yaml")])
             if not inside:
                 raise BacktestError(f"--rules {path}: no *.yml or *.yaml file in this directory")
@@ -85,7 +111,7 @@ def rule_files(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def _groups(path: Path) -> list[dict[str, Any]]:
+def _groups(path: Source) -> list[dict[str, Any]]:
     try:
         doc = load_yaml(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -99,8 +125,9 @@ def _groups(path: Path) -> list[dict[str, Any]]:
     return groups
 
 
-def load_rules(paths: Sequence[Path], default_interval: float) -> RuleSet:
-    """Every alerting rule of the files, with their recording rules inlined (see module doc)."""
+def load_rules(paths: Sequence[Source], default_interval: float) -> RuleSet:
+    """Every alerting rule of the files, with their recording rules inlined (see module doc); a group without
+    an `interval:` is evaluated every `default_interval` seconds."""
     files = rule_files(paths)
     recorded: dict[str, list[str]] = {}
     raw_alerts: list[tuple[dict[str, Any], float, str]] = []

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from agent.act.payload import Alert
@@ -25,14 +25,19 @@ from agent.backtest.rules import (
     BacktestError,
     Prometheus,
     RuleSet,
+    Shipped,
+    Source,
     evaluate,
     load_rules,
     parse_duration,
 )
 from agent.config.models import Config
 from agent.config.settings import Autonomy
+from agent.config.yamlfile import load_yaml
 
-SHIPPED = Path(__file__).resolve().parent.parent.parent  # the repository (rules/, prometheus/)
+# The defaults: the stack this package ships (agent/stack), the same files `agent stack export` writes.
+SHIPPED_ALERTMANAGER = Shipped("prometheus/alertmanager.yml")
+SHIPPED_PROMETHEUS = "prometheus/prometheus.yml"
 _RELATIVE = re.compile(r"^-\s*(\S+)$")
 
 
@@ -73,7 +78,24 @@ class Policy:
     config: Config
 
 
-def load_policy(name: str, rules: list[Path], alertmanager: Path, config: Config, interval: float) -> Policy:
+def shipped_rules() -> list[Shipped]:
+    """The rule files this package ships (rules/*.yml of the exported stack)."""
+    from agent.stack import shipped_names
+
+    return [Shipped(relpath) for relpath in shipped_names("rules")]
+
+
+def shipped_evaluation_interval() -> float:
+    """Seconds between evaluations of a rule group without `interval:`: the global evaluation_interval of the
+    prometheus.yml this package ships (what Prometheus would use with it)."""
+    from agent.stack import shipped
+
+    doc = load_yaml(shipped(SHIPPED_PROMETHEUS))
+    return parse_duration(doc["global"]["evaluation_interval"], f"{SHIPPED_PROMETHEUS}: global.evaluation_interval")
+
+
+def load_policy(name: str, rules: Sequence[Source], alertmanager: Source, config: Config,
+                interval: float) -> Policy:
     """Read a policy's files (BacktestError naming the file when one cannot be used)."""
     return Policy(name, load_rules(rules, interval), load_alertmanager(alertmanager), config)
 

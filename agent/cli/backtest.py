@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from agent.stack import rule_names
+
 HELP = """\
 Replays past data through the decisions: evaluates every alerting rule with an `action` label over the
 window (range queries at its group's interval, `for:` honoured, the files' recording rules inlined),
@@ -15,6 +17,10 @@ simulates Alertmanager's routing and timers, and runs each simulated delivery th
 plan (bounds, max_step, dedupe, cooldown, stabilisation) at the time it would have arrived.
 Open loop: the replica counts it decides do not change the recorded series the rules read
 (docs/backtest.md).
+
+Without --rules and --alertmanager-config it replays the rules and Alertmanager config this package
+ships (what `agent stack export` writes), so it needs no checkout. A group evaluates at its own
+`interval:`, else --evaluation-interval, else the shipped prometheus.yml's evaluation_interval (15s).
 
 exit codes: 0 done; 1 Prometheus failed or timed out on a query it should answer; 2 usage: bad times, an
 unreadable rule, Alertmanager or agent config, a query Prometheus finds invalid; 3 Prometheus cannot
@@ -31,14 +37,16 @@ def add_backtest_command(sub: Any) -> None:
     p.add_argument("--start", required=True, metavar="T", help="RFC 3339 (2026-01-01T00:00:00Z) or relative (-7d)")
     p.add_argument("--end", default="now", metavar="T", help="RFC 3339, relative (-1h) or now (the default)")
     p.add_argument("--rules", action="extend", nargs="+", type=Path, metavar="FILE|DIR",
-                   help="rule files, or directories of *.yml (several, or repeat the option); default: the "
-                   "shipped rules/")
+                   help="rule files, or directories of *.yml (several, or repeat the option); default: the rules "
+                   f"this package ships ({', '.join(rule_names())}; `agent stack export DIR` writes them to "
+                   "DIR/rules/)")
     p.add_argument("--alertmanager-config", type=Path, metavar="FILE",
-                   help="Alertmanager config; default: the shipped prometheus/alertmanager.yml")
+                   help="Alertmanager config; default: the prometheus/alertmanager.yml this package ships")
     p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
                    help="agent config (bounds, max_step, cooldowns); default: $AGENT_CONFIG or the demo config")
     p.add_argument("--evaluation-interval", default=None, metavar="DURATION",
-                   help="interval of rule groups that set none; default: the shipped prometheus.yml's (15s)")
+                   help="interval of rule groups that set no `interval:` (a group's own comes first); default: "
+                   "global.evaluation_interval of the prometheus.yml this package ships (15s)")
     p.add_argument("--compare", type=Path, metavar="RULES_OR_CONFIG",
                    help="a second policy over the same window: a rule file or directory (replaces --rules), or "
                    "an agent config (replaces --config); counts the differences")

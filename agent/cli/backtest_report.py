@@ -11,28 +11,25 @@ from typing import Any
 
 import yaml
 
-from agent.backtest.rules import BacktestError, Prometheus, parse_duration
-from agent.backtest.run import SHIPPED, Outcome, Policy, initial_replicas, iso, load_policy, parse_time, run_policy
+from agent.backtest.rules import BacktestError, Prometheus, Source, parse_duration
+from agent.backtest.run import (
+    SHIPPED_ALERTMANAGER,
+    Outcome,
+    Policy,
+    initial_replicas,
+    iso,
+    load_policy,
+    parse_time,
+    run_policy,
+    shipped_evaluation_interval,
+    shipped_rules,
+)
 from agent.cli.output import print_json, print_table
 from agent.config.loader import ConfigError, config_paths, load_config
 from agent.config.models import Config
 from agent.config.yamlfile import load_yaml
 
 RESULTS = ("executed", "cooldown", "duplicate", "ignored", "rejected", "dry_run", "failed")
-
-
-def _default_interval() -> float:
-    try:
-        doc = load_yaml((SHIPPED / "prometheus" / "prometheus.yml").read_text())
-        return parse_duration(doc["global"]["evaluation_interval"])
-    except (OSError, KeyError, TypeError, yaml.YAMLError, BacktestError):
-        return 60.0
-
-
-def _shipped(path: Path, option: str) -> Path:
-    if not path.exists():
-        raise BacktestError(f"the shipped {path.name} is not at {path}: pass {option}")
-    return path
 
 
 def _config(paths: list[Path]) -> Config:
@@ -71,12 +68,13 @@ def _run(args: argparse.Namespace) -> int:
         raise BacktestError(f"--end ({iso(end)}) must be after --start ({iso(start)})")
     if end > now + 60:
         raise BacktestError(f"--end ({iso(end)}) is in the future")
+    # A group's own `interval:` first (load_rules), else this, else the shipped prometheus.yml's global one.
     interval = parse_duration(args.evaluation_interval, "--evaluation-interval") if args.evaluation_interval \
-        else _default_interval()
+        else shipped_evaluation_interval()
     if interval <= 0:
         raise BacktestError("--evaluation-interval must be positive")
-    rules = args.rules or [_shipped(SHIPPED / "rules", "--rules")]
-    am = args.alertmanager_config or _shipped(SHIPPED / "prometheus" / "alertmanager.yml", "--alertmanager-config")
+    rules: list[Source] = list(args.rules or shipped_rules())
+    am: Source = args.alertmanager_config or SHIPPED_ALERTMANAGER
     config_files = config_paths(getattr(args, "config", None))
     config = _config(config_files)
     policies = [load_policy("a" if args.compare else "policy", rules, am, config, interval)]
@@ -107,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe(policy: Policy, args: argparse.Namespace, rules: list[Path], am: Path, config: list[Path]
+def _describe(policy: Policy, args: argparse.Namespace, rules: list[Source], am: Source, config: list[Path]
               ) -> dict[str, Any]:
     compared = args.compare if policy.name == "b" else None
     is_rules = compared is not None and _is_rules(compared)

@@ -17,7 +17,16 @@ from agent.stack.settings import Settings, StackError
 if TYPE_CHECKING:
     from agent.stack.tree import render, shipped, shipped_names
 
-__all__ = ["Settings", "StackError", "render", "shipped", "shipped_names"]
+__all__ = ["Settings", "StackError", "render", "rule_names", "shipped", "shipped_names"]
+
+
+def rule_names() -> list[str]:
+    """The names of the rule files the package ships (rules/NAME.yml of the export), from the templates'
+    names: no rendering, cheap enough for a --help."""
+    from importlib import resources
+
+    folder = resources.files(__name__).joinpath("templates", "rules")
+    return sorted(t.name for t in folder.iterdir() if t.is_file() and t.name.endswith(".yml"))
 
 
 def __getattr__(name: str) -> Any:
