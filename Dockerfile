@@ -7,12 +7,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The package with the monitoring stack it ships (agent/stack/templates); setup.py records the revision,
+# "unknown" here (no .git in the build context).
+COPY pyproject.toml setup.py README.md LICENSE ./
 COPY agent ./agent
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/agent --create-home agent
 
-# Relative state_dir / log_dir in the config land here (a volume in docker-compose.yml).
+# The agent's home and working directory (a volume in docker-compose.yml). A config's relative paths resolve
+# against the config file's directory, so examples/docker.yaml gives state_dir and log_dir under here.
 WORKDIR /var/lib/agent
 USER agent
 EXPOSE 9469

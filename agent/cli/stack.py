@@ -43,8 +43,8 @@ Writes the monitoring stack this package ships into DIR, one tree:
 
 The flags are the choices a monitoring mixin's _config offers (orchestratorSelector, runbookURLPattern,
 ...); the defaults give the files committed in the project's repository. Prints each file written;
-refuses (exit 1, listing them) to replace files whose content differs, unless --force. Run it again
-after an upgrade to take the new rules.
+refuses (exit 1, listing them) to replace files whose content differs, unless --force. After an
+upgrade, export into an empty directory and diff it with DIR to see what the release changed.
 
 exit codes: 0 written; 1 files differ (without --force) or a write failed; 2 a flag's value is invalid.
 """
