@@ -14,6 +14,7 @@ and the components' guardrails below.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ import pytest
 import yaml
 
 from bench.tsdb import OpenMetrics, PrometheusServer, backfill, every
-from tests.helpers import ROOT
+from tests.helpers import ROOT, AgentProcess
 from tests.stackbin import require_binary
 
 pytestmark = [pytest.mark.stack]
@@ -298,3 +299,76 @@ def test_compare_an_agent_config_with_a_shorter_cooldown(prometheus: tuple[str, 
         (at(d0, 1, 10, 5, 5), "executed"), (at(d0, 1, 10, 45, 5), "executed")]
     assert doc["compare"]["totals"]["restart"] == {"a": 2, "b": 3}
     assert doc["compare"]["totals"]["scale_up"] == {"a": 4, "b": 4}
+
+
+def test_a_component_missing_from_the_config_is_reported_apart_from_the_guardrails(
+        prometheus: tuple[str, float, Path]) -> None:
+    # docs/backtest.md's example read the embedded demo while the agent ran with its own files: a restart
+    # the agent had executed came out as `web restart rejected unknown component`, a guardrail's words.
+    url, d0, tmp = prometheus
+    without_web = json.loads(json.dumps(AGENT_CONFIG))
+    del without_web["components"]["web"]
+    (tmp / "without-web.yml").write_text(yaml.safe_dump(without_web))
+    start = datetime.fromtimestamp(d0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = datetime.fromtimestamp(d0 + 2 * 24 * HOUR, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    argv = [sys.executable, "-m", "agent", "backtest", "--prometheus", url, "--start", start, "--end", end,
+            "-c", str(tmp / "without-web.yml")]
+    done = subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    policy = doc["policies"][0]
+    web = rows(doc, "web")
+    assert web and {r["result"] for r in web} == {"not_in_config"}, web
+    assert web[0]["reason"] == "no component 'web' in the config read"
+    summary = {(s["component"], s["action"]): s["results"] for s in policy["summary"]}
+    assert summary[("web", "restart")] == {"not_in_config": 6}  # the 1 + 2 + 3 deliveries of the full config
+    assert policy["not_in_config"] == {"components": {"web": 6}, "decisions": 6}
+    assert not any(r["result"] == "rejected" for r in policy["timeline"])
+    assert any("not in the config read (web): not refused by a guardrail" in n for n in policy["notes"])
+
+    human = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert human.returncode == 0, human.stderr
+    lines = [line for line in human.stdout.splitlines() if "OrchestratorComponentDown" in line]
+    assert lines and all("not_in_config" in line and "rejected" not in line for line in lines), lines
+    assert "unknown component" not in human.stdout
+    assert "note: alerts for components not in the config read (web)" in human.stdout
+
+
+def test_without_c_it_replays_with_the_files_the_running_agent_uses(prometheus: tuple[str, float, Path],
+                                                                    tmp_path: Path) -> None:
+    # The agent runs with two files (the user's config and a site layer that adds web); `agent backtest`
+    # from an empty directory, without -c, asks it and replays with both.
+    url, d0, _ = prometheus
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    base = json.loads(json.dumps(AGENT_CONFIG))
+    web = base["components"].pop("web")
+    for spec in base["components"].values():
+        spec["command"] = sleeper
+    base["agent"]["state_dir"] = "state"
+    xdg = tmp_path / "xdg"
+    (xdg / "agent").mkdir(parents=True)
+    site = tmp_path / "site.yml"
+    site.write_text(yaml.safe_dump({"components": {"web": {**web, "command": sleeper}}}))
+    agent = AgentProcess(xdg / "agent", base, ("-c", str(site)))
+    agent.config_path.rename(xdg / "agent" / "config.yaml")
+    agent.config_path = xdg / "agent" / "config.yaml"
+    agent.state_dir = xdg / "agent" / "state"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("AGENT_CONFIG", "AGENT_URL")}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(xdg), AGENT_SYSTEM_CONFIG=str(tmp_path / "none.yaml"))
+    start = datetime.fromtimestamp(d0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = datetime.fromtimestamp(d0 + 2 * 24 * HOUR, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    agent.start()
+    try:
+        done = subprocess.run([sys.executable, "-m", "agent", "backtest", "--prometheus", url, "--start", start,
+                               "--end", end, "--json"], capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+    finally:
+        agent.stop()
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (f"agent: config {agent.config_path} + {site} (the running agent's, at {agent.url}; "
+                           "-c FILE or $AGENT_CONFIG to choose another)\n")
+    doc = json.loads(done.stdout)
+    assert doc["policies"][0]["config"] == [str(agent.config_path), str(site)]
+    assert [(r["action"], r["result"]) for r in rows(doc, "web")] == [
+        ("restart", "executed"), ("restart", "duplicate"), ("restart", "cooldown")]

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config.search import DEFAULT_CONFIG
+from agent.config.loader import DEFAULT_CONFIG
 from tests.helpers import AgentProcess, run_async
 
 HINT = "-c FILE or $AGENT_CONFIG to choose another"

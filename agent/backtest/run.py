@@ -35,6 +35,9 @@ from agent.config.models import Config
 from agent.config.settings import Autonomy
 from agent.config.yamlfile import load_yaml
 
+# A decision no guardrail made: the alert names a component the config read does not have. The live agent
+# rejects it as an unknown component; in a backtest it means the config is not the one the agent ran.
+NOT_IN_CONFIG = "not_in_config"
 # The defaults: the stack this package ships (agent/stack), the same files `agent stack export` writes.
 SHIPPED_ALERTMANAGER = Shipped("prometheus/alertmanager.yml")
 SHIPPED_PROMETHEUS = "prometheus/prometheus.yml"
@@ -213,6 +216,9 @@ def replay(deliveries: list[Delivery], config: Config, initial: dict[str, int], 
             else:
                 assert p.result is not None
                 result, reason = p.result.value, p.reason
+                named = alert.labels.get("component", "")
+                if p.result is Result.REJECTED and p.action and named and named not in views:
+                    result, reason = NOT_IN_CONFIG, f"no component {named!r} in the config read"
             counts[(p.component or alert.labels.get("component", ""), p.action or "none", result)] += 1
             row = Row(now, p.alertname, p.component or alert.labels.get("component", ""), p.action, result,
                       reason, before, after, alert.startsAt, alert.fingerprint, last=now)
@@ -260,6 +266,11 @@ def run_policy(prom: Prometheus, policy: Policy, start: float, end: float, initi
     if guessed:
         notes.append("no orchestrator_component_desired_replicas at --start (started from the config's initial "
                      "count): " + ", ".join(guessed))
+    missing = sorted({c for c, _, r in counts if r == NOT_IN_CONFIG})
+    if missing:
+        notes.append(f"alerts for components not in the config read ({', '.join(missing)}): not refused by a "
+                     "guardrail; the config is not the one the agent that recorded these series ran, or they were "
+                     "removed from it (-c with the agent's files)")
     if unrouted:
         notes.append(f"{unrouted} firing alert(s) with an action label matched no route to the agent's receiver")
     initial_views = _views(policy.config, initial)

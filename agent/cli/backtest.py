@@ -43,7 +43,8 @@ def add_backtest_command(sub: Any) -> None:
     p.add_argument("--alertmanager-config", type=Path, metavar="FILE",
                    help="Alertmanager config; default: the prometheus/alertmanager.yml this package ships")
     p.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
-                   help="agent config (bounds, max_step, cooldowns); default: $AGENT_CONFIG or the demo config")
+                   help="agent config (bounds, max_step, cooldowns); default: $AGENT_CONFIG, else the files the "
+                   "running agent reports, else the file every verb finds (./agent.yaml, ~/.config, /etc, the demo)")
     p.add_argument("--evaluation-interval", default=None, metavar="DURATION",
                    help="interval of rule groups that set no `interval:` (a group's own comes first); default: "
                    "global.evaluation_interval of the prometheus.yml this package ships (15s)")

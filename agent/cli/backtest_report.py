@@ -13,6 +13,7 @@ import yaml
 
 from agent.backtest.rules import BacktestError, Prometheus, Source, parse_duration
 from agent.backtest.run import (
+    NOT_IN_CONFIG,
     SHIPPED_ALERTMANAGER,
     Outcome,
     Policy,
@@ -24,12 +25,14 @@ from agent.backtest.run import (
     shipped_evaluation_interval,
     shipped_rules,
 )
+from agent.cli.client import ControlError, config_in_use
 from agent.cli.output import print_json, print_table
-from agent.config.loader import ConfigError, config_paths, load_config
+from agent.config.loader import ConfigError, load_config
 from agent.config.models import Config
 from agent.config.yamlfile import load_yaml
 
-RESULTS = ("executed", "cooldown", "duplicate", "ignored", "rejected", "dry_run", "failed")
+# not_in_config is no guardrail's answer: the config read lacks the component (agent/backtest/run.py).
+RESULTS = ("executed", "cooldown", "duplicate", "ignored", "rejected", NOT_IN_CONFIG, "dry_run", "failed")
 
 
 def _config(paths: list[Path]) -> Config:
@@ -75,7 +78,10 @@ def _run(args: argparse.Namespace) -> int:
         raise BacktestError("--evaluation-interval must be positive")
     rules: list[Source] = list(args.rules or shipped_rules())
     am: Source = args.alertmanager_config or SHIPPED_ALERTMANAGER
-    config_files = config_paths(getattr(args, "config", None))
+    try:
+        config_files = config_in_use(args)  # -c, $AGENT_CONFIG, the running agent's, or the search's
+    except ControlError as exc:
+        raise BacktestError(str(exc), exc.exit_code) from None
     config = _config(config_files)
     policies = [load_policy("a" if args.compare else "policy", rules, am, config, interval)]
     if args.compare is not None:
@@ -128,7 +134,10 @@ def summary(o: Outcome) -> list[dict[str, Any]]:
 
 def outcome_json(o: Outcome) -> dict[str, Any]:
     """One policy's outcome as JSON (the --json document's `policies` entries, with its description)."""
+    missing = Counter({c: n for (c, _, r), n in o.counts.items() if r == NOT_IN_CONFIG})
     return {"timeline": [r.to_json() for r in o.rows], "summary": summary(o),
+            # Alerts for components the config read has not: apart from the guardrails' refusals.
+            "not_in_config": {"components": dict(sorted(missing.items())), "decisions": sum(missing.values())},
             "replica_hours": {k: round(v, 2) for k, v in sorted(o.replica_hours.items())},
             "deliveries": o.deliveries, "notes": o.notes, "seconds": round(o.seconds, 3)}
 
