@@ -196,11 +196,16 @@ def test_a_selector_that_names_no_job_warns_and_leaves_out_the_rule_tests(tmp_pa
     done = export(str(out), "--selector", 'job=~"agents|edge",env="prod"')
     assert done.returncode == 0, done.stderr
     warnings = done.stderr.splitlines()
-    assert len(warnings) == 1 and warnings[0].startswith('warning: --selector job=~"agents|edge",env="prod" names '
-                                                         "no single job"), done.stderr
+    assert len(warnings) == 1 and warnings[0].startswith('warning: --selector job=~"agents|edge",env="prod" is not '
+                                                         'one job="NAME"'), done.stderr
     assert "scrape job orchestrator-agent" in warnings[0] and "rules/tests/ not written" in warnings[0]
     assert not (out / "rules" / "tests").exists()
     prom = yaml.safe_load((out / "prometheus" / "prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["job_name"] == "orchestrator-agent"
     assert 'up{job=~"agents|edge",env="prod"}' in (out / "rules" / "orchestrator-agent.yml").read_text()
     tool(promtool, "check", "rules", *map(str, sorted((out / "rules").glob("*.yml"))))
+    # A single job whose name the rule tests' series cannot carry as written: said too, never silently.
+    spaced = export(str(tmp_path / "spaced"), "--prometheus-selector", 'job="my prometheus"')
+    assert spaced.returncode == 0 and spaced.stderr.startswith(
+        'warning: --prometheus-selector job="my prometheus" is not one job="NAME"'), spaced.stderr
+    assert not (tmp_path / "spaced" / "rules" / "tests").exists()

@@ -156,9 +156,10 @@ def cmd_stack_export(args: argparse.Namespace) -> int:
         print(f"{'wrote' if rel in written else 'unchanged'} {args.dir / rel}")
     for flag, (selector, job, named) in settings.scrape_jobs().items():
         if not named:
-            print(f"warning: {flag} {selector} names no single job: prometheus/prometheus.yml keeps the scrape job "
-                  f"{job}, and your scrape config must give those series what the selector matches; rules/tests/ "
-                  "not written (no test series can match it)", file=sys.stderr)
+            print(f"warning: {flag} {selector} is not one job=\"NAME\" (NAME of letters, digits and _.:/-): "
+                  f"prometheus/prometheus.yml keeps the scrape job {job}, and your scrape config must give those "
+                  "series what the selector matches; rules/tests/ not written (no test series can match it)",
+                  file=sys.stderr)
     if args.agent_binary is None and not binary.is_file():
         print(f"warning: no agent at {binary}: systemd/agent.service runs that path; give --agent-binary",
               file=sys.stderr)

@@ -23,7 +23,9 @@ DEFAULT_AGENT_BINARY = "/opt/orchestrator-agent/bin/agent"
 DEFAULT_CONFIG_PATH = "/etc/agent/config.yaml"
 
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
-_JOB = re.compile(r'^job="([^"\\]+)"$')
+# A selector that names one scrape job: `job="NAME"`, NAME in characters a plain YAML scalar keeps (the rule
+# tests' series are rewritten to carry it, agent/stack/source.py).
+JOB_SELECTOR = re.compile(r'^job="([A-Za-z0-9_.:/-]+)"$')
 _LINK_PREFIX = re.compile(r"^(https?://[^\s/?#]+)?(/[^\s?#]*)?$")
 
 
@@ -69,7 +71,7 @@ class Settings:
         for flag, selector, default in (("--selector", self.selector, DEFAULT_AGENT_JOB),
                                         ("--prometheus-selector", self.prometheus_selector, "prometheus"),
                                         ("--alertmanager-selector", self.alertmanager_selector, "alertmanager")):
-            found = _JOB.match(selector)
+            found = JOB_SELECTOR.match(selector)
             out[flag] = (selector, found.group(1) if found else default, found is not None)
         return out
 

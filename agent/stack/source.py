@@ -38,6 +38,7 @@ from agent.stack.settings import (
     DEFAULT_ALERTMANAGER_SELECTOR,
     DEFAULT_PROMETHEUS_SELECTOR,
     DEFAULT_SELECTOR,
+    JOB_SELECTOR,
     Settings,
 )
 
@@ -49,8 +50,6 @@ _OFFSET = re.compile(r"\boffset (\d+)m\b")
 _CONSTANT = re.compile(r"\+\s*[0-9.]+\s*$")
 _ALERT = re.compile(r"^\s*- alert: (\w+)\s*$")
 _TEST_ALERT = re.compile(r"^\s*- alertname: (\w+)\s*$")
-# A selector the rule tests can be written for: one job, named in characters a plain YAML scalar keeps.
-_TEST_JOB = re.compile(r'^job="([A-Za-z0-9_.:/-]+)"$')
 
 
 def header(source: str) -> str:
@@ -154,7 +153,7 @@ def test_jobs(settings: Settings) -> dict[str, str] | None:
     for default, selector in ((DEFAULT_SELECTOR, settings.selector),
                               (DEFAULT_PROMETHEUS_SELECTOR, settings.prometheus_selector),
                               (DEFAULT_ALERTMANAGER_SELECTOR, settings.alertmanager_selector)):
-        found = _TEST_JOB.match(selector)
+        found = JOB_SELECTOR.match(selector)
         if not found:
             return None
         if selector != default:
