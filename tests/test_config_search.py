@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -275,3 +276,46 @@ def test_a_broken_found_config_is_named_with_the_reason_it_was_chosen(tmp_path: 
     assert done.returncode == 2
     assert done.stderr.startswith(f"agent: config {host.cwd / name} (./{name} in the working directory; {HINT})\n")
     assert str(host.cwd / name) in done.stdout + done.stderr
+
+
+def test_a_reexec_keeps_the_config_the_agent_found_when_another_one_appears(tmp_path: Path) -> None:
+    # An agent started without -c runs on the file the search found. A re-exec replaces the process
+    # image, not the config: a ./agent.yaml written into its working directory since must not take over
+    # (a reload re-reads the same files too; only a new `agent run` searches again).
+    import signal
+
+    from tests.helpers import pid_alive, wait_for
+
+    host = Host(tmp_path)
+    host.system.parent.mkdir(parents=True)
+    agent = AgentProcess(host.system.parent, {"agent": {"node": "found"}, "components": {
+        "w": {"command": ["python", "-c", "import time; time.sleep(600)"]}}})
+    agent.config_path.rename(host.system)
+    settings = yaml.safe_load(host.system.read_text())["agent"]
+    env = dict(host.env(), PYTHONUNBUFFERED="1")
+    agent.stderr = open(tmp_path / "agent.stderr", "ab")  # noqa: SIM115 - closed by agent.stop()
+    agent.dir = tmp_path
+    agent.proc = subprocess.Popen([sys.executable, "-m", "agent", "run"], cwd=host.cwd, env=env,
+                                  stdout=agent.stderr, stderr=agent.stderr)
+    try:
+        wait_for(agent.healthy, 15, 0.02, "the agent to answer /-/healthy")
+        assert agent.api("GET", "/api/v1/status")["config"]["files"] == [str(host.system)]
+        w = wait_for(lambda: agent.status()["w"]["instances"][0]["pid"], 10, 0.02, "w running")
+        # Same address and state dir, another node: only the config's identity differs.
+        write(host.cwd / "agent.yaml", {"agent": dict(settings, node="appeared"), "components": {}})
+        before = agent.api("GET", "/api/v1/status")["start_time"]
+
+        def reexecuted() -> bool:
+            try:
+                return bool(agent.api("GET", "/api/v1/status", timeout=2)["start_time"] > before)
+            except (httpx.HTTPError, OSError):
+                return False
+
+        agent.proc.send_signal(signal.SIGUSR2)
+        wait_for(reexecuted, 30, 0.05, "the re-executed image to answer")
+        status = agent.api("GET", "/api/v1/status")
+        assert status["config"]["files"] == [str(host.system)], status["config"]
+        assert status["node"] == "found"
+        assert pid_alive(w) and agent.status()["w"]["instances"][0]["pid"] == w  # handed over, not removed
+    finally:
+        agent.stop()

@@ -19,7 +19,7 @@ from agent.cli.tls import add_tls_commands
 from agent.cli.todo import add_todo_commands
 from agent.cli.version import add_version_command
 from agent.config.loader import ConfigError, load_config
-from agent.config.search import DEFAULT_CONFIG, find_config
+from agent.config.search import DEFAULT_CONFIG, FoundConfig, find_config
 from agent.config.settings import Autonomy
 from agent.daemon.signals import ignore_hangup
 
@@ -45,6 +45,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     held = HeldSignals.take()  # the stop signals sent during an `agent reexec`, for the new image
     handover = take_handover()  # None unless this process was just re-executed by `agent reexec`
     found = find_config(args.config)
+    if handover is not None and handover.config_files is not None:
+        # A re-exec replaces the code, not the config: the files the previous image ran on, whatever a
+        # search would find now (a reload re-reads the same files for the same reason).
+        found = FoundConfig(handover.config_files or [DEFAULT_CONFIG], "reexec",
+                            "the files the previous image ran on, kept across agent reexec")
     paths = found.paths
     broken: ConfigError | None = None
     try:

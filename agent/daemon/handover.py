@@ -70,6 +70,7 @@ class Handing(carry.Counted, Protocol):
     containment: Containment
     guardian: Guardian
     tracing: Tracing
+    config_files: tuple[str, ...]  # absolute; () when it runs on the embedded demo
 
 
 class HandoverError(Exception):
@@ -102,6 +103,9 @@ def hand_over(parts: Handing, autonomy: Autonomy | None, lock: StateLock | None 
         "pid": os.getpid(),
         "written": time.time(),
         "config": parts.config.model_dump(mode="json"),
+        # The files it runs on ([] for the embedded demo): the new image loads these, not what a fresh
+        # search would find now (a ./agent.yaml written since must not take over on a re-exec).
+        "config_files": list(parts.config_files),
         "state_dir": str(parts.config.agent.state_dir.resolve()),
         "child_nofile": parts.reaper.child_nofile,
         "containment": parts.containment.record(),
@@ -229,6 +233,7 @@ class Handover:
     tasks: set[asyncio.Task[None]]
     lock: StateLock | None = None
     counters: Any = None  # carry.py: the previous image's counters, which this one goes on from
+    config_files: list[Path] | None = None  # what it ran on ([] the embedded demo; None: an older image)
 
     @classmethod
     def parse(cls, path: Path, document: Any) -> Handover:
@@ -249,6 +254,8 @@ class Handover:
                            containment_record=dict(document["containment"]), guardian=dict(document["guardian"]),
                            modes=dict(document["modes"]), orphans_reaped=int(document["orphans_reaped"]),
                            components=dict(document["components"]), tasks=set(), counters=document.get("counters"))
+            if (files := document.get("config_files")) is not None:
+                handover.config_files = [Path(str(f)) for f in files]
             handover.lock = StateLock.adopt(document.get("state_lock"))  # last: nothing can fail after it
             return handover
         except (KeyError, TypeError, ValueError, ValidationError) as exc:

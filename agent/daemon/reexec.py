@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agent.config.loader import ConfigError, load_config
+from agent.config.loader import DEFAULT_CONFIG, ConfigError, load_config
 from agent.daemon.handover import drop_reserve, reserve_handover
 
 if TYPE_CHECKING:
@@ -71,7 +71,8 @@ async def preflight(reaper: Reaper, paths: list[Path] | None, timeout: float = P
 
     Spawned through the reaper (its waitpid(-1) would steal the exit from subprocess.run).
     """
-    argv = [sys.executable, "-c", _PREFLIGHT, *(str(p) for p in paths or [])]
+    # The files the agent runs on, named, so the check never searches (the embedded demo when it runs on that).
+    argv = [sys.executable, "-c", _PREFLIGHT, *(str(p) for p in paths or [DEFAULT_CONFIG])]
     loop = asyncio.get_running_loop()
     done: asyncio.Future[ExitStatus] = loop.create_future()
 
