@@ -140,6 +140,21 @@ def test_every_dashboard_and_rule_query_runs_on_the_live_prometheus(stack: Stack
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
+def test_the_overviews_firing_alerts_leave_out_the_heartbeat(stack: Stack) -> None:
+    # OrchestratorWatchdog always fires (the alert pipeline's heartbeat): counted, the panel never read 0.
+    import json
+
+    from tests.helpers import ROOT
+
+    overview = json.loads((ROOT / "grafana" / "dashboards" / "orchestrator-overview.json").read_text())
+    panel = next(p for p in overview["panels"] if p.get("title") == "Firing orchestrator alerts")
+    expr = panel["targets"][0]["expr"]
+    wait_for(lambda: stack.firing("OrchestratorWatchdog"), 30, 0.1, "the heartbeat to fire")
+    others = 'count(ALERTS{alertname=~"Orchestrator.*",alertname!="OrchestratorWatchdog",alertstate="firing"})'
+    # One query, one evaluation time: the panel minus every other firing orchestrator alert.
+    assert stack.scalar(f"({expr}) - ({others} or vector(0))") == 0.0
+
+
 def test_promql_cookbook_runs_on_the_live_prometheus(stack: Stack) -> None:
     """Every ```promql block of docs/promql.md runs; those marked `# must have data` answer after the scenarios.
 
