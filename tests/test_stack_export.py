@@ -89,7 +89,7 @@ def test_the_flags_reach_every_file_and_the_tools_accept_the_result(tmp_path: Pa
     rules = "".join((out / "rules" / p).read_text() for p in sorted(p.name for p in (out / "rules").glob("*.yml")))
     assert 'job="orchestrator-agent"' not in rules and 'up{job="agents"}' in rules
     assert 'prometheus_rule_evaluation_failures_total{job="prom"' in rules
-    urls = set(re.findall(r"runbook_url: (\S+)", rules))
+    urls = {yaml.safe_load(u) for u in re.findall(r"runbook_url: (\S+)", rules)}
     assert "https://wiki.example.com/ops/agent#orchestratoragentdown" in urls
     assert all(u.startswith("https://wiki.example.com/ops/agent#orchestrator") for u in urls), urls
     links = []
@@ -167,6 +167,7 @@ def test_a_file_that_differs_is_not_replaced_without_force(tmp_path: Path) -> No
 @pytest.mark.parametrize(("flags", "words"), [
     (["--runbook-url-pattern", "https://wiki.example.com/runbook"], "needs a %s"),
     (["--runbook-url-pattern", "https://wiki.example.com/%d/%s"], "no other %"),
+    (["--runbook-url-pattern", "https://wiki.example.com/ops #%s"], "a URL has no spaces"),
     (["--agent-address", "localhost"], "--agent-address 'localhost': not HOST:PORT"),
     (["--agent-address", "127.0.0.1:70000"], "port 1-65535"),
     (["--grafana-link-prefix", "/grafana?orgId=2"], "--grafana-link-prefix"),
@@ -179,6 +180,23 @@ def test_a_bad_flag_exits_2_naming_it_and_writes_nothing(tmp_path: Path, flags: 
     assert done.returncode == 2, done.stdout + done.stderr
     assert words in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_runbook_pattern_with_yaml_syntax_reaches_every_alert_as_written(tmp_path: Path) -> None:
+    # Written into the rules as a YAML scalar (quoted when plain YAML would read it otherwise), so the
+    # annotation is the pattern as given; a space (" #" began a comment) is refused above.
+    pattern = "https://wiki.example.com/ops:a#b:%s"
+    done = export(str(tmp_path / "out"), "--runbook-url-pattern", pattern)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = 0
+    for path in sorted((tmp_path / "out" / "rules").glob("*.yml")):
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    assert rule["annotations"]["runbook_url"] == pattern % rule["alert"].lower(), path
+                    seen += 1
+    assert seen > 20
+    tool("promtool", "check", "rules", *map(str, sorted((tmp_path / "out" / "rules").glob("*.yml"))))
 
 
 def test_a_failed_write_exits_1_with_the_absolute_path(tmp_path: Path) -> None:

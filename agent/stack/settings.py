@@ -83,6 +83,8 @@ class Settings:
         if "%s" not in self.runbook_url_pattern:
             raise StackError(f"--runbook-url-pattern {self.runbook_url_pattern!r}: needs a %s for the alert's "
                              "anchor (the lower-cased alert name)")
+        if any(c.isspace() for c in self.runbook_url_pattern):
+            raise StackError(f"--runbook-url-pattern {self.runbook_url_pattern!r}: a URL has no spaces (write %20)")
         try:
             self.runbook_url_pattern % "x"
         except (TypeError, ValueError):

@@ -115,7 +115,8 @@ def render_rules(settings: Settings = Settings()) -> dict[str, str]:
             if line.strip() == "runbook_url: $RUNBOOK":
                 if not alert:
                     raise ValueError(f"{src.name}: runbook_url outside an alert")
-                line = line.replace("$RUNBOOK", settings.runbook_url(alert))
+                # Quoted when plain YAML would read it otherwise (a ": " or " #" in the operator's pattern).
+                line = line.replace("$RUNBOOK", scalar(settings.runbook_url(alert)))
             lines.append(_select(line, settings.selectors()))
         text = header(f"rules/{src.name}") + "\n".join(lines) + "\n"
         if re.search(r"\$(SEL|PROMSEL|AMSEL|RUNBOOK)", text):
