@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers import AgentProcess, missing
+
+# The config search (agent/config/search.py) must not find the machine's own files: a host set up as
+# docs/operations.md says (/etc/agent/config.yaml, ~/.config/agent/config.yaml) would otherwise change
+# what every `agent` subprocess of the suite runs on. Set here, at import, so module-scoped fixtures and
+# every child inherit it; tests of the search point these at their own tmp files.
+for _name in ("AGENT_CONFIG", "AGENT_URL"):
+    os.environ.pop(_name, None)
+os.environ["AGENT_SYSTEM_CONFIG"] = "/nonexistent/agent-tests/etc/agent/config.yaml"
+# An empty, writable one (other programs the tests start, chromium among them, keep their settings there).
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="agent-tests-xdg-")
+atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], True)
 
 
 @pytest.fixture(autouse=True)
