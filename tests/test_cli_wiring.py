@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.config.loader import DEFAULT_CONFIG, config_paths
+from agent.config.search import DEFAULT_CONFIG, find_config
 from tests.helpers import ROOT
 
 CONTROL_VERBS = ("status", "restart", "start", "stop", "scale", "autonomy", "emergency-stop", "history",
@@ -46,11 +46,14 @@ def test_a_broken_http_client_fails_the_verb_that_sends_a_request_and_hides_no_v
     assert "httpx is broken here" in status.stderr
 
 
-def test_config_paths_given_then_environment_then_the_embedded_default() -> None:
-    env = {"AGENT_CONFIG": os.pathsep.join(["a.yaml", "b.yaml"])}
-    assert config_paths(["x.yaml", "y.yaml"], env) == [Path("x.yaml"), Path("y.yaml")]
-    assert config_paths(None, env) == [Path("a.yaml"), Path("b.yaml")]
-    assert config_paths([], {}) == [DEFAULT_CONFIG]
+def test_config_paths_given_then_environment_then_the_embedded_default(tmp_path: Path) -> None:
+    # Nothing of this machine's: no user or system config where the search looks (tests/test_config_search.py
+    # covers each location with real files).
+    nowhere = {"HOME": str(tmp_path), "AGENT_SYSTEM_CONFIG": str(tmp_path / "etc" / "config.yaml")}
+    env = {"AGENT_CONFIG": os.pathsep.join(["a.yaml", "b.yaml"]), **nowhere}
+    assert find_config(["x.yaml", "y.yaml"], env).paths == [Path("x.yaml"), Path("y.yaml")]
+    assert find_config(None, env).paths == [Path("a.yaml"), Path("b.yaml")]
+    assert find_config([], nowhere).paths == [DEFAULT_CONFIG]
 
 
 def test_a_control_verb_reads_the_config_it_is_given(tmp_path: Path) -> None:
