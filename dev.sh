@@ -42,7 +42,7 @@ ensure_stack() {
         apt-get update -qq
         # postgresql: the shared todo queue's tests start a private server from its binaries.
         # chromium: tests/test_status_page.py drives the status page in it (Playwright, no browser download).
-        # systemd: tests/test_docs.py checks the shipped unit with systemd-analyze verify (no init runs here).
+        # systemd: tests/test_stack_export.py checks the exported unit with systemd-analyze verify (no init runs).
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
             prometheus prometheus-alertmanager postgresql chromium systemd >/dev/null
     else

@@ -2,8 +2,8 @@
 
 Every webhook request and action has a trace id, so every audit line and exemplar carries one. Spans
 leave the process only when the standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
-variables are set and the optional exporter is installed (`pip install 'agent[otlp]'`); only then is the
-OpenTelemetry SDK imported. Otherwise a span is a trace id and nothing else, made here.
+variables are set and the optional exporter is installed (`pip install 'orchestrator-agent[otlp]'`); only
+then is the OpenTelemetry SDK imported. Otherwise a span is a trace id and nothing else, made here.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _exporting_provider(node: str, version: str) -> TracerProvider | None:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:
         log.warning("OTEL_EXPORTER_OTLP_* is set but the exporter is not installed; "
-                    "install the 'otlp' extra to export traces")
+                    "pip install 'orchestrator-agent[otlp]' to export traces")
         return None
     resource = Resource.create({"service.name": "agent", "service.version": version, "host.name": node})
     provider = TracerProvider(resource=resource)
