@@ -187,3 +187,36 @@ def test_from_an_empty_dir_the_wheel_runs_its_default_exports_its_stack_and_back
     text = " ".join(helped.stdout.split())
     names = ", ".join(Path(r).name for r in rules)
     assert f"the rules this package ships ({names};" in text, text
+
+
+def test_every_package_the_agent_imports_is_a_declared_dependency() -> None:
+    # The wheel tests borrow the dependencies of this environment (dev extras included), so a package the
+    # code imports but pyproject.toml does not require would go unnoticed until a user's `pip install`.
+    import ast
+    import re
+    from importlib.metadata import packages_distributions, requires
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    allowed = set()
+    for requirement in requires("orchestrator-agent") or []:
+        extra = re.search(r'extra == "([^"]+)"', requirement)
+        if extra is None or extra.group(1) == "otlp":  # the core, and the optional exporter agent/export/tracing.py
+            allowed.add(norm(re.split(r"[ ;<>=!\[~]", requirement, maxsplit=1)[0]))
+    distributions = packages_distributions()
+    undeclared: dict[str, set[str]] = {}
+    for path in sorted((ROOT / "agent").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names}:
+                if top in sys.stdlib_module_names or top in ("agent", "__future__"):
+                    continue
+                if not {norm(d) for d in distributions.get(top, [])} & allowed:
+                    undeclared.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    assert not undeclared, f"imported, not in pyproject.toml's dependencies: {undeclared}"
