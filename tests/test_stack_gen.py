@@ -49,7 +49,10 @@ def test_committed_files_are_the_generators_output() -> None:
     assert templates == {k for k in rendered if k.startswith("rules/") and k.count("/") == 1}
     for rel, text in rendered.items():
         if not rel.endswith(".json"):  # JSON has no comments
-            assert text.startswith(f"# Generated from agent/stack/templates/{rel} "), rel
+            # Where it comes from and how an operator changes it (export again), not "edit the template".
+            first = "# Written by `agent stack export` (orchestrator-agent) from its template"
+            assert text.startswith(f"{first} {rel}:"), rel
+            assert f"edit agent/stack/templates/{rel}, run scripts/gen_stack.py" in text.split("\n", 2)[1], rel
 
 
 def test_check_reports_a_hand_edited_or_stray_file(tmp_path: Path, capsys: Any) -> None:

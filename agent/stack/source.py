@@ -54,8 +54,9 @@ _TEST_ALERT = re.compile(r"^\s*- alertname: (\w+)\s*$")
 
 def header(source: str) -> str:
     """The first line of a generated YAML file (or unit): where it comes from, and that it is not to be edited."""
-    return (f"# Generated from agent/stack/templates/{source} (agent stack export, scripts/gen_stack.py): "
-            "edit the template, not this file.\n")
+    return (f"# Written by `agent stack export` (orchestrator-agent) from its template {source}: export again, with\n"
+            "# the flags docs/cli.md lists, to change it (in a checkout: edit agent/stack/templates/"
+            f"{source.split(' ')[0]}, run scripts/gen_stack.py).\n")
 
 
 def templates(folder: str, suffix: str = ".yml") -> list[Traversable]:
