@@ -56,7 +56,9 @@ def test_the_default_export_is_the_repositorys_copy_and_lists_every_file(tmp_pat
     assert done.stderr == ""
     written = files_under(tmp_path / "out")
     assert set(written) == set(render()), "the tree is render()'s"
-    assert len(written) == 24 and {p.split("/")[0] for p in written} == {"rules", "grafana", "prometheus", "systemd"}
+    assert len(written) == 25 and {p.split("/")[0] for p in written} == {"rules", "grafana", "prometheus", "systemd",
+                                                                         "docs"}
+    assert written["docs/runbook.md"].startswith("# Runbook\n")  # what the runbook links point at, to host
     for rel, text in written.items():
         assert text == (ROOT / rel).read_text(), f"{rel} differs from the committed copy (python scripts/gen_stack.py)"
     assert done.stdout.splitlines() == [f"wrote {tmp_path / 'out' / rel}" for rel in render()]

@@ -8,13 +8,13 @@ import functools
 from agent.stack.configs import render_configs
 from agent.stack.dashboards import render as render_dashboards
 from agent.stack.settings import Settings
-from agent.stack.source import render_rules, render_tests, test_jobs
+from agent.stack.source import TEMPLATES, render_rules, render_tests, test_jobs
 
 
 def render(settings: Settings = Settings()) -> dict[str, str]:
     """Path relative to the output root -> text: rules/*.yml, rules/tests/*_test.yml (unless a selector is
     neither the default nor `job="NAME"`, source.test_jobs), grafana/dashboards/*.json, then the configs
-    (prometheus/, grafana/provisioning/, systemd/). StackError for a setting the files cannot carry."""
+    (prometheus/, grafana/provisioning/, systemd/) and docs/runbook.md. StackError for a setting the files cannot carry."""
     settings.check()
     rules = render_rules(settings)
     files = {f"rules/{name}": text for name, text in rules.items()}
@@ -23,6 +23,9 @@ def render(settings: Settings = Settings()) -> dict[str, str]:
         files.update({f"rules/tests/{name}": text for name, text in render_tests(rules, jobs).items()})
     files.update({f"grafana/dashboards/{name}": text for name, text in render_dashboards(settings).items()})
     files.update(render_configs(settings))
+    # What the runbook links point at, for the operator to host where --runbook-url-pattern says (verbatim:
+    # its headings are the anchors the pattern's %s names).
+    files["docs/runbook.md"] = TEMPLATES.joinpath("docs", "runbook.md").read_text()
     return files
 
 
