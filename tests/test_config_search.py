@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -239,10 +240,126 @@ def test_config_show_uses_the_files_the_running_agent_reports(tmp_path: Path) ->
         assert backtest.returncode == 2 and f"cannot read {site}" in backtest.stderr
     finally:
         agent.stop()
-    # Nobody answers any more: the searched file, and its line.
+    # Nobody answers any more: the searched file, and one line saying so (it was silent).
     after = host.agent("config", "show", "--json")
     assert shown(after) == ([str(host.user)], "base-node")
-    assert "the user config" in after.stderr
+    assert after.stderr == (f"agent: no answer from {agent.url} (Connection refused); using the searched config "
+                            f"{host.user} (the user config, $XDG_CONFIG_HOME/agent/config.yaml)\n")
+
+
+def test_an_agent_that_does_not_answer_in_time_is_said_and_the_searched_config_used(tmp_path: Path) -> None:
+    # A port that accepts connections and never answers (a hung agent, a firewall's black hole): the verb
+    # waits its two seconds, says so in one line, and reads the searched file; it was silent.
+    host = Host(tmp_path)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        write(host.user, {"agent": {"node": "searched", "listen": f"127.0.0.1:{port}", "state_dir": "state"},
+                          "components": {}})
+        (host.user.parent / "state").mkdir()
+        (host.user.parent / "state" / "control.token").write_text("token\n")
+        done = host.agent("config", "show", "--json")
+    assert shown(done) == ([str(host.user)], "searched")
+    assert done.stderr == (f"agent: no answer from http://127.0.0.1:{port} (timed out); using the searched config "
+                           f"{host.user} (the user config, $XDG_CONFIG_HOME/agent/config.yaml)\n")
+
+
+def test_logs_status_and_todo_read_the_layers_the_running_agent_reports(tmp_path: Path) -> None:
+    # The agent runs on two -c files, the second setting log_dir and the todo store; the verbs run from an
+    # empty directory without -c. They read the first file only before: `agent logs w` looked in the
+    # first file's logs/, and `agent todo add` wrote ./todos.db.
+    from tests.helpers import lines, wait_for
+
+    host = Host(tmp_path)
+    site = write(tmp_path / "site" / "site.yaml", {
+        "agent": {"log_dir": "site-logs"},
+        "backlog": {"sources": [{"kind": "sqlite", "path": "site-todos.db", "name": "site"}]}})
+    host.user.parent.mkdir(parents=True)
+    agent = AgentProcess(host.user.parent, {"agent": {"state_dir": "state"}, "components": {"w": {"command": [
+        sys.executable, "-c", "import time; print('hello from w', flush=True); time.sleep(600)"]}}},
+                         ("-c", str(site)))
+    agent.config_path.rename(host.user)
+    agent.config_path = host.user
+    agent.state_dir = host.user.parent / "state"
+    log = tmp_path / "site" / "site-logs" / "w.log"
+    agent.start()
+    try:
+        wait_for(lambda: lines(log) == ["hello from w"], 15, 0.02, "w's line in the second layer's log_dir")
+        theirs = f"agent: config {host.user} + {site} (the running agent's, at {agent.url}; {HINT})\n"
+
+        logs = host.agent("logs", "w")
+        assert logs.returncode == 0, logs.stderr
+        assert logs.stdout.splitlines() == ["hello from w"]
+        assert logs.stderr == theirs
+
+        status = host.agent("status", "w")
+        assert status.returncode == 0, status.stderr
+        assert status.stdout.splitlines()[-2:] == ["log, last 1 line(s) (agent logs w -n N for more):",
+                                                   "hello from w"], status.stdout
+        # The searched file found the agent; the files it reports name its log dir.
+        assert status.stderr == f"agent: config {host.user} (the user config, $XDG_CONFIG_HOME/agent/config.yaml; " \
+                                f"{HINT})\n" + theirs
+
+        added = host.agent("todo", "add", "from an empty directory")
+        assert added.returncode == 0, added.stderr
+        assert added.stderr == theirs
+        listed = host.agent("todo", "--db", str(tmp_path / "site" / "site-todos.db"), "list", "--json")
+        assert [t["title"] for t in json.loads(listed.stdout)] == ["from an empty directory"], listed.stderr
+        assert not any(host.cwd.iterdir())  # no ./todos.db
+    finally:
+        agent.stop()
+
+
+def test_the_embedded_demo_named_by_a_relative_path_is_reported_as_embedded(tmp_path: Path) -> None:
+    # `agent run -c ../agent/demo/default.yaml` loads the demo as the demo (the loader resolves the path);
+    # the status document said embedded: false and listed the file. Its log_dir stays relative, `logs`
+    # in the working directory: messages naming it show the absolute path too.
+    from bench.ports import free_port
+    from tests.helpers import wait_for
+
+    host = Host(tmp_path)
+    relative = os.path.relpath(DEFAULT_CONFIG, host.cwd)
+    assert not Path(relative).is_absolute() and (host.cwd / relative).resolve() == DEFAULT_CONFIG
+    url = f"http://127.0.0.1:{free_port()}"
+    env = host.env(AGENT_LISTEN=url.removeprefix("http://"), MCP_PORT=str(free_port()),
+                   DASHBOARD_PORT=str(free_port()), OLLAMA_PORT=str(free_port()), HOSTNAME="demo-node",
+                   PYTHONUNBUFFERED="1")
+    with open(tmp_path / "agent.stderr", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", relative], cwd=host.cwd, env=env,
+                                stdout=out, stderr=out)
+    try:
+        token = host.cwd / ".agent" / "control.token"
+
+        def answers() -> bool:
+            assert proc.poll() is None, (tmp_path / "agent.stderr").read_text()
+            try:
+                return httpx.get(f"{url}/-/healthy", timeout=1).status_code == 200 and token.exists()
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 30, 0.05, "the demo agent to answer")
+        status = httpx.get(f"{url}/api/v1/status", timeout=10,
+                           headers={"Authorization": f"Bearer {token.read_text().strip()}"}).json()
+        assert status["config"]["embedded"] is True and status["config"]["files"] == [], status["config"]
+
+        logs = host.cwd / "logs"
+        wait_for(lambda: (logs / "ollama.log").exists(), 15, 0.02, "ollama's log")
+        (logs / "ollama.log").rename(logs / "ollama.log.moved")  # no file for it now
+        shown_status = host.agent("status", "ollama", env=env)
+        assert shown_status.returncode == 0, shown_status.stderr
+        assert shown_status.stdout.splitlines()[-1] == f"log: no file for ollama in logs ({logs})"
+        missing = host.agent("logs", "ollama", env=env)
+        assert missing.returncode == 1
+        assert f"no log file for ollama in logs ({logs})" in missing.stderr
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def test_the_status_document_reports_its_files_and_the_embedded_default_as_such(tmp_path: Path) -> None:

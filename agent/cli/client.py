@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import ssl
 import sys
 from dataclasses import dataclass
@@ -43,14 +44,17 @@ class ControlError(Exception):
         self.document = document  # the agent's answer, when there was one
 
 
-_announced: set[str] = set()  # the config lines this process printed (one each, however often it loads)
+# The config files this process named on stderr: a line each, however often it loads them (`agent status
+# NAME` finds the agent with the searched file, then reads its log dir from the files the agent reports).
+_announced: set[tuple[Path, ...]] = set()
 
 
 def announce(found: FoundConfig) -> None:
-    """Say on stderr which config file is used and why, once per process; nothing for -c files."""
+    """Say on stderr which config file is used and why, once per process and files; nothing for -c files.
+    `found.source` is the search's (agent/config/search.py), or "running" for the files the agent reports."""
     line = found.line()
-    if line and line not in _announced:
-        _announced.add(line)
+    if line and tuple(found.paths) not in _announced:
+        _announced.add(tuple(found.paths))
         print(line, file=sys.stderr)
 
 
@@ -212,24 +216,31 @@ ASK_TIMEOUT = 2.0  # seconds a verb waits for the running agent to say which con
 
 
 def config_in_use(args: argparse.Namespace) -> list[Path]:
+    """The config a verb that reads one should use (`config_choice`), its stderr line printed."""
+    found = config_choice(args)
+    announce(found)
+    return found.paths
+
+
+def config_choice(args: argparse.Namespace) -> FoundConfig:
     """The config a verb that reads one should use: -c, else $AGENT_CONFIG, else the files the running agent
     reports in /api/v1/status (when one answers at the searched config's address, or $AGENT_URL), else the
-    searched file. One stderr line says which and why. ControlError (exit 2) when the agent runs on files
-    this process cannot read: using another config then would answer for a different agent."""
+    searched file; `announce` prints the line that says which and why. The verbs that need a config only to
+    reach the agent (its address and token) keep the search (`chosen`). ControlError (exit 2) when the
+    agent runs on files this process cannot read: using another config then would answer for another agent."""
     found = find_config(getattr(args, "config", None))
     if not found.searched:
-        announce(found)
-        return found.paths
-    reported = _reported_files(found)
-    if reported is None:
-        announce(found)
-        return found.paths
-    return reported
+        return found
+    return _reported_files(found) or found
 
 
-def _reported_files(found: FoundConfig) -> list[Path] | None:
-    """The files the running agent reports, announced; None when no agent says (a line tells why, when
-    one answered or its token could not be read)."""
+def shown_path(path: Path) -> str:
+    """A path for a message: as it is when absolute, else followed by the absolute path it means."""
+    return str(path) if path.is_absolute() else f"{path} ({path.absolute()})"
+
+
+def _reported_files(found: FoundConfig) -> FoundConfig | None:
+    """The files the running agent reports; None when no agent says (a line tells why, when one was asked)."""
     import httpx  # here, not at the top: `agent run` imports this module and needs no HTTP client
 
     asking = argparse.Namespace(config=[str(p) for p in found.paths], url=None, token_file=None,
@@ -247,8 +258,14 @@ def _reported_files(found: FoundConfig) -> list[Path] | None:
     except ControlError as exc:
         print(f"agent: cannot ask the running agent which config it uses: {exc}", file=sys.stderr)
         return None
-    except httpx.HTTPError:
-        return None  # nobody answers: no agent runs there
+    except httpx.HTTPError as exc:
+        # Most often no agent runs there (refused); a TLS or timeout failure reads the same way: never silent.
+        reason = re.sub(r"^\[Errno -?\d+\] ", "", str(exc)) or type(exc).__name__
+        using = "the embedded demo" if found.source == "embedded" else "the searched config"
+        print(f"agent: no answer from {where.url} ({reason}); using {using} {' + '.join(map(str, found.paths))} "
+              f"({found.why})", file=sys.stderr)
+        _announced.add(tuple(found.paths))  # that line named the file and why: not again
+        return None
     try:
         document = response.json()
     except ValueError:
@@ -259,10 +276,9 @@ def _reported_files(found: FoundConfig) -> list[Path] | None:
                else "does not report its config files (an agent older than this CLI)")
         print(f"agent: the agent at {where.url} {why}; not using its config", file=sys.stderr)
         return None
+    theirs = f"the running agent's, at {where.url}"
     if config.get("embedded"):
-        print(f"agent: config the embedded demo {DEFAULT_CONFIG} (the running agent's, at {where.url}; "
-              "-c FILE or $AGENT_CONFIG to choose another)", file=sys.stderr)
-        return [DEFAULT_CONFIG]
+        return FoundConfig([DEFAULT_CONFIG], "embedded", theirs)
     files = [Path(str(f)) for f in config["files"]]
     for f in files:
         try:
@@ -272,6 +288,4 @@ def _reported_files(found: FoundConfig) -> list[Path] | None:
             raise ControlError(f"the running agent at {where.url} uses the config {' + '.join(map(str, files))}, "
                                f"and this process cannot read {f}: {exc.strerror or exc} (run as a user who may "
                                "read it, or name the files with -c)", EXIT_USAGE) from None
-    print(f"agent: config {' + '.join(map(str, files))} (the running agent's, at {where.url}; -c FILE or "
-          "$AGENT_CONFIG to choose another)", file=sys.stderr)
-    return files
+    return FoundConfig(files, "running", theirs)

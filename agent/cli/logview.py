@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cli.client import EXIT_USAGE, ControlError, load
+from agent.cli.client import EXIT_USAGE, ControlError, config_in_use, shown_path
 from agent.cli.output import is_terminal, suggest
+from agent.config.loader import ConfigError, load_config
+from agent.config.models import Config
 from agent.config.units import clock
 from agent.supervise.logread import AGENT, Stream, line_time, newest, streams, tail
 
@@ -65,8 +67,20 @@ def _files(log_dir: Path, name: str, replica: int | None) -> list[Stream]:
     return [s for s in found if s.path.exists()]
 
 
+def _newest(files: list[Stream], count: int) -> list[tuple[Stream, str]]:
+    """The newest `count` lines across `files`, merged (agent/supervise/logread.py); OSError naming the file
+    that cannot be read (its absolute path too, when relative)."""
+    read = []
+    for stream in files:
+        try:
+            read.append((stream, tail(stream.path, count)))
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), shown_path(stream.path)) from None
+    return newest(read, count)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
-    config = load(args)
+    config = _config(args)
     log_dir = config.agent.log_dir
     if args.name != AGENT and args.name not in config.components:
         raise ControlError(f"unknown component {args.name!r}{suggest(args.name, config.components)}; known: agent, "
@@ -74,20 +88,26 @@ def cmd_logs(args: argparse.Namespace) -> int:
     files = _files(log_dir, args.name, args.replica)
     if not files:
         which = f"replica {args.replica} of {args.name}" if args.replica is not None else args.name
-        shown = log_dir if log_dir.is_absolute() else f"{log_dir} ({log_dir.absolute()})"
-        raise ControlError(f"no log file for {which} in {shown}")
-    read = []
-    for stream in files:
-        try:
-            read.append((stream, tail(stream.path, args.lines)))
-        except OSError as exc:
-            raise ControlError(f"cannot read {stream.path}: {exc.strerror or exc}") from None
+        raise ControlError(f"no log file for {which} in {shown_path(log_dir)}")
+    try:
+        lines = _newest(files, args.lines)
+    except OSError as exc:
+        raise ControlError(f"cannot read {exc.filename}: {exc.strerror}") from None
     several = len(files) > 1
-    for stream, line in newest(read, args.lines):
+    for stream, line in lines:
         print(_shown(stream, line, several, args.json))
     if args.follow:
         return _follow(files, several, args.json)
     return 0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The config the running agent uses (agent/cli/client.py `config_in_use`): its log_dir is where the logs
+    are; ControlError (exit 2) when it does not load."""
+    try:
+        return load_config(config_in_use(args))
+    except ConfigError as exc:
+        raise ControlError(f"invalid config\n{exc}", EXIT_USAGE) from None
 
 
 def _follow(files: list[Stream], several: bool, raw: bool) -> int:
@@ -126,7 +146,7 @@ def status_log(args: argparse.Namespace, component: dict[str, Any]) -> None:
         _dim("log: not shown: the agent was named by its URL; -c its config to show its log here")
         return
     try:
-        log_dir = load(args).agent.log_dir
+        log_dir = _config(args).agent.log_dir
     except ControlError as exc:
         _dim(f"log: not shown: {str(exc).splitlines()[0]}")
         return
@@ -134,19 +154,16 @@ def status_log(args: argparse.Namespace, component: dict[str, Any]) -> None:
     try:
         files = [s for s in _files(log_dir, name, None) if not replicas or s.replica in replicas]
     except OSError as exc:
-        _dim(f"log: cannot look in {log_dir}: {exc.strerror or exc}")
+        _dim(f"log: cannot look in {shown_path(log_dir)}: {exc.strerror or exc}")
         return
     if not files:
-        _dim(f"log: no file for {name} in {log_dir}")
+        _dim(f"log: no file for {name} in {shown_path(log_dir)}")
         return
-    read = []
-    for stream in files:
-        try:
-            read.append((stream, tail(stream.path, STATUS_LINES)))
-        except OSError as exc:
-            _dim(f"log: cannot read {stream.path}: {exc.strerror or exc}")
-            return
-    lines = newest(read, STATUS_LINES)
+    try:
+        lines = _newest(files, STATUS_LINES)
+    except OSError as exc:
+        _dim(f"log: cannot read {exc.filename}: {exc.strerror}")
+        return
     print()
     if not lines:
         print(f"log: empty (agent logs {name})")

@@ -18,7 +18,7 @@ from agent.cli.stack import add_stack_commands
 from agent.cli.tls import add_tls_commands
 from agent.cli.todo import add_todo_commands
 from agent.cli.version import add_version_command
-from agent.config.loader import ConfigError, load_config
+from agent.config.loader import ConfigError, is_embedded, load_config
 from agent.config.search import DEFAULT_CONFIG, FoundConfig, find_config
 from agent.config.settings import Autonomy
 from agent.daemon.signals import ignore_hangup
@@ -31,8 +31,8 @@ another running agent; 141 stdout closed early (| head).
 Every verb takes --json after the verb.
 Without -c, the config is $AGENT_CONFIG, else the first of ./agent.yaml, ./agent.yml, ./agent.json,
 $XDG_CONFIG_HOME/agent/config.yaml (~/.config/...), /etc/agent/config.yaml, else the embedded demo
-(agent/demo/default.yaml); one line on stderr names the file used. `agent backtest` and `agent config
-show` use the files the running agent reports, when one answers.
+(agent/demo/default.yaml); one line on stderr names the file used. `agent backtest`, `config show`,
+`logs`, `todo` and the log lines of `status NAME` use the files the running agent reports, when one answers.
 """
 
 
@@ -80,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     why = f" ({found.why})" if found.why else ""
     log.info("config %s%s: %d component(s)", " + ".join(map(str, paths)), why, len(config.components))
     autonomy = Autonomy(args.autonomy) if args.autonomy else None
-    return run(Agent(config, autonomy=autonomy, config_paths=None if paths == [DEFAULT_CONFIG] else paths,
+    embedded = all(is_embedded(p) for p in paths)  # the loader's rule: `-c agent/demo/default.yaml` too
+    return run(Agent(config, autonomy=autonomy, config_paths=None if embedded else paths,
                      handover=handover, held=held).run())
 
 

@@ -153,7 +153,7 @@ def cmd_stack_export(args: argparse.Namespace) -> int:
         print(f"error: cannot write {failed}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     for rel in files:
-        print(f"{'wrote' if rel in written else 'unchanged'} {args.dir / rel}")
+        print(f"{'wrote' if rel in written else 'unchanged'} {where / rel}")
     for flag, (selector, job, named) in settings.scrape_jobs().items():
         if not named:
             print(f"warning: {flag} {selector} is not one job=\"NAME\" (NAME of letters, digits and _.:/-): "

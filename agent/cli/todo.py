@@ -9,11 +9,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from agent.cli.client import announce
+from agent.cli.client import ControlError, announce, config_choice, shown_path
 from agent.cli.output import print_table
 from agent.config.dsn import redact
 from agent.config.loader import ConfigError, load_config
-from agent.config.search import find_config
 from agent.todos.base import DEFAULT_LEASE, MAX_TITLE, Finish, StoreError, title_problem
 from agent.todos.row import PRIORITIES, STATUSES
 from agent.todos.store import open_store
@@ -30,15 +29,16 @@ class Target:
 
 def todo_target(args: argparse.Namespace) -> Target:
     """--db, else $TODO_DB, else the config's first sqlite or postgres source, else todos.db; lease and
-    passfile from the config's source of that store (when there is one)."""
+    passfile from the config's source of that store (when there is one). The config is the one the running
+    agent uses (agent/cli/client.py `config_choice`), named on stderr when the store comes from it."""
     explicit = args.db or os.environ.get("TODO_DB") or None
-    found = find_config(args.config)
+    found = config_choice(args)  # ControlError (exit 2): the agent runs on files this user cannot read
     try:
         config = load_config(found.paths)
-    except ConfigError as exc:
+    except ConfigError:
         config = None
-        print(f"agent: not using the config {exc.source} for the todo store: it does not load "
-              "(`agent check-config` says why)", file=sys.stderr)
+        print(f"agent: not using the config {' + '.join(shown_path(p) for p in found.paths)} for the todo store: "
+              "it does not load (`agent check-config` says why)", file=sys.stderr)
     sources = [s for s in config.backlog.sources if s.store is not None] if config else []
     for source in sources:
         if explicit is None or source.store == explicit:
@@ -89,8 +89,12 @@ def _check_title(title: str, where: str) -> None:
 
 def cmd_todo(args: argparse.Namespace) -> int:
     """Run one todo verb; exit 1 when nothing suits or a completion is refused, 2 when the store is unusable
-    or the input is refused."""
-    target = todo_target(args)
+    or the input is refused, or the running agent's config cannot be read."""
+    try:
+        target = todo_target(args)
+    except ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
         if args.todo_cmd == "add":
             args.titles = add_titles(args.title, sys.stdin)
@@ -157,7 +161,8 @@ def add_todo_commands(sub: Any) -> None:
     todo.add_argument("--db", help="a SQLite file, or a postgresql:// URL without password (default: $TODO_DB, "
                       "else the config's first sqlite or postgres backlog source, else todos.db)")
     todo.add_argument("-c", "--config", action="append", default=argparse.SUPPRESS,
-                      help="config file used to find the backlog source (and its lease and passfile)")
+                      help="config file used to find the backlog source (and its lease and passfile); default: "
+                      "the files the running agent reports, else the search")
     todo.add_argument("--json", action="store_true", help="JSON output")
     tsub = todo.add_subparsers(dest="todo_cmd", required=True, metavar="VERB")
 

@@ -279,7 +279,7 @@ def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -
         if part is not None and not isinstance(part, dict):
             raise ConfigError(str(p), [("", f"the top level must be a mapping, got {type(part).__name__}")])
         part = _expanded(part or {}, env, str(p))
-        base = None if _is_embedded(p) else p.resolve().parent
+        base = None if is_embedded(p) else p.resolve().parent
         if base is not None:
             resolve_paths(part, base)
         for _, name, entry in component_entries(part):
@@ -290,7 +290,7 @@ def load_document(paths: Sequence[Path], env: Mapping[str, str] | None = None) -
         where = command_dirs.get(name)
         if where is not None and entry.get("command") is not None and "cwd" not in entry:
             entry["cwd"] = str(where)
-    user = [p for p in paths if not _is_embedded(p)]
+    user = [p for p in paths if not is_embedded(p)]
     agent = document.setdefault("agent", {}) if user else None
     if isinstance(agent, dict):
         # Defaults are set by no file: they resolve against the first file's directory (as Compose's
@@ -357,7 +357,8 @@ def resolve_paths(document: dict[str, Any], base: Path) -> None:
             _absolute(source, ("path", "passfile"), base)
 
 
-def _is_embedded(path: Path) -> bool:
+def is_embedded(path: Path) -> bool:
+    """Whether `path` is the embedded demo, however it is spelled (relative, through a symlink)."""
     try:
         return path.resolve() == DEFAULT_CONFIG
     except OSError:
