@@ -170,7 +170,10 @@ def test_from_an_empty_dir_the_wheel_runs_its_default_exports_its_stack_and_back
     stack = tmp_path / "stack"
     done = _run([agent, "stack", "export", str(stack), "--agent-binary", agent], empty, env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert len(done.stdout.splitlines()) == 24, done.stdout
+    assert len(done.stdout.splitlines()) == 25, done.stdout
+    # The runbook the links point at comes with it, to host (agent stack export says where it is).
+    assert (stack / "docs" / "runbook.md").read_text().startswith("# Runbook\n")
+    assert f"host {stack / 'docs' / 'runbook.md'}" in done.stderr
     rules = sorted(map(str, (stack / "rules").glob("*.yml")))
     tests = sorted(map(str, (stack / "rules" / "tests").glob("*_test.yml")))
     assert len(rules) == 6 and len(tests) == 6

@@ -53,7 +53,11 @@ def unit_settings(text: str) -> dict[str, dict[str, str]]:
 def test_the_default_export_is_the_repositorys_copy_and_lists_every_file(tmp_path: Path) -> None:
     done = export(str(tmp_path / "out"), "--agent-binary", DEFAULT_AGENT_BINARY)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == ""
+    # The default runbook address is the project's: the one line says where the copy to host is.
+    assert done.stderr.splitlines() == [
+        "note: the alerts' and panels' runbook links point at the project's repository (https://github.com/"
+        f"orchestrator-agent/orchestrator-agent/blob/main/docs/runbook.md); host {tmp_path / 'out/docs/runbook.md'} "
+        "where your people read it and export again with --runbook-url-pattern URL#%s"]
     written = files_under(tmp_path / "out")
     assert set(written) == set(render()), "the tree is render()'s"
     assert len(written) == 25 and {p.split("/")[0] for p in written} == {"rules", "grafana", "prometheus", "systemd",
@@ -215,7 +219,7 @@ def test_a_selector_that_names_no_job_warns_and_leaves_out_the_rule_tests(tmp_pa
     out = tmp_path / "out"
     done = export(str(out), "--selector", 'job=~"agents|edge",env="prod"')
     assert done.returncode == 0, done.stderr
-    warnings = done.stderr.splitlines()
+    warnings = [line for line in done.stderr.splitlines() if not line.startswith("note: the alerts' and panels'")]
     assert len(warnings) == 1 and warnings[0].startswith('warning: --selector job=~"agents|edge",env="prod" is not '
                                                          'one job="NAME"'), done.stderr
     assert "scrape job orchestrator-agent" in warnings[0] and "rules/tests/ not written" in warnings[0]

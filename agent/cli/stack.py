@@ -129,6 +129,7 @@ def add_stack_commands(sub: Any) -> None:
 def cmd_stack_export(args: argparse.Namespace) -> int:
     from agent.stack import Settings, StackError, render
     from agent.stack.export import ExportRefused, export
+    from agent.stack.settings import DEFAULT_RUNBOOK_URL_PATTERN
 
     binary = args.agent_binary if args.agent_binary is not None else _installed_agent()
     settings = Settings(selector=args.selector, prometheus_selector=args.prometheus_selector,
@@ -160,6 +161,10 @@ def cmd_stack_export(args: argparse.Namespace) -> int:
                   f"prometheus/prometheus.yml keeps the scrape job {job}, and your scrape config must give those "
                   "series what the selector matches; rules/tests/ not written (no test series can match it)",
                   file=sys.stderr)
+    if settings.runbook_url_pattern == DEFAULT_RUNBOOK_URL_PATTERN:
+        print(f"note: the alerts' and panels' runbook links point at the project's repository "
+              f"({DEFAULT_RUNBOOK_URL_PATTERN.split('#')[0]}); host {where / 'docs' / 'runbook.md'} where your "
+              "people read it and export again with --runbook-url-pattern URL#%s", file=sys.stderr)
     if args.agent_binary is None and not binary.is_file():
         print(f"warning: no agent at {binary}: systemd/agent.service runs that path; give --agent-binary",
               file=sys.stderr)
