@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from agent.config.models import Config, dependency_problems
-from agent.config.search import DEFAULT_CONFIG, find_config
+from agent.config.search import DEFAULT_CONFIG
 from agent.config.seed import is_seed_shape, map_seed
 from agent.config.settings import AgentSettings
 from agent.config.webconfig import WebConfigError, read_web_config
@@ -239,13 +239,6 @@ def merge_documents(base: Any, extra: Any) -> Any:
             out[key] = merge_documents(base[key], value) if key in base else value
         return out
     return extra
-
-
-def config_paths(given: Sequence[str | Path] | None = None, env: Mapping[str, str] | None = None) -> list[Path]:
-    """The config file(s) to load: those given (merged in order), else $AGENT_CONFIG, else the first of
-    ./agent.yaml, ./agent.yml, ./agent.json, the user's and the system's config, else the embedded demo
-    (agent/config/search.py; `find_config` also says why)."""
-    return find_config(given, env).paths
 
 
 def _expanded(data: Any, env: Mapping[str, str], source: str) -> Any:
