@@ -14,7 +14,8 @@ from agent.stack.source import TEMPLATES, render_rules, render_tests, test_jobs
 def render(settings: Settings = Settings()) -> dict[str, str]:
     """Path relative to the output root -> text: rules/*.yml, rules/tests/*_test.yml (unless a selector is
     neither the default nor `job="NAME"`, source.test_jobs), grafana/dashboards/*.json, then the configs
-    (prometheus/, grafana/provisioning/, systemd/) and docs/runbook.md. StackError for a setting the files cannot carry."""
+    (prometheus/, grafana/provisioning/, systemd/) and docs/runbook.md. StackError for a setting the files
+    cannot carry."""
     settings.check()
     rules = render_rules(settings)
     files = {f"rules/{name}": text for name, text in rules.items()}
