@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 from scripts.gen_stack import write_fast_rules
-from tests.helpers import ROOT, AgentProcess, free_port, wait_for
+from tests.helpers import ROOT, AgentProcess, free_port, http_ok, wait_for
 from tests.stackbin import require_binary
 
 # The drain target on the fast clock: a surge of 400 todos at 0.25 s a todo wants 0.25 x 400 / 10 = 10
@@ -212,6 +212,9 @@ def start_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] |
                   f"http://127.0.0.1:{receiver_port}")
     try:
         wait_for(lambda: httpx.get(process.url + "/-/ready").status_code == 200, 60, 0.2, "the stack to be ready")
+        # Prometheus answers its API with 503 "Service Unavailable" until its TSDB is open (a loaded CI
+        # machine: the query below failed to parse that as JSON).
+        wait_for(lambda: http_ok(stack.prom + "/-/ready"), 60, 0.2, "Prometheus to be ready")
         wait_for(lambda: stack.scalar('up{job="orchestrator-agent"}') == 1, 30, 0.2, "Prometheus to scrape the agent")
         # One rule evaluation done before any fault is injected.
         wait_for(lambda: stack.query("component:orchestrator_component_automation_allowed:bool"), 30, 0.2,
