@@ -151,12 +151,11 @@ def endpoint(args: argparse.Namespace) -> Endpoint:
     token_path = Path(args.token_file) if args.token_file else None
     if token_path is None:
         assert settings is not None
-        token_path = settings.control_token_file or settings.state_dir / "control.token"
+        token_path = settings.control_token_path
     try:
         token = token_path.read_text().strip()
     except OSError as exc:
-        shown = token_path if token_path.is_absolute() else f"{token_path} ({token_path.absolute()})"
-        raise ControlError(f"cannot read the control token {shown}: {exc.strerror or exc} "
+        raise ControlError(f"cannot read the control token {shown_path(token_path)}: {exc.strerror or exc} "
                            "(the agent creates it on its first run; if the config's state_dir or control_token_file "
                            "changed since the agent started, --token-file names the one it uses)") from None
     return Endpoint(url.rstrip("/"), token, _tls_context(args, settings))
@@ -249,8 +248,7 @@ def _reported_files(found: FoundConfig) -> FoundConfig | None:
         settings = _where(asking)
     except ControlError:
         return None  # the searched config does not load: loading it again says why
-    token = settings.control_token_file or settings.state_dir / "control.token"
-    if not os.path.lexists(token):
+    if not os.path.lexists(settings.control_token_path):
         return None  # no agent ever ran with this config's state dir
     try:
         where = endpoint(asking)

@@ -183,6 +183,12 @@ class AgentSettings(Strict):
     def listen_port(self) -> int:
         return parse_listen(self.listen)[1]
 
+    @property
+    def control_token_path(self) -> Path:
+        """Where the control token lives: `control_token_file`, else `state_dir/control.token` (the agent
+        reads or creates it there, agent/http/credentials.py; the CLI reads it to reach the agent)."""
+        return self.control_token_file or self.state_dir / "control.token"
+
 
 def parse_listen(value: str) -> tuple[str, int]:
     """Split `host:port` (IPv6 as `[::1]:port`); port 0 picks a free port."""

@@ -230,8 +230,8 @@ class Auth:
 
 
 def control_token_path(settings: AgentSettings) -> Path:
-    """Where the control token lives: `agent.control_token_file`, else `state_dir/control.token`."""
-    return settings.control_token_file or settings.state_dir / "control.token"
+    """Where the control token lives (AgentSettings.control_token_path)."""
+    return settings.control_token_path
 
 
 def webhook_password_path(settings: AgentSettings) -> Path | None:
