@@ -268,13 +268,31 @@ def _reported_files(found: FoundConfig) -> FoundConfig | None:
         document = response.json()
     except ValueError:
         document = None
-    config = document.get("config") if isinstance(document, dict) else None
-    if response.status_code != 200 or not isinstance(config, dict) or "files" not in config:
-        why = (f"answered {response.status_code}" if response.status_code != 200
-               else "does not report its config files (an agent older than this CLI)")
-        print(f"agent: the agent at {where.url} {why}; not using its config", file=sys.stderr)
+    if response.status_code != 200:
+        print(f"agent: the agent at {where.url} answered {response.status_code}; not using its config",
+              file=sys.stderr)
         return None
-    theirs = f"the running agent's, at {where.url}"
+    return files_reported(document, where.url)
+
+
+def config_of_status(args: argparse.Namespace, document: Any) -> FoundConfig:
+    """`config_choice` for a verb that already holds the agent's status document (`agent status NAME`): the
+    files it reports, without asking the agent again."""
+    found = find_config(getattr(args, "config", None))
+    if not found.searched:
+        return found
+    return files_reported(document, endpoint(args).url) or found
+
+
+def files_reported(document: Any, url: str) -> FoundConfig | None:
+    """The config files a status document (/api/v1/status) reports; None, said on stderr, when it reports none.
+    ControlError (exit 2) when this process cannot read them."""
+    config = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict) or "files" not in config:
+        print(f"agent: the agent at {url} does not report its config files (an agent older than this CLI); "
+              "not using its config", file=sys.stderr)
+        return None
+    theirs = f"the running agent's, at {url}"
     if config.get("embedded"):
         return FoundConfig([DEFAULT_CONFIG], "embedded", theirs)
     files = [Path(str(f)) for f in config["files"]]
@@ -283,7 +301,7 @@ def _reported_files(found: FoundConfig) -> FoundConfig | None:
             with f.open("rb"):
                 pass
         except OSError as exc:
-            raise ControlError(f"the running agent at {where.url} uses the config {' + '.join(map(str, files))}, "
+            raise ControlError(f"the running agent at {url} uses the config {' + '.join(map(str, files))}, "
                                f"and this process cannot read {f}: {exc.strerror or exc} (run as a user who may "
                                "read it, or name the files with -c)", EXIT_USAGE) from None
     return FoundConfig(files, "running", theirs)

@@ -48,7 +48,7 @@ def _status_of(args: argparse.Namespace, doc: dict[str, Any]) -> int:
         print_json({**found[args.name], "history": history})
     else:
         print_component(found[args.name], history, answer.get("hidden_resolved", 0))
-        status_log(args, found[args.name])  # as `systemctl status` ends with the unit's last log lines
+        status_log(args, found[args.name], doc)  # as `systemctl status` ends with the unit's last log lines
     return 0
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cli.client import EXIT_USAGE, ControlError, config_in_use, shown_path
+from agent.cli.client import EXIT_USAGE, ControlError, announce, config_in_use, config_of_status, shown_path
 from agent.cli.output import is_terminal, suggest
 from agent.config.loader import ConfigError, load_config
 from agent.config.models import Config
@@ -134,10 +134,11 @@ def _follow(files: list[Stream], several: bool, raw: bool) -> int:
         return 0
 
 
-def status_log(args: argparse.Namespace, component: dict[str, Any]) -> None:
+def status_log(args: argparse.Namespace, component: dict[str, Any], document: Any) -> None:
     """The last lines of a component's log, for the end of `agent status NAME`, from the replicas it has
     (all its files when it has none), when this process can read them; else one dim line saying why.
-    Never fails the verb: the status was already printed."""
+    The log dir is the config's the status `document` reports (no second request). Never fails the verb:
+    the status was already printed."""
     if component.get("external"):
         return  # the agent never runs it: there is no log
     name = component["component"]
@@ -146,7 +147,12 @@ def status_log(args: argparse.Namespace, component: dict[str, Any]) -> None:
         _dim("log: not shown: the agent was named by its URL; -c its config to show its log here")
         return
     try:
-        log_dir = _config(args).agent.log_dir
+        found = config_of_status(args, document)
+        announce(found)
+        log_dir = load_config(found.paths).agent.log_dir
+    except ConfigError:
+        _dim("log: not shown: invalid config")
+        return
     except ControlError as exc:
         _dim(f"log: not shown: {str(exc).splitlines()[0]}")
         return
