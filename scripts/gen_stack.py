@@ -4,8 +4,8 @@
 agent/stack/templates/ and the dashboards of agent/stack/dashboards.py) into this checkout, for
 docker-compose.yml and the tests; commit what it writes. `--check` only reports files that differ, and
 files in those folders that nothing generates (tests/test_stack_static.py runs it). An operator's copy
-with other settings is `agent stack export DIR` (docs/cli.md); the selector and runbook flags here are
-kept for a quick look (`--out DIR`).
+with other settings is `agent stack export DIR` (docs/cli.md); its flags work here too, for a quick look
+(`--out DIR`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.cli.stack import add_settings_flags, settings_from
 from agent.stack import Settings, StackError, render
+from agent.stack.settings import DEFAULT_AGENT_BINARY
 from agent.stack.source import render_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,19 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--check", action="store_true", help="only compare with the files in --out")
     parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: this repository)")
-    parser.add_argument("--selector", default=Settings.selector,
-                        help=f"the agent's series (default: {Settings.selector})")
-    parser.add_argument("--prometheus-selector", default=Settings.prometheus_selector,
-                        help=f"Prometheus' own series (default: {Settings.prometheus_selector})")
-    parser.add_argument("--alertmanager-selector", default=Settings.alertmanager_selector,
-                        help=f"Alertmanager's series (default: {Settings.alertmanager_selector})")
-    parser.add_argument("--runbook-url-pattern", default=Settings.runbook_url_pattern,
-                        help="%%s is the lower-cased alert name (default: %(default)s)")
+    add_settings_flags(parser)  # `agent stack export`'s; --agent-binary defaults to the unit's /opt path here
     args = parser.parse_args(argv)
     try:
-        files = render(Settings(selector=args.selector, prometheus_selector=args.prometheus_selector,
-                                alertmanager_selector=args.alertmanager_selector,
-                                runbook_url_pattern=args.runbook_url_pattern))
+        files = render(settings_from(args, args.agent_binary or Path(DEFAULT_AGENT_BINARY)))
     except StackError as exc:
         parser.error(str(exc))
     if not args.check:

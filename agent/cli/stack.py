@@ -7,7 +7,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.stack.settings import (
     DEFAULT_AGENT_ADDRESS,
@@ -19,6 +19,9 @@ from agent.stack.settings import (
     DEFAULT_SELECTOR,
     DEFAULT_WEBHOOK_TOKEN_FILE,
 )
+
+if TYPE_CHECKING:
+    from agent.stack import Settings
 
 NODES_EXAMPLE = """\
 nodes:                       # one entry per agent; name = its agent.node
@@ -59,6 +62,54 @@ def _installed_agent() -> Path:
     return Path(found).absolute() if found else beside.absolute()
 
 
+def add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """The stack's settings as flags (agent.stack.Settings, a monitoring mixin's _config): `agent stack export`'s,
+    and scripts/gen_stack.py's for a copy of the checkout's files with other settings."""
+    p.add_argument("--selector", default=DEFAULT_SELECTOR, metavar="MATCHERS",
+                   help="orchestratorSelector: the label matchers that select the agent's series in every rule "
+                   "and dashboard, as your Prometheus scrapes it (default: %(default)s). `job=\"NAME\"` also "
+                   f"names the scrape job in prometheus.yml; any other selector keeps the job {DEFAULT_AGENT_JOB} "
+                   "there (your scrape config must give the series what it matches) and leaves out rules/tests/, "
+                   "whose series carry one job")
+    p.add_argument("--prometheus-selector", default=DEFAULT_PROMETHEUS_SELECTOR, metavar="MATCHERS",
+                   help="prometheusSelector: Prometheus' own series, which the alert-pipeline rules read "
+                   "(default: %(default)s; `job=\"NAME\"` names its scrape job, as --selector does)")
+    p.add_argument("--alertmanager-selector", default=DEFAULT_ALERTMANAGER_SELECTOR, metavar="MATCHERS",
+                   help="alertmanagerSelector: Alertmanager's series, which the alert-pipeline rules read "
+                   "(default: %(default)s; `job=\"NAME\"` names its scrape job, as --selector does)")
+    p.add_argument("--runbook-url-pattern", default=DEFAULT_RUNBOOK_URL_PATTERN, metavar="URL",
+                   help="runbookURLPattern: the runbook_url of every alert and the runbook links of the "
+                   "dashboards; %%s is the lower-cased alert name, the anchor of its section in "
+                   "docs/runbook.md. Point it at where your people read the runbook (default: %(default)s)")
+    p.add_argument("--grafana-link-prefix", default="", metavar="PREFIX",
+                   help="linkPrefix: put before the dashboards' links to each other (/d/UID/...), for a "
+                   "Grafana served under a sub-path (/grafana) or on another origin (default: none)")
+    p.add_argument("--agent-address", default=DEFAULT_AGENT_ADDRESS, metavar="HOST:PORT",
+                   help="the agent's agent.listen as Prometheus and Alertmanager reach it: the scrape target "
+                   "in prometheus.yml and the webhook URL in alertmanager.yml (default: %(default)s; the "
+                   "*.docker.yml files keep the service name agent:9469)")
+    p.add_argument("--webhook-token-file", default=DEFAULT_WEBHOOK_TOKEN_FILE, metavar="PATH",
+                   help="the file Alertmanager reads the agent's webhook bearer token from (credentials_file); "
+                   "relative paths resolve against DIR/prometheus/ (default: %(default)s, the token the "
+                   "embedded demo writes when the agent runs in DIR)")
+    p.add_argument("--agent-binary", type=Path, default=None, metavar="PATH",
+                   help="the agent that systemd/agent.service runs (absolute; default: the `agent` installed "
+                   "next to the Python running this command, e.g. the bin/ of its venv or pipx venv)")
+    p.add_argument("--agent-config", default=DEFAULT_CONFIG_PATH, metavar="PATH",
+                   help="the config file systemd/agent.service passes with -c (absolute; default: %(default)s)")
+
+
+def settings_from(args: argparse.Namespace, agent_binary: Path) -> Settings:
+    """The Settings the flags of `add_settings_flags` name (checked when rendered)."""
+    from agent.stack import Settings
+
+    return Settings(selector=args.selector, prometheus_selector=args.prometheus_selector,
+                    alertmanager_selector=args.alertmanager_selector,
+                    runbook_url_pattern=args.runbook_url_pattern, grafana_link_prefix=args.grafana_link_prefix,
+                    agent_address=args.agent_address, webhook_token_file=args.webhook_token_file,
+                    agent_binary=str(agent_binary), config_path=args.agent_config)
+
+
 def add_stack_commands(sub: Any) -> None:
     stack = sub.add_parser("stack", help="the monitoring stack: export it, or configs for several hosts")
     ssub = stack.add_subparsers(dest="stack_cmd", required=True, metavar="VERB")
@@ -67,38 +118,7 @@ def add_stack_commands(sub: Any) -> None:
                           formatter_class=argparse.RawDescriptionHelpFormatter, description=EXPORT_HELP)
     exp.add_argument("dir", type=Path, metavar="DIR", help="directory to write into (created if missing)")
     exp.add_argument("--force", action="store_true", help="replace files whose content differs from the export")
-    exp.add_argument("--selector", default=DEFAULT_SELECTOR, metavar="MATCHERS",
-                     help="orchestratorSelector: the label matchers that select the agent's series in every rule "
-                     "and dashboard, as your Prometheus scrapes it (default: %(default)s). `job=\"NAME\"` also "
-                     f"names the scrape job in prometheus.yml; any other selector keeps the job {DEFAULT_AGENT_JOB} "
-                     "there (your scrape config must give the series what it matches) and leaves out rules/tests/, "
-                     "whose series carry one job")
-    exp.add_argument("--prometheus-selector", default=DEFAULT_PROMETHEUS_SELECTOR, metavar="MATCHERS",
-                     help="prometheusSelector: Prometheus' own series, which the alert-pipeline rules read "
-                     "(default: %(default)s; `job=\"NAME\"` names its scrape job, as --selector does)")
-    exp.add_argument("--alertmanager-selector", default=DEFAULT_ALERTMANAGER_SELECTOR, metavar="MATCHERS",
-                     help="alertmanagerSelector: Alertmanager's series, which the alert-pipeline rules read "
-                     "(default: %(default)s; `job=\"NAME\"` names its scrape job, as --selector does)")
-    exp.add_argument("--runbook-url-pattern", default=DEFAULT_RUNBOOK_URL_PATTERN, metavar="URL",
-                     help="runbookURLPattern: the runbook_url of every alert and the runbook links of the "
-                     "dashboards; %%s is the lower-cased alert name, the anchor of its section in "
-                     "docs/runbook.md. Point it at where your people read the runbook (default: %(default)s)")
-    exp.add_argument("--grafana-link-prefix", default="", metavar="PREFIX",
-                     help="linkPrefix: put before the dashboards' links to each other (/d/UID/...), for a "
-                     "Grafana served under a sub-path (/grafana) or on another origin (default: none)")
-    exp.add_argument("--agent-address", default=DEFAULT_AGENT_ADDRESS, metavar="HOST:PORT",
-                     help="the agent's agent.listen as Prometheus and Alertmanager reach it: the scrape target "
-                     "in prometheus.yml and the webhook URL in alertmanager.yml (default: %(default)s; the "
-                     "*.docker.yml files keep the service name agent:9469)")
-    exp.add_argument("--webhook-token-file", default=DEFAULT_WEBHOOK_TOKEN_FILE, metavar="PATH",
-                     help="the file Alertmanager reads the agent's webhook bearer token from (credentials_file); "
-                     "relative paths resolve against DIR/prometheus/ (default: %(default)s, the token the "
-                     "embedded demo writes when the agent runs in DIR)")
-    exp.add_argument("--agent-binary", type=Path, default=None, metavar="PATH",
-                     help="the agent that systemd/agent.service runs (absolute; default: the `agent` installed "
-                     "next to the Python running this command, e.g. the bin/ of its venv or pipx venv)")
-    exp.add_argument("--agent-config", default=DEFAULT_CONFIG_PATH, metavar="PATH",
-                     help="the config file systemd/agent.service passes with -c (absolute; default: %(default)s)")
+    add_settings_flags(exp)
     exp.set_defaults(func=cmd_stack_export)
 
     gen = ssub.add_parser(
@@ -127,16 +147,11 @@ def add_stack_commands(sub: Any) -> None:
 
 
 def cmd_stack_export(args: argparse.Namespace) -> int:
-    from agent.stack import Settings, StackError, render
+    from agent.stack import StackError, render
     from agent.stack.export import ExportRefused, export
-    from agent.stack.settings import DEFAULT_RUNBOOK_URL_PATTERN
 
     binary = args.agent_binary if args.agent_binary is not None else _installed_agent()
-    settings = Settings(selector=args.selector, prometheus_selector=args.prometheus_selector,
-                        alertmanager_selector=args.alertmanager_selector,
-                        runbook_url_pattern=args.runbook_url_pattern, grafana_link_prefix=args.grafana_link_prefix,
-                        agent_address=args.agent_address, webhook_token_file=args.webhook_token_file,
-                        agent_binary=str(binary), config_path=args.agent_config)
+    settings = settings_from(args, binary)
     try:
         files = render(settings)
     except StackError as exc:
