@@ -13,6 +13,10 @@ if "httpx" not in sys.modules:
 # The one place the version lives: pyproject.toml reads it from here ([tool.setuptools.dynamic]).
 __version__ = "0.1.0"
 
+# Where an operator keeps the config: the last place the config search looks (agent/config/search.py) and
+# the file the exported systemd unit runs the agent on (agent/stack/settings.py).
+SYSTEM_CONFIG = "/etc/agent/config.yaml"
+
 # Written into the wheel (and the sdist) at build time by setup.py: the git commit the build came from.
 REVISION_FILE = "REVISION"
 UNKNOWN = "unknown"

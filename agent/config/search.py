@@ -15,11 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import agent
+
 # Package data (pyproject.toml), so an installed agent has it too. Its relative paths (state_dir,
 # log_dir, todos.db) are kept relative: they resolve against the working directory, not this one
 # (`load_document` makes the paths of every other file absolute against its own directory).
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "demo" / "default.yaml"
-SYSTEM_CONFIG = Path("/etc/agent/config.yaml")
+SYSTEM_CONFIG = Path(agent.SYSTEM_CONFIG)
 LOCAL_NAMES = ("agent.yaml", "agent.yml", "agent.json")
 
 

@@ -7,6 +7,8 @@ import dataclasses
 import re
 from collections.abc import Mapping
 
+from agent import SYSTEM_CONFIG
+
 DEFAULT_SELECTOR = 'job="orchestrator-agent"'
 DEFAULT_PROMETHEUS_SELECTOR = 'job="prometheus"'
 DEFAULT_ALERTMANAGER_SELECTOR = 'job="alertmanager"'
@@ -20,7 +22,7 @@ DEFAULT_WEBHOOK_TOKEN_FILE = "../.agent/webhook.token"
 # The committed systemd/agent.service (docs/operations.md installs the agent into this venv); `agent stack
 # export` puts the `agent` next to the running interpreter instead.
 DEFAULT_AGENT_BINARY = "/opt/orchestrator-agent/bin/agent"
-DEFAULT_CONFIG_PATH = "/etc/agent/config.yaml"
+DEFAULT_CONFIG_PATH = SYSTEM_CONFIG
 
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
 # A selector that names one scrape job: `job="NAME"`, NAME in characters a plain YAML scalar keeps (the rule
