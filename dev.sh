@@ -24,7 +24,8 @@ ensure_venv() {
 have_stack() {
     command -v promtool >/dev/null && command -v prometheus >/dev/null && \
         { command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null; } && \
-        command -v amtool >/dev/null && have_postgres && [ -x /usr/bin/chromium ] && command -v systemd-analyze >/dev/null
+        command -v amtool >/dev/null && have_postgres && [ -x /usr/bin/chromium ] && command -v systemd-analyze >/dev/null && \
+        command -v redis-server >/dev/null
 }
 
 # Debian keeps the server binaries (initdb, postgres) in /usr/lib/postgresql/<version>/bin, off PATH;
@@ -43,12 +44,13 @@ ensure_stack() {
         # postgresql: the shared todo queue's tests start a private server from its binaries.
         # chromium: tests/test_status_page.py drives the status page in it (Playwright, no browser download).
         # systemd: tests/test_stack_export.py checks the exported unit with systemd-analyze verify (no init runs).
+        # redis-server: the Redis backlog source's and the Celery end-to-end tests run a private server each.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-            prometheus prometheus-alertmanager postgresql chromium systemd >/dev/null
+            prometheus prometheus-alertmanager postgresql chromium systemd redis-server >/dev/null
     else
-        echo "note: promtool/prometheus/alertmanager/postgresql/chromium/systemd-analyze not found and not root:" \
+        echo "note: promtool/prometheus/alertmanager/postgresql/chromium/systemd-analyze/redis-server not found and not root:" \
              "the stack, PostgreSQL, status page and systemd unit tests will skip (CI=true: fail); install" \
-             "Debian's 'prometheus', 'prometheus-alertmanager', 'postgresql', 'chromium' and 'systemd'" >&2
+             "Debian's 'prometheus', 'prometheus-alertmanager', 'postgresql', 'chromium', 'systemd' and 'redis-server'" >&2
     fi
 }
 
