@@ -315,10 +315,10 @@ def test_backlog_collector_reads_each_source_as_last_read(tmp_path: Path) -> Non
     s = scrape(asyncio.run(read()).families())
     backlog = {tuple(dict(k)[n] for n in ("status", "priority", "capability")): v
                for k, v in series(s, "orchestrator_todo_backlog").items()}
-    # Every status x priority for each capability served, `any` and `_other`, from 0; `quantum` is `_other`.
-    assert len(backlog) == 4 * 4 * 3
-    assert {k: v for k, v in backlog.items() if v} == {("pending", "high", "gpu"): 1, ("pending", "high", "_other"): 1,
-                                                       ("done", "low", "any"): 1, ("pending", "low", "any"): 1}
+    # Only the non-zero counts (`quantum` is `_other`), and the pending/normal zero of each capability a
+    # component works on (`gpu` and `any`, never `_other`) that the rules' per-capability sums need.
+    assert backlog == {("pending", "high", "gpu"): 1, ("pending", "high", "_other"): 1, ("done", "low", "any"): 1,
+                       ("pending", "low", "any"): 1, ("pending", "normal", "gpu"): 0, ("pending", "normal", "any"): 0}
     assert get(s, "orchestrator_todo_oldest_pending_age_seconds", priority="low") == pytest.approx(600, abs=60)
     assert get(s, "orchestrator_todo_oldest_pending_age_seconds", priority="critical") == 0
     assert {dict(k)["source"]: v for k, v in series(s, "orchestrator_todo_source_up").items()} == \
@@ -331,6 +331,9 @@ def test_backlog_collector_reads_each_source_as_last_read(tmp_path: Path) -> Non
     assert get(s, "orchestrator_todo_source_backlog", source="queue", status="pending", priority="high",
                capability="gpu") == 1
     assert {dict(k)["source"] for k in series(s, "orchestrator_todo_source_backlog")} == {"queue", "file"}
+    per_source = {tuple(dict(k)[n] for n in ("status", "priority", "capability")): v
+                  for k, v in series(s, "orchestrator_todo_source_backlog").items() if dict(k)["source"] == "file"}
+    assert per_source == {("pending", "low", "any"): 1, ("pending", "normal", "gpu"): 0, ("pending", "normal", "any"): 0}
     assert series(s, "orchestrator_todo_leases_expired_total") == {frozenset({("source", "queue")}): 0}
     assert series(s, "orchestrator_todo_completions_rejected_total") == {frozenset({("source", "queue")}): 0}
     assert get(s, "orchestrator_todo_source_created_total", source="queue", capability="_other") == 1

@@ -24,11 +24,11 @@ from agent.export.families import (
     todo_backlog_family,
 )
 from agent.export.process import ProcessFamilies
-from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, bounded
+from agent.observe.backlog import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, Key, bounded
 from agent.supervise.logs import log_write_errors
 from agent.supervise.replica import REASONS
 from agent.supervise.state import STATE_FILE
-from agent.todos.row import PRIORITIES, STATUSES
+from agent.todos.row import PRIORITIES
 
 if TYPE_CHECKING:  # types of the sources the collectors read; none of them imports this module
     from agent.act.dedupe import DedupeStore
@@ -348,7 +348,20 @@ class BacklogCollector:
         """The capabilities the configured components serve (again after a reload)."""
         self.served = frozenset(capabilities)
         self.capabilities = sorted(self.served | {ANY_CAPABILITY, OTHER_CAPABILITY})
+        # The capabilities whose pending count is written even at 0 (`_other` only while non-zero: no
+        # component works on it, so no rule reads it).
+        self.kept = sorted(self.served | {ANY_CAPABILITY})
         self._bounded: tuple[Counts, Counts] | None = None  # (totals as read, folded), refolded per read
+
+    def _sparse(self, by_key: Mapping[Key, int]) -> list[tuple[Key, int]]:
+        """The backlog series worth writing: every non-zero count, and the one zero each rule needs per
+        capability a component works on (pending, normal): the per-capability sums of pending todos
+        (capability:orchestrator_todo_pending:sum and the W default written from it) read 0, not "no
+        data", for a capability with nothing waiting. Every other combination at 0 is left out: of
+        4 statuses x 4 priorities, 15 zeros a capability wrote before (docs/metrics.md)."""
+        keys = {key for key, n in by_key.items() if n}
+        keys.update(("pending", "normal", cap) for cap in self.kept)
+        return [(key, by_key.get(key, 0)) for key in sorted(keys)]
 
     def families(self) -> Iterator[Family | Samples]:
         """Backlog counts, oldest pending age, and each source's health."""
@@ -357,13 +370,8 @@ class BacklogCollector:
             self._bounded = (monitor.totals, bounded(monitor.totals, self.served))
         totals = self._bounded[1]
         backlog = todo_backlog_family()
-        keys = set(totals.by_key)
-        for cap in self.capabilities:
-            for status in STATUSES:
-                for priority in PRIORITIES:
-                    keys.add((status, priority, cap))
-        for key in sorted(keys):
-            backlog.add_metric(list(key), totals.by_key.get(key, 0))
+        for key, n in self._sparse(totals.by_key):
+            backlog.add_metric(list(key), n)
         yield backlog
         age = gauge("orchestrator_todo_oldest_pending_age_seconds", "Age of the oldest pending todo "
                      "(0 when none is pending).", ["priority"])
@@ -409,11 +417,8 @@ class BacklogCollector:
                     for cap in self.capabilities:
                         family.add_metric([label, cap], folded[cap])
             if source.up:
-                by_key = bounded(source.counts, self.served).by_key
-                keys = set(by_key) | {(st, pr, cap) for cap in self.capabilities for st in STATUSES
-                                      for pr in PRIORITIES}
-                for key in sorted(keys):
-                    backlog.add_metric([label, *key], by_key.get(key, 0))
+                for key, n in self._sparse(bounded(source.counts, self.served).by_key):
+                    backlog.add_metric([label, *key], n)
             if source.counters is not None:  # from the first good read on: a counter never starts at a guess
                 expired.add_metric([label], source.counters["leases_expired"])
                 rejected.add_metric([label], source.counters["completions_rejected"])
