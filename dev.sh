@@ -68,7 +68,8 @@ case "$cmd" in
         "$VENV/bin/mypy"
         # One worker per core, each test file on one worker (its servers and fixtures are started once);
         # `./dev.sh test -n 0` runs everything in this process.
-        exec "$VENV/bin/pytest" -n auto --dist loadfile "$@"
+        # --durations: the slowest tests in every run, to keep the suite inside its 15-minute budget.
+        exec "$VENV/bin/pytest" -n auto --dist loadfile --durations=25 "$@"
         ;;
     *)
         echo "usage: ./dev.sh run [agent run options] | ./dev.sh test [pytest options]" >&2
