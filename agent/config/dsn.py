@@ -1,5 +1,6 @@
-"""PostgreSQL connection strings at the config boundary: which `--db` values name PostgreSQL, why a dsn is
-refused (a password in it), and a form safe to print. psycopg's parser (libpq's rules) does the reading."""
+"""Connection strings at the config boundary. PostgreSQL: which `--db` values name it, why a dsn is refused
+(a password in it), and a form safe to print; psycopg's parser (libpq's rules) does the reading. Redis: why
+a redis:// URL is refused (a password in it, or not a URL the client reads)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,35 @@ def redact(dsn: str) -> str:
         return dsn
     params["password"] = "***"
     return conninfo.make_conninfo("", **params)
+
+
+REDIS_SCHEMES = ("redis", "rediss")
+_REDIS_PASSWORD = ("must not carry a password (it would show in process lists, logs and configs): put it in a "
+                   "file named by the source's `password_file` (mode 0600) or in an environment variable named "
+                   "by `password_env`")
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why a Redis URL is refused (a password in it, another scheme, no host, a bad port or database), or None.
+
+    The message never repeats the URL: it may hold the password it refuses.
+    """
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"is not a valid URL: {exc}"
+    if parts.scheme not in REDIS_SCHEMES:
+        return "must start with redis:// or rediss:// (TLS)"
+    if parts.password is not None or "password" in {k.lower() for k in parse_qs(parts.query)}:
+        return _REDIS_PASSWORD
+    if not parts.hostname:
+        return "must name a host, such as redis://127.0.0.1:6379/0"
+    if port == 0:
+        return "must name a port from 1 to 65535"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"must end with a database number, such as /0 (got the path {parts.path!r})"
+    return None

@@ -347,7 +347,7 @@ def resolve_paths(document: dict[str, Any], base: Path) -> None:
     sources = backlog.get("sources") if isinstance(backlog, dict) else None
     if isinstance(sources, list):
         for source in sources:
-            _absolute(source, ("path", "passfile"), base)
+            _absolute(source, ("path", "passfile", "password_file"), base)
 
 
 def is_embedded(path: Path) -> bool:

@@ -1,4 +1,5 @@
-"""Todo backlog sources (SQLite, JSON file, HTTP), read on their own interval, summed for export.
+"""Todo backlog sources (SQLite, PostgreSQL, JSON file, HTTP; Redis and SQL queues in agent/observe/queues.py),
+read on their own interval, summed for export.
 
 A broken source marks itself down with one log line naming the source and the error, and keeps its
 last good counts out of the totals; the agent and the other sources carry on. A malformed row is not a
@@ -9,7 +10,6 @@ of fault is logged once per source while it lasts.
 from __future__ import annotations
 
 import asyncio
-import collections
 import json
 import logging
 import math
@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.config.sources import BacklogSource
+from agent.observe.counts import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, Key, SourceError, bounded
 from agent.observe.httpclient import HttpClient
+from agent.observe.queues import read_redis, read_sql
 from agent.todos.row import RowError, capabilities_json, validate_row
 
 if TYPE_CHECKING:
@@ -28,63 +30,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent.backlog")
 
-ANY_CAPABILITY = "any"
-# The label of every capability that no configured component serves: label values stay bounded by the
-# config, not by the data (config names starting with "_" are refused, so this cannot collide).
-OTHER_CAPABILITY = "_other"
-
-Key = tuple[str, str, str]  # status, priority, capability
-
-
-class SourceError(Exception):
-    """A source that cannot be read; the message names the source and what is wrong."""
-
-
-@dataclass
-class Counts:
-    """Backlog counts of one read, and the malformed rows it skipped."""
-
-    by_key: collections.Counter[Key] = field(default_factory=collections.Counter)
-    oldest_pending: dict[str, float] = field(default_factory=dict)  # priority -> created_at (epoch s)
-    invalid: int = 0
-    problems: dict[str, str] = field(default_factory=dict)  # fault kind -> first row with it, as a message
-    # A store's own counters (leases_expired, completions_rejected); None for sources without them (json, http).
-    counters: dict[str, int] | None = None
-    # A store's flow counters, (kind, capability) -> n (kind: created, completed, work_seconds); None
-    # without a store.
-    flow: dict[tuple[str, str], float] | None = None
-
-    def add(self, status: str, priority: str, capabilities: Iterable[str], created_at: float | None,
-            n: int = 1) -> None:
-        caps = list(capabilities) or [ANY_CAPABILITY]
-        for cap in caps:
-            self.by_key[(status, priority, cap)] += n
-        if status == "pending" and created_at is not None:
-            prev = self.oldest_pending.get(priority)
-            if prev is None or created_at < prev:
-                self.oldest_pending[priority] = created_at
-
-    def skip(self, where: str, error: RowError, n: int = 1) -> None:
-        """Count `n` malformed rows; remember the first of each kind of fault for the log."""
-        self.invalid += n
-        self.problems.setdefault(error.kind, f"{where}: {error}")
-
-    def merge(self, other: Counts) -> None:
-        self.by_key.update(other.by_key)
-        self.invalid += other.invalid
-        for priority, created in other.oldest_pending.items():
-            prev = self.oldest_pending.get(priority)
-            if prev is None or created < prev:
-                self.oldest_pending[priority] = created
-
-
-def bounded(counts: Counts, served: Iterable[str]) -> Counts:
-    """The same counts with every capability outside `served` (and `any`) summed under `_other`."""
-    known = {*served, ANY_CAPABILITY}
-    out = Counts(oldest_pending=counts.oldest_pending, invalid=counts.invalid, problems=counts.problems)
-    for (status, priority, cap), n in counts.by_key.items():
-        out.by_key[(status, priority, cap if cap in known else OTHER_CAPABILITY)] += n
-    return out
+# What other modules take from here (Counts and its kin live in agent/observe/counts.py, shared with queues.py).
+__all__ = ["ANY_CAPABILITY", "OTHER_CAPABILITY", "BacklogMonitor", "Counts", "Key", "SourceError", "bounded",
+           "count_items", "read_http", "read_json_file", "read_postgres", "read_sqlite"]
 
 
 def _item_name(i: int, item: Any) -> str:
@@ -277,6 +225,7 @@ class SourceStatus:
     counters: dict[str, int] | None = None  # the store's counters as last read (kept while the source is down)
     flow: dict[tuple[str, str], float] | None = None  # the store's flow counters as last read (likewise)
     logged: set[str] = field(default_factory=set)  # kinds of row fault already logged, while they last
+    logged_unmapped: set[str] = field(default_factory=set)  # unmapped status values already logged, likewise
 
 
 class BacklogMonitor:
@@ -303,6 +252,10 @@ class BacklogMonitor:
             elif spec.kind == "json":
                 assert spec.path is not None
                 counts = await asyncio.to_thread(read_json_file, spec.path)
+            elif spec.kind == "redis":
+                counts = await asyncio.to_thread(read_redis, spec)
+            elif spec.kind == "sql":
+                counts = await asyncio.to_thread(read_sql, spec)
             else:
                 assert spec.url is not None
                 counts = await read_http(self.client.get(), spec.url, spec.timeout)
@@ -333,13 +286,19 @@ class BacklogMonitor:
 
     @staticmethod
     def _log_problems(status: SourceStatus) -> None:
-        """Log each kind of row fault once while it lasts (kinds are a fixed set, so this stays small)."""
+        """Log each kind of row fault, and each unmapped status value, once while it lasts (kinds are a fixed
+        set, values at most MAX_UNMAPPED_VALUES a read, so this stays small)."""
         counts = status.counts
         for kind, example in counts.problems.items():
             if kind not in status.logged:
                 log.warning("backlog source %s: %s; skipped (%d malformed row(s) in this read, counted in "
                             "orchestrator_todo_invalid_rows)", status.spec.label, example, counts.invalid)
         status.logged = set(counts.problems)
+        for value, n in counts.unmapped_values.items():
+            if value not in status.logged_unmapped:
+                log.warning("backlog source %s: status %s is not in status_map; %d todo(s) with it left out of the "
+                            "backlog (counted in orchestrator_todo_unmapped_rows)", status.spec.label, value, n)
+        status.logged_unmapped = set(counts.unmapped_values)
 
     def pending(self, capabilities: Iterable[str]) -> int | None:
         """Pending todos that need any of `capabilities`, summed per capability as the rules do; None
