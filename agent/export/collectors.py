@@ -387,12 +387,16 @@ class BacklogCollector:
                           ["source"])
         invalid = gauge("orchestrator_todo_invalid_rows", "Malformed rows skipped by the last read of the source.",
                          ["source"])
+        unmapped = gauge("orchestrator_todo_unmapped_rows", "Todos a sql source's last read left out because "
+                         "their status is not in its status_map (sql sources only).", ["source"])
         for label, source in monitor.sources.items():
             up.add_metric([label], 1 if source.up else 0)
             last.add_metric([label], source.last_success)
             duration.add_metric([label], source.duration)
             invalid.add_metric([label], source.counts.invalid)
-        yield from (up, last, duration, invalid)
+            if source.spec.kind == "sql":
+                unmapped.add_metric([label], source.counts.unmapped)
+        yield from (up, last, duration, invalid, unmapped)
         yield from self._per_source()
 
     def _per_source(self) -> Iterator[Family]:
