@@ -184,9 +184,11 @@ def components(prom_bin: str, am_bin: str, tmp: Path, prom_port: int, am_port: i
     }
 
 
-def start_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] | None = None) -> Stack:
+def start_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] | None = None,
+                extra: dict[str, Any] | None = None, sources: list[dict[str, Any]] | None = None) -> Stack:
     """The stack, started; `agent` is merged into the agent's settings, `only` keeps those components
-    besides prometheus, alertmanager and alert_receiver (default: every one above)."""
+    besides prometheus, alertmanager and alert_receiver (default: every one above); `extra` components
+    are added (whatever `only` says) and `sources` are backlog sources read besides the sqlite one."""
     prom_bin = require_binary("prometheus")
     am_bin = require_binary("prometheus-alertmanager", "alertmanager")
     agent_port, prom_port, am_port, demo_port, receiver_port = (free_port() for _ in range(5))
@@ -201,11 +203,13 @@ def start_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] |
     if only is not None:
         keep = only | {"prometheus", "alertmanager", "alert_receiver"}
         comps = {name: spec for name, spec in comps.items() if name in keep}
+    comps.update(extra or {})
     cfg = {
         "agent": {"listen": f"127.0.0.1:{agent_port}", "node": "e2e", "resources": {"interval": 1},
                   **(agent or {})},
         "components": comps,
-        "backlog": {"sources": [{"kind": "sqlite", "path": str(db), "interval": 0.5, "name": "todos"}]},
+        "backlog": {"sources": [{"kind": "sqlite", "path": str(db), "interval": 0.5, "name": "todos"},
+                                *(sources or [])]},
     }
     process = AgentProcess(tmp, cfg).start()
     stack = Stack(tmp, process, f"http://127.0.0.1:{prom_port}", f"http://127.0.0.1:{am_port}", demo_port, db,
@@ -226,10 +230,11 @@ def start_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] |
 
 
 @contextlib.contextmanager
-def running_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] | None = None) -> Iterator[Stack]:
+def running_stack(tmp: Path, agent: dict[str, Any] | None = None, only: set[str] | None = None,
+                  extra: dict[str, Any] | None = None, sources: list[dict[str, Any]] | None = None) -> Iterator[Stack]:
     """start_stack, then the agent stopped (it stops Prometheus and Alertmanager with it) and the timeline
     printed; the agent must stop cleanly."""
-    stack = start_stack(tmp, agent, only)
+    stack = start_stack(tmp, agent, only, extra, sources)
     try:
         yield stack
     finally:
