@@ -23,7 +23,7 @@ from tests.stackbin import require_binary
 
 # The drain target on the fast clock: a surge of 400 todos at 0.25 s a todo wants 0.25 x 400 / 10 = 10
 # replicas (before W is measured: 6 x 400 / 10), more than todo_worker's max 8.
-THRESHOLDS = {"orchestrator:backlog_drain_target_seconds": 10}
+THRESHOLDS: dict[str, float] = {"orchestrator:backlog_drain_target_seconds": 10}
 
 
 def uncomment_tls(text: str, tls: Path, default_dir: str = "../tls") -> str:

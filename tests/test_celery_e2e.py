@@ -65,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, broker: str) -> Iterator[Sta
 
 
 def test_celery_workers_scale_up_on_the_queue_and_back_down_when_it_drains(stack: Stack, broker: str) -> None:
-    client = redis.Redis.from_url(broker)
+    client = redis.Redis.from_url(broker, decode_responses=True)
     seen: list[tuple[float, float, int, int]] = []  # (seconds since send, backlog, desired, running) per change
 
     def sample() -> tuple[float, int, int]:
@@ -103,7 +103,7 @@ def test_celery_workers_scale_up_on_the_queue_and_back_down_when_it_drains(stack
 
     assert max(d for _, _, d, _ in seen) > 1 and max(r for _, _, _, r in seen) > 1, seen
     assert max(b for _, b, _, _ in seen) > 0, seen
-    by_worker = {k.decode(): int(v) for k, v in client.hgetall(celery_app.BY_WORKER).items()}
+    by_worker = {k: int(v) for k, v in client.hgetall(celery_app.BY_WORKER).items()}
     stack.note(f"completions by worker: {by_worker}")
     assert len(by_worker) > 1, f"tasks executed by one worker only: {by_worker}"
     assert {int(n) for n in client.smembers(celery_app.DONE)} == set(range(TASKS))
