@@ -21,7 +21,7 @@ import yaml
 from tests.helpers import AgentProcess, free_port, running_agent, wait_for
 from tests.webhookutil import alert, payload
 
-HEAVY = ("httpx", "opentelemetry.sdk", "mcp", "sqlite3", "bcrypt")
+HEAVY = ("httpx", "opentelemetry.sdk", "mcp", "sqlite3", "bcrypt", "redis")
 # Verbs whose parser every invocation builds, but whose code only their own invocation needs.
 VERBS = ("agent.cli.backtest_report", "agent.backtest.run", "agent.backtest.rules", "agent.backtest.alertmanager")
 

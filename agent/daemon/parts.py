@@ -65,7 +65,7 @@ log = logging.getLogger("agent")
 
 # Modules imported only when the config uses them (bench/memory.py says what each costs); the status
 # document lists those loaded.
-OPTIONAL_IMPORTS = ("httpx", "mcp", "opentelemetry.sdk", "psycopg", "sqlite3", "bcrypt")
+OPTIONAL_IMPORTS = ("httpx", "mcp", "opentelemetry.sdk", "psycopg", "sqlite3", "bcrypt", "redis")
 
 
 def create_missing_stores(config: Config) -> None:
