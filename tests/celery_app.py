@@ -1,8 +1,9 @@
 """The Celery app of tests/test_celery_e2e.py: the worker component runs `celery -A tests.celery_app worker`,
 the test sends tasks with `make_app(url).send_task`.
 
-The settings keep the length of the broker's list honest, as KEDA's docs ask of a queue it scales on:
-a task leaves the `celery` list only when a worker starts it, so LLEN counts the work nobody has begun.
+The settings keep the length of the broker's list honest (the number KEDA's redis-lists scaler and the
+agent's redis source read): a task leaves the `celery` list only when a worker starts it, so LLEN counts
+the work nobody has begun (Celery's "Prefetch limits" advice for long tasks).
 - `worker_prefetch_multiplier = 1` (with `-c 1`): a worker reserves one message, not 4 x concurrency.
 - `task_acks_late = True`: the message is acknowledged after the task ran, so the reserved one is the one
   running; with early acks the slot frees at the start and the worker fetches the next one while it works.

@@ -2,7 +2,7 @@
 scaled on the length of Celery's queue (a `redis` backlog source) through rule -> Alertmanager -> webhook.
 
 Tasks are sent with Celery's own client. The app (tests/celery_app.py) keeps the list's length honest
-(a prefetch multiplier of 1, late acks), as KEDA's docs ask: only tasks no worker has started count.
+(a prefetch multiplier of 1, late acks): only tasks no worker has started count.
 """
 
 from __future__ import annotations
