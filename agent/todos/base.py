@@ -1,8 +1,10 @@
 """What every todo store offers (SQLite embedded, PostgreSQL shared), and how a `--db` names one.
 
 Semantics shared by both stores (docs/todos.md):
-- `claim` takes the most urgent pending todo the worker can serve, under a lease of `lease` seconds,
-  and returns it with a fresh claim token;
+- `claim` takes the most urgent (then oldest) pending todo the worker can serve, under a lease of
+  `lease` seconds, and returns it with a fresh claim token. The capability test is in the claim's query,
+  so however many todos the worker cannot serve wait ahead, none hides one it can; a row whose
+  capabilities are malformed is never claimed;
 - a todo whose lease ran out is pending again (swept by the next write, and counted in the store's
   `leases_expired` counter); the backlog reader already counts it as pending before the sweep;
 - `finish` with a token succeeds only while that token holds a live lease (fencing): a late completion
@@ -23,7 +25,6 @@ from agent.todos.row import PRIORITIES, STATUSES, RowError, capabilities_json, p
 
 DEFAULT_LEASE = 300.0  # seconds; the config's `lease` of a backlog source overrides it
 MAX_LEASE = 7 * 86400.0
-CANDIDATES = 200  # pending todos looked at per claim, most urgent first
 MAX_TITLE = 1000  # characters
 URGENCY = "CASE priority WHEN 'critical' THEN 0 WHEN 'high' THEN 1 WHEN 'normal' THEN 2 ELSE 3 END"
 COUNTERS = ("leases_expired", "completions_rejected")
@@ -133,20 +134,6 @@ def normal_capabilities(capabilities: Iterable[str] | str) -> str:
 
     caps = parse_capabilities(capabilities if isinstance(capabilities, str) else list(capabilities))
     return json.dumps(sorted(caps))
-
-
-def suitable(rows: Iterable[Any], capabilities: Iterable[str] | None) -> list[Todo]:
-    """The rows a worker with `capabilities` (None: any) can serve, in order; malformed rows are left alone."""
-    caps = set(capabilities) if capabilities is not None else None
-    out = []
-    for row in rows:
-        try:
-            todo = todo_from(row)
-        except RowError:
-            continue  # nobody can tell what it needs: left for a human (the backlog counts it invalid)
-        if caps is None or set(todo.capabilities) <= caps:
-            out.append(todo)
-    return out
 
 
 def work_ms(worked: float | None) -> int | None:

@@ -17,7 +17,6 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from agent.todos.base import (
-    CANDIDATES,
     COUNTERS,
     DEFAULT_LEASE,
     FINISHED,
@@ -34,12 +33,60 @@ from agent.todos.base import (
     flow_capabilities,
     new_token,
     normal_capabilities,
-    suitable,
     todo_from,
     work_ms,
 )
 
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+# What str.strip() strips (row.py trims names with it); btrim's default strips spaces only.
+WHITESPACE = "".join(chr(c) for c in range(0x110000) if chr(c).isspace())
+# todo_capabilities(capabilities): the names a todo needs as text[], exactly as row.py's capabilities_json
+# reads the column (a JSON list of non-empty names or one comma-separated string, trimmed, each once;
+# null or blank: none), and NULL for what it refuses, so a malformed row is never claimed. It never
+# raises: it computes a stored column, and an error would refuse the INSERT of another program's row.
+# Only names PostgreSQL text cannot hold (\u0000, a lone surrogate), which Python accepts, are NULL here.
+# Changing what it returns needs `UPDATE todos SET capabilities = capabilities` to recompute the column.
+CAPABILITIES_FUNCTION = """CREATE OR REPLACE FUNCTION todo_capabilities(caps text) RETURNS text[]
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $fn$
+DECLARE
+    ws CONSTANT text := {whitespace};
+    doc jsonb;
+    names text[];
+BEGIN
+    IF caps IS NULL OR btrim(caps, ws) = '' THEN
+        RETURN '{{}}';
+    END IF;
+    BEGIN
+        doc := caps::jsonb;
+    EXCEPTION WHEN OTHERS THEN  -- not JSON, or nested deeper than the server's stack
+        RETURN NULL;
+    END;
+    CASE jsonb_typeof(doc)
+    WHEN 'null' THEN
+        RETURN '{{}}';
+    WHEN 'string' THEN
+        names := array_remove(ARRAY(SELECT btrim(part, ws) FROM unnest(string_to_array(doc #>> '{{}}', ',')) part), '');
+    WHEN 'array' THEN
+        IF EXISTS (SELECT 1 FROM jsonb_array_elements(doc) e
+                   WHERE jsonb_typeof(e) <> 'string' OR btrim(e #>> '{{}}', ws) = '') THEN
+            RETURN NULL;
+        END IF;
+        names := ARRAY(SELECT btrim(e #>> '{{}}', ws) FROM jsonb_array_elements(doc) e);
+    ELSE
+        RETURN NULL;
+    END CASE;
+    RETURN ARRAY(SELECT n FROM unnest(names) WITH ORDINALITY u(n, i) GROUP BY n ORDER BY min(i));
+END
+$fn$"""
+
+
+def capabilities_function(utf8: bool) -> str:
+    """The CREATE OR REPLACE of todo_capabilities; a server not in UTF8 trims ASCII whitespace only."""
+    chars = WHITESPACE if utf8 else "".join(c for c in WHITESPACE if c.isascii())
+    # \u escapes keep the statement ASCII whatever the client's encoding.
+    return CAPABILITIES_FUNCTION.format(whitespace="E'" + "".join(f"\\u{ord(c):04x}" for c in chars) + "'")
+
+
 # Idempotent: every statement may run again on a database that has it (several workers start at once,
 # so the whole migration holds a transaction-scoped advisory lock).
 SCHEMA = (
@@ -59,6 +106,14 @@ SCHEMA = (
     "ALTER TABLE todos ADD COLUMN IF NOT EXISTS lease_expires_at DOUBLE PRECISION",
     "ALTER TABLE todos ADD COLUMN IF NOT EXISTS claimed_at DOUBLE PRECISION",
     "CREATE INDEX IF NOT EXISTS todos_status ON todos (status, priority)",
+    # The claim's filter: computed once per write, not per row a claim walks past.
+    "ALTER TABLE todos ADD COLUMN IF NOT EXISTS capability_names TEXT[]"
+    " GENERATED ALWAYS AS (todo_capabilities(capabilities)) STORED",
+    # Both serve the claim; the planner picks: the walk in claim order when a fitting todo is near the
+    # front, the containment test when many todos the worker cannot serve wait ahead.
+    f"CREATE INDEX IF NOT EXISTS todos_pending_urgency ON todos (({URGENCY}), id) WHERE status = 'pending'",
+    "CREATE INDEX IF NOT EXISTS todos_pending_capabilities ON todos USING gin (capability_names)"
+    " WHERE status = 'pending'",
     "CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL DEFAULT 0)",
     "INSERT INTO todo_counters (name, value) VALUES ('leases_expired', 0), ('completions_rejected', 0)"
     " ON CONFLICT (name) DO NOTHING",
@@ -102,6 +157,8 @@ class PostgresStore(TodoStore):
         self._opened = True
         with self._tx() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            utf8 = conn.execute("SELECT current_setting('server_encoding') = 'UTF8' AS utf8").fetchone()
+            conn.execute(capabilities_function(utf8 is not None and bool(utf8["utf8"])))
             for statement in SCHEMA:
                 conn.execute(statement)
 
@@ -154,27 +211,20 @@ class PostgresStore(TodoStore):
     def claim(self, worker: str, capabilities: Iterable[str] | None = None,
               lease: float = DEFAULT_LEASE) -> Todo | None:
         lease = check_lease(lease)
-        wanted = list(capabilities) if capabilities is not None else None
+        fits, args = (("capability_names IS NOT NULL", ()) if capabilities is None
+                      else ("capability_names <@ %s::text[]", (sorted(set(capabilities)),)))
         with self._use() as conn:
             conn.execute(_SWEEP)
-        for _ in range(5):  # candidates taken by others meanwhile: look again (bounded)
-            with self._use() as conn:
-                rows = conn.execute(
-                    f"SELECT * FROM todos WHERE status = 'pending' ORDER BY {URGENCY}, id LIMIT %s",
-                    (CANDIDATES,)).fetchall()
-                ids = [t.id for t in suitable(rows, wanted)]
-                if not ids:
-                    return None
-                # The most urgent candidate nobody else holds right now; the row lock lasts to COMMIT.
-                taken = conn.execute(
-                    f"""UPDATE todos SET status = 'in_progress', claimed_by = %s, claim_token = %s,
-                            lease_expires_at = {NOW} + %s, claimed_at = {NOW}, updated_at = {NOW}
-                        WHERE id = (SELECT id FROM todos WHERE id = ANY(%s) AND status = 'pending'
-                                    ORDER BY {URGENCY}, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-                        RETURNING *""", (worker, new_token(), lease, ids)).fetchone()
-            if taken is not None:
-                return todo_from(taken)
-        return None
+        with self._use() as conn:
+            # One statement: the most urgent, then oldest, todo that fits and nobody else holds right now
+            # (SKIP LOCKED); the row lock lasts to COMMIT.
+            taken = conn.execute(
+                f"""UPDATE todos SET status = 'in_progress', claimed_by = %s, claim_token = %s,
+                        lease_expires_at = {NOW} + %s, claimed_at = {NOW}, updated_at = {NOW}
+                    WHERE id = (SELECT id FROM todos WHERE status = 'pending' AND {fits}
+                                ORDER BY {URGENCY}, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                    RETURNING *""", (worker, new_token(), lease, *args)).fetchone()
+        return todo_from(taken) if taken is not None else None
 
     def renew(self, todo_id: int, token: str, lease: float = DEFAULT_LEASE) -> float | None:
         lease = check_lease(lease)

@@ -7,6 +7,8 @@ Older files are migrated in place (the columns of ADDED_COLUMNS and the counter 
 
 from __future__ import annotations
 
+import functools
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -15,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.todos.base import (
-    CANDIDATES,
     COUNTERS,
     DEFAULT_LEASE,
     FINISHED,
@@ -31,12 +32,12 @@ from agent.todos.base import (
     flow_capabilities,
     new_token,
     normal_capabilities,
-    suitable,
     todo_from,
     work_ms,
 )
+from agent.todos.row import RowError, capabilities_json
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS todos (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     title TEXT NOT NULL,
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS todos (
     claimed_at REAL
 );
 CREATE INDEX IF NOT EXISTS todos_status ON todos (status, priority);
+CREATE INDEX IF NOT EXISTS todos_pending_urgency ON todos (({URGENCY}), id)
+    WHERE status = 'pending';
 CREATE TABLE IF NOT EXISTS todo_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL DEFAULT 0);
 INSERT OR IGNORE INTO todo_counters (name, value) VALUES ('leases_expired', 0), ('completions_rejected', 0);
 CREATE TABLE IF NOT EXISTS todo_flow (kind TEXT NOT NULL, capability TEXT NOT NULL,
@@ -119,6 +122,30 @@ def _flow(conn: sqlite3.Connection, kind: str, capabilities: list[str], n: int =
                      " ON CONFLICT (kind, capability) DO UPDATE SET value = value + excluded.value", (kind, cap, n))
 
 
+# The claim's capability test, registered on the connection as SQL function todo_fits(capabilities, have):
+# row.py's validator itself, so the claim, the backlog reader and `add` agree on every row by construction
+# (the comma-separated string form, trimming, and malformed rows never claimed). A json_each version in
+# SQL would be a second copy of those rules (docs/todos.md gives one to workers in other languages).
+@functools.lru_cache(maxsize=4096)
+def _needs(capabilities: object) -> frozenset[str] | None:
+    """What a stored capabilities column asks of a worker; None when malformed (nobody can tell)."""
+    try:
+        return frozenset(capabilities_json(capabilities))
+    except RowError:
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _having(have: str) -> frozenset[str]:
+    return frozenset(json.loads(have))
+
+
+def _fits(capabilities: object, have: str | None) -> int:
+    """1 when a worker with the JSON list `have` (None: any capability) can serve the row, else 0."""
+    needs = _needs(capabilities)
+    return int(needs is not None and (have is None or needs <= _having(have)))
+
+
 class SqliteStore(TodoStore):
     """A SQLite file; each call opens it (so a long-lived worker holds no lock between calls)."""
 
@@ -171,20 +198,25 @@ class SqliteStore(TodoStore):
     def claim(self, worker: str, capabilities: Iterable[str] | None = None,
               lease: float = DEFAULT_LEASE) -> Todo | None:
         lease = check_lease(lease)
+        have = None if capabilities is None else json.dumps(sorted(set(capabilities)))
         with self._write() as conn:
+            conn.create_function("todo_fits", 2, _fits, deterministic=True)
             now = time.time()
             _sweep(conn, now)
-            rows = conn.execute(f"SELECT * FROM todos WHERE status = 'pending' ORDER BY {URGENCY}, id LIMIT ?",
-                                (CANDIDATES,)).fetchall()
-            for todo in suitable(rows, capabilities):
-                token, expires = new_token(), now + lease
-                conn.execute(
-                    "UPDATE todos SET status = 'in_progress', claimed_by = ?, claim_token = ?,"
-                    " lease_expires_at = ?, claimed_at = ?, updated_at = ? WHERE id = ?",
-                    (worker, token, expires, now, now, todo.id))
-                return Todo(todo.id, todo.title, "in_progress", todo.priority, todo.capabilities,
-                            todo.created_at, now, worker, token, expires, now)
-            return None
+            # Walk the pending todos in claim order and stop at the first that fits. INDEXED BY: the planner
+            # cannot know todo_fits' cost and would rather filter every pending row, then sort.
+            row = conn.execute(f"SELECT * FROM todos INDEXED BY todos_pending_urgency WHERE status = 'pending'"
+                               f" AND todo_fits(capabilities, ?) ORDER BY {URGENCY}, id LIMIT 1", (have,)).fetchone()
+            if row is None:
+                return None
+            token, expires = new_token(), now + lease
+            conn.execute(
+                "UPDATE todos SET status = 'in_progress', claimed_by = ?, claim_token = ?,"
+                " lease_expires_at = ?, claimed_at = ?, updated_at = ? WHERE id = ?",
+                (worker, token, expires, now, now, row["id"]))
+            todo = todo_from(row)
+            return Todo(todo.id, todo.title, "in_progress", todo.priority, todo.capabilities,
+                        todo.created_at, now, worker, token, expires, now)
 
     def renew(self, todo_id: int, token: str, lease: float = DEFAULT_LEASE) -> float | None:
         lease = check_lease(lease)
