@@ -85,7 +85,10 @@ def test_every_series_exists_from_the_first_scrape(tmp_path: Path) -> None:
         assert value(s, "orchestrator_component_min_replicas", component=comp) is not None
     assert value(s, "orchestrator_component_capability", component="a", capability="x") == 1
     assert value(s, "orchestrator_component_up", component="b") == 1  # nothing desired, nothing missing
-    assert value(s, "orchestrator_todo_backlog", status="pending", priority="critical", capability="x") == 0
+    # The backlog's zero per capability a component works on is its pending/normal series only
+    # (docs/metrics.md, "Backlog series per capability").
+    assert value(s, "orchestrator_todo_backlog", status="pending", priority="normal", capability="x") == 0
+    assert value(s, "orchestrator_todo_backlog", status="pending", priority="critical", capability="x") is None
     assert value(s, "orchestrator_autonomy_mode", mode="on") == 1
     assert value(s, "orchestrator_webhook_requests_total", code="401") == 0
 
