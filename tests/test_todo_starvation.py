@@ -143,3 +143,11 @@ def take_all(store: TodoStore, pick: Callable[[list[str]], int | None]) -> None:
                 break
             taken += 1
     assert taken == 8  # all but the two malformed rows
+
+
+def test_the_functions_whitespace_is_what_python_strips() -> None:
+    # todo_capabilities trims names with the characters str.strip() removes (row.py), written out in
+    # agent/todos/postgres.py rather than computed at every import.
+    from agent.todos.postgres import WHITESPACE
+
+    assert "".join(chr(c) for c in range(0x110000) if chr(c).isspace()) == WHITESPACE
