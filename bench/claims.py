@@ -407,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     changed = "" if revision_end == machine["agent_revision"] else f" (agent changed to {revision_end} during the run)"
     notes = [f"{r.system} N={r.n}: {'; '.join(filter(None, [r.error, *r.problems, r.note]))}" for r in rounds
              if r.error or r.problems or r.note]
-    notes += [f"{r.system} N={r.n}: {r.empty_claims} empty claim(s)" for r in rounds if r.empty_claims]
+    notes += [f"{r.system} N={r.n}: {r.empty_claims} claim(s) found nothing (idle polls)" for r in rounds
+              if r.empty_claims]
     for line in notes:
         print(f"  - {line}")
     args.out_dir.mkdir(parents=True, exist_ok=True)
