@@ -333,7 +333,8 @@ def test_backlog_collector_reads_each_source_as_last_read(tmp_path: Path) -> Non
     assert {dict(k)["source"] for k in series(s, "orchestrator_todo_source_backlog")} == {"queue", "file"}
     per_source = {tuple(dict(k)[n] for n in ("status", "priority", "capability")): v
                   for k, v in series(s, "orchestrator_todo_source_backlog").items() if dict(k)["source"] == "file"}
-    assert per_source == {("pending", "low", "any"): 1, ("pending", "normal", "gpu"): 0, ("pending", "normal", "any"): 0}
+    assert per_source == {("pending", "low", "any"): 1, ("pending", "normal", "gpu"): 0,
+                          ("pending", "normal", "any"): 0}
     assert series(s, "orchestrator_todo_leases_expired_total") == {frozenset({("source", "queue")}): 0}
     assert series(s, "orchestrator_todo_completions_rejected_total") == {frozenset({("source", "queue")}): 0}
     assert get(s, "orchestrator_todo_source_created_total", source="queue", capability="_other") == 1
