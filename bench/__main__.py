@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import shutil
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from bench import agent_only, overhead, restart, webhook
 from bench.machine import describe, one_line, revision
 from bench.params import Params, add_arguments, from_args
 from bench.peers import PeerInstallError, ensure_peers
-from bench.report import ERROR, Row, markdown_table, notes, print_table
+from bench.report import ERROR, Row, finite, markdown_table, notes, print_table
 from bench.rows import build, plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -111,17 +110,6 @@ SECTIONS: dict[str, Callable[[Params, Path, Progress], Any]] = {
 }
 
 
-def _finite(value: Any) -> Any:
-    """NaN/inf are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def render(path: Path) -> int:
     """Print the table (and its Markdown) of a results file again."""
     document = json.loads(path.read_text())
@@ -186,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "planned_rows": [r.id for r in plan(params)], "rows": [r.to_json() for r in rows], "raw": raw,
     }
     path = args.out_dir / f"{stamp}-{params.mode}.json"
-    path.write_text(json.dumps(_finite(document), indent=1))
+    path.write_text(json.dumps(finite(document), indent=1))
     changed = "" if revision_end == machine["agent_revision"] else f" (agent changed to {revision_end} during the run)"
     md = [f"Machine: {one_line(machine)}", f"Command: `{command.strip()}` ({elapsed / 60:.1f} min){changed}", "",
           markdown_table(rows), "", *[f"- {line}" for line in notes(rows)]]

@@ -40,6 +40,7 @@ from rich.table import Table
 from bench.claims_workers import Adder, Report, System, remaining_sql, setup, verify, worker_main
 from bench.machine import describe, revision
 from bench.pgserver import PgServer
+from bench.report import finite
 from bench.stats import percentile
 from bench.waiting import hold, wait_for
 
@@ -348,17 +349,6 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Params]:
     return args, params
 
 
-def _finite(value: Any) -> Any:
-    """NaN/inf are not JSON: they become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # runs the finally blocks: workers and server stopped by PID
 
@@ -418,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                 "elapsed_s": elapsed, "machine": machine, "agent_revision_end": revision_end,
                 "params": asdict(params), "systems": [asdict(s) for s in systems(params)],
                 "rows": table_rows, "rounds": [asdict(r) for r in rounds]}
-    path.write_text(json.dumps(_finite(document), indent=1))
+    path.write_text(json.dumps(finite(document), indent=1))
     md = [f"Machine: {machine_line(machine)}; load average {machine['load_end']} at the end",
           f"Command: `{command.strip()}` ({elapsed / 60:.1f} min){changed}", "", markdown(params, table_rows), "",
           *[f"- {line}" for line in notes]]

@@ -117,3 +117,14 @@ def markdown_table(rows: list[Row]) -> str:
 def notes(rows: list[Row]) -> list[str]:
     return [f"{row.label} (N={row.n}): {row.note}" if row.n is not None else f"{row.label}: {row.note}"
             for row in rows if row.note]
+
+
+def finite(value: Any) -> Any:
+    """NaN/inf are not JSON: they become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value

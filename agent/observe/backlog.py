@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config.sources import BacklogSource
 from agent.observe.counts import ANY_CAPABILITY, OTHER_CAPABILITY, Counts, Key, SourceError, bounded
 from agent.observe.httpclient import HttpClient
-from agent.observe.queues import read_redis, read_sql
+from agent.observe.queues import connect_read_only, read_redis, read_sql
 from agent.todos.row import RowError, capabilities_json, validate_row
 
 if TYPE_CHECKING:
@@ -155,13 +154,8 @@ def read_postgres(dsn: str, passfile: Path | None, timeout: float) -> Counts:
     import psycopg
 
     where = f"postgres {dsn}"
-    options = f"-c default_transaction_read_only=on -c statement_timeout={int(timeout * 1000)}"
-    kwargs: dict[str, Any] = {"connect_timeout": max(1, math.ceil(timeout)), "autocommit": False,
-                              "options": options}
-    if passfile is not None:
-        kwargs["passfile"] = str(passfile)
     try:
-        with psycopg.connect(dsn, **kwargs) as conn:
+        with connect_read_only(dsn, passfile, timeout) as conn:
             if conn.execute("SELECT to_regclass('todos')").fetchone() in (None, (None,)):
                 raise SourceError(f"{where}: no todos table yet (the first `agent todo` or worker creates it)")
             groups = conn.execute(_PG_GROUPS).fetchall()

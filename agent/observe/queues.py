@@ -209,18 +209,26 @@ def _fetch(cursor: Any, where: str) -> tuple[list[str], list[Sequence[Any]]]:
     return columns, rows
 
 
-def query_postgres(dsn: str, passfile: Path | None, query: str, timeout: float) -> tuple[list[str], list[Any]]:
-    """Run one statement in a read-only transaction bounded by statement_timeout; its columns and rows."""
+def connect_read_only(dsn: str, passfile: Path | None, timeout: float) -> Any:
+    """A PostgreSQL connection whose every transaction is read-only and every statement ends at `timeout`
+    (the postgres and sql backlog sources); psycopg.Error when it cannot connect."""
     import psycopg
 
-    where = f"sql {dsn}"  # the dsn carries no password (the config refuses one)
     options = f"-c default_transaction_read_only=on -c statement_timeout={max(1, int(timeout * 1000))}"
     kwargs: dict[str, Any] = {"connect_timeout": max(1, math.ceil(timeout)), "autocommit": False,
                               "options": options}
     if passfile is not None:
         kwargs["passfile"] = str(passfile)
+    return psycopg.connect(dsn, **kwargs)
+
+
+def query_postgres(dsn: str, passfile: Path | None, query: str, timeout: float) -> tuple[list[str], list[Any]]:
+    """Run one statement in a read-only transaction bounded by statement_timeout; its columns and rows."""
+    import psycopg
+
+    where = f"sql {dsn}"  # the dsn carries no password (the config refuses one)
     try:
-        with psycopg.connect(dsn, **kwargs) as conn:
+        with connect_read_only(dsn, passfile, timeout) as conn:
             # prepare=True: the extended protocol, which takes exactly one statement (no `COMMIT; ...` after it).
             return _fetch(conn.execute(query, prepare=True), where)
     except psycopg.errors.QueryCanceled as exc:
