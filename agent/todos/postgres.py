@@ -216,10 +216,10 @@ class PostgresStore(TodoStore):
         fits, args = (("capability_names IS NOT NULL", ()) if capabilities is None
                       else ("capability_names <@ %s::text[]", (sorted(set(capabilities)),)))
         with self._use() as conn:
+            # One transaction: the sweep's todos are pending for this claim already (and locked by it:
+            # other claimers skip them until COMMIT). Then one statement: the most urgent, then oldest,
+            # todo that fits and nobody else holds right now (SKIP LOCKED); the row lock lasts to COMMIT.
             conn.execute(_SWEEP)
-        with self._use() as conn:
-            # One statement: the most urgent, then oldest, todo that fits and nobody else holds right now
-            # (SKIP LOCKED); the row lock lasts to COMMIT.
             taken = conn.execute(
                 f"""UPDATE todos SET status = 'in_progress', claimed_by = %s, claim_token = %s,
                         lease_expires_at = {NOW} + %s, claimed_at = {NOW}, updated_at = {NOW}
