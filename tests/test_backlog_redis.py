@@ -166,6 +166,11 @@ def test_the_config_refuses_a_password_in_the_url_and_a_redis_source_without_the
         assert out.returncode == 2, said
         assert "backlog.sources.0: url must not carry a password" in said and "password_file" in said, said
         assert "s3cret-in-url" not in said
+    # Options after `?` would beat the source's own settings in redis-py (an unbounded socket_timeout).
+    with pytest.raises(ValidationError) as err:
+        BacklogSource.model_validate({"kind": "redis", "url": "redis://127.0.0.1/0?socket_timeout=3600",
+                                      "keys": [{"key": "celery"}]})
+    assert "url must not carry options after `?`" in str(err.value)
     # Without the optional client (importlib finds no `redis`): refused at load, with what to install.
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ValidationError) as err:

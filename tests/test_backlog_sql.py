@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_args
 
@@ -19,11 +20,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from agent.config.sources import BacklogSource, Priority, Status
+from agent.config.sources import Backlog, BacklogSource, Priority, Status
 from agent.export.collectors import BacklogCollector
 from agent.export.exposition import render
 from agent.observe.backlog import BacklogMonitor, SourceStatus
 from agent.observe.httpclient import HttpClient
+from agent.observe.queues import count_rows
 from agent.todos.row import PRIORITIES, STATUSES
 from tests.metricsutil import parse, value
 
@@ -177,6 +179,26 @@ def test_a_query_without_a_count_column_or_with_an_unknown_one_takes_the_source_
     status, _ = read(monitor_of(db.source("SELECT status, count(*) AS count, 'x' AS capabilty FROM jobs "
                                           "GROUP BY status")))
     assert not status.up and "columns it does not read: capabilty" in status.error, status.error
+
+
+def test_a_status_map_without_a_status_column_takes_the_source_down(db: Db) -> None:
+    # Every row would count as pending and the map would go unused without a word.
+    spec = db.source("SELECT count(*) AS count FROM jobs").model_copy(update={"status_map": {"todo": "pending"}})
+    status, _ = read(monitor_of(spec))
+    assert not status.up
+    assert "has a status_map but the query returned no `status` column (its columns: count)" in status.error
+
+
+def test_postgres_epoch_seconds_count_as_created_at_and_sources_alike_are_refused() -> None:
+    # EXTRACT(EPOCH ...) is numeric on PostgreSQL 14+, a Decimal in Python: Unix seconds, not a bad row.
+    counts = count_rows(["status", "count", "created_at"], [("todo", 5, Decimal("1767261600.5"))], None, "x")
+    assert counts.invalid == 0 and counts.by_key == {("pending", "normal", "any"): 5}
+    assert counts.oldest_pending == {"normal": 1767261600.5}
+    # Two sources with one label would be read as one (the agent keys sources by label).
+    same = {"kind": "sql", "path": "jobs.db", "query": "SELECT count(*) AS count FROM jobs"}
+    with pytest.raises(ValidationError) as err:
+        Backlog.model_validate({"sources": [same, {**same, "query": "SELECT 1 AS count"}]})
+    assert "sources 0 and 1 are both called 'sql:jobs.db': give each a different `name`" in str(err.value)
 
 
 def test_a_query_that_writes_is_refused(db: Db) -> None:

@@ -69,6 +69,11 @@ def redis_url_problem(url: str) -> str | None:
         return "must start with redis:// or rediss:// (TLS)"
     if parts.password is not None or "password" in {k.lower() for k in parse_qs(parts.query)}:
         return _REDIS_PASSWORD
+    if parts.query or parts.fragment:
+        # redis-py's from_url lets query options beat the source's own settings (?socket_timeout=3600
+        # would unbound the read; ?socket_timeout=abc fails every read): the source's fields set them.
+        return ("must not carry options after `?` (the source's `timeout`, `username`, `password_file` and "
+                "`password_env` set them)")
     if not parts.hostname:
         return "must name a host, such as redis://127.0.0.1:6379/0"
     if port == 0:

@@ -172,3 +172,14 @@ def redis_url_user(url: str) -> str | None:
 
 class Backlog(Strict):
     sources: list[BacklogSource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _labels_unique(self) -> Backlog:
+        # The agent keys each source by its label (metrics, reads, reloads): two alike would be read as one.
+        seen: dict[str, int] = {}
+        for i, source in enumerate(self.sources):
+            if source.label in seen:
+                raise ValueError(f"sources {seen[source.label]} and {i} are both called {source.label!r}: give "
+                                 "each a different `name`")
+            seen[source.label] = i
+        return self

@@ -18,6 +18,7 @@ import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,12 @@ def _status(value: Any, status_map: Mapping[str, str] | None) -> str | None:
 
 
 def _created_at(value: Any) -> Any:
-    return value.timestamp() if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return value.timestamp()
+    # PostgreSQL's EXTRACT(EPOCH ...) is numeric (a Decimal): Unix seconds as much as a float is.
+    if isinstance(value, Decimal) and value.is_finite():
+        return float(value)
+    return value
 
 
 def count_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]], status_map: Mapping[str, str] | None,
@@ -176,6 +182,10 @@ def count_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]], status_map
         problem = f"columns it does not read: {', '.join(unknown)}" if unknown else f"columns twice: {', '.join(twice)}"
         raise SourceError(f"{where}: the query returned {problem}; a sql source reads {', '.join(COLUMNS)}")
     at = {name: i for i, name in enumerate(names)}
+    if status_map is not None and "status" not in at:
+        raise SourceError(f"{where}: the source has a status_map but the query returned no `status` column "
+                          f"(its columns: {', '.join(columns)}); return the status, or drop status_map to "
+                          "count every row as pending")
     counts = Counts()
     for i, row in enumerate(rows):
         def column(name: str, default: Any, row: Sequence[Any] = row) -> Any:
@@ -215,8 +225,12 @@ def connect_read_only(dsn: str, passfile: Path | None, timeout: float) -> Any:
     import psycopg
 
     options = f"-c default_transaction_read_only=on -c statement_timeout={max(1, int(timeout * 1000))}"
-    kwargs: dict[str, Any] = {"connect_timeout": max(1, math.ceil(timeout)), "autocommit": False,
-                              "options": options}
+    # statement_timeout is the server's: a server that stops answering after the connect (paused, cut
+    # off) is bounded by TCP on this side, data unacknowledged for tcp_user_timeout and keepalives.
+    seconds = max(1, math.ceil(timeout))
+    kwargs: dict[str, Any] = {"connect_timeout": seconds, "autocommit": False, "options": options,
+                              "tcp_user_timeout": (seconds + 1) * 1000, "keepalives": 1,
+                              "keepalives_idle": seconds, "keepalives_interval": 1, "keepalives_count": 2}
     if passfile is not None:
         kwargs["passfile"] = str(passfile)
     return psycopg.connect(dsn, **kwargs)
