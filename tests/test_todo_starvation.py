@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -151,3 +152,26 @@ def test_the_functions_whitespace_is_what_python_strips() -> None:
     from agent.todos.postgres import WHITESPACE
 
     assert "".join(chr(c) for c in range(0x110000) if chr(c).isspace()) == WHITESPACE
+
+
+def test_a_database_migrated_to_this_schema_is_not_migrated_again(pg_server: Any) -> None:
+    # Every `agent todo` and worker opens the store: the migration's DDL runs once per schema, not per open.
+    from agent.todos.postgres import SCHEMA_MARK
+
+    dsn = str(pg_server.database("t_schema_mark"))
+    with open_store(dsn) as store:
+        store.add("a")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        mark = conn.execute("SELECT obj_description('todos'::regclass, 'pg_class')").fetchone()
+        assert mark == (SCHEMA_MARK,)
+        conn.execute("DROP INDEX todos_pending_capabilities")  # the next open would recreate it if it migrated
+    with open_store(dsn) as store:
+        store.add("b")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('todos_pending_capabilities')").fetchone() == (None,)
+        conn.execute("COMMENT ON TABLE todos IS 'an older schema'")
+    with open_store(dsn) as store:  # another mark: migrated again, idempotently
+        assert [t.title for t in store.list()] == ["a", "b"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('todos_pending_capabilities')").fetchone() is not None
+        assert conn.execute("SELECT obj_description('todos'::regclass, 'pg_class')").fetchone() == (SCHEMA_MARK,)

@@ -8,6 +8,7 @@ config): libpq reads it from the passfile, $PGPASSFILE (default ~/.pgpass) or $P
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -125,6 +126,16 @@ SCHEMA = (
 _FLOW = ("INSERT INTO todo_flow (kind, capability, value) VALUES (%s, %s, %s)"
          " ON CONFLICT (kind, capability) DO UPDATE SET value = todo_flow.value + EXCLUDED.value")
 MIGRATION_LOCK = 0x746F646F  # "todo": pg_advisory_xact_lock key of the schema migration
+# The comment a migrated `todos` table carries: which schema (statements and function) wrote it. Another
+# schema (a newer or older agent) migrates again, idempotently, and leaves its own mark.
+SCHEMA_MARK = "orchestrator-agent todo schema " + hashlib.sha256(
+    "\n".join((CAPABILITIES_FUNCTION, *SCHEMA)).encode()).hexdigest()[:16]
+
+
+def current_schema(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the database's todos table carries this schema's mark (so there is nothing to migrate)."""
+    row = conn.execute("SELECT obj_description(to_regclass('todos'), 'pg_class') AS mark").fetchone()
+    return row is not None and row["mark"] == SCHEMA_MARK
 
 _SWEEP = f"""
 WITH expired AS (
@@ -158,11 +169,17 @@ class PostgresStore(TodoStore):
         self._pool.open()
         self._opened = True
         with self._tx() as conn:
+            # A database this schema was written to says so on its table: every `agent todo` and worker
+            # opens the store, and the migration's DDL (the function's CREATE OR REPLACE above all: it
+            # rewrites its catalog row) would run each time.
+            if current_schema(conn):
+                return
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             utf8 = conn.execute("SELECT current_setting('server_encoding') = 'UTF8' AS utf8").fetchone()
             conn.execute(capabilities_function(utf8 is not None and bool(utf8["utf8"])))
             for statement in SCHEMA:
                 conn.execute(statement)
+            conn.execute(f"COMMENT ON TABLE todos IS '{SCHEMA_MARK}'")
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection[Any]]:
