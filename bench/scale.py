@@ -26,7 +26,7 @@ from typing import Any
 
 from bench.scale_arrivals import arrivals, feed
 from bench.scale_measure import CAPACITY, DRAIN_TARGET, STABILISATION, Sample, measure, store_counts, todo_waits
-from bench.scale_stack import Files, Stack, new_files, old_files, work_seconds
+from bench.scale_stack import QUIET_SECONDS, Files, Stack, new_files, old_files, work_seconds
 
 POLL_SECONDS = 0.5
 HORIZON_MINUTES = 18.0
@@ -85,7 +85,7 @@ def timeline(samples: list[Sample]) -> list[list[float | int | None]]:
 
 
 def run_scenario(name: str, tmp: Path, horizon: float, seed: int, stop: threading.Event,
-                 log: Callable[[str], None]) -> dict[str, Any]:
+                 log: Callable[[str], None], quiet: float = QUIET_SECONDS) -> dict[str, Any]:
     """One scenario from start to stop; its figures, or `status` saying why there are none."""
     pattern, files_of = SCENARIOS[name]
     result: dict[str, Any] = {"scenario": name, "pattern": pattern, "status": "starting", "dir": str(tmp)}
@@ -98,7 +98,7 @@ def run_scenario(name: str, tmp: Path, horizon: float, seed: int, stop: threadin
         stack = Stack(tmp, files)
         stack.start()
         log(f"{name}: stack ready ({files.label} rules), settling")
-        result["settled"] = stack.settle()
+        result["settled"] = stack.settle(quiet)
         desired, running = stack.replicas()
         result["at_t0"] = {"desired": desired, "running": running}
         log(f"{name}: {'settled' if result['settled'] else 'NOT settled'} at {running} replica(s), t=0")
@@ -187,6 +187,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=28, help="seed of the Poisson bursts (default 28)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench-scale.json"), help="the JSON file to write")
     parser.add_argument("--keep", action="store_true", help="keep each scenario's directory (logs, configs, db)")
+    parser.add_argument("--quiet", type=float, default=QUIET_SECONDS, metavar="SECONDS",
+                        help=f"seconds without an alert that asks to act before t=0 (default {QUIET_SECONDS:g}: "
+                             "four rule evaluations at the shipped 15 s; less only to check the bench runs)")
     args = parser.parse_args(argv)
     if not 0 < args.horizon <= MAX_HORIZON_MINUTES:
         parser.error(f"--horizon must be more than 0 and at most {MAX_HORIZON_MINUTES:g} minutes, got {args.horizon:g}")
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def one(name: str) -> None:
         try:
-            results[name] = run_scenario(name, root / name, horizon, args.seed, stop, log)
+            results[name] = run_scenario(name, root / name, horizon, args.seed, stop, log, args.quiet)
         finally:
             finished[name].set()
 

@@ -219,8 +219,8 @@ class Stack:
             return False
         return not any(a["labels"].get("action") for a in r.json()["data"]["alerts"])
 
-    def settle(self) -> bool:
-        """Wait until no alert asks the agent to act for QUIET_SECONDS on end (the idle state the rules lead
+    def settle(self, quiet_seconds: float = QUIET_SECONDS) -> bool:
+        """Wait until no alert asks the agent to act for `quiet_seconds` on end (the idle state the rules lead
         to, such as a scale-down to min, reached before t=0: rates need a few scrapes before such an alert
         can fire); False when that does not come within SETTLE_SECONDS."""
         since: list[float] = []
@@ -231,10 +231,10 @@ class Stack:
                 return False
             if not since:
                 since.append(time.monotonic())
-            return time.monotonic() - since[0] >= QUIET_SECONDS
+            return time.monotonic() - since[0] >= quiet_seconds
 
         try:
-            wait_for(quiet, SETTLE_SECONDS, 0.5, f"no alert with an action for {QUIET_SECONDS:g} s")
+            wait_for(quiet, SETTLE_SECONDS, 0.5, f"no alert with an action for {quiet_seconds:g} s")
         except Timeout:
             return False
         return True

@@ -129,8 +129,10 @@ def test_scale_bench_runs_a_surge_on_the_real_stack_and_reports_every_measure(tm
     require_binary("prometheus")
     require_binary("prometheus-alertmanager", "alertmanager")
     out = tmp_path / "scale.json"
+    # --quiet 10: the idle state before t=0 held for 10 s, not the four evaluations (60 s) a measure needs.
     done = subprocess.run([sys.executable, "-m", "bench.scale", "--only", "surge-new", "--horizon", "1",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=580)
+                           "--quiet", "10", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=580)
     assert done.returncode == 0, f"bench.scale failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
     lines = done.stdout.splitlines()
     (head,) = [line for line in lines if line.startswith("measure ")]
