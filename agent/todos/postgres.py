@@ -150,6 +150,32 @@ WHERE name = 'leases_expired' AND (SELECT count(*) FROM expired) > 0
 """
 
 
+# finish() with the token of a live claim: the todo and, for done or failed, its flow counters under each
+# capability it needs (`any` for none; a claimed todo's capability_names is never NULL), in one statement.
+# work_ms as work_ms() in Python: whole milliseconds since the claim, never below 0, none without a claim time.
+_FINISH_HELD = f"""
+WITH finished AS (
+    UPDATE todos SET status = %(status)s, updated_at = {NOW}, claim_token = NULL, lease_expires_at = NULL,
+        claimed_by = CASE WHEN %(status)s = 'pending' THEN NULL ELSE claimed_by END,
+        claimed_at = CASE WHEN %(status)s = 'pending' THEN NULL ELSE claimed_at END
+    WHERE id = %(id)s AND status = 'in_progress' AND claim_token = %(token)s AND lease_expires_at > {NOW}
+    RETURNING capability_names,
+        -- GREATEST skips a NULL: a claim that recorded no claim time adds no work
+        CASE WHEN claimed_at IS NOT NULL THEN GREATEST(0, round(({NOW} - claimed_at) * 1000))::bigint END AS work_ms
+), counted AS (
+    INSERT INTO todo_flow (kind, capability, value)
+    SELECT flow.kind, cap, CASE flow.kind WHEN 'completed' THEN 1 ELSE finished.work_ms END
+    FROM finished,
+        unnest(CASE WHEN cardinality(finished.capability_names) = 0 THEN ARRAY['any']
+                    ELSE finished.capability_names END) AS cap,
+        (VALUES ('completed'), ('work_ms')) AS flow(kind)
+    WHERE %(status)s IN ('done', 'failed') AND (flow.kind = 'completed' OR finished.work_ms IS NOT NULL)
+    ON CONFLICT (kind, capability) DO UPDATE SET value = todo_flow.value + EXCLUDED.value
+)
+SELECT count(*) > 0 AS finished FROM finished
+"""
+
+
 class PostgresStore(TodoStore):
     """A PostgreSQL database reached through a small connection pool (opened on first use)."""
 
@@ -182,22 +208,26 @@ class PostgresStore(TodoStore):
             conn.execute(f"COMMENT ON TABLE todos IS '{SCHEMA_MARK}'")
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[Any]]:
+    def _tx(self, transaction: bool = True) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                yield conn
+            with self._pool.connection() as conn:
+                if transaction:
+                    with conn.transaction():
+                        yield conn
+                else:  # each statement its own transaction (the pool's connections autocommit)
+                    yield conn
         except psycopg.OperationalError as exc:
             raise StoreError(f"postgres {self.name}: {str(exc).strip()}") from None
 
     @contextmanager
-    def _use(self) -> Iterator[psycopg.Connection[Any]]:
+    def _use(self, transaction: bool = True) -> Iterator[psycopg.Connection[Any]]:
         try:
             self._open()
         except Exception as exc:
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"postgres {self.name}: {str(exc).strip()}") from None
-        with self._tx() as conn:
+        with self._tx(transaction) as conn:
             yield conn
 
     def add_many(self, titles: Iterable[str], priority: str = "normal",
@@ -232,10 +262,10 @@ class PostgresStore(TodoStore):
         lease = check_lease(lease)
         fits, args = (("capability_names IS NOT NULL", ()) if capabilities is None
                       else ("capability_names <@ %s::text[]", (sorted(set(capabilities)),)))
-        with self._use() as conn:
-            # One transaction: the sweep's todos are pending for this claim already (and locked by it:
-            # other claimers skip them until COMMIT). Then one statement: the most urgent, then oldest,
-            # todo that fits and nobody else holds right now (SKIP LOCKED); the row lock lasts to COMMIT.
+        with self._use(transaction=False) as conn:
+            # Two statements, each its own transaction (a round trip each, no BEGIN and COMMIT around
+            # them): the sweep, then the most urgent, then oldest, todo that fits and nobody else holds
+            # right now (SKIP LOCKED), taken as one UPDATE.
             conn.execute(_SWEEP)
             taken = conn.execute(
                 f"""UPDATE todos SET status = 'in_progress', claimed_by = %s, claim_token = %s,
@@ -257,6 +287,13 @@ class PostgresStore(TodoStore):
     def finish(self, todo_id: int, status: str = "done", token: str | None = None) -> Finish:
         if status not in ("done", "failed", "pending"):
             raise ValueError(f"status must be done, failed or pending, got {status!r}")
+        if token is not None:
+            # A worker finishing its own live claim, the common case: one statement, the todo and its flow
+            # counters together. Anything else (no such todo, an expired or foreign token) is told apart below.
+            with self._use(transaction=False) as conn:
+                row = conn.execute(_FINISH_HELD, {"id": todo_id, "token": token, "status": status}).fetchone()
+            if row is not None and row["finished"]:
+                return Finish.OK
         with self._use() as conn:
             row = conn.execute(
                 f"SELECT status, claim_token, lease_expires_at, lease_expires_at > {NOW} AS unexpired, capabilities,"
