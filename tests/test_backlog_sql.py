@@ -220,11 +220,11 @@ def test_a_query_that_writes_is_refused(db: Db) -> None:
 def test_a_query_past_its_timeout_takes_the_source_down_saying_so(db: Db) -> None:
     slow = ("SELECT count(*) AS count FROM pg_sleep(5)" if db.kind == "postgres" else
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT count(*) AS count FROM n")
-    started = time.monotonic()
+    # The message is the cancellation's (PostgreSQL's statement_timeout, SQLite's progress handler): the
+    # query never ended by itself (SQLite's never would).
     status, _ = read(monitor_of(db.source(slow, timeout=0.3)))
     assert not status.up
     assert "ran past the timeout of 0.3s" in status.error, status.error
-    assert time.monotonic() - started < 4  # ended by the timeout, not by the query's own end
 
 
 def test_the_config_checks_a_sql_source_and_agent_once_reads_one(tmp_path: Path) -> None:
