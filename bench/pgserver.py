@@ -1,9 +1,9 @@
-"""A private PostgreSQL for a bench run: initdb in a temp dir, on a free 127.0.0.1 port, stopped by its PID.
+"""A private PostgreSQL for a bench run and for the suite (tests/pgserver.py adds what a test needs; the
+bench imports nothing from tests/): initdb in a temp dir, on a free 127.0.0.1 port, stopped by its PID.
 
-The bench's own copy of tests/pgserver.py's approach (the bench imports nothing from tests/): as root the
-server runs as user `postgres` through `setpriv`, which execs, so the PID held is the postmaster's own;
-as anyone else it runs as that user. Stopped with SIGINT ("fast" shutdown) by the PID in
-postmaster.pid, with a deadline, then SIGKILL. Settings are PostgreSQL's defaults (fsync on: commits
+As root the server runs as user `postgres` through `setpriv`, which execs, so the PID held is the
+postmaster's own; as anyone else it runs as that user. Stopped with SIGINT ("fast" shutdown) by the PID
+in postmaster.pid, with a deadline, then SIGKILL. Settings are PostgreSQL's defaults (fsync on: commits
 cost what they cost in production) unless `durable=False`.
 """
 
