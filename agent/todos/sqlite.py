@@ -8,7 +8,6 @@ Older files are migrated in place (the columns of ADDED_COLUMNS and the counter 
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -122,7 +121,7 @@ def _flow(conn: sqlite3.Connection, kind: str, capabilities: list[str], n: int =
                      " ON CONFLICT (kind, capability) DO UPDATE SET value = value + excluded.value", (kind, cap, n))
 
 
-# The claim's capability test, registered on the connection as SQL function todo_fits(capabilities, have):
+# The claim's capability test, registered on the connection as SQL function todo_fits(capabilities):
 # row.py's validator itself, so the claim, the backlog reader and `add` agree on every row by construction
 # (the comma-separated string form, trimming, and malformed rows never claimed). A json_each version in
 # SQL would be a second copy of those rules (docs/todos.md gives one to workers in other languages).
@@ -135,15 +134,10 @@ def _needs(capabilities: object) -> frozenset[str] | None:
         return None
 
 
-@functools.lru_cache(maxsize=256)
-def _having(have: str) -> frozenset[str]:
-    return frozenset(json.loads(have))
-
-
-def _fits(capabilities: object, have: str | None) -> int:
-    """1 when a worker with the JSON list `have` (None: any capability) can serve the row, else 0."""
+def _fits(capabilities: object, have: frozenset[str] | None) -> int:
+    """1 when a worker with `have` (None: any capability) can serve the row, else 0."""
     needs = _needs(capabilities)
-    return int(needs is not None and (have is None or needs <= _having(have)))
+    return int(needs is not None and (have is None or needs <= have))
 
 
 class SqliteStore(TodoStore):
@@ -198,15 +192,16 @@ class SqliteStore(TodoStore):
     def claim(self, worker: str, capabilities: Iterable[str] | None = None,
               lease: float = DEFAULT_LEASE) -> Todo | None:
         lease = check_lease(lease)
-        have = None if capabilities is None else json.dumps(sorted(set(capabilities)))
+        have = None if capabilities is None else frozenset(capabilities)
         with self._write() as conn:
-            conn.create_function("todo_fits", 2, _fits, deterministic=True)
+            # The worker's capabilities are bound in the function (one connection per call).
+            conn.create_function("todo_fits", 1, lambda caps: _fits(caps, have), deterministic=True)
             now = time.time()
             _sweep(conn, now)
             # Walk the pending todos in claim order and stop at the first that fits. INDEXED BY: the planner
             # cannot know todo_fits' cost and would rather filter every pending row, then sort.
             row = conn.execute(f"SELECT * FROM todos INDEXED BY todos_pending_urgency WHERE status = 'pending'"
-                               f" AND todo_fits(capabilities, ?) ORDER BY {URGENCY}, id LIMIT 1", (have,)).fetchone()
+                               f" AND todo_fits(capabilities) ORDER BY {URGENCY}, id LIMIT 1").fetchone()
             if row is None:
                 return None
             token, expires = new_token(), now + lease
