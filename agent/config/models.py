@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from agent.config.base import NAME_PATTERN, Strict
 from agent.config.component import Component
 from agent.config.settings import AgentSettings
-from agent.config.sources import Backlog
+from agent.config.sources import RESERVED, Backlog
 
 
 class Config(Strict):
@@ -27,13 +27,12 @@ class Config(Strict):
     @model_validator(mode="after")
     def _reserved_names(self) -> Config:
         # Label values the agent makes up itself (such as the todo capability `_other`) start with "_".
-        reserved = "names starting with '_' are reserved for the agent's own label values, such as '_other'"
         for name, comp in self.components.items():
             if name.startswith("_"):
-                raise ValueError(f"components.{name}: {reserved} (got {name!r})")
+                raise ValueError(f"components.{name}: {RESERVED} (got {name!r})")
             for cap in comp.capabilities:
                 if cap.startswith("_"):
-                    raise ValueError(f"components.{name}.capabilities: {reserved} (got {cap!r})")
+                    raise ValueError(f"components.{name}.capabilities: {RESERVED} (got {cap!r})")
         return self
 
     @model_validator(mode="after")
